@@ -1,0 +1,45 @@
+"""The `hk` command: a thin click adapter over the store and the mount.
+
+Subcommands live in their own modules (`cli_*.py`), each registering on the
+group below, so that `hk --help` and the store commands never import FUSE.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .errors import HKError
+
+
+class HKGroup(click.Group):
+    """Turns core errors into one clear line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except HKError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=HKGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(package_name="hkfs")
+def cli(verbose: int) -> None:
+    """hkfs: files named by hierarchical keywords.
+
+    Example: hk mount ~/hkstore ~/hk && cd ~/hk/@/photo && ls
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="hk")
+
+
+# Subcommand modules register themselves on `cli` (one import line each).
