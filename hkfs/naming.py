@@ -1,0 +1,228 @@
+"""The naming model of the paper (Tada, Higuchi, Taniguchi §2): hierarchical
+keywords (HKs), HK lists and file specifications, as pure values.
+
+Parsing is strict and says where it failed, because these strings come from
+users typing them at a shell prompt; formatting is the exact inverse, so a
+value can be printed and read back (`parse_spec(format_spec(s)) == s`).
+Nothing here knows of SQLite or FUSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .errors import HKError, HKSyntaxError, NameTooLong
+
+__all__ = [
+    "HK", "HKSyntaxError", "HKNameTooLong", "FileSpec", "parse_hk", "parse_hk_list", "format_hk",
+    "format_hk_list", "validate_component", "validate_name", "parse_spec", "format_spec",
+    "resolve_relative", "hk_matches", "list_matches", "MAX_NAME_BYTES",
+]
+
+HK = tuple[str, ...]
+"""('animal', 'dog') is //animal/dog; () is the root of the hierarchy (no HK)."""
+
+MAX_NAME_BYTES = 255
+_RESERVED = {".", "..", "@"}
+
+
+class HKNameTooLong(HKSyntaxError, NameTooLong):
+    """A component or file name over 255 bytes of UTF-8 (errno ENAMETOOLONG)."""
+
+    errno = NameTooLong.errno
+
+
+def _bad_char(c: str) -> str | None:
+    """Why character c may not appear in an HK component, or None if it may."""
+    if c == "/":
+        return "'/' inside a keyword component"
+    if c == ",":
+        return "',' inside a keyword component"
+    if c == "\0":
+        return "NUL character"
+    o = ord(c)
+    if o < 0x20 or 0x7F <= o < 0xA0:
+        return f"control character U+{o:04X}"
+    return None
+
+
+def validate_component(c: str, *, text: str | None = None, offset: int = 0) -> None:
+    """Check one HK component; raise HKSyntaxError naming the bad character.
+
+    `text`/`offset` locate the component inside a longer string for the message.
+    """
+    text = c if text is None else text
+    if c == "":
+        raise HKSyntaxError("empty keyword component", text, offset)
+    if c in _RESERVED:
+        raise HKSyntaxError(f"keyword component {c!r} is reserved", text, offset)
+    for i, ch in enumerate(c):
+        why = _bad_char(ch)
+        if why:
+            raise HKSyntaxError(why, text, offset + i)
+    if len(c.encode("utf-8")) > MAX_NAME_BYTES:
+        raise HKNameTooLong(f"keyword component longer than {MAX_NAME_BYTES} bytes", text, offset)
+
+
+def validate_name(name: str, *, text: str | None = None, offset: int = 0) -> None:
+    """Check a file or directory name: non-empty, no '/' or NUL, not '.' or '..', <= 255 bytes.
+
+    ',' is allowed in file names (UNIX allows it); a spec's name is everything
+    after the first ',' that ends the HK list.
+    """
+    text = name if text is None else text
+    if name == "":
+        raise HKSyntaxError("empty file name", text, offset)
+    if name in (".", ".."):
+        raise HKSyntaxError(f"file name {name!r} is reserved", text, offset)
+    for i, ch in enumerate(name):
+        if ch == "/":
+            raise HKSyntaxError("'/' inside a file name", text, offset + i)
+        if ch == "\0":
+            raise HKSyntaxError("NUL character in a file name", text, offset + i)
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise HKNameTooLong(f"file name longer than {MAX_NAME_BYTES} bytes", text, offset)
+
+
+def _parse_list_at(text: str, start: int, end: int) -> tuple[HK, ...]:
+    """Parse text[start:end] as one or more HKs '//a/b//c'; positions refer to `text`."""
+    hks: list[HK] = []
+    i = start
+    if end - start < 2 or text[start:start + 2] != "//":
+        raise HKSyntaxError("an HK must start with '//'", text, start)
+    while i < end:
+        # here text[i:i+2] == '//'
+        i += 2
+        comps: list[str] = []
+        while True:
+            j = i
+            while j < end and text[j] != "/":
+                j += 1
+            comp = text[i:j]
+            if comp == "":
+                if j < end and j + 1 < end and text[j + 1] == "/" and comps:
+                    raise HKSyntaxError("three '/' in a row", text, j)
+                raise HKSyntaxError("empty keyword component", text, i)
+            validate_component(comp, text=text, offset=i)
+            comps.append(comp)
+            if j >= end:
+                i = end
+                break
+            # text[j] == '/'
+            if j + 1 < end and text[j + 1] == "/":
+                i = j  # next HK starts at j
+                break
+            i = j + 1
+            if i >= end:
+                raise HKSyntaxError("HK ends with '/'", text, j)
+        hks.append(tuple(comps))
+    return tuple(hks)
+
+
+def parse_hk(text: str) -> HK:
+    """'//animal/dog' -> ('animal', 'dog'); '//' alone is the root ()."""
+    if text == "//":
+        return ()
+    hks = parse_hk_list(text)
+    if len(hks) != 1:
+        raise HKSyntaxError("expected one HK, found a list", text, text.index("//", 2))
+    return hks[0]
+
+
+def parse_hk_list(text: str) -> tuple[HK, ...]:
+    """'//photo//animal/dog' -> (('photo',), ('animal', 'dog')); order and repeats kept."""
+    if text == "":
+        raise HKSyntaxError("empty HK list", text, 0)
+    for i, ch in enumerate(text):
+        if ch == ",":
+            raise HKSyntaxError("',' in an HK list", text, i)
+    return _parse_list_at(text, 0, len(text))
+
+
+def format_hk(hk: HK) -> str:
+    """('animal', 'dog') -> '//animal/dog'; () -> '//'."""
+    return "//" + "/".join(hk)
+
+
+def format_hk_list(hks: Iterable[HK]) -> str:
+    """(('photo',), ('animal','dog')) -> '//photo//animal/dog'; empty -> ''."""
+    return "".join(format_hk(h) for h in hks)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A parsed file specification (paper §2.2, §2.4, §3.3)."""
+
+    relative: bool            # starts with ',' (relative to the CKL)
+    hks: tuple[HK, ...]       # the HK list written (for relative: the ones added to the CKL)
+    name: str | None          # the file name, or None
+    bare: bool = False        # a bare name 'main.tex': the file in the current directory
+
+
+def parse_spec(text: str) -> FileSpec:
+    """Parse every form: '//a//b/c,name', '//a', ',', ',//c//d', ',//c,name', ',name', 'name'."""
+    if text == "":
+        raise HKSyntaxError("empty file specification", text, 0)
+    if text[0] == ",":
+        rest_start = 1
+        if len(text) == 1:
+            return FileSpec(True, (), None, False)
+        if text.startswith("//", 1):
+            hks, name = _list_and_name(text, 1)
+            return FileSpec(True, hks, name, False)
+        if text[1] == "/":
+            raise HKSyntaxError("an HK must start with '//'", text, 1)
+        name = text[rest_start:]
+        validate_name(name, text=text, offset=rest_start)
+        return FileSpec(True, (), name, False)
+    if text.startswith("//"):
+        hks, name = _list_and_name(text, 0)
+        return FileSpec(False, hks, name, False)
+    if text[0] == "/":
+        raise HKSyntaxError("an HK must start with '//' (a file spec is not a path)", text, 0)
+    validate_name(text)
+    return FileSpec(False, (), text, True)
+
+
+def _list_and_name(text: str, start: int) -> tuple[tuple[HK, ...], str | None]:
+    comma = text.find(",", start)
+    end = len(text) if comma < 0 else comma
+    hks = _parse_list_at(text, start, end)
+    if comma < 0:
+        return hks, None
+    name = text[comma + 1:]
+    if name == "":
+        raise HKSyntaxError("',' must be followed by a file name", text, comma)
+    validate_name(name, text=text, offset=comma + 1)
+    return hks, name
+
+
+def format_spec(spec: FileSpec) -> str:
+    """The inverse of parse_spec."""
+    if spec.bare:
+        if spec.name is None:
+            raise HKError("a bare spec needs a name")
+        return spec.name
+    out = ("," if spec.relative else "") + format_hk_list(spec.hks)
+    if spec.name is not None:
+        out += ("," if spec.hks else "") + spec.name
+    return out
+
+
+def resolve_relative(spec: FileSpec, ckl: Sequence[HK]) -> FileSpec:
+    """',//c' with CKL //a//b -> //a//b//c; absolute and bare specs are returned unchanged."""
+    if not spec.relative:
+        return spec
+    return FileSpec(False, tuple(ckl) + spec.hks, spec.name, False)
+
+
+def hk_matches(query: HK, carried: HK) -> bool:
+    """True when `query` is `carried` or one of its ancestors (an HK matches its descendants)."""
+    return len(query) <= len(carried) and carried[: len(query)] == query
+
+
+def list_matches(hks: Sequence[HK], carried: Iterable[HK]) -> bool:
+    """True when every HK of the list matches at least one carried HK (empty list: always)."""
+    carried = list(carried)
+    return all(any(hk_matches(q, c) for c in carried) for q in hks)
