@@ -1,0 +1,373 @@
+"""The mount path grammar: which store object a path inside the mount names.
+
+The kernel folds '//' into '/', so the paper's HK lists are spelled with '@'
+components (docs/mount.md has the table):
+
+    /a/b/c                 ordinary directories (and, last, a file link)
+    D/@                    keyword space of D's namespace: lists top-level keywords
+    D/@/photo/2000         the view //photo/2000: child keywords, then matching files
+    D/@/photo/@/animal/dog the view //photo//animal/dog ('@' adds another HK)
+    D/,                    the view of D's DKL (the CKL); D/,/@/c adds //c to it
+    D/,main.tex  V/,NAME   a file among the list's matches (V/,NAME also when a child
+                           keyword has the same name)
+    V/STEM~ID.EXT          file ID while several files named STEM.EXT share the view
+
+Parsing (`parse`) is pure: it cannot tell a child keyword from a file name,
+so the last keyword component of a view path stays a *candidate*. `Resolver`
+asks the store and returns a `Location`; it knows nothing of FUSE.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .errors import InvalidArgument, NotADirectory, NotFound
+from .naming import HK, list_matches
+
+__all__ = [
+    "MountPath", "parse", "clash_name", "split_clash_name", "Resolver", "DirLoc", "LinkLoc",
+    "KeySpaceLoc", "ViewLoc", "ViewFileLoc", "NewKeyLoc", "Location", "check_new_name", "detach_set", "attach_set",
+]
+
+AT = "@"
+COMMA = ","
+
+
+@dataclass(frozen=True)
+class MountPath:
+    """A mount path taken apart by syntax alone.
+
+    `dir_parts` are the ordinary directory names walked from the root (for a
+    path with no '@' or ',' the last one may be a file link). When `special`
+    is False nothing else is set. Otherwise the path enters keyword land from
+    the directory `dir_parts`:
+
+    - `relative`: it went through ',' (the list starts from that directory's DKL);
+      `ext` are components after ',' that extend the DKL's last HK.
+    - `hks`: HKs started by '@' (each a tuple of components).
+    - `adding`: the path ends with '@' (keyword space: the next component starts an HK).
+    - `name`: an explicit ',NAME' file; `tail_ambiguous`: the last component was written
+      as a keyword component and may name a file of the view instead.
+    """
+
+    dir_parts: tuple[str, ...] = ()
+    special: bool = False
+    relative: bool = False
+    ext: tuple[str, ...] = ()
+    hks: tuple[HK, ...] = ()
+    adding: bool = False
+    name: str | None = None
+    tail_ambiguous: bool = False
+
+    @property
+    def last(self) -> str | None:
+        """The last keyword component written (the candidate file name)."""
+        if self.hks:
+            return self.hks[-1][-1]
+        if self.ext:
+            return self.ext[-1]
+        return None
+
+    def without_tail(self) -> MountPath:
+        """The same path with its last keyword component dropped (the view a candidate file is in)."""
+        if self.hks:
+            last = self.hks[-1][:-1]
+            hks = self.hks[:-1] + ((last,) if last else ())
+            return MountPath(self.dir_parts, True, self.relative, self.ext, hks,
+                             adding=not last, name=None, tail_ambiguous=False)
+        return MountPath(self.dir_parts, True, self.relative, self.ext[:-1], (), False, None, False)
+
+
+def _components(path: str) -> list[str]:
+    return [p for p in path.split("/") if p and p != "."]
+
+
+def parse(path: str) -> MountPath:
+    """Take a mount path ('/a/@/b/,c') apart; errors are ENOENT/ENOTDIR as the kernel would give.
+
+    Raises NotFound for paths that can never name anything ('@' right after '@',
+    a ',' inside a keyword list) and NotADirectory for components after ',NAME'.
+    """
+    parts = _components(path)
+    dir_parts: list[str] = []
+    i = 0
+    n = len(parts)
+    while i < n and parts[i] != AT and not parts[i].startswith(COMMA):
+        dir_parts.append(parts[i])
+        i += 1
+    if i == n:
+        return MountPath(tuple(dir_parts))
+    relative = False
+    ext: list[str] = []
+    hks: list[list[str]] = []
+    adding = False
+    name: str | None = None
+    p = parts[i]
+    if p == AT:
+        adding = True
+    elif p == COMMA:
+        relative = True
+    else:  # ',NAME' right under the directory: a file of the CKL
+        relative = True
+        name = p[1:]
+    i += 1
+    if name is not None and i < n:
+        raise NotADirectory(f"{path}: ',{name}' is a file")
+    while i < n:
+        p = parts[i]
+        if p == AT:
+            if adding:
+                raise NotFound(f"{path}: '@' right after '@'")
+            adding = True
+        elif p.startswith(COMMA):
+            if adding or p == COMMA:
+                raise NotFound(f"{path}: ',' must follow a view")
+            name = p[1:]
+            if i + 1 < n:
+                raise NotADirectory(f"{path}: ',{name}' is a file")
+        elif adding:
+            hks.append([p])
+            adding = False
+        elif hks:
+            hks[-1].append(p)
+        else:  # after ',' before any '@': extends the DKL's last HK
+            ext.append(p)
+        i += 1
+    last = parts[-1]
+    ambiguous = name is None and last not in (AT, COMMA) and not last.startswith(COMMA)
+    return MountPath(tuple(dir_parts), True, relative, tuple(ext), tuple(tuple(h) for h in hks),
+                     adding, name, ambiguous)
+
+
+_CLASH = re.compile(r"^(?P<stem>.*)~(?P<id>[1-9][0-9]*)(?P<ext>(?:\.[^.]*)?)$", re.S)
+
+
+def clash_name(name: str, eid: int) -> str:
+    """'main.tex', 12 -> 'main~12.tex': the listed name of a file whose name is shared in a view."""
+    stem, ext = os.path.splitext(name)
+    return f"{stem}~{eid}{ext}"
+
+
+def split_clash_name(listed: str) -> tuple[str, int] | None:
+    """'main~12.tex' -> ('main.tex', 12), or None if `listed` cannot be a clash name."""
+    m = _CLASH.match(listed)
+    if not m:
+        return None
+    name = m.group("stem") + m.group("ext")
+    eid = int(m.group("id"))
+    if not name or clash_name(name, eid) != listed:
+        return None
+    return name, eid
+
+
+def detach_set(carried: Sequence[HK], view: Sequence[HK]) -> list[HK]:
+    """The HKs `rm` in a view takes off a file: each carried HK that some HK of the view matches."""
+    from .naming import hk_matches
+    return [h for h in carried if any(hk_matches(q, h) for q in view)]
+
+
+def attach_set(carried: Sequence[HK], view: Sequence[HK]) -> list[HK]:
+    """The HKs `ln`/`mv` into a view attach: each view HK the file does not already satisfy."""
+    from .naming import hk_matches
+    return [q for q in view if not any(hk_matches(q, h) for h in carried)]
+
+
+# --- locations ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DirLoc:
+    """An ordinary directory."""
+
+    dirid: int
+
+
+@dataclass(frozen=True)
+class LinkLoc:
+    """A name in an ordinary directory: a file link (eid) or nothing yet (eid None)."""
+
+    dirid: int
+    name: str
+    eid: int | None
+
+
+@dataclass(frozen=True)
+class KeySpaceLoc:
+    """'.../@': lists the top-level keywords; a new component starts another HK."""
+
+    ns: int
+    base: tuple[HK, ...]          # the HKs written before the '@' (DKL included for ',')
+    anchor: int                   # the ordinary directory the path entered keyword land from
+
+    @property
+    def hks(self) -> tuple[HK, ...]:
+        return self.base
+
+    def child_hk(self, name: str) -> HK:
+        return (name,)
+
+    def with_child(self, name: str) -> tuple[HK, ...]:
+        return self.base + ((name,),)
+
+
+@dataclass(frozen=True)
+class ViewLoc:
+    """A view directory: the files matching `hks`; its listed children extend `hks[-1]`.
+
+    `keyword` is True when the path's last component named the last HK's last
+    keyword component (so rmdir removes that keyword).
+    """
+
+    ns: int
+    hks: tuple[HK, ...]
+    anchor: int
+    keyword: bool = False
+
+    def child_hk(self, name: str) -> HK:
+        return (self.hks[-1] if self.hks else ()) + (name,)
+
+    def with_child(self, name: str) -> tuple[HK, ...]:
+        if not self.hks:
+            return ((name,),)
+        return self.hks[:-1] + (self.hks[-1] + (name,),)
+
+
+@dataclass(frozen=True)
+class ViewFileLoc:
+    """A file of a view, by the name written: an entity (eid) or nothing yet (eid None)."""
+
+    view: ViewLoc
+    name: str                     # the real file name (a clash name is resolved to it)
+    eid: int | None
+    listed: str = field(default="")   # the component as written (clash name or ',NAME' included)
+
+
+@dataclass(frozen=True)
+class NewKeyLoc:
+    """A component under '@' that is no keyword (yet): mkdir makes it, anything else is ENOENT."""
+
+    parent: KeySpaceLoc
+    name: str
+
+
+Location = DirLoc | LinkLoc | KeySpaceLoc | ViewLoc | ViewFileLoc | NewKeyLoc
+
+
+class StoreLike(Protocol):
+    """What the resolver needs of hkfs.store.Store (a fake in unit tests)."""
+
+    def root_dir(self, ns: int) -> int: ...
+    def dir(self, dirid: int): ...
+    def lookup(self, dirid: int, name: str): ...
+    def keyword_exists(self, ns: int, hk: HK) -> bool: ...
+    def resolve(self, ns: int, hks: Sequence[HK], name: str | None = None) -> list: ...
+    def entity(self, eid: int): ...
+
+
+class Resolver:
+    """Maps mount paths to Locations by asking the store; holds no state between calls."""
+
+    def __init__(self, store: StoreLike, ns: int) -> None:
+        self.store = store
+        self.ns = ns            # the mounting user's namespace: its root directory is '/'
+
+    def walk_dirs(self, parts: Sequence[str], *, allow_file_tail: bool) -> DirLoc | LinkLoc:
+        cur = self.store.root_dir(self.ns)
+        for i, part in enumerate(parts):
+            ent = self.store.lookup(cur, part)
+            last = i == len(parts) - 1
+            if ent is None:
+                if last and allow_file_tail:
+                    return LinkLoc(cur, part, None)
+                raise NotFound(part)
+            if ent.kind == "dir":
+                cur = ent.id
+                continue
+            if last and allow_file_tail:
+                return LinkLoc(cur, part, ent.id)
+            raise NotADirectory(part)
+        return DirLoc(cur)
+
+    def resolve(self, path: str) -> Location:
+        mp = parse(path)
+        if not mp.special:
+            return self.walk_dirs(mp.dir_parts, allow_file_tail=True)
+        return self.resolve_special(mp)
+
+    def resolve_special(self, mp: MountPath) -> Location:
+        anchor = self.walk_dirs(mp.dir_parts, allow_file_tail=False)
+        assert isinstance(anchor, DirLoc)
+        info = self.store.dir(anchor.dirid)
+        ns = info.ns
+        if mp.tail_ambiguous:
+            view = self._list_of(mp, ns, info.dkl)
+            if self._keywords_exist(ns, view, mp):
+                return ViewLoc(ns, view, anchor.dirid, keyword=True)
+            parent = mp.without_tail()
+            parent_loc = self._view_of(parent, ns, info.dkl, anchor.dirid)
+            if isinstance(parent_loc, KeySpaceLoc):
+                return NewKeyLoc(parent_loc, mp.last or "")
+            return self.file_in(parent_loc, mp.last or "")
+        base = self._list_of(mp, ns, info.dkl)
+        if not self._keywords_exist(ns, base, mp):
+            raise NotFound("no such keyword")
+        if mp.name is not None:
+            view = ViewLoc(ns, base, anchor.dirid)
+            return self.file_in(view, mp.name, listed=COMMA + mp.name)
+        if mp.adding:
+            return KeySpaceLoc(ns, base, anchor.dirid)
+        return ViewLoc(ns, base, anchor.dirid)
+
+    def _view_of(self, mp: MountPath, ns: int, dkl: tuple[HK, ...], anchor: int) -> KeySpaceLoc | ViewLoc:
+        base = self._list_of(mp, ns, dkl)
+        if not self._keywords_exist(ns, base, mp):
+            raise NotFound("no such keyword")
+        if mp.adding:
+            return KeySpaceLoc(ns, base, anchor)
+        return ViewLoc(ns, base, anchor)
+
+    @staticmethod
+    def _list_of(mp: MountPath, ns: int, dkl: tuple[HK, ...]) -> tuple[HK, ...]:
+        hks: tuple[HK, ...] = ()
+        if mp.relative:
+            hks = tuple(dkl)
+            if mp.ext:
+                hks = hks[:-1] + ((hks[-1] if hks else ()) + mp.ext,)
+        return hks + mp.hks
+
+    def _keywords_exist(self, ns: int, hks: tuple[HK, ...], mp: MountPath) -> bool:
+        # Only the HKs written in the path need checking; the DKL was checked when it was set.
+        written = list(mp.hks)
+        if mp.ext and hks:
+            written.append(hks[len(hks) - len(mp.hks) - 1])
+        return all(self.store.keyword_exists(ns, h) for h in written)
+
+    def file_in(self, view: ViewLoc, name: str, listed: str = "") -> ViewFileLoc:
+        """The file `name` (or clash name) among the view's matches; eid None when there is none."""
+        listed = listed or name
+        found = self.store.resolve(view.ns, view.hks, name)
+        if len(found) == 1:
+            return ViewFileLoc(view, name, found[0].id, listed)
+        if len(found) > 1:
+            # Shared name: only the clash names STEM~ID.EXT name one of them.
+            raise NotFound(f"{name}: {len(found)} files share this name here; use the listed names")
+        split = split_clash_name(name)
+        if split is not None:
+            real, eid = split
+            try:
+                info = self.store.entity(eid)
+            except NotFound:
+                info = None
+            if info is not None and info.ns == view.ns and info.name == real and \
+                    list_matches(view.hks, info.hks):
+                return ViewFileLoc(view, real, eid, listed)
+        return ViewFileLoc(view, name, None, listed)
+
+
+def check_new_name(name: str) -> None:
+    """Refuse names an ordinary directory or a view cannot hold ('@', ',NAME' are path syntax)."""
+    if name == AT or name.startswith(COMMA):
+        raise InvalidArgument(f"{name!r} is mount path syntax, not a file name")
