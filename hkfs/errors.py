@@ -79,3 +79,9 @@ class StoreLocked(HKError):
     """Another daemon holds the store's lock."""
 
     errno = _errno.EBUSY
+
+
+class StoreVersionError(HKError):
+    """The catalog was written by a newer hkfs (schema version above ours) or is not an hkfs catalog."""
+
+    errno = _errno.EPROTO

@@ -5,21 +5,50 @@ Every public method is one transaction (BEGIN IMMEDIATE for writes), so a crash
 between two calls leaves the catalog consistent. Bytes are created before the
 row that names them is committed and deleted only after the row's deletion is
 committed: a crash can leave an orphan file (fsck removes it), never a row
-without bytes. Safe from many threads (a connection per thread, WAL).
+without bytes. Safe from many threads (a connection per thread, WAL) and from
+many processes (SQLite locking). See docs/store.md.
 """
 
 from __future__ import annotations
 
+import errno as _errno
+import fcntl
+import logging
+import os
+import pwd
+import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .naming import HK
+from .catalog import Catalog
+from .errors import (
+    AlreadyExists,
+    HKError,
+    InvalidArgument,
+    IsADirectory,
+    KeywordInUse,
+    NameClash,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    StoreLocked,
+)
+from .naming import HK, format_hk, parse_hk, validate_component, validate_name
 
-__all__ = ["Store", "EntityInfo", "DirInfo", "DirEntry", "LOST_FOUND"]
+__all__ = ["Store", "EntityInfo", "DirInfo", "DirEntry", "LOST_FOUND", "CATALOG", "ENTITIES"]
+
+log = logging.getLogger(__name__)
 
 LOST_FOUND = "lost+found"
+CATALOG = "catalog.sqlite"
+ENTITIES = "entities"
+LOCK = "lock"
+# How many candidates to count per HK when choosing the most selective one to drive a query.
+_ESTIMATE_CAP = 20_000
 
 
 @dataclass(frozen=True)
@@ -65,147 +94,933 @@ class DirEntry:
     id: int
 
 
+# ---------------------------------------------------------------- helpers
+
+def _now() -> int:
+    return time.time_ns()
+
+
+def _as_hk(hk: HK | str) -> HK:
+    """Accept an HK tuple (validated) or its text '//a/b'."""
+    if isinstance(hk, str):
+        return parse_hk(hk)
+    hk = tuple(hk)
+    for c in hk:
+        validate_component(c)
+    return hk
+
+
+def _hks(hks: Iterable[HK | str]) -> list[HK]:
+    out: list[HK] = []
+    for h in hks:
+        h = _as_hk(h)
+        if not h:
+            raise InvalidArgument("the root '//' is not a keyword")
+        if h not in out:
+            out.append(h)
+    return out
+
+
+def _path(hk: HK) -> str:
+    return "/" + "/".join(hk) + "/"
+
+
+def _hk_of_path(path: str) -> HK:
+    return tuple(path[1:-1].split("/"))
+
+
+def _range(hk: HK) -> tuple[str, str]:
+    """The index range of hk's subtree (itself included) over keywords.path."""
+    p = _path(hk)
+    return p, p[:-1] + "0"
+
+
+def _sorted_hks(paths: str | None) -> tuple[HK, ...]:
+    if not paths:
+        return ()
+    return tuple(sorted(_hk_of_path(p) for p in paths.split(",")))
+
+
+_ENTITY_COLS = ("e.id, e.ns, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
+                "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
+                "(SELECT group_concat(k.path, ',') FROM entity_keywords x JOIN keywords k ON k.id = x.keyword "
+                "WHERE x.entity = e.id)")
+
+
+def _entity_of_row(r: tuple) -> EntityInfo:
+    return EntityInfo(*r[:11], hks=_sorted_hks(r[11]))
+
+
 class Store:
-    """A store directory: catalog.sqlite, entities/, lock."""
+    """A store directory: catalog.sqlite, entities/<id>, lock. Open with Store.open(path)."""
+
+    def __init__(self, root: Path, catalog: Catalog) -> None:
+        self.root = root
+        self.catalog = catalog
+        self.entities_dir = root / ENTITIES
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------ lifecycle
 
     @classmethod
     def open(cls, path: str | Path, *, create: bool = True) -> Store:
         """Open (and with create, make) the store at path; migrates an older catalog."""
-        raise NotImplementedError
+        root = Path(path).absolute()
+        if not (root / CATALOG).exists():
+            if not create:
+                raise NotFound(f"no hkfs store at {root}")
+            root.mkdir(parents=True, exist_ok=True)
+        (root / ENTITIES).mkdir(exist_ok=True)
+        return cls(root, Catalog(root / CATALOG))
 
     def close(self) -> None:
-        raise NotImplementedError
+        """Close every connection and release the lock."""
+        self.unlock()
+        self.catalog.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def lock(self) -> None:
-        """Exclusive flock on STORE/lock; StoreLocked if another process holds it."""
-        raise NotImplementedError
+        """Exclusive flock on STORE/lock (held by the mounting daemon); StoreLocked if taken."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (_errno.EWOULDBLOCK, _errno.EAGAIN):
+                raise StoreLocked(f"store {self.root} is in use by another process (locked)") from exc
+            raise
+        self._lock_fd = fd
 
     def unlock(self) -> None:
-        raise NotImplementedError
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def entity_path(self, eid: int) -> Path:
         """STORE/entities/<eid>, opened directly by the mount for read/write."""
-        raise NotImplementedError
+        return self.entities_dir / str(int(eid))
+
+    # ------------------------------------------------------------ namespaces
 
     def namespace_id(self, user: str | int) -> int:
         """The namespace of a user name or uid, created on first use."""
-        raise NotImplementedError
+        name, uid, gid = self._user(user)
+        with self.catalog.read() as c:
+            r = c.execute("SELECT id FROM namespaces WHERE user = ?", (name,)).fetchone()
+        if r:
+            return r[0]
+        with self.catalog.write() as c:
+            return self._ns_id(c, user)
+
+    @staticmethod
+    def _user(user: str | int) -> tuple[str, int, int]:
+        if isinstance(user, int):
+            try:
+                pw = pwd.getpwuid(user)
+                return pw.pw_name, pw.pw_uid, pw.pw_gid
+            except KeyError:
+                return str(user), user, user
+        if not user or "/" in user or "\0" in user:
+            raise InvalidArgument(f"bad user name {user!r}")
+        try:
+            pw = pwd.getpwnam(user)
+            return pw.pw_name, pw.pw_uid, pw.pw_gid
+        except KeyError:
+            if user.isdigit():
+                return user, int(user), int(user)
+            return user, os.getuid(), os.getgid()
+
+    def _ns_id(self, c: sqlite3.Connection, user: str | int) -> int:
+        name, uid, gid = self._user(user)
+        r = c.execute("SELECT id FROM namespaces WHERE user = ?", (name,)).fetchone()
+        if r:
+            return r[0]
+        cur = c.execute("INSERT INTO namespaces(user, uid, gid) VALUES (?, ?, ?)", (name, uid, gid))
+        log.info("new namespace %s for user %s", cur.lastrowid, name)
+        return int(cur.lastrowid)  # type: ignore[arg-type]
 
     def namespace_user(self, ns: int) -> str:
-        raise NotImplementedError
+        with self.catalog.read() as c:
+            r = c.execute("SELECT user FROM namespaces WHERE id = ?", (ns,)).fetchone()
+        if not r:
+            raise NotFound(f"no namespace {ns}")
+        return r[0]
+
+    def namespaces(self) -> list[tuple[int, str]]:
+        """All namespaces as (id, user)."""
+        with self.catalog.read() as c:
+            return [tuple(r) for r in c.execute("SELECT id, user FROM namespaces ORDER BY id")]
 
     def root_dir(self, ns: int) -> int:
-        """The namespace's top directory (created on first use)."""
-        raise NotImplementedError
+        """The namespace's top directory (created on first use); also holds lost+found."""
+        with self.catalog.read() as c:
+            r = c.execute("SELECT root_dir FROM namespaces WHERE id = ?", (ns,)).fetchone()
+        if not r:
+            raise NotFound(f"no namespace {ns}")
+        if r[0] is not None:
+            return r[0]
+        with self.catalog.write() as c:
+            return self._root_dir(c, ns)
 
-    # keywords
-    def mkkw(self, ns: int, hk: HK, *, parents: bool = False) -> int:
-        raise NotImplementedError
+    def _root_dir(self, c: sqlite3.Connection, ns: int) -> int:
+        r = c.execute("SELECT root_dir, uid, gid FROM namespaces WHERE id = ?", (ns,)).fetchone()
+        if not r:
+            raise NotFound(f"no namespace {ns}")
+        if r[0] is not None:
+            return r[0]
+        t = _now()
+        cur = c.execute(
+            "INSERT INTO dirs(parent, name, ns, owner_ns, mode, uid, gid, atime_ns, mtime_ns, ctime_ns) "
+            "VALUES (NULL, '', ?, ?, ?, ?, ?, ?, ?, ?)", (ns, ns, 0o755, r[1], r[2], t, t, t))
+        c.execute("UPDATE namespaces SET root_dir = ? WHERE id = ?", (cur.lastrowid, ns))
+        return int(cur.lastrowid)  # type: ignore[arg-type]
 
-    def rmkw(self, ns: int, hk: HK) -> None:
-        """KeywordInUse if a file carries it or it has child keywords."""
-        raise NotImplementedError
+    def _lost_found(self, c: sqlite3.Connection, ns: int) -> int:
+        root = self._root_dir(c, ns)
+        r = c.execute("SELECT id FROM dirs WHERE parent = ? AND name = ?", (root, LOST_FOUND)).fetchone()
+        if r:
+            return r[0]
+        if c.execute("SELECT 1 FROM links WHERE dir = ? AND name = ?", (root, LOST_FOUND)).fetchone():
+            raise HKError(f"a file named {LOST_FOUND} blocks the namespace's lost+found directory")
+        rd = c.execute("SELECT uid, gid FROM dirs WHERE id = ?", (root,)).fetchone()
+        return self._mkdir(c, root, LOST_FOUND, 0o700, rd[0], rd[1])
 
-    def keyword_exists(self, ns: int, hk: HK) -> bool:
-        raise NotImplementedError
+    # ------------------------------------------------------------ keywords
 
-    def keyword_children(self, ns: int, hk: HK) -> list[str]:
-        raise NotImplementedError
+    @staticmethod
+    def _kw(c: sqlite3.Connection, ns: int, hk: HK) -> int | None:
+        r = c.execute("SELECT id FROM keywords WHERE ns = ? AND path = ?", (ns, _path(hk))).fetchone()
+        return r[0] if r else None
+
+    def _need_kw(self, c: sqlite3.Connection, ns: int, hk: HK) -> int:
+        kid = self._kw(c, ns, hk)
+        if kid is None:
+            raise NotFound(f"no keyword {format_hk(hk)}")
+        return kid
+
+    def _mkkw(self, c: sqlite3.Connection, ns: int, hk: HK, parents: bool) -> int:
+        kid = self._kw(c, ns, hk)
+        if kid is not None:
+            if parents:
+                return kid
+            raise AlreadyExists(f"keyword {format_hk(hk)} exists")
+        parent = None
+        if len(hk) > 1:
+            parent = self._kw(c, ns, hk[:-1])
+            if parent is None:
+                if not parents:
+                    raise NotFound(f"parent keyword {format_hk(hk[:-1])} of {format_hk(hk)} does not exist")
+                parent = self._mkkw(c, ns, hk[:-1], True)
+        cur = c.execute("INSERT INTO keywords(ns, parent, name, path) VALUES (?, ?, ?, ?)",
+                        (ns, parent, hk[-1], _path(hk)))
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def mkkw(self, ns: int, hk: HK | str, *, parents: bool = False) -> int:
+        """Make an HK. Its parent must exist unless parents=True (which also accepts an existing hk)."""
+        hk = _hks([hk])[0]
+        with self.catalog.write() as c:
+            self._check_ns(c, ns)
+            return self._mkkw(c, ns, hk, parents)
+
+    @staticmethod
+    def _check_ns(c: sqlite3.Connection, ns: int) -> None:
+        if not c.execute("SELECT 1 FROM namespaces WHERE id = ?", (ns,)).fetchone():
+            raise NotFound(f"no namespace {ns}")
+
+    def rmkw(self, ns: int, hk: HK | str) -> None:
+        """Remove an HK; KeywordInUse if a file carries it or it has child keywords.
+
+        It is also dropped from the DKLs that name it (they would match nothing)."""
+        hk = _hks([hk])[0]
+        with self.catalog.write() as c:
+            kid = self._need_kw(c, ns, hk)
+            kids = [r[0] for r in c.execute("SELECT name FROM keywords WHERE parent = ? ORDER BY name LIMIT 5", (kid,))]
+            if kids:
+                raise KeywordInUse(f"keyword {format_hk(hk)} has child keywords ({', '.join(kids)})")
+            n = c.execute("SELECT count(*) FROM entity_keywords WHERE keyword = ?", (kid,)).fetchone()[0]
+            if n:
+                raise KeywordInUse(f"keyword {format_hk(hk)} is carried by {n} file(s)")
+            c.execute("DELETE FROM dir_keywords WHERE hk = ? AND dir IN (SELECT id FROM dirs WHERE ns = ?)",
+                      (format_hk(hk), ns))
+            c.execute("DELETE FROM xattrs WHERE kind = 'keyword' AND id = ?", (kid,))
+            c.execute("DELETE FROM keywords WHERE id = ?", (kid,))
+
+    def keyword_exists(self, ns: int, hk: HK | str) -> bool:
+        hk = _as_hk(hk)
+        if not hk:
+            return True
+        with self.catalog.read() as c:
+            return self._kw(c, ns, hk) is not None
+
+    def keyword_children(self, ns: int, hk: HK | str = ()) -> list[str]:
+        """Names of hk's child keywords, sorted; hk=() gives the top-level ones."""
+        hk = _as_hk(hk)
+        with self.catalog.read() as c:
+            if not hk:
+                rows = c.execute("SELECT name FROM keywords WHERE ns = ? AND parent IS NULL ORDER BY name", (ns,))
+            else:
+                kid = self._need_kw(c, ns, hk)
+                rows = c.execute("SELECT name FROM keywords WHERE parent = ? ORDER BY name", (kid,))
+            return [r[0] for r in rows]
 
     def keywords(self, ns: int) -> list[HK]:
-        raise NotImplementedError
+        """Every HK of the namespace, sorted (for completion)."""
+        with self.catalog.read() as c:
+            return [_hk_of_path(r[0]) for r in
+                    c.execute("SELECT path FROM keywords WHERE ns = ? ORDER BY path", (ns,))]
 
-    def keyword_counts(self, ns: int, hk: HK = ()) -> list[tuple[HK, int]]:
-        raise NotImplementedError
+    def keyword_counts(self, ns: int, hk: HK | str = ()) -> list[tuple[HK, int]]:
+        """hk's subtree (hk itself unless root), each with the number of files carrying it or a descendant."""
+        hk = _as_hk(hk)
+        with self.catalog.read() as c:
+            if hk:
+                self._need_kw(c, ns, hk)
+                lo, hi = _range(hk)
+                where, params = "k.ns = ? AND k.path >= ? AND k.path < ?", (ns, lo, hi)
+            else:
+                where, params = "k.ns = ?", (ns,)
+            rows = c.execute(
+                "SELECT k.path, (SELECT count(DISTINCT x.entity) FROM keywords d "
+                "JOIN entity_keywords x ON x.keyword = d.id WHERE d.ns = k.ns AND d.path >= k.path "
+                "AND d.path < substr(k.path, 1, length(k.path) - 1) || '0') "
+                f"FROM keywords k WHERE {where} ORDER BY k.path", params)
+            return [(_hk_of_path(p), n) for p, n in rows]
 
-    # entities
-    def create(self, ns: int, name: str, *, hks: Sequence[HK] = (), directory: int | None = None,
+    # ------------------------------------------------------------ entities
+
+    def _new_bytes(self, eid: int) -> None:
+        fd = os.open(self.entity_path(eid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+
+    def _drop_bytes(self, eids: Iterable[int]) -> None:
+        """After commit: delete the bytes of deleted entities."""
+        for eid in eids:
+            try:
+                os.unlink(self.entity_path(eid))
+            except FileNotFoundError:
+                log.warning("entity %d had no bytes file", eid)
+
+    def create(self, ns: int, name: str, *, hks: Sequence[HK | str] = (), directory: int | None = None,
                mode: int = 0o644, uid: int = 0, gid: int = 0) -> int:
-        raise NotImplementedError
+        """Create an empty entity carrying hks and/or linked into directory (else into lost+found)."""
+        validate_name(name)
+        hk_list = _hks(hks)
+        made: list[int] = []
+        try:
+            with self.catalog.write() as c:
+                self._check_ns(c, ns)
+                kids = [self._need_kw(c, ns, h) for h in hk_list]
+                if directory is not None:
+                    self._need_dir(c, directory)
+                    self._name_free(c, directory, name)
+                t = _now()
+                cur = c.execute(
+                    "INSERT INTO entities(ns, name, size, mode, uid, gid, atime_ns, mtime_ns, ctime_ns) "
+                    "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)", (ns, name, mode & 0o7777, uid, gid, t, t, t))
+                eid = int(cur.lastrowid)  # type: ignore[arg-type]
+                self._new_bytes(eid)
+                made.append(eid)
+                c.executemany("INSERT INTO entity_keywords(keyword, entity) VALUES (?, ?)",
+                              [(k, eid) for k in kids])
+                if directory is not None:
+                    c.execute("INSERT INTO links(dir, name, entity) VALUES (?, ?, ?)", (directory, name, eid))
+                    self._touch_dir(c, directory)
+                elif not kids:
+                    self._settle(c, eid)
+        except BaseException:
+            self._drop_bytes_quiet(made)
+            raise
+        return eid
 
-    def bulk_create(self, ns: int, items: Iterable[tuple[str, Sequence[HK]]], *, mode: int = 0o644,
-                    uid: int = 0, gid: int = 0, make_files: bool = True) -> list[int]:
-        """Create many tagged entities in one transaction (imports, benchmarks)."""
-        raise NotImplementedError
+    def _drop_bytes_quiet(self, eids: Iterable[int]) -> None:
+        for eid in eids:
+            try:
+                os.unlink(self.entity_path(eid))
+            except OSError:
+                pass
+
+    def bulk_create(self, ns: int, items: Iterable[tuple[str, Sequence[HK | str]]], *, mode: int = 0o644,
+                    uid: int = 0, gid: int = 0, make_files: bool = True,
+                    create_keywords: bool = False) -> list[int]:
+        """Create many tagged entities in one transaction (imports, benchmarks); returns their ids.
+
+        make_files=False skips the empty bytes files: only for throwaway benchmark stores,
+        since every entity row must otherwise have its file."""
+        items = list(items)
+        made: list[int] = []
+        try:
+            with self.catalog.write() as c:
+                self._check_ns(c, ns)
+                cache: dict[HK, int] = {}
+                base = c.execute("SELECT coalesce(max(id), 0) FROM entities").fetchone()[0] + 1
+                t = _now()
+                ids = list(range(base, base + len(items)))
+                rows, tags, untagged = [], [], []
+                for eid, (name, hks) in zip(ids, items, strict=True):
+                    validate_name(name)
+                    rows.append((eid, ns, name, mode & 0o7777, uid, gid, t, t, t))
+                    hl = hks if not any(isinstance(h, str) for h in hks) else [_as_hk(h) for h in hks]
+                    if not hl:
+                        untagged.append(eid)
+                    for h in hl:
+                        h = tuple(h)
+                        kid = cache.get(h)
+                        if kid is None:
+                            kid = (self._mkkw(c, ns, _hks([h])[0], True) if create_keywords
+                                   else self._need_kw(c, ns, _hks([h])[0]))
+                            cache[h] = kid
+                        tags.append((kid, eid))
+                c.executemany(
+                    "INSERT INTO entities(id, ns, name, size, mode, uid, gid, atime_ns, mtime_ns, ctime_ns) "
+                    "VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)", rows)
+                c.executemany("INSERT OR IGNORE INTO entity_keywords(keyword, entity) VALUES (?, ?)", tags)
+                for eid in untagged:
+                    self._settle(c, eid)
+                if make_files:
+                    for eid in ids:
+                        self._new_bytes(eid)
+                        made.append(eid)
+        except BaseException:
+            self._drop_bytes_quiet(made)
+            raise
+        return ids
 
     def entity(self, eid: int) -> EntityInfo:
-        raise NotImplementedError
+        with self.catalog.read() as c:
+            return self._entity(c, eid)
+
+    def _entity(self, c: sqlite3.Connection, eid: int) -> EntityInfo:
+        r = c.execute(f"SELECT {_ENTITY_COLS} FROM entities e WHERE e.id = ?", (eid,)).fetchone()
+        if not r:
+            raise NotFound(f"no file entity {eid}")
+        return _entity_of_row(r)
+
+    def _need_entity(self, c: sqlite3.Connection, eid: int) -> int:
+        r = c.execute("SELECT ns FROM entities WHERE id = ?", (eid,)).fetchone()
+        if not r:
+            raise NotFound(f"no file entity {eid}")
+        return r[0]
 
     def set_attrs(self, eid: int, *, size: int | None = None, mode: int | None = None,
                   uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
                   mtime_ns: int | None = None) -> None:
-        raise NotImplementedError
+        """Record inode data (the mount writes the bytes itself). ctime follows any change."""
+        sets: dict[str, int] = {}
+        for k, v in (("size", size), ("mode", mode), ("uid", uid), ("gid", gid),
+                     ("atime_ns", atime_ns), ("mtime_ns", mtime_ns)):
+            if v is not None:
+                sets[k] = int(v) & 0o7777 if k == "mode" else int(v)
+        if size is not None and size < 0:
+            raise InvalidArgument("negative size")
+        with self.catalog.write() as c:
+            self._need_entity(c, eid)
+            if not sets:
+                return
+            sets["ctime_ns"] = _now()
+            c.execute(f"UPDATE entities SET {', '.join(k + ' = ?' for k in sets)} WHERE id = ?",
+                      (*sets.values(), eid))
 
-    def atkw(self, eid: int, hks: Sequence[HK], *, create: bool = False) -> None:
-        raise NotImplementedError
+    def _touch_entity(self, c: sqlite3.Connection, eid: int) -> None:
+        c.execute("UPDATE entities SET ctime_ns = ? WHERE id = ?", (_now(), eid))
 
-    def dtkw(self, eid: int, hks: Sequence[HK]) -> None:
-        raise NotImplementedError
+    def atkw(self, eid: int, hks: Sequence[HK | str], *, create: bool = False) -> None:
+        """Attach HKs (already carried ones are fine). Unknown ones: NotFound, or made with create=True."""
+        hl = _hks(hks)
+        with self.catalog.write() as c:
+            ns = self._need_entity(c, eid)
+            kids = [self._mkkw(c, ns, h, True) if create else self._need_kw(c, ns, h) for h in hl]
+            c.executemany("INSERT OR IGNORE INTO entity_keywords(keyword, entity) VALUES (?, ?)",
+                          [(k, eid) for k in kids])
+            self._touch_entity(c, eid)
 
-    def set_hks(self, eid: int, hks: Sequence[HK], *, create: bool = False) -> None:
-        raise NotImplementedError
+    def dtkw(self, eid: int, hks: Sequence[HK | str]) -> None:
+        """Detach HKs: each removes the carried HKs it matches (itself and descendants).
+
+        NotFound if one of them matches nothing the file carries. A file left with no
+        HK and no link goes to lost+found."""
+        hl = _hks(hks)
+        with self.catalog.write() as c:
+            ns = self._need_entity(c, eid)
+            for h in hl:
+                self._need_kw(c, ns, h)
+                lo, hi = _range(h)
+                n = c.execute(
+                    "DELETE FROM entity_keywords WHERE entity = ? AND keyword IN "
+                    "(SELECT id FROM keywords WHERE ns = ? AND path >= ? AND path < ?)",
+                    (eid, ns, lo, hi)).rowcount
+                if not n:
+                    raise NotFound(f"file {eid} does not carry {format_hk(h)}")
+            self._touch_entity(c, eid)
+            self._settle(c, eid)
+
+    def set_hks(self, eid: int, hks: Sequence[HK | str], *, create: bool = False) -> None:
+        """Make the file carry exactly hks (the user.hk.keywords xattr)."""
+        hl = _hks(hks)
+        with self.catalog.write() as c:
+            ns = self._need_entity(c, eid)
+            kids = [self._mkkw(c, ns, h, True) if create else self._need_kw(c, ns, h) for h in hl]
+            c.execute("DELETE FROM entity_keywords WHERE entity = ?", (eid,))
+            c.executemany("INSERT OR IGNORE INTO entity_keywords(keyword, entity) VALUES (?, ?)",
+                          [(k, eid) for k in kids])
+            self._touch_entity(c, eid)
+            self._settle(c, eid)
+
+    def _settle(self, c: sqlite3.Connection, eid: int) -> None:
+        """Keep an entity with no HK and no link reachable: link it into its namespace's lost+found."""
+        if c.execute("SELECT 1 FROM entity_keywords WHERE entity = ? LIMIT 1", (eid,)).fetchone():
+            return
+        if c.execute("SELECT 1 FROM links WHERE entity = ? LIMIT 1", (eid,)).fetchone():
+            return
+        ns, name = c.execute("SELECT ns, name FROM entities WHERE id = ?", (eid,)).fetchone()
+        lf = self._lost_found(c, ns)
+        if self._entry(c, lf, name) is not None:
+            stem, dot, ext = name.rpartition(".")
+            name = f"{stem}~{eid}.{ext}" if dot and stem else f"{name}~{eid}"
+            if self._entry(c, lf, name) is not None:
+                name = f"{eid}"
+        c.execute("INSERT INTO links(dir, name, entity) VALUES (?, ?, ?)", (lf, name, eid))
+        log.info("entity %d has no keyword and no link: linked as %s/%s", eid, LOST_FOUND, name)
 
     def chfn(self, eid: int, new_name: str) -> None:
-        raise NotImplementedError
+        """Change the file name; directory links that carried the old name follow it."""
+        validate_name(new_name)
+        with self.catalog.write() as c:
+            self._need_entity(c, eid)
+            old = c.execute("SELECT name FROM entities WHERE id = ?", (eid,)).fetchone()[0]
+            if old == new_name:
+                return
+            dirs = [r[0] for r in c.execute("SELECT dir FROM links WHERE entity = ? AND name = ?", (eid, old))]
+            for d in dirs:
+                if self._entry(c, d, new_name) is not None:
+                    raise AlreadyExists(f"{new_name!r} already exists in directory {self._dir_path(c, d)}")
+            c.execute("UPDATE links SET name = ? WHERE entity = ? AND name = ?", (new_name, eid, old))
+            c.execute("UPDATE entities SET name = ?, ctime_ns = ? WHERE id = ?", (new_name, _now(), eid))
 
     def rme(self, eid: int) -> None:
-        raise NotImplementedError
+        """Delete the entity: its links, HKs, xattrs, row, and (after commit) its bytes."""
+        with self.catalog.write() as c:
+            self._need_entity(c, eid)
+            self._delete_entity(c, eid)
+        self._drop_bytes([eid])
 
-    def resolve(self, ns: int, hks: Sequence[HK], name: str | None = None) -> list[EntityInfo]:
-        raise NotImplementedError
+    @staticmethod
+    def _delete_entity(c: sqlite3.Connection, eid: int) -> None:
+        c.execute("DELETE FROM links WHERE entity = ?", (eid,))
+        c.execute("DELETE FROM entity_keywords WHERE entity = ?", (eid,))
+        c.execute("DELETE FROM xattrs WHERE kind = 'file' AND id = ?", (eid,))
+        c.execute("DELETE FROM entities WHERE id = ?", (eid,))
 
-    def name_counts(self, ns: int, hks: Sequence[HK]) -> dict[str, int]:
-        raise NotImplementedError
+    # ------------------------------------------------------------ resolution
 
-    # directories
+    def _match(self, c: sqlite3.Connection, ns: int, hks: Sequence[HK | str],
+               name: str | None) -> tuple[str, list]:
+        """SQL (a FROM/WHERE tail over `entities e`) selecting the files the list matches.
+
+        The most selective HK (counted up to a cap) drives through the (keyword, entity)
+        index over its subtree's keyword-id range; each other HK is an EXISTS probe
+        through (entity, keyword). With a name, the (ns, name) index drives instead."""
+        hl = _hks(hks)
+        for h in hl:
+            self._need_kw(c, ns, h)
+        ranges = [_range(h) for h in hl]
+        if name is not None:
+            where, params = ["e.ns = ? AND e.name = ?"], [ns, name]
+            probes = ranges
+        elif not ranges:
+            return "FROM entities e WHERE e.ns = ?", [ns]
+        else:
+            if len(ranges) > 1:
+                est = [c.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
+                    "WHERE k.ns = ? AND k.path >= ? AND k.path < ? LIMIT ?)", (ns, lo, hi, _ESTIMATE_CAP)
+                ).fetchone()[0] for lo, hi in ranges]
+                order = sorted(range(len(ranges)), key=est.__getitem__)
+                ranges = [ranges[i] for i in order]
+            lo, hi = ranges[0]
+            where = ["e.id IN (SELECT x.entity FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
+                     "WHERE k.ns = ? AND k.path >= ? AND k.path < ?)"]
+            params = [ns, lo, hi]
+            probes = ranges[1:]
+        for lo, hi in probes:
+            where.append("EXISTS (SELECT 1 FROM entity_keywords x JOIN keywords k ON k.id = x.keyword "
+                         "WHERE x.entity = e.id AND k.path >= ? AND k.path < ? AND k.ns = ?)")
+            params += [lo, hi, ns]
+        return "FROM entities e WHERE " + " AND ".join(where), params
+
+    def resolve(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[EntityInfo]:
+        """Files of namespace ns matching the list (with descendants), by id; unknown HK: NotFound."""
+        with self.catalog.read() as c:
+            tail, params = self._match(c, ns, hks, name)
+            return [_entity_of_row(r) for r in c.execute(f"SELECT {_ENTITY_COLS} {tail} ORDER BY e.id", params)]
+
+    def resolve_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
+        """Like resolve, ids only (cheap: for counting and large views)."""
+        with self.catalog.read() as c:
+            tail, params = self._match(c, ns, hks, name)
+            return [r[0] for r in c.execute(f"SELECT e.id {tail} ORDER BY e.id", params)]
+
+    def name_counts(self, ns: int, hks: Sequence[HK | str]) -> dict[str, int]:
+        """For `ls ,`: name -> number of matching files with that name (sorted by name)."""
+        with self.catalog.read() as c:
+            tail, params = self._match(c, ns, hks, None)
+            return dict(c.execute(f"SELECT e.name, count(*) {tail} GROUP BY e.name ORDER BY e.name", params))
+
+    # ------------------------------------------------------------ directories
+
+    def _need_dir(self, c: sqlite3.Connection, dirid: int) -> tuple:
+        r = c.execute("SELECT id, parent, name, ns, owner_ns, mode, uid, gid, atime_ns, mtime_ns, ctime_ns "
+                      "FROM dirs WHERE id = ?", (dirid,)).fetchone()
+        if not r:
+            raise NotFound(f"no directory {dirid}")
+        return r
+
+    @staticmethod
+    def _entry(c: sqlite3.Connection, dirid: int, name: str) -> DirEntry | None:
+        r = c.execute("SELECT id FROM dirs WHERE parent = ? AND name = ?", (dirid, name)).fetchone()
+        if r:
+            return DirEntry(name, "dir", r[0])
+        r = c.execute("SELECT entity FROM links WHERE dir = ? AND name = ?", (dirid, name)).fetchone()
+        return DirEntry(name, "file", r[0]) if r else None
+
+    def _name_free(self, c: sqlite3.Connection, dirid: int, name: str) -> None:
+        if self._entry(c, dirid, name) is not None:
+            raise AlreadyExists(f"{name!r} already exists in {self._dir_path(c, dirid)}")
+
+    def _dir_path(self, c: sqlite3.Connection, dirid: int) -> str:
+        parts: list[str] = []
+        cur: int | None = dirid
+        while cur is not None:
+            r = c.execute("SELECT parent, name FROM dirs WHERE id = ?", (cur,)).fetchone()
+            if not r:
+                break
+            if r[0] is not None:
+                parts.append(r[1])
+            cur = r[0]
+        return "/" + "/".join(reversed(parts))
+
+    @staticmethod
+    def _touch_dir(c: sqlite3.Connection, dirid: int) -> None:
+        t = _now()
+        c.execute("UPDATE dirs SET mtime_ns = ?, ctime_ns = ? WHERE id = ?", (t, t, dirid))
+
+    def _mkdir(self, c: sqlite3.Connection, parent: int, name: str, mode: int, uid: int, gid: int) -> int:
+        p = self._need_dir(c, parent)
+        self._name_free(c, parent, name)
+        t = _now()
+        cur = c.execute(
+            "INSERT INTO dirs(parent, name, ns, owner_ns, mode, uid, gid, atime_ns, mtime_ns, ctime_ns) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (parent, name, p[3], p[4], mode & 0o7777, uid, gid, t, t, t))
+        self._touch_dir(c, parent)
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
     def mkdir(self, parent: int, name: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0) -> int:
-        raise NotImplementedError
+        """Make an ordinary directory; it inherits ns (and owner_ns) from its parent, and an empty DKL."""
+        validate_name(name)
+        with self.catalog.write() as c:
+            return self._mkdir(c, parent, name, mode, uid, gid)
 
     def rmdir(self, dirid: int) -> None:
-        raise NotImplementedError
+        """Remove an empty directory (NotEmpty if it holds links or subdirectories)."""
+        with self.catalog.write() as c:
+            d = self._need_dir(c, dirid)
+            if d[1] is None:
+                raise NotPermitted("a namespace's root directory cannot be removed")
+            if (c.execute("SELECT 1 FROM dirs WHERE parent = ? LIMIT 1", (dirid,)).fetchone()
+                    or c.execute("SELECT 1 FROM links WHERE dir = ? LIMIT 1", (dirid,)).fetchone()):
+                raise NotEmpty(f"directory {self._dir_path(c, dirid)} is not empty")
+            c.execute("DELETE FROM dir_keywords WHERE dir = ?", (dirid,))
+            c.execute("DELETE FROM xattrs WHERE kind = 'dir' AND id = ?", (dirid,))
+            c.execute("DELETE FROM dirs WHERE id = ?", (dirid,))
+            self._touch_dir(c, d[1])
 
     def dir(self, dirid: int) -> DirInfo:
-        raise NotImplementedError
+        with self.catalog.read() as c:
+            return DirInfo(*self._need_dir(c, dirid), dkl=self._dkl(c, dirid))
+
+    def dir_path(self, dirid: int) -> str:
+        """'/a/b' of a directory below its namespace root (for messages)."""
+        with self.catalog.read() as c:
+            self._need_dir(c, dirid)
+            return self._dir_path(c, dirid)
+
+    def set_dir_attrs(self, dirid: int, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None) -> None:
+        """chmod/chown/utimens of a directory."""
+        sets = {k: (int(v) & 0o7777 if k == "mode" else int(v)) for k, v in
+                (("mode", mode), ("uid", uid), ("gid", gid), ("atime_ns", atime_ns), ("mtime_ns", mtime_ns))
+                if v is not None}
+        with self.catalog.write() as c:
+            self._need_dir(c, dirid)
+            if sets:
+                sets["ctime_ns"] = _now()
+                c.execute(f"UPDATE dirs SET {', '.join(k + ' = ?' for k in sets)} WHERE id = ?",
+                          (*sets.values(), dirid))
 
     def lookup(self, dirid: int, name: str) -> DirEntry | None:
-        raise NotImplementedError
+        with self.catalog.read() as c:
+            self._need_dir(c, dirid)
+            return self._entry(c, dirid, name)
 
     def listdir(self, dirid: int) -> list[DirEntry]:
-        raise NotImplementedError
+        """Subdirectories and file links, sorted by name."""
+        with self.catalog.read() as c:
+            self._need_dir(c, dirid)
+            out = [DirEntry(n, "dir", i) for n, i in
+                   c.execute("SELECT name, id FROM dirs WHERE parent = ?", (dirid,))]
+            out += [DirEntry(n, "file", e) for n, e in
+                    c.execute("SELECT name, entity FROM links WHERE dir = ?", (dirid,))]
+        return sorted(out, key=lambda e: e.name)
+
+    def links(self, eid: int) -> list[tuple[int, str]]:
+        """Where an entity is linked: (dir id, name) pairs."""
+        with self.catalog.read() as c:
+            self._need_entity(c, eid)
+            return [tuple(r) for r in c.execute(
+                "SELECT dir, name FROM links WHERE entity = ? ORDER BY dir, name", (eid,))]
 
     def link(self, eid: int, dirid: int, name: str | None = None) -> None:
-        raise NotImplementedError
+        """Link an entity into a directory (name defaults to the entity's file name)."""
+        if name is not None:
+            validate_name(name)
+        with self.catalog.write() as c:
+            self._need_entity(c, eid)
+            self._need_dir(c, dirid)
+            if name is None:
+                name = c.execute("SELECT name FROM entities WHERE id = ?", (eid,)).fetchone()[0]
+            self._name_free(c, dirid, name)
+            c.execute("INSERT INTO links(dir, name, entity) VALUES (?, ?, ?)", (dirid, name, eid))
+            self._touch_dir(c, dirid)
+            self._touch_entity(c, eid)
 
     def unlink(self, dirid: int, name: str) -> None:
-        raise NotImplementedError
+        """Paper rm: remove the link. If it was the last link and the entity has no HK,
+        the entity is deleted (UNIX rm); never otherwise."""
+        dead: list[int] = []
+        with self.catalog.write() as c:
+            self._need_dir(c, dirid)
+            e = self._entry(c, dirid, name)
+            if e is None:
+                raise NotFound(f"no {name!r} in {self._dir_path(c, dirid)}")
+            if e.kind == "dir":
+                raise IsADirectory(f"{name!r} is a directory")
+            c.execute("DELETE FROM links WHERE dir = ? AND name = ?", (dirid, name))
+            self._touch_dir(c, dirid)
+            if self._unreferenced(c, e.id):
+                self._delete_entity(c, e.id)
+                dead.append(e.id)
+            else:
+                self._touch_entity(c, e.id)
+        self._drop_bytes(dead)
+
+    @staticmethod
+    def _unreferenced(c: sqlite3.Connection, eid: int) -> bool:
+        return not (c.execute("SELECT 1 FROM entity_keywords WHERE entity = ? LIMIT 1", (eid,)).fetchone()
+                    or c.execute("SELECT 1 FROM links WHERE entity = ? LIMIT 1", (eid,)).fetchone())
 
     def rename(self, src_dir: int, src_name: str, dst_dir: int, dst_name: str) -> None:
-        raise NotImplementedError
+        """Move a link or subdirectory. Replaces an existing file link (its entity, if left with
+        no HK and no link, is deleted as by rm) or an empty directory, as rename(2) does."""
+        validate_name(dst_name)
+        dead: list[int] = []
+        with self.catalog.write() as c:
+            self._need_dir(c, src_dir)
+            self._need_dir(c, dst_dir)
+            src = self._entry(c, src_dir, src_name)
+            if src is None:
+                raise NotFound(f"no {src_name!r} in {self._dir_path(c, src_dir)}")
+            if src_dir == dst_dir and src_name == dst_name:
+                return
+            dst = self._entry(c, dst_dir, dst_name)
+            if src.kind == "dir":
+                cur: int | None = dst_dir
+                while cur is not None:
+                    if cur == src.id:
+                        raise InvalidArgument("cannot move a directory into itself")
+                    cur = c.execute("SELECT parent FROM dirs WHERE id = ?", (cur,)).fetchone()[0]
+                if dst is not None:
+                    if dst.kind == "file":
+                        raise NotADirectory(f"{dst_name!r} is not a directory")
+                    if (c.execute("SELECT 1 FROM dirs WHERE parent = ? LIMIT 1", (dst.id,)).fetchone()
+                            or c.execute("SELECT 1 FROM links WHERE dir = ? LIMIT 1", (dst.id,)).fetchone()):
+                        raise NotEmpty(f"directory {dst_name!r} is not empty")
+                    c.execute("DELETE FROM dir_keywords WHERE dir = ?", (dst.id,))
+                    c.execute("DELETE FROM xattrs WHERE kind = 'dir' AND id = ?", (dst.id,))
+                    c.execute("DELETE FROM dirs WHERE id = ?", (dst.id,))
+                c.execute("UPDATE dirs SET parent = ?, name = ?, ctime_ns = ? WHERE id = ?",
+                          (dst_dir, dst_name, _now(), src.id))
+            else:
+                if dst is not None:
+                    if dst.kind == "dir":
+                        raise IsADirectory(f"{dst_name!r} is a directory")
+                    if dst.id == src.id:  # two links to one entity: rename(2) does nothing
+                        return
+                    c.execute("DELETE FROM links WHERE dir = ? AND name = ?", (dst_dir, dst_name))
+                    if self._unreferenced(c, dst.id):
+                        self._delete_entity(c, dst.id)
+                        dead.append(dst.id)
+                c.execute("UPDATE links SET dir = ?, name = ? WHERE dir = ? AND name = ?",
+                          (dst_dir, dst_name, src_dir, src_name))
+                self._touch_entity(c, src.id)
+            self._touch_dir(c, src_dir)
+            if dst_dir != src_dir:
+                self._touch_dir(c, dst_dir)
+        self._drop_bytes(dead)
 
-    def akl(self, dirid: int, hks: Sequence[HK]) -> None:
-        raise NotImplementedError
+    # ------------------------------------------------------------ DKL / CKL
 
-    def rkl(self, dirid: int, hks: Sequence[HK]) -> None:
-        raise NotImplementedError
+    @staticmethod
+    def _dkl(c: sqlite3.Connection, dirid: int) -> tuple[HK, ...]:
+        return tuple(parse_hk(r[0]) for r in
+                     c.execute("SELECT hk FROM dir_keywords WHERE dir = ? ORDER BY pos", (dirid,)))
 
-    def set_dkl(self, dirid: int, hks: Sequence[HK]) -> None:
-        raise NotImplementedError
+    def _write_dkl(self, c: sqlite3.Connection, dirid: int, hks: Sequence[HK]) -> None:
+        c.execute("DELETE FROM dir_keywords WHERE dir = ?", (dirid,))
+        c.executemany("INSERT INTO dir_keywords(dir, pos, hk) VALUES (?, ?, ?)",
+                      [(dirid, i, format_hk(h)) for i, h in enumerate(hks)])
+        c.execute("UPDATE dirs SET ctime_ns = ? WHERE id = ?", (_now(), dirid))
+
+    def akl(self, dirid: int, hks: Sequence[HK | str]) -> None:
+        """Add HKs (of the directory's namespace) to its DKL; ones already there are kept once."""
+        hl = _hks(hks)
+        with self.catalog.write() as c:
+            ns = self._need_dir(c, dirid)[3]
+            for h in hl:
+                self._need_kw(c, ns, h)
+            dkl = list(self._dkl(c, dirid))
+            self._write_dkl(c, dirid, dkl + [h for h in hl if h not in dkl])
+
+    def rkl(self, dirid: int, hks: Sequence[HK | str]) -> None:
+        """Remove HKs from the DKL; NotFound if one is not in it."""
+        hl = _hks(hks)
+        with self.catalog.write() as c:
+            self._need_dir(c, dirid)
+            dkl = list(self._dkl(c, dirid))
+            for h in hl:
+                if h not in dkl:
+                    raise NotFound(f"{format_hk(h)} is not in the directory keyword list")
+            self._write_dkl(c, dirid, [h for h in dkl if h not in hl])
+
+    def set_dkl(self, dirid: int, hks: Sequence[HK | str]) -> None:
+        """Replace the DKL (the user.hk.dkl xattr)."""
+        hl = _hks(hks)
+        with self.catalog.write() as c:
+            ns = self._need_dir(c, dirid)[3]
+            for h in hl:
+                self._need_kw(c, ns, h)
+            self._write_dkl(c, dirid, hl)
 
     def chns(self, dirid: int, user: str | int) -> None:
-        raise NotImplementedError
+        """Make the directory's ',' refer to user's namespace. The DKL, which names keywords
+        of the old namespace, is cleared."""
+        with self.catalog.write() as c:
+            d = self._need_dir(c, dirid)
+            ns = self._ns_id(c, user)
+            if ns == d[3]:
+                return
+            c.execute("UPDATE dirs SET ns = ? WHERE id = ?", (ns, dirid))
+            self._write_dkl(c, dirid, [])
 
-    def ldf(self, dirid: int, hks: Sequence[HK] | None = None, name: str | None = None) -> list[int]:
-        raise NotImplementedError
+    def ldf(self, dirid: int, hks: Sequence[HK | str] | None = None, name: str | None = None) -> list[int]:
+        """Load: link every file matching hks (default: the DKL) into the directory.
 
-    # xattrs
+        NameClash (listing the names) if two matches share a name, or a match's name is
+        taken in the directory by something else; then nothing is linked. Files already
+        linked there under their name are left as they are. Returns the matching ids."""
+        with self.catalog.write() as c:
+            d = self._need_dir(c, dirid)
+            hl = _hks(hks) if hks is not None else list(self._dkl(c, dirid))
+            if not hl and name is None:
+                raise InvalidArgument("empty keyword list: nothing to load (add keywords with akl)")
+            tail, params = self._match(c, d[3], hl, name)
+            rows = c.execute(f"SELECT e.id, e.name {tail} ORDER BY e.id", params).fetchall()
+            by_name: dict[str, list[int]] = {}
+            for eid, n in rows:
+                by_name.setdefault(n, []).append(eid)
+            clash = {n for n, ids in by_name.items() if len(ids) > 1}
+            todo = []
+            for n, ids in by_name.items():
+                if n in clash:
+                    continue
+                e = self._entry(c, dirid, n)
+                if e is None:
+                    todo.append((dirid, n, ids[0]))
+                elif not (e.kind == "file" and e.id == ids[0]):
+                    clash.add(n)
+            if clash:
+                names = sorted(clash)
+                raise NameClash(f"files with the same file name: {', '.join(names)}", names)
+            c.executemany("INSERT INTO links(dir, name, entity) VALUES (?, ?, ?)", todo)
+            if todo:
+                self._touch_dir(c, dirid)
+            return [r[0] for r in rows]
+
+    # ------------------------------------------------------------ xattrs
+
+    def _need_object(self, c: sqlite3.Connection, kind: str, id: int) -> None:
+        if kind == "file":
+            self._need_entity(c, id)
+        elif kind == "dir":
+            self._need_dir(c, id)
+        else:
+            raise InvalidArgument(f"xattr kind must be 'file' or 'dir', not {kind!r}")
+
     def get_xattr(self, kind: str, id: int, name: str) -> bytes:
-        raise NotImplementedError
+        """NotFound (the mount answers ENODATA) if the attribute is not set."""
+        with self.catalog.read() as c:
+            self._need_object(c, kind, id)
+            r = c.execute("SELECT value FROM xattrs WHERE kind = ? AND id = ? AND name = ?",
+                          (kind, id, name)).fetchone()
+        if r is None:
+            raise NotFound(f"no attribute {name}")
+        return bytes(r[0])
 
     def set_xattr(self, kind: str, id: int, name: str, value: bytes) -> None:
-        raise NotImplementedError
+        with self.catalog.write() as c:
+            self._need_object(c, kind, id)
+            c.execute("INSERT OR REPLACE INTO xattrs(kind, id, name, value) VALUES (?, ?, ?, ?)",
+                      (kind, id, name, bytes(value)))
 
     def remove_xattr(self, kind: str, id: int, name: str) -> None:
-        raise NotImplementedError
+        with self.catalog.write() as c:
+            self._need_object(c, kind, id)
+            if not c.execute("DELETE FROM xattrs WHERE kind = ? AND id = ? AND name = ?",
+                             (kind, id, name)).rowcount:
+                raise NotFound(f"no attribute {name}")
 
     def list_xattrs(self, kind: str, id: int) -> list[str]:
-        raise NotImplementedError
+        with self.catalog.read() as c:
+            self._need_object(c, kind, id)
+            return [r[0] for r in c.execute(
+                "SELECT name FROM xattrs WHERE kind = ? AND id = ? ORDER BY name", (kind, id))]
+
+    # ------------------------------------------------------------ consistency
+
+    def check(self) -> list[str]:
+        """Read-only consistency report (for fsck and tests): rows without bytes, bytes
+        without rows, unreachable entities, broken references. Empty when consistent."""
+        problems: list[str] = []
+        with self.catalog.read() as c:
+            ids = {r[0] for r in c.execute("SELECT id FROM entities")}
+            for r in c.execute("PRAGMA foreign_key_check"):
+                problems.append(f"broken reference in {r[0]} rowid {r[1]} -> {r[2]}")
+            for (eid,) in c.execute(
+                    "SELECT id FROM entities e WHERE NOT EXISTS (SELECT 1 FROM entity_keywords x WHERE x.entity = e.id) "
+                    "AND NOT EXISTS (SELECT 1 FROM links l WHERE l.entity = e.id)"):
+                problems.append(f"entity {eid} has no keyword and no link")
+        files = set()
+        for p in self.entities_dir.iterdir():
+            if p.name.isdigit():
+                files.add(int(p.name))
+            else:
+                problems.append(f"stray file entities/{p.name}")
+        problems += [f"entity {i} has no bytes file" for i in sorted(ids - files)]
+        problems += [f"orphan bytes file entities/{i}" for i in sorted(files - ids)]
+        return problems

@@ -1,0 +1,46 @@
+"""Keyword completion, paper §4.1 (Figs. 3 and 4).
+
+Two modes, chosen by the partial text:
+- starts with '//': HKs that have the text as a prefix and the same number of
+  '/'-separated levels (walks the hierarchy one level at a time, like a shell);
+- otherwise: every HK whose LAST component starts with the text, anywhere in
+  the hierarchy ('foot' -> //movie/footloose, //sports/football). If the text
+  holds '/', e.g. 'dog/p', its leading components must equal the HK's
+  components just before the last one (an extension of the paper's mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .naming import HK, format_hk
+
+__all__ = ["complete"]
+
+
+def _with_ancestors(keywords: Iterable[HK]) -> set[HK]:
+    out: set[HK] = set()
+    for hk in keywords:
+        for i in range(1, len(hk) + 1):
+            out.add(tuple(hk[:i]))
+    return out
+
+
+def complete(partial: str, keywords: Iterable[HK]) -> list[str]:
+    """Candidates for `partial`, sorted, formatted '//a/b'."""
+    hks = _with_ancestors(keywords)
+    if partial.startswith("//"):
+        levels = partial[2:].split("/")
+        depth = len(levels)
+        return sorted(s for s in (format_hk(h) for h in hks if len(h) == depth)
+                      if s.startswith(partial))
+    if partial.startswith("/"):
+        return []
+    parts = partial.split("/")
+    head, last = parts[:-1], parts[-1]
+    n = len(head)
+    out = []
+    for h in hks:
+        if len(h) > n and h[-1].startswith(last) and list(h[-1 - n:-1]) == head:
+            out.append(format_hk(h))
+    return sorted(out)

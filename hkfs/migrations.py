@@ -1,0 +1,107 @@
+"""Catalog schema version and ordered, transactional migrations.
+
+The catalog is user data, not a cache: it is never rebuilt on a version
+mismatch. A new catalog gets hkfs/schema.sql (always the latest schema) and
+user_version = SCHEMA_VERSION. An older one is upgraded one version at a time,
+each step in its own BEGIN IMMEDIATE transaction that also bumps user_version,
+so a crash mid-way leaves a catalog at some exact version. A newer catalog is
+refused (StoreVersionError) instead of being misread.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from importlib import resources
+
+from .errors import StoreVersionError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+Migration = Callable[[sqlite3.Connection], None]
+
+# MIGRATIONS[v] upgrades a catalog from version v-1 to v. Append, never edit.
+MIGRATIONS: dict[int, tuple[str, Migration]] = {}
+
+
+def schema_sql() -> str:
+    """The text of hkfs/schema.sql, read as package data."""
+    return resources.files("hkfs").joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a script into complete statements (sqlite3.complete_statement decides)."""
+    out: list[str] = []
+    buf = ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        raise ValueError("schema.sql ends with an incomplete statement")
+    return out
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _record(conn: sqlite3.Connection, version: int, name: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO migrations(version, name, applied_ns) VALUES (?, ?, ?)",
+                 (version, name, time.time_ns()))
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def ensure_schema(conn: sqlite3.Connection, *, target: int | None = None,
+                  migrations: dict[int, tuple[str, Migration]] | None = None) -> int:
+    """Create or upgrade the catalog on `conn` (autocommit mode); return the version reached.
+
+    `target` and `migrations` default to the module's; tests pass their own.
+    """
+    target = SCHEMA_VERSION if target is None else target
+    migrations = MIGRATIONS if migrations is None else migrations
+    v = user_version(conn)
+    if v > target:
+        raise StoreVersionError(
+            f"catalog schema version {v} is newer than this hkfs supports ({target}); "
+            "upgrade hkfs to open this store")
+    if v == 0:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if user_version(conn) == 0:  # another process may have won the race
+                tables = conn.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+                if tables:
+                    raise StoreVersionError("catalog has tables but no schema version; not an hkfs catalog")
+                for stmt in split_statements(schema_sql()):
+                    conn.execute(stmt)
+                _record(conn, target, "initial schema")
+                log.info("created catalog schema version %d", target)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return user_version(conn)
+    while v < target:
+        nxt = v + 1
+        if nxt not in migrations:
+            raise StoreVersionError(f"no migration from catalog schema version {v} to {nxt}")
+        name, fn = migrations[nxt]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if user_version(conn) == v:
+                fn(conn)
+                _record(conn, nxt, name)
+                log.info("migrated catalog to version %d (%s)", nxt, name)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        v = user_version(conn)
+    return v

@@ -1,0 +1,100 @@
+-- hkfs catalog schema. Idempotent; loaded by hkfs/migrations.py for a new store,
+-- which then sets PRAGMA user_version to migrations.SCHEMA_VERSION.
+-- Any change here needs a matching migration in hkfs/migrations.py.
+
+-- One namespace per user (paper §2.3): its own keyword hierarchy and root directory.
+CREATE TABLE IF NOT EXISTS namespaces (
+    id        INTEGER PRIMARY KEY,
+    user      TEXT    NOT NULL UNIQUE,
+    uid       INTEGER NOT NULL,
+    gid       INTEGER NOT NULL,
+    root_dir  INTEGER REFERENCES dirs(id)
+);
+
+-- The keyword hierarchy. `path` is the materialized path '/animal/dog/' (a component
+-- never holds '/'), so the subtree of //animal is the index range
+-- path >= '/animal/' AND path < '/animal0' ('0' is the byte after '/').
+CREATE TABLE IF NOT EXISTS keywords (
+    id      INTEGER PRIMARY KEY,
+    ns      INTEGER NOT NULL REFERENCES namespaces(id),
+    parent  INTEGER REFERENCES keywords(id),
+    name    TEXT    NOT NULL,
+    path    TEXT    NOT NULL,
+    UNIQUE (ns, path)
+);
+CREATE INDEX IF NOT EXISTS keywords_parent ON keywords(parent, name);
+
+-- File entities; bytes in STORE/entities/<id>.
+CREATE TABLE IF NOT EXISTS entities (
+    id        INTEGER PRIMARY KEY,
+    ns        INTEGER NOT NULL REFERENCES namespaces(id),
+    name      TEXT    NOT NULL,
+    size      INTEGER NOT NULL DEFAULT 0,
+    mode      INTEGER NOT NULL,
+    uid       INTEGER NOT NULL,
+    gid       INTEGER NOT NULL,
+    atime_ns  INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    ctime_ns  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entities_ns_name ON entities(ns, name);
+
+-- Which entity carries which HK. (keyword, entity) drives list resolution;
+-- (entity, keyword) checks the other HKs of a list per candidate.
+CREATE TABLE IF NOT EXISTS entity_keywords (
+    keyword  INTEGER NOT NULL REFERENCES keywords(id),
+    entity   INTEGER NOT NULL REFERENCES entities(id),
+    PRIMARY KEY (keyword, entity)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_keywords_entity ON entity_keywords(entity, keyword);
+
+-- Ordinary directories. parent IS NULL for a namespace root. ns: the namespace
+-- ',' refers to (chns); owner_ns: the namespace the directory lives in.
+CREATE TABLE IF NOT EXISTS dirs (
+    id        INTEGER PRIMARY KEY,
+    parent    INTEGER REFERENCES dirs(id),
+    name      TEXT    NOT NULL,
+    ns        INTEGER NOT NULL REFERENCES namespaces(id),
+    owner_ns  INTEGER NOT NULL REFERENCES namespaces(id),
+    mode      INTEGER NOT NULL,
+    uid       INTEGER NOT NULL,
+    gid       INTEGER NOT NULL,
+    atime_ns  INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    ctime_ns  INTEGER NOT NULL,
+    UNIQUE (parent, name)
+);
+
+-- The directory keyword list (DKL), in order, as formatted HKs of the dir's ns.
+CREATE TABLE IF NOT EXISTS dir_keywords (
+    dir  INTEGER NOT NULL REFERENCES dirs(id),
+    pos  INTEGER NOT NULL,
+    hk   TEXT    NOT NULL,
+    PRIMARY KEY (dir, pos)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dir_keywords_hk ON dir_keywords(hk);
+
+-- Directory entries that are files: links to entities.
+CREATE TABLE IF NOT EXISTS links (
+    dir     INTEGER NOT NULL REFERENCES dirs(id),
+    name    TEXT    NOT NULL,
+    entity  INTEGER NOT NULL REFERENCES entities(id),
+    PRIMARY KEY (dir, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS links_entity ON links(entity);
+
+-- Other extended attributes, stored as given. kind: 'file' | 'dir'.
+CREATE TABLE IF NOT EXISTS xattrs (
+    kind   TEXT    NOT NULL,
+    id     INTEGER NOT NULL,
+    name   TEXT    NOT NULL,
+    value  BLOB    NOT NULL,
+    PRIMARY KEY (kind, id, name)
+) WITHOUT ROWID;
+
+-- Applied schema versions (user_version is the authority; this is the history).
+CREATE TABLE IF NOT EXISTS migrations (
+    version     INTEGER PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    applied_ns  INTEGER NOT NULL
+);
