@@ -43,3 +43,4 @@ def main() -> None:
 
 
 # Subcommand modules register themselves on `cli` (one import line each).
+from . import cli_mount  # noqa: E402,F401  (hk mount / umount / demo)

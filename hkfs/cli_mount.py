@@ -1,0 +1,88 @@
+"""`hk mount`, `hk umount`, `hk demo`: the mount commands (they never import FUSE themselves;
+the daemon does, in hkfs.fuse_ops)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .cli import cli
+from .daemon import MountError, mount, parse_options, umount
+from .mountinfo import find_mount
+
+
+@cli.command("mount")
+@click.argument("store", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("-f", "--foreground", is_flag=True, help="Serve in the foreground until unmounted.")
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
+              help="Mount options passed on to FUSE, e.g. -o allow_other,default_permissions.")
+@click.option("-d", "--debug", is_flag=True, help="Log every FUSE request (with -f, to stderr).")
+def mount_cmd(store: Path, mountpoint: Path, foreground: bool, options: tuple[str, ...],
+              debug: bool) -> None:
+    """Mount STORE (created empty when missing) on MOUNTPOINT.
+
+    Returns once the mount is ready; the daemon runs in the background and logs
+    to STORE/daemon.log. Unmount with `hk umount MOUNTPOINT`.
+    """
+    opts: dict[str, object] = {}
+    for o in options:
+        opts.update(parse_options(o))
+    try:
+        status = mount(store, mountpoint, options=opts, foreground=foreground, debug=debug)
+    except MountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if foreground and status:
+        sys.exit(status)
+
+
+@cli.command("umount")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon.")
+def umount_cmd(mountpoint: Path, timeout: float) -> None:
+    """Unmount MOUNTPOINT and wait until its daemon has finished writing."""
+    try:
+        umount(mountpoint, timeout=timeout)
+    except MountError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cli.command("demo")
+@click.option("--store", "store", default="demo-store", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="The demo store (made on first run).")
+@click.option("--mountpoint", default="demo-mnt", show_default=True,
+              type=click.Path(path_type=Path), help="Where to mount it (made when missing).")
+def demo_cmd(store: Path, mountpoint: Path) -> None:
+    """Mount a store with demo data (the paper's LaTeX example among a few dozen files)."""
+    from .demo_data import fill_demo
+    from .store import Store
+
+    mnt = Path(os.path.abspath(mountpoint))
+    found = find_mount(mnt)
+    if found is not None and found[0] == mnt:
+        click.echo(f"already mounted: {mnt} (store {found[1]})")
+    else:
+        mnt.mkdir(parents=True, exist_ok=True)
+        fresh = not (store / "catalog.sqlite").exists()
+        with Store.open(store, create=True) as st:
+            if fresh:
+                fill_demo(st)
+        try:
+            mount(store, mnt)
+        except MountError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"hkfs demo store {os.path.abspath(store)} mounted on {mnt}")
+    rel = str(mountpoint)
+    click.echo(f"""
+Try:
+  ls {rel}/@                        # top-level keywords
+  ls {rel}/@/workshop               # files carrying //workshop (main.tex shared: main~ID.tex)
+  ls {rel}/@/workshop/@/SIG/DPS     # //workshop//SIG/DPS: the paper's LaTeX example
+  ls {rel}/work {rel}/work/,            # a directory and the view of its DKL
+  getfattr -n user.hk.keywords {rel}/@/photo/@/animal/cat/tama.jpg
+  mkdir {rel}/@/animal/fish         # make a keyword; ln/mv/rm in views tag and untag
+
+Unmount with:  make umount   (or: hk umount {rel})""")

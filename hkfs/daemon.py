@@ -1,0 +1,324 @@
+"""Mount and unmount: the store lock, backgrounding, the daemon's log and pid file.
+
+`mount()` checks what it can before forking (FUSE present, mount point a free
+directory), then forks a daemon that opens and locks the store, mounts, and
+reports "ready" (from Operations.init, once the kernel talks to it) or the
+reason it failed through a pipe; the caller returns only then. The daemon
+logs to STORE/daemon.log (the tests fail on ERROR lines there) and writes its
+pid to STORE/daemon.pid so `umount()` can wait until it has finished writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import HKError, StoreLocked
+from .mountinfo import SUBTYPE, find_mount, fsname_for
+
+__all__ = ["MountError", "mount", "umount", "run_daemon", "parse_options", "check_fuse",
+           "check_mountpoint", "LOG_NAME", "PID_NAME"]
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "daemon.log"
+PID_NAME = "daemon.pid"
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+# Kernel caches off: a change by any process (or the hk CLI, which opens the
+# store itself) is visible to the very next command. docs/bench/mount.md has the cost.
+DEFAULT_OPTIONS: dict[str, object] = {
+    "entry_timeout": 0,
+    "attr_timeout": 0,
+    "negative_timeout": 0,
+    "use_ino": True,
+    "hard_remove": True,      # no .fuse_hidden renames: in a view a rename retags
+    "big_writes": True,
+    "max_write": 131072,
+    "max_read": 131072,
+}
+
+
+class MountError(HKError):
+    """A mount or unmount that cannot be done; the message is the one line the user sees."""
+
+
+def parse_options(text: str | None) -> dict[str, object]:
+    """'allow_other,default_permissions,max_write=65536' -> {'allow_other': True, ...}."""
+    out: dict[str, object] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        out[key] = value if eq else True
+    return out
+
+
+def fusermount() -> str | None:
+    """The fusermount binary (libfuse 2's, else fuse3's; both unmount any FUSE mount)."""
+    return shutil.which("fusermount") or shutil.which("fusermount3")
+
+
+def check_fuse() -> None:
+    """MountError unless /dev/fuse, fusermount and libfuse are all present."""
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("FUSE is unavailable: /dev/fuse does not exist (load the fuse module)")
+    if fusermount() is None:
+        raise MountError("FUSE is unavailable: no fusermount in PATH (install fuse3)")
+    if not (os.environ.get("FUSE_LIBRARY_PATH") or ctypes.util.find_library("fuse")
+            or ctypes.util.find_library("fuse3")):
+        raise MountError("FUSE is unavailable: libfuse not found (install libfuse2 or libfuse3-3)")
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """MountError unless the mount point is an existing directory that nothing is mounted on."""
+    if not mountpoint.exists():
+        raise MountError(f"mount point {mountpoint} does not exist")
+    if not mountpoint.is_dir():
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"mount point {mountpoint} is busy: something is already mounted there")
+
+
+def _lock_holder(store: Path) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        return f" (pid {int((store / PID_NAME).read_text().strip())})"
+    return ""
+
+
+def _probe_lock(store: Path) -> None:
+    """Fail early when another daemon holds STORE/lock (the daemon takes the lock for real)."""
+    lock = store / "lock"
+    if not lock.exists():
+        return
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise MountError(f"store {store} is locked by another daemon{_lock_holder(store)}") from None
+    finally:
+        os.close(fd)
+
+
+def _setup_daemon_logging(store: Path, *, to_stderr: bool, level: int) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    fh = logging.FileHandler(store / LOG_NAME, encoding="utf-8")
+    fh.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(fh)
+    if to_stderr:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(sh)
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+
+def fuse_options(store: Path, user_options: dict[str, object]) -> dict[str, object]:
+    opts = dict(DEFAULT_OPTIONS)
+    opts.update(user_options)
+    opts["fsname"] = fsname_for(store)
+    opts["subtype"] = SUBTYPE
+    return opts
+
+
+def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *,
+               ready: Callable[[str], None] | None = None, debug: bool = False) -> int:
+    """Open and lock the store, mount, serve until unmounted; returns the exit status.
+
+    `ready("ok")` is called once the kernel has initialised the file system,
+    `ready("error: ...")` when it could not be mounted.
+    """
+    # The store before FUSE: a locked store fails without touching the mount point.
+    from .store import Store
+
+    report = ready or (lambda _msg: None)
+    try:
+        st = Store.open(store, create=True)
+    except HKError as exc:
+        report(f"error: cannot open store {store}: {exc}")
+        return 1
+    try:
+        st.lock()
+    except StoreLocked:
+        st.close()
+        report(f"error: store {store} is locked by another daemon{_lock_holder(store)}")
+        return 1
+    pid_file = store / PID_NAME
+    pid_file.write_text(f"{os.getpid()}\n")
+    status = 0
+    try:
+        from .fuse_ops import serve  # the only import of mfusepy
+        log.info("mounting %s on %s (pid %d)", store, mountpoint, os.getpid())
+        serve(st, mountpoint, fuse_options(store, user_options), on_ready=lambda: report("ok"),
+              debug=debug)
+        log.info("unmounted %s", mountpoint)
+    except RuntimeError as exc:
+        # libfuse printed the reason on stderr (our log); hand its last line to the user.
+        status = 1
+        report(f"error: cannot mount on {mountpoint}: {_last_fuse_line(store) or exc}")
+        log.warning("mount failed: %s", exc)
+    finally:
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
+        st.close()
+    return status
+
+
+def _last_fuse_line(store: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = (store / LOG_NAME).read_text(errors="replace").splitlines()
+        for line in reversed(lines[-20:]):
+            if line.startswith(("fuse:", "fusermount")):
+                return line
+    return ""
+
+
+def mount(store: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
+          options: dict[str, object] | None = None, foreground: bool = False,
+          debug: bool = False, timeout: float = 30.0) -> int:
+    """Mount `store` (created empty when missing) on `mountpoint`.
+
+    In the background (default) returns the daemon's pid once the mount is
+    ready; in the foreground serves until unmounted and returns the exit status.
+    """
+    store_p = Path(os.path.abspath(store))
+    mnt = Path(os.path.abspath(mountpoint))
+    check_fuse()
+    check_mountpoint(mnt)
+    if store_p.exists() and not store_p.is_dir():
+        raise MountError(f"store {store_p} is not a directory")
+    store_p.mkdir(parents=True, exist_ok=True)
+    _probe_lock(store_p)
+    opts = options or {}
+    if foreground:
+        _setup_daemon_logging(store_p, to_stderr=True, level=logging.DEBUG if debug else logging.INFO)
+        return run_daemon(store_p, mnt, opts, debug=debug)
+
+    rfd, wfd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(rfd)
+        code = 1
+        try:
+            os.setsid()
+            os.chdir("/")
+            null = os.open(os.devnull, os.O_RDWR)
+            logfd = os.open(store_p / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(null, 0)
+            os.dup2(logfd, 1)
+            os.dup2(logfd, 2)   # libfuse writes its complaints to stderr: keep them in the log
+            os.close(null)
+            os.close(logfd)
+            _setup_daemon_logging(store_p, to_stderr=False,
+                                  level=logging.DEBUG if debug else logging.INFO)
+            sent = False
+
+            def ready(msg: str) -> None:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    with contextlib.suppress(OSError):
+                        os.write(wfd, msg.encode("utf-8", "replace") + b"\n")
+                        os.close(wfd)
+
+            code = run_daemon(store_p, mnt, opts, ready=ready, debug=debug)
+            if not sent:
+                ready("error: the daemon stopped before the mount was ready")
+        except BaseException:  # noqa: BLE001 - the daemon must never return into the caller's code
+            logging.getLogger(__name__).exception("daemon failed")
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    os.close(wfd)
+    msg = _read_report(rfd, timeout)
+    if msg != "ok":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        raise MountError(msg.removeprefix("error: ") if msg else
+                         f"the daemon did not report within {timeout:.0f}s; see {store_p / LOG_NAME}")
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mnt):
+        if time.monotonic() > deadline:
+            raise MountError(f"{mnt} is not mounted after {timeout:.0f}s; see {store_p / LOG_NAME}")
+        time.sleep(0.01)
+    return pid
+
+
+def _read_report(fd: int, timeout: float) -> str:
+    import select
+    buf = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while not buf.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        os.close(fd)
+    return buf.decode("utf-8", "replace").strip()
+
+
+def _alive(pid: int) -> bool:
+    """True while pid runs (a zombie nobody reaps counts as finished)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def umount(mountpoint: str | os.PathLike[str], *, timeout: float = 60.0) -> None:
+    """Unmount an hkfs mount and wait until its daemon has finished writing and exited."""
+    mnt = Path(os.path.abspath(mountpoint))
+    found = find_mount(mnt)
+    if found is None or found[0] != mnt:
+        raise MountError(f"{mnt} is not an hkfs mount point")
+    store = found[1]
+    pid = None
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((store / PID_NAME).read_text().strip())
+    fm = fusermount()
+    if fm is None:
+        raise MountError("no fusermount in PATH (install fuse3)")
+    proc = subprocess.run([fm, "-u", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["fusermount failed"])[-1]
+        raise MountError(f"cannot unmount {mnt}: {why}")
+    deadline = time.monotonic() + timeout
+    while pid is not None and _alive(pid):
+        if time.monotonic() > deadline:
+            raise MountError(f"unmounted {mnt}, but daemon pid {pid} is still running after {timeout:.0f}s")
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.02)

@@ -1,0 +1,769 @@
+"""The FUSE adapter: mount paths -> hkfs.views locations -> store calls; handles; errno.
+
+The only module that imports mfusepy. It keeps no catalog state that another
+process could change (the kernel caches are off too, see hkfs.daemon), so a
+change by any `hk` command is visible to the very next call; the one cache it
+has (a listing of the view being stat'ed, for `ls -l` of big views) is dropped
+whenever SQLite reports any commit. Bytes go straight to STORE/entities/<id>
+through one descriptor per open handle. Every callback's errors go through
+`to_fuse_error` (HKError -> its errno, OSError -> its errno, anything else
+logged with its traceback -> EIO).
+
+Semantics that are choices (docs/mount.md explains them to users):
+- create in a view: a new entity carrying the view's HKs;
+- ln FILE VIEW/: attaches the view's HKs the file does not already satisfy;
+- rm VIEW/f: detaches every HK of f that an HK of the view matches (f leaves the view);
+- mv between views: drops the source view's HKs the destination does not match, adds the
+  destination's; mv within a view (same list) renames (chfn);
+- rename of a fresh file over an existing one (editor saves): the existing entity takes the
+  new bytes and mode, keeping its id, keywords, links and xattrs; the fresh entity goes.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mfusepy
+from mfusepy import FUSE, FuseOSError, Operations, overrides
+
+from .errors import HKError, InvalidArgument, IsADirectory, NotADirectory, NotFound, NotPermitted
+from .naming import HK, format_hk_list, hk_matches, parse_hk_list
+from .store import EntityInfo, Store
+from .views import (
+    AT,
+    DirLoc,
+    KeySpaceLoc,
+    LinkLoc,
+    Location,
+    NewKeyLoc,
+    Resolver,
+    ViewFileLoc,
+    ViewLoc,
+    attach_set,
+    check_new_name,
+    clash_name,
+    detach_set,
+)
+
+__all__ = ["HKOperations", "serve", "to_fuse_error"]
+
+log = logging.getLogger(__name__)
+
+ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
+XATTR_CREATE, XATTR_REPLACE = 1, 2
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
+SYMLINK_MARK = "hkfs.symlink"     # private xattr marking a symlink entity (the store keeps only 0o7777)
+MAX_NAME = 255
+
+
+def to_fuse_error(exc: BaseException, op: str = "") -> FuseOSError:
+    """The one place errors become errnos: HKError and OSError keep theirs, the rest is EIO."""
+    if isinstance(exc, FuseOSError):
+        return exc
+    if isinstance(exc, HKError):
+        return FuseOSError(exc.errno)
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        return FuseOSError(exc.errno)
+    log.error("unexpected error in %s", op or "a FUSE callback", exc_info=exc)
+    return FuseOSError(errno.EIO)
+
+
+def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(self: HKOperations, *args: Any) -> Any:
+        try:
+            return fn(self, *args)
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise to_fuse_error(exc, fn.__name__) from exc
+    return wrapper
+
+
+def _check_path(path: str) -> None:
+    for part in path.split("/"):
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME:
+            raise FuseOSError(errno.ENAMETOOLONG)
+
+
+def _caller() -> tuple[int, int]:
+    """(uid, gid) of the process making the call; the daemon's own outside a FUSE request."""
+    try:
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        return uid, gid
+    except (ValueError, OSError, AttributeError):
+        return os.getuid(), os.getgid()
+
+
+def _ino(kind: int, ident: int) -> int:
+    return (ident << 2) | kind
+
+
+@dataclass
+class Handle:
+    fd: int
+    eid: int
+    written: bool = False
+
+
+class HKOperations(Operations):
+    """Operations over a Store; the mount root is the mounting user's namespace root directory."""
+
+    use_ns = True
+
+    def __init__(self, store: Store, *, user: int | str | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.ns = store.namespace_id(os.getuid() if user is None else user)
+        self.root = store.root_dir(self.ns)
+        self.resolver = Resolver(store, self.ns)
+        self.on_ready = on_ready
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.start_ns = time.time_ns()
+        self._handles: dict[int, Handle] = {}
+        self._hlock = threading.Lock()
+        self._next_fh = 1
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @overrides(Operations)
+    def init(self, path: str) -> None:
+        """Called by libfuse once the kernel talks to us: the mount is ready."""
+        log.info("file system ready")
+        if self.on_ready is not None:
+            self.on_ready()
+
+    @overrides(Operations)
+    def destroy(self, path: str) -> None:
+        with self._hlock:
+            handles, self._handles = list(self._handles.values()), {}
+        for h in handles:
+            self._sync(h)
+            os.close(h.fd)
+
+    # ---------------------------------------------------------------- helpers
+
+    def loc(self, path: str) -> Location:
+        _check_path(path)
+        return self.resolver.resolve(path)
+
+    def _eid_of(self, loc: Location) -> int:
+        if isinstance(loc, (LinkLoc, ViewFileLoc)) and loc.eid is not None:
+            return loc.eid
+        if isinstance(loc, (LinkLoc, ViewFileLoc, NewKeyLoc)):
+            raise NotFound("no such file")
+        raise IsADirectory("is a directory")
+
+    def _split(self, path: str) -> tuple[str, str]:
+        parent, _, name = path.rstrip("/").rpartition("/")
+        return parent or "/", name
+
+    def _is_symlink(self, info: EntityInfo) -> bool:
+        if stat.S_ISLNK(info.mode):
+            return True
+        if info.mode & 0o7777 != 0o777:
+            return False
+        try:
+            self.store.get_xattr("file", info.id, SYMLINK_MARK)
+            return True
+        except NotFound:
+            return False
+
+    def _entity_attrs(self, info: EntityInfo) -> dict[str, Any]:
+        try:
+            st = os.stat(self.store.entity_path(info.id))
+            size, atime, mtime, ctime = st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+        except FileNotFoundError:
+            size, atime, mtime, ctime = info.size, info.atime_ns, info.mtime_ns, info.ctime_ns
+        kind = stat.S_IFLNK if self._is_symlink(info) else stat.S_IFREG
+        return {
+            "st_mode": kind | (info.mode & 0o7777), "st_ino": _ino(1, info.id),
+            "st_nlink": max(1, info.nlinks), "st_uid": info.uid, "st_gid": info.gid,
+            "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 131072,
+            "st_atime": atime, "st_mtime": mtime, "st_ctime": max(ctime, info.ctime_ns),
+        }
+
+    def _dir_attrs(self, dirid: int) -> dict[str, Any]:
+        d = self.store.dir(dirid)
+        return {
+            "st_mode": stat.S_IFDIR | (d.mode & 0o7777), "st_ino": _ino(2, d.id), "st_nlink": 2,
+            "st_uid": d.uid, "st_gid": d.gid, "st_size": 4096, "st_blocks": 8, "st_blksize": 4096,
+            "st_atime": d.atime_ns, "st_mtime": d.mtime_ns, "st_ctime": d.ctime_ns,
+        }
+
+    def _virtual_ino(self, loc: KeySpaceLoc | ViewLoc) -> int:
+        key = f"{type(loc).__name__}:{loc.ns}:{format_hk_list(loc.hks)}".encode()
+        h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+        return _ino(3, h & ((1 << 58) - 1))
+
+    def _virtual_attrs(self, loc: KeySpaceLoc | ViewLoc) -> dict[str, Any]:
+        t = self.start_ns
+        return {
+            "st_mode": stat.S_IFDIR | 0o755, "st_ino": self._virtual_ino(loc), "st_nlink": 2,
+            "st_uid": self.uid, "st_gid": self.gid, "st_size": 4096, "st_blocks": 8,
+            "st_blksize": 4096, "st_atime": t, "st_mtime": t, "st_ctime": t,
+        }
+
+    def _handle(self, fh: int) -> Handle:
+        h = self._handles.get(fh)
+        if h is None:
+            raise FuseOSError(errno.EBADF)
+        return h
+
+    def _new_handle(self, fd: int, eid: int, written: bool = False) -> int:
+        with self._hlock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = Handle(fd, eid, written)
+        return fh
+
+    def _open_fd(self, eid: int, flags: int) -> int:
+        keep = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
+        return os.open(self.store.entity_path(eid), (flags & keep) | os.O_CLOEXEC)
+
+    def _sync(self, h: Handle) -> None:
+        """Record the size and mtime of written bytes in the catalog (for hk ls and the CLI)."""
+        if not h.written:
+            return
+        h.written = False
+        try:
+            st = os.fstat(h.fd)
+            self.store.set_attrs(h.eid, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        except NotFound:
+            pass   # the entity went (an editor's temp file renamed over its original)
+
+    def _dir_ns(self, dirid: int) -> int:
+        return self.store.dir(dirid).owner_ns
+
+    # ---------------------------------------------------------------- attributes
+
+    @overrides(Operations)
+    @_mapped
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        if fh is not None and fh in self._handles:
+            return self._entity_attrs(self.store.entity(self._handles[fh].eid))
+        loc = self.loc(path)
+        if isinstance(loc, DirLoc):
+            return self._dir_attrs(loc.dirid)
+        if isinstance(loc, (KeySpaceLoc, ViewLoc)):
+            return self._virtual_attrs(loc)
+        return self._entity_attrs(self.store.entity(self._eid_of(loc)))
+
+    @overrides(Operations)
+    @_mapped
+    def chmod(self, path: str, mode: int) -> int:
+        loc = self.loc(path)
+        if isinstance(loc, DirLoc):
+            self.store.set_dir_attrs(loc.dirid, mode=mode & 0o7777)
+        elif isinstance(loc, (KeySpaceLoc, ViewLoc)):
+            raise NotPermitted("views have no mode of their own")
+        else:
+            self.store.set_attrs(self._eid_of(loc), mode=mode & 0o7777)
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        u = None if uid in (-1, 0xFFFFFFFF) else uid
+        g = None if gid in (-1, 0xFFFFFFFF) else gid
+        loc = self.loc(path)
+        if isinstance(loc, DirLoc):
+            self.store.set_dir_attrs(loc.dirid, uid=u, gid=g)
+        elif isinstance(loc, (KeySpaceLoc, ViewLoc)):
+            raise NotPermitted("views have no owner of their own")
+        else:
+            self.store.set_attrs(self._eid_of(loc), uid=u, gid=g)
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        now = time.time_ns()
+        a, m = times if times is not None else (now, now)
+        a = now if a == UTIME_NOW else (None if a == UTIME_OMIT else a)
+        m = now if m == UTIME_NOW else (None if m == UTIME_OMIT else m)
+        loc = self.loc(path)
+        if isinstance(loc, DirLoc):
+            self.store.set_dir_attrs(loc.dirid, atime_ns=a, mtime_ns=m)
+        elif isinstance(loc, (KeySpaceLoc, ViewLoc)):
+            return 0
+        else:
+            eid = self._eid_of(loc)
+            p = self.store.entity_path(eid)
+            st = os.stat(p)
+            os.utime(p, ns=(st.st_atime_ns if a is None else a, st.st_mtime_ns if m is None else m))
+            self.store.set_attrs(eid, atime_ns=a, mtime_ns=m)
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def statfs(self, path: str) -> dict[str, int]:
+        sv = os.statvfs(self.store.root)
+        keys = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail")
+        out = {k: getattr(sv, k) for k in keys}
+        out["f_namemax"] = MAX_NAME
+        return out
+
+    # ---------------------------------------------------------------- directories
+
+    @overrides(Operations)
+    @_mapped
+    def readdir(self, path: str, fh: int) -> Iterable[tuple[str, dict[str, int], int]]:
+        # Every entry needs an inode number: readdir(3) skips entries whose d_ino is 0.
+        loc = self.loc(path)
+        me = self.getattr(path)["st_ino"]
+        out: list[tuple[str, dict[str, int], int]] = [
+            (".", {"st_mode": stat.S_IFDIR, "st_ino": me}, 0),
+            ("..", {"st_mode": stat.S_IFDIR, "st_ino": _ino(2, self.root)}, 0)]
+        if isinstance(loc, DirLoc):
+            if loc.dirid == self.root:
+                out.append((AT, {"st_mode": stat.S_IFDIR,
+                                 "st_ino": self._virtual_ino(KeySpaceLoc(self.ns, (), self.root))}, 0))
+            for e in self.store.listdir(loc.dirid):
+                if e.kind == "dir":
+                    out.append((e.name, {"st_mode": stat.S_IFDIR, "st_ino": _ino(2, e.id)}, 0))
+                else:
+                    out.append((e.name, {"st_mode": stat.S_IFREG, "st_ino": _ino(1, e.id)}, 0))
+            return out
+        if isinstance(loc, (KeySpaceLoc, ViewLoc)):
+            last: HK = loc.hks[-1] if isinstance(loc, ViewLoc) and loc.hks else ()
+            kids = self.store.keyword_children(loc.ns, last)
+            for k in kids:
+                kid = ViewLoc(loc.ns, loc.with_child(k), loc.anchor)
+                out.append((k, {"st_mode": stat.S_IFDIR, "st_ino": self._virtual_ino(kid)}, 0))
+            if isinstance(loc, ViewLoc):
+                out += [(n, {"st_mode": stat.S_IFREG, "st_ino": _ino(1, eid)}, 0)
+                        for n, eid in self.view_names(loc, set(kids))]
+            return out
+        raise NotADirectory("not a directory")
+
+    def view_names(self, view: ViewLoc, keywords: set[str]) -> list[tuple[str, int]]:
+        """(listed name, entity id) of a view's files: shared names become STEM~ID.EXT,
+        a name equal to a child keyword is listed as ',NAME'."""
+        ents = self.store.resolve(view.ns, view.hks)
+        counts: dict[str, int] = {}
+        for e in ents:
+            counts[e.name] = counts.get(e.name, 0) + 1
+        out = []
+        for e in ents:
+            if counts[e.name] > 1:
+                out.append((clash_name(e.name, e.id), e.id))
+            elif e.name in keywords:
+                out.append(("," + e.name, e.id))
+            else:
+                out.append((e.name, e.id))
+        return out
+
+    @overrides(Operations)
+    @_mapped
+    def mkdir(self, path: str, mode: int) -> int:
+        loc = self.loc(path)
+        uid, gid = _caller()
+        if isinstance(loc, LinkLoc):
+            if loc.eid is not None:
+                raise FuseOSError(errno.EEXIST)
+            check_new_name(loc.name)
+            self.store.mkdir(loc.dirid, loc.name, mode=mode & 0o7777, uid=uid, gid=gid)
+        elif isinstance(loc, NewKeyLoc):
+            self.store.mkkw(loc.parent.ns, loc.parent.child_hk(loc.name))
+        elif isinstance(loc, ViewFileLoc):
+            # A keyword may take the name of a file of the view: the keyword wins, ',NAME' reaches the file.
+            check_new_name(loc.name)
+            self.store.mkkw(loc.view.ns, loc.view.child_hk(loc.name))
+        else:
+            raise FuseOSError(errno.EEXIST)
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def rmdir(self, path: str) -> int:
+        loc = self.loc(path)
+        if isinstance(loc, DirLoc):
+            if loc.dirid == self.root:
+                raise FuseOSError(errno.EBUSY)
+            self.store.rmdir(loc.dirid)
+        elif isinstance(loc, ViewLoc) and loc.keyword:
+            self.store.rmkw(loc.ns, loc.hks[-1])
+        elif isinstance(loc, (ViewLoc, KeySpaceLoc)):
+            raise FuseOSError(errno.EBUSY)      # '@' and ',' are part of every directory
+        else:
+            raise NotADirectory("not a directory")
+        return 0
+
+    # ---------------------------------------------------------------- files
+
+    @overrides(Operations)
+    @_mapped
+    def create(self, path: str, mode: int, flags: int = os.O_RDWR) -> int:
+        loc = self.loc(path)
+        if isinstance(loc, (LinkLoc, ViewFileLoc)) and loc.eid is not None:
+            eid = loc.eid
+        else:
+            eid = self._new_entity(loc, mode)
+        fd = self._open_fd(eid, flags | (os.O_RDWR if flags & os.O_ACCMODE == os.O_RDONLY else 0))
+        return self._new_handle(fd, eid)
+
+    def _new_entity(self, loc: Location, mode: int) -> int:
+        uid, gid = _caller()
+        perm = mode & 0o7777
+        if isinstance(loc, LinkLoc):
+            check_new_name(loc.name)
+            return self.store.create(self._dir_ns(loc.dirid), loc.name, directory=loc.dirid,
+                                     mode=perm, uid=uid, gid=gid)
+        if isinstance(loc, ViewFileLoc):
+            check_new_name(loc.name)
+            return self.store.create(loc.view.ns, loc.name, hks=loc.view.hks, mode=perm, uid=uid, gid=gid)
+        if isinstance(loc, NewKeyLoc):
+            raise NotFound("a file in the keyword space needs a keyword: create it in a view")
+        raise FuseOSError(errno.EEXIST)
+
+    @overrides(Operations)
+    @_mapped
+    def open(self, path: str, flags: int) -> int:
+        eid = self._eid_of(self.loc(path))
+        return self._new_handle(self._open_fd(eid, flags), eid, bool(flags & os.O_TRUNC))
+
+    @overrides(Operations)
+    @_mapped
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return os.pread(self._handle(fh).fd, size, offset)
+
+    @overrides(Operations)
+    @_mapped
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        h = self._handle(fh)
+        n = os.pwrite(h.fd, data, offset)
+        h.written = True
+        return n
+
+    @overrides(Operations)
+    @_mapped
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        if fh is not None and fh in self._handles:
+            h = self._handles[fh]
+            os.ftruncate(h.fd, length)
+            eid = h.eid
+        else:
+            eid = self._eid_of(self.loc(path))
+            os.truncate(self.store.entity_path(eid), length)
+        self.store.set_attrs(eid, size=length, mtime_ns=time.time_ns())
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def flush(self, path: str, fh: int) -> int:
+        self._sync(self._handle(fh))
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        h = self._handle(fh)
+        if datasync:
+            os.fdatasync(h.fd)
+        else:
+            os.fsync(h.fd)
+        self._sync(h)
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def release(self, path: str, fh: int) -> int:
+        with self._hlock:
+            h = self._handles.pop(fh, None)
+        if h is not None:
+            try:
+                self._sync(h)
+            finally:
+                os.close(h.fd)
+        return 0
+
+    # ---------------------------------------------------------------- symlinks
+
+    @overrides(Operations)
+    @_mapped
+    def symlink(self, target: str, source: str) -> int:
+        """`ln -s source target`: an entity holding the link text."""
+        loc = self.loc(target)
+        if isinstance(loc, (LinkLoc, ViewFileLoc)) and loc.eid is not None:
+            raise FuseOSError(errno.EEXIST)
+        eid = self._new_entity(loc, 0o777)
+        self.store.set_xattr("file", eid, SYMLINK_MARK, b"1")
+        data = source.encode("utf-8", "surrogateescape")
+        with open(self.store.entity_path(eid), "wb") as f:
+            f.write(data)
+        self.store.set_attrs(eid, size=len(data))
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def readlink(self, path: str) -> str:
+        info = self.store.entity(self._eid_of(self.loc(path)))
+        if not self._is_symlink(info):
+            raise InvalidArgument("not a symbolic link")
+        return self.store.entity_path(info.id).read_bytes().decode("utf-8", "surrogateescape")
+
+    # ---------------------------------------------------------------- names: unlink, link, rename
+
+    @overrides(Operations)
+    @_mapped
+    def unlink(self, path: str) -> int:
+        loc = self.loc(path)
+        if isinstance(loc, LinkLoc) and loc.eid is not None:
+            self.store.unlink(loc.dirid, loc.name)
+        elif isinstance(loc, ViewFileLoc) and loc.eid is not None:
+            self._leave_view(loc.eid, loc.view)
+        elif isinstance(loc, (LinkLoc, ViewFileLoc, NewKeyLoc)):
+            raise NotFound("no such file")
+        else:
+            raise IsADirectory("is a directory")
+        return 0
+
+    def _leave_view(self, eid: int, view: ViewLoc) -> None:
+        """rm in a view: detach the file's HKs that the view's HKs match (it never deletes bytes)."""
+        if not view.hks:
+            raise NotPermitted("this view has no keyword to detach; use hk rme to delete a file")
+        gone = detach_set(self.store.entity(eid).hks, view.hks)
+        if gone:
+            self.store.dtkw(eid, gone)
+
+    @overrides(Operations)
+    @_mapped
+    def link(self, target: str, source: str) -> int:
+        """`ln source target`: another directory link, or (into a view) the view's HKs attached."""
+        src = self.loc(source)
+        eid = self._eid_of(src)
+        dst = self.loc(target)
+        if isinstance(dst, (LinkLoc, ViewFileLoc)) and dst.eid is not None:
+            raise FuseOSError(errno.EEXIST)
+        if isinstance(dst, LinkLoc):
+            check_new_name(dst.name)
+            self.store.link(eid, dst.dirid, dst.name)
+        elif isinstance(dst, ViewFileLoc):
+            check_new_name(dst.name)
+            info = self.store.entity(eid)
+            add = attach_set(info.hks, dst.view.hks)
+            if add:
+                self.store.atkw(eid, add)
+            if info.name != dst.name:
+                self.store.chfn(eid, dst.name)
+        elif isinstance(dst, NewKeyLoc):
+            raise NotFound("no such keyword")
+        else:
+            raise FuseOSError(errno.EEXIST)
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def rename(self, old: str, new: str) -> int:
+        src = self.loc(old)
+        if isinstance(src, DirLoc):
+            self._rename_dir(src, old, new)
+            return 0
+        if isinstance(src, (KeySpaceLoc, ViewLoc)):
+            raise NotPermitted("keywords are renamed with hk commands, not mv")
+        eid = self._eid_of(src)
+        dst = self.loc(new)
+        if isinstance(dst, (DirLoc, KeySpaceLoc, ViewLoc)):
+            raise IsADirectory("is a directory")
+        if isinstance(dst, NewKeyLoc):
+            raise NotFound("no such keyword")
+        assert isinstance(src, (LinkLoc, ViewFileLoc)) and isinstance(dst, (LinkLoc, ViewFileLoc))
+        check_new_name(dst.name)
+        if dst.eid is not None and dst.eid != eid and self._replaceable(src, eid, dst.eid):
+            self._replace(eid, dst.eid)
+            return 0
+        if dst.eid == eid and isinstance(dst, ViewFileLoc) and isinstance(src, ViewFileLoc) \
+                and dst.name == src.name:
+            return 0
+        if isinstance(src, LinkLoc) and isinstance(dst, LinkLoc):
+            self.store.rename(src.dirid, src.name, dst.dirid, dst.name)
+            return 0
+        if dst.eid is not None and dst.eid != eid:
+            # Over a file that keeps other homes: that file leaves the destination.
+            if isinstance(dst, LinkLoc):
+                self.store.unlink(dst.dirid, dst.name)
+            else:
+                self._leave_view(dst.eid, dst.view)
+        if isinstance(src, ViewFileLoc) and isinstance(dst, ViewFileLoc):
+            self._retag(eid, src.view, dst.view)
+            if dst.name != src.name:
+                self.store.chfn(eid, dst.name)
+        elif isinstance(src, LinkLoc) and isinstance(dst, ViewFileLoc):
+            info = self.store.entity(eid)
+            add = attach_set(info.hks, dst.view.hks)
+            if add:
+                self.store.atkw(eid, add)
+            self.store.unlink(src.dirid, src.name)
+            if info.name != dst.name:
+                self.store.chfn(eid, dst.name)
+        else:
+            assert isinstance(src, ViewFileLoc) and isinstance(dst, LinkLoc)
+            self.store.link(eid, dst.dirid, dst.name)
+            if src.view.hks:
+                gone = detach_set(self.store.entity(eid).hks, src.view.hks)
+                if gone:
+                    self.store.dtkw(eid, gone)
+        return 0
+
+    def _rename_dir(self, src: DirLoc, old: str, new: str) -> None:
+        sp, sname = self._split(old)
+        dp, dname = self._split(new)
+        sparent, dparent = self.loc(sp), self.loc(dp)
+        if not isinstance(sparent, DirLoc) or src.dirid == self.root:
+            raise FuseOSError(errno.EBUSY)
+        if not isinstance(dparent, DirLoc):
+            raise FuseOSError(errno.EXDEV)     # a directory cannot go into a view
+        check_new_name(dname)
+        self.store.rename(sparent.dirid, sname, dparent.dirid, dname)
+
+    def _retag(self, eid: int, src: ViewLoc, dst: ViewLoc) -> None:
+        """mv between views: drop what only the source view matched, add what the destination needs."""
+        if src.hks == dst.hks and src.ns == dst.ns:
+            return
+        carried = self.store.entity(eid).hks
+        gone = set(detach_set(carried, src.hks))
+        keep = [h for h in carried if h not in gone or any(hk_matches(q, h) for q in dst.hks)]
+        new = keep + attach_set(keep, dst.hks)
+        if set(new) != set(carried):
+            self.store.set_hks(eid, new)
+
+    def _replaceable(self, src: LinkLoc | ViewFileLoc, eid: int, dst_eid: int) -> bool:
+        """True when `eid` lives only where the rename takes it from (an editor's fresh temp file):
+        then the destination entity takes its bytes instead of being replaced."""
+        info = self.store.entity(eid)
+        if self._is_symlink(info) or self._is_symlink(self.store.entity(dst_eid)):
+            return False
+        if isinstance(src, LinkLoc):
+            return info.nlinks == 1 and not info.hks
+        if info.nlinks:
+            return False
+        dst_hks = self.store.entity(dst_eid).hks
+        return all(h in src.view.hks or h in dst_hks for h in info.hks)
+
+    def _replace(self, eid: int, dst_eid: int) -> None:
+        """Give entity dst_eid the bytes (and mode) of entity eid, then delete eid.
+
+        The bytes move by hard link + rename, so a crash leaves either the old or the
+        new bytes in dst_eid and, at worst, eid still present: nothing is lost."""
+        sp, dp = self.store.entity_path(eid), self.store.entity_path(dst_eid)
+        tmp = dp.with_name(f"{dst_eid}.replacing")
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        os.link(sp, tmp)
+        os.replace(tmp, dp)
+        info = self.store.entity(eid)
+        st = os.stat(dp)
+        self.store.set_attrs(dst_eid, size=st.st_size, mode=info.mode & 0o7777, mtime_ns=st.st_mtime_ns)
+        with self._hlock:
+            for h in self._handles.values():
+                if h.eid == eid:
+                    h.eid = dst_eid
+        self.store.rme(eid)
+
+    # ---------------------------------------------------------------- extended attributes
+
+    def _xattr_target(self, path: str) -> tuple[str, int]:
+        loc = self.loc(path)
+        if isinstance(loc, DirLoc):
+            return "dir", loc.dirid
+        if isinstance(loc, (KeySpaceLoc, ViewLoc)):
+            return "view", 0
+        return "file", self._eid_of(loc)
+
+    @overrides(Operations)
+    @_mapped
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        kind, ident = self._xattr_target(path)
+        if kind == "file" and name == KEYWORDS_ATTR:
+            return format_hk_list(self.store.entity(ident).hks).encode()
+        if kind == "dir" and name == DKL_ATTR:
+            return format_hk_list(self.store.dir(ident).dkl).encode()
+        if kind == "dir" and name == NS_ATTR:
+            return self.store.namespace_user(self.store.dir(ident).ns).encode()
+        if kind == "view" or not name.startswith("user."):
+            raise FuseOSError(ENOATTR)
+        try:
+            return self.store.get_xattr(kind, ident, name)
+        except NotFound:
+            raise FuseOSError(ENOATTR) from None
+
+    @overrides(Operations)
+    @_mapped
+    def listxattr(self, path: str) -> Iterable[str]:
+        kind, ident = self._xattr_target(path)
+        if kind == "view":
+            return []
+        own = [KEYWORDS_ATTR] if kind == "file" else [DKL_ATTR, NS_ATTR]
+        return own + [n for n in self.store.list_xattrs(kind, ident) if n.startswith("user.")]
+
+    @overrides(Operations)
+    @_mapped
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        kind, ident = self._xattr_target(path)
+        text = bytes(value).decode("utf-8", "strict").strip() if name.startswith("user.hk.") else ""
+        if kind == "file" and name == KEYWORDS_ATTR:
+            self.store.set_hks(ident, parse_hk_list(text) if text else ())
+        elif kind == "dir" and name == DKL_ATTR:
+            self.store.set_dkl(ident, parse_hk_list(text) if text else ())
+        elif kind == "dir" and name == NS_ATTR:
+            if not text:
+                raise InvalidArgument("empty user name")
+            self.store.chns(ident, text)
+        elif kind == "view" or not name.startswith("user."):
+            raise FuseOSError(errno.ENOTSUP)
+        elif name.startswith("user.hk."):
+            raise InvalidArgument(f"{name} is not an hkfs attribute of a {kind}")
+        else:
+            if options & (XATTR_CREATE | XATTR_REPLACE):
+                try:
+                    self.store.get_xattr(kind, ident, name)
+                    exists = True
+                except NotFound:
+                    exists = False
+                if exists and options & XATTR_CREATE:
+                    raise FuseOSError(errno.EEXIST)
+                if not exists and options & XATTR_REPLACE:
+                    raise FuseOSError(ENOATTR)
+            self.store.set_xattr(kind, ident, name, bytes(value))
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def removexattr(self, path: str, name: str) -> int:
+        kind, ident = self._xattr_target(path)
+        if kind == "file" and name == KEYWORDS_ATTR:
+            self.store.set_hks(ident, ())
+        elif kind == "dir" and name == DKL_ATTR:
+            self.store.set_dkl(ident, ())
+        elif kind == "dir" and name == NS_ATTR:
+            raise NotPermitted("a directory always refers to a namespace")
+        elif kind == "view" or not name.startswith("user."):
+            raise FuseOSError(ENOATTR)
+        else:
+            try:
+                self.store.remove_xattr(kind, ident, name)
+            except NotFound:
+                raise FuseOSError(ENOATTR) from None
+        return 0
+
+
+def serve(store: Store, mountpoint: str | os.PathLike[str], options: dict[str, object], *,
+          on_ready: Callable[[], None] | None = None, debug: bool = False) -> None:
+    """Mount and serve in this thread until unmounted (multithreaded FUSE loop)."""
+    ops = HKOperations(store, on_ready=on_ready)
+    FUSE(ops, str(Path(mountpoint)), foreground=True, nothreads=False, debug=debug, **options)
