@@ -1,0 +1,205 @@
+"""The coarse quantizer: k-means training on a sample, one or two levels, and assignment.
+
+Two levels (coarse cells, each holding its own fine centroids) keep both the
+assignment of 10M rows and the probe step cheap when `nlist` is large: a row or
+query meets sqrt(nlist) coarse centroids plus the fine centroids of a few cells
+instead of all `nlist`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: above this many lists the quantizer is trained and searched in two levels
+TWO_LEVEL_MIN_NLIST = 8192
+
+
+@dataclass
+class Quantizer:
+    """Centroids ordered by coarse cell; `coarse_offsets[c]:coarse_offsets[c+1]` are cell c's lists."""
+
+    centroids: np.ndarray  # (nlist, d) float32
+    metric: str  # "l2" | "ip" | "cosine"
+    coarse: np.ndarray | None = None  # (ncoarse, d) float32, or None for one level
+    coarse_offsets: np.ndarray | None = None  # (ncoarse + 1,) int64
+
+    @property
+    def nlist(self) -> int:
+        return len(self.centroids)
+
+    def __post_init__(self) -> None:
+        self._sq = (self.centroids**2).sum(1) if self.metric == "l2" else None
+        if self.coarse is not None:
+            self._csq = (self.coarse**2).sum(1) if self.metric == "l2" else None
+
+    def _affinity(self, x: np.ndarray, c: np.ndarray, sq: np.ndarray | None) -> np.ndarray:
+        s = x @ c.T
+        if sq is not None:  # argmax of 2x.c - |c|^2 is the nearest centroid in L2
+            s *= 2
+            s -= sq
+        return s
+
+    def assign(self, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        """The list of every row (int32), nearest centroid by the quantizer's rule."""
+        out = np.empty(len(x), dtype=np.int32)
+        for a in range(0, len(x), chunk):
+            xb = x[a : a + chunk]
+            if self.coarse is None:
+                out[a : a + len(xb)] = self._affinity(xb, self.centroids, self._sq).argmax(1)
+                continue
+            cell = self._affinity(xb, self.coarse, self._csq).argmax(1)
+            off = self.coarse_offsets
+            for c in np.unique(cell):
+                rows = np.flatnonzero(cell == c)
+                lo, hi = int(off[c]), int(off[c + 1])
+                sq = None if self._sq is None else self._sq[lo:hi]
+                out[a + rows] = lo + self._affinity(xb[rows], self.centroids[lo:hi], sq).argmax(1)
+        return out
+
+    def probe(self, q: np.ndarray, nprobe: int, coarse_probe: int | None = None) -> np.ndarray:
+        """The `nprobe` best lists for each query, (nq, nprobe) int64, best first."""
+        nprobe = max(1, min(nprobe, self.nlist))
+        if self.coarse is None:
+            s = self._affinity(q, self.centroids, self._sq)
+            return _topk_rows(s, nprobe)
+        off = self.coarse_offsets
+        ncoarse = len(self.coarse)
+        if coarse_probe is None:
+            # enough cells to hold about 3x nprobe lists on average, at least 4
+            per_cell = self.nlist / ncoarse
+            coarse_probe = int(min(ncoarse, max(4, np.ceil(3 * nprobe / per_cell))))
+        cs = _topk_rows(self._affinity(q, self.coarse, self._csq), coarse_probe)
+        out = np.empty((len(q), nprobe), dtype=np.int64)
+        for i in range(len(q)):
+            cand = np.concatenate([np.arange(off[c], off[c + 1]) for c in cs[i]])
+            sq = None if self._sq is None else self._sq[cand]
+            s = self._affinity(q[i : i + 1], self.centroids[cand], sq)[0]
+            m = min(nprobe, len(cand))
+            best = cand[_topk_rows(s[None, :], m)[0]]
+            if m < nprobe:  # too few lists in the chosen cells: pad by repeating
+                best = np.resize(best, nprobe)
+            out[i] = best
+        return out
+
+
+def _topk_rows(s: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest per row, sorted best first."""
+    n = s.shape[1]
+    k = min(k, n)
+    if k < n:
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(n), s.shape).copy()
+    order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
+
+
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    metric: str,
+    iters: int = 12,
+    seed: int = 0,
+    method: str = "numpy",
+) -> np.ndarray:
+    """Train k centroids on x (already normalized for cosine) and return them as float32.
+
+    `method="numpy"` is a plain Lloyd loop (BLAS assignment, sparse-matrix update);
+    `"minibatch"` uses scikit-learn's MiniBatchKMeans. Empty clusters are reseeded
+    from random rows. For cosine the centroids are renormalized each step.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    if k <= 0:
+        raise ValueError("k must be positive")
+    rng = np.random.default_rng(seed)
+    if n <= k:
+        c = np.empty((k, x.shape[1]), dtype=np.float32)
+        c[:n] = x
+        if k > n:  # more lists than rows: pad with jittered copies so lists stay valid
+            src = x[rng.integers(0, max(n, 1), k - n)] if n else rng.standard_normal((k, x.shape[1]))
+            c[n:] = src + 1e-3 * rng.standard_normal(src.shape).astype(np.float32)
+        return _maybe_normalize(c, metric)
+    t0 = time.perf_counter()
+    if method == "minibatch":
+        from sklearn.cluster import MiniBatchKMeans
+
+        km = MiniBatchKMeans(
+            n_clusters=k, init="random", batch_size=max(4096, 4 * k), n_init=1,
+            max_iter=iters, random_state=seed,
+        )
+        km.fit(x)
+        c = km.cluster_centers_.astype(np.float32)
+        log.debug("minibatch k-means k=%d n=%d: %.2fs", k, n, time.perf_counter() - t0)
+        return _maybe_normalize(c, metric)
+    if method != "numpy":
+        raise ValueError(f"unknown k-means method {method!r}")
+    from scipy import sparse
+
+    c = x[rng.choice(n, k, replace=False)].copy()
+    for it in range(iters):
+        # cosine: spherical k-means; l2 and ip: Euclidean k-means (as faiss trains IP lists)
+        q = Quantizer(_maybe_normalize(c, metric), "ip" if metric == "cosine" else "l2")
+        lab = q.assign(x)
+        m = sparse.csr_matrix(
+            (np.ones(n, dtype=np.float32), (lab, np.arange(n))), shape=(k, n)
+        )
+        counts = np.bincount(lab, minlength=k).astype(np.float32)
+        sums = np.asarray(m @ x, dtype=np.float32)
+        empty = counts == 0
+        counts[empty] = 1
+        c = sums / counts[:, None]
+        if empty.any():
+            c[empty] = x[rng.choice(n, int(empty.sum()), replace=False)]
+        log.debug("k-means k=%d iter %d, %d empty", k, it, int(empty.sum()))
+    log.debug("numpy k-means k=%d n=%d: %.2fs", k, n, time.perf_counter() - t0)
+    return _maybe_normalize(c.astype(np.float32), metric)
+
+
+def _maybe_normalize(c: np.ndarray, metric: str) -> np.ndarray:
+    if metric == "cosine":
+        c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(c, dtype=np.float32)
+
+
+def train_quantizer(
+    sample: np.ndarray,
+    nlist: int,
+    metric: str,
+    seed: int = 0,
+    method: str = "numpy",
+    iters: int = 12,
+    two_level: bool | None = None,
+) -> Quantizer:
+    """Train one level, or two when `nlist` is large (coarse cells of about sqrt(nlist) lists)."""
+    amet = "ip" if metric == "ip" else ("cosine" if metric == "cosine" else "l2")
+    if two_level is None:
+        two_level = nlist >= TWO_LEVEL_MIN_NLIST
+    if not two_level or len(sample) < 4 * nlist:
+        return Quantizer(kmeans(sample, nlist, amet, iters, seed, method), metric)
+    ncoarse = int(round(np.sqrt(nlist)))
+    coarse = kmeans(sample, ncoarse, amet, iters, seed, method)
+    cq = Quantizer(coarse, metric)
+    lab = cq.assign(sample)
+    counts = np.bincount(lab, minlength=ncoarse)
+    # fine lists per cell proportional to the cell's share of the sample, at least one
+    share = counts / counts.sum() * nlist
+    per = np.maximum(1, np.floor(share).astype(np.int64))
+    while per.sum() < nlist:
+        per[np.argmax(share - per)] += 1
+    while per.sum() > nlist:
+        per[np.argmax(np.where(per > 1, per - share, -np.inf))] -= 1
+    cents = []
+    order = np.argsort(lab, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    for c in range(ncoarse):
+        xs = sample[order[starts[c] : starts[c + 1]]]
+        cents.append(kmeans(xs, int(per[c]), amet, iters, seed + 1 + c, method))
+    offsets = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
+    return Quantizer(np.concatenate(cents).astype(np.float32), metric, coarse, offsets)
