@@ -1,5 +1,8 @@
 # hkfs: the two set-up commands of the README are `make run` and `make test`.
-PY ?= python3
+# Everything runs in this checkout's own virtual environment (.venv).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DEMO_STORE ?= demo-store
 DEMO_MNT ?= demo-mnt
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what hkfs needs on a fresh Debian machine: the FUSE libraries and
-# attr tools (when running as root and they are missing), then the package.
-# Idempotent: a second run installs nothing.
+# attr tools (when running as root and they are missing), then the package
+# into this checkout's own virtual environment (.venv), so that two checkouts
+# on one machine never test each other's code. Idempotent: a second run
+# installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,9 +24,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     fi
 fi
 
-PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+BASE_PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+    # System site-packages are visible so a machine that already has numpy,
+    # scikit-learn etc. does not download them again.
+    "$BASE_PY" -m venv --system-site-packages "$VENV"
+fi
+PY="$VENV/bin/python"
 extras=${HKFS_EXTRAS:-test}
-if ! "$PY" -c "import hkfs, vecindex, mfusepy, sklearn, click, tqdm, pytest, hypothesis, pytest_timeout" >/dev/null 2>&1 \
-   || [ "${HKFS_REINSTALL:-0}" = 1 ]; then
+here=$(pwd -P)
+where=$("$PY" -c 'import hkfs, os; print(os.path.dirname(os.path.dirname(os.path.realpath(hkfs.__file__))))' 2>/dev/null || true)
+if [ "$where" != "$here" ] || [ "${HKFS_REINSTALL:-0}" = 1 ] \
+   || ! "$PY" -c "import vecindex, mfusepy, sklearn, click, tqdm, pytest, hypothesis, pytest_timeout" >/dev/null 2>&1; then
     "$PY" -m pip install -q --disable-pip-version-check -e ".[$extras]"
 fi
