@@ -1,0 +1,5 @@
+"""`python -m hkfs` runs the hk command."""
+
+from .cli import main
+
+main()
