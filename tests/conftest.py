@@ -54,6 +54,7 @@ class Mount:
         full_env = dict(os.environ, M=str(self.root), S=str(self.store), LC_ALL="C.UTF-8")
         full_env.update(env or {})
         prologue = ("set -euo pipefail\ntrap 'echo \"FAILED line $LINENO: $BASH_COMMAND\" >&2' ERR\n"
+                    + _FAILS_WITH +
                     f"hk() {{ {' '.join(_q(a) for a in HK_CMD)} \"$@\"; }}\n")
         cmd = ["bash", "-c", prologue + script]
         if user is not None:
@@ -78,6 +79,13 @@ class Mount:
             return []
         bad = [ln for ln in lines if any(k in ln for k in (" ERROR ", " CRITICAL ", "Traceback"))]
         return [ln for ln in bad if not any(e in ln for e in self.expected_log)]
+
+
+# fails_with MESSAGE CMD...: CMD must fail and say MESSAGE (e.g. its strerror).
+_FAILS_WITH = r"""fails_with() { local want=$1 out; shift
+  if out=$("$@" 2>&1); then echo "unexpected success: $*" >&2; return 1; fi
+  [[ $out == *"$want"* ]] || { echo "wanted '$want' from $*, got: $out" >&2; return 1; }; }
+"""
 
 
 def _q(s: str) -> str:

@@ -1,0 +1,140 @@
+"""hk mount / hk umount: backgrounding, readiness, clear one-line failures; refused names."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import HK_CMD, Mount, MountFactory, fuse_usable, stop_mount
+
+pytestmark = pytest.mark.mount
+
+
+def hk(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(HK_CMD + list(args), capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, **(env or {})))
+
+
+def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode != 0, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def need_fuse() -> None:
+    if not fuse_usable():
+        pytest.skip("FUSE is not available")
+
+
+def test_background_mount_and_umount(tmp_path: Path, need_fuse: None) -> None:
+    store, mnt = tmp_path / "new-store", tmp_path / "mnt"
+    mnt.mkdir()
+    r = hk("mount", str(store), str(mnt))
+    try:
+        assert r.returncode == 0, r.stderr
+        assert os.path.ismount(mnt)                     # ready when hk mount returns
+        assert (store / "catalog.sqlite").exists()      # a missing store is created empty
+        pid = int((store / "daemon.pid").read_text())
+        (mnt / "f.txt").write_text("kept\n")
+        line = one_error_line(hk("mount", str(store), str(tmp_path / "other")))
+        assert "does not exist" in line
+        (tmp_path / "other").mkdir()
+        line = one_error_line(hk("mount", str(store), str(tmp_path / "other")))
+        assert "locked" in line                          # a second daemon on the same store
+        line = one_error_line(hk("mount", str(tmp_path / "s2"), str(mnt)))
+        assert "busy" in line
+    finally:
+        r2 = hk("umount", str(mnt))
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount", "-u", "-z", str(mnt)])
+    assert r2.returncode == 0, r2.stderr
+    assert not os.path.ismount(mnt)
+    assert not (store / "daemon.pid").exists()          # the daemon finished before umount returned
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):                             # reaped by init at most a moment later
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    raise ProcessLookupError
+            time.sleep(0.05)
+    log = (store / "daemon.log").read_text()
+    assert "Traceback" not in log and " ERROR " not in log
+    assert "unmounted" in log
+    # remount: the file is still there
+    mnt2 = tmp_path / "mnt2"
+    mnt2.mkdir()
+    assert hk("mount", str(store), str(mnt2)).returncode == 0
+    try:
+        assert (mnt2 / "f.txt").read_text() == "kept\n"
+    finally:
+        assert hk("umount", str(mnt2)).returncode == 0
+
+
+def test_mount_failures_are_one_clear_line(tmp_path: Path) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert "not a directory" in one_error_line(hk("mount", str(tmp_path / "s"), str(afile)))
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    line = one_error_line(hk("mount", str(tmp_path / "s"), str(tmp_path), env={"PATH": str(empty_bin)}))
+    assert "FUSE is unavailable" in line
+    assert "not an hkfs mount" in one_error_line(hk("umount", str(tmp_path)))
+
+
+def test_refused_names(mount: Mount) -> None:
+    long = "a" * 256
+    r = mount.run(f"""
+        mkdir @/ok d
+        fails_with 'too long' touch d/{long}
+        fails_with 'too long' mkdir @/{long}
+        fails_with 'too long' mkdir d/{long}
+        fails_with 'Invalid argument' mkdir $'@/bad\x01kw'
+        fails_with 'Invalid argument' mkdir '@/a,b'
+        fails_with 'Invalid argument' setfattr -n user.hk.keywords -v '//ok//..' d
+        mkdir d/x
+        fails_with 'Invalid argument' setfattr -n user.hk.dkl -v '//ok/../x' d/x
+        fails_with 'Invalid argument' setfattr -n user.hk.dkl -v '//ok//a,b' d/x
+        fails_with 'No such file' setfattr -n user.hk.dkl -v '//nokw' d/x
+        fails_with 'File exists' mkdir d/@
+        fails_with 'Directory not empty' rmdir d
+        echo x > @/ok/f
+        fails_with 'Directory not empty' rmdir @/ok
+        fails_with 'Is a directory' rm -f @/ok
+        fails_with 'Operation not permitted' mv @/ok @/renamed
+        fails_with 'No such file' cat @/ok/nothing
+        echo done
+    """)
+    assert "done" in r.stdout
+
+
+def test_default_permissions_enforced(mount_factory: MountFactory) -> None:
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as another user")
+    m = mount_factory(options="allow_other,default_permissions")
+    m.run("""
+        mkdir pub; chmod 755 pub
+        echo secret > pub/s; chmod 600 pub/s
+        echo open > pub/o; chmod 644 pub/o
+        mkdir @/k; echo tagged > @/k/t; chmod 600 @/k/t
+    """)
+    r = m.run("cat pub/o; fails_with 'Permission denied' cat pub/s;"
+              "fails_with 'Permission denied' cat @/k/t; fails_with 'Permission denied' touch pub/new", user=65534, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "open"
+
+
+def test_fixture_always_unmounts(tmp_path: Path, need_fuse: None) -> None:
+    from conftest import start_mount
+    m = start_mount(tmp_path / "s", tmp_path / "m")
+    stop_mount(m)
+    assert not os.path.ismount(tmp_path / "m")
+    assert m.proc is not None and m.proc.returncode == 0
+    assert sys.executable

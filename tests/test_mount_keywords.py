@@ -1,0 +1,160 @@
+"""Keywords through ordinary tools: views, '@', ',', clash names, xattrs, editor saves."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import Mount
+
+pytestmark = pytest.mark.mount
+
+
+def test_keyword_space_and_views(mount: Mount) -> None:
+    mount.run("""
+        mkdir @/photo @/photo/2000 @/animal @/animal/dog @/animal/cat
+        test "$(ls @)" = "$(printf 'animal\\nphoto')"
+        echo woof > @/photo/2000/@/animal/dog/fig1.jpg      # created carrying //photo/2000//animal/dog
+        test "$(getfattr --only-values -n user.hk.keywords @/photo/,fig1.jpg)" = "//animal/dog//photo/2000"
+        test "$(ls @/photo)" = "$(printf '2000\\nfig1.jpg')"   # child keywords, then files
+        test "$(cat @/animal/fig1.jpg)" = woof
+        test "$(cat @/animal/dog/@/photo/fig1.jpg)" = woof
+        test "$(stat -c %i @/animal/fig1.jpg)" = "$(stat -c %i @/photo/2000/fig1.jpg)"
+        ! test -e @/animal/cat/fig1.jpg                       # the view does not match it: ENOENT
+        ! cat @/animal/cat/fig1.jpg 2>/dev/null
+        ! test -e @/nokw
+        ! touch @/newfile 2>/dev/null                         # '@' alone holds keywords only
+        rmdir @/animal/cat
+    """)
+    r = mount.run("rmdir @/animal/dog", check=False)
+    assert "not empty" in r.stderr.lower()
+
+
+def test_ln_mv_rm_in_views_never_delete_bytes(mount: Mount) -> None:
+    mount.run("""
+        mkdir @/a @/b @/b/x @/c
+        echo data > @/a/f.txt
+        ln @/a/f.txt @/b/                                     # attaches //b
+        test "$(getfattr --only-values -n user.hk.keywords @/a/f.txt)" = "//a//b"
+        mv @/b/f.txt @/c/f.txt                                # retag: //b -> //c
+        test "$(getfattr --only-values -n user.hk.keywords @/a/f.txt)" = "//a//c"
+        ! test -e @/b/f.txt
+        mv @/c/f.txt @/c/g.txt                                # within a view: rename
+        test "$(cat @/a/g.txt)" = data
+        rm @/c/g.txt                                          # detaches //c only
+        test "$(getfattr --only-values -n user.hk.keywords @/a/g.txt)" = "//a"
+        rm @/a/g.txt                                          # no keyword, no link: lost+found
+        test "$(cat lost+found/g.txt)" = data
+        mv lost+found/g.txt @/b/x/                            # from a directory into a view
+        test "$(getfattr --only-values -n user.hk.keywords @/b/g.txt)" = "//b/x"
+        ! test -e lost+found/g.txt
+        mkdir d; mv @/b/g.txt d/                               # from a view into a directory
+        test "$(cat d/g.txt)" = data
+        test -z "$(getfattr --only-values -n user.hk.keywords d/g.txt)"
+        ln d/g.txt @/a/; test "$(cat @/a/g.txt)" = data; test -e d/g.txt
+    """)
+
+
+def test_comma_views_dkl_and_clash_names(mount: Mount) -> None:
+    mount.run("""
+        mkdir @/paper @/paper/os @/paper/dps
+        echo os > @/paper/os/main.tex
+        echo dps > @/paper/dps/main.tex
+        ls @/paper | grep -E '^main~[0-9]+\\.tex$' | wc -l | grep -qx 2
+        ! cat @/paper/main.tex 2>/dev/null                    # shared name: only the clash names
+        for f in @/paper/main~*.tex; do cat "$f"; done | sort | tr '\\n' ' ' | grep -qx 'dps os '
+        test "$(cat @/paper/os/main.tex)" = os               # alone in its view: plain name
+        id=$(ls @/paper | grep main~ | head -1 | sed 's/main~\\([0-9]*\\).tex/\\1/')
+        ! test -e @/paper/nothere/main~$id.tex
+        mkdir work
+        setfattr -n user.hk.dkl -v //paper/os work
+        test "$(getfattr --only-values -n user.hk.dkl work)" = //paper/os
+        test "$(ls work/,)" = main.tex
+        test "$(cat work/,main.tex)" = os
+        ln work/,main.tex work/main.tex                       # load into the directory
+        test "$(cat work/main.tex)" = os
+        setfattr -n user.hk.dkl -v //paper work
+        test "$(ls work/,/os)" = main.tex                     # ',' then a child keyword of //paper
+        echo fig > @/paper/os/os.txt 2>/dev/null || true
+        mkdir @/paper/os/sub; echo clash > @/paper/os/,sub 2>/dev/null || echo clash > @/paper/os/@/paper/dps/sub
+        getfattr -n user.hk.ns work | grep -q user.hk.ns
+    """)
+
+
+def test_keyword_named_like_a_file_is_reached_with_comma(mount: Mount) -> None:
+    mount.run("""
+        mkdir @/k
+        echo body > @/k/notes
+        ! mkdir @/k/notes 2>/dev/null                         # the kernel sees the file: EEXIST
+        python3 -c "from hkfs.store import Store; s = Store.open('$S'); s.mkkw(s.namespace_id(0), ('k', 'notes'))"
+        test -d @/k/notes
+        ls @/k | grep -qx ',notes'
+        test "$(cat @/k/,notes)" = body
+    """)
+
+
+def test_xattrs(mount: Mount) -> None:
+    mount.run("""
+        mkdir @/a @/b d
+        echo x > @/a/f
+        setfattr -n user.hk.keywords -v //a//b @/a/f
+        test "$(getfattr --only-values -n user.hk.keywords @/b/f)" = //a//b
+        setfattr -n user.color -v blue @/a/f
+        test "$(getfattr --only-values -n user.color @/b/f)" = blue
+        getfattr -d @/a/f | grep -q 'user.color="blue"'
+        setfattr -x user.color @/a/f
+        ! getfattr -n user.color @/a/f 2>/dev/null
+        setfattr -n user.tag -v t d
+        getfattr -d d | grep -q user.tag
+        ! setfattr -n user.hk.keywords -v '//a/..' @/a/f 2>/dev/null   # EINVAL
+        ! setfattr -n user.hk.keywords -v 'nope' @/a/f 2>/dev/null
+        ! setfattr -n trusted.x -v 1 @/a/f 2>/dev/null
+        setfattr -x user.hk.keywords @/a/f                     # no keyword, no link: lost+found
+        test "$(cat lost+found/f)" = x
+    """)
+    r = mount.run("setfattr -n user.hk.keywords -v '//a/..' lost+found/f", check=False)
+    assert r.returncode != 0 and "Invalid argument" in r.stderr
+
+
+def test_editor_saves_keep_identity(mount: Mount) -> None:
+    if mount.run("command -v vim", check=False).returncode != 0:
+        pytest.skip("vim not installed")
+    mount.run("""
+        mkdir @/doc @/doc/memo d
+        printf 'one\\ntwo\\n' > @/doc/memo/m.txt
+        ln @/doc/memo/m.txt d/m.txt
+        setfattr -n user.note -v keep @/doc/m.txt
+        ino=$(stat -c %i @/doc/m.txt)
+        sed -i 's/one/ONE/' @/doc/memo/m.txt                   # temp file + rename over
+        test "$(head -1 d/m.txt)" = ONE
+        test "$(stat -c %i @/doc/m.txt)" = "$ino"
+        test "$(getfattr --only-values -n user.hk.keywords d/m.txt)" = //doc/memo
+        test "$(getfattr --only-values -n user.note d/m.txt)" = keep
+        vim -es -u NONE -c '%s/two/TWO/' -c 'set backupcopy=no' -c wq @/doc/memo/m.txt
+        test "$(tail -1 d/m.txt)" = TWO
+        test "$(stat -c %i d/m.txt)" = "$ino"
+        sed -i 's/ONE/1/' d/m.txt                               # through the directory link
+        test "$(head -1 @/doc/m.txt)" = 1
+        test "$(stat -c %i @/doc/m.txt)" = "$ino"
+        test "$(ls @/doc)" = "$(printf 'm.txt\\nmemo')"        # no temp files left behind
+        test "$(ls d)" = m.txt
+    """)
+
+
+def test_changes_by_other_processes_are_visible_at_once(mount: Mount) -> None:
+    mount.run("""
+        mkdir @/seen
+        echo a > @/seen/f
+        python3 - <<EOF
+from hkfs.store import Store
+st = Store.open("$S")
+ns = st.namespace_id(0)
+st.mkkw(ns, ("later",))
+eid = st.resolve(ns, [("seen",)])[0].id
+st.atkw(eid, [("later",)])
+st.chfn(eid, "g")
+st.close()
+EOF
+        test "$(ls @/later)" = g
+        ! test -e @/seen/f
+        test "$(cat @/seen/g)" = a
+    """)
