@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import HK_CMD, Mount, MountFactory, fuse_usable, stop_mount
 
 pytestmark = pytest.mark.mount
