@@ -1,0 +1,160 @@
+"""The FUSE adapter without a kernel: HKOperations methods called directly on a temporary store."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+mfusepy = pytest.importorskip("mfusepy")
+
+from hkfs.errors import NotEmpty  # noqa: E402
+from hkfs.fuse_ops import HKOperations, to_fuse_error  # noqa: E402
+from hkfs.store import Store  # noqa: E402
+
+FuseOSError = mfusepy.FuseOSError
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> Iterator[HKOperations]:
+    st = Store.open(tmp_path / "store")
+    o = HKOperations(st)
+    yield o
+    o.destroy("/")
+    st.close()
+
+
+def err(fn, *args) -> int:
+    with pytest.raises(FuseOSError) as ei:
+        fn(*args)
+    return ei.value.errno
+
+
+def write_file(ops: HKOperations, path: str, data: bytes) -> None:
+    fh = ops.create(path, 0o644, os.O_WRONLY)
+    assert ops.write(path, data, 0, fh) == len(data)
+    ops.flush(path, fh)
+    ops.release(path, fh)
+
+
+def read_file(ops: HKOperations, path: str) -> bytes:
+    fh = ops.open(path, os.O_RDONLY)
+    try:
+        return ops.read(path, 1 << 20, 0, fh)
+    finally:
+        ops.release(path, fh)
+
+
+def names(ops: HKOperations, path: str) -> list[str]:
+    return [n for n, _a, _o in ops.readdir(path, 0) if n not in (".", "..")]
+
+
+def test_error_mapping() -> None:
+    assert to_fuse_error(NotEmpty("x")).errno == errno.ENOTEMPTY
+    assert to_fuse_error(FileNotFoundError(errno.ENOENT, "x")).errno == errno.ENOENT
+    assert to_fuse_error(RuntimeError("boom")).errno == errno.EIO
+
+
+def test_unexpected_exception_is_eio_and_logged(ops: HKOperations, monkeypatch, caplog) -> None:
+    def boom(*a):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(ops.store, "dir", boom)
+    with caplog.at_level(logging.ERROR, logger="hkfs.fuse_ops"):
+        assert err(ops.getattr, "/") == errno.EIO
+    assert "boom" in caplog.text and "getattr" in caplog.text
+
+
+def test_files_in_dirs_and_views(ops: HKOperations) -> None:
+    ops.mkdir("/d", 0o755)
+    ops.mkdir("/@/k", 0o755)
+    write_file(ops, "/d/a.txt", b"hello")
+    write_file(ops, "/@/k/b.txt", b"tagged")
+    assert read_file(ops, "/d/a.txt") == b"hello"
+    assert names(ops, "/@/k") == ["b.txt"]
+    assert names(ops, "/") == ["@", "d"]
+    a = ops.getattr("/@/k/b.txt")
+    assert stat.S_ISREG(a["st_mode"]) and a["st_size"] == 6
+    assert ops.getattr("/@/k/b.txt")["st_ino"] == a["st_ino"]
+    assert stat.S_ISDIR(ops.getattr("/@/k")["st_mode"])
+    assert ops.getxattr("/@/k/b.txt", "user.hk.keywords") == b"//k"
+    assert err(ops.getattr, "/d/nope") == errno.ENOENT
+    assert err(ops.getattr, "/d/a.txt/x") == errno.ENOTDIR
+    assert err(ops.getattr, "/@/nokw") == errno.ENOENT
+
+
+def test_errnos(ops: HKOperations) -> None:
+    ops.mkdir("/d", 0o755)
+    ops.mkdir("/@/k", 0o755)
+    write_file(ops, "/@/k/f", b"x")
+    assert err(ops.mkdir, "/d", 0o755) == errno.EEXIST
+    assert err(ops.mkdir, "/@/k", 0o755) == errno.EEXIST
+    assert err(ops.mkdir, "/@/bad\x01", 0o755) == errno.EINVAL
+    assert err(ops.mkdir, "/@/" + "a" * 256, 0o755) == errno.ENAMETOOLONG
+    assert err(ops.create, "/d/" + "a" * 256, 0o644, os.O_WRONLY) == errno.ENAMETOOLONG
+    assert err(ops.rmdir, "/@/k") == errno.ENOTEMPTY
+    assert err(ops.rmdir, "/@") == errno.EBUSY
+    assert err(ops.unlink, "/d") == errno.EISDIR
+    assert err(ops.unlink, "/d/none") == errno.ENOENT
+    assert err(ops.readlink, "/@/k/f") == errno.EINVAL
+    assert err(ops.rename, "/@/k", "/@/j") == errno.EPERM
+    assert err(ops.setxattr, "/@/k/f", "trusted.x", b"1", 0) == errno.ENOTSUP
+    assert err(ops.setxattr, "/@/k/f", "user.hk.keywords", b"//k/..", 0) == errno.EINVAL
+    assert err(ops.setxattr, "/@/k/f", "user.hk.keywords", b"//nokw", 0) == errno.ENOENT
+    assert err(ops.getxattr, "/@/k/f", "user.none") == errno.ENODATA
+    assert err(ops.removexattr, "/@/k/f", "user.none") == errno.ENODATA
+    ops.setxattr("/@/k/f", "user.a", b"1", 0)
+    assert err(ops.setxattr, "/@/k/f", "user.a", b"2", 1) == errno.EEXIST        # XATTR_CREATE
+    assert err(ops.setxattr, "/@/k/f", "user.b", b"2", 2) == errno.ENODATA       # XATTR_REPLACE
+    assert err(ops.create, "/@/newkw", 0o644, os.O_WRONLY) == errno.ENOENT
+    assert err(ops.mkdir, "/d/@", 0o755) == errno.EEXIST
+    assert err(ops.read, "/x", 10, 0, 999) == errno.EBADF
+
+
+def test_symlinks(ops: HKOperations) -> None:
+    ops.mkdir("/d", 0o755)
+    ops.symlink("/d/l", "../target")
+    assert ops.readlink("/d/l") == "../target"
+    assert stat.S_ISLNK(ops.getattr("/d/l")["st_mode"])
+    assert err(ops.symlink, "/d/l", "x") == errno.EEXIST
+
+
+def test_rm_in_view_detaches_and_keeps_bytes(ops: HKOperations) -> None:
+    ops.mkdir("/@/a", 0o755)
+    ops.mkdir("/@/b", 0o755)
+    write_file(ops, "/@/a/@/b/f", b"keep")
+    ops.unlink("/@/a/f")
+    assert ops.getxattr("/@/b/f", "user.hk.keywords") == b"//b"
+    ops.unlink("/@/b/f")
+    assert read_file(ops, "/lost+found/f") == b"keep"
+
+
+def test_rename_over_keeps_the_original_entity(ops: HKOperations) -> None:
+    ops.mkdir("/@/doc", 0o755)
+    write_file(ops, "/@/doc/m.txt", b"old")
+    ino = ops.getattr("/@/doc/m.txt")["st_ino"]
+    ops.setxattr("/@/doc/m.txt", "user.note", b"n", 0)
+    write_file(ops, "/@/doc/.m.txt.swp", b"new")
+    ops.rename("/@/doc/.m.txt.swp", "/@/doc/m.txt")
+    assert read_file(ops, "/@/doc/m.txt") == b"new"
+    assert ops.getattr("/@/doc/m.txt")["st_ino"] == ino
+    assert ops.getxattr("/@/doc/m.txt", "user.note") == b"n"
+    assert names(ops, "/@/doc") == ["m.txt"]
+    assert ops.store.check() == []
+
+
+def test_truncate_utimens_chmod(ops: HKOperations) -> None:
+    ops.mkdir("/d", 0o755)
+    write_file(ops, "/d/f", b"0123456789")
+    ops.truncate("/d/f", 4)
+    assert read_file(ops, "/d/f") == b"0123"
+    ops.utimens("/d/f", (1_000_000_000_000_000_000, 1_000_000_001_000_000_000))
+    assert ops.getattr("/d/f")["st_mtime"] == 1_000_000_001_000_000_000
+    ops.chmod("/d/f", 0o600)
+    assert ops.getattr("/d/f")["st_mode"] & 0o7777 == 0o600
+    assert ops.store.entity(ops.resolver.resolve("/d/f").eid).size == 4  # type: ignore[union-attr]
+    assert ops.statfs("/")["f_namemax"] == 255
