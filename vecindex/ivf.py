@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 METRICS = ("cosine", "ip", "l2")
 BUF_ROWS = 32768  # rows of int8 codes read per buffer fill (2 MiB at d=64)
 BLOCK_ROWS = 4096  # rows converted to float32 at a time (stays in cache)
+SCAN_INT8_MIN_BYTES = 128 << 20  # scan="auto": int8 scan copy above this much float32 data
 
 
 def default_nlist(n: int) -> int:
@@ -239,7 +241,7 @@ class IVFIndex:
         sample_size: int | None = None,
         kmeans_method: str = "numpy",
         kmeans_iters: int = 12,
-        scan: str = "int8",
+        scan: str = "auto",
         two_level: bool | None = None,
         seed: int = 0,
         progress: bool = True,
@@ -252,8 +254,8 @@ class IVFIndex:
         """
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
-        if scan not in ("int8", "none"):
-            raise ValueError("scan must be 'int8' or 'none'")
+        if scan not in ("auto", "int8", "none"):
+            raise ValueError("scan must be 'auto', 'int8' or 'none'")
         x = open_vectors(data, dim) if isinstance(data, (str, os.PathLike)) else data
         x = x if isinstance(x, np.memmap) or getattr(x, "ndim", 0) == 2 else as_rows(x)
         if x.ndim != 2:
@@ -267,6 +269,8 @@ class IVFIndex:
             ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
             if len(ids_arr) != n:
                 raise ValueError(f"{len(ids_arr)} ids for {n} vectors")
+        if scan == "auto":  # the int8 copy pays off once the float32 rows outgrow the caches
+            scan = "int8" if n * d * 4 > SCAN_INT8_MIN_BYTES else "none"
         owns = path is None
         p = Path(tempfile.mkdtemp(prefix="vecindex-")) if owns else Path(path)
         _prepare_dir(p, overwrite)
@@ -499,7 +503,7 @@ class IVFIndex:
         """Top-k for each query: (scores, ids), each (nq, k).
 
         `rerank` is how many int8-scan candidates are re-scored exactly (default
-        max(8k, 256)). `allowed_ids` restricts hits to those ids: when at most
+        max(8k, 128)). `allowed_ids` restricts hits to those ids: when at most
         `exact_limit` of them are in the index they are scored exactly, else the
         IVF scan skips the others and falls back to exact when fewer than k are found.
         `threads` > 1 splits a batch over a thread pool.
@@ -512,7 +516,7 @@ class IVFIndex:
         if self.metric == "cosine":
             q = _normalize(q)
         nprobe = int(nprobe or self._h.get("default_nprobe", 1))
-        rerank = int(rerank or max(8 * k, 256))
+        rerank = int(rerank or max(8 * k, 128))
         allowed_pos = None
         if allowed_ids is not None:
             allowed_pos = self.positions_of(np.asarray(allowed_ids, dtype=np.int64).reshape(-1))
@@ -547,24 +551,31 @@ class IVFIndex:
         return x @ qv
 
     def _rows_at(self, pos: np.ndarray) -> np.ndarray:
-        """float32 rows at sorted positions (main then tail), one pread per run of rows."""
+        """float32 rows at sorted positions (main rows, then tail rows).
+
+        The file is mapped for this call only and unmapped before returning, so
+        the touched pages leave the process's RSS again (a gather of a few
+        hundred rows costs far less than one pread per row).
+        """
         out = np.empty((len(pos), self.dim), dtype=np.float32)
-        rb = 4 * self.dim
-        i = 0
-        n = len(pos)
-        while i < n:
-            p = int(pos[i])
-            j = i + 1
-            # coalesce consecutive positions within the same file into one read
-            limit = self.n_main if p < self.n_main else self.n_main + self.n_tail
-            while j < n and pos[j] == pos[j - 1] + 1 and pos[j] < limit and j - i < 4096:
-                j += 1
-            if p < self.n_main:
-                fd, off = self._fds["vectors"], p * rb
-            else:
-                fd, off = self._fds["tail_vectors"], (p - self.n_main) * rb
-            _pread_into(fd, out[i:j], off)
-            i = j
+        nm = int(np.searchsorted(pos, self.n_main))
+        for logical, sel, base in (("vectors", slice(0, nm), 0),
+                                   ("tail_vectors", slice(nm, len(pos)), self.n_main)):
+            p = pos[sel]
+            if not len(p):
+                continue
+            if len(p) <= 8:
+                for i, r in enumerate(p.tolist()):
+                    _pread_into(self._fds[logical], out[sel.start + i], (r - base) * 4 * self.dim)
+                continue
+            nrows = self.n_main if base == 0 else self.n_tail
+            mm = mmap.mmap(self._fds[logical], nrows * 4 * self.dim, access=mmap.ACCESS_READ)
+            try:
+                v = np.frombuffer(mm, dtype=np.float32).reshape(nrows, self.dim)
+                out[sel] = v[p - base]
+                del v
+            finally:
+                mm.close()
         return out
 
     def _ids_at(self, pos: np.ndarray) -> np.ndarray:
@@ -663,9 +674,12 @@ class IVFIndex:
                 if allowed is not None:
                     bad |= ~_member(pos_all, allowed)
                 s[bad] = -np.inf
-            m = min(keep, fill)
-            top = np.argpartition(-s, m - 1)[:m] if m < fill else np.arange(fill)
-            top = top[np.isfinite(s[top])]
+            # only rows that beat the current keep-th best can enter: a cheap compare
+            # first, then a partial sort of the few survivors
+            thr = best_s[-1] if len(best_s) >= keep else -np.inf
+            top = np.flatnonzero(s > thr)
+            if len(top) > keep:
+                top = top[np.argpartition(-s[top], keep - 1)[:keep]]
             pos = _buffer_to_global(top, seg_b, seg_g)
             best_s, best_p = _merge_topk(best_s, best_p, s[top].copy(), pos, keep)
             fill = 0

