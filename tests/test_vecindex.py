@@ -228,3 +228,34 @@ def test_search_rss_does_not_grow_with_bytes_scanned(tmp_path) -> None:
     ix.search(q, 5, nprobe=64)  # scans 40 x 200k rows = 0.5 GB of codes
     grown = proc.memory_info().rss - before
     assert grown < 20 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
+
+
+def test_large_files_checked_by_verify(tmp_path, monkeypatch) -> None:
+    from vecindex import format as fmt
+
+    monkeypatch.setattr(fmt, "CRC_LIMIT", 1000)  # make every data file "large"
+    x = clustered(500, 8, seed=17)
+    ix = IVFIndex.build(tmp_path / "ix", x, metric="l2", nlist=4, progress=False)
+    ent = ix._h["files"]["vectors"]
+    assert ent["crc32"] is None and ent["crc32_full"] is not None
+    ix.verify()
+    ix.close()
+    with open(tmp_path / "ix" / ent["name"], "r+b") as f:
+        f.seek(40)
+        f.write(b"\x7f")
+    ix = IVFIndex.open(tmp_path / "ix")  # size still right: open succeeds
+    with pytest.raises(IndexFormatError, match="checksum"):
+        ix.verify()
+
+
+def test_filter_sees_tail_and_skips_removed(tmp_path) -> None:
+    x = clustered(3000, 8, seed=18)
+    ix = IVFIndex.build(tmp_path / "ix", x, metric="cosine", nlist=8, progress=False)
+    ix.add(x[:10] * 2, np.arange(100_000, 100_010))  # same directions as rows 0..9
+    ix.remove([0, 100_001])
+    allowed = np.array([0, 1, 100_000, 100_001, 100_002])
+    _, ids = ix.search(x[:3], 5, allowed_ids=allowed)
+    got = set(ids.ravel().tolist()) - {-1}
+    assert got == {1, 100_000, 100_002}
+    _, ids = ix.search(x[1:2], 5, nprobe=8)
+    assert ids[0, 0] == 1 and 100_001 not in ids  # its removed twin in the tail is gone
