@@ -1,0 +1,295 @@
+"""Where an `hk` command runs: the store, namespace, directory or view and CKL of the cwd.
+
+The paper's commands act on "the current directory" and its CKL (the DKL of the
+cwd). Inside a mount the cwd names a store object through the mount path grammar
+(hkfs.views); the store behind the mount is found from its fsname
+`hkfs:<store>` (hkfs.mountinfo) and opened by this process (SQLite WAL is
+multi-process safe), so no daemon protocol is needed. Outside a mount,
+`--store` (and `--user`) name a store and the namespace's root directory plays
+the current directory. Every command module shares this one place.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import pwd
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .errors import (
+    HKError,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    PermissionDenied,
+)
+from .mountinfo import find_mount
+from .naming import HK, format_hk, parse_hk, parse_hk_list, parse_spec, resolve_relative
+from .store import EntityInfo, Store
+from .views import DirLoc, KeySpaceLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
+
+__all__ = [
+    "Here", "here", "store_options", "friendly_errors", "parse_hk_arg", "parse_hk_args", "parse_spec_arg",
+    "mount_owner_uid", "FileRef",
+]
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def store_options(fn: F) -> F:
+    """`--store` / `--user`: act on a store outside a mount (the namespace root is the cwd)."""
+    fn = click.option("--user", "user", default=None, metavar="USER",
+                      help="Namespace to use with --store (default: you).")(fn)
+    fn = click.option("--store", "store", default=None, metavar="STORE",
+                      type=click.Path(file_okay=False, path_type=Path),
+                      help="Store directory, when not run inside an hkfs mount.")(fn)
+    return fn
+
+
+def friendly_errors(fn: F) -> F:
+    """One clear line on stderr for the errors a user can cause (HKError is handled by the group)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HKError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except PermissionError as exc:
+            raise click.ClickException(f"permission denied: {exc.filename or exc}") from exc
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"cannot use the store's catalog: {exc}") from exc
+    return wrapper  # type: ignore[return-value]
+
+
+def mount_owner_uid(mountpoint: Path, proc_mounts: str = "/proc/self/mounts") -> int | None:
+    """The `user_id=` option of a FUSE mount: the user whose namespace root is the mount root."""
+    try:
+        with open(proc_mounts, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 4 and fields[1].replace("\\040", " ") == str(mountpoint):
+                    for opt in fields[3].split(","):
+                        if opt.startswith("user_id="):
+                            return int(opt[len("user_id="):])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def parse_hk_arg(text: str, ckl: Sequence[HK] = ()) -> tuple[HK, ...]:
+    """An HK list argument as the paper's users typed it.
+
+    Accepts '//a//b', the paper's '//SIG/DPS,//workshop' (',' between HKs, Fig. 1),
+    and ',' / ',//c' meaning the CKL (plus //c).
+    """
+    if text.startswith(","):
+        rest = text[1:]
+        return tuple(ckl) + (parse_hk_arg(rest) if rest else ())
+    if not text.startswith("//"):
+        raise InvalidArgument(f"{text!r}: a keyword starts with '//' (e.g. //{text.lstrip('/')})")
+    return parse_hk_list(text.replace(",//", "//"))
+
+
+def parse_spec_arg(text: str, ckl: Sequence[HK] = ()) -> tuple[tuple[HK, ...], str | None]:
+    """A spec argument ('//a//b,name', ',//c', ',name', the paper's '//a,//b') -> (HK list, name)."""
+    rel = text.startswith(",")
+    body = text[1:] if rel else text
+    body = body.replace(",//", "//")
+    spec = resolve_relative(parse_spec(("," if rel else "") + body), ckl)
+    return spec.hks, spec.name
+
+
+def parse_hk_args(texts: Sequence[str], ckl: Sequence[HK] = ()) -> tuple[HK, ...]:
+    out: list[HK] = []
+    for t in texts:
+        for h in parse_hk_arg(t, ckl):
+            if h not in out:
+                out.append(h)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file named on the command line: its entity, and the directory link it was named by (if any)."""
+
+    info: EntityInfo
+    dirid: int | None = None          # the link (dirid, link_name) when named by a bare name/path
+    link_name: str | None = None
+    view: tuple[HK, ...] | None = None   # the view it was named in (rm there detaches)
+
+
+@dataclass
+class Here:
+    """The cwd as the paper sees it. `dirid` is set in an ordinary directory, `view` in a view."""
+
+    store: Store
+    ns: int                            # the namespace ',' and keywords refer to here
+    mount: Path | None                 # the mount point (None with --store)
+    mount_ns: int                      # the namespace whose root is the mount root
+    dirid: int | None
+    view: tuple[HK, ...] | None
+    rel: str                           # the cwd inside the mount ('/' with --store)
+
+    @property
+    def ckl(self) -> tuple[HK, ...]:
+        """The current keyword list: the DKL of the cwd (a view's own list in a view)."""
+        if self.dirid is not None:
+            return self.store.dir(self.dirid).dkl
+        return self.view or ()
+
+    def need_dir(self, what: str) -> int:
+        """The cwd's directory id, or a clear error for commands that change a directory."""
+        if self.dirid is None:
+            raise NotADirectory(f"{what} needs an ordinary directory; the current directory is a keyword view")
+        return self.dirid
+
+    def resolver(self) -> Resolver:
+        return Resolver(self.store, self.mount_ns)
+
+    # ----------------------------------------------------------------- permissions
+
+    def require_own_ns(self, ns: int | None = None) -> None:
+        """A user may change only their own namespace (root may change any)."""
+        ns = self.ns if ns is None else ns
+        if os.geteuid() == 0:
+            return
+        owner = self.store.namespace_user(ns)
+        try:
+            me = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            me = str(os.geteuid())
+        if owner != me:
+            raise PermissionDenied(f"permission denied: the namespace here is {owner}'s, not yours")
+
+    def require_file_owner(self, info: EntityInfo) -> None:
+        if os.geteuid() not in (0, info.uid):
+            raise PermissionDenied(f"permission denied: {info.name} (entity {info.id}) is not yours")
+
+    # ----------------------------------------------------------------- keywords
+
+    def hks(self, texts: Sequence[str]) -> tuple[HK, ...]:
+        """HK list arguments (',' means the CKL), checked to exist in this namespace."""
+        hl = parse_hk_args(texts, self.ckl)
+        for h in hl:
+            if not self.store.keyword_exists(self.ns, h):
+                raise NotFound(f"no keyword {format_hk(h)}")
+        return hl
+
+    def keyword(self, text: str) -> HK:
+        if not text.startswith("//"):
+            raise InvalidArgument(f"{text!r}: a keyword starts with '//'")
+        return parse_hk(text)
+
+    # ----------------------------------------------------------------- files
+
+    def _path_ref(self, arg: str) -> FileRef:
+        """A bare name or a path: resolved through the mount path grammar from the cwd."""
+        if self.mount is None:
+            if "/" in arg:
+                raise InvalidArgument(f"{arg!r}: paths need a mount (run inside one)")
+            rel = "/" + arg if self.rel == "/" else self.rel + "/" + arg
+        else:
+            full = os.path.normpath(os.path.join(os.getcwd(), arg))
+            found = find_mount(full)
+            if found is None or found[0] != self.mount:
+                raise InvalidArgument(f"{arg!r} is not inside the mount {self.mount}")
+            rel = full[len(str(self.mount).rstrip("/")):] or "/"
+        loc = self.resolver().resolve(rel)
+        if isinstance(loc, LinkLoc):
+            if loc.eid is None:
+                raise NotFound(f"{arg}: no such file")
+            return FileRef(self.store.entity(loc.eid), loc.dirid, loc.name)
+        if isinstance(loc, ViewFileLoc):
+            if loc.eid is None:
+                raise NotFound(f"{arg}: no such file")
+            return FileRef(self.store.entity(loc.eid), view=loc.view.hks)
+        if isinstance(loc, (DirLoc, ViewLoc, KeySpaceLoc)):
+            raise IsADirectory(f"{arg}: is a directory")
+        raise NotFound(f"{arg}: no such file")
+
+    def files(self, arg: str, *, many: bool = True) -> list[FileRef]:
+        """The files a command-line word names: a bare name or path (via the cwd), or a spec.
+
+        ',NAME' / ',//c,NAME' / '//a//b,NAME' / '//a' name files by keywords; with
+        many=False exactly one file must match.
+        """
+        if arg.startswith(",") or arg.startswith("//"):
+            hl, name = parse_spec_arg(arg, self.ckl)
+            for h in hl:
+                if not self.store.keyword_exists(self.ns, h):
+                    raise NotFound(f"no keyword {format_hk(h)}")
+            found = [FileRef(i) for i in self.store.resolve(self.ns, hl, name)]
+            if not found:
+                raise NotFound(f"{arg}: no file matches")
+        else:
+            if "/" not in arg:
+                parse_spec(arg)       # a bare name must be a valid file name
+            found = [self._path_ref(arg)]
+        if not many and len(found) > 1:
+            raise InvalidArgument(f"{arg}: {len(found)} files match; give a spec that names one")
+        return found
+
+    def all_files(self, args: Sequence[str]) -> list[FileRef]:
+        out: list[FileRef] = []
+        seen: set[int] = set()
+        for a in args:
+            for ref in self.files(a):
+                if ref.info.id not in seen:
+                    seen.add(ref.info.id)
+                    out.append(ref)
+        return out
+
+
+def _open_store(path: Path) -> Store:
+    if not (path / "catalog.sqlite").exists():
+        raise NotFound(f"no hkfs store at {path}")
+    if not os.access(path / "catalog.sqlite", os.R_OK | os.W_OK):
+        raise PermissionDenied(f"permission denied: cannot open the store {path}")
+    return Store.open(path, create=False)
+
+
+@contextmanager
+def here(store: Path | None = None, user: str | None = None, *, cwd: str | None = None) -> Iterator[Here]:
+    """The cwd's Here (closed on exit). Outside a mount without --store: a clear error."""
+    cwd = cwd or os.getcwd()
+    if store is not None:
+        st = _open_store(Path(store).absolute())
+        try:
+            ns = st.namespace_id(user if user is not None else os.geteuid())
+            yield Here(st, ns, None, ns, st.root_dir(ns), None, "/")
+        finally:
+            st.close()
+        return
+    found = find_mount(cwd)
+    if found is None:
+        raise click.ClickException("not inside an hkfs mount (cd into one, or give --store STORE)")
+    mnt, store_path = found
+    st = _open_store(store_path)
+    try:
+        uid = mount_owner_uid(mnt)
+        mount_ns = st.namespace_id(uid if uid is not None else os.geteuid())
+        rel = os.path.abspath(cwd)[len(str(mnt).rstrip("/")):] or "/"
+        loc = Resolver(st, mount_ns).resolve(rel)
+        if isinstance(loc, DirLoc):
+            ns = st.dir(loc.dirid).ns
+            h = Here(st, ns, mnt, mount_ns, loc.dirid, None, rel)
+        elif isinstance(loc, ViewLoc):
+            h = Here(st, loc.ns, mnt, mount_ns, None, tuple(loc.hks), rel)
+        elif isinstance(loc, KeySpaceLoc):
+            h = Here(st, loc.ns, mnt, mount_ns, None, tuple(loc.base), rel)
+        else:
+            raise NotADirectory(f"{cwd} is not a directory")
+        yield h
+    finally:
+        st.close()

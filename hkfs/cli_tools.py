@@ -1,0 +1,279 @@
+"""`hk` tools around the paper's commands: path, kw, info, fsck, prompt, shell-init, complete.
+
+`hk path` turns the paper's notation into a mount path (the kernel folds '//',
+so a spec cannot pass through a path as it is); `hk prompt`, `hk shell-init`
+and the hidden `hk complete` give a shell the paper's prompt (the CKL on the
+right) and its keyword completion (§4.1).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from .cli import cli
+from .cli_context import FileRef, Here, friendly_errors, here, parse_spec_arg, store_options
+from .completion import complete
+from .errors import HKError, InvalidArgument, NotFound
+from .naming import HK, format_hk, format_hk_list
+from .views import clash_name
+
+PAPER_COMMANDS = ("mkkw", "rmkw", "atkw", "dtkw", "akl", "rkl", "ldf", "chfn", "chns", "rme")
+SHELLS = ("bash", "zsh")
+
+
+# ---------------------------------------------------------------------- path
+
+def _view_path(hks: tuple[HK, ...]) -> str:
+    return "".join("/@/" + "/".join(h) for h in hks)
+
+
+def spec_to_paths(h: Here, spec: str) -> list[str]:
+    """Mount paths for a spec: one, or one per file when several share the name (their clash names)."""
+    assert h.mount is not None
+    cwd = str(h.mount).rstrip("/") + (h.rel if h.rel != "/" else "")
+    if not (spec.startswith(",") or spec.startswith("//")):
+        return [os.path.normpath(os.path.join(cwd or "/", spec))]
+    relative = spec.startswith(",")
+    hl, name = parse_spec_arg(spec, ())
+    for k in hl:
+        if not h.store.keyword_exists(h.ns, k):
+            raise NotFound(f"no keyword {format_hk(k)}")
+    if relative:
+        if h.dirid is None:
+            raise InvalidArgument("',' needs an ordinary directory as the current directory")
+        base = cwd + "/," + _view_path(hl)
+        full = tuple(h.ckl) + hl
+    else:
+        anchor = str(h.mount).rstrip("/")
+        if h.dirid is not None and h.ns != h.mount_ns:
+            anchor = cwd          # chns: this directory's '@' is the other namespace's keyword space
+        base = anchor + _view_path(hl)
+        full = hl
+    if name is None:
+        return [base]
+    matches = h.store.resolve(h.ns, full, name)
+    if len(matches) > 1:
+        return [f"{base}/{clash_name(name, m.id)}" for m in matches]
+    if relative and not hl:
+        return [cwd + "/," + name]
+    children = h.store.keyword_children(h.ns, full[-1]) if full else []
+    return [base + ("/," if name in children else "/") + name]
+
+
+@cli.command("path")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@friendly_errors
+def path_cmd(specs: tuple[str, ...]) -> None:
+    """Print the mount path of a spec in the paper's notation.
+
+    '//' is spelled '/@/' in the mount and ',NAME' becomes the last component.
+    Files that share the name get one line each (their STEM~ID.EXT names).
+
+    Example: cat "$(hk path //photo//animal/dog,fig1.jpg)"
+    """
+    with here() as h:
+        for spec in specs:
+            for p in spec_to_paths(h, spec):
+                click.echo(p)
+
+
+# ---------------------------------------------------------------------- kw
+
+@cli.command("kw")
+@click.argument("hk", required=False, metavar="[HK]")
+@store_options
+@friendly_errors
+def kw_cmd(hk: str | None, store: str | None, user: str | None) -> None:
+    """Print the keyword hierarchy (below HK) as a tree, each with its number of files.
+
+    A count includes the files carrying a descendant keyword.
+
+    Example: hk kw //SIG
+    """
+    with here(store, user) as h:
+        root = h.keyword(hk) if hk else ()
+        for k, n in h.store.keyword_counts(h.ns, root):
+            top = len(root) if root else 1
+            depth = len(k) - top
+            label = format_hk(k) if depth == 0 else "/" + k[-1]
+            click.echo(f"{'  ' * depth}{label} ({n})")
+
+
+# ---------------------------------------------------------------------- info
+
+def _mode_text(mode: int) -> str:
+    return stat.filemode(mode if stat.S_IFMT(mode) else mode | stat.S_IFREG)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _link_paths(h: Here, ref: FileRef) -> list[str]:
+    out = []
+    for dirid, name in h.store.links(ref.info.id):
+        d = h.store.dir(dirid)
+        path = h.store.dir_path(dirid).rstrip("/") + "/" + name
+        if h.mount is not None and d.owner_ns == h.mount_ns:
+            out.append(str(h.mount).rstrip("/") + path)
+        else:
+            out.append(f"{path} (in {h.store.namespace_user(d.owner_ns)}'s tree)")
+    return out
+
+
+@cli.command("info")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@store_options
+@friendly_errors
+def info_cmd(files: tuple[str, ...], store: str | None, user: str | None) -> None:
+    """Print a file's entity id, name, HKs, links, owner, mode and size.
+
+    FILE is a name in the current directory, a path, or a spec.
+
+    Example: hk info ,main.tex
+    """
+    with here(store, user) as h:
+        refs = h.all_files(files)
+        for i, ref in enumerate(refs):
+            e = ref.info
+            if i:
+                click.echo()
+            click.echo(f"entity:    {e.id}")
+            click.echo(f"name:      {e.name}")
+            click.echo(f"keywords:  {format_hk_list(e.hks) or '(none)'}")
+            links = _link_paths(h, ref)
+            click.echo(f"links:     {links[0] if links else '(none)'}")
+            for extra in links[1:]:
+                click.echo(f"           {extra}")
+            click.echo(f"owner:     {_user_name(e.uid)} (uid {e.uid}, gid {e.gid}); "
+                       f"namespace {h.store.namespace_user(e.ns)}")
+            click.echo(f"mode:      {_mode_text(e.mode)}")
+            click.echo(f"size:      {e.size}")
+
+
+# ---------------------------------------------------------------------- fsck
+
+@cli.command("fsck")
+@click.argument("store", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--repair", is_flag=True, help="Fix what is found (orphan bytes are kept in lost+found).")
+@friendly_errors
+def fsck_cmd(store: Path, repair: bool) -> None:
+    """Check a store for inconsistencies between the catalog and the entity files.
+
+    Finds orphan bytes files, rows without bytes, links and tags to missing
+    entities, keywords with a missing parent, unreachable entities, unknown
+    keywords in DKLs. Exit status 1 when problems remain. Stop the mount first
+    for --repair (or run it while nothing writes).
+
+    Example: hk fsck ~/hkstore --repair
+    """
+    from .fsck import check
+    from .fsck import repair as do_repair
+    from .store import Store
+
+    if not (store / "catalog.sqlite").exists():
+        raise click.ClickException(f"no hkfs store at {store}")
+    with Store.open(store, create=False) as st:
+        problems = check(st)
+        for p in problems:
+            click.echo(str(p))
+        if not problems:
+            click.echo(f"{store}: clean")
+            return
+        if not repair:
+            click.echo(f"{len(problems)} problem(s); run with --repair to fix them", err=True)
+            sys.exit(1)
+        for line in do_repair(st, problems):
+            click.echo(f"repaired: {line}")
+        left = check(st)
+        for p in left:
+            click.echo(f"still: {p}", err=True)
+        if left:
+            sys.exit(1)
+        click.echo(f"{store}: repaired, clean")
+
+
+# ---------------------------------------------------------------------- prompt, completion, shell-init
+
+@cli.command("prompt")
+def prompt_cmd() -> None:
+    """Print the CKL of the current directory (empty outside a mount); for the shell prompt.
+
+    The paper shows the CKL in parentheses at the right of the prompt; the
+    `hk shell-init` snippet puts it there.
+
+    Example: PS1='\\u{\\W}> ' RPROMPT='($(hk prompt))'
+    """
+    try:
+        with here() as h:
+            click.echo(format_hk_list(h.ckl))
+    except (click.ClickException, HKError, OSError, Exception):   # a prompt never fails
+        return
+
+
+def split_word(word: str) -> tuple[str, str]:
+    """The completed part of a word: its last HK ('//...') or what follows its last ','."""
+    i = word.rfind("//")
+    if i >= 0:
+        return word[:i], word[i:]
+    j = word.rfind(",")
+    if j >= 0:
+        return word[:j + 1], word[j + 1:]
+    return "", word
+
+
+@cli.command("complete", hidden=True)
+@click.argument("word", default="")
+@store_options
+def complete_cmd(word: str, store: str | None, user: str | None) -> None:
+    """Print keyword completions of WORD, one per line (paper §4.1); used by the shell snippets."""
+    try:
+        with here(store, user) as h:
+            keywords = h.store.keywords(h.ns)
+    except (click.ClickException, HKError, OSError, Exception):   # completion stays silent
+        return
+    prefix, partial = split_word(word)
+    for c in complete(partial, keywords):
+        click.echo(prefix + c)
+
+
+def snippet(shell: str, *, commands: bool = True, ls: bool = True, prompt: bool = True) -> str:
+    """The shell-init text: sections between '# >>> NAME' and '# <<< NAME' are dropped when turned off."""
+    text = resources.files("hkfs").joinpath(f"shell/hk.{shell}").read_text(encoding="utf-8")
+    off = {"commands": not commands, "ls": not ls, "prompt": not prompt}
+    out, skip = [], False
+    for line in text.splitlines():
+        if line.startswith("# >>> "):
+            skip = off.get(line[6:].strip(), False)
+            continue
+        if line.startswith("# <<< "):
+            skip = False
+            continue
+        if not skip:
+            out.append(line)
+    subs = " ".join(sorted(n for n, c in cli.commands.items() if not c.hidden))
+    return ("\n".join(out) + "\n").replace("@SUBCOMMANDS@", subs).replace("@PAPER_COMMANDS@",
+                                                                          " ".join(PAPER_COMMANDS))
+
+
+@cli.command("shell-init")
+@click.argument("shell", type=click.Choice(SHELLS))
+@click.option("--no-commands", is_flag=True, help="Do not define the bare paper commands (akl, ldf, ...).")
+@click.option("--no-ls", is_flag=True, help="Do not wrap ls (ls , and ls //a go to hk ls).")
+@click.option("--no-prompt", is_flag=True, help="Do not show the CKL in the prompt.")
+def shell_init_cmd(shell: str, no_commands: bool, no_ls: bool, no_prompt: bool) -> None:
+    """Print shell code that installs keyword completion, the paper's commands and the CKL prompt.
+
+    Example: eval "$(hk shell-init bash)"    # in ~/.bashrc; zsh: eval "$(hk shell-init zsh)"
+    """
+    click.echo(snippet(shell, commands=not no_commands, ls=not no_ls, prompt=not no_prompt), nl=False)

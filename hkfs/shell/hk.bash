@@ -1,0 +1,92 @@
+# hkfs shell integration for bash: eval "$(hk shell-init bash)"
+# HK_BIN names the hk command (default: hk).
+
+# >>> commands
+# The paper's commands, typed bare as its users did (akl //workshop; ldf).
+for _hk_c in @PAPER_COMMANDS@; do
+    eval "$_hk_c() { command \"\${HK_BIN:-hk}\" $_hk_c \"\$@\"; }"
+done
+unset _hk_c
+# <<< commands
+
+# >>> ls
+# The paper's `ls ,` (the CKL's matches, shared names counted: main.tex(3)) and
+# `ls //a//b` go to `hk ls`; every other ls is the system's.
+ls() {
+    local _a _hk=0
+    for _a in "$@"; do
+        case $_a in ,*|//*) _hk=1 ;; esac
+    done
+    if (( _hk )); then
+        local _args=()
+        for _a in "$@"; do
+            case $_a in -1) _args+=(-1) ;; -*) ;; *) _args+=("$_a") ;; esac
+        done
+        command "${HK_BIN:-hk}" ls "${_args[@]}"
+    else
+        command ls "$@"
+    fi
+}
+# <<< ls
+
+# >>> prompt
+# The paper's prompt shows the CKL in parentheses at the right (zsh's RPROMPT);
+# bash draws it at the right edge before the ordinary prompt. `hk prompt` runs
+# only when the current directory is inside an hkfs mount.
+_hk_hkfs_in_mount() {
+    local _src _mnt _rest
+    while read -r _src _mnt _rest; do
+        [[ $_src == hkfs:* ]] || continue
+        _mnt=${_mnt//\\040/ }
+        [[ $PWD == "$_mnt" || $PWD == "$_mnt"/* ]] && return 0
+    done < /proc/self/mounts
+    return 1
+}
+_hk_hkfs_precmd() {
+    HK_CKL=
+    if _hk_hkfs_in_mount; then
+        HK_CKL=$(command "${HK_BIN:-hk}" prompt 2>/dev/null)
+    fi
+}
+_hk_hkfs_rprompt() {
+    [[ -n $HK_CKL ]] && printf '%*s\r' "${COLUMNS:-80}" "($HK_CKL)"
+}
+case ";${PROMPT_COMMAND:-};" in
+    *";_hk_hkfs_precmd;"*) ;;
+    *) PROMPT_COMMAND="_hk_hkfs_precmd${PROMPT_COMMAND:+;$PROMPT_COMMAND}" ;;
+esac
+case $PS1 in
+    *_hk_hkfs_rprompt*) ;;
+    *) PS1='\[$(_hk_hkfs_rprompt)\]'"$PS1" ;;
+esac
+# <<< prompt
+
+# >>> completion
+# Keyword completion (paper 4.1): '//a/b' completes to HKs with that prefix and
+# as many levels; a word without '//' to every HK whose last component starts
+# with it ('foot' -> //movie/footloose //sports/football). Other words: files.
+_HK_SUBCOMMANDS="@SUBCOMMANDS@"
+_hk_hkfs_complete() {
+    local cur=${COMP_WORDS[COMP_CWORD]} sub=${COMP_WORDS[0]##*/} pos=$COMP_CWORD kw=0
+    if [[ $sub == hk ]]; then
+        if (( COMP_CWORD == 1 )); then
+            COMPREPLY=( $(compgen -W "$_HK_SUBCOMMANDS" -- "$cur") )
+            return 0
+        fi
+        sub=${COMP_WORDS[1]}
+        pos=$((COMP_CWORD - 1))
+    fi
+    case $sub in
+        mkkw|rmkw|akl|rkl|kw) kw=1 ;;
+        atkw|dtkw) (( pos == 1 )) && kw=1 ;;
+        ldf|ls|path|rme|info|chfn) [[ $cur == //* || $cur == ,* ]] && kw=1 ;;
+    esac
+    [[ $cur == -* ]] && kw=0
+    (( kw )) || return 0
+    local IFS=$'\n'
+    COMPREPLY=( $(command "${HK_BIN:-hk}" complete -- "$cur" 2>/dev/null) )
+    (( ${#COMPREPLY[@]} )) && compopt -o nospace 2>/dev/null
+    return 0
+}
+complete -o default -F _hk_hkfs_complete hk @PAPER_COMMANDS@
+# <<< completion
