@@ -26,6 +26,7 @@ import functools
 import hashlib
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -139,6 +140,80 @@ def _keep_connections_per_os_thread(store: Store) -> None:
         catalog._local = _ThreadIdLocal()  # type: ignore[union-attr]
 
 
+class CachedReads:
+    """The catalog reads path resolution needs, memoised while no connection commits.
+
+    SQLite's `PRAGMA data_version` (on a connection of our own that never writes)
+    changes whenever any other connection commits: a daemon thread, the hk CLI,
+    another process. Every call checks it (a few microseconds) and drops the memo
+    when it moved, so nothing stale is ever answered; in between, `ls -l` of a view
+    costs one catalog query for the listing instead of several per file.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._conn = sqlite3.connect(store.catalog.path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._memo: dict[tuple, Any] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def memo(self) -> dict[tuple, Any]:
+        """The memo valid now (a fresh one whenever anything committed since the last call)."""
+        with self._lock:
+            v = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if v != self._version:
+                self._version, self._memo = v, {}
+            return self._memo
+
+    def _get(self, key: tuple, fetch: Callable[[], Any]) -> Any:
+        memo = self.memo()
+        try:
+            return memo[key]
+        except KeyError:
+            value = memo[key] = fetch()
+            return value
+
+    def root_dir(self, ns: int) -> int:
+        return self._get(("root", ns), lambda: self.store.root_dir(ns))
+
+    def dir(self, dirid: int) -> Any:
+        return self._get(("dir", dirid), lambda: self.store.dir(dirid))
+
+    def lookup(self, dirid: int, name: str) -> Any:
+        return self._get(("lookup", dirid, name), lambda: self.store.lookup(dirid, name))
+
+    def keyword_exists(self, ns: int, hk: HK) -> bool:
+        return self._get(("kw", ns, hk), lambda: self.store.keyword_exists(ns, hk))
+
+    def entity(self, eid: int) -> EntityInfo:
+        return self._get(("ent", eid), lambda: self.store.entity(eid))
+
+    def listing(self, ns: int, hks: tuple[HK, ...]) -> dict[str, list[EntityInfo]]:
+        """All files of a view by name (one query), kept for the lookups that follow a readdir."""
+        memo = self.memo()
+        key = ("view", ns, hks)
+        found = memo.get(key)
+        if found is None:
+            found = {}
+            for e in self.store.resolve(ns, hks):
+                found.setdefault(e.name, []).append(e)
+                memo[("ent", e.id)] = e
+            memo[key] = found
+        return found
+
+    def resolve(self, ns: int, hks: Any, name: str | None = None) -> list[EntityInfo]:
+        memo = self.memo()
+        hks = tuple(hks)
+        view = memo.get(("view", ns, hks))
+        if view is not None and name is not None:
+            return list(view.get(name, ()))
+        return self._get(("resolve", ns, hks, name), lambda: self.store.resolve(ns, hks, name))
+
+
 @dataclass
 class Handle:
     fd: int
@@ -157,7 +232,8 @@ class HKOperations(Operations):
         _keep_connections_per_os_thread(store)
         self.ns = store.namespace_id(os.getuid() if user is None else user)
         self.root = store.root_dir(self.ns)
-        self.resolver = Resolver(store, self.ns)
+        self.reads = CachedReads(store)
+        self.resolver = Resolver(self.reads, self.ns)
         self.on_ready = on_ready
         self.uid, self.gid = os.getuid(), os.getgid()
         self.start_ns = time.time_ns()
@@ -181,6 +257,7 @@ class HKOperations(Operations):
         for h in handles:
             self._sync(h)
             os.close(h.fd)
+        self.reads.close()
 
     # ---------------------------------------------------------------- helpers
 
@@ -225,7 +302,7 @@ class HKOperations(Operations):
         }
 
     def _dir_attrs(self, dirid: int) -> dict[str, Any]:
-        d = self.store.dir(dirid)
+        d = self.reads.dir(dirid)
         return {
             "st_mode": stat.S_IFDIR | (d.mode & 0o7777), "st_ino": _ino(2, d.id), "st_nlink": 2,
             "st_uid": d.uid, "st_gid": d.gid, "st_size": 4096, "st_blocks": 8, "st_blksize": 4096,
@@ -282,13 +359,13 @@ class HKOperations(Operations):
     @_mapped
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         if fh is not None and fh in self._handles:
-            return self._entity_attrs(self.store.entity(self._handles[fh].eid))
+            return self._entity_attrs(self.reads.entity(self._handles[fh].eid))
         loc = self.loc(path)
         if isinstance(loc, DirLoc):
             return self._dir_attrs(loc.dirid)
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
             return self._virtual_attrs(loc)
-        return self._entity_attrs(self.store.entity(self._eid_of(loc)))
+        return self._entity_attrs(self.reads.entity(self._eid_of(loc)))
 
     @overrides(Operations)
     @_mapped
@@ -381,18 +458,14 @@ class HKOperations(Operations):
     def view_names(self, view: ViewLoc, keywords: set[str]) -> list[tuple[str, int]]:
         """(listed name, entity id) of a view's files: shared names become STEM~ID.EXT,
         a name equal to a child keyword is listed as ',NAME'."""
-        ents = self.store.resolve(view.ns, view.hks)
-        counts: dict[str, int] = {}
-        for e in ents:
-            counts[e.name] = counts.get(e.name, 0) + 1
         out = []
-        for e in ents:
-            if counts[e.name] > 1:
-                out.append((clash_name(e.name, e.id), e.id))
-            elif e.name in keywords:
-                out.append(("," + e.name, e.id))
+        for name, ents in self.reads.listing(view.ns, tuple(view.hks)).items():
+            if len(ents) > 1:
+                out += [(clash_name(name, e.id), e.id) for e in ents]
+            elif name in keywords:
+                out.append(("," + name, ents[0].id))
             else:
-                out.append((e.name, e.id))
+                out.append((name, ents[0].id))
         return out
 
     @overrides(Operations)
@@ -717,6 +790,10 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if not name.startswith("user."):
+            # ENOTSUP (not ENODATA) for system.* / security.*: `ls -l` then stops asking
+            # for ACLs on this file system instead of asking once per file.
+            raise FuseOSError(errno.ENOTSUP)
         kind, ident = self._xattr_target(path)
         if kind == "file" and name == KEYWORDS_ATTR:
             return format_hk_list(self.store.entity(ident).hks).encode()
