@@ -1,0 +1,713 @@
+"""Embeddings in the store: embedding entries, per-file embeddings, and their vecindex indexes.
+
+Sources of vectors (the entries are the truth; the indexes are rebuildable):
+- an *embedding entry*: a file named `*.npy` (2-D float array), `*.fvecs`, or `*.f32`
+  (raw little-endian float32, once its dimension is set in the `user.hk.dim` xattr);
+  one vector per row;
+- a file's *own embedding*: the `user.hk.embedding` xattr (text numbers or raw float32).
+
+`EmbeddingCatalog` keeps one vecindex `IVFIndex` per (namespace, dimension), a
+"shard". Index ids encode the source: `id = entity_id << 24 | row`, the own
+embedding using row 0xFFFFFF, so an entry holds at most 16,777,215 rows
+(a bigger one is skipped with a warning).
+
+Keeping current without notifications: the catalog holds its own SQLite
+connection to the store's catalog and asks `PRAGMA data_version` before each
+query; when any process committed anything since, it re-reads the fingerprints
+of the namespace's embedding sources (name suffix, size, mtime; the xattr bytes)
+and applies the difference. A shard is a persisted *base* index plus *pending*
+sources (added or changed since the base was built; searched exactly, so an
+addition is searchable at once) and *dead* keys (in the base but removed or
+changed; filtered out). A background worker (started by the daemon's init())
+rebuilds, that is retrains, a shard's base when enough has changed, into a new
+directory, and swaps it in atomically under the lock; queries meanwhile use the
+previous base. Retags need no index change at all: the scope of a query (the
+entity ids a directory or view matches) is applied at search time.
+
+Layout: STORE/vectors/ns<NS>-d<DIM>/{manifest.json, gen-<N>/} (see docs/query.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidArgument
+from .queryfiles import parse_vector
+
+__all__ = [
+    "EMBEDDING_ATTR", "DIM_ATTR", "ENTRY_SUFFIXES", "ROW_BITS", "OWN_ROW", "MAX_ROWS",
+    "entry_kind", "read_entry", "parse_embedding", "parse_dim", "EmbeddingCatalog", "SearchHit",
+]
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_ATTR = "user.hk.embedding"
+DIM_ATTR = "user.hk.dim"
+ENTRY_SUFFIXES = (".npy", ".fvecs", ".f32")
+ROW_BITS = 24
+OWN_ROW = (1 << ROW_BITS) - 1
+MAX_ROWS = OWN_ROW
+MAX_DIM = 1 << 16
+METRIC = "cosine"
+# Rebuild a shard's base when pending + dead rows exceed this share of it (or this many rows).
+REBUILD_SHARE = 0.05
+REBUILD_ROWS = 50_000
+
+Key = tuple[int, bool]      # (entity id, own embedding?)
+
+
+# ------------------------------------------------------------------ sources
+
+
+def entry_kind(name: str) -> str | None:
+    """'.npy' / '.fvecs' / '.f32' when a file of this name is an embedding entry, else None."""
+    low = name.lower()
+    for s in ENTRY_SUFFIXES:
+        if low.endswith(s) and len(low) > len(s):
+            return s
+    return None
+
+
+def parse_dim(value: bytes | str) -> int:
+    """The `user.hk.dim` value: a positive integer as text."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    try:
+        d = int(text.strip())
+    except ValueError:
+        raise InvalidArgument(f"{DIM_ATTR}: {text.strip()[:40]!r} is not an integer") from None
+    if not 0 < d <= MAX_DIM:
+        raise InvalidArgument(f"{DIM_ATTR}: dimension {d} is not in 1..{MAX_DIM}")
+    return d
+
+
+def parse_embedding(value: bytes | str) -> np.ndarray:
+    """The `user.hk.embedding` value (text numbers or raw float32) as a 1-D float32 vector."""
+    v = parse_vector(value, EMBEDDING_ATTR)
+    if len(v) > MAX_DIM:
+        raise InvalidArgument(f"{EMBEDDING_ATTR}: {len(v)} numbers, more than {MAX_DIM}")
+    return v
+
+
+def read_entry(path: str | os.PathLike[str], name: str, dim: int | None = None) -> np.ndarray:
+    """The rows of an embedding entry as an (n, d) array (memory-mapped where possible).
+
+    `name` (the file name in the store) says the format; `path` is where the bytes are.
+    Raises InvalidArgument when the bytes do not hold what the name promises.
+    """
+    kind = entry_kind(name)
+    p = Path(path)
+    size = p.stat().st_size
+    if kind == ".npy":
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InvalidArgument(f"{name}: not a readable .npy file ({exc})") from None
+        if arr.ndim != 2 or arr.dtype.kind != "f":
+            raise InvalidArgument(f"{name}: expected a 2-D float array, got {arr.dtype} {arr.shape}")
+        if arr.shape[1] == 0:
+            raise InvalidArgument(f"{name}: rows of dimension 0")
+        return arr
+    if kind == ".fvecs":
+        if size < 4:
+            raise InvalidArgument(f"{name}: empty .fvecs file")
+        d = int(np.fromfile(p, dtype="<i4", count=1)[0])
+        if not 0 < d <= MAX_DIM or size % (4 * (d + 1)):
+            raise InvalidArgument(f"{name}: not an .fvecs file (dimension {d}, {size} bytes)")
+        raw = np.memmap(p, dtype="<f4", mode="r", shape=(size // (4 * (d + 1)), d + 1))
+        if not np.all(raw[:1000, :1].view("<i4") == d):
+            raise InvalidArgument(f"{name}: .fvecs rows of different dimensions")
+        return raw[:, 1:]
+    if kind == ".f32":
+        if dim is None:
+            raise InvalidArgument(f"{name}: a raw .f32 entry needs its dimension in {DIM_ATTR}")
+        if size % (4 * dim):
+            raise InvalidArgument(f"{name}: {size} bytes is not a whole number of {dim}-float32 rows")
+        if size == 0:
+            return np.zeros((0, dim), np.float32)
+        return np.memmap(p, dtype="<f4", mode="r", shape=(size // (4 * dim), dim))
+    raise InvalidArgument(f"{name}: not an embedding entry (.npy, .fvecs or .f32)")
+
+
+def _ids(eid: int, nrows: int, own: bool) -> np.ndarray:
+    base = np.int64(eid) << ROW_BITS
+    if own:
+        return np.array([base | OWN_ROW], dtype=np.int64)
+    return base + np.arange(nrows, dtype=np.int64)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    n[n == 0] = 1.0
+    return (x / n).astype(np.float32, copy=False)
+
+
+# ------------------------------------------------------------------ catalog state
+
+
+@dataclass
+class _Source:
+    key: Key
+    fp: tuple
+    dim: int
+    nrows: int
+
+
+@dataclass
+class _Pending:
+    """Rows searched exactly until the next rebuild: unit-normalized, float32."""
+
+    key: Key
+    ids: np.ndarray
+    rows: np.ndarray          # may be a memory map (big entries), normalized per block at search time
+    norms: np.ndarray
+
+
+@dataclass
+class _Shard:
+    ns: int
+    dim: int
+    base: Any = None                                        # vecindex.IVFIndex | None
+    base_keys: dict[Key, tuple] = field(default_factory=dict)   # key -> fp at build time
+    base_rows: dict[Key, int] = field(default_factory=dict)
+    pending: dict[Key, _Pending] = field(default_factory=dict)
+    dead: frozenset[Key] = frozenset()
+    gen: int = 0
+    version: int = 0                                        # bumped on every change (cache key)
+
+    def pending_rows(self) -> int:
+        return sum(len(p.ids) for p in self.pending.values())
+
+    def dead_rows(self) -> int:
+        return sum(self.base_rows.get(k, 0) for k in self.dead)
+
+    def base_total(self) -> int:
+        return sum(self.base_rows.values())
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    score: float
+    eid: int
+    row: int | None         # None: the file's own embedding or a one-row entry
+    nrows: int
+
+
+class EmbeddingCatalog:
+    """The (namespace, dimension) -> index map, kept current with the store's catalog.
+
+    `writable=False` (the `hk` CLI while a daemon may be running) never writes
+    STORE/vectors: it uses the persisted bases and searches the rest exactly.
+    """
+
+    def __init__(self, store: Any, *, writable: bool = True, root: Path | None = None) -> None:
+        self.store = store
+        self.writable = writable
+        self.root = Path(root) if root is not None else Path(store.root) / "vectors"
+        self._lock = threading.RLock()
+        self._sources: dict[int, dict[Key, _Source]] = {}
+        self._shards: dict[tuple[int, int], _Shard] = {}
+        self._seen: dict[int, int] = {}
+        self._warned: set[tuple[Key, tuple]] = set()
+        self._conn: sqlite3.Connection | None = None
+        self._conn_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._wake = threading.Condition(threading.Lock())
+        self._todo: list[tuple[int, int]] = []
+        self._stop = False
+        self._busy = 0
+        self._allowed_cache: dict[tuple, np.ndarray | None] = {}
+        self._load_persisted()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the background rebuild worker (the daemon calls this from FUSE init())."""
+        if self._worker is not None or not self.writable:
+            return
+        self._stop = False
+        self._worker = threading.Thread(target=self._run, name="hkfs-embeddings", daemon=True)
+        self._worker.start()
+        with self._lock:
+            for key, sh in self._shards.items():
+                if self._needs_rebuild(sh):
+                    self._schedule(key)
+
+    def stop(self) -> None:
+        """Stop the worker (a rebuild in progress finishes first) and close the connection."""
+        w = self._worker
+        if w is not None:
+            with self._wake:
+                self._stop = True
+                self._wake.notify_all()
+            w.join(timeout=600)
+            self._worker = None
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def wait_idle(self, timeout: float = 120.0) -> bool:
+        """Block until the worker has nothing queued (tests, benchmarks)."""
+        import time
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._wake:
+                if not self._todo and not self._busy:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    # ------------------------------------------------------------ catalog reading
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            path = Path(self.store.catalog.path)
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                         timeout=30)
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+        return self._conn
+
+    def data_version(self) -> int:
+        """Changes whenever any other connection (any thread or process) committed."""
+        with self._conn_lock:
+            return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
+
+    def _fingerprints(self, ns: int) -> tuple[list[tuple], dict[int, bytes], dict[int, bytes]]:
+        """(id, name, size, mtime_ns) of entry-named files, and the dim / embedding xattrs, of ns.
+
+        Read-only SQL over the store's `entities` and `xattrs` tables (one snapshot);
+        docs/dev/requests.md asks core for an API to replace it.
+        """
+        like = " OR ".join("lower(name) LIKE ?" for _ in ENTRY_SUFFIXES)
+        with self._conn_lock:
+            c = self._connection()
+            c.execute("BEGIN")
+            try:
+                entries = c.execute(
+                    f"SELECT id, name, size, mtime_ns FROM entities WHERE ns = ? AND ({like})",
+                    (ns, *[f"%{s}" for s in ENTRY_SUFFIXES])).fetchall()
+                attrs: dict[str, dict[int, bytes]] = {DIM_ATTR: {}, EMBEDDING_ATTR: {}}
+                for eid, name, value in c.execute(
+                        "SELECT x.id, x.name, x.value FROM xattrs x JOIN entities e ON e.id = x.id "
+                        "WHERE x.kind = 'file' AND x.name IN (?, ?) AND e.ns = ?",
+                        (DIM_ATTR, EMBEDDING_ATTR, ns)):
+                    attrs[name][eid] = bytes(value)
+            finally:
+                c.execute("COMMIT")
+        return entries, attrs[DIM_ATTR], attrs[EMBEDDING_ATTR]
+
+    # ------------------------------------------------------------ keeping current
+
+    def refresh(self, ns: int) -> None:
+        """Bring namespace ns up to date if anything was committed since the last look."""
+        v = self.data_version()
+        with self._lock:
+            if self._seen.get(ns) == v:
+                return
+            self._reconcile(ns)
+            self._seen[ns] = v
+
+    def _reconcile(self, ns: int) -> None:
+        entries, dims, embs = self._fingerprints(ns)
+        want: dict[Key, tuple] = {}
+        meta: dict[Key, tuple] = {}
+        for eid, name, size, mtime in entries:
+            kind = entry_kind(name)
+            dim_raw = dims.get(eid)
+            if kind is None or (kind == ".f32" and dim_raw is None):
+                continue
+            want[(eid, False)] = ("entry", kind, int(size), int(mtime),
+                                  dim_raw.decode("utf-8", "replace") if dim_raw is not None else "")
+            meta[(eid, False)] = (name, dim_raw)
+        for eid, value in embs.items():
+            want[(eid, True)] = ("own", len(value), zlib.crc32(value))
+            meta[(eid, True)] = (value,)
+        have = self._sources.setdefault(ns, {})
+        known = {k: sh for sh in self._shards.values() if sh.ns == ns for k in sh.base_keys}
+        touched: set[tuple[int, int]] = set()
+        for key in list(have):
+            if key not in want or want[key] != have[key].fp:
+                src = have.pop(key)
+                self._drop(ns, src, touched)
+        for key, fp in want.items():
+            if key in have:
+                continue
+            sh = known.get(key)
+            if sh is not None and sh.base_keys[key] == fp and key not in sh.dead:
+                have[key] = _Source(key, fp, sh.dim, sh.base_rows[key])
+                continue
+            src = self._load(ns, key, fp, meta[key], touched)
+            if src is not None:
+                have[key] = src
+        # base keys that are not live any more (removed while no daemon ran)
+        for sh in self._shards.values():
+            if sh.ns != ns:
+                continue
+            gone = {k for k in sh.base_keys if k not in have or have[k].fp != sh.base_keys[k]
+                    or have[k].dim != sh.dim}
+            if gone - sh.dead:
+                sh.dead = frozenset(sh.dead | gone)
+                touched.add((sh.ns, sh.dim))
+        for t in touched:
+            sh = self._shards[t]
+            sh.version += 1
+            if self._needs_rebuild(sh):
+                self._schedule(t)
+
+    def _drop(self, ns: int, src: _Source, touched: set[tuple[int, int]]) -> None:
+        sh = self._shards.get((ns, src.dim))
+        if sh is None:
+            return
+        if src.key in sh.pending:
+            sh.pending = {k: v for k, v in sh.pending.items() if k != src.key}
+        if src.key in sh.base_keys and src.key not in sh.dead:
+            sh.dead = frozenset(sh.dead | {src.key})
+        touched.add((ns, src.dim))
+
+    def _load(self, ns: int, key: Key, fp: tuple, meta: tuple,
+              touched: set[tuple[int, int]]) -> _Source | None:
+        eid, own = key
+        try:
+            if own:
+                rows = parse_embedding(meta[0]).reshape(1, -1)
+            else:
+                name, dim_raw = meta
+                dim = parse_dim(dim_raw) if dim_raw is not None else None
+                rows = read_entry(self.store.entity_path(eid), name, dim)
+                if len(rows) > MAX_ROWS:
+                    raise InvalidArgument(f"{name}: {len(rows)} rows, more than {MAX_ROWS}")
+        except FileNotFoundError:
+            return None
+        except (InvalidArgument, OSError) as exc:
+            if (key, fp) not in self._warned:
+                self._warned.add((key, fp))
+                log.warning("entity %d is not used as an embedding: %s", eid, exc)
+            return None
+        if not len(rows):
+            return _Source(key, fp, rows.shape[1], 0)
+        d = int(rows.shape[1])
+        sh = self._shards.get((ns, d))
+        if sh is None:
+            sh = self._shards[(ns, d)] = _Shard(ns, d)
+        norms = np.empty(len(rows), np.float32)
+        for a in range(0, len(rows), 65536):
+            norms[a:a + 65536] = np.linalg.norm(np.asarray(rows[a:a + 65536], np.float32), axis=1)
+        norms[norms == 0] = 1.0
+        sh.pending = {**sh.pending, key: _Pending(key, _ids(eid, len(rows), own), rows, norms)}
+        touched.add((ns, d))
+        return _Source(key, fp, d, len(rows))
+
+    # ------------------------------------------------------------ queries
+
+    def dims(self, ns: int) -> set[int]:
+        """Dimensions of the embeddings namespace ns holds (after refresh)."""
+        with self._lock:
+            return {s.dim for s in self._sources.get(ns, {}).values() if s.nrows}
+
+    def source(self, ns: int, eid: int) -> tuple[np.ndarray | None, int]:
+        """The vector that stands for file `eid` in `FILE.query` (own embedding, else the mean of its
+        rows, unit-normalized) and how many rows the file holds; (None, 0) without one."""
+        with self._lock:
+            srcs = self._sources.get(ns, {})
+            own, entry = srcs.get((eid, True)), srcs.get((eid, False))
+        for src in (own, entry):
+            if src is None or not src.nrows:
+                continue
+            rows = self._rows_of(ns, src)
+            if rows is not None:
+                return _unit(np.asarray(rows, np.float32).mean(axis=0)), src.nrows
+        return None, 0
+
+    def _rows_of(self, ns: int, src: _Source) -> np.ndarray | None:
+        eid, own = src.key
+        try:
+            if own:
+                return parse_embedding(self.store.get_xattr("file", eid, EMBEDDING_ATTR)).reshape(1, -1)
+            info = self.store.entity(eid)
+            dim = None
+            if entry_kind(info.name) == ".f32":
+                dim = parse_dim(self.store.get_xattr("file", eid, DIM_ATTR))
+            rows = read_entry(self.store.entity_path(eid), info.name, dim)
+            return _unit(np.asarray(rows, np.float32)) if len(rows) <= 65536 else \
+                _unit(np.asarray(rows[:65536], np.float32))
+        except Exception as exc:   # noqa: BLE001 - a vanished or changed file: no vector
+            log.debug("no vector for entity %d: %s", eid, exc)
+            return None
+
+    def nrows(self, ns: int, eid: int) -> int:
+        """Rows of entity eid's entry (0 if it is not one)."""
+        with self._lock:
+            s = self._sources.get(ns, {}).get((eid, False))
+            return s.nrows if s else 0
+
+    def search(self, ns: int, vector: np.ndarray, k: int, *, nprobe: int | None = None,
+               scope: np.ndarray | None = None, scope_token: object = None,
+               exclude: int | None = None) -> list[SearchHit]:
+        """Top-k sources of dimension len(vector) in namespace ns, best first.
+
+        `scope`: sorted entity ids allowed (None: all); `scope_token` names that set for
+        caching; `exclude`: an entity id left out (FILE.query). Exact over small scopes,
+        so k hits come back whenever at least k embeddings are in scope.
+        """
+        q = _unit(np.asarray(vector, np.float32).reshape(-1))
+        d = len(q)
+        with self._lock:
+            sh = self._shards.get((ns, d))
+            if sh is None:
+                return []
+            base, base_keys, pending, dead, version = sh.base, sh.base_keys, sh.pending, sh.dead, sh.version
+            base_rows = sh.base_rows
+            rows_of = {k_: s.nrows for k_, s in self._sources.get(ns, {}).items()}
+        scope_set = None if scope is None else np.asarray(scope, np.int64)
+        results: list[tuple[float, int]] = []
+        if base is not None and base_keys:
+            allowed = self._allowed(ns, d, version, base_keys, base_rows, dead, scope_set,
+                                    scope_token, exclude)
+            if allowed is None or len(allowed):
+                s, ids = base.search(q.reshape(1, -1), k=k, nprobe=nprobe, allowed_ids=allowed)
+                results += [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
+        for p in pending.values():
+            eid = p.key[0]
+            if eid == exclude or (scope_set is not None and not _contains(scope_set, eid)):
+                continue
+            results += _exact(q, p, k)
+        results.sort(key=lambda t: -t[0])
+        out = []
+        for score, ident in results[:k]:
+            eid, row = int(ident >> ROW_BITS), int(ident & OWN_ROW)
+            own = row == OWN_ROW
+            n = rows_of.get((eid, own), 1)
+            out.append(SearchHit(score, eid, None if own or n == 1 else row, n))
+        return out
+
+    def _allowed(self, ns: int, d: int, version: int, base_keys: dict[Key, tuple],
+                 base_rows: dict[Key, int], dead: frozenset[Key], scope: np.ndarray | None,
+                 scope_token: object, exclude: int | None) -> np.ndarray | None:
+        """Ids of the base a query may return, or None when every base row may (the fast path)."""
+        ck = (ns, d, version, scope_token, exclude) if scope_token is not None else None
+        if ck is not None and ck in self._allowed_cache:
+            return self._allowed_cache[ck]
+        eids, own, nrows = _key_arrays(base_keys, base_rows)
+        ok = np.ones(len(eids), bool)
+        if dead:
+            ok &= ~_key_mask(eids, own, dead)
+        if exclude is not None:
+            ok &= eids != exclude
+        if scope is not None:
+            ok &= np.isin(eids, scope)
+        if ok.all():
+            allowed = None
+        elif not ok.any():
+            allowed = np.zeros(0, np.int64)
+        else:
+            parts = [_ids(int(e), int(n), bool(o)) for e, o, n in zip(eids[ok], own[ok], nrows[ok], strict=True)]
+            allowed = np.concatenate(parts)
+        if ck is not None:
+            if len(self._allowed_cache) > 256:
+                self._allowed_cache.clear()
+            self._allowed_cache[ck] = allowed
+        return allowed
+
+    # ------------------------------------------------------------ rebuilding
+
+    def _needs_rebuild(self, sh: _Shard) -> bool:
+        if not self.writable:
+            return False
+        changed = sh.pending_rows() + sh.dead_rows()
+        if not changed:
+            return False
+        return sh.base is None or changed >= min(REBUILD_ROWS, max(1, REBUILD_SHARE * sh.base_total()))
+
+    def _schedule(self, key: tuple[int, int]) -> None:
+        if self._worker is None:
+            return
+        with self._wake:
+            if key not in self._todo:
+                self._todo.append(key)
+            self._wake.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._todo and not self._stop:
+                    self._wake.wait()
+                if self._stop:
+                    return
+                key = self._todo.pop(0)
+                self._busy += 1
+            try:
+                self.rebuild(*key)
+            except Exception:   # noqa: BLE001 - the worker must survive; the old base keeps answering
+                log.warning("rebuilding the index of namespace %d, dimension %d failed", *key,
+                            exc_info=True)
+            finally:
+                with self._wake:
+                    self._busy -= 1
+
+    def rebuild(self, ns: int, dim: int) -> None:
+        """Build a new base for shard (ns, dim) from its live sources and swap it in atomically."""
+        from vecindex import IVFIndex
+
+        with self._lock:
+            sh = self._shards.get((ns, dim))
+            if sh is None:
+                return
+            srcs = [s for s in self._sources.get(ns, {}).values() if s.dim == dim and s.nrows]
+            snap = {s.key: s.fp for s in srcs}
+            nrows = {s.key: s.nrows for s in srcs}
+            pend = dict(sh.pending)
+            gen = sh.gen + 1
+            sh.gen = gen
+        sdir = self.root / f"ns{ns}-d{dim}"
+        gdir = sdir / f"gen-{gen}"
+        if gdir.exists():
+            shutil.rmtree(gdir)
+        gdir.mkdir(parents=True)
+        n = sum(nrows.values())
+        rows_path = gdir / "rows.f32"
+        ids = np.empty(n, np.int64)
+        at = 0
+        with open(rows_path, "wb") as f:
+            for key in snap:
+                rows = pend[key].rows if key in pend else self._rows_full(ns, key, nrows[key])
+                if rows is None or len(rows) != nrows[key]:
+                    log.info("entity %d changed during a rebuild; retrying later", key[0])
+                    shutil.rmtree(gdir, ignore_errors=True)
+                    with self._lock:
+                        self._schedule((ns, dim))
+                    return
+                for a in range(0, len(rows), 65536):
+                    f.write(np.ascontiguousarray(rows[a:a + 65536], dtype="<f4").tobytes())
+                ids[at:at + len(rows)] = _ids(key[0], len(rows), key[1])
+                at += len(rows)
+        x = np.memmap(rows_path, np.float32, "r", shape=(n, dim)) if n else np.zeros((0, dim), np.float32)
+        index = IVFIndex.build(gdir / "index", x, metric=METRIC, ids=ids, progress=False)
+        del x
+        rows_path.unlink()
+        with self._lock:
+            old = sh.base
+            sh.base, sh.base_keys, sh.base_rows = index, snap, nrows
+            live = self._sources.get(ns, {})
+            sh.dead = frozenset(k_ for k_ in snap if k_ not in live or live[k_].fp != snap[k_])
+            sh.pending = {k_: p for k_, p in sh.pending.items() if k_ not in snap or k_ in sh.dead}
+            sh.version += 1
+            self._write_manifest(sdir, gen, snap, nrows)
+            again = self._needs_rebuild(sh)
+        for g in sdir.glob("gen-*"):
+            if g != gdir:
+                shutil.rmtree(g, ignore_errors=True)   # open descriptors keep in-flight searches valid
+        del old
+        log.info("namespace %d, dimension %d: new index of %d rows (gen %d)", ns, dim, n, gen)
+        if again:
+            self._schedule((ns, dim))
+
+    def _rows_full(self, ns: int, key: Key, n: int) -> np.ndarray | None:
+        eid, own = key
+        try:
+            if own:
+                return parse_embedding(self.store.get_xattr("file", eid, EMBEDDING_ATTR)).reshape(1, -1)
+            info = self.store.entity(eid)
+            dim = parse_dim(self.store.get_xattr("file", eid, DIM_ATTR)) \
+                if entry_kind(info.name) == ".f32" else None
+            return read_entry(self.store.entity_path(eid), info.name, dim)
+        except Exception as exc:   # noqa: BLE001 - changed or gone: the caller retries
+            log.debug("entity %d unreadable during rebuild: %s", eid, exc)
+            return None
+
+    # ------------------------------------------------------------ persistence
+
+    def _write_manifest(self, sdir: Path, gen: int, snap: dict[Key, tuple], nrows: dict[Key, int]) -> None:
+        doc = {"version": 1, "gen": gen, "index": f"gen-{gen}/index", "metric": METRIC,
+               "keys": [[k_[0], k_[1], list(fp), nrows[k_]] for k_, fp in snap.items()]}
+        tmp = sdir / "manifest.json.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, sdir / "manifest.json")
+
+    def _load_persisted(self) -> None:
+        if not self.root.is_dir():
+            return
+        from vecindex import IVFIndex, VecIndexError
+
+        for sdir in sorted(self.root.glob("ns*-d*")):
+            try:
+                ns_s, d_s = sdir.name[2:].split("-d")
+                ns, dim = int(ns_s), int(d_s)
+                doc = json.loads((sdir / "manifest.json").read_text(encoding="utf-8"))
+                index = IVFIndex.open(sdir / doc["index"])
+                if index.dim != dim:
+                    raise ValueError(f"index dimension {index.dim}, directory says {dim}")
+                keys = {(int(e), bool(o)): tuple(fp) for e, o, fp, _n in doc["keys"]}
+                rows = {(int(e), bool(o)): int(n) for e, o, _fp, n in doc["keys"]}
+            except (OSError, ValueError, KeyError, VecIndexError) as exc:
+                log.warning("%s: ignoring the saved index (%s); it is rebuilt from the entries", sdir, exc)
+                continue
+            self._shards[(ns, dim)] = _Shard(ns, dim, index, keys, rows, gen=int(doc["gen"]))
+
+    def stats(self) -> dict[str, Any]:
+        """Shard sizes (for logs, tests and `hk query --stats`)."""
+        with self._lock:
+            return {f"ns{k[0]}-d{k[1]}": {"base_rows": sh.base_total(), "pending_rows": sh.pending_rows(),
+                                          "dead_rows": sh.dead_rows(), "gen": sh.gen}
+                    for k, sh in self._shards.items()}
+
+
+_KEY_ARRAYS: dict[int, tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+
+
+def _key_arrays(keys: dict[Key, tuple], rows: dict[Key, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(entity ids, own flags, row counts) of a base's keys, computed once per base."""
+    hit = _KEY_ARRAYS.get(id(keys))
+    if hit is not None and hit[0] is keys:
+        return hit[1]
+    eids = np.fromiter((k[0] for k in keys), np.int64, len(keys))
+    own = np.fromiter((k[1] for k in keys), bool, len(keys))
+    nrows = np.fromiter((rows[k] for k in keys), np.int64, len(keys))
+    if len(_KEY_ARRAYS) > 64:
+        _KEY_ARRAYS.clear()
+    _KEY_ARRAYS[id(keys)] = (keys, (eids, own, nrows))
+    return eids, own, nrows
+
+
+def _key_mask(eids: np.ndarray, own: np.ndarray, keys: frozenset[Key]) -> np.ndarray:
+    codes = eids * 2 + own
+    want = np.fromiter((k[0] * 2 + int(k[1]) for k in keys), np.int64, len(keys))
+    return np.isin(codes, want)
+
+
+def _contains(sorted_ids: np.ndarray, eid: int) -> bool:
+    i = int(np.searchsorted(sorted_ids, eid))
+    return i < len(sorted_ids) and int(sorted_ids[i]) == eid
+
+
+def _exact(q: np.ndarray, p: _Pending, k: int) -> list[tuple[float, int]]:
+    n = len(p.ids)
+    if n <= 65536:
+        s = (np.asarray(p.rows, np.float32) @ q) / p.norms
+    else:
+        s = np.empty(n, np.float32)
+        for a in range(0, n, 65536):
+            s[a:a + 65536] = (np.asarray(p.rows[a:a + 65536], np.float32) @ q) / p.norms[a:a + 65536]
+    kk = min(k, n)
+    top = np.argpartition(-s, kk - 1)[:kk] if kk < n else np.arange(n)
+    return [(float(s[i]), int(p.ids[i])) for i in top]
+
+
+def sorted_ids(ids: Iterable[int]) -> np.ndarray:
+    """Entity ids as the sorted int64 array `search(scope=...)` takes."""
+    return np.unique(np.fromiter(ids, dtype=np.int64))

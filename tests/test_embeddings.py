@@ -1,0 +1,311 @@
+"""hkfs.embeddings and hkfs.queryfs without FUSE: entries, per-file embeddings, the catalog
+against brute force, scope, changes, persistence, background rebuilds, hit paths."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hkfs.embeddings import (
+    DIM_ATTR,
+    EMBEDDING_ATTR,
+    EmbeddingCatalog,
+    parse_dim,
+    parse_embedding,
+    read_entry,
+    sorted_ids,
+)
+from hkfs.errors import InvalidArgument
+from hkfs.queryfiles import Query
+from hkfs.queryfs import QueryFS
+from hkfs.store import Store
+from hkfs.views import Resolver
+from vecindex.io import write_fvecs
+
+D = 8
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture
+def st(tmp_path: Path):
+    s = Store.open(tmp_path / "store")
+    yield s
+    s.close()
+
+
+def put(st: Store, ns: int, name: str, rows: np.ndarray | None = None, hks=("//photo",),
+        own: np.ndarray | None = None, directory: int | None = None) -> int:
+    eid = st.create(ns, name, hks=list(hks) if directory is None else (), directory=directory, uid=0, gid=0)
+    if rows is not None:
+        write_entry(st, eid, name, rows)
+    if own is not None:
+        st.set_xattr("file", eid, EMBEDDING_ATTR, " ".join(f"{v:.9g}" for v in own).encode())
+    return eid
+
+
+def write_entry(st: Store, eid: int, name: str, rows: np.ndarray) -> None:
+    p = st.entity_path(eid)
+    if name.endswith(".npy"):
+        with open(p, "wb") as f:
+            np.save(f, rows.astype(np.float32))
+    elif name.endswith(".fvecs"):
+        write_fvecs(p, rows)
+    else:
+        rows.astype("<f4").tofile(p)
+        st.set_xattr("file", eid, DIM_ATTR, str(rows.shape[1]).encode())
+    info = p.stat()
+    st.set_attrs(eid, size=info.st_size, mtime_ns=info.st_mtime_ns + 1)
+
+
+def brute(q: np.ndarray, items: dict[tuple[int, int | None], np.ndarray], k: int) -> list[tuple[int, int | None]]:
+    keys = list(items)
+    s = unit(np.stack([items[kk] for kk in keys])) @ unit(q)
+    return [keys[i] for i in np.argsort(-s, kind="stable")[:k]]
+
+
+@pytest.fixture
+def data(st: Store):
+    """Three entries (npy 40 rows, fvecs 25 rows, f32 1 row) and 10 files with their own embedding."""
+    rng = np.random.default_rng(7)
+    ns = st.namespace_id("alice")
+    for hk in ("//photo", "//animal/dog", "//animal/cat", "//doc"):
+        st.mkkw(ns, hk, parents=True)
+    items: dict[tuple[int, int | None], np.ndarray] = {}
+    a = rng.normal(size=(40, D)).astype(np.float32)
+    e = put(st, ns, "a.npy", a, ("//photo", "//animal/dog"))
+    items.update({(e, r): a[r] for r in range(40)})
+    b = rng.normal(size=(25, D)).astype(np.float32)
+    e = put(st, ns, "b.fvecs", b, ("//photo", "//animal/cat"))
+    items.update({(e, r): b[r] for r in range(25)})
+    c = rng.normal(size=(1, D)).astype(np.float32)
+    e = put(st, ns, "c.f32", c, ("//doc",))
+    items[(e, None)] = c[0]
+    for i in range(10):
+        v = rng.normal(size=D).astype(np.float32)
+        e = put(st, ns, f"f{i}.txt", None, ("//photo", "//animal/dog") if i % 2 else ("//doc",), own=v)
+        items[(e, None)] = v
+    return ns, items, rng
+
+
+def got(hits) -> list[tuple[int, int | None]]:
+    return [(h.eid, h.row) for h in hits]
+
+
+# ------------------------------------------------------------------ readers
+
+
+def test_read_entry_formats_and_errors(tmp_path: Path) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    with open(tmp_path / "e1", "wb") as f:
+        np.save(f, x)
+    assert np.array_equal(read_entry(tmp_path / "e1", "v.npy"), x)
+    write_fvecs(tmp_path / "e2", x)
+    assert np.array_equal(read_entry(tmp_path / "e2", "v.FVECS"), x)
+    x.tofile(tmp_path / "e3")
+    assert np.array_equal(read_entry(tmp_path / "e3", "v.f32", 3), x)
+    with pytest.raises(InvalidArgument, match="needs its dimension"):
+        read_entry(tmp_path / "e3", "v.f32")
+    with pytest.raises(InvalidArgument, match="whole number"):
+        read_entry(tmp_path / "e3", "v.f32", 5)
+    with open(tmp_path / "e4", "wb") as f:
+        np.save(f, np.zeros(5, np.float32))
+    with pytest.raises(InvalidArgument, match="2-D float"):
+        read_entry(tmp_path / "e4", "v.npy")
+    (tmp_path / "e5").write_bytes(b"not numpy")
+    with pytest.raises(InvalidArgument, match="readable"):
+        read_entry(tmp_path / "e5", "v.npy")
+
+
+def test_attr_values() -> None:
+    assert parse_embedding(b"1 2 3").tolist() == [1, 2, 3]
+    raw = np.array([1.5, -2], "<f4").tobytes()
+    assert parse_embedding(raw).tolist() == [1.5, -2]
+    assert parse_dim(b" 64\n") == 64
+    for bad in (b"x", b"0", b"-3"):
+        with pytest.raises(InvalidArgument):
+            parse_dim(bad)
+    with pytest.raises(InvalidArgument):
+        parse_embedding(b"1 nan")
+
+
+# ------------------------------------------------------------------ the catalog
+
+
+def test_search_equals_brute_force_before_and_after_rebuild(st: Store, data) -> None:
+    ns, items, rng = data
+    cat = EmbeddingCatalog(st)
+    cat.refresh(ns)
+    for rebuilt in (False, True):
+        for _ in range(5):
+            q = rng.normal(size=D).astype(np.float32)
+            for k in (1, 5, 100):
+                assert got(cat.search(ns, q, k)) == brute(q, items, k), (rebuilt, k)
+        cat.rebuild(ns, D)
+        assert cat.stats()[f"ns{ns}-d{D}"]["pending_rows"] == 0
+    cat.stop()
+
+
+def test_scope_exclude_and_k_guaranteed(st: Store, data) -> None:
+    ns, items, rng = data
+    cat = EmbeddingCatalog(st)
+    cat.refresh(ns)
+    cat.rebuild(ns, D)
+    dogs = sorted_ids(st.resolve_ids(ns, ["//animal/dog"]))
+    inscope = {kk: v for kk, v in items.items() if kk[0] in set(dogs.tolist())}
+    q = rng.normal(size=D).astype(np.float32)
+    hits = cat.search(ns, q, 30, scope=dogs, scope_token="dogs")
+    assert len(hits) == 30 and got(hits) == brute(q, inscope, 30)
+    first = hits[0].eid
+    noself = {kk: v for kk, v in inscope.items() if kk[0] != first}
+    assert got(cat.search(ns, q, 30, scope=dogs, scope_token="dogs", exclude=first)) == brute(q, noself, 30)
+    assert cat.search(ns, np.ones(3, np.float32), 3) == []       # no embeddings of that dimension
+    cat.stop()
+
+
+def test_changes_show_in_next_search(st: Store, data) -> None:
+    ns, items, rng = data
+    cat = EmbeddingCatalog(st)
+    cat.refresh(ns)
+    cat.rebuild(ns, D)
+    # a new entry, a changed own embedding, a removed entry, a retag (scope only)
+    new = rng.normal(size=(3, D)).astype(np.float32)
+    e_new = put(st, ns, "new.npy", new)
+    items.update({(e_new, r): new[r] for r in range(3)})
+    own_ids = [kk[0] for kk in items if kk[1] is None and st.entity(kk[0]).name.startswith("f")]
+    v = rng.normal(size=D).astype(np.float32)
+    st.set_xattr("file", own_ids[0], EMBEDDING_ATTR, v.astype("<f4").tobytes())
+    items[(own_ids[0], None)] = v
+    a_id = st.resolve_ids(ns, [], "a.npy")[0]
+    st.rme(a_id)
+    items = {kk: x for kk, x in items.items() if kk[0] != a_id}
+    cat.refresh(ns)
+    for _ in range(5):
+        q = rng.normal(size=D).astype(np.float32)
+        assert got(cat.search(ns, q, 20)) == brute(q, items, 20)
+    st.dtkw(e_new, ["//photo"])
+    st.atkw(e_new, ["//doc"])
+    docs = sorted_ids(st.resolve_ids(ns, ["//doc"]))
+    q = new[1]
+    hits = cat.search(ns, q, 2, scope=docs, scope_token=("doc", 2))
+    assert (hits[0].eid, hits[0].row) == (e_new, 1)
+    # renaming an entry to a non-entry name drops it
+    st.chfn(e_new, "new.txt")
+    cat.refresh(ns)
+    assert all(h.eid != e_new for h in cat.search(ns, q, 50))
+    cat.stop()
+
+
+def test_persisted_index_reused_and_corruption_rebuilt(st: Store, data, tmp_path: Path) -> None:
+    ns, items, rng = data
+    cat = EmbeddingCatalog(st)
+    cat.refresh(ns)
+    cat.rebuild(ns, D)
+    cat.stop()
+    cat2 = EmbeddingCatalog(st, writable=False)
+    cat2.refresh(ns)
+    s = cat2.stats()[f"ns{ns}-d{D}"]
+    assert s["pending_rows"] == 0 and s["base_rows"] == len(items)
+    q = rng.normal(size=D).astype(np.float32)
+    assert got(cat2.search(ns, q, 10)) == brute(q, items, 10)
+    cat2.stop()
+    manifest = st.root / "vectors" / f"ns{ns}-d{D}" / "manifest.json"
+    manifest.write_text("{broken")
+    cat3 = EmbeddingCatalog(st)
+    cat3.refresh(ns)
+    assert cat3.stats()[f"ns{ns}-d{D}"]["pending_rows"] == len(items)
+    assert got(cat3.search(ns, q, 10)) == brute(q, items, 10)
+    cat3.rebuild(ns, D)
+    assert json.loads(manifest.read_text())["gen"] >= 1
+    cat3.stop()
+
+
+def test_background_rebuild_answers_from_previous_index(st: Store, data, monkeypatch) -> None:
+    ns, items, rng = data
+    cat = EmbeddingCatalog(st)
+    cat.start()
+    cat.refresh(ns)
+    assert cat.wait_idle(60)
+    assert cat.stats()[f"ns{ns}-d{D}"]["base_rows"] == len(items)
+    import vecindex
+    gate, entered = threading.Event(), threading.Event()
+    real = vecindex.IVFIndex.build.__func__
+
+    def slow_build(cls, *a, **kw):
+        entered.set()
+        gate.wait(30)
+        return real(cls, *a, **kw)
+    monkeypatch.setattr(vecindex.IVFIndex, "build", classmethod(slow_build))
+    new = rng.normal(size=(5, D)).astype(np.float32)
+    e = put(st, ns, "more.npy", new)
+    items.update({(e, r): new[r] for r in range(5)})
+    cat.refresh(ns)
+    assert entered.wait(30)              # the rebuild is running ...
+    for _ in range(3):                   # ... and queries are answered meanwhile, new rows included
+        q = rng.normal(size=D).astype(np.float32)
+        assert got(cat.search(ns, q, 15)) == brute(q, items, 15)
+    gate.set()
+    assert cat.wait_idle(60)
+    s = cat.stats()[f"ns{ns}-d{D}"]
+    assert s["base_rows"] == len(items) and s["pending_rows"] == 0
+    q = rng.normal(size=D).astype(np.float32)
+    assert got(cat.search(ns, q, 15)) == brute(q, items, 15)
+    cat.stop()
+
+
+def test_bad_entries_are_skipped_not_fatal(st: Store, data, caplog) -> None:
+    ns, items, rng = data
+    e = st.create(ns, "broken.npy", hks=["//photo"], uid=0, gid=0)
+    st.entity_path(e).write_bytes(b"garbage")
+    st.set_attrs(e, size=7)
+    st.create(ns, "nodim.f32", hks=["//photo"], uid=0, gid=0)
+    cat = EmbeddingCatalog(st)
+    cat.refresh(ns)
+    q = rng.normal(size=D).astype(np.float32)
+    assert got(cat.search(ns, q, 10)) == brute(q, items, 10)
+    assert "broken.npy" in caplog.text
+    cat.stop()
+
+
+# ------------------------------------------------------------------ QueryFS (no FUSE)
+
+
+def test_queryfs_paths_scope_and_clash_names(st: Store, data) -> None:
+    ns, items, rng = data
+    qfs = QueryFS(st, Resolver(st, ns))
+    # two files named x.npy in //photo: hits are listed under their clash names
+    x1 = put(st, ns, "x.npy", np.ones((1, D), np.float32) * np.arange(1, D + 1))
+    x2 = put(st, ns, "x.npy", -np.ones((1, D), np.float32) * np.arange(1, D + 1))
+    sc = qfs.scope("/@/photo")
+    out = qfs.run(sc, Query(np.arange(1, D + 1, dtype=np.float32), k=1))
+    assert out[0].path == f"@/photo/x~{x1}.npy" and out[0].row is None
+    out = qfs.run(sc, Query(-np.arange(1, D + 1, dtype=np.float32), k=1))
+    assert out[0].path == f"@/photo/x~{x2}.npy"
+    # the virtual FILE.query: most similar within the view, itself excluded
+    body = qfs.evaluate(qfs._target("/@/animal/dog/a.npy.query"))
+    lines = body.decode().splitlines()
+    assert len(lines) == 5 and all(not ln.split("\t")[1].startswith("@/animal/dog/a.npy") for ln in lines)
+    assert qfs._target("/@/animal/dog/nothing.query") is None
+    assert qfs._target(f"/@/photo/x~{x1}.npy.query") is not None
+    # an ordinary directory: its links, plus its DKL's matches as ',/NAME'
+    root = st.root_dir(ns)
+    d = st.mkdir(root, "d", uid=0, gid=0)
+    y = put(st, ns, "y.npy", np.ones((2, D), np.float32), directory=d)
+    sc = qfs.scope("/d")
+    out = qfs.run(sc, Query(np.ones(D, np.float32), k=5))
+    assert [h.path for h in out] == ["d/y.npy", "d/y.npy"] and {h.row for h in out} == {0, 1}
+    st.set_dkl(d, ["//doc"])
+    sc = qfs.scope("/d")
+    out = qfs.run(sc, Query(np.ones(D, np.float32), k=100))
+    doc_ids = set(st.resolve_ids(ns, ["//doc"])) | {y}
+    assert {h.path.split("#")[0] for h in out} == {"d/y.npy"} | {
+        "d/,/" + st.entity(e).name for e in doc_ids - {y} if (e, None) in items or (e, 0) in items}
+    with pytest.raises(InvalidArgument, match="dimension 3"):
+        qfs.run(sc, Query(np.ones(3, np.float32)))
+    qfs.stop()
