@@ -130,6 +130,8 @@ def test_editor_saves_keep_identity(mount: Mount) -> None:
         test "$(getfattr --only-values -n user.note d/m.txt)" = keep
         vim -es -u NONE -c '%s/two/TWO/' -c 'set backupcopy=no' -c wq @/doc/memo/m.txt
         test "$(tail -1 d/m.txt)" = TWO
+        vim -es -u NONE -c '%s/TWO/2/' -c wq @/doc/memo/m.txt       # default backupcopy
+        test "$(tail -1 d/m.txt)" = 2
         test "$(stat -c %i d/m.txt)" = "$ino"
         sed -i 's/ONE/1/' d/m.txt                               # through the directory link
         test "$(head -1 @/doc/m.txt)" = 1
