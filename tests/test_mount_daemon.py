@@ -137,3 +137,21 @@ def test_fixture_always_unmounts(tmp_path: Path, need_fuse: None) -> None:
     assert not os.path.ismount(tmp_path / "m")
     assert m.proc is not None and m.proc.returncode == 0
     assert sys.executable
+
+
+def test_demo_mounts_the_paper_example(tmp_path: Path, need_fuse: None) -> None:
+    store, mnt = tmp_path / "demo-store", tmp_path / "demo-mnt"
+    r = hk("demo", "--store", str(store), "--mountpoint", str(mnt))
+    try:
+        assert r.returncode == 0, r.stderr
+        assert str(mnt) in r.stdout and "umount" in r.stdout
+        dps = sorted(os.listdir(mnt / "@" / "workshop" / "@" / "SIG" / "DPS"))
+        assert dps == ["main.aux", "main.dvi", "main.log", "main.tex"]
+        shared = [n for n in os.listdir(mnt / "@" / "workshop") if n.startswith("main~")]
+        assert len(shared) == 12                        # three projects, four shared names
+        assert sorted(os.listdir(mnt / "work" / ",")) == dps
+        r2 = hk("demo", "--store", str(store), "--mountpoint", str(mnt))
+        assert r2.returncode == 0 and "already mounted" in r2.stdout
+    finally:
+        assert hk("umount", str(mnt)).returncode == 0
+    assert not os.path.ismount(mnt)
