@@ -111,6 +111,11 @@ def test_errnos(ops: HKOperations) -> None:
     assert err(ops.setxattr, "/@/k/f", "user.a", b"2", 1) == errno.EEXIST        # XATTR_CREATE
     assert err(ops.setxattr, "/@/k/f", "user.b", b"2", 2) == errno.ENODATA       # XATTR_REPLACE
     assert err(ops.create, "/@/newkw", 0o644, os.O_WRONLY) == errno.ENOENT
+    # NUL cannot come through a kernel path, but can through the adapter and xattr values
+    assert err(ops.mkdir, "/@/a\x00b", 0o755) == errno.EINVAL
+    assert err(ops.create, "/d/a\x00b", 0o644, os.O_WRONLY) == errno.EINVAL
+    assert err(ops.setxattr, "/@/k/f", "user.hk.keywords", b"//k\x00x", 0) == errno.EINVAL
+    assert err(ops.setxattr, "/d", "user.hk.dkl", b"//..", 0) == errno.EINVAL
     assert err(ops.mkdir, "/d/@", 0o755) == errno.EEXIST
     assert err(ops.read, "/x", 10, 0, 999) == errno.EBADF
 
