@@ -1,0 +1,148 @@
+"""`hk embed` and `hk query`: a file's own embedding, and nearest neighbours from the shell.
+
+Both open the store themselves (like every `hk` command, see hkfs.cli_context);
+`hk query` prints exactly what reading a `.query` file in the same directory or
+view prints, from an EmbeddingCatalog that never writes STORE/vectors (the
+daemon owns it): persisted indexes plus an exact scan of what changed since.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .cli import cli
+from .cli_context import friendly_errors, here, parse_hk_arg, store_options
+from .embeddings import EMBEDDING_ATTR, EmbeddingCatalog, parse_embedding
+from .errors import InvalidArgument, NotFound
+from .naming import HK
+from .queryfiles import DEFAULT_K, MAX_K, Query, format_results, parse_vector
+from .queryfs import QueryFS
+
+
+def _vector_from(path: Path, row: int | None) -> np.ndarray:
+    from vecindex.io import open_vectors
+
+    try:
+        x = open_vectors(path, None) if path.suffix.lower() in (".npy", ".fvecs") else None
+    except (ValueError, OSError) as exc:
+        raise InvalidArgument(f"{path}: {exc}") from None
+    if x is None:
+        try:
+            return parse_vector(path.read_bytes(), str(path))
+        except OSError as exc:
+            raise InvalidArgument(f"{path}: {exc.strerror}") from None
+    if row is None:
+        if len(x) != 1:
+            raise InvalidArgument(f"{path} holds {len(x)} rows; say which with --row N")
+        row = 0
+    if not 0 <= row < len(x):
+        raise InvalidArgument(f"{path}: no row {row} (it holds {len(x)})")
+    v = np.asarray(x[row], np.float32)
+    if not np.all(np.isfinite(v)):
+        raise InvalidArgument(f"{path}: row {row} holds NaN or infinite values")
+    return v
+
+
+def _text(v: np.ndarray) -> bytes:
+    """Text numbers with 9 significant digits: float32 round-trips exactly and stays readable."""
+    return (" ".join(f"{float(x):.9g}" for x in v) + "\n").encode()
+
+
+@cli.command("embed")
+@click.argument("file")
+@click.option("--vector", "vector", metavar="NUMBERS", help="The embedding as text numbers ('0.1 0.2 ...').")
+@click.option("--from", "from_", type=click.Path(dir_okay=False, path_type=Path), metavar="X.npy",
+              help="Take the embedding from a vector file (.npy, .fvecs, or a text file).")
+@click.option("--row", type=int, default=None, help="Which row of --from (needed when it holds several).")
+@click.option("--clear", is_flag=True, help="Remove the file's embedding.")
+@click.option("--show", is_flag=True, help="Print the file's embedding.")
+@store_options
+@friendly_errors
+def embed_cmd(file: str, vector: str | None, from_: Path | None, row: int | None, clear: bool, show: bool,
+              store: Path | None, user: str | None) -> None:
+    """Give FILE an embedding of its own (the user.hk.embedding attribute).
+
+    Example: hk embed dog.jpg --from dogs.npy --row 3
+    """
+    given = [x for x in (vector is not None, from_ is not None, clear, show) if x]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --vector, --from, --clear, --show")
+    with here(store, user) as h:
+        ref = h.files(file, many=False)[0]
+        eid = ref.info.id
+        if show:
+            try:
+                v = parse_embedding(h.store.get_xattr("file", eid, EMBEDDING_ATTR))
+            except NotFound:
+                raise click.ClickException(f"{file} has no embedding of its own") from None
+            click.echo(_text(v).decode(), nl=False)
+            return
+        h.require_file_owner(ref.info)
+        if clear:
+            try:
+                h.store.remove_xattr("file", eid, EMBEDDING_ATTR)
+            except NotFound:
+                pass
+            return
+        if vector is not None:
+            v = parse_vector(vector, "--vector")
+        else:
+            assert from_ is not None
+            v = _vector_from(from_, row)
+        h.store.set_xattr("file", eid, EMBEDDING_ATTR, _text(v))
+
+
+def _view_prefix(hks: tuple[HK, ...]) -> str:
+    return "".join("@/" + "/".join(hk) + "/" for hk in hks)
+
+
+@cli.command("query")
+@click.argument("spec", required=False)
+@click.option("--vector", "vector", metavar="NUMBERS", help="The query vector as text numbers.")
+@click.option("--like", "like", metavar="FILE", help="Files most similar to FILE (FILE itself excluded).")
+@click.option("-k", "k", type=click.IntRange(1, MAX_K), default=DEFAULT_K, show_default=True,
+              help="How many hits.")
+@click.option("--nprobe", type=click.IntRange(1), default=None, help="Inverted lists probed (default: the index's).")
+@store_options
+@friendly_errors
+def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, nprobe: int | None,
+              store: Path | None, user: str | None) -> None:
+    """Nearest neighbours among the embeddings of a view or directory (default: the current one).
+
+    SPEC is an HK list ('//photo//animal/dog', ',' for the CKL). Prints what a
+    `.query` file there reads: score, a tab, the hit's path from the mount root.
+
+    Example: hk query //photo --like dog.npy -k 5
+    """
+    if (vector is None) == (like is None):
+        raise click.UsageError("give one of --vector or --like")
+    with here(store, user) as h:
+        qfs = QueryFS(h.store, h.resolver(), EmbeddingCatalog(h.store, writable=False))
+        try:
+            if spec:
+                hks = parse_hk_arg(spec, h.ckl)
+                for hk in hks:
+                    if not h.store.keyword_exists(h.ns, hk):
+                        raise NotFound(f"no keyword //{'/'.join(hk)}")
+                base = h.rel.strip("/") + "/" if h.dirid is not None and h.rel.strip("/") else ""
+                sc = qfs.view_scope(h.ns, hks, base + _view_prefix(hks))
+            else:
+                sc = qfs.scope(h.rel)
+            exclude = None
+            if like is not None:
+                ref = h.files(like, many=False)[0]
+                qfs.catalog.refresh(ref.info.ns)
+                v, _n = qfs.catalog.source(ref.info.ns, ref.info.id)
+                if v is None:
+                    raise InvalidArgument(f"{like} has no embedding (not an entry, no {EMBEDDING_ATTR})")
+                exclude = ref.info.id
+            else:
+                assert vector is not None
+                v = parse_vector(vector, "--vector")
+            hits = qfs.run(sc, Query(v, k, nprobe), exclude)
+        finally:
+            qfs.stop()
+        click.echo(format_results(hits).decode("utf-8", "surrogateescape"), nl=False)
