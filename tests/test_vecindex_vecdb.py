@@ -8,6 +8,7 @@ from typing import List  # noqa: UP035 - copied verbatim from the notebook
 
 import numpy as np
 import pytest
+from memory_profiler import memory_usage
 
 from vecindex import VecDB
 
@@ -46,6 +47,22 @@ def run_queries(db, queries, top_k, actual_ids, num_runs):
         run_time = toc - tic
         results.append(Result(run_time, top_k, db_ids, actual_ids[i]))
     return results
+
+def memory_usage_run_queries(args):
+    """
+    Run queries and measure memory usage during the execution.
+
+    Parameters:
+    - args: Arguments to be passed to the run_queries function.
+
+    Returns:
+    - results: The results of the run_queries.
+    - memory_diff: The difference in memory usage before and after running the queries.
+    """
+    global results
+    mem_before = max(memory_usage())
+    mem = memory_usage(proc=(run_queries, args, {}), interval = 1e-3)
+    return results, max(mem) - mem_before
 
 def evaluate_result(results: List[Result]):  # noqa: UP006
     """
@@ -106,6 +123,12 @@ def test_notebook_evaluation_scores_zero_at_100k(tmp_path) -> None:
     score, _ = evaluate_result(res)
     assert score == 0
     assert all(len(r.db_ids) == 5 for r in res)
+    # the notebook's RAM figure: memory_profiler's RSS delta while the queries run
+    big = np.ones((2_000_000, 64), np.float32)  # raise glibc's mmap threshold, as a long session does
+    del big
+    res, mem = memory_usage_run_queries((db, queries, 5, actual_ids, len(queries)))
+    assert evaluate_result(res)[0] == 0
+    assert mem < 20, f"RAM delta {mem:.1f} MB"
 
 
 def test_api_rows_and_insert(tmp_path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: above this many lists the quantizer is trained and searched in two levels
-TWO_LEVEL_MIN_NLIST = 8192
+TWO_LEVEL_MIN_NLIST = 4096
 
 
 @dataclass

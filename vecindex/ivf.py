@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
 import shutil
 import tempfile
@@ -551,32 +550,30 @@ class IVFIndex:
         return x @ qv
 
     def _rows_at(self, pos: np.ndarray) -> np.ndarray:
-        """float32 rows at sorted positions (main rows, then tail rows).
+        """float32 rows at sorted positions (main rows, then tail rows): one pread per run.
 
-        The file is mapped for this call only and unmapped before returning, so
-        the touched pages leave the process's RSS again (a gather of a few
-        hundred rows costs far less than one pread per row).
+        Not a memory map: mapping even a few hundred scattered rows maps whole
+        page-cache folios (fault-around, large folios) and RSS jumps by tens of MiB.
         """
-        out = np.empty((len(pos), self.dim), dtype=np.float32)
-        nm = int(np.searchsorted(pos, self.n_main))
-        for logical, sel, base in (("vectors", slice(0, nm), 0),
-                                   ("tail_vectors", slice(nm, len(pos)), self.n_main)):
-            p = pos[sel]
-            if not len(p):
-                continue
-            if len(p) <= 8:
-                for i, r in enumerate(p.tolist()):
-                    _pread_into(self._fds[logical], out[sel.start + i], (r - base) * 4 * self.dim)
-                continue
-            nrows = self.n_main if base == 0 else self.n_tail
-            mm = mmap.mmap(self._fds[logical], nrows * 4 * self.dim, access=mmap.ACCESS_READ)
-            try:
-                v = np.frombuffer(mm, dtype=np.float32).reshape(nrows, self.dim)
-                out[sel] = v[p - base]
-                del v
-            finally:
-                mm.close()
-        return out
+        d = self.dim
+        rb = 4 * d
+        chunks: list[bytes] = []
+        pos = np.asarray(pos, dtype=np.int64)
+        if len(pos):
+            brk = np.flatnonzero((np.diff(pos) != 1) | (pos[1:] == self.n_main)) + 1
+            starts = np.concatenate([[0], brk])
+            ends = np.append(brk, len(pos))
+            fd_main = self._fds.get("vectors")
+            fd_tail = self._fds.get("tail_vectors")
+            for st, en in zip(pos[starts].tolist(), (ends - starts).tolist(), strict=True):
+                if st < self.n_main:
+                    chunks.append(os.pread(fd_main, en * rb, st * rb))
+                else:
+                    chunks.append(os.pread(fd_tail, en * rb, (st - self.n_main) * rb))
+        buf = b"".join(chunks)
+        if len(buf) != len(pos) * rb:
+            raise IndexFormatError(f"{self.path}: vectors file shorter than its header says")
+        return np.frombuffer(buf, dtype=np.float32).reshape(len(pos), d).copy()
 
     def _ids_at(self, pos: np.ndarray) -> np.ndarray:
         out = np.empty(len(pos), dtype=np.int64)
@@ -652,6 +649,8 @@ class IVFIndex:
             s = b.scores[:fill]
             if exact_scan and l2:
                 s[:] = self._exact(qv, buf[:fill])
+            elif exact_scan:  # float32 rows: one BLAS call over the whole buffer
+                np.matmul(buf[:fill], qs, out=s)
             else:
                 for a in range(0, fill, BLOCK_ROWS):
                     m = min(BLOCK_ROWS, fill - a)
