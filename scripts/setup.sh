@@ -36,6 +36,6 @@ extras=${HKFS_EXTRAS:-test}
 here=$(pwd -P)
 where=$("$PY" -c 'import hkfs, os; print(os.path.dirname(os.path.dirname(os.path.realpath(hkfs.__file__))))' 2>/dev/null || true)
 if [ "$where" != "$here" ] || [ "${HKFS_REINSTALL:-0}" = 1 ] \
-   || ! "$PY" -c "import vecindex, mfusepy, sklearn, click, tqdm, pytest, hypothesis, pytest_timeout" >/dev/null 2>&1; then
+   || ! "$PY" -c "import vecindex, mfusepy, sklearn, click, tqdm, pytest, hypothesis, pytest_timeout, memory_profiler" >/dev/null 2>&1; then
     "$PY" -m pip install -q --disable-pip-version-check -e ".[$extras]"
 fi
