@@ -35,7 +35,7 @@ from .errors import (
 from .mountinfo import find_mount
 from .naming import HK, format_hk, parse_hk, parse_hk_list, parse_spec, resolve_relative
 from .store import EntityInfo, Store
-from .views import DirLoc, KeySpaceLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
+from .views import DirLoc, KeySpaceLoc, LinkLoc, Location, Resolver, ViewFileLoc, ViewLoc
 
 __all__ = [
     "Here", "here", "store_options", "friendly_errors", "parse_hk_arg", "parse_hk_args", "parse_spec_arg",
@@ -193,8 +193,8 @@ class Here:
 
     # ----------------------------------------------------------------- files
 
-    def _path_ref(self, arg: str) -> FileRef:
-        """A bare name or a path: resolved through the mount path grammar from the cwd."""
+    def locate(self, arg: str) -> Location:
+        """A bare name or a path, resolved through the mount path grammar from the cwd."""
         if self.mount is None:
             if "/" in arg:
                 raise InvalidArgument(f"{arg!r}: paths need a mount (run inside one)")
@@ -205,7 +205,10 @@ class Here:
             if found is None or found[0] != self.mount:
                 raise InvalidArgument(f"{arg!r} is not inside the mount {self.mount}")
             rel = full[len(str(self.mount).rstrip("/")):] or "/"
-        loc = self.resolver().resolve(rel)
+        return self.resolver().resolve(rel)
+
+    def _path_ref(self, arg: str) -> FileRef:
+        loc = self.locate(arg)
         if isinstance(loc, LinkLoc):
             if loc.eid is None:
                 raise NotFound(f"{arg}: no such file")

@@ -29,7 +29,7 @@ from .cli_context import (
 )
 from .errors import InvalidArgument, NameClash, NotFound, PermissionDenied
 from .naming import HK, format_hk
-from .views import detach_set
+from .views import DirLoc, KeySpaceLoc, ViewLoc, detach_set
 
 __all__ = ["format_columns", "print_names"]
 
@@ -290,10 +290,13 @@ def _ls_one(h: Here, spec: str) -> list[str]:
             if not counts:
                 raise NotFound(f"{spec}: no file matches")
         return _counted(counts)
-    path = os.path.join(os.getcwd(), spec)
-    if os.path.isdir(path) and h.mount is not None:
-        with here(cwd=path) as sub:
-            return _ls_one(sub, "")
+    loc = h.locate(spec)
+    if isinstance(loc, DirLoc):
+        return [e.name for e in h.store.listdir(loc.dirid)]
+    if isinstance(loc, (ViewLoc, KeySpaceLoc)):
+        if isinstance(loc, KeySpaceLoc):
+            return h.store.keyword_children(loc.ns, ())
+        return _counted(h.store.name_counts(loc.ns, loc.hks))
     return [h.files(spec)[0].info.name]
 
 
