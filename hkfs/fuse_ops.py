@@ -84,12 +84,16 @@ def to_fuse_error(exc: BaseException, op: str = "") -> FuseOSError:
 def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(self: HKOperations, *args: Any) -> Any:
+        pinned = self.reads.pin()
         try:
             return fn(self, *args)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise to_fuse_error(exc, fn.__name__) from exc
+        finally:
+            if pinned:
+                self.reads.unpin()
     return wrapper
 
 
@@ -156,13 +160,29 @@ class CachedReads:
         self._lock = threading.Lock()
         self._version: int | None = None
         self._memo: dict[tuple, Any] = {}
+        self._pinned: dict[int, dict[tuple, Any]] = {}   # OS thread -> memo for its current request
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
+    def pin(self) -> bool:
+        """Check the version once for a whole request; True if this call pinned (then unpin)."""
+        tid = threading.get_ident()
+        if tid in self._pinned:
+            return False
+        self._pinned[tid] = self._current()
+        return True
+
+    def unpin(self) -> None:
+        self._pinned.pop(threading.get_ident(), None)
+
     def memo(self) -> dict[tuple, Any]:
-        """The memo valid now (a fresh one whenever anything committed since the last call)."""
+        """The memo valid now (a fresh one whenever anything committed since it was made)."""
+        pinned = self._pinned.get(threading.get_ident())
+        return pinned if pinned is not None else self._current()
+
+    def _current(self) -> dict[tuple, Any]:
         with self._lock:
             v = self._conn.execute("PRAGMA data_version").fetchone()[0]
             if v != self._version:
@@ -233,6 +253,7 @@ class HKOperations(Operations):
         self.ns = store.namespace_id(os.getuid() if user is None else user)
         self.root = store.root_dir(self.ns)
         self.reads = CachedReads(store)
+        self._entities = os.fspath(store.entities_dir)
         self.resolver = Resolver(self.reads, self.ns)
         self.on_ready = on_ready
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -289,7 +310,7 @@ class HKOperations(Operations):
 
     def _entity_attrs(self, info: EntityInfo) -> dict[str, Any]:
         try:
-            st = os.stat(self.store.entity_path(info.id))
+            st = os.stat(f"{self._entities}/{info.id}")
             size, atime, mtime, ctime = st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
         except FileNotFoundError:
             size, atime, mtime, ctime = info.size, info.atime_ns, info.mtime_ns, info.ctime_ns
