@@ -145,6 +145,15 @@ def repair(store: Store, problems: list[Problem]) -> list[str]:
             elif p.kind == "dangling-tag":
                 c.execute("DELETE FROM entity_keywords WHERE keyword = ? AND entity = ?", p.ids)
                 done.append(f"removed the tag of entity {p.ids[1]} with missing keyword/entity {p.ids[0]}")
+    # Let the store rewrite whatever it derives from an entity's tags (set_hks with what is left).
+    for eid in sorted({p.ids[1] for p in problems if p.kind == "dangling-tag"}):
+        with store.catalog.read() as c:
+            if not c.execute("SELECT 1 FROM entities WHERE id = ?", (eid,)).fetchone():
+                continue
+            left = [_hk(r[0]) for r in c.execute(
+                "SELECT k.path FROM entity_keywords x JOIN keywords k ON k.id = x.keyword WHERE x.entity = ?",
+                (eid,))]
+        store.set_hks(eid, left)
     for p in problems:
         if p.kind == "orphan-keyword":
             kid, ns, hk = p.ids
