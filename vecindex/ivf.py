@@ -42,7 +42,8 @@ from vecindex.io import as_rows, open_vectors
 log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "ip", "l2")
-BUF_ROWS = 32768  # rows of int8 codes read per buffer fill (2 MiB at d=64)
+BUF_BYTES = int(os.environ.get("VECINDEX_BUF_BYTES", 512 << 10))  # one buffer fill: stays in L2
+MAX_BUF_ROWS = 32768
 BLOCK_ROWS = 4096  # rows converted to float32 at a time (stays in cache)
 SCAN_INT8_MIN_BYTES = 128 << 20  # scan="auto": int8 scan copy above this much float32 data
 
@@ -82,12 +83,14 @@ class _Buffers(threading.local):
     def __init__(self) -> None:
         self.codes: np.ndarray | None = None
         self.block = np.empty((BLOCK_ROWS, 1), dtype=np.float32)
-        self.scores = np.empty(BUF_ROWS, dtype=np.float32)
-        self.sq = np.empty(BUF_ROWS, dtype=np.float32)
+        self.rows = 0
+        self.scores = np.empty(MAX_BUF_ROWS, dtype=np.float32)
+        self.sq = np.empty(MAX_BUF_ROWS, dtype=np.float32)
 
     def ensure(self, d: int, dtype: type) -> None:
         if self.codes is None or self.codes.shape[1] != d or self.codes.dtype != dtype:
-            self.codes = np.empty((BUF_ROWS, d), dtype=dtype)
+            self.rows = int(min(MAX_BUF_ROWS, max(BLOCK_ROWS, BUF_BYTES // (d * np.dtype(dtype).itemsize))))
+            self.codes = np.empty((self.rows, d), dtype=dtype)
             self.block = np.empty((BLOCK_ROWS, d), dtype=np.float32)
 
 
@@ -627,6 +630,7 @@ class IVFIndex:
         b = self._bufs
         b.ensure(d, np.float32 if exact_scan else np.int8)
         buf = b.codes
+        cap = b.rows
         l2 = self.metric == "l2"
         if exact_scan:
             fd, rb = self._fds["vectors"], 4 * d
@@ -688,13 +692,13 @@ class IVFIndex:
         for st, ln in zip(starts.tolist(), lens.tolist(), strict=False):
             done = 0
             while done < ln:
-                m = min(ln - done, BUF_ROWS - fill)
+                m = min(ln - done, cap - fill)
                 _pread_into(fd, buf[fill : fill + m], (st + done) * rb)
                 seg_b.append(fill)
                 seg_g.append(st + done)
                 fill += m
                 done += m
-                if fill == BUF_ROWS:
+                if fill == cap:
                     flush()
         flush()
         return best_s, best_p
