@@ -49,7 +49,7 @@ class Hit:
         return f"{self.score:.6f}\t{self.path}{tail}\n"
 
 
-def _is_text(body: bytes) -> str | None:
+def is_text(body: bytes) -> str | None:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -96,7 +96,7 @@ def parse_vector(data: bytes | str, what: str = "vector") -> np.ndarray:
     """Text numbers or raw little-endian float32 -> a 1-D float32 array; InvalidArgument says why not."""
     if isinstance(data, str):
         return _check_finite(np.asarray(_numbers(data, what), dtype=np.float32), what)
-    text = _is_text(bytes(data))
+    text = is_text(bytes(data))
     if text is not None:
         return _check_finite(np.asarray(_numbers(text, what), dtype=np.float32), what)
     return _raw(bytes(data), what)
@@ -114,10 +114,13 @@ def _option(name: str, value: str, what: str) -> int:
     return n
 
 
-def parse_query(body: bytes, what: str = "query") -> Query:
-    """Parse a `.query` body (see the module doc); InvalidArgument (EINVAL) with a clear message."""
+def parse_query(body: bytes, what: str = "query", *, partial: bool = False) -> Query | None:
+    """Parse a `.query` body (see the module doc); InvalidArgument (EINVAL) with a clear message.
+
+    `partial`: the body may still grow (checked at write time): no vector yet is not an error
+    (None is returned)."""
     opts: dict[str, int] = {}
-    text = _is_text(body)
+    text = is_text(body)
     if text is not None:
         nums: list[float] = []
         for i, line in enumerate(text.splitlines(), 1):
@@ -129,6 +132,8 @@ def parse_query(body: bytes, what: str = "query") -> Query:
                 opts[m.group(1).lower()] = _option(m.group(1).lower(), m.group(2), what)
                 continue
             nums.extend(_numbers(line, what, i))
+        if partial and not nums:
+            return None
         vec = _check_finite(np.asarray(nums, dtype=np.float32), what)
     else:
         m = _RAW_OPTIONS.search(body)

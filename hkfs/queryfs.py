@@ -36,7 +36,7 @@ import numpy as np
 from .embeddings import DIM_ATTR, EMBEDDING_ATTR, EmbeddingCatalog, parse_dim, parse_embedding
 from .errors import InvalidArgument, NotFound, PermissionDenied
 from .naming import HK
-from .queryfiles import DEFAULT_K, Hit, Query, format_results, parse_query
+from .queryfiles import DEFAULT_K, Hit, Query, format_results, is_text, parse_query
 from .views import AT, COMMA, DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc, clash_name
 
 __all__ = ["QueryFS", "Scope", "SUFFIX", "is_query_name"]
@@ -233,6 +233,7 @@ class QueryFS:
         if t.stored:
             assert t.eid is not None
             query = parse_query(self._body(t.eid), f"{t.path.rsplit('/', 1)[-1]}")
+            assert query is not None
             exclude = None
         else:
             assert t.eid is not None
@@ -318,12 +319,30 @@ class QueryFS:
             self._handles.pop(fh, None)
         return 0
 
+    def check_write(self, path: str, eid: int, data: bytes, offset: int) -> None:
+        """Refuse (EINVAL) a write that leaves a `NAME.query` body certainly malformed.
+
+        Only text ending in a newline is judged here (a body may arrive in several writes,
+        and a write can end mid-number); the dimension is checked when the file is closed
+        (flush), see docs/query.md for what tools report then."""
+        name = path.rstrip("/").rpartition("/")[2].lstrip(COMMA)
+        if not is_query_name(name) or not data.endswith(b"\n") or offset + len(data) > MAX_BODY:
+            return
+        head = b""
+        if offset:
+            with open(self.store.entity_path(eid), "rb") as f:     # the caller's fd may be write-only
+                head = f.read(offset)
+        body = head + bytes(data)
+        if is_text(body) is not None:
+            parse_query(body, name, partial=True)
+
     def validate_stored(self, path: str, eid: int) -> None:
         """Check a written `NAME.query` body: InvalidArgument (EINVAL) says what is wrong."""
         name = path.rstrip("/").rpartition("/")[2]
         if not is_query_name(name.lstrip(COMMA)):
             return
         query = parse_query(self._body(eid), name)
+        assert query is not None
         info = self.store.entity(eid)
         self.catalog.refresh(info.ns)
         self.check_dim(info.ns, len(query.vector))
