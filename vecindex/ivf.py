@@ -640,14 +640,16 @@ class IVFIndex:
             # x ~ min + step*(code+128)  =>  q.x ~ (q*step).code + q.(min + 128 step)
             qs = (qv * self.q_step).astype(np.float32)
             const = float(qv @ (self.q_min + 128 * self.q_step))
-        best_s = np.zeros(0, np.float32)
-        best_p = np.zeros(0, np.int64)
+        cand_s: list[np.ndarray] = []
+        cand_p: list[np.ndarray] = []
+        ncand = 0
+        thr = -np.inf  # the keep-th best score seen so far (updated when candidates are pruned)
         seg_b: list[int] = []  # buffer row where each segment starts
         seg_g: list[int] = []  # its global position
         fill = 0
 
         def flush() -> None:
-            nonlocal best_s, best_p, fill
+            nonlocal fill, ncand, thr
             if not fill:
                 return
             s = b.scores[:fill]
@@ -677,14 +679,21 @@ class IVFIndex:
                 if allowed is not None:
                     bad |= ~_member(pos_all, allowed)
                 s[bad] = -np.inf
-            # only rows that beat the current keep-th best can enter: a cheap compare
-            # first, then a partial sort of the few survivors
-            thr = best_s[-1] if len(best_s) >= keep else -np.inf
+            # only rows that beat the keep-th best so far can enter: a cheap compare
+            # first, a partial sort of the survivors, pruning (no full sort) now and then
             top = np.flatnonzero(s > thr)
             if len(top) > keep:
                 top = top[np.argpartition(-s[top], keep - 1)[:keep]]
-            pos = _buffer_to_global(top, seg_b, seg_g)
-            best_s, best_p = _merge_topk(best_s, best_p, s[top].copy(), pos, keep)
+            if len(top):
+                cand_s.append(s[top].copy())
+                cand_p.append(_buffer_to_global(top, seg_b, seg_g))
+                ncand += len(top)
+                if ncand >= 4 * keep:
+                    a_s, a_p = np.concatenate(cand_s), np.concatenate(cand_p)
+                    part = np.argpartition(-a_s, keep - 1)[:keep]
+                    cand_s[:], cand_p[:] = [a_s[part]], [a_p[part]]
+                    ncand = keep
+                    thr = float(a_s[part].min())
             fill = 0
             seg_b.clear()
             seg_g.clear()
@@ -701,7 +710,10 @@ class IVFIndex:
                 if fill == cap:
                     flush()
         flush()
-        return best_s, best_p
+        if not cand_s:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        return _merge_topk(np.zeros(0, np.float32), np.zeros(0, np.int64),
+                           np.concatenate(cand_s), np.concatenate(cand_p), keep)
 
     def _scan_tail(self, qv: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         best_s = np.zeros(0, np.float32)
