@@ -1,0 +1,85 @@
+"""`hk shell-init bash|zsh`: the snippets parse, their sections can be left out, and in zsh the
+completion function and right prompt work (bash's are driven in test_shell_completion.py and
+test_transcripts_shell.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import Mount
+from test_transcripts_shell import hk_bin
+
+from hkfs.cli import cli
+from hkfs.cli_tools import PAPER_COMMANDS
+
+
+def _init(shell: str, *opts: str) -> str:
+    r = CliRunner().invoke(cli, ["shell-init", shell, *opts])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_snippet_parses_and_sections_can_be_left_out(shell: str, tmp_path: Path) -> None:
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    full = _init(shell)
+    assert "@" + "SUBCOMMANDS@" not in full and "@PAPER_COMMANDS@" not in full
+    assert " ".join(PAPER_COMMANDS) in full
+    for opts in [(), ("--no-ls",), ("--no-prompt",), ("--no-commands",), ("--no-ls", "--no-prompt", "--no-commands")]:
+        text = _init(shell, *opts)
+        f = tmp_path / f"snippet.{shell}"
+        f.write_text(text)
+        r = subprocess.run([shell, "-n", str(f)], capture_output=True, text=True)
+        assert r.returncode == 0, (opts, r.stderr)
+        assert ("ls() {" in text) == ("--no-ls" not in opts)
+        assert ("_hk_hkfs_precmd" in text) == ("--no-prompt" not in opts)
+        assert ("for _hk_c in" in text) == ("--no-commands" not in opts)
+    assert "complete -o default -F _hk_hkfs_complete hk mkkw" in _init("bash")
+
+
+def test_bash_functions_are_defined(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}")
+    r = subprocess.run(["bash", "-c", 'eval "$(hk shell-init bash)"; type -t akl ldf ls rme; complete -p ldf'],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[:4] == ["function"] * 4
+
+
+ZSH_DRIVER = r'''
+eval "$(hk shell-init zsh)"
+print -r -- "comps: $_comps[akl] $_comps[hk]"
+compadd() { while [[ $1 != -- ]]; do shift; done; shift; print -r -- "cands: $*"; }
+_files() { print -r -- "files"; }
+comp() { words=("$@"); CURRENT=$#; _hk_hkfs_zcomplete; }
+comp akl foo
+comp akl //animal/dog/
+comp atkw //workshop mai
+comp hk akl foot
+mkdir -p w; cd w; hk akl //workshop
+_hk_hkfs_precmd
+print -r -- "rprompt: ${(%)${(e)RPROMPT}}"
+'''
+
+
+@pytest.mark.mount
+def test_zsh_completion_and_right_prompt(demo_mount: Mount, tmp_path: Path) -> None:
+    if shutil.which("zsh") is None:
+        pytest.skip("zsh is not installed")
+    env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}", HOME=str(tmp_path),
+               ZDOTDIR=str(tmp_path))
+    r = subprocess.run(["zsh", "-f", "-c", ZSH_DRIVER], capture_output=True, text=True, env=env,
+                       cwd=demo_mount.root, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert "comps: _hk_hkfs_zcomplete _hk_hkfs_zcomplete" in lines
+    assert "cands: //food //movie/footloose //sports/football" in lines
+    assert "cands: //animal/dog/bulldog //animal/dog/poodle" in lines
+    assert "files" in lines
+    assert "cands: //movie/footloose //sports/football" in lines
+    assert "rprompt: (//workshop)" in lines
