@@ -21,6 +21,8 @@ Semantics that are choices (docs/mount.md explains them to users):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import functools
 import hashlib
@@ -232,6 +234,48 @@ class CachedReads:
         if view is not None and name is not None:
             return list(view.get(name, ()))
         return self._get(("resolve", ns, hks, name), lambda: self.store.resolve(ns, hks, name))
+
+
+# Zero-copy I/O: read_buf/write_buf hand libfuse a buffer that *is* the entity file's
+# descriptor, so file data never passes through Python. mfusepy declares fuse_bufvec.buf
+# as a pointer; in fuse_common.h it is an inline array (struct fuse_buf buf[1]).
+class _FuseBuf(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
+                ("fd", ctypes.c_int), ("pos", ctypes.c_int64)]
+
+
+class _FuseBufvec(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t),
+                ("buf", _FuseBuf * 1)]
+
+
+_FUSE_BUF_IS_FD, _FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
+
+
+def _load_buf_api() -> tuple[Any, Any, Any] | None:
+    try:
+        lib = mfusepy._libfuse
+        copy, size = lib.fuse_buf_copy, lib.fuse_buf_size
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except (AttributeError, OSError):
+        return None
+    copy.argtypes = [ctypes.POINTER(_FuseBufvec), ctypes.POINTER(_FuseBufvec), ctypes.c_int]
+    copy.restype = ctypes.c_ssize_t
+    size.argtypes = [ctypes.POINTER(_FuseBufvec)]
+    size.restype = ctypes.c_size_t
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.malloc.restype = ctypes.c_void_p
+    return copy, size, libc.malloc
+
+
+_BUF_API = _load_buf_api()
+
+
+def _fd_bufvec(fd: int, pos: int, size: int) -> _FuseBufvec:
+    v = _FuseBufvec(count=1, idx=0, off=0)
+    v.buf[0].size, v.buf[0].flags, v.buf[0].mem = size, _FUSE_BUF_IS_FD | _FUSE_BUF_FD_SEEK, None
+    v.buf[0].fd, v.buf[0].pos = fd, pos
+    return v
 
 
 @dataclass
@@ -570,6 +614,37 @@ class HKOperations(Operations):
         n = os.pwrite(h.fd, data, offset)
         h.written = True
         return n
+
+    if _BUF_API is not None:
+        @overrides(Operations)
+        @_mapped
+        def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fh: int) -> int:
+            """Answer a read with the entity file's descriptor: libfuse reads it, not Python."""
+            h = self._handle(fh)
+            end = os.fstat(h.fd).st_size
+            n = max(0, min(size, end - offset))
+            _copy, _size, malloc = _BUF_API
+            ptr = malloc(ctypes.sizeof(_FuseBufvec))    # libfuse free()s it after replying
+            if not ptr:
+                raise FuseOSError(errno.ENOMEM)
+            vec = _fd_bufvec(h.fd, offset, n)
+            ctypes.memmove(ptr, ctypes.addressof(vec), ctypes.sizeof(_FuseBufvec))
+            ctypes.cast(bufpp, ctypes.POINTER(ctypes.c_void_p))[0] = ptr
+            return 0
+
+        @overrides(Operations)
+        @_mapped
+        def write_buf(self, path: str, buf: Any, offset: int, fh: int) -> int:
+            """Let libfuse copy the request's data straight into the entity file."""
+            h = self._handle(fh)
+            copy, size, _malloc = _BUF_API
+            src = ctypes.cast(buf, ctypes.POINTER(_FuseBufvec))
+            dst = _fd_bufvec(h.fd, offset, size(src))
+            n = copy(ctypes.byref(dst), src, 0)
+            if n < 0:
+                raise FuseOSError(-n)
+            h.written = True
+            return n
 
     @overrides(Operations)
     @_mapped
