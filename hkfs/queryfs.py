@@ -81,7 +81,7 @@ class QueryFS:
         self.store = store
         self.resolver = resolver
         self.catalog = catalog or EmbeddingCatalog(store)
-        self._handles: dict[int, bytes] = {}
+        self._handles: dict[int, tuple[int, int]] = {}     # fh -> (memfd holding the result, its size)
         self._next = HANDLE_BASE
         self._lock = threading.Lock()
         self._scopes: dict[tuple, Scope] = {}
@@ -265,9 +265,9 @@ class QueryFS:
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any] | None:
         """Attributes of a `.query` path (size = the result's), or None when it is not one."""
         if fh is not None and fh >= HANDLE_BASE:
-            data = self._handles.get(fh)
-            if data is not None:
-                return self._attrs(path, len(data), None)
+            got = self._handles.get(fh)
+            if got is not None:
+                return self._attrs(path, got[1], None)
         t = self._target(path)
         if t is None:
             return None
@@ -304,20 +304,37 @@ class QueryFS:
                 return None
             raise PermissionDenied(f"{path}: a virtual .query file is read-only")
         data = self.evaluate(t)
+        # The result lives in an anonymous memory file, so the mount can hand libfuse a
+        # descriptor (read_buf) exactly as for an entity's bytes.
+        fd = os.memfd_create("hkfs-query", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+        except BaseException:
+            os.close(fd)
+            raise
         with self._lock:
             fh = self._next
             self._next += 1
-            self._handles[fh] = data
+            self._handles[fh] = (fd, len(data))
         return fh
 
+    def fd(self, fh: int) -> int:
+        """The descriptor holding handle fh's result (for read_buf)."""
+        return self._handles[fh][0]
+
     def read(self, fh: int, size: int, offset: int) -> bytes:
-        data = self._handles.get(fh, b"")
-        return data[offset: offset + size]
+        return os.pread(self._handles[fh][0], size, offset)
 
     def release(self, fh: int) -> int:
         with self._lock:
-            self._handles.pop(fh, None)
+            got = self._handles.pop(fh, None)
+        if got is not None:
+            os.close(got[0])
         return 0
+
+    def wants_bytes(self, path: str) -> bool:
+        """True for writes the mount must pass to check_write as bytes (NAME.query bodies)."""
+        return is_query_name(path.rstrip("/").rpartition("/")[2].lstrip(COMMA))
 
     def check_write(self, path: str, eid: int, data: bytes, offset: int) -> None:
         """Refuse (EINVAL) a write that leaves a `NAME.query` body certainly malformed.
