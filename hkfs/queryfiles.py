@@ -25,6 +25,7 @@ MAX_K = 10_000
 _OPTION = re.compile(r"^\s*(k|nprobe)\s*=\s*(\S*)\s*$", re.I)
 _RAW_OPTIONS = re.compile(rb"(?:\n[ \t]*(?:k|nprobe)[ \t]*=[ \t]*[0-9]+[ \t]*)+\n?\Z", re.I)
 _SPLIT = re.compile(r"[\s,;\[\]()]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,7 @@ def is_text(body: bytes) -> str | None:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if all(c.isprintable() or c in "\t\n\r\f\v" for c in text):
-        return text
-    return None
+    return None if _CONTROL.search(text) else text
 
 
 def _check_finite(v: np.ndarray, what: str) -> np.ndarray:

@@ -86,6 +86,7 @@ class QueryFS:
         self._lock = threading.Lock()
         self._scopes: dict[tuple, Scope] = {}
         self._results: dict[tuple, bytes] = {}
+        self._targets: dict[tuple, _Target | None] = {}
         self.start_ns = time.time_ns()
 
     def start(self) -> None:
@@ -183,6 +184,20 @@ class QueryFS:
                                   f"dimension {have}")
 
     def _target(self, path: str) -> _Target | None:
+        """What a `.query` path is (memoised while nothing is committed: getattr, then open)."""
+        ck = (path, self.catalog.data_version())
+        try:
+            return self._targets[ck]
+        except KeyError:
+            pass
+        t = self._find_target(path)
+        with self._lock:
+            if len(self._targets) > 1024:
+                self._targets.clear()
+            self._targets[ck] = t
+        return t
+
+    def _find_target(self, path: str) -> _Target | None:
         parent, _, name = path.rstrip("/").rpartition("/")
         comma = name.startswith(COMMA)
         bare = name[1:] if comma else name
