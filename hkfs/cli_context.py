@@ -140,6 +140,7 @@ class Here:
     dirid: int | None
     view: tuple[HK, ...] | None
     rel: str                           # the cwd inside the mount ('/' with --store)
+    keyspace: bool = False             # the cwd is a '@' keyword space (lists keywords, not files)
 
     @property
     def ckl(self) -> tuple[HK, ...]:
@@ -290,7 +291,7 @@ def here(store: Path | None = None, user: str | None = None, *, cwd: str | None 
         elif isinstance(loc, ViewLoc):
             h = Here(st, loc.ns, mnt, mount_ns, None, tuple(loc.hks), rel)
         elif isinstance(loc, KeySpaceLoc):
-            h = Here(st, loc.ns, mnt, mount_ns, None, tuple(loc.base), rel)
+            h = Here(st, loc.ns, mnt, mount_ns, None, tuple(loc.base), rel, keyspace=True)
         else:
             raise NotADirectory(f"{cwd} is not a directory")
         yield h

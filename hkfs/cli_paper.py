@@ -280,6 +280,8 @@ def _ls_one(h: Here, spec: str) -> list[str]:
     if spec == "":
         if h.dirid is not None:
             return [e.name for e in h.store.listdir(h.dirid)]
+        if h.keyspace:
+            return h.store.keyword_children(h.ns, ())
         return _counted(h.store.name_counts(h.ns, h.view or ()))
     if spec.startswith(",") or spec.startswith("//"):
         hl, name = parse_spec_arg(spec, h.ckl)

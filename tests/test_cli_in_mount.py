@@ -28,6 +28,7 @@ def test_path_info_kw_and_views(demo_mount: Mount) -> None:
         hk rm main.log                                          # in a view: detaches the view's HKs
         test -e "$M/w/main.log"                                 # still linked in w
         test "$(getfattr --only-values -n user.hk.keywords "$M/w/main.log")" = "//society/IPSJ"
+        cd "$M/@" && test "$(hk ls)" = "$(ls | tr '\\n' ' ' | sed 's/ $//')"   # '@': the top keywords
         cd "$M"
         hk kw //SIG
     """)
