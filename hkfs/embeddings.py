@@ -252,7 +252,7 @@ class EmbeddingCatalog:
             with self._wake:
                 self._stop = True
                 self._wake.notify_all()
-            w.join(timeout=600)
+            w.join(timeout=30)     # a long rebuild is abandoned (daemon thread); the old base stays valid
             self._worker = None
         with self._conn_lock:
             if self._conn is not None:

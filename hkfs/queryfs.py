@@ -185,6 +185,8 @@ class QueryFS:
 
     def _target(self, path: str) -> _Target | None:
         """What a `.query` path is (memoised while nothing is committed: getattr, then open)."""
+        if not path.endswith(SUFFIX):
+            return None                     # every other path of the mount: no catalog look at all
         ck = (path, self.catalog.data_version())
         try:
             return self._targets[ck]
