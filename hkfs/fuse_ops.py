@@ -42,6 +42,8 @@ from mfusepy import FUSE, FuseOSError, Operations, overrides
 
 from .errors import HKError, InvalidArgument, IsADirectory, NotADirectory, NotFound, NotPermitted
 from .naming import HK, format_hk_list, hk_matches, parse_hk_list
+from .queryfs import SUFFIX as QUERY_SUFFIX
+from .queryfs import QueryFS
 from .store import EntityInfo, Store
 from .views import (
     AT,
@@ -103,6 +105,11 @@ def _check_path(path: str) -> None:
     for part in path.split("/"):
         if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME:
             raise FuseOSError(errno.ENAMETOOLONG)
+
+
+def _is_query_path(path: str | None) -> bool:
+    """Cheap pre-check before asking the .query layer (most paths are not queries)."""
+    return bool(path) and path.endswith(QUERY_SUFFIX)  # type: ignore[union-attr]
 
 
 def _caller() -> tuple[int, int]:
@@ -299,6 +306,7 @@ class HKOperations(Operations):
         self.reads = CachedReads(store)
         self._entities = os.fspath(store.entities_dir)
         self.resolver = Resolver(self.reads, self.ns)
+        self.queries = QueryFS(store, self.resolver)    # the .query layer (hkfs/queryfs.py)
         self.on_ready = on_ready
         self.uid, self.gid = os.getuid(), os.getgid()
         self.start_ns = time.time_ns()
@@ -312,6 +320,7 @@ class HKOperations(Operations):
     def init(self, path: str) -> None:
         """Called by libfuse once the kernel talks to us: the mount is ready."""
         log.info("file system ready")
+        self.queries.start()          # worker threads only now, after FUSE has set up
         if self.on_ready is not None:
             self.on_ready()
 
@@ -322,6 +331,7 @@ class HKOperations(Operations):
         for h in handles:
             self._sync(h)
             os.close(h.fd)
+        self.queries.stop()
         self.reads.close()
 
     # ---------------------------------------------------------------- helpers
@@ -423,6 +433,10 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        if (fh is not None and self.queries.owns(fh)) or _is_query_path(path):
+            q = self.queries.getattr(path, fh)
+            if q is not None:
+                return q
         if fh is not None and fh in self._handles:
             return self._entity_attrs(self.reads.entity(self._handles[fh].eid))
         loc = self.loc(path)
@@ -599,18 +613,26 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def open(self, path: str, flags: int) -> int:
+        if _is_query_path(path):
+            qfh = self.queries.open(path, flags)
+            if qfh is not None:
+                return qfh
         eid = self._eid_of(self.loc(path))
         return self._new_handle(self._open_fd(eid, flags), eid, bool(flags & os.O_TRUNC))
 
     @overrides(Operations)
     @_mapped
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        if self.queries.owns(fh):
+            return self.queries.read(fh, size, offset)
         return os.pread(self._handle(fh).fd, size, offset)
 
     @overrides(Operations)
     @_mapped
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         h = self._handle(fh)
+        if _is_query_path(path):
+            self.queries.check_write(path, h.eid, data, offset)
         n = os.pwrite(h.fd, data, offset)
         h.written = True
         return n
@@ -620,14 +642,14 @@ class HKOperations(Operations):
         @_mapped
         def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fh: int) -> int:
             """Answer a read with the entity file's descriptor: libfuse reads it, not Python."""
-            h = self._handle(fh)
-            end = os.fstat(h.fd).st_size
+            fd = self.queries.fd(fh) if self.queries.owns(fh) else self._handle(fh).fd
+            end = os.fstat(fd).st_size
             n = max(0, min(size, end - offset))
             _copy, _size, malloc = _BUF_API
             ptr = malloc(ctypes.sizeof(_FuseBufvec))    # libfuse free()s it after replying
             if not ptr:
                 raise FuseOSError(errno.ENOMEM)
-            vec = _fd_bufvec(h.fd, offset, n)
+            vec = _fd_bufvec(fd, offset, n)
             ctypes.memmove(ptr, ctypes.addressof(vec), ctypes.sizeof(_FuseBufvec))
             ctypes.cast(bufpp, ctypes.POINTER(ctypes.c_void_p))[0] = ptr
             return 0
@@ -639,6 +661,16 @@ class HKOperations(Operations):
             h = self._handle(fh)
             copy, size, _malloc = _BUF_API
             src = ctypes.cast(buf, ctypes.POINTER(_FuseBufvec))
+            if _is_query_path(path) and self.queries.wants_bytes(path):
+                # a NAME.query body is checked as bytes by write()
+                mem = ctypes.create_string_buffer(size(src))
+                mvec = _FuseBufvec(count=1, idx=0, off=0)
+                mvec.buf[0].size, mvec.buf[0].flags = len(mem), 0
+                mvec.buf[0].mem = ctypes.cast(mem, ctypes.c_void_p)
+                got = copy(ctypes.byref(mvec), src, 0)
+                if got < 0:
+                    raise FuseOSError(-got)
+                return self.write(path, mem.raw[:got], offset, fh)
             dst = _fd_bufvec(h.fd, offset, size(src))
             n = copy(ctypes.byref(dst), src, 0)
             if n < 0:
@@ -662,7 +694,13 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def flush(self, path: str, fh: int) -> int:
-        self._sync(self._handle(fh))
+        if self.queries.owns(fh):
+            return 0
+        h = self._handle(fh)
+        written = h.written
+        self._sync(h)
+        if written and _is_query_path(path):
+            self.queries.validate_stored(path, h.eid)    # a malformed NAME.query: close() fails, EINVAL
         return 0
 
     @overrides(Operations)
@@ -679,6 +717,8 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def release(self, path: str, fh: int) -> int:
+        if self.queries.owns(fh):
+            return self.queries.release(fh)
         with self._hlock:
             h = self._handles.pop(fh, None)
         if h is not None:
@@ -917,6 +957,8 @@ class HKOperations(Operations):
     @_mapped
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         kind, ident = self._xattr_target(path)
+        if kind == "file" and self.queries.set_file_attr(ident, name, bytes(value)):
+            return 0                  # user.hk.embedding / user.hk.dim (raw float32 allowed)
         text = bytes(value).decode("utf-8", "strict").strip() if name.startswith("user.hk.") else ""
         if kind == "file" and name == KEYWORDS_ATTR:
             self.store.set_hks(ident, parse_hk_list(text) if text else ())
