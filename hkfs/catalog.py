@@ -23,6 +23,7 @@ from .migrations import ensure_schema
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
+CACHE_KIB = 65_536  # page cache per connection, allocated as used
 
 
 class Catalog:
@@ -52,6 +53,7 @@ class Catalog:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._local.conn = conn
             self._local.depth = 0
             self._local.writing = False

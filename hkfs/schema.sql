@@ -39,14 +39,18 @@ CREATE TABLE IF NOT EXISTS entities (
 );
 CREATE INDEX IF NOT EXISTS entities_ns_name ON entities(ns, name);
 
--- Which entity carries which HK. (keyword, entity) drives list resolution;
--- (entity, keyword) checks the other HKs of a list per candidate.
+-- Which entity carries which HK. (keyword, entity) drives list resolution over the
+-- keyword ids of an HK's subtree. `tags` repeats, on every row of an entity, the
+-- paths of all the HKs it carries (',/animal/dog/,/photo/,'), so the other HKs of a
+-- list are tested on the row itself (instr(tags, ',/photo/') > 0) without a random
+-- lookup per candidate; Store keeps it exact in the same transaction (see docs/store.md).
 CREATE TABLE IF NOT EXISTS entity_keywords (
     keyword  INTEGER NOT NULL REFERENCES keywords(id),
     entity   INTEGER NOT NULL REFERENCES entities(id),
+    tags     TEXT    NOT NULL,
     PRIMARY KEY (keyword, entity)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_keywords_entity ON entity_keywords(entity, keyword);
+CREATE INDEX IF NOT EXISTS entity_keywords_entity ON entity_keywords(entity);
 
 -- Ordinary directories. parent IS NULL for a namespace root. ns: the namespace
 -- ',' refers to (chns); owner_ns: the namespace the directory lives in.

@@ -20,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Literal
 
@@ -135,16 +136,21 @@ def _range(hk: HK) -> tuple[str, str]:
     return p, p[:-1] + "0"
 
 
-def _sorted_hks(paths: str | None) -> tuple[HK, ...]:
-    if not paths:
+def _sorted_hks(tags: str | None) -> tuple[HK, ...]:
+    """The HKs of a tags string ',/a/b/,/c/,'."""
+    if not tags:
         return ()
-    return tuple(sorted(_hk_of_path(p) for p in paths.split(",")))
+    return tuple(sorted(_hk_of_path(p) for p in tags.split(",") if p))
+
+
+def _tags(paths: Iterable[str]) -> str:
+    """',/a/b/,/c/,': every carried path between commas, so instr(tags, ',/a/') tests a subtree."""
+    return "," + ",".join(sorted(set(paths))) + ","
 
 
 _ENTITY_COLS = ("e.id, e.ns, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
                 "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
-                "(SELECT group_concat(k.path, ',') FROM entity_keywords x JOIN keywords k ON k.id = x.keyword "
-                "WHERE x.entity = e.id)")
+                "(SELECT x.tags FROM entity_keywords x WHERE x.entity = e.id LIMIT 1)")
 
 
 def _entity_of_row(r: tuple) -> EntityInfo:
@@ -418,6 +424,7 @@ class Store:
             with self.catalog.write() as c:
                 self._check_ns(c, ns)
                 kids = [self._need_kw(c, ns, h) for h in hk_list]
+                tags = _tags(_path(h) for h in hk_list)
                 if directory is not None:
                     self._need_dir(c, directory)
                     self._name_free(c, directory, name)
@@ -428,8 +435,8 @@ class Store:
                 eid = int(cur.lastrowid)  # type: ignore[arg-type]
                 self._new_bytes(eid)
                 made.append(eid)
-                c.executemany("INSERT INTO entity_keywords(keyword, entity) VALUES (?, ?)",
-                              [(k, eid) for k in kids])
+                c.executemany("INSERT INTO entity_keywords(keyword, entity, tags) VALUES (?, ?, ?)",
+                              [(k, eid, tags) for k in kids])
                 if directory is not None:
                     c.execute("INSERT INTO links(dir, name, entity) VALUES (?, ?, ?)", (directory, name, eid))
                     self._touch_dir(c, directory)
@@ -459,29 +466,45 @@ class Store:
         try:
             with self.catalog.write() as c:
                 self._check_ns(c, ns)
-                cache: dict[HK, int] = {}
+                # every keyword of the namespace, once: path -> id
+                known = dict(c.execute("SELECT path, id FROM keywords WHERE ns = ?", (ns,)))
+                cache: dict[HK, tuple[int, str]] = {}
                 base = c.execute("SELECT coalesce(max(id), 0) FROM entities").fetchone()[0] + 1
                 t = _now()
                 ids = list(range(base, base + len(items)))
-                rows, tags, untagged = [], [], []
+                rows, tagrows, untagged = [], [], []
+                m = mode & 0o7777
                 for eid, (name, hks) in zip(ids, items, strict=True):
-                    validate_name(name)
-                    rows.append((eid, ns, name, mode & 0o7777, uid, gid, t, t, t))
-                    hl = hks if not any(isinstance(h, str) for h in hks) else [_as_hk(h) for h in hks]
-                    if not hl:
+                    if not name or "/" in name or "\0" in name or name in (".", "..") or len(name) > 63:
+                        validate_name(name)
+                    rows.append((eid, ns, name, m, uid, gid, t, t, t))
+                    if not hks:
                         untagged.append(eid)
-                    for h in hl:
-                        h = tuple(h)
-                        kid = cache.get(h)
-                        if kid is None:
-                            kid = (self._mkkw(c, ns, _hks([h])[0], True) if create_keywords
-                                   else self._need_kw(c, ns, _hks([h])[0]))
-                            cache[h] = kid
-                        tags.append((kid, eid))
+                        continue
+                    kp = []
+                    for h in hks:
+                        got = cache.get(h)  # type: ignore[arg-type]
+                        if got is None:
+                            hk = _hks([h])[0]
+                            kid = known.get(_path(hk))
+                            if kid is None:
+                                if not create_keywords:
+                                    raise NotFound(f"no keyword {format_hk(hk)}")
+                                kid = self._mkkw(c, ns, hk, True)
+                                known[_path(hk)] = kid
+                            got = cache[h] = (kid, _path(hk))  # type: ignore[index]
+                        kp.append(got)
+                    if len(kp) == 1:
+                        tagrows.append((kp[0][0], eid, "," + kp[0][1] + ","))
+                    else:
+                        tags = _tags(p for _, p in kp)
+                        tagrows += [(kid, eid, tags) for kid in {k for k, _ in kp}]
+                # (keyword, entity) order (ids ascend, the sort is stable): index pages fill in sequence
+                tagrows.sort(key=itemgetter(0))
                 c.executemany(
                     "INSERT INTO entities(id, ns, name, size, mode, uid, gid, atime_ns, mtime_ns, ctime_ns) "
                     "VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)", rows)
-                c.executemany("INSERT OR IGNORE INTO entity_keywords(keyword, entity) VALUES (?, ?)", tags)
+                c.executemany("INSERT INTO entity_keywords(keyword, entity, tags) VALUES (?, ?, ?)", tagrows)
                 for eid in untagged:
                     self._settle(c, eid)
                 if make_files:
@@ -537,9 +560,18 @@ class Store:
         with self.catalog.write() as c:
             ns = self._need_entity(c, eid)
             kids = [self._mkkw(c, ns, h, True) if create else self._need_kw(c, ns, h) for h in hl]
-            c.executemany("INSERT OR IGNORE INTO entity_keywords(keyword, entity) VALUES (?, ?)",
+            c.executemany("INSERT OR IGNORE INTO entity_keywords(keyword, entity, tags) VALUES (?, ?, '')",
                           [(k, eid) for k in kids])
+            self._retag(c, eid)
             self._touch_entity(c, eid)
+
+    @staticmethod
+    def _retag(c: sqlite3.Connection, eid: int) -> None:
+        """Recompute the entity's tags string on all its entity_keywords rows."""
+        paths = [r[0] for r in c.execute(
+            "SELECT k.path FROM entity_keywords x JOIN keywords k ON k.id = x.keyword WHERE x.entity = ?", (eid,))]
+        if paths:
+            c.execute("UPDATE entity_keywords SET tags = ? WHERE entity = ?", (_tags(paths), eid))
 
     def dtkw(self, eid: int, hks: Sequence[HK | str]) -> None:
         """Detach HKs: each removes the carried HKs it matches (itself and descendants).
@@ -558,6 +590,7 @@ class Store:
                     (eid, ns, lo, hi)).rowcount
                 if not n:
                     raise NotFound(f"file {eid} does not carry {format_hk(h)}")
+            self._retag(c, eid)
             self._touch_entity(c, eid)
             self._settle(c, eid)
 
@@ -568,8 +601,9 @@ class Store:
             ns = self._need_entity(c, eid)
             kids = [self._mkkw(c, ns, h, True) if create else self._need_kw(c, ns, h) for h in hl]
             c.execute("DELETE FROM entity_keywords WHERE entity = ?", (eid,))
-            c.executemany("INSERT OR IGNORE INTO entity_keywords(keyword, entity) VALUES (?, ?)",
+            c.executemany("INSERT OR IGNORE INTO entity_keywords(keyword, entity, tags) VALUES (?, ?, '')",
                           [(k, eid) for k in kids])
+            self._retag(c, eid)
             self._touch_entity(c, eid)
             self._settle(c, eid)
 
@@ -622,56 +656,60 @@ class Store:
 
     def _match(self, c: sqlite3.Connection, ns: int, hks: Sequence[HK | str],
                name: str | None) -> tuple[str, list]:
-        """SQL (a FROM/WHERE tail over `entities e`) selecting the files the list matches.
+        """A SELECT of the distinct ids of the files the list matches (with descendants).
 
-        The most selective HK (counted up to a cap) drives through the (keyword, entity)
-        index over its subtree's keyword-id range; each other HK is an EXISTS probe
-        through (entity, keyword). With a name, the (ns, name) index drives instead."""
+        The most selective HK (counted up to a cap) drives: a range scan of its subtree's
+        keyword ids (keywords.path) joined to the (keyword, entity) primary key. Every other
+        HK is tested on the same row's tags string, so no candidate costs a random lookup.
+        With a name, the (ns, name) index drives instead; with neither, the namespace is listed."""
         hl = _hks(hks)
         for h in hl:
             self._need_kw(c, ns, h)
-        ranges = [_range(h) for h in hl]
+        paths = [_path(h) for h in hl]
         if name is not None:
-            where, params = ["e.ns = ? AND e.name = ?"], [ns, name]
-            probes = ranges
-        elif not ranges:
-            return "FROM entities e WHERE e.ns = ?", [ns]
-        else:
-            if len(ranges) > 1:
-                est = [c.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
-                    "WHERE k.ns = ? AND k.path >= ? AND k.path < ? LIMIT ?)", (ns, lo, hi, _ESTIMATE_CAP)
-                ).fetchone()[0] for lo, hi in ranges]
-                order = sorted(range(len(ranges)), key=est.__getitem__)
-                ranges = [ranges[i] for i in order]
-            lo, hi = ranges[0]
-            where = ["e.id IN (SELECT x.entity FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
-                     "WHERE k.ns = ? AND k.path >= ? AND k.path < ?)"]
-            params = [ns, lo, hi]
-            probes = ranges[1:]
-        for lo, hi in probes:
-            where.append("EXISTS (SELECT 1 FROM entity_keywords x JOIN keywords k ON k.id = x.keyword "
-                         "WHERE x.entity = e.id AND k.path >= ? AND k.path < ? AND k.ns = ?)")
-            params += [lo, hi, ns]
-        return "FROM entities e WHERE " + " AND ".join(where), params
+            sql = "SELECT e.id FROM entities e WHERE e.ns = ? AND e.name = ?"
+            params: list = [ns, name]
+            for p in paths:
+                sql += (" AND EXISTS (SELECT 1 FROM entity_keywords x WHERE x.entity = e.id "
+                        "AND instr(x.tags, ?) > 0)")
+                params.append("," + p)
+            return sql, params
+        if not paths:
+            return "SELECT e.id FROM entities e WHERE e.ns = ?", [ns]
+        if len(paths) > 1:
+            est = [c.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
+                "WHERE k.ns = ? AND k.path >= ? AND k.path < ? LIMIT ?)", (ns, p, p[:-1] + "0", _ESTIMATE_CAP)
+            ).fetchone()[0] for p in paths]
+            paths = [paths[i] for i in sorted(range(len(paths)), key=est.__getitem__)]
+        p0 = paths[0]
+        sql = ("SELECT DISTINCT x.entity FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
+               "WHERE k.ns = ? AND k.path >= ? AND k.path < ?")
+        params = [ns, p0, p0[:-1] + "0"]
+        for p in paths[1:]:
+            sql += " AND instr(x.tags, ?) > 0"
+            params.append("," + p)
+        return sql, params
 
     def resolve(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[EntityInfo]:
         """Files of namespace ns matching the list (with descendants), by id; unknown HK: NotFound."""
         with self.catalog.read() as c:
-            tail, params = self._match(c, ns, hks, name)
-            return [_entity_of_row(r) for r in c.execute(f"SELECT {_ENTITY_COLS} {tail} ORDER BY e.id", params)]
+            sel, params = self._match(c, ns, hks, name)
+            return [_entity_of_row(r) for r in c.execute(
+                f"SELECT {_ENTITY_COLS} FROM entities e WHERE e.id IN ({sel}) ORDER BY e.id", params)]
 
     def resolve_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
         """Like resolve, ids only (cheap: for counting and large views)."""
         with self.catalog.read() as c:
-            tail, params = self._match(c, ns, hks, name)
-            return [r[0] for r in c.execute(f"SELECT e.id {tail} ORDER BY e.id", params)]
+            sel, params = self._match(c, ns, hks, name)
+            return sorted(r[0] for r in c.execute(sel, params))
 
     def name_counts(self, ns: int, hks: Sequence[HK | str]) -> dict[str, int]:
         """For `ls ,`: name -> number of matching files with that name (sorted by name)."""
         with self.catalog.read() as c:
-            tail, params = self._match(c, ns, hks, None)
-            return dict(c.execute(f"SELECT e.name, count(*) {tail} GROUP BY e.name ORDER BY e.name", params))
+            sel, params = self._match(c, ns, hks, None)
+            return dict(c.execute(f"SELECT e.name, count(*) FROM entities e WHERE e.id IN ({sel}) "
+                                  "GROUP BY e.name ORDER BY e.name", params))
 
     # ------------------------------------------------------------ directories
 
@@ -939,8 +977,9 @@ class Store:
             hl = _hks(hks) if hks is not None else list(self._dkl(c, dirid))
             if not hl and name is None:
                 raise InvalidArgument("empty keyword list: nothing to load (add keywords with akl)")
-            tail, params = self._match(c, d[3], hl, name)
-            rows = c.execute(f"SELECT e.id, e.name {tail} ORDER BY e.id", params).fetchall()
+            sel, params = self._match(c, d[3], hl, name)
+            rows = c.execute(f"SELECT e.id, e.name FROM entities e WHERE e.id IN ({sel}) ORDER BY e.id",
+                             params).fetchall()
             by_name: dict[str, list[int]] = {}
             for eid, n in rows:
                 by_name.setdefault(n, []).append(eid)
@@ -1015,6 +1054,11 @@ class Store:
                     "SELECT id FROM entities e WHERE NOT EXISTS (SELECT 1 FROM entity_keywords x WHERE x.entity = e.id) "
                     "AND NOT EXISTS (SELECT 1 FROM links l WHERE l.entity = e.id)"):
                 problems.append(f"entity {eid} has no keyword and no link")
+            for (eid,) in c.execute(
+                    "SELECT DISTINCT x.entity FROM entity_keywords x JOIN keywords k ON k.id = x.keyword "
+                    "WHERE instr(x.tags, ',' || k.path || ',') = 0 OR x.tags != "
+                    "(SELECT y.tags FROM entity_keywords y WHERE y.entity = x.entity LIMIT 1)"):
+                problems.append(f"entity {eid} has a stale tags string")
         files = set()
         for p in self.entities_dir.iterdir():
             if p.name.isdigit():
