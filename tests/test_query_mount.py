@@ -1,0 +1,242 @@
+"""`.query` files through a real mount: brute-force equality, scope (views, DKL of directories),
+changes visible to the next read, EINVAL for malformed queries, reads while another process writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+D = 6
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def save_npy(path: Path, rows: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, rows.astype(np.float32))
+
+
+def set_embedding(path: Path, v: np.ndarray) -> None:
+    os.setxattr(path, "user.hk.embedding", " ".join(f"{x:.9g}" for x in v).encode())
+
+
+def expected(q: np.ndarray, items: dict[str, np.ndarray], k: int) -> list[str]:
+    names = list(items)
+    s = unit(np.stack([items[n] for n in names])) @ unit(q)
+    order = np.argsort(-s, kind="stable")[:k]
+    return [names[i] for i in order]
+
+
+def hits(text: str) -> list[str]:
+    lines = text.splitlines()
+    for ln in lines:
+        score, _, path = ln.partition("\t")
+        float(score)
+        assert path, ln
+    return [ln.split("\t", 1)[1] for ln in lines]
+
+
+def query_body(q: np.ndarray, k: int | None = None) -> str:
+    return " ".join(f"{x:.9g}" for x in q) + (f"\nk={k}\n" if k else "\n")
+
+
+@pytest.fixture
+def photos(mount):
+    """//photo, //animal/dog, //animal/cat; an .npy entry of 30 rows (photo+dog), one of 20 rows
+    (photo+cat), and 12 text files with their own embedding (half photo+dog, half photo)."""
+    m = mount.root
+    for d in ("@/photo", "@/animal", "@/animal/dog", "@/animal/cat"):
+        os.mkdir(m / d)
+    rng = np.random.default_rng(3)
+    items: dict[str, np.ndarray] = {}      # path under @/photo -> vector
+    dogs = rng.normal(size=(30, D)).astype(np.float32)
+    save_npy(m / "@/photo/@/animal/dog/dogs.npy", dogs)
+    items.update({f"dogs.npy#{r}": dogs[r] for r in range(30)})
+    cats = rng.normal(size=(20, D)).astype(np.float32)
+    save_npy(m / "@/photo/@/animal/cat/cats.npy", cats)
+    items.update({f"cats.npy#{r}": cats[r] for r in range(20)})
+    for i in range(12):
+        v = rng.normal(size=D).astype(np.float32)
+        where = "@/photo/@/animal/dog" if i % 2 else "@/photo"
+        (m / where / f"t{i}.txt").write_text(f"text {i}\n")
+        set_embedding(m / where / f"t{i}.txt", v)
+        items[f"t{i}.txt"] = v
+    return mount, items, rng
+
+
+def test_query_files_equal_brute_force(photos) -> None:
+    mount, items, rng = photos
+    m = mount.root
+    for k in (1, 7, 62, 100):
+        q = rng.normal(size=D).astype(np.float32)
+        (m / "@/photo/q.query").write_text(query_body(q, k))
+        out = mount.run("cat @/photo/q.query").stdout
+        assert hits(out) == ["@/photo/" + p for p in expected(q, items, k)]
+        scores = [float(ln.split("\t")[0]) for ln in out.splitlines()]
+        assert scores == sorted(scores, reverse=True)
+    # raw float32 bodies work too, and the stored query is listed like a file
+    q = rng.normal(size=D).astype(np.float32)
+    (m / "@/photo/raw.query").write_bytes(q.astype("<f4").tobytes())
+    assert hits((m / "@/photo/raw.query").read_text()) == ["@/photo/" + p for p in expected(q, items, 10)]
+    listing = mount.run("ls @/photo").stdout.split()
+    assert "q.query" in listing and "raw.query" in listing
+    assert not any(n.endswith(".npy.query") for n in listing)
+    # stat size agrees with what a read returns
+    size = os.stat(m / "@/photo/q.query").st_size
+    assert size == len((m / "@/photo/q.query").read_bytes())
+
+
+def test_scope_follows_view_and_directory_dkl(photos) -> None:
+    mount, items, rng = photos
+    m = mount.root
+    q = rng.normal(size=D).astype(np.float32)
+    body = query_body(q, 200)
+    (m / "@/photo/q.query").write_text(body)
+    (m / "@/photo/@/animal/dog/dq.query").write_text(body)    # (q.query would clash with ../q.query)
+    all_hits = hits((m / "@/photo/q.query").read_text())
+    dog_items = {p: v for p, v in items.items()
+                 if p.startswith("dogs.npy") or (p.startswith("t") and int(p[1:].split(".")[0]) % 2)}
+    dog_hits = hits((m / "@/photo/@/animal/dog/dq.query").read_text())
+    assert all_hits == ["@/photo/" + p for p in expected(q, items, 200)]
+    assert dog_hits == ["@/photo/@/animal/dog/" + p for p in expected(q, dog_items, 200)]
+    assert len(dog_hits) == len(dog_items) < len(all_hits)
+    # k hits however selective the view: 10 out of the 36 dog embeddings
+    (m / "@/photo/@/animal/dog/k10.query").write_text(query_body(q, 10))
+    assert len(hits((m / "@/photo/@/animal/dog/k10.query").read_text())) == 10
+    # an ordinary directory: its own links, plus its DKL's matches as ',/NAME'
+    mount.run("mkdir d && cp @/photo/@/animal/cat/cats.npy d/mine.npy")
+    (m / "d/q.query").write_text(body)
+    cat_rows = {f"mine.npy#{r}": v for r, v in enumerate(np.load(m / "d/mine.npy"))}
+    assert hits((m / "d/q.query").read_text()) == ["d/" + p for p in expected(q, cat_rows, 200)]
+    os.setxattr(m / "d", "user.hk.dkl", b"//animal/dog")
+    with_dkl = {**cat_rows, **{",/" + p: v for p, v in dog_items.items()}}
+    assert hits((m / "d/q.query").read_text()) == ["d/" + p for p in expected(q, with_dkl, 200)]
+
+
+def test_file_query_virtual(photos) -> None:
+    mount, items, rng = photos
+    m = mount.root
+    out = mount.run("cat @/photo/t3.txt.query").stdout
+    me = items["t3.txt"]
+    rest = {p: v for p, v in items.items() if p != "t3.txt"}
+    assert hits(out) == ["@/photo/" + p for p in expected(me, rest, 10)]
+    # scope: within the dog view only; a multi-row entry stands for the mean of its rows
+    out = mount.run("cat @/animal/dog/dogs.npy.query").stdout
+    dog_only = {p: v for p, v in items.items() if p.startswith("t") and int(p[1:].split(".")[0]) % 2}
+    mean = unit(np.stack([items[f"dogs.npy#{r}"] for r in range(30)])).mean(axis=0)
+    assert hits(out) == ["@/animal/dog/" + p for p in expected(mean, dog_only, 10)]
+    r = mount.run("echo 1 2 3 4 5 6 > @/photo/t3.txt.query", check=False)
+    assert r.returncode != 0 and "Permission denied" in r.stderr        # virtual: read-only
+    r = mount.run("cat @/photo/nothing.txt.query", check=False)
+    assert r.returncode != 0 and "No such file" in r.stderr
+    r = mount.run("cat @/photo/cats.npy.txt.query", check=False)
+    assert r.returncode != 0 and "No such file" in r.stderr
+    assert not any(n.endswith(".query") for n in mount.run("ls -a @/photo").stdout.split())
+    assert os.stat(m / "@/photo/t3.txt.query").st_size == len((m / "@/photo/t3.txt.query").read_bytes())
+
+
+def test_writes_retags_deletes_show_in_next_read(photos) -> None:
+    mount, items, rng = photos
+    m = mount.root
+    q = rng.normal(size=D).astype(np.float32)
+    (m / "@/photo/q.query").write_text(query_body(q, 500))
+    (m / "@/animal/cat/q.query").write_text(query_body(q, 500))
+    # a new entry is searchable at once
+    new = np.stack([q, -q]).astype(np.float32)
+    save_npy(m / "@/photo/new.npy", new)
+    items.update({"new.npy#0": new[0], "new.npy#1": new[1]})
+    got = hits((m / "@/photo/q.query").read_text())
+    assert got[0] == "@/photo/new.npy#0" and got == ["@/photo/" + p for p in expected(q, items, 500)]
+    # retag: mv into the cat view adds //animal/cat; the cat query sees it
+    assert "@/animal/cat/new.npy#0" not in hits((m / "@/animal/cat/q.query").read_text())
+    mount.run("mv @/photo/new.npy @/photo/@/animal/cat/new.npy")
+    assert hits((m / "@/animal/cat/q.query").read_text())[0] == "@/animal/cat/new.npy#0"
+    # an own embedding changed with setfattr
+    near = (q + 0.3 * rng.normal(size=D)).astype(np.float32)
+    mount.run(f"setfattr -n user.hk.embedding -v '{' '.join(f'{x:.9g}' for x in near)}' @/photo/t0.txt")
+    items["t0.txt"] = near
+    got = hits((m / "@/photo/q.query").read_text())
+    assert got == ["@/photo/" + p for p in expected(q, items, 500)]
+    # rewriting an entry's bytes in place
+    save_npy(m / "@/photo/new.npy", -new)
+    items.update({"new.npy#0": -new[0], "new.npy#1": -new[1]})
+    assert hits((m / "@/photo/q.query").read_text()) == ["@/photo/" + p for p in expected(q, items, 500)]
+    # rm in a view detaches: gone from //animal/cat, still in //photo; hk rme deletes
+    mount.run("rm @/animal/cat/new.npy")
+    assert not any("new.npy" in h for h in hits((m / "@/animal/cat/q.query").read_text()))
+    assert any("new.npy" in h for h in hits((m / "@/photo/q.query").read_text()))
+    mount.run("cd @/photo && hk rme new.npy")
+    del items["new.npy#0"], items["new.npy#1"]
+    assert hits((m / "@/photo/q.query").read_text()) == ["@/photo/" + p for p in expected(q, items, 500)]
+
+
+def test_malformed_queries_fail_with_einval(photos) -> None:
+    mount, items, rng = photos
+    # bash's own echo: the write itself fails for what is malformed whatever follows
+    for body in ("1 2 x 4 5 6", "1 nan 2 3 4 5", "1 2 3 4 5 6\nk=0"):
+        r = mount.run(f"echo '{body}' > @/photo/bad.query", check=False)
+        assert r.returncode != 0 and "Invalid argument" in r.stderr, (body, r.stderr)
+    # a wrong dimension is known only when the file is closed: close() fails with EINVAL
+    # (bash ignores close errors of its redirections; /bin/echo, python, cp report it) ...
+    r = mount.run("/bin/echo 1 2 3 > @/photo/bad3.query", check=False)
+    assert r.returncode != 0 and "Invalid argument" in r.stderr, r.stderr
+    with pytest.raises(OSError) as ei:
+        with open(mount.root / "@/photo/bad4.query", "w") as f:
+            f.write("1 2 3\n")
+    assert ei.value.errno == 22
+    # ... and every read of such a stored query fails with EINVAL too
+    r = mount.run("cat @/photo/bad4.query", check=False)
+    assert r.returncode != 0 and "Invalid argument" in r.stderr
+    r = mount.run("hk query //photo --vector '1 2 3'", check=False)
+    assert r.returncode != 0 and "dimension 3" in r.stderr and "dimension 6" in r.stderr
+    r = mount.run("setfattr -n user.hk.embedding -v 'a b' @/photo/t0.txt", check=False)
+    assert r.returncode != 0 and "Invalid argument" in r.stderr
+    # hk query prints what the .query file reads
+    q = rng.normal(size=D).astype(np.float32)
+    (mount.root / "@/photo/q.query").write_text(query_body(q, 5))
+    a = (mount.root / "@/photo/q.query").read_text()
+    b = mount.run(f"cd @/photo && hk query --vector '{' '.join(f'{x:.9g}' for x in q)}' -k 5").stdout
+    assert a == b
+    c = mount.run("hk query //photo --like @/photo/t3.txt").stdout
+    assert c == mount.run("cat @/photo/t3.txt.query").stdout
+
+
+def test_queries_answer_while_another_process_writes(photos) -> None:
+    mount, items, rng = photos
+    m = mount.root
+    q = rng.normal(size=D).astype(np.float32)
+    (m / "@/photo/q.query").write_text(query_body(q, 20))
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import numpy as np, os
+rng = np.random.default_rng(11)
+for i in range(40):
+    x = rng.normal(size=(3, {D})).astype(np.float32)
+    with open({str(m / '@/photo')!r} + f'/w{{i}}.npy', 'wb') as f:
+        np.save(f, x)
+    np.save({str(mount.store)!r} + f'/../w{{i}}.npy', x)
+"""])
+    reads = 0
+    try:
+        while writer.poll() is None or reads < 5:
+            out = (m / "@/photo/q.query").read_text()
+            assert len(hits(out)) == 20
+            reads += 1
+    finally:
+        writer.wait(timeout=60)
+    assert writer.returncode == 0
+    for i in range(40):
+        x = np.load(mount.store.parent / f"w{i}.npy")
+        items.update({f"w{i}.npy#{r}": x[r] for r in range(3)})
+    deadline = time.monotonic() + 5
+    want = ["@/photo/" + p for p in expected(q, items, 20)]
+    while hits((m / "@/photo/q.query").read_text()) != want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hits((m / "@/photo/q.query").read_text()) == want
