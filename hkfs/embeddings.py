@@ -64,6 +64,7 @@ METRIC = "cosine"
 # Rebuild a shard's base when pending + dead rows exceed this share of it (or this many rows).
 REBUILD_SHARE = 0.05
 REBUILD_ROWS = 50_000
+POLL_S = 1.0        # the worker looks for changes this often, so a query rarely has to load them
 
 Key = tuple[int, bool]      # (entity id, own embedding?)
 
@@ -229,6 +230,7 @@ class EmbeddingCatalog:
         self._stop = False
         self._busy = 0
         self._allowed_cache: dict[tuple, np.ndarray | None] = {}
+        self._watched: set[int] = set()
         self._load_persisted()
 
     # ------------------------------------------------------------ lifecycle
@@ -244,6 +246,10 @@ class EmbeddingCatalog:
             for key, sh in self._shards.items():
                 if self._needs_rebuild(sh):
                     self._schedule(key)
+
+    def watch(self, ns: int) -> None:
+        """Keep namespace ns current in the background too (not only when queried)."""
+        self._watched.add(ns)
 
     def stop(self) -> None:
         """Stop the worker (a rebuild in progress finishes first) and close the connection."""
@@ -542,12 +548,16 @@ class EmbeddingCatalog:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._todo and not self._stop:
-                    self._wake.wait()
+                if not self._todo and not self._stop:
+                    self._wake.wait(POLL_S)
                 if self._stop:
                     return
-                key = self._todo.pop(0)
-                self._busy += 1
+                key = self._todo.pop(0) if self._todo else None
+                if key is not None:
+                    self._busy += 1
+            if key is None:
+                self._poll()
+                continue
             try:
                 self.rebuild(*key)
             except Exception:   # noqa: BLE001 - the worker must survive; the old base keeps answering
@@ -556,6 +566,15 @@ class EmbeddingCatalog:
             finally:
                 with self._wake:
                     self._busy -= 1
+
+    def _poll(self) -> None:
+        with self._lock:
+            spaces = self._watched | {ns for ns, _d in self._shards}
+        for ns in sorted(spaces):
+            try:
+                self.refresh(ns)
+            except Exception:   # noqa: BLE001 - e.g. the store closing under us; queries refresh too
+                log.debug("background refresh of namespace %d failed", ns, exc_info=True)
 
     def rebuild(self, ns: int, dim: int) -> None:
         """Build a new base for shard (ns, dim) from its live sources and swap it in atomically."""

@@ -91,6 +91,7 @@ class QueryFS:
 
     def start(self) -> None:
         """Start background index retraining (call from FUSE init(), after daemonizing)."""
+        self.catalog.watch(self.resolver.ns)
         self.catalog.start()
 
     def stop(self) -> None:
