@@ -655,19 +655,22 @@ class Store:
     # ------------------------------------------------------------ resolution
 
     def _match(self, c: sqlite3.Connection, ns: int, hks: Sequence[HK | str],
-               name: str | None) -> tuple[str, list]:
+               name: str | None, *, with_tags: bool = False) -> tuple[str, list]:
         """A SELECT of the distinct ids of the files the list matches (with descendants).
 
         The most selective HK (counted up to a cap) drives: a range scan of its subtree's
         keyword ids (keywords.path) joined to the (keyword, entity) primary key. Every other
         HK is tested on the same row's tags string, so no candidate costs a random lookup.
-        With a name, the (ns, name) index drives instead; with neither, the namespace is listed."""
+        With a name, the (ns, name) index drives instead; with neither, the namespace is listed.
+        with_tags adds a second column, the entity's tags (then ids may repeat)."""
+        tagcol = (", (SELECT t.tags FROM entity_keywords t WHERE t.entity = e.id LIMIT 1)"
+                  if with_tags else "")
         hl = _hks(hks)
         for h in hl:
             self._need_kw(c, ns, h)
         paths = [_path(h) for h in hl]
         if name is not None:
-            sql = "SELECT e.id FROM entities e WHERE e.ns = ? AND e.name = ?"
+            sql = f"SELECT e.id{tagcol} FROM entities e WHERE e.ns = ? AND e.name = ?"
             params: list = [ns, name]
             for p in paths:
                 sql += (" AND EXISTS (SELECT 1 FROM entity_keywords x WHERE x.entity = e.id "
@@ -675,7 +678,7 @@ class Store:
                 params.append("," + p)
             return sql, params
         if not paths:
-            return "SELECT e.id FROM entities e WHERE e.ns = ?", [ns]
+            return f"SELECT e.id{tagcol} FROM entities e WHERE e.ns = ?", [ns]
         if len(paths) > 1:
             est = [c.execute(
                 "SELECT count(*) FROM (SELECT 1 FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
@@ -683,7 +686,8 @@ class Store:
             ).fetchone()[0] for p in paths]
             paths = [paths[i] for i in sorted(range(len(paths)), key=est.__getitem__)]
         p0 = paths[0]
-        sql = ("SELECT DISTINCT x.entity FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
+        sql = (f"SELECT {'x.entity, x.tags' if with_tags else 'DISTINCT x.entity'} "
+               "FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
                "WHERE k.ns = ? AND k.path >= ? AND k.path < ?")
         params = [ns, p0, p0[:-1] + "0"]
         for p in paths[1:]:
@@ -694,9 +698,17 @@ class Store:
     def resolve(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[EntityInfo]:
         """Files of namespace ns matching the list (with descendants), by id; unknown HK: NotFound."""
         with self.catalog.read() as c:
-            sel, params = self._match(c, ns, hks, name)
-            return [_entity_of_row(r) for r in c.execute(
-                f"SELECT {_ENTITY_COLS} FROM entities e WHERE e.id IN ({sel}) ORDER BY e.id", params)]
+            sel, params = self._match(c, ns, hks, name, with_tags=True)
+            tags = dict(c.execute(sel, params).fetchall())
+            if not tags:
+                return []
+            ids, _ = self._match(c, ns, hks, name)
+            nlinks = dict(c.execute(
+                f"SELECT entity, count(*) FROM links WHERE entity IN ({ids}) GROUP BY entity", params))
+            rows = c.execute(
+                "SELECT e.id, e.ns, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns "
+                f"FROM entities e WHERE e.id IN ({ids}) ORDER BY e.id", params).fetchall()
+        return [EntityInfo(*r, nlinks=nlinks.get(r[0], 0), hks=_sorted_hks(tags[r[0]])) for r in rows]
 
     def resolve_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
         """Like resolve, ids only (cheap: for counting and large views)."""
