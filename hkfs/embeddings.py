@@ -484,7 +484,14 @@ class EmbeddingCatalog:
                                     scope_token, exclude)
             if allowed is None or len(allowed):
                 s, ids = base.search(q.reshape(1, -1), k=k, nprobe=nprobe, allowed_ids=allowed)
-                results += [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
+                found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
+                if allowed is None and len(found) < min(k, sum(base_rows.values())):
+                    # the probed lists held fewer than k rows (small nprobe, big k): with every id
+                    # allowed, vecindex falls back to an exact scan, so k hits still come back
+                    everything = np.concatenate([_ids(e, n, o) for (e, o), n in base_rows.items()])
+                    s, ids = base.search(q.reshape(1, -1), k=k, nprobe=nprobe, allowed_ids=everything)
+                    found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
+                results += found
         for p in pending.values():
             eid = p.key[0]
             if eid == exclude or (scope_set is not None and not _contains(scope_set, eid)):

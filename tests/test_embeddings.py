@@ -309,3 +309,18 @@ def test_queryfs_paths_scope_and_clash_names(st: Store, data) -> None:
     with pytest.raises(InvalidArgument, match="dimension 3"):
         qfs.run(sc, Query(np.ones(3, np.float32)))
     qfs.stop()
+
+
+def test_k_hits_even_when_probed_lists_hold_fewer(st: Store) -> None:
+    ns = st.namespace_id("bob")
+    st.mkkw(ns, "//x")
+    x = np.random.default_rng(0).normal(size=(20000, 16)).astype(np.float32)
+    put(st, ns, "a.npy", x, ("//x",))
+    cat = EmbeddingCatalog(st)
+    cat.refresh(ns)
+    cat.rebuild(ns, 16)
+    hits = cat.search(ns, x[5], 3000, nprobe=1)
+    s = unit(x) @ unit(x[5])
+    assert len(hits) == 3000
+    assert {h.row for h in hits} == set(np.argsort(-s)[:3000].tolist())
+    cat.stop()
