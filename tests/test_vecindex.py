@@ -259,3 +259,13 @@ def test_filter_sees_tail_and_skips_removed(tmp_path) -> None:
     assert got == {1, 100_000, 100_002}
     _, ids = ix.search(x[1:2], 5, nprobe=8)
     assert ids[0, 0] == 1 and 100_001 not in ids  # its removed twin in the tail is gone
+
+
+def test_threaded_batch_equals_serial(tmp_path) -> None:
+    x = clustered(5000, 16, seed=19)
+    q = clustered(40, 16, seed=20)
+    ix = IVFIndex.build(tmp_path / "ix", x, metric="cosine", nlist=16, scan="int8", progress=False)
+    s1, i1 = ix.search(q, 7, nprobe=4)
+    s2, i2 = ix.search(q, 7, nprobe=4, threads=2)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(s1, s2)
