@@ -29,7 +29,7 @@ comp() {
     COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
     COMPREPLY=()
     "$fn" "$1" "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
-    echo "$* => ${COMPREPLY[*]}"
+    echo "${COMP_TYPE:+$COMP_TYPE }$* => ${COMPREPLY[*]}"
 }
 '''
 
@@ -61,6 +61,9 @@ def test_paper_completion_figs_3_and_4_in_bash(demo_mount: Mount, tmp_path: Path
         comp atkw //workshop //so
         comp hk ak
         comp rkl ,//mov
+        COMP_TYPE=9 comp akl foo          # first Tab: the word is kept (no '//' common prefix inserted)
+        COMP_TYPE=37 comp akl foo         # menu-complete: cycles through the candidates (Fig. 4)
+        COMP_TYPE=9 comp akl //animal/dog/
         complete -p akl ldf hk
     """)
     # Fig. 3: '//' mode walks one level at a time (same number of '/').
@@ -77,6 +80,9 @@ def test_paper_completion_figs_3_and_4_in_bash(demo_mount: Mount, tmp_path: Path
     assert got["atkw //workshop //so"] == ""
     assert got["hk ak"] == "akl"
     assert got["rkl ,//mov"] == ",//movie"
+    assert got["9 akl foo"] == "//food //movie/footloose //sports/football foo"
+    assert got["37 akl foo"] == "//food //movie/footloose //sports/football"
+    assert got["9 akl //animal/dog/"] == "//animal/dog/bulldog //animal/dog/poodle"
 
 
 @pytest.mark.mount
@@ -110,3 +116,59 @@ def test_hk_complete_with_a_store_outside_a_mount(tmp_path: Path) -> None:
     assert res.output.split() == ["//sports"]
     res = r.invoke(cli, ["complete", "--", "foot"])       # no mount, no store: silent
     assert res.exit_code == 0 and res.output == ""
+
+
+@pytest.mark.mount
+def test_tab_in_a_real_readline(demo_mount: Mount, tmp_path: Path) -> None:
+    """Keys typed into an interactive bash with readline on a pty: Tab does what Figs. 3-4 show."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    rc = tmp_path / "rc"
+    rc.write_text("PS1='P>'\nPROMPT_COMMAND=\neval \"$(hk shell-init bash --no-prompt)\"\n")
+    env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}", TERM="dumb", HOME=str(tmp_path),
+               INPUTRC=str(tmp_path / "inputrc"))
+    (tmp_path / "inputrc").write_text("")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(["bash", "--rcfile", str(rc), "-i"], stdin=slave, stdout=slave, stderr=slave,
+                            cwd=demo_mount.root, env=env, start_new_session=True)
+    os.close(slave)
+
+    buf = bytearray()
+
+    def until(pattern: bytes, start: int, timeout: float = 60) -> bytes:
+        """Read until `pattern` appears in what came after `start`; return that part."""
+        end = time.monotonic() + timeout
+        while pattern not in buf[start:]:
+            assert time.monotonic() < end and proc.poll() is None, bytes(buf[start:])
+            r, _, _ = select.select([master], [], [], 0.5)
+            if r:
+                buf.extend(os.read(master, 65536))
+        return bytes(buf[start:])
+
+    def keys(k: bytes) -> int:
+        mark = len(buf)
+        os.write(master, k)
+        return mark
+
+    try:
+        until(b"P>", 0)
+        until(b"//sports/football", keys(b"akl footb\t"))      # one candidate: the word is replaced
+        out = until(b"//animal/dog/poodle", keys(b"\x15akl //animal/dog/\t\t"))   # Fig. 3: next level listed
+        assert b"//animal/dog/bulldog" in out
+        m = keys(b"\x15akl foo\t\t")                          # Fig. 4: listed, and 'foo' stays typed
+        out = until(b"//sports/football", m)
+        assert b"//food" in out and b"//movie/footloose" in out
+        until(b"P>akl foo", m + out.index(b"//sports/football"))   # redrawn with the word kept
+        os.write(master, b"\x15exit\n")
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)

@@ -159,16 +159,13 @@ class Terminal:
             self._read(0.5)
 
     def type(self, line: str) -> None:
-        self._mark = len(self.raw)
+        """Type a line, then wait for its echo and for the prompt that follows the command's output."""
+        mark = len(self.raw)
         os.write(self.master, (line + "\n").encode())
-        # Wait for this line's echo, then for the next prompt after it.
         deadline = time.monotonic() + 60
-        while line not in self.raw[self._mark:] and time.monotonic() < deadline:
-            self._read(0.5)
-        start = len(self.raw)
         while True:
-            tail = self.raw[start:].replace("\x01", "").replace("\x02", "")
-            if PROMPT_RE.search(tail):
+            i = self.raw.find(line, mark)
+            if i >= 0 and PROMPT_RE.search(self.raw[i + len(line):].replace("\x01", "").replace("\x02", "")):
                 return
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError(f"no prompt after {line!r}; terminal so far:\n{self.raw}")

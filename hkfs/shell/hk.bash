@@ -86,6 +86,12 @@ _hk_hkfs_complete() {
     local IFS=$'\n'
     COMPREPLY=( $(command "${HK_BIN:-hk}" complete -- "$cur" 2>/dev/null) )
     (( ${#COMPREPLY[@]} )) && compopt -o nospace 2>/dev/null
+    # Mode 2 ('foo' -> //food //movie/footloose ...): the candidates share no prefix with the
+    # word, and on the first Tab (COMP_TYPE 9) readline would replace it by their common prefix
+    # '//'. Offering the word too keeps it; the second Tab lists, menu-complete cycles (paper Fig. 4).
+    if [[ ${COMP_TYPE:-} == 9 && ${#COMPREPLY[@]} -gt 1 && $cur != *//* ]]; then
+        COMPREPLY+=("$cur")
+    fi
     return 0
 }
 complete -o default -F _hk_hkfs_complete hk @PAPER_COMMANDS@
