@@ -327,6 +327,8 @@ class EmbeddingCatalog:
             self._seen[ns] = v
 
     def _reconcile(self, ns: int) -> None:
+        self._copied: set[tuple[int, int]] = set()
+        self._dying: dict[tuple[int, int], set[Key]] = {}
         entries, dims, embs = self._fingerprints(ns)
         want: dict[Key, tuple] = {}
         meta: dict[Key, tuple] = {}
@@ -362,6 +364,9 @@ class EmbeddingCatalog:
         for sh in self._shards.values():
             if sh.ns != ns:
                 continue
+            dying = self._dying.get((sh.ns, sh.dim))
+            if dying:
+                sh.dead = frozenset(sh.dead | dying)
             gone = {k for k in sh.base_keys if k not in have or have[k].fp != sh.base_keys[k]
                     or have[k].dim != sh.dim}
             if gone - sh.dead:
@@ -373,14 +378,21 @@ class EmbeddingCatalog:
             if self._needs_rebuild(sh):
                 self._schedule(t)
 
+    def _own_pending(self, sh: _Shard) -> dict[Key, _Pending]:
+        """The shard's pending dict, copied once per reconcile: searches iterate the old one unlocked."""
+        if (sh.ns, sh.dim) not in self._copied:
+            sh.pending = dict(sh.pending)
+            self._copied.add((sh.ns, sh.dim))
+        return sh.pending
+
     def _drop(self, ns: int, src: _Source, touched: set[tuple[int, int]]) -> None:
         sh = self._shards.get((ns, src.dim))
         if sh is None:
             return
         if src.key in sh.pending:
-            sh.pending = {k: v for k, v in sh.pending.items() if k != src.key}
+            self._own_pending(sh).pop(src.key, None)
         if src.key in sh.base_keys and src.key not in sh.dead:
-            sh.dead = frozenset(sh.dead | {src.key})
+            self._dying.setdefault((ns, src.dim), set()).add(src.key)
         touched.add((ns, src.dim))
 
     def _load(self, ns: int, key: Key, fp: tuple, meta: tuple,
@@ -412,7 +424,7 @@ class EmbeddingCatalog:
         for a in range(0, len(rows), 65536):
             norms[a:a + 65536] = np.linalg.norm(np.asarray(rows[a:a + 65536], np.float32), axis=1)
         norms[norms == 0] = 1.0
-        sh.pending = {**sh.pending, key: _Pending(key, _ids(eid, len(rows), own), rows, norms)}
+        self._own_pending(sh)[key] = _Pending(key, _ids(eid, len(rows), own), rows, norms)
         touched.add((ns, d))
         return _Source(key, fp, d, len(rows))
 
