@@ -56,7 +56,8 @@ eval "$(hk shell-init zsh)"
 print -r -- "comps: $_comps[akl] $_comps[hk]"
 compadd() { while [[ $1 != -- ]]; do shift; done; shift; print -r -- "cands: $*"; }
 _files() { print -r -- "files"; }
-comp() { words=("$@"); CURRENT=$#; _hk_hkfs_zcomplete; }
+typeset -gA compstate
+comp() { compstate=(); words=("$@"); CURRENT=$#; _hk_hkfs_zcomplete; print -r -- "insert: ${compstate[insert]-}"; }
 comp akl foo
 comp akl //animal/dog/
 comp atkw //workshop mai
@@ -77,9 +78,10 @@ def test_zsh_completion_and_right_prompt(demo_mount: Mount, tmp_path: Path) -> N
                        cwd=demo_mount.root, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert "comps: _hk_hkfs_zcomplete _hk_hkfs_zcomplete" in lines
-    assert "cands: //food //movie/footloose //sports/football" in lines
-    assert "cands: //animal/dog/bulldog //animal/dog/poodle" in lines
-    assert "files" in lines
-    assert "cands: //movie/footloose //sports/football" in lines
+    assert lines[0] == "comps: _hk_hkfs_zcomplete _hk_hkfs_zcomplete"
+    # Mode 2 cycles through the candidates (menu), as the paper's Ctrl-U; mode 1 completes normally.
+    assert lines[1:3] == ["cands: //food //movie/footloose //sports/football", "insert: menu"]
+    assert lines[3:5] == ["cands: //animal/dog/bulldog //animal/dog/poodle", "insert: "]
+    assert lines[5:7] == ["files", "insert: "]
+    assert lines[7:9] == ["cands: //movie/footloose //sports/football", "insert: menu"]
     assert "rprompt: (//workshop)" in lines

@@ -78,6 +78,12 @@ _hk_hkfs_zcomplete() {
         if (( ${#cands} )); then
             # -U: the candidates replace the word (a word without '//' is no prefix of them).
             compadd -U -Q -S '' -- $cands
+            # Mode 2 ('foo' -> //food //movie/footloose ...): the candidates share no prefix with
+            # the word, so instead of their common prefix '//' show the first and cycle on Tab,
+            # as the paper's Ctrl-U does (Fig. 4).
+            if [[ $cur != *//* ]] && (( ${#cands} > 1 )); then
+                compstate[insert]=menu
+            fi
             return
         fi
     fi
