@@ -20,7 +20,7 @@ import click
 from .cli import cli
 from .cli_context import FileRef, Here, friendly_errors, here, parse_spec_arg, store_options
 from .completion import complete
-from .errors import HKError, InvalidArgument, NotFound
+from .errors import HKError, InvalidArgument, NotFound, StoreLocked
 from .naming import HK, format_hk, format_hk_list
 from .views import clash_name
 
@@ -172,8 +172,8 @@ def fsck_cmd(store: Path, repair: bool) -> None:
 
     Finds orphan bytes files, rows without bytes, links and tags to missing
     entities, keywords with a missing parent, unreachable entities, unknown
-    keywords in DKLs. Exit status 1 when problems remain. Stop the mount first
-    for --repair (or run it while nothing writes).
+    keywords in DKLs. Exit status 1 when problems remain. --repair refuses a
+    mounted store (unmount it first); the check alone runs any time.
 
     Example: hk fsck ~/hkstore --repair
     """
@@ -184,6 +184,12 @@ def fsck_cmd(store: Path, repair: bool) -> None:
     if not (store / "catalog.sqlite").exists():
         raise click.ClickException(f"no hkfs store at {store}")
     with Store.open(store, create=False) as st:
+        if repair:
+            try:
+                st.lock()          # the mounting daemon holds it: repairs would race its writes
+            except StoreLocked:
+                raise click.ClickException(f"{store} is mounted (its daemon holds the lock); "
+                                           "unmount it before --repair") from None
         problems = check(st)
         for p in problems:
             click.echo(str(p))

@@ -135,3 +135,15 @@ def test_fsck_command(store: Path) -> None:
     assert r.output.endswith("repaired, clean\n")
     r = CliRunner().invoke(cli, ["fsck", str(store)])
     assert r.exit_code == 0
+
+
+def test_repair_refuses_a_mounted_store(store: Path) -> None:
+    (store / "entities" / "77").write_text("x")
+    with Store.open(store) as daemon:
+        daemon.lock()                                  # what the mounting daemon holds
+        r = CliRunner().invoke(cli, ["fsck", str(store), "--repair"])
+        assert r.exit_code == 1
+        assert r.output.endswith("is mounted (its daemon holds the lock); unmount it before --repair\n")
+        assert (store / "entities" / "77").exists()
+        r = CliRunner().invoke(cli, ["fsck", str(store)])    # checking is fine
+        assert r.exit_code == 1 and "orphan-bytes" in r.output
