@@ -134,6 +134,7 @@ def normalize(x: np.ndarray) -> np.ndarray:
 def exact_topk(x: np.ndarray, q: np.ndarray, k: int, metric: str, chunk: int = 1_000_000) -> np.ndarray:
     """Brute-force top-k ids over row chunks of a (memory-mapped) matrix."""
     qq = normalize(q) if metric == "cosine" else q.astype(np.float32)
+    chunk = max(16384, min(chunk, (64 << 20) // max(len(q), 1)))  # score block <= 256 MiB
     best_s = np.full((len(q), 0), 0, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
     for a in range(0, len(x), chunk):
