@@ -62,7 +62,7 @@ class Catalog:
         return conn
 
     @contextmanager
-    def _tx(self, write: bool) -> Iterator[sqlite3.Connection]:
+    def _tx(self, write: bool, foreign_keys: bool = True) -> Iterator[sqlite3.Connection]:
         conn = self.connection()
         loc = self._local
         if loc.depth:
@@ -74,25 +74,34 @@ class Catalog:
             finally:
                 loc.depth -= 1
             return
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        loc.depth, loc.writing = 1, write
+        if not foreign_keys:
+            conn.execute("PRAGMA foreign_keys = OFF")  # only outside a transaction
         try:
-            yield conn
-        except BaseException:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            loc.depth, loc.writing = 1, write
+            try:
+                yield conn
+            except BaseException:
+                loc.depth, loc.writing = 0, False
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             loc.depth, loc.writing = 0, False
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        loc.depth, loc.writing = 0, False
-        conn.execute("COMMIT")
+            conn.execute("COMMIT")
+        finally:
+            if not foreign_keys:
+                conn.execute("PRAGMA foreign_keys = ON")
 
     def read(self) -> AbstractContextManager[sqlite3.Connection]:
         """A read transaction (one consistent snapshot)."""
         return self._tx(False)
 
-    def write(self) -> AbstractContextManager[sqlite3.Connection]:
-        """A write transaction, BEGIN IMMEDIATE; rolled back if the block raises."""
-        return self._tx(True)
+    def write(self, *, foreign_keys: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction, BEGIN IMMEDIATE; rolled back if the block raises.
+
+        foreign_keys=False skips SQLite's reference checks for this transaction, for bulk
+        inserts whose references the caller has already checked."""
+        return self._tx(True, foreign_keys)
 
     def close(self) -> None:
         """Close every thread's connection (call when no thread is using the catalog)."""

@@ -464,7 +464,9 @@ class Store:
         items = list(items)
         made: list[int] = []
         try:
-            with self.catalog.write() as c:
+            # references are checked here (namespace, keywords; ids are new), so SQLite's
+            # per-row foreign-key probes are skipped
+            with self.catalog.write(foreign_keys=False) as c:
                 self._check_ns(c, ns)
                 # every keyword of the namespace, once: path -> id
                 known = dict(c.execute("SELECT path, id FROM keywords WHERE ns = ?", (ns,)))
