@@ -43,12 +43,22 @@ def test_snippet_parses_and_sections_can_be_left_out(shell: str, tmp_path: Path)
     assert "complete -o default -F _hk_hkfs_complete hk mkkw" in _init("bash")
 
 
-def test_bash_functions_are_defined(tmp_path: Path) -> None:
-    env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}")
-    r = subprocess.run(["bash", "-c", 'eval "$(hk shell-init bash)"; type -t akl ldf ls rme; complete -p ldf'],
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_functions_are_defined_even_over_aliases(shell: str, tmp_path: Path) -> None:
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}", HOME=str(tmp_path),
+               ZDOTDIR=str(tmp_path))
+    script = (("shopt -s expand_aliases\n" if shell == "bash" else "")
+              + "alias ls='ls --color=auto' akl='echo no'\n"
+              + f'eval "$(hk shell-init {shell})"\n'
+              + "unalias ls akl\n"
+              + ("type -t akl ldf ls rme\n" if shell == "bash" else "whence -w akl ldf ls rme\n"))
+    r = subprocess.run([shell, "-f", "-c", script] if shell == "zsh" else [shell, "-c", script],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split()[:4] == ["function"] * 4
+    assert r.stdout.split() in (["function"] * 4, ["akl:", "function", "ldf:", "function", "ls:", "function",
+                                                   "rme:", "function"]), r.stdout
 
 
 ZSH_DRIVER = r'''

@@ -4,7 +4,7 @@
 # >>> commands
 # The paper's commands, typed bare as its users did (akl //workshop; ldf).
 for _hk_c in @PAPER_COMMANDS@; do
-    eval "$_hk_c() { command \"\${HK_BIN:-hk}\" $_hk_c \"\$@\"; }"
+    eval "function $_hk_c { command \"\${HK_BIN:-hk}\" $_hk_c \"\$@\"; }"
 done
 unset _hk_c
 # <<< commands
@@ -12,7 +12,7 @@ unset _hk_c
 # >>> ls
 # The paper's `ls ,` (the CKL's matches, shared names counted: main.tex(3)) and
 # `ls //a//b` go to `hk ls`; every other ls is the system's.
-ls() {
+function ls {   # not `ls() {`: an alias ls would be expanded in that form
     local _a _hk=0
     local -a _args
     for _a in "$@"; do
