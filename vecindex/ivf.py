@@ -538,7 +538,10 @@ class IVFIndex:
 
         with self._lock:
             if threads > 1 and nq > 1:
-                with ThreadPoolExecutor(threads) as ex:
+                from threadpoolctl import threadpool_limits
+
+                # one BLAS thread per worker: nested BLAS threads only fight over the cores
+                with threadpool_limits(1), ThreadPoolExecutor(threads) as ex:
                     list(ex.map(one, range(nq)))
             else:
                 for i in range(nq):
