@@ -217,7 +217,12 @@ def mount(store: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
         os.close(rfd)
         code = 1
         try:
-            os.setsid()
+            # Its own process group (terminal signals do not reach it) but the caller's
+            # session: with the kernel's autogroup scheduling a new session would be a
+            # scheduling group of its own, and every request's round trip between the
+            # user's command and the daemon then waits behind other sessions under load
+            # (measured 3-5x fewer stat/s on a busy machine).
+            os.setpgid(0, 0)
             os.chdir("/")
             null = os.open(os.devnull, os.O_RDWR)
             logfd = os.open(store_p / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
