@@ -183,6 +183,7 @@ class _Shard:
     base: Any = None                                        # vecindex.IVFIndex | None
     base_keys: dict[Key, tuple] = field(default_factory=dict)   # key -> fp at build time
     base_rows: dict[Key, int] = field(default_factory=dict)
+    base_n: int = 0                                         # sum(base_rows.values())
     pending: dict[Key, _Pending] = field(default_factory=dict)
     dead: frozenset[Key] = frozenset()
     gen: int = 0
@@ -195,7 +196,7 @@ class _Shard:
         return sum(self.base_rows.get(k, 0) for k in self.dead)
 
     def base_total(self) -> int:
-        return sum(self.base_rows.values())
+        return self.base_n
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ class EmbeddingCatalog:
         self._busy = 0
         self._allowed_cache: dict[tuple, np.ndarray | None] = {}
         self._watched: set[int] = set()
+        self._dims: dict[int, set[int]] = {}
         self._load_persisted()
 
     # ------------------------------------------------------------ lifecycle
@@ -372,6 +374,7 @@ class EmbeddingCatalog:
             if gone - sh.dead:
                 sh.dead = frozenset(sh.dead | gone)
                 touched.add((sh.ns, sh.dim))
+        self._dims.pop(ns, None)
         for t in touched:
             sh = self._shards[t]
             sh.version += 1
@@ -433,7 +436,10 @@ class EmbeddingCatalog:
     def dims(self, ns: int) -> set[int]:
         """Dimensions of the embeddings namespace ns holds (after refresh)."""
         with self._lock:
-            return {s.dim for s in self._sources.get(ns, {}).values() if s.nrows}
+            got = self._dims.get(ns)
+            if got is None:
+                got = self._dims[ns] = {s.dim for s in self._sources.get(ns, {}).values() if s.nrows}
+            return got
 
     def source(self, ns: int, eid: int) -> tuple[np.ndarray | None, int]:
         """The vector that stands for file `eid` in `FILE.query` (own embedding, else the mean of its
@@ -488,7 +494,7 @@ class EmbeddingCatalog:
                 return []
             base, base_keys, pending, dead, version = sh.base, sh.base_keys, sh.pending, sh.dead, sh.version
             base_rows = sh.base_rows
-            rows_of = {k_: s.nrows for k_, s in self._sources.get(ns, {}).items()}
+            base_n = sh.base_n
         scope_set = None if scope is None else np.asarray(scope, np.int64)
         results: list[tuple[float, int]] = []
         if base is not None and base_keys:
@@ -497,7 +503,7 @@ class EmbeddingCatalog:
             if allowed is None or len(allowed):
                 s, ids = base.search(q.reshape(1, -1), k=k, nprobe=nprobe, allowed_ids=allowed)
                 found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
-                if allowed is None and len(found) < min(k, sum(base_rows.values())):
+                if allowed is None and len(found) < min(k, base_n):
                     # the probed lists held fewer than k rows (small nprobe, big k): with every id
                     # allowed, vecindex falls back to an exact scan, so k hits still come back
                     everything = np.concatenate([_ids(e, n, o) for (e, o), n in base_rows.items()])
@@ -511,6 +517,13 @@ class EmbeddingCatalog:
             results += _exact(q, p, k)
         results.sort(key=lambda t: -t[0])
         out = []
+        with self._lock:
+            srcs = self._sources.get(ns, {})
+            rows_of = {}
+            for _s, ident in results[:k]:
+                key = (int(ident >> ROW_BITS), (ident & OWN_ROW) == OWN_ROW)
+                src = srcs.get(key)
+                rows_of[key] = src.nrows if src is not None else 1
         for score, ident in results[:k]:
             eid, row = int(ident >> ROW_BITS), int(ident & OWN_ROW)
             own = row == OWN_ROW
@@ -637,7 +650,7 @@ class EmbeddingCatalog:
         rows_path.unlink()
         with self._lock:
             old = sh.base
-            sh.base, sh.base_keys, sh.base_rows = index, snap, nrows
+            sh.base, sh.base_keys, sh.base_rows, sh.base_n = index, snap, nrows, sum(nrows.values())
             live = self._sources.get(ns, {})
             sh.dead = frozenset(k_ for k_ in snap if k_ not in live or live[k_].fp != snap[k_])
             sh.pending = {k_: p for k_, p in sh.pending.items() if k_ not in snap or k_ in sh.dead}
@@ -695,7 +708,8 @@ class EmbeddingCatalog:
             except (OSError, ValueError, KeyError, VecIndexError) as exc:
                 log.warning("%s: ignoring the saved index (%s); it is rebuilt from the entries", sdir, exc)
                 continue
-            self._shards[(ns, dim)] = _Shard(ns, dim, index, keys, rows, gen=int(doc["gen"]))
+            self._shards[(ns, dim)] = _Shard(ns, dim, index, keys, rows, sum(rows.values()),
+                                             gen=int(doc["gen"]))
 
     def stats(self) -> dict[str, Any]:
         """Shard sizes (for logs, tests and `hk query --stats`)."""
