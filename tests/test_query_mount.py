@@ -240,3 +240,27 @@ for i in range(40):
     while hits((m / "@/photo/q.query").read_text()) != want and time.monotonic() < deadline:
         time.sleep(0.1)
     assert hits((m / "@/photo/q.query").read_text()) == want
+
+
+def test_entry_formats_and_raw_embedding_through_the_mount(mount) -> None:
+    from vecindex.io import write_fvecs
+    m = mount.root
+    os.mkdir(m / "@/v")
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(4, D)).astype(np.float32), rng.normal(size=(3, D)).astype(np.float32)
+    write_fvecs(m / "@/v/a.fvecs", a)
+    b.astype("<f4").tofile(m / "@/v/b.f32")
+    items = {f"a.fvecs#{r}": a[r] for r in range(4)}
+    q = rng.normal(size=D).astype(np.float32)
+    (m / "@/v/q.query").write_text(query_body(q, 50))
+    assert hits((m / "@/v/q.query").read_text()) == ["@/v/" + p for p in expected(q, items, 50)]
+    os.setxattr(m / "@/v/b.f32", "user.hk.dim", str(D).encode())     # now b.f32 is an entry
+    items.update({f"b.f32#{r}": b[r] for r in range(3)})
+    c = rng.normal(size=D).astype(np.float32)
+    (m / "@/v/c.bin").write_bytes(b"x")
+    os.setxattr(m / "@/v/c.bin", "user.hk.embedding", c.astype("<f4").tobytes())   # raw float32
+    items["c.bin"] = c
+    assert hits((m / "@/v/q.query").read_text()) == ["@/v/" + p for p in expected(q, items, 50)]
+    with pytest.raises(OSError) as ei:
+        os.setxattr(m / "@/v/b.f32", "user.hk.dim", b"zero")
+    assert ei.value.errno == 22
