@@ -45,7 +45,10 @@ _hk_hkfs_in_mount() {
 _hk_hkfs_precmd() {
     HK_CKL=
     if _hk_hkfs_in_mount; then
-        HK_CKL=$(command "${HK_BIN:-hk}" prompt 2>/dev/null)
+        # Fast path: an ordinary directory's DKL is its user.hk.dkl attribute (no Python start-up);
+        # in a keyword view (no such attribute) `hk prompt` gives the view's list.
+        HK_CKL=$(getfattr --only-values -n user.hk.dkl . 2>/dev/null) ||
+            HK_CKL=$(command "${HK_BIN:-hk}" prompt 2>/dev/null)
     fi
 }
 _hk_hkfs_rprompt() {
