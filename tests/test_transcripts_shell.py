@@ -37,8 +37,6 @@ from pathlib import Path
 import pytest
 from conftest import Mount
 
-pytestmark = pytest.mark.mount
-
 # Verbatim from the paper (seeds/hk-paper-ja.txt, Fig. 1).
 FIG1 = """\
 tada{tada}>cd dps
@@ -106,6 +104,15 @@ def test_fig2_reconstruction_differs_from_the_seed_only_where_the_prose_says() -
     seedlike = [ln.replace(">ls ,", ">ls") for ln in paper_lines]
     del seedlike[3]                                   # the lost empty `ls`
     assert seedlike == FIG2_SEED.splitlines()
+
+
+SEED = Path("/work/shared/seeds/hk-paper-ja.txt")
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the seed text is not on this machine")
+def test_figures_are_copied_verbatim_from_the_seed() -> None:
+    text = SEED.read_text(encoding="utf-8")
+    assert FIG1 in text and FIG2_SEED in text
 
 
 def _screen(raw: str) -> list[str]:
@@ -213,6 +220,7 @@ def _norm(line: str) -> str:
     return re.sub(r"\s+", " ", line).strip()
 
 
+@pytest.mark.mount
 def test_paper_figs_1_and_2_in_an_interactive_bash(mount: Mount, tmp_path: Path) -> None:
     _setup_before_fig1(mount)
     rc = tmp_path / "rc.bash"
