@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to build the throwaway store (default: a temp dir)")
     args = ap.parse_args()
     rnd = random.Random(args.seed)
+    load0 = os.getloadavg()[0]
     tmp = tempfile.TemporaryDirectory(dir=args.dir)
     store = Store.open(Path(tmp.name) / "store")
     ns = store.namespace_id("bench")
@@ -147,7 +148,9 @@ def main() -> None:
         "",
         f"`python scripts/bench_catalog.py --files {args.files}` on {platform.node() and 'this machine'}: "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, SQLite "
-        f"{__import__('sqlite3').sqlite_version}, {platform.system()} {platform.release()}.",
+        f"{__import__('sqlite3').sqlite_version}, {platform.system()} {platform.release()}; "
+        f"1-minute load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+        "(the machine is shared: figures above a load of ~1 are pessimistic).",
         "",
         f"Synthetic namespace: {args.files:,} files, {len(kws):,} keywords in a hierarchy of depth 5 "
         f"(branching {', '.join(map(str, BRANCHING))}), 3 random keywords per file.",
