@@ -97,7 +97,9 @@ def start_mount(store: Path, mnt: Path, options: str = "") -> Mount:
     store.mkdir(parents=True, exist_ok=True)
     cmd = HK_CMD + ["mount", "-f", str(store), str(mnt)] + (["-o", options] if options else [])
     errf = open(store / "daemon.stderr", "wb")   # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen(cmd, stdout=errf, stderr=subprocess.STDOUT, start_new_session=True)
+    # Same session and group as pytest: scheduled with the test (autogroups), and a Ctrl-C
+    # of the test run also stops the daemon (libfuse unmounts on SIGINT).
+    proc = subprocess.Popen(cmd, stdout=errf, stderr=subprocess.STDOUT)
     errf.close()
     m = Mount(mnt, store, proc)
     deadline = time.monotonic() + MOUNT_TIMEOUT
