@@ -8,8 +8,15 @@ namespace of the current directory, inside a real mount of the demo store.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import select
+import shutil
+import struct
 import subprocess
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -118,57 +125,79 @@ def test_hk_complete_with_a_store_outside_a_mount(tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.output == ""
 
 
-@pytest.mark.mount
-def test_tab_in_a_real_readline(demo_mount: Mount, tmp_path: Path) -> None:
-    """Keys typed into an interactive bash with readline on a pty: Tab does what Figs. 3-4 show."""
-    import fcntl
-    import pty
-    import select
-    import struct
-    import termios
-    import time
+class KeyTerminal:
+    """An interactive shell on an 80-column pty; `keys` types, `until` reads until a pattern shows."""
 
-    rc = tmp_path / "rc"
-    rc.write_text("PS1='P>'\nPROMPT_COMMAND=\neval \"$(hk shell-init bash --no-prompt)\"\n")
-    env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}", TERM="dumb", HOME=str(tmp_path),
-               INPUTRC=str(tmp_path / "inputrc"))
-    (tmp_path / "inputrc").write_text("")
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen(["bash", "--rcfile", str(rc), "-i"], stdin=slave, stdout=slave, stderr=slave,
-                            cwd=demo_mount.root, env=env, start_new_session=True)
-    os.close(slave)
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
+                                     start_new_session=True)
+        os.close(slave)
+        self.buf = bytearray()
 
-    buf = bytearray()
-
-    def until(pattern: bytes, start: int, timeout: float = 60) -> bytes:
+    def until(self, pattern: bytes, start: int = 0, timeout: float = 60) -> bytes:
         """Read until `pattern` appears in what came after `start`; return that part."""
         end = time.monotonic() + timeout
-        while pattern not in buf[start:]:
-            assert time.monotonic() < end and proc.poll() is None, bytes(buf[start:])
-            r, _, _ = select.select([master], [], [], 0.5)
+        while pattern not in self.buf[start:]:
+            assert time.monotonic() < end and self.proc.poll() is None, bytes(self.buf[start:])
+            r, _, _ = select.select([self.master], [], [], 0.5)
             if r:
-                buf.extend(os.read(master, 65536))
-        return bytes(buf[start:])
+                self.buf.extend(os.read(self.master, 65536))
+        return bytes(self.buf[start:])
 
-    def keys(k: bytes) -> int:
-        mark = len(buf)
-        os.write(master, k)
+    def keys(self, k: bytes) -> int:
+        mark = len(self.buf)
+        os.write(self.master, k)
         return mark
 
+    def close(self) -> None:
+        try:
+            os.write(self.master, b"\x15exit\n")
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            os.close(self.master)
+
+
+def _shell(shell: str, mount: Mount, tmp_path: Path) -> KeyTerminal:
+    env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}", TERM="dumb", HOME=str(tmp_path),
+               INPUTRC=str(tmp_path / "inputrc"), ZDOTDIR=str(tmp_path))
+    (tmp_path / "inputrc").write_text("")
+    if shell == "bash":
+        rc = tmp_path / "rc"
+        rc.write_text("PS1='P>'\nPROMPT_COMMAND=\neval \"$(hk shell-init bash --no-prompt)\"\n")
+        argv = ["bash", "--rcfile", str(rc), "-i"]
+    else:
+        (tmp_path / ".zshrc").write_text("PS1='P>'\nautoload -Uz compinit && compinit -u\n"
+                                         "eval \"$(hk shell-init zsh --no-prompt)\"\n")
+        argv = ["zsh", "-i"]
+    t = KeyTerminal(argv, mount.root, env)
+    t.until(b"P>")
+    return t
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_tab_in_a_real_shell(shell: str, demo_mount: Mount, tmp_path: Path) -> None:
+    """Keys typed into an interactive bash (readline) or zsh (zle) on a pty: Tab does what Figs. 3-4 show."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    t = _shell(shell, demo_mount, tmp_path)
     try:
-        until(b"P>", 0)
-        until(b"//sports/football", keys(b"akl footb\t"))      # one candidate: the word is replaced
-        out = until(b"//animal/dog/poodle", keys(b"\x15akl //animal/dog/\t\t"))   # Fig. 3: next level listed
+        t.until(b"//sports/football", t.keys(b"akl footb\t"))      # one candidate: the word is replaced
+        out = t.until(b"//animal/dog/poodle", t.keys(b"\x15akl //animal/dog/\t\t"))   # Fig. 3: next level
         assert b"//animal/dog/bulldog" in out
-        m = keys(b"\x15akl foo\t\t")                          # Fig. 4: listed, and 'foo' stays typed
-        out = until(b"//sports/football", m)
-        assert b"//food" in out and b"//movie/footloose" in out
-        until(b"P>akl foo", m + out.index(b"//sports/football"))   # redrawn with the word kept
-        os.write(master, b"\x15exit\n")
-        proc.wait(timeout=10)
+        if shell == "bash":                                       # Fig. 4: listed, 'foo' stays typed
+            m = t.keys(b"\x15akl foo\t\t")
+            out = t.until(b"//sports/football", m)
+            assert b"//food" in out and b"//movie/footloose" in out
+            t.until(b"P>akl foo", m + out.index(b"//sports/football"))
+        else:                                                     # Fig. 4: Tab cycles, as Ctrl-U did
+            t.until(b"//food", t.keys(b"\x15akl foo\t"))
+            t.until(b"movie/footloose", t.keys(b"\t"))
+            t.until(b"//sports/football", t.keys(b"\t"))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+        t.close()
