@@ -87,6 +87,8 @@ class QueryFS:
         self._scopes: dict[tuple, Scope] = {}
         self._results: dict[tuple, bytes] = {}
         self._targets: dict[tuple, _Target | None] = {}
+        self._handle_target: dict[int, _Target] = {}
+        self._by_path: dict[str, int] = {}        # path -> its latest open handle (getattr without fh)
         self.start_ns = time.time_ns()
 
     def start(self) -> None:
@@ -260,6 +262,7 @@ class QueryFS:
                 raise NotFound("the file has no embedding any more")
             query, exclude = Query(vec, DEFAULT_K), t.eid
         out = format_results(self.run(t.scope, query, exclude, version))
+        log.debug("evaluated %s (%d bytes)", t.path, len(out))
         if keep:
             with self._lock:
                 if len(self._results) > 256:
@@ -282,10 +285,12 @@ class QueryFS:
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any] | None:
         """Attributes of a `.query` path (size = the result's), or None when it is not one."""
+        if fh is None:
+            fh = self._by_path.get(path)      # the kernel re-checks attributes of an open file
         if fh is not None and fh >= HANDLE_BASE:
             got = self._handles.get(fh)
             if got is not None:
-                return self._attrs(path, got[1], None)
+                return self._attrs(path, got[1], self._handle_target.get(fh))
         t = self._target(path)
         if t is None:
             return None
@@ -334,6 +339,8 @@ class QueryFS:
             fh = self._next
             self._next += 1
             self._handles[fh] = (fd, len(data))
+            self._handle_target[fh] = t
+            self._by_path[path] = fh
         return fh
 
     def fd(self, fh: int) -> int:
@@ -346,6 +353,9 @@ class QueryFS:
     def release(self, fh: int) -> int:
         with self._lock:
             got = self._handles.pop(fh, None)
+            t = self._handle_target.pop(fh, None)
+            if t is not None and self._by_path.get(t.path) == fh:
+                del self._by_path[t.path]
         if got is not None:
             os.close(got[0])
         return 0
