@@ -1,0 +1,46 @@
+"""docs/query.md's worked example, run verbatim in bash on a mounted demo store (with the demo
+embeddings): every command's output must be what the document shows."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "query.md"
+MARK = "@@@ end of command @@@"
+
+
+def session() -> list[tuple[str, list[str]]]:
+    """(command, expected non-empty output lines) of the worked example's console block."""
+    text = DOC.read_text()
+    block = re.search(r"## Worked example.*?```console\n(.*?)```", text, re.S).group(1)
+    out: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            out.append((line[2:], []))
+        elif line.strip():
+            out[-1][1].append(line)
+    return out
+
+
+def test_worked_example_runs_as_documented(mount_factory) -> None:
+    def fill(store: Path) -> None:
+        from hkfs.demo_data import fill_demo
+        from hkfs.demo_embeddings import fill_demo_embeddings
+        from hkfs.store import Store
+        with Store.open(store) as st:
+            fill_demo(st)
+            fill_demo_embeddings(st)
+
+    m = mount_factory(fill=fill)
+    steps = session()
+    assert steps[0][0].startswith("make run")
+    steps = steps[1:]
+    script = "set +e\n" + "".join(f"{cmd} 2>&1\necho '{MARK}'\n" for cmd, _ in steps)
+    got = m.run(script, check=False).stdout.split(MARK + "\n")
+    for (cmd, want), out in zip(steps, got, strict=False):
+        lines = [ln for ln in out.splitlines() if ln.strip()]
+        if want and want[-1].startswith("..."):
+            want = want[:-1]
+            lines = lines[: len(want)]
+        assert lines == want, f"$ {cmd}\n--- got\n{out}"
