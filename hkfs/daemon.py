@@ -180,9 +180,11 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
 
 
 def _last_fuse_line(store: Path) -> str:
+    """The first complaint libfuse wrote (to our stderr, the log) since this daemon started."""
     with contextlib.suppress(OSError):
         lines = (store / LOG_NAME).read_text(errors="replace").splitlines()
-        for line in reversed(lines[-20:]):
+        start = max((i for i, ln in enumerate(lines) if f"(pid {os.getpid()})" in ln), default=0)
+        for line in lines[start:]:
             if line.startswith(("fuse:", "fusermount")):
                 return line
     return ""

@@ -166,3 +166,12 @@ def test_fixture_reports_daemon_errors(tmp_path: Path) -> None:
     assert len(m.log_problems()) == 2
     m.expected_log += ["unexpected error in getattr", "Traceback"]
     assert m.log_problems() == []
+
+
+def test_libfuse_refusal_is_one_line(tmp_path: Path, need_fuse: None) -> None:
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    (mnt / "x").write_text("x")       # libfuse 2 refuses a non-empty mount point
+    line = one_error_line(hk("mount", str(tmp_path / "s"), str(mnt)))
+    assert "cannot mount" in line and "not empty" in line
+    assert not os.path.ismount(mnt)
