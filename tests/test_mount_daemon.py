@@ -172,6 +172,10 @@ def test_libfuse_refusal_is_one_line(tmp_path: Path, need_fuse: None) -> None:
     mnt = tmp_path / "full"
     mnt.mkdir()
     (mnt / "x").write_text("x")       # libfuse 2 refuses a non-empty mount point
-    line = one_error_line(hk("mount", str(tmp_path / "s"), str(mnt)))
+    r = hk("mount", str(tmp_path / "s"), str(mnt))
+    if r.returncode == 0:             # libfuse 3 allows it
+        hk("umount", str(mnt))
+        pytest.skip("this libfuse mounts on non-empty directories")
+    line = one_error_line(r)
     assert "cannot mount" in line and "not empty" in line
     assert not os.path.ismount(mnt)
