@@ -32,11 +32,11 @@ def _unescape(field: str) -> str:
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-def hk_mounts(proc_mounts: str = _PROC_MOUNTS) -> list[tuple[Path, Path]]:
+def hk_mounts(proc_mounts: str | None = None) -> list[tuple[Path, Path]]:
     """All hkfs mounts as (mountpoint, store), in mount order."""
     out: list[tuple[Path, Path]] = []
     try:
-        with open(proc_mounts, encoding="utf-8", errors="surrogateescape") as f:
+        with open(proc_mounts or _PROC_MOUNTS, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.readlines()
     except OSError:
         return out
