@@ -53,6 +53,7 @@ try:
     import faiss  # type: ignore[import-not-found]
 except ImportError:  # optional extra: pip install -e .[faiss]
     faiss = None
+SKIP_FAISS = False  # --skip-faiss: keep the faiss figures of the previous run of a section
 
 
 # ---------------------------------------------------------------- the notebook's code, verbatim
@@ -276,7 +277,7 @@ def section_notebook(sizes: list[int], extra_queries: int) -> dict:
             log.info("brute %s: %s", name, r["brute"])
         del db
         gc.collect()
-        if faiss is not None:
+        if faiss is not None and not SKIP_FAISS:
             fidx, fb = timed(faiss_ivf, x, nlist, "cosine", min(n, max(64 * nlist, 10_000)))
             fdb = FaissDB(fidx, nprobe)
             with one_thread():
@@ -299,7 +300,12 @@ def sweep(name: str, base: np.ndarray, q: np.ndarray, metric: str, nprobes: list
     """Build ours and faiss's, then recall@k and single-thread ms/query for each nprobe."""
     n = len(base)
     nlist = nlist or default_nlist(n)
-    gt, gt_t = timed(exact_topk, base, q, k, metric)
+    gtf = DATA / f"{name}_gt_{len(q)}x{k}_{metric}.npy"  # exact neighbours, cached: slow at 10M
+    if gtf.exists():
+        gt, gt_t = np.load(gtf), float("nan")
+    else:
+        gt, gt_t = timed(exact_topk, base, q, k, metric)
+        np.save(gtf, gt)
     r: dict = {"rows": n, "dim": base.shape[1], "queries": len(q), "metric": metric, "nlist": nlist}
     ipath = DATA / f"{name}_index"
     ours, r["build_s"] = timed(IVFIndex.build, ipath, base, metric=metric, nlist=nlist, overwrite=True,
@@ -321,7 +327,7 @@ def sweep(name: str, base: np.ndarray, q: np.ndarray, metric: str, nprobes: list
     _, t = timed(exact_topk, base, q, k, metric, 262144)
     r["brute_batch_qps"] = len(q) / t
     ours.close()
-    if faiss is not None:
+    if faiss is not None and not SKIP_FAISS:
         fidx, r["faiss_build_s"] = timed(faiss_ivf, base, nlist, metric, min(n, max(64 * nlist, 10_000)))
         qq = normalize(q) if metric == "cosine" else q
         r["faiss"] = []
@@ -396,6 +402,12 @@ def section_kmeans(n: int = 1_000_000, nlist: int = 1024) -> dict:
 def save_section(key: str, r: dict) -> None:
     allr = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     r = dict(r, when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    old = allr.get(key, {})
+    if SKIP_FAISS and old.get("rows") == r.get("rows"):
+        for k2, v in old.items():
+            if k2.startswith("faiss") and k2 not in r:
+                r[k2] = v
+        r["faiss_when"] = old.get("faiss_when", old.get("when"))
     allr[key] = r
     RESULTS.write_text(json.dumps(allr, indent=1))
     write_docs(allr)
@@ -463,7 +475,9 @@ def write_docs(allr: dict) -> None:
             L.append(f"| {m} | {r[m]['s']:.1f} | {r[m]['mean_cos_to_centroid']:.4f} |")
         L.append("")
     L += ["![recall vs latency](vecindex.png)", ""]
-    L += ["Sections and dates: " + ", ".join(f"{k} ({v['when']})" for k, v in sorted(allr.items())), ""]
+    L += ["Sections and dates: " + ", ".join(
+        f"{k} ({v['when']}" + (f"; faiss figures from {v['faiss_when']}" if "faiss_when" in v else "") + ")"
+        for k, v in sorted(allr.items())), ""]
     (DOCS / "vecindex.md").write_text("\n".join(L))
     plot(allr)
 
@@ -503,12 +517,16 @@ def main() -> None:
     ap.add_argument("--sections", default="notebook,glove,clustered,kmeans")
     ap.add_argument("--queries", type=int, default=1000, help="queries for the recall sweeps")
     ap.add_argument("--extra-queries", type=int, default=100, help="further notebook-protocol queries")
+    ap.add_argument("--skip-faiss", action="store_true",
+                    help="do not rerun faiss; keep its figures from the section's previous run")
     ap.add_argument("--quick", action="store_true", help="--sizes 100k,1M --clustered-size 1M --queries 200")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if a.quick:
         a.sizes, a.clustered_size, a.queries = "100k,1M", "1M", 200
     DATA.mkdir(exist_ok=True)
+    global SKIP_FAISS
+    SKIP_FAISS = a.skip_faiss
     secs = a.sections.split(",")
     if faiss is None:
         log.warning("faiss not installed (pip install -e .[faiss]): faiss columns left out")

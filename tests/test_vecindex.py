@@ -76,6 +76,10 @@ def test_two_level_quantizer(tmp_path) -> None:
     q = clustered(20, 8, seed=6, centers=50)
     idx = IVFIndex.build(tmp_path / "ix", x, metric="cosine", nlist=256, two_level=True, progress=False)
     assert idx.info()["ncoarse"] == 16
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    # probing through all coarse cells ranks lists exactly as the flat probe does
+    np.testing.assert_array_equal(idx.quantizer.probe(qn, 8, coarse_probe=16), idx.quantizer.probe(qn, 8))
+    assert idx.quantizer.probe(qn, 8, coarse_probe=2).shape == (20, 8)
     _, ids = idx.search(q, 10, nprobe=64)
     assert recall(ids, brute(x, q, 10, "cosine")[0]) >= 0.9
 

@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 
 #: above this many lists the quantizer is trained and searched in two levels
 TWO_LEVEL_MIN_NLIST = 4096
+#: a row is assigned to the best fine centroid within this many best coarse cells
+ASSIGN_CELLS = 8
+#: up to this many lists a search scores all fine centroids (one matmul) instead of two levels
+FLAT_PROBE_MAX_NLIST = 65536
 
 
 @dataclass
@@ -53,27 +57,39 @@ class Quantizer:
             if self.coarse is None:
                 out[a : a + len(xb)] = self._affinity(xb, self.centroids, self._sq).argmax(1)
                 continue
-            cell = self._affinity(xb, self.coarse, self._csq).argmax(1)
+            # the best fine centroid among the ASSIGN_CELLS best coarse cells: the coarse
+            # ranking alone is noisy (a coarse centroid averages many clusters)
+            t = min(ASSIGN_CELLS, len(self.coarse))
+            cells = _topk_rows(self._affinity(xb, self.coarse, self._csq), t)
+            best_s = np.full(len(xb), -np.inf, dtype=np.float32)
+            best_l = np.zeros(len(xb), dtype=np.int32)
             off = self.coarse_offsets
-            for c in np.unique(cell):
-                rows = np.flatnonzero(cell == c)
+            for c in np.unique(cells):
+                rows = np.flatnonzero((cells == c).any(1))
                 lo, hi = int(off[c]), int(off[c + 1])
                 sq = None if self._sq is None else self._sq[lo:hi]
-                out[a + rows] = lo + self._affinity(xb[rows], self.centroids[lo:hi], sq).argmax(1)
+                sc = self._affinity(xb[rows], self.centroids[lo:hi], sq)
+                j = sc.argmax(1)
+                v = sc[np.arange(len(rows)), j]
+                better = v > best_s[rows]
+                best_s[rows[better]] = v[better]
+                best_l[rows[better]] = lo + j[better]
+            out[a : a + len(xb)] = best_l
         return out
 
     def probe(self, q: np.ndarray, nprobe: int, coarse_probe: int | None = None) -> np.ndarray:
         """The `nprobe` best lists for each query, (nq, nprobe) int64, best first."""
         nprobe = max(1, min(nprobe, self.nlist))
-        if self.coarse is None:
+        if self.coarse is None or (coarse_probe is None and self.nlist <= FLAT_PROBE_MAX_NLIST):
+            # scoring every fine centroid is one small matmul and ranks lists exactly
             s = self._affinity(q, self.centroids, self._sq)
             return _topk_rows(s, nprobe)
         off = self.coarse_offsets
         ncoarse = len(self.coarse)
         if coarse_probe is None:
-            # enough cells to hold about 3x nprobe lists on average, at least 4
+            # enough cells to hold about 8x nprobe lists on average, at least 16
             per_cell = self.nlist / ncoarse
-            coarse_probe = int(min(ncoarse, max(4, np.ceil(3 * nprobe / per_cell))))
+            coarse_probe = int(min(ncoarse, max(16, np.ceil(8 * nprobe / per_cell))))
         cs = _topk_rows(self._affinity(q, self.coarse, self._csq), coarse_probe)
         out = np.empty((len(q), nprobe), dtype=np.int64)
         for i in range(len(q)):
