@@ -355,8 +355,13 @@ class HKOperations(Operations):
     # ---------------------------------------------------------------- helpers
 
     def loc(self, path: str) -> Location:
-        _check_path(path)
-        return self.resolver.resolve(path)
+        memo = self.reads.memo()
+        key = ("loc", path)
+        found = memo.get(key)
+        if found is None:
+            _check_path(path)
+            found = memo[key] = self.resolver.resolve(path)
+        return found
 
     def _eid_of(self, loc: Location) -> int:
         if isinstance(loc, (LinkLoc, ViewFileLoc)) and loc.eid is not None:

@@ -127,6 +127,7 @@ def main() -> None:
     if args.quick:
         args.size_mib, args.view_files, args.small, args.stats = 128, 10_000, 1000, 5000
 
+    load_before = os.getloadavg()[0]
     base = Path(tempfile.mkdtemp(prefix="hkfs-bench-", dir=args.dir or "/var/tmp"))
     store, mnt, disk = base / "store", base / "mnt", base / "disk"
     mnt.mkdir()
@@ -192,6 +193,7 @@ def main() -> None:
                 subprocess.run(["fusermount", "-u", "-z", str(mnt)])
         shutil.rmtree(base, ignore_errors=True)
 
+    args.load = (load_before, os.getloadavg()[0])
     lines = report(rows, args, t_bulk)
     print("\n".join(lines))
     out = Path(args.out)
@@ -210,7 +212,9 @@ def report(rows: list[tuple[str, str, float, float, str]], args: argparse.Namesp
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, kernel {platform.release()}. The mount and the disk rows "
         "run in the same process on the same file system; the mount has the kernel's entry, "
-        "attribute and negative caches off (timeouts 0) unless the row says otherwise.",
+        "attribute and negative caches off (timeouts 0) unless the row says otherwise. "
+        f"Load average {args.load[0]:.1f} before, {args.load[1]:.1f} after (other jobs share "
+        "the machine; repeated runs vary by up to 2x).",
         "",
         "| work | unit | mount | disk | mount/disk | note |",
         "|---|---|---:|---:|---:|---|",
