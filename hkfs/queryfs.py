@@ -64,6 +64,8 @@ class Scope:
     dkl: tuple[HK, ...] = ()
     ids: np.ndarray | None = None
     names: dict[int, str] = field(default_factory=dict)
+    counts: dict[str, int] | None = None     # name -> files of that name in the view / DKL list
+    kids: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -156,13 +158,17 @@ class QueryFS:
             return sc.prefix + name
         info = self.store.entity(eid)
         hks = sc.view if sc.view is not None else sc.dkl
+        if sc.counts is None:            # per scope (and catalog version): child keywords, shared names
+            sc.counts = {}
+            sc.kids = set(self.store.keyword_children(sc.ns, hks[-1] if hks else ()))
+        n = sc.counts.get(info.name)
+        if n is None:
+            n = sc.counts[info.name] = len(self.store.resolve_ids(sc.ns, hks, info.name))
         listed = info.name
-        if len(self.store.resolve_ids(sc.ns, hks, info.name)) > 1:
+        if n > 1:
             listed = clash_name(info.name, eid)
-        else:
-            last = hks[-1] if hks else ()
-            if hks and self.store.keyword_exists(sc.ns, last + (info.name,)):
-                listed = COMMA + info.name
+        elif info.name in sc.kids:
+            listed = COMMA + info.name
         if sc.view is None:              # a DKL match without a link in the directory
             listed = COMMA + "/" + listed
         sc.names[eid] = listed
