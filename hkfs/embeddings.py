@@ -510,7 +510,10 @@ class EmbeddingCatalog:
                     s, ids = base.search(q.reshape(1, -1), k=k, nprobe=nprobe, allowed_ids=everything)
                     found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
                 results += found
-        for p in pending.values():
+        small, big = _pending_blocks(pending)
+        if small is not None:
+            results += _exact_block(q, small, k, scope_set, exclude)
+        for p in big:
             eid = p.key[0]
             if eid == exclude or (scope_set is not None and not _contains(scope_set, eid)):
                 continue
@@ -758,6 +761,42 @@ def _exact(q: np.ndarray, p: _Pending, k: int) -> list[tuple[float, int]]:
     kk = min(k, n)
     top = np.argpartition(-s, kk - 1)[:kk] if kk < n else np.arange(n)
     return [(float(s[i]), int(p.ids[i])) for i in top]
+
+
+_BLOCKS: dict[int, tuple[dict, Any]] = {}
+
+
+def _pending_blocks(pending: dict[Key, _Pending]) -> tuple[_Pending | None, list[_Pending]]:
+    """Pending sources as one stacked block of the single-vector ones (own embeddings, one-row
+    entries) plus the multi-row entries: thousands of additions cost one matrix product, not a
+    Python loop. Computed once per pending dict (it is replaced, never changed, after a reconcile)."""
+    hit = _BLOCKS.get(id(pending))
+    if hit is not None and hit[0] is pending:
+        return hit[1]
+    ones = [p for p in pending.values() if len(p.ids) == 1]
+    big = [p for p in pending.values() if len(p.ids) != 1]
+    block = None
+    if ones:
+        block = _Pending((-1, False), np.concatenate([p.ids for p in ones]),
+                         np.concatenate([np.asarray(p.rows, np.float32) for p in ones]),
+                         np.concatenate([p.norms for p in ones]))
+    if len(_BLOCKS) > 8:
+        _BLOCKS.clear()
+    _BLOCKS[id(pending)] = (pending, (block, big))
+    return block, big
+
+
+def _exact_block(q: np.ndarray, p: _Pending, k: int, scope: np.ndarray | None,
+                 exclude: int | None) -> list[tuple[float, int]]:
+    eids = p.ids >> ROW_BITS
+    ok = np.ones(len(eids), bool)
+    if scope is not None:
+        ok &= np.isin(eids, scope)
+    if exclude is not None:
+        ok &= eids != exclude
+    if not ok.all():
+        p = _Pending(p.key, p.ids[ok], p.rows[ok], p.norms[ok])
+    return _exact(q, p, k) if len(p.ids) else []
 
 
 def sorted_ids(ids: Iterable[int]) -> np.ndarray:
