@@ -76,13 +76,16 @@ def demo_cmd(store: Path, mountpoint: Path) -> None:
             raise click.ClickException(str(exc)) from exc
         click.echo(f"hkfs demo store {os.path.abspath(store)} mounted on {mnt}")
     rel = str(mountpoint)
-    click.echo(f"""
-Try:
-  ls {rel}/@                        # top-level keywords
-  ls {rel}/@/workshop               # files carrying //workshop (main.tex shared: main~ID.tex)
-  ls {rel}/@/workshop/@/SIG/DPS     # //workshop//SIG/DPS: the paper's LaTeX example
-  ls {rel}/work {rel}/work/,            # a directory and the view of its DKL
-  getfattr -n user.hk.keywords {rel}/@/photo/@/animal/cat/tama.jpg
-  mkdir {rel}/@/animal/fish         # make a keyword; ln/mv/rm in views tag and untag
-
-Unmount with:  make umount   (or: hk umount {rel})""")
+    tries = [
+        (f"ls {rel}/@", "top-level keywords"),
+        (f"ls {rel}/@/workshop", "files carrying //workshop (shared names: main~ID.tex)"),
+        (f"ls {rel}/@/workshop/@/SIG/DPS", "//workshop//SIG/DPS: the paper's LaTeX example"),
+        (f"ls {rel}/work {rel}/work/,", "a directory, and the view of its keyword list"),
+        (f"getfattr -n user.hk.keywords {rel}/@/photo/@/animal/cat/tama.jpg", "a file's keywords"),
+        (f"mkdir {rel}/@/animal/fish", "make a keyword; ln/mv/rm in views tag and untag"),
+    ]
+    width = max(len(c) for c, _ in tries)
+    click.echo("\nTry:")
+    for cmd, why in tries:
+        click.echo(f"  {cmd.ljust(width)}  # {why}")
+    click.echo(f"\nUnmount with:  make umount   (or: hk umount {rel})")
