@@ -709,7 +709,9 @@ class EmbeddingCatalog:
                 keys = {(int(e), bool(o)): tuple(fp) for e, o, fp, _n in doc["keys"]}
                 rows = {(int(e), bool(o)): int(n) for e, o, _fp, n in doc["keys"]}
             except (OSError, ValueError, KeyError, VecIndexError) as exc:
-                log.warning("%s: ignoring the saved index (%s); it is rebuilt from the entries", sdir, exc)
+                # (a reader like `hk query` may race the daemon swapping generations: quietly exact)
+                log.log(logging.WARNING if self.writable else logging.INFO,
+                        "%s: ignoring the saved index (%s); it is rebuilt from the entries", sdir, exc)
                 continue
             self._shards[(ns, dim)] = _Shard(ns, dim, index, keys, rows, sum(rows.values()),
                                              gen=int(doc["gen"]))
