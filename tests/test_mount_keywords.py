@@ -159,3 +159,21 @@ EOF
         ! test -e @/seen/f
         test "$(cat @/seen/g)" = a
     """)
+
+
+def test_hk_commands_inside_the_mount_are_seen_by_the_next_command(mount: Mount) -> None:
+    mount.run("""
+        mkdir d; cd d
+        echo body > f.txt
+        hk mkkw //proj
+        test -d "$M/@/proj"
+        hk atkw //proj f.txt
+        test "$(ls "$M/@/proj")" = f.txt
+        test "$(getfattr --only-values -n user.hk.keywords f.txt)" = //proj
+        hk akl //proj
+        test "$(getfattr --only-values -n user.hk.dkl .)" = //proj
+        test "$(ls ,)" = f.txt
+        setfattr -n user.hk.keywords -v '' f.txt
+        ! test -e "$M/@/proj/f.txt"
+        test "$(hk ls , | wc -l)" = 0
+    """)
