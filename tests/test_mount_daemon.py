@@ -88,6 +88,17 @@ def test_mount_failures_are_one_clear_line(tmp_path: Path) -> None:
     assert "not an hkfs mount" in one_error_line(hk("umount", str(tmp_path)))
 
 
+def test_umount_of_a_busy_mount_is_one_line(mount: Mount) -> None:
+    holder = subprocess.Popen(["sleep", "30"], cwd=mount.root)    # keeps the mount busy
+    try:
+        line = one_error_line(hk("umount", str(mount.root)))
+        assert "cannot unmount" in line and "busy" in line.lower()
+        assert os.path.ismount(mount.root)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_refused_names(mount: Mount) -> None:
     long = "a" * 256
     r = mount.run(f"""
