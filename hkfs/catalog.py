@@ -3,7 +3,8 @@ explicit transactions.
 
 The FUSE daemon calls the store from many threads and `hk` processes open the
 same catalog at once. sqlite3 connections must not be shared across threads
-mid-transaction, so each thread gets its own (threading.local); WAL lets
+mid-transaction, so each OS thread gets its own, keyed by threading.get_ident()
+(see `Catalog.connection` for why not threading.local); WAL lets
 readers proceed while one writer commits; writes start with BEGIN IMMEDIATE so
 a writer waits for the lock up front (busy_timeout) instead of failing with
 SQLITE_BUSY when a read transaction tries to upgrade.
@@ -16,6 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .migrations import ensure_schema
@@ -26,15 +28,22 @@ BUSY_TIMEOUT_MS = 30_000
 CACHE_KIB = 65_536  # page cache per connection, allocated as used
 
 
+@dataclass
+class _ThreadConn:
+    """One thread's connection and where it is in a (possibly nested) transaction."""
+    conn: sqlite3.Connection
+    depth: int = 0
+    writing: bool = False
+
+
 class Catalog:
     """The catalog database at `path`; `read()` / `write()` give a per-thread connection in a transaction."""
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
+        self._conns: dict[int, _ThreadConn] = {}
+        self._conns_lock = threading.Lock()
         self._closed = False
         conn = self.connection()
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -42,10 +51,23 @@ class Catalog:
             log.warning("catalog %s: journal_mode is %s, not wal", self.path, mode)
         ensure_schema(conn)
 
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+    def _state(self) -> _ThreadConn:
+        """This OS thread's connection state (the connection opened on first use).
+
+        Keyed by threading.get_ident(), not threading.local: libfuse calls Python through
+        ctypes from its own threads, and ctypes gives each such callback a fresh Python
+        thread state unless something keeps one alive, so a threading.local would be empty
+        on every FUSE call (a new connection per call, never closed). hkfs.fuse_ops does
+        keep one thread state per libfuse thread (for speed), but the catalog must not
+        depend on how its callers manage thread states; the OS thread id is stable either way.
+        A thread id is reused only after its thread ended, by which time every `with`
+        block of that thread has closed its transaction (depth 0), so the next thread with
+        that id may safely take the connection over: the number of connections stays
+        bounded by the number of threads alive at once, plus ids not yet reused.
+        """
+        tid = threading.get_ident()
+        st = self._conns.get(tid)
+        if st is None:
             if self._closed:
                 raise RuntimeError("catalog is closed")
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -54,39 +76,62 @@ class Catalog:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            self._local.conn = conn
-            self._local.depth = 0
-            self._local.writing = False
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
+            st = _ThreadConn(conn)
+            with self._conns_lock:
+                if self._closed:
+                    conn.close()
+                    raise RuntimeError("catalog is closed")
+                self._conns[tid] = st
+        return st
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        return self._state().conn
+
+    def connections(self) -> int:
+        """How many connections are open (one per thread that used the catalog)."""
+        return len(self._conns)
+
+    def release_thread(self) -> None:
+        """Close the calling thread's connection (a worker thread about to end); no-op if none.
+
+        Refused inside a transaction of this thread."""
+        tid = threading.get_ident()
+        st = self._conns.get(tid)
+        if st is None:
+            return
+        if st.depth:
+            raise RuntimeError("release_thread inside a transaction")
+        with self._conns_lock:
+            self._conns.pop(tid, None)
+        _close_quietly(st.conn)
 
     @contextmanager
     def _tx(self, write: bool, foreign_keys: bool = True) -> Iterator[sqlite3.Connection]:
-        conn = self.connection()
-        loc = self._local
-        if loc.depth:
-            if write and not loc.writing:
+        st = self._state()
+        conn = st.conn
+        if st.depth:
+            if write and not st.writing:
                 raise RuntimeError("write requested inside a read transaction")
-            loc.depth += 1
+            st.depth += 1
             try:
                 yield conn
             finally:
-                loc.depth -= 1
+                st.depth -= 1
             return
         if not foreign_keys:
             conn.execute("PRAGMA foreign_keys = OFF")  # only outside a transaction
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            loc.depth, loc.writing = 1, write
+            st.depth, st.writing = 1, write
             try:
                 yield conn
             except BaseException:
-                loc.depth, loc.writing = 0, False
+                st.depth, st.writing = 0, False
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            loc.depth, loc.writing = 0, False
+            st.depth, st.writing = 0, False
             conn.execute("COMMIT")
         finally:
             if not foreign_keys:
@@ -104,13 +149,16 @@ class Catalog:
         return self._tx(True, foreign_keys)
 
     def close(self) -> None:
-        """Close every thread's connection (call when no thread is using the catalog)."""
-        self._closed = True
-        with self._all_lock:
-            conns, self._all = self._all, []
-        for c in conns:
-            try:
-                c.close()
-            except sqlite3.Error:  # pragma: no cover
-                log.debug("closing a connection failed", exc_info=True)
-        self._local = threading.local()
+        """Close every thread's connection (call when no thread is using the catalog); idempotent."""
+        with self._conns_lock:
+            self._closed = True
+            conns, self._conns = list(self._conns.values()), {}
+        for st in conns:
+            _close_quietly(st.conn)
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error:  # pragma: no cover
+        log.debug("closing a connection failed", exc_info=True)

@@ -94,7 +94,9 @@ def _keep_thread_state() -> None:
     ctypes wraps each callback from a foreign thread in PyGILState_Ensure/Release,
     which creates and destroys a thread state every time. One extra Ensure, never
     released, keeps the state alive (Release then only drops the GIL): measured
-    ~40% more stat calls per second, and threading.local works per libfuse thread.
+    ~40% more stat calls per second. This is for speed only: hkfs.catalog keys its
+    connections by OS thread id, so it stays correct without it (and for any
+    callback that does not come through `_mapped`, e.g. init/destroy).
     """
     tid = threading.get_ident()
     if tid not in _KEPT_THREADS:
@@ -141,34 +143,6 @@ def _caller() -> tuple[int, int]:
 
 def _ino(kind: int, ident: int) -> int:
     return (ident << 2) | kind
-
-
-class _ThreadIdLocal:
-    """threading.local keyed by the OS thread id.
-
-    ctypes gives every callback from a libfuse thread a fresh Python thread state,
-    so threading.local data vanishes between two FUSE calls of one thread; the OS
-    thread id does not. TEMPORARY: used until hkfs.catalog keys its connections by
-    thread id itself (docs/dev/requests.md).
-    """
-
-    def __init__(self) -> None:
-        object.__setattr__(self, "_per_thread", {})
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._per_thread[threading.get_ident()][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self._per_thread.setdefault(threading.get_ident(), {})[name] = value
-
-
-def _keep_connections_per_os_thread(store: Store) -> None:
-    catalog = getattr(store, "catalog", None)
-    if isinstance(getattr(catalog, "_local", None), type(threading.local())):
-        catalog._local = _ThreadIdLocal()  # type: ignore[union-attr]
 
 
 class CachedReads:
@@ -318,7 +292,6 @@ class HKOperations(Operations):
     def __init__(self, store: Store, *, user: int | str | None = None,
                  on_ready: Callable[[], None] | None = None) -> None:
         self.store = store
-        _keep_connections_per_os_thread(store)
         self.ns = store.namespace_id(os.getuid() if user is None else user)
         self.root = store.root_dir(self.ns)
         self.reads = CachedReads(store)

@@ -467,6 +467,43 @@ def test_many_threads(store, ns) -> None:
     assert store.check() == []
 
 
+def test_catalog_connection_per_os_thread_and_close(tmp_path) -> None:
+    """One connection per OS thread (keyed by thread id, so libfuse's threads keep theirs
+    between callbacks), reused across calls, all closed by close()."""
+    s = Store.open(tmp_path / "s")
+    ns = s.namespace_id("alice")
+    cat = s.catalog
+    base = cat.connections()
+    mine = cat.connection()
+    for _ in range(50):
+        s.namespace_id("alice")
+    assert cat.connection() is mine and cat.connections() == base
+    seen: list[object] = []
+
+    def work() -> None:
+        for _ in range(20):
+            s.root_dir(ns)
+        seen.append(cat.connection())
+        cat.release_thread()          # a worker about to end gives its connection back
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(c) for c in seen}) == 4 and all(c is not mine for c in seen)
+    assert cat.connections() == base
+    with cat.read():
+        with pytest.raises(RuntimeError):
+            cat.release_thread()
+    s.close()
+    assert cat.connections() == 0
+    with pytest.raises(sqlite3.ProgrammingError):
+        mine.execute("SELECT 1")
+    with pytest.raises(RuntimeError, match="closed"):
+        cat.connection()
+
+
 _CHURN = textwrap.dedent("""
     import random, sys
     from hkfs.store import Store
