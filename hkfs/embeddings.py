@@ -581,6 +581,14 @@ class EmbeddingCatalog:
             self._wake.notify_all()
 
     def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            release = getattr(getattr(self.store, "catalog", None), "release_thread", None)
+            if release is not None:
+                release()          # this thread's catalog connection ends with it
+
+    def _work(self) -> None:
         while True:
             with self._wake:
                 if not self._todo and not self._stop:
