@@ -319,9 +319,10 @@ class EmbeddingCatalog:
 
     # ------------------------------------------------------------ keeping current
 
-    def refresh(self, ns: int) -> None:
-        """Bring namespace ns up to date if anything was committed since the last look."""
-        v = self.data_version()
+    def refresh(self, ns: int, version: int | None = None) -> None:
+        """Bring namespace ns up to date if anything was committed since the last look
+        (`version`: a data_version the caller just read)."""
+        v = self.data_version() if version is None else version
         with self._lock:
             if self._seen.get(ns) == v:
                 return

@@ -83,6 +83,8 @@ class QueryFS:
         self.store = store
         self.resolver = resolver
         self.catalog = catalog or EmbeddingCatalog(store)
+        # the resolver's store may memoise reads per catalog version (the mount's CachedReads)
+        self._reads = resolver.store if hasattr(getattr(resolver, "store", None), "entity") else store
         self._handles: dict[int, tuple[int, int]] = {}     # fh -> (memfd holding the result, its size)
         self._next = HANDLE_BASE
         self._lock = threading.Lock()
@@ -178,7 +180,7 @@ class QueryFS:
 
     def run(self, sc: Scope, query: Query, exclude: int | None = None, version: int | None = None) -> list[Hit]:
         """Top-k hits of `query` within scope `sc` (the namespace refreshed first)."""
-        self.catalog.refresh(sc.ns)
+        self.catalog.refresh(sc.ns, version)
         self.check_dim(sc.ns, len(query.vector))
         hits = self.catalog.search(sc.ns, query.vector, query.k, nprobe=query.nprobe, scope=sc.ids,
                                    scope_token=(sc.key, version) if version is not None else None,
@@ -310,7 +312,7 @@ class QueryFS:
 
     def _attrs(self, path: str, size: int, t: _Target | None) -> dict[str, Any]:
         if t is not None and t.stored and t.eid is not None:
-            info = self.store.entity(t.eid)
+            info = self._reads.entity(t.eid)
             return {"st_mode": stat.S_IFREG | (info.mode & 0o7777), "st_ino": (t.eid << 2) | 1,
                     "st_nlink": max(1, info.nlinks), "st_uid": info.uid, "st_gid": info.gid,
                     "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 4096,
