@@ -69,7 +69,6 @@ ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
-SYMLINK_MARK = "hkfs.symlink"     # private xattr marking a symlink entity (the store keeps only 0o7777)
 MAX_NAME = 255
 
 
@@ -347,16 +346,9 @@ class HKOperations(Operations):
         parent, _, name = path.rstrip("/").rpartition("/")
         return parent or "/", name
 
-    def _is_symlink(self, info: EntityInfo) -> bool:
-        if stat.S_ISLNK(info.mode):
-            return True
-        if info.mode & 0o7777 != 0o777:
-            return False
-        try:
-            self.store.get_xattr("file", info.id, SYMLINK_MARK)
-            return True
-        except NotFound:
-            return False
+    @staticmethod
+    def _is_symlink(info: EntityInfo) -> bool:
+        return stat.S_ISLNK(info.mode)    # the store keeps the file type in mode
 
     def _entity_attrs(self, info: EntityInfo) -> dict[str, Any]:
         try:
@@ -364,9 +356,9 @@ class HKOperations(Operations):
             size, atime, mtime, ctime = st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
         except FileNotFoundError:
             size, atime, mtime, ctime = info.size, info.atime_ns, info.mtime_ns, info.ctime_ns
-        kind = stat.S_IFLNK if self._is_symlink(info) else stat.S_IFREG
+        mode = info.mode
         return {
-            "st_mode": kind | (info.mode & 0o7777), "st_ino": _ino(1, info.id),
+            "st_mode": mode if mode & 0o170000 else mode | stat.S_IFREG, "st_ino": _ino(1, info.id),
             "st_nlink": max(1, info.nlinks), "st_uid": info.uid, "st_gid": info.gid,
             "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 131072,
             "st_atime": atime, "st_mtime": mtime, "st_ctime": max(ctime, info.ctime_ns),
@@ -598,7 +590,7 @@ class HKOperations(Operations):
 
     def _new_entity(self, loc: Location, mode: int) -> int:
         uid, gid = _caller()
-        perm = mode & 0o7777
+        perm = stat.S_IFMT(mode) | (mode & 0o7777)   # S_IFLNK kept for a symlink
         if isinstance(loc, LinkLoc):
             check_new_name(loc.name)
             return self.store.create(self._dir_ns(loc.dirid), loc.name, directory=loc.dirid,
@@ -739,8 +731,7 @@ class HKOperations(Operations):
         loc = self.loc(target)
         if isinstance(loc, (LinkLoc, ViewFileLoc)) and loc.eid is not None:
             raise FuseOSError(errno.EEXIST)
-        eid = self._new_entity(loc, 0o777)
-        self.store.set_xattr("file", eid, SYMLINK_MARK, b"1")
+        eid = self._new_entity(loc, stat.S_IFLNK | 0o777)
         data = source.encode("utf-8", "surrogateescape")
         with open(self.store.entity_path(eid), "wb") as f:
             f.write(data)

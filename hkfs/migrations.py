@@ -20,12 +20,23 @@ from .errors import StoreVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Migration = Callable[[sqlite3.Connection], None]
 
 # MIGRATIONS[v] upgrades a catalog from version v-1 to v. Append, never edit.
 MIGRATIONS: dict[int, tuple[str, Migration]] = {}
+
+
+def _symlink_type_in_mode(conn: sqlite3.Connection) -> None:
+    """v2: a symlink entity is `mode = S_IFLNK | perms` instead of a private `hkfs.symlink`
+    xattr next to a type-less mode (what the mount wrote under v1)."""
+    conn.execute("UPDATE entities SET mode = (mode & 4095) | 40960 WHERE id IN "
+                 "(SELECT id FROM xattrs WHERE kind = 'file' AND name = 'hkfs.symlink')")
+    conn.execute("DELETE FROM xattrs WHERE kind = 'file' AND name = 'hkfs.symlink'")
+
+
+MIGRATIONS[2] = ("file type bits in entities.mode (symlinks)", _symlink_type_in_mode)
 
 
 def schema_sql() -> str:

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS entities (
     ns        INTEGER NOT NULL REFERENCES namespaces(id),
     name      TEXT    NOT NULL,
     size      INTEGER NOT NULL DEFAULT 0,
-    mode      INTEGER NOT NULL,
+    mode      INTEGER NOT NULL,   -- perms | S_IFLNK for a symlink; type bits 0 = regular (v2)
     uid       INTEGER NOT NULL,
     gid       INTEGER NOT NULL,
     atime_ns  INTEGER NOT NULL,

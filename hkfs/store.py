@@ -17,6 +17,7 @@ import logging
 import os
 import pwd
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,21 @@ class DirEntry:
 
 
 # ---------------------------------------------------------------- helpers
+
+_ENTITY_TYPES = (0, stat.S_IFREG, stat.S_IFLNK)
+
+
+def _entity_mode(mode: int, old: int = 0) -> int:
+    """An entity's stored mode: permission bits plus file-type bits, S_IFLNK for a symlink
+    and 0 for a regular file (S_IFREG is stored as 0, as in rows older than symlinks).
+    Without type bits the type of `old` is kept (chmod never turns a symlink into a file)."""
+    kind = stat.S_IFMT(mode)
+    if kind not in _ENTITY_TYPES:
+        raise InvalidArgument(f"a file entity cannot have file type {oct(kind)}")
+    if not kind:
+        kind = stat.S_IFMT(old)
+    return (0 if kind == stat.S_IFREG else kind) | (mode & 0o7777)
+
 
 def _now() -> int:
     return time.time_ns()
@@ -416,7 +432,9 @@ class Store:
 
     def create(self, ns: int, name: str, *, hks: Sequence[HK | str] = (), directory: int | None = None,
                mode: int = 0o644, uid: int = 0, gid: int = 0) -> int:
-        """Create an empty entity carrying hks and/or linked into directory (else into lost+found)."""
+        """Create an empty entity carrying hks and/or linked into directory (else into lost+found).
+
+        mode may carry file-type bits: S_IFLNK | 0o777 makes a symlink (its bytes are the target)."""
         validate_name(name)
         hk_list = _hks(hks)
         made: list[int] = []
@@ -431,7 +449,7 @@ class Store:
                 t = _now()
                 cur = c.execute(
                     "INSERT INTO entities(ns, name, size, mode, uid, gid, atime_ns, mtime_ns, ctime_ns) "
-                    "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)", (ns, name, mode & 0o7777, uid, gid, t, t, t))
+                    "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)", (ns, name, _entity_mode(mode), uid, gid, t, t, t))
                 eid = int(cur.lastrowid)  # type: ignore[arg-type]
                 self._new_bytes(eid)
                 made.append(eid)
@@ -475,7 +493,7 @@ class Store:
                 t = _now()
                 ids = list(range(base, base + len(items)))
                 rows, tagrows, untagged = [], [], []
-                m = mode & 0o7777
+                m = _entity_mode(mode)
                 for eid, (name, hks) in zip(ids, items, strict=True):
                     if not name or "/" in name or "\0" in name or name in (".", "..") or len(name) > 63:
                         validate_name(name)
@@ -537,18 +555,25 @@ class Store:
     def set_attrs(self, eid: int, *, size: int | None = None, mode: int | None = None,
                   uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
                   mtime_ns: int | None = None) -> None:
-        """Record inode data (the mount writes the bytes itself). ctime follows any change."""
+        """Record inode data (the mount writes the bytes itself). ctime follows any change.
+
+        A mode without file-type bits changes the permissions only (the type is kept)."""
         sets: dict[str, int] = {}
         for k, v in (("size", size), ("mode", mode), ("uid", uid), ("gid", gid),
                      ("atime_ns", atime_ns), ("mtime_ns", mtime_ns)):
             if v is not None:
-                sets[k] = int(v) & 0o7777 if k == "mode" else int(v)
+                sets[k] = int(v)
         if size is not None and size < 0:
             raise InvalidArgument("negative size")
+        if mode is not None:
+            _entity_mode(mode)        # refuse a bad type before the transaction
         with self.catalog.write() as c:
             self._need_entity(c, eid)
             if not sets:
                 return
+            if mode is not None:
+                sets["mode"] = _entity_mode(mode, c.execute("SELECT mode FROM entities WHERE id = ?",
+                                                            (eid,)).fetchone()[0])
             sets["ctime_ns"] = _now()
             c.execute(f"UPDATE entities SET {', '.join(k + ' = ?' for k in sets)} WHERE id = ?",
                       (*sets.values(), eid))

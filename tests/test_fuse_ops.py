@@ -126,6 +126,12 @@ def test_symlinks(ops: HKOperations) -> None:
     assert ops.readlink("/d/l") == "../target"
     assert stat.S_ISLNK(ops.getattr("/d/l")["st_mode"])
     assert err(ops.symlink, "/d/l", "x") == errno.EEXIST
+    eid = ops.store.lookup(ops.loc("/d").dirid, "l").id
+    assert ops.store.entity(eid).mode == stat.S_IFLNK | 0o777      # the type lives in the store
+    assert ops.store.list_xattrs("file", eid) == []
+    ops.release("/d/f", ops.create("/d/f", stat.S_IFREG | 0o640, os.O_WRONLY))
+    assert ops.getattr("/d/f")["st_mode"] == stat.S_IFREG | 0o640
+    assert err(ops.readlink, "/d/f") == errno.EINVAL
 
 
 def test_rm_in_view_detaches_and_keeps_bytes(ops: HKOperations) -> None:

@@ -211,6 +211,44 @@ def test_set_attrs(store, ns) -> None:
         store.set_attrs(eid, size=-1)
 
 
+def test_file_type_bits_in_mode(store, ns) -> None:
+    import stat
+    ln = store.create(ns, "l", hks=[("photo",)], mode=stat.S_IFLNK | 0o777)
+    f = store.create(ns, "f", hks=[("photo",)], mode=stat.S_IFREG | 0o600)
+    assert store.entity(ln).mode == stat.S_IFLNK | 0o777
+    assert store.entity(f).mode == 0o600                 # regular: no type bits, as old rows
+    store.set_attrs(ln, mode=0o755)                        # permissions only: still a symlink
+    assert store.entity(ln).mode == stat.S_IFLNK | 0o755
+    store.set_attrs(f, mode=stat.S_IFLNK | 0o777)
+    assert store.entity(f).mode == stat.S_IFLNK | 0o777
+    for bad in (stat.S_IFDIR | 0o755, stat.S_IFIFO | 0o644):
+        with pytest.raises(InvalidArgument):
+            store.create(ns, "x", hks=[("photo",)], mode=bad)
+        with pytest.raises(InvalidArgument):
+            store.set_attrs(f, mode=bad)
+    assert store.bulk_create(ns, [("b", [("photo",)])], mode=stat.S_IFREG | 0o644)
+    assert store.entity(store.resolve_ids(ns, [("photo",)], "b")[0]).mode == 0o644
+
+
+def test_migration_v2_moves_the_symlink_mark_into_mode(tmp_path) -> None:
+    import stat
+    s = Store.open(tmp_path / "s")
+    ns = s.namespace_id("dave")
+    s.mkkw(ns, ("k",))
+    ln = s.create(ns, "l", hks=[("k",)], mode=0o777)
+    f = s.create(ns, "f", hks=[("k",)], mode=0o644)
+    s.set_xattr("file", ln, "hkfs.symlink", b"1")          # how the v1 mount marked symlinks
+    s.set_xattr("file", f, "user.other", b"v")
+    s.close()
+    with sqlite3.connect(tmp_path / "s" / "catalog.sqlite") as c:
+        c.execute("PRAGMA user_version = 1")
+    s = Store.open(tmp_path / "s")
+    assert migrations.user_version(s.catalog.connection()) == 2
+    assert s.entity(ln).mode == stat.S_IFLNK | 0o777 and s.list_xattrs("file", ln) == []
+    assert s.entity(f).mode == 0o644 and s.list_xattrs("file", f) == ["user.other"]
+    s.close()
+
+
 def test_dtkw_of_last_hk_goes_to_lost_found_and_rme_deletes(store, ns) -> None:
     eid = store.create(ns, "x.txt", hks=[("photo",)])
     store.entity_path(eid).write_text("keep me")
