@@ -48,6 +48,16 @@ DEFAULT_OPTIONS: dict[str, object] = {
 }
 
 
+# libfuse 3 refuses these (big writes are always on; max_write and max_read are negotiated in init).
+LIBFUSE2_ONLY = ("big_writes", "max_write", "max_read")
+
+
+def _libfuse_major() -> int:
+    """2 or 3: which libfuse mfusepy loaded (FUSE_LIBRARY_NAME / FUSE_LIBRARY_PATH pick it)."""
+    import mfusepy  # only in the daemon: the CLI need not load libfuse
+    return int(mfusepy.fuse_version_major)
+
+
 class MountError(HKError):
     """A mount or unmount that cannot be done; the message is the one line the user sees."""
 
@@ -130,6 +140,9 @@ def _setup_daemon_logging(store: Path, *, to_stderr: bool, level: int) -> None:
 
 def fuse_options(store: Path, user_options: dict[str, object]) -> dict[str, object]:
     opts = dict(DEFAULT_OPTIONS)
+    if _libfuse_major() >= 3:
+        for key in LIBFUSE2_ONLY:
+            opts.pop(key, None)
     opts.update(user_options)
     opts["fsname"] = fsname_for(store)
     opts["subtype"] = SUBTYPE
