@@ -408,7 +408,16 @@ class EmbeddingCatalog:
             else:
                 name, dim_raw = meta
                 dim = parse_dim(dim_raw) if dim_raw is not None else None
-                rows = read_entry(self.store.entity_path(eid), name, dim)
+                path = self.store.entity_path(eid)
+                try:
+                    rows = read_entry(path, name, dim)
+                except InvalidArgument:
+                    if path.stat().st_size != fp[2]:
+                        # being written (the catalog learns the size when the writer closes):
+                        # no warning, it is read again once the new fingerprint shows up
+                        log.debug("entity %d: bytes still changing; read later", eid)
+                        return None
+                    raise
                 if len(rows) > MAX_ROWS:
                     raise InvalidArgument(f"{name}: {len(rows)} rows, more than {MAX_ROWS}")
         except FileNotFoundError:
