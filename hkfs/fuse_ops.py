@@ -917,12 +917,16 @@ class HKOperations(Operations):
         return "file", self._eid_of(loc)
 
     @overrides(Operations)
-    @_mapped
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if not name.startswith("user."):
             # ENOTSUP (not ENODATA) for system.* / security.*: `ls -l` then stops asking
-            # for ACLs on this file system instead of asking once per file.
+            # for ACLs on this file system instead of asking once per file. Answered
+            # before `_mapped`, so without a catalog read (cp -a, tar, ls ask these).
             raise FuseOSError(errno.ENOTSUP)
+        return self._getxattr(path, name)
+
+    @_mapped
+    def _getxattr(self, path: str, name: str) -> bytes:
         kind, ident = self._xattr_target(path)
         if kind == "file" and name == KEYWORDS_ATTR:
             return format_hk_list(self.store.entity(ident).hks).encode()

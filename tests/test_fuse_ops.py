@@ -106,6 +106,7 @@ def test_errnos(ops: HKOperations) -> None:
     assert err(ops.setxattr, "/@/k/f", "user.hk.keywords", b"//k/..", 0) == errno.EINVAL
     assert err(ops.setxattr, "/@/k/f", "user.hk.keywords", b"//nokw", 0) == errno.ENOENT
     assert err(ops.getxattr, "/@/k/f", "user.none") == errno.ENODATA
+    assert err(ops.getxattr, "/@/k/f", "security.selinux") == errno.ENOTSUP   # no catalog read
     assert err(ops.removexattr, "/@/k/f", "user.none") == errno.ENODATA
     ops.setxattr("/@/k/f", "user.a", b"1", 0)
     assert err(ops.setxattr, "/@/k/f", "user.a", b"2", 1) == errno.EEXIST        # XATTR_CREATE
