@@ -126,27 +126,51 @@ def test_hk_complete_with_a_store_outside_a_mount(tmp_path: Path) -> None:
 
 
 class KeyTerminal:
-    """An interactive shell on an 80-column pty; `keys` types, `until` reads until a pattern shows."""
+    """An interactive shell on an 80-column pty; `keys` types, `until` reads until a pattern shows.
 
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+    Each step of a test waits for the last thing the shell writes for that key (the redrawn line,
+    a bell), and `keys` first takes in whatever is already pending, so the next step never matches
+    output left over from the one before, however slowly the shell runs on a loaded machine.
+    """
+
+    STEP_TIMEOUT = 120.0    # one step is one `hk complete` (a Python start-up); generous for loaded CI
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], mount: Mount) -> None:
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
                                      start_new_session=True)
         os.close(slave)
+        self.mount = mount
         self.buf = bytearray()
 
-    def until(self, pattern: bytes, start: int = 0, timeout: float = 60) -> bytes:
+    def _read(self, wait: float) -> bool:
+        r, _, _ = select.select([self.master], [], [], wait)
+        if not r:
+            return False
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:            # EIO: the shell is gone
+            return False
+        self.buf.extend(data)
+        return bool(data)
+
+    def until(self, pattern: bytes, start: int = 0, timeout: float = STEP_TIMEOUT) -> bytes:
         """Read until `pattern` appears in what came after `start`; return that part."""
         end = time.monotonic() + timeout
         while pattern not in self.buf[start:]:
-            assert time.monotonic() < end and self.proc.poll() is None, bytes(self.buf[start:])
-            r, _, _ = select.select([self.master], [], [], 0.5)
-            if r:
-                self.buf.extend(os.read(self.master, 65536))
+            if time.monotonic() > end or self.proc.poll() is not None:
+                pytest.fail(f"{pattern!r} not shown within {timeout:.0f}s (shell exit code "
+                            f"{self.proc.poll()}); after the keys:\n{bytes(self.buf[start:])!r}\n"
+                            f"--- whole terminal\n{bytes(self.buf)!r}\n--- daemon.log tail\n"
+                            f"{self.mount.log_tail()}")
+            self._read(0.5)
         return bytes(self.buf[start:])
 
     def keys(self, k: bytes) -> int:
+        """Type k; returns the mark from which its output starts (what was pending is taken in first)."""
+        while self._read(0):
+            pass
         mark = len(self.buf)
         os.write(self.master, k)
         return mark
@@ -154,7 +178,7 @@ class KeyTerminal:
     def close(self) -> None:
         try:
             os.write(self.master, b"\x15exit\n")
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
@@ -174,7 +198,7 @@ def _shell(shell: str, mount: Mount, tmp_path: Path) -> KeyTerminal:
         (tmp_path / ".zshrc").write_text("PS1='P>'\nautoload -Uz compinit && compinit -u\n"
                                          "eval \"$(hk shell-init zsh --no-prompt)\"\n")
         argv = ["zsh", "-i"]
-    t = KeyTerminal(argv, mount.root, env)
+    t = KeyTerminal(argv, mount.root, env, mount)
     t.until(b"P>")
     return t
 
@@ -187,17 +211,30 @@ def test_tab_in_a_real_shell(shell: str, demo_mount: Mount, tmp_path: Path) -> N
         pytest.skip(f"{shell} is not installed")
     t = _shell(shell, demo_mount, tmp_path)
     try:
-        t.until(b"//sports/football", t.keys(b"akl footb\t"))      # one candidate: the word is replaced
-        out = t.until(b"//animal/dog/poodle", t.keys(b"\x15akl //animal/dog/\t\t"))   # Fig. 3: next level
+        # One candidate: the word is replaced.
+        t.until(b"//sports/football", t.keys(b"akl footb\t"))
+        # Fig. 3: the next level. bash keeps the word (bell) and lists on the second Tab;
+        # zsh lists on the first Tab, and the second starts the menu at the first candidate.
+        m = t.keys(b"\x15akl //animal/dog/\t")
+        if shell == "bash":
+            t.until(b"P>akl //animal/dog/\x07", m)
+            m = t.keys(b"\t")
+        out = t.until(b"//animal/dog/poodle", m)
         assert b"//animal/dog/bulldog" in out
+        t.until(b"P>akl //animal/dog/", m + out.index(b"//animal/dog/poodle"))   # line redrawn, word kept
+        if shell == "zsh":
+            t.until(b"bulldog", t.keys(b"\t"))
         if shell == "bash":                                       # Fig. 4: listed, 'foo' stays typed
-            m = t.keys(b"\x15akl foo\t\t")
+            t.until(b"P>akl foo\x07", t.keys(b"\x15akl foo\t"))   # first Tab: the word is kept
+            m = t.keys(b"\t")
             out = t.until(b"//sports/football", m)
             assert b"//food" in out and b"//movie/footloose" in out
             t.until(b"P>akl foo", m + out.index(b"//sports/football"))
         else:                                                     # Fig. 4: Tab cycles, as Ctrl-U did
-            t.until(b"//food", t.keys(b"\x15akl foo\t"))
+            out = t.until(b"P>akl //food", t.keys(b"\x15akl foo\t"))   # first candidate in, all listed
+            assert b"//movie/footloose" in out and b"//sports/football" in out
             t.until(b"movie/footloose", t.keys(b"\t"))
-            t.until(b"//sports/football", t.keys(b"\t"))
+            t.until(b"akl //sports/football", t.keys(b"\t"))
+            t.until(b"akl //food", t.keys(b"\t"))                  # and round again
     finally:
         t.close()
