@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 HK_CMD = [sys.executable, "-c", "from hkfs.cli import main; main()"]
-MOUNT_TIMEOUT = 20.0
+MOUNT_TIMEOUT = 60.0        # generous: the daemon's start-up (imports) is slow on a loaded 2-core CI box
 
 
 def fuse_usable() -> bool:
@@ -47,7 +47,7 @@ class Mount:
         return self.store / "daemon.log"
 
     def run(self, script: str, *, check: bool = True, cwd: Path | None = None,
-            timeout: float = 120, env: dict[str, str] | None = None,
+            timeout: float = 300, env: dict[str, str] | None = None,
             user: int | None = None) -> subprocess.CompletedProcess[str]:
         """Run a bash script (set -euo pipefail) in the mount root; $M is the mount, $S the store,
         `hk` runs this checkout's CLI. With check, a non-zero exit fails the test with its output."""
@@ -127,7 +127,7 @@ def stop_mount(m: Mount) -> None:
         subprocess.run([fm, "-u", "-z", str(m.root)], capture_output=True)
     if m.proc is not None:
         try:
-            m.proc.wait(timeout=15)
+            m.proc.wait(timeout=60)     # a clean shutdown under load; terminate/kill only if stuck
         except subprocess.TimeoutExpired:
             m.proc.terminate()
             try:

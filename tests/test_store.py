@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -573,6 +574,19 @@ _CHURN = textwrap.dedent("""
 """)
 
 
+def _wait_for_entities(path: Path, n: int, procs: list[subprocess.Popen], timeout: float = 120) -> None:
+    """Poll the catalog (a plain reader beside the writers, WAL) until it holds n entities."""
+    deadline = time.monotonic() + timeout
+    con = sqlite3.connect(path / "catalog.sqlite", timeout=60)
+    try:
+        while con.execute("SELECT count(*) FROM entities").fetchone()[0] < n:
+            assert all(p.poll() is None for p in procs), "a churn process died"
+            assert time.monotonic() < deadline, f"fewer than {n} entities after {timeout:.0f}s"
+            time.sleep(0.05)
+    finally:
+        con.close()
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_mid_way_leaves_a_consistent_store(tmp_path, seed) -> None:
     path = tmp_path / "s"
@@ -582,7 +596,11 @@ def test_sigkill_mid_way_leaves_a_consistent_store(tmp_path, seed) -> None:
     try:
         for p in procs:
             assert p.stdout.readline().strip() == b"ready"
-        time.sleep(1.0 + 0.3 * seed)
+        # Kill mid-way through real work: once the churners have committed a fair amount (polled,
+        # not a fixed sleep, which on a loaded machine may pass before they got going), plus a
+        # seed-dependent moment so the two runs die at different points.
+        _wait_for_entities(path, 40, procs)
+        time.sleep(0.3 * seed)
     finally:
         for p in procs:
             os.kill(p.pid, signal.SIGKILL)

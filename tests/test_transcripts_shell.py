@@ -158,7 +158,7 @@ class Terminal:
         self.raw += data.decode("utf-8", "replace")
         return bool(data)
 
-    def _wait_prompt(self, timeout: float = 60) -> None:
+    def _wait_prompt(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not PROMPT_RE.search(self.raw.replace("\x01", "").replace("\x02", "")):
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -169,7 +169,7 @@ class Terminal:
         """Type a line, then wait for its echo and for the prompt that follows the command's output."""
         mark = len(self.raw)
         os.write(self.master, (line + "\n").encode())
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120     # one command is a Python start-up or two; loaded CI
         while True:
             i = self.raw.find(line, mark)
             if i >= 0 and PROMPT_RE.search(self.raw[i + len(line):].replace("\x01", "").replace("\x02", "")):
@@ -181,7 +181,7 @@ class Terminal:
     def close(self) -> None:
         try:
             os.write(self.master, b"exit\n")
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
