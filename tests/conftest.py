@@ -19,6 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests must not fail on timing: on a loaded 2-core CI box one example can take more
+# than Hypothesis' 200 ms deadline (reported as a failure, or as "Unreliable test timings" when
+# the replay is fast) or trip the too_slow health check. The default is Hypothesis' own "ci"
+# profile (no deadline, too_slow off, derandomized: the same examples on every run, so a CI run
+# cannot fail on an example no earlier run saw); HYPOTHESIS_PROFILE=explore draws fresh
+# random examples, for hunting bugs locally.
+settings.register_profile("explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HK_CMD = [sys.executable, "-c", "from hkfs.cli import main; main()"]
 MOUNT_TIMEOUT = 60.0        # generous: the daemon's start-up (imports) is slow on a loaded 2-core CI box
