@@ -20,7 +20,7 @@ from .errors import StoreVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -37,6 +37,17 @@ def _symlink_type_in_mode(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS[2] = ("file type bits in entities.mode (symlinks)", _symlink_type_in_mode)
+
+
+def _counters(conn: sqlite3.Connection) -> None:
+    """v3: a counters table; 'entity_high' keeps deleted entity ids from being reused."""
+    conn.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) "
+                 "WITHOUT ROWID")
+    conn.execute("INSERT OR IGNORE INTO counters(name, value) "
+                 "SELECT 'entity_high', coalesce(max(id), 0) FROM entities")
+
+
+MIGRATIONS[3] = ("counters: entity ids never reused", _counters)
 
 
 def schema_sql() -> str:

@@ -96,6 +96,13 @@ CREATE TABLE IF NOT EXISTS xattrs (
     PRIMARY KEY (kind, id, name)
 ) WITHOUT ROWID;
 
+-- Small named counters. 'entity_high': the highest id a deleted entity had (ids are
+-- never reused, see Store._next_entity_id). (v3)
+CREATE TABLE IF NOT EXISTS counters (
+    name   TEXT    PRIMARY KEY,
+    value  INTEGER NOT NULL
+) WITHOUT ROWID;
+
 -- Applied schema versions (user_version is the authority; this is the history).
 CREATE TABLE IF NOT EXISTS migrations (
     version     INTEGER PRIMARY KEY,

@@ -448,8 +448,9 @@ class Store:
                     self._name_free(c, directory, name)
                 t = _now()
                 cur = c.execute(
-                    "INSERT INTO entities(ns, name, size, mode, uid, gid, atime_ns, mtime_ns, ctime_ns) "
-                    "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)", (ns, name, _entity_mode(mode), uid, gid, t, t, t))
+                    "INSERT INTO entities(id, ns, name, size, mode, uid, gid, atime_ns, mtime_ns, ctime_ns) "
+                    "VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+                    (self._next_entity_id(c), ns, name, _entity_mode(mode), uid, gid, t, t, t))
                 eid = int(cur.lastrowid)  # type: ignore[arg-type]
                 self._new_bytes(eid)
                 made.append(eid)
@@ -489,7 +490,7 @@ class Store:
                 # every keyword of the namespace, once: path -> id
                 known = dict(c.execute("SELECT path, id FROM keywords WHERE ns = ?", (ns,)))
                 cache: dict[HK, tuple[int, str]] = {}
-                base = c.execute("SELECT coalesce(max(id), 0) FROM entities").fetchone()[0] + 1
+                base = self._next_entity_id(c)
                 t = _now()
                 ids = list(range(base, base + len(items)))
                 rows, tagrows, untagged = [], [], []
@@ -673,7 +674,20 @@ class Store:
         self._drop_bytes([eid])
 
     @staticmethod
+    def _next_entity_id(c: sqlite3.Connection) -> int:
+        """One more than any id an entity ever had (live or deleted).
+
+        Ids are never reused: the bytes of a deleted entity are unlinked after its row's
+        deletion commits, so a new entity taking the same id in between (another thread
+        or process) would lose its fresh bytes file to that unlink."""
+        return c.execute(
+            "SELECT max(coalesce((SELECT max(id) FROM entities), 0), "
+            "coalesce((SELECT value FROM counters WHERE name = 'entity_high'), 0)) + 1").fetchone()[0]
+
+    @staticmethod
     def _delete_entity(c: sqlite3.Connection, eid: int) -> None:
+        c.execute("INSERT INTO counters(name, value) VALUES ('entity_high', ?) "
+                  "ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)", (eid,))
         c.execute("DELETE FROM links WHERE entity = ?", (eid,))
         c.execute("DELETE FROM entity_keywords WHERE entity = ?", (eid,))
         c.execute("DELETE FROM xattrs WHERE kind = 'file' AND id = ?", (eid,))

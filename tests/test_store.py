@@ -231,6 +231,19 @@ def test_file_type_bits_in_mode(store, ns) -> None:
     assert store.entity(store.resolve_ids(ns, [("photo",)], "b")[0]).mode == 0o644
 
 
+def test_entity_ids_are_never_reused(store, ns) -> None:
+    """The bytes of a deleted entity are unlinked after its commit: a new entity with the
+    same id (another thread or process, in between) would lose its bytes file."""
+    a = store.create(ns, "a", hks=[("photo",)])
+    b = store.create(ns, "b", hks=[("photo",)])
+    store.rme(b)
+    c = store.create(ns, "c", hks=[("photo",)])
+    assert c > b > a
+    store.rme(c)
+    [d] = store.bulk_create(ns, [("d", [("photo",)])])
+    assert d > c and store.entity_path(d).exists()
+
+
 def test_migration_v2_moves_the_symlink_mark_into_mode(tmp_path) -> None:
     import stat
     s = Store.open(tmp_path / "s")
@@ -244,7 +257,7 @@ def test_migration_v2_moves_the_symlink_mark_into_mode(tmp_path) -> None:
     with sqlite3.connect(tmp_path / "s" / "catalog.sqlite") as c:
         c.execute("PRAGMA user_version = 1")
     s = Store.open(tmp_path / "s")
-    assert migrations.user_version(s.catalog.connection()) == 2
+    assert migrations.user_version(s.catalog.connection()) == migrations.SCHEMA_VERSION
     assert s.entity(ln).mode == stat.S_IFLNK | 0o777 and s.list_xattrs("file", ln) == []
     assert s.entity(f).mode == 0o644 and s.list_xattrs("file", f) == ["user.other"]
     s.close()
