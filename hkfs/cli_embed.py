@@ -9,21 +9,30 @@ daemon owns it): persisted indexes plus an exact scan of what changed since.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import numpy as np
 
 from .cli import cli
 from .cli_context import friendly_errors, here, parse_hk_arg, store_options
-from .embeddings import EMBEDDING_ATTR, EmbeddingCatalog, parse_embedding
 from .errors import InvalidArgument, NotFound
 from .naming import HK
-from .queryfiles import DEFAULT_K, MAX_K, Query, format_results, parse_vector
-from .queryfs import QueryFS
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy and the embedding modules are imported inside the commands: every `hk` command
+# (the shell's prompt and Tab completion included) imports this module.
+EMBEDDING_ATTR = "user.hk.embedding"     # = hkfs.embeddings.EMBEDDING_ATTR
+DEFAULT_K, MAX_K = 10, 10_000            # = hkfs.queryfiles.DEFAULT_K, MAX_K (tests check)
 
 
 def _vector_from(path: Path, row: int | None) -> np.ndarray:
+    import numpy as np
+
     from vecindex.io import open_vectors
+
+    from .queryfiles import parse_vector
 
     try:
         x = open_vectors(path, None) if path.suffix.lower() in (".npy", ".fvecs") else None
@@ -67,6 +76,9 @@ def embed_cmd(file: str, vector: str | None, from_: Path | None, row: int | None
 
     Example: hk embed dog.jpg --from dogs.npy --row 3
     """
+    from .embeddings import parse_embedding
+    from .queryfiles import parse_vector
+
     given = [x for x in (vector is not None, from_ is not None, clear, show) if x]
     if len(given) != 1:
         raise click.UsageError("give exactly one of --vector, --from, --clear, --show")
@@ -117,6 +129,10 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
 
     Example: hk query //photo --like dog.npy -k 5
     """
+    from .embeddings import EmbeddingCatalog
+    from .queryfiles import Query, format_results, parse_vector
+    from .queryfs import QueryFS
+
     if (vector is None) == (like is None):
         raise click.UsageError("give one of --vector or --like")
     with here(store, user) as h:

@@ -62,3 +62,9 @@ def test_errors_say_what_is_wrong(tmp_path: Path) -> None:
     for args, says in cases:
         code, out = hk(*args)
         assert code != 0 and says in out, (args, out)
+
+
+def test_cli_constants_match_the_core() -> None:
+    from hkfs import cli_embed, embeddings, queryfiles
+    assert cli_embed.EMBEDDING_ATTR == embeddings.EMBEDDING_ATTR
+    assert (cli_embed.DEFAULT_K, cli_embed.MAX_K) == (queryfiles.DEFAULT_K, queryfiles.MAX_K)
