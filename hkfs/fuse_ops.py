@@ -70,6 +70,7 @@ XATTR_CREATE, XATTR_REPLACE = 1, 2
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
 MAX_NAME = 255
+MEMO_MAX = 500_000   # memo entries kept while nothing commits (~2-3 per file of an ls -l'd view)
 
 
 def to_fuse_error(exc: BaseException, op: str = "") -> FuseOSError:
@@ -185,7 +186,7 @@ class CachedReads:
     def _current(self) -> dict[tuple, Any]:
         with self._lock:
             v = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if v != self._version:
+            if v != self._version or len(self._memo) > MEMO_MAX:
                 self._version, self._memo = v, {}
             return self._memo
 
