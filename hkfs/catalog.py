@@ -13,6 +13,7 @@ SQLITE_BUSY when a read transaction tries to upgrade.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -26,12 +27,14 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 CACHE_KIB = 65_536  # page cache per connection, allocated as used
+PRUNE_AT = 32       # open connections above which those of ended threads are closed
 
 
 @dataclass
 class _ThreadConn:
     """One thread's connection and where it is in a (possibly nested) transaction."""
     conn: sqlite3.Connection
+    native_id: int
     depth: int = 0
     writing: bool = False
 
@@ -62,11 +65,17 @@ class Catalog:
         depend on how its callers manage thread states; the OS thread id is stable either way.
         A thread id is reused only after its thread ended, by which time every `with`
         block of that thread has closed its transaction (depth 0), so the next thread with
-        that id may safely take the connection over: the number of connections stays
-        bounded by the number of threads alive at once, plus ids not yet reused.
+        that id may safely take the connection over. Connections of ended threads whose ids
+        do not come back are closed once more than PRUNE_AT are open.
         """
         tid = threading.get_ident()
         st = self._conns.get(tid)
+        if st is not None and st.native_id != threading.get_native_id():
+            with self._conns_lock:     # a new thread with an ended thread's id: take it over
+                if self._conns.get(tid) is st:
+                    st.native_id = threading.get_native_id()
+                else:
+                    st = None          # pruned meanwhile
         if st is None:
             if self._closed:
                 raise RuntimeError("catalog is closed")
@@ -76,13 +85,28 @@ class Catalog:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            st = _ThreadConn(conn)
+            st = _ThreadConn(conn, threading.get_native_id())
             with self._conns_lock:
                 if self._closed:
                     conn.close()
                     raise RuntimeError("catalog is closed")
                 self._conns[tid] = st
+                dead = self._dead_threads() if len(self._conns) > PRUNE_AT else []
+            for c in dead:
+                _close_quietly(c)
         return st
+
+    def _dead_threads(self) -> list[sqlite3.Connection]:
+        """Drop (under the lock) the connections of threads that have ended; return them to close.
+
+        libfuse starts and ends worker threads as load varies, and their ids need not
+        come back. Linux only (/proc/self/task); elsewhere nothing is pruned."""
+        try:
+            alive = {int(t) for t in os.listdir("/proc/self/task")}
+        except OSError:
+            return []
+        gone = [tid for tid, st in self._conns.items() if st.native_id not in alive]
+        return [self._conns.pop(tid).conn for tid in gone]
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""

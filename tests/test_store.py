@@ -548,6 +548,21 @@ def test_catalog_connection_per_os_thread_and_close(tmp_path) -> None:
     with cat.read():
         with pytest.raises(RuntimeError):
             cat.release_thread()
+    # connections of ended threads whose ids do not come back are closed (libfuse's workers come and go)
+    import hkfs.catalog as catalog_mod
+    ended = sqlite3.connect(":memory:", check_same_thread=False)
+    cat._conns[-1] = catalog_mod._ThreadConn(ended, native_id=2**31 - 1)    # no such thread
+    old_prune, catalog_mod.PRUNE_AT = catalog_mod.PRUNE_AT, 0
+    try:
+        t = threading.Thread(target=lambda: s.root_dir(ns))
+        t.start()
+        t.join()
+    finally:
+        catalog_mod.PRUNE_AT = old_prune
+    assert -1 not in cat._conns
+    with pytest.raises(sqlite3.ProgrammingError):
+        ended.execute("SELECT 1")
+    assert cat.connection() is mine          # live threads keep theirs
     s.close()
     assert cat.connections() == 0
     with pytest.raises(sqlite3.ProgrammingError):
