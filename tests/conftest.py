@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -201,3 +202,57 @@ def demo_mount(mount_factory: MountFactory) -> Mount:
         with Store.open(store) as st:
             fill_demo(st)
     return mount_factory(fill=fill)
+
+
+# ---------------------------------------------------------------- nothing left behind
+
+def _mounts_under(base: Path) -> list[str]:
+    prefix = str(base).rstrip("/") + "/"
+    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+        points = [line.split()[1].replace("\\040", " ") for line in f if len(line.split()) > 1]
+    return [p for p in points if p.startswith(prefix)]
+
+
+def _daemons_under(base: Path) -> list[psutil.Process]:
+    """hk daemons (`hk mount`, background or -f, and `hk demo`) whose store or mount point is under base."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if ("mount" in cmd or "demo" in cmd) and any(str(base) in a for a in cmd) \
+                and any("hkfs" in a for a in cmd) and p.pid != os.getpid():
+            found.append(p)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After every test (its own fixtures already torn down): no FUSE mount under this run's
+    temporary directory. One left is detached (fusermount -u -z) and fails the test that left it."""
+    yield
+    left = _mounts_under(tmp_path_factory.getbasetemp())
+    if left:
+        fm = shutil.which("fusermount") or shutil.which("fusermount3") or "fusermount"
+        for p in left:
+            subprocess.run([fm, "-u", "-z", p], capture_output=True)
+        pytest.fail("test left FUSE mounts behind (now detached): " + ", ".join(left))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_daemon_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the run no hk daemon of this run is alive: each gets up to 60 s to finish
+    its shutdown, then is killed, and the run errors with their command lines."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    deadline = time.monotonic() + 60
+    while (alive := _daemons_under(base)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive:
+        cmds = []
+        for p in alive:
+            try:
+                cmds.append(" ".join(p.cmdline()))
+                p.kill()
+            except psutil.Error:
+                pass
+        if cmds:
+            pytest.fail("hk daemons left running after the tests (killed): " + "; ".join(cmds))

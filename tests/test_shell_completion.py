@@ -45,7 +45,7 @@ def _complete(mount: Mount, tmp_path: Path, lines: str, cwd: Path | None = None)
     env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}", LC_ALL="C.UTF-8")
     env.pop("HK_BIN", None)
     r = subprocess.run(["bash", "-c", COMP + lines], cwd=cwd or mount.root, env=env,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=400)   # ~15 hk start-ups
     assert r.returncode == 0, r.stderr
     out = {}
     for ln in r.stdout.splitlines():
