@@ -141,6 +141,11 @@ def _caller() -> tuple[int, int]:
         return os.getuid(), os.getgid()
 
 
+def _file_type(mode: int) -> int:
+    """The file-type bits of an entity's stored mode (0 there means a regular file)."""
+    return stat.S_IFMT(mode) or stat.S_IFREG
+
+
 def _ino(kind: int, ident: int) -> int:
     return (ident << 2) | kind
 
@@ -528,8 +533,8 @@ class HKOperations(Operations):
             for e in self.store.listdir(loc.dirid):
                 if e.kind == "dir":
                     out.append((e.name, {"st_mode": stat.S_IFDIR, "st_ino": _ino(2, e.id)}, 0))
-                else:
-                    out.append((e.name, {"st_mode": stat.S_IFREG, "st_ino": _ino(1, e.id)}, 0))
+                else:       # the type matters: find -type l, ls and cp trust d_type
+                    out.append((e.name, {"st_mode": _file_type(e.mode), "st_ino": _ino(1, e.id)}, 0))
             return out
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
             last: HK = loc.hks[-1] if isinstance(loc, ViewLoc) and loc.hks else ()
@@ -538,22 +543,22 @@ class HKOperations(Operations):
                 kid = ViewLoc(loc.ns, loc.with_child(k), loc.anchor)
                 out.append((k, {"st_mode": stat.S_IFDIR, "st_ino": self._virtual_ino(kid)}, 0))
             if isinstance(loc, ViewLoc):
-                out += [(n, {"st_mode": stat.S_IFREG, "st_ino": _ino(1, eid)}, 0)
-                        for n, eid in self.view_names(loc, kids)]
+                out += [(n, {"st_mode": _file_type(mode), "st_ino": _ino(1, eid)}, 0)
+                        for n, eid, mode in self.view_names(loc, kids)]
             return out
         raise NotADirectory("not a directory")
 
-    def view_names(self, view: ViewLoc, keywords: set[str] | dict[str, None]) -> list[tuple[str, int]]:
-        """(listed name, entity id) of a view's files: shared names become STEM~ID.EXT,
+    def view_names(self, view: ViewLoc, keywords: set[str] | dict[str, None]) -> list[tuple[str, int, int]]:
+        """(listed name, entity id, mode) of a view's files: shared names become STEM~ID.EXT,
         a name equal to a child keyword is listed as ',NAME'."""
         out = []
         for name, ents in self.reads.listing(view.ns, tuple(view.hks)).items():
             if len(ents) > 1:
-                out += [(clash_name(name, e.id), e.id) for e in ents]
+                out += [(clash_name(name, e.id), e.id, e.mode) for e in ents]
             elif name in keywords:
-                out.append(("," + name, ents[0].id))
+                out.append(("," + name, ents[0].id, ents[0].mode))
             else:
-                out.append((name, ents[0].id))
+                out.append((name, ents[0].id, ents[0].mode))
         return out
 
     @overrides(Operations)

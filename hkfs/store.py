@@ -94,6 +94,7 @@ class DirEntry:
     name: str
     kind: Literal["dir", "file"]
     id: int
+    mode: int = 0             # listdir: a file entity's mode (S_IFLNK: a symlink); 0 for dirs and from lookup
 
 
 # ---------------------------------------------------------------- helpers
@@ -866,8 +867,9 @@ class Store:
             self._need_dir(c, dirid)
             out = [DirEntry(n, "dir", i) for n, i in
                    c.execute("SELECT name, id FROM dirs WHERE parent = ?", (dirid,))]
-            out += [DirEntry(n, "file", e) for n, e in
-                    c.execute("SELECT name, entity FROM links WHERE dir = ?", (dirid,))]
+            out += [DirEntry(n, "file", e, m) for n, e, m in
+                    c.execute("SELECT l.name, l.entity, e.mode FROM links l "
+                              "JOIN entities e ON e.id = l.entity WHERE l.dir = ?", (dirid,))]
         return sorted(out, key=lambda e: e.name)
 
     def links(self, eid: int) -> list[tuple[int, str]]:

@@ -133,6 +133,11 @@ def test_symlinks(ops: HKOperations) -> None:
     ops.release("/d/f", ops.create("/d/f", stat.S_IFREG | 0o640, os.O_WRONLY))
     assert ops.getattr("/d/f")["st_mode"] == stat.S_IFREG | 0o640
     assert err(ops.readlink, "/d/f") == errno.EINVAL
+    types = {n: a["st_mode"] for n, a, _ in ops.readdir("/d", 0)}
+    assert types["l"] == stat.S_IFLNK and types["f"] == stat.S_IFREG     # d_type: find -type l
+    ops.mkdir("/@/k", 0o755)
+    ops.symlink("/@/k/lv", "x")
+    assert {n: a["st_mode"] for n, a, _ in ops.readdir("/@/k", 0)}["lv"] == stat.S_IFLNK
 
 
 def test_rm_in_view_detaches_and_keeps_bytes(ops: HKOperations) -> None:
