@@ -139,6 +139,44 @@ def view_rows(store: Path, mnt: Path, vdir: Path, args: argparse.Namespace, note
     ]
 
 
+# The floor: a do-nothing mfusepy file system answering the same stat from constants, so the
+# difference to the hkfs row is what hkfs itself costs per call.
+NULL_FS = """
+import stat, sys
+from mfusepy import FUSE, FuseOSError, Operations
+class Null(Operations):
+    use_ns = True
+    def getattr(self, path, fh=None):
+        if path in ("/", "/@", "/@/bench"):
+            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, "st_ino": len(path) + 1}
+        if path == "/@/bench/f000001":
+            return {"st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": 1, "st_ino": 9}
+        raise FuseOSError(2)
+FUSE(Null(), sys.argv[1], foreground=True, entry_timeout=0, attr_timeout=0, negative_timeout=0, use_ino=True)
+"""
+
+
+def null_fs_row(mnt: Path, vdir: Path, args: argparse.Namespace) -> tuple[str, str, float, float, str]:
+    proc = subprocess.Popen([sys.executable, "-c", NULL_FS, str(mnt)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the do-nothing file system did not mount")
+            time.sleep(0.05)
+        stat_of = mnt / "@" / "bench" / "f000001"
+        def fields() -> list[str]:
+            return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        c0 = sum(int(x) for x in fields()[11:13])
+        rate = stat_rate(stat_of, args.stats)
+        cpu = (sum(int(x) for x in fields()[11:13]) - c0) / os.sysconf("SC_CLK_TCK") / args.stats * 1e6
+        return ("stat one file, do-nothing mfusepy file system", "ops/s", rate,
+                stat_rate(vdir / "f000001", args.stats), f"the floor: timeouts 0; daemon CPU {cpu:.0f} us/stat")
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], stderr=subprocess.DEVNULL)
+        proc.wait(timeout=30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=None, help="work directory on the disk to test (default: a temp dir "
@@ -201,6 +239,7 @@ def main() -> None:
             rows += view_rows(store, mnt, vdir, args, "timeouts 0")
         finally:
             umount(mnt)
+        rows.append(null_fs_row(mnt, vdir, args))
         # The same rows on libfuse 3 (mfusepy loads the library named by FUSE_LIBRARY_NAME).
         if args.fuse3:
             os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
@@ -262,6 +301,8 @@ def report(rows: list[tuple[str, str, float, float, str]], args: argparse.Namesp
         "With timeouts 0 the kernel asks the daemon for every path component on every call: a "
         "`stat` of `@/bench/f000001` is 4 requests (3 LOOKUPs and a GETATTR) and `ls -l` is 2 "
         "per file (LOOKUP, GETATTR; counted with strace on the daemon's /dev/fuse replies). "
+        "The do-nothing row is the same `stat` answered from constants by a 12-line mfusepy file "
+        "system: the floor that mfusepy, libfuse and the kernel set, whatever hkfs does. "
         "Daemon CPU is user + system time of the daemon process per operation, which other "
         "jobs on the machine affect far less than the wall-clock rates.",
         "",
