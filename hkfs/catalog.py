@@ -35,6 +35,7 @@ class _ThreadConn:
     """One thread's connection and where it is in a (possibly nested) transaction."""
     conn: sqlite3.Connection
     native_id: int
+    pid: int
     depth: int = 0
     writing: bool = False
 
@@ -72,7 +73,12 @@ class Catalog:
         st = self._conns.get(tid)
         if st is not None and st.native_id != threading.get_native_id():
             with self._conns_lock:     # a new thread with an ended thread's id: take it over
-                if self._conns.get(tid) is st:
+                if st.pid != os.getpid():
+                    # a forked child: SQLite connections must not cross a fork; forget
+                    # (never close) every connection of the parent
+                    self._conns = {t: x for t, x in self._conns.items() if x.pid == os.getpid()}
+                    st = None
+                elif self._conns.get(tid) is st:
                     st.native_id = threading.get_native_id()
                 else:
                     st = None          # pruned meanwhile
@@ -85,7 +91,7 @@ class Catalog:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            st = _ThreadConn(conn, threading.get_native_id())
+            st = _ThreadConn(conn, threading.get_native_id(), os.getpid())
             with self._conns_lock:
                 if self._closed:
                     conn.close()
@@ -105,7 +111,7 @@ class Catalog:
             alive = {int(t) for t in os.listdir("/proc/self/task")}
         except OSError:
             return []
-        gone = [tid for tid, st in self._conns.items() if st.native_id not in alive]
+        gone = [tid for tid, st in self._conns.items() if st.native_id not in alive and st.pid == os.getpid()]
         return [self._conns.pop(tid).conn for tid in gone]
 
     def connection(self) -> sqlite3.Connection:

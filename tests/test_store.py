@@ -551,7 +551,7 @@ def test_catalog_connection_per_os_thread_and_close(tmp_path) -> None:
     # connections of ended threads whose ids do not come back are closed (libfuse's workers come and go)
     import hkfs.catalog as catalog_mod
     ended = sqlite3.connect(":memory:", check_same_thread=False)
-    cat._conns[-1] = catalog_mod._ThreadConn(ended, native_id=2**31 - 1)    # no such thread
+    cat._conns[-1] = catalog_mod._ThreadConn(ended, native_id=2**31 - 1, pid=os.getpid())    # no such thread
     old_prune, catalog_mod.PRUNE_AT = catalog_mod.PRUNE_AT, 0
     try:
         t = threading.Thread(target=lambda: s.root_dir(ns))
@@ -563,6 +563,15 @@ def test_catalog_connection_per_os_thread_and_close(tmp_path) -> None:
     with pytest.raises(sqlite3.ProgrammingError):
         ended.execute("SELECT 1")
     assert cat.connection() is mine          # live threads keep theirs
+    pid = os.fork()                          # a forked child opens its own connection
+    if pid == 0:
+        ok = False
+        try:
+            ok = cat.connection() is not mine and s.namespace_id("alice") == ns
+        finally:
+            os._exit(0 if ok else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert cat.connection() is mine
     s.close()
     assert cat.connections() == 0
     with pytest.raises(sqlite3.ProgrammingError):
