@@ -70,6 +70,8 @@ def demo_cmd(store: Path, mountpoint: Path) -> None:
         with Store.open(store, create=True) as st:
             if fresh:
                 fill_demo(st)
+            from .demo_embeddings import fill_demo_embeddings
+            fill_demo_embeddings(st)      # idempotent: older demo stores get them too (docs/query.md)
         try:
             mount(store, mnt)
         except MountError as exc:
@@ -83,6 +85,7 @@ def demo_cmd(store: Path, mountpoint: Path) -> None:
         (f"ls {rel}/work {rel}/work/,", "a directory, and the view of its keyword list"),
         (f"getfattr -n user.hk.keywords {rel}/@/photo/@/animal/cat/tama.jpg", "a file's keywords"),
         (f"mkdir {rel}/@/animal/fish", "make a keyword; ln/mv/rm in views tag and untag"),
+        (f"cat {rel}/@/photo/@/animal/fig2.jpg.query", "most similar photos, among animals"),
     ]
     width = max(len(c) for c, _ in tries)
     click.echo("\nTry:")

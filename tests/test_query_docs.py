@@ -44,3 +44,27 @@ def test_worked_example_runs_as_documented(mount_factory) -> None:
             want = want[:-1]
             lines = lines[: len(want)]
         assert lines == want, f"$ {cmd}\n--- got\n{out}"
+
+
+def test_hk_demo_store_has_the_embeddings(tmp_path: Path) -> None:
+    """`make run` (hk demo) makes the store the worked example runs on."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+    from conftest import HK_CMD, fuse_usable
+
+    if not fuse_usable():
+        pytest.skip("FUSE is not available")
+    store, mnt = tmp_path / "demo-store", tmp_path / "demo-mnt"
+    r = subprocess.run(HK_CMD + ["demo", "--store", str(store), "--mountpoint", str(mnt)],
+                       capture_output=True, text=True, timeout=120)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert ".query" in r.stdout
+        out = (mnt / "@/photo/@/animal/fig2.jpg.query").read_text()
+        assert out.splitlines()[0] == "0.815664\t@/photo/@/animal/fig1.jpg"
+    finally:
+        subprocess.run(HK_CMD + ["umount", str(mnt)], capture_output=True, timeout=120)
+    assert not os.path.ismount(mnt) and sys.executable
