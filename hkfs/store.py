@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno as _errno
 import fcntl
+import functools
 import logging
 import os
 import pwd
@@ -158,6 +159,12 @@ def _sorted_hks(tags: str | None) -> tuple[HK, ...]:
     if not tags:
         return ()
     return tuple(sorted(_hk_of_path(p) for p in tags.split(",") if p))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _valid_path(h: HK | str) -> str:
+    """The keywords.path of one HK as given (validated; the root refused); memoized for bulk_create."""
+    return _path(_hks([h])[0])
 
 
 def _tags(paths: Iterable[str]) -> str:
@@ -490,37 +497,38 @@ class Store:
                 self._check_ns(c, ns)
                 # every keyword of the namespace, once: path -> id
                 known = dict(c.execute("SELECT path, id FROM keywords WHERE ns = ?", (ns,)))
-                cache: dict[HK, tuple[int, str]] = {}
+                cache: dict[HK | str, tuple[int, str]] = {}   # as given -> (keyword id, path)
+
+                def resolve(h: HK | str) -> tuple[int, str]:
+                    p = _valid_path(h)
+                    kid = known.get(p)
+                    if kid is None:
+                        if not create_keywords:
+                            raise NotFound(f"no keyword {format_hk(_hk_of_path(p))}")
+                        kid = known[p] = self._mkkw(c, ns, _hk_of_path(p), True)
+                    got = cache[h] = (kid, p)
+                    return got
+
                 base = self._next_entity_id(c)
                 t = _now()
                 ids = list(range(base, base + len(items)))
                 rows, tagrows, untagged = [], [], []
                 m = _entity_mode(mode)
+                add_row, add_tags = rows.append, tagrows.extend
                 for eid, (name, hks) in zip(ids, items, strict=True):
                     if not name or "/" in name or "\0" in name or name in (".", "..") or len(name) > 63:
                         validate_name(name)
-                    rows.append((eid, ns, name, m, uid, gid, t, t, t))
+                    add_row((eid, ns, name, m, uid, gid, t, t, t))
                     if not hks:
                         untagged.append(eid)
                         continue
-                    kp = []
-                    for h in hks:
-                        got = cache.get(h)  # type: ignore[arg-type]
-                        if got is None:
-                            hk = _hks([h])[0]
-                            kid = known.get(_path(hk))
-                            if kid is None:
-                                if not create_keywords:
-                                    raise NotFound(f"no keyword {format_hk(hk)}")
-                                kid = self._mkkw(c, ns, hk, True)
-                                known[_path(hk)] = kid
-                            got = cache[h] = (kid, _path(hk))  # type: ignore[index]
-                        kp.append(got)
-                    if len(kp) == 1:
-                        tagrows.append((kp[0][0], eid, "," + kp[0][1] + ","))
-                    else:
-                        tags = _tags(p for _, p in kp)
-                        tagrows += [(kid, eid, tags) for kid in {k for k, _ in kp}]
+                    try:
+                        kp = [cache[h] for h in hks]  # type: ignore[index]
+                    except KeyError:
+                        kp = [cache.get(h) or resolve(h) for h in hks]  # type: ignore[arg-type]
+                    # the tags string is built once per file and shared by its rows
+                    tags = "," + ",".join(sorted({p for _, p in kp})) + ","
+                    add_tags([(kid, eid, tags) for kid in {k for k, _ in kp}])
                 # (keyword, entity) order (ids ascend, the sort is stable): index pages fill in sequence
                 tagrows.sort(key=itemgetter(0))
                 c.executemany(
