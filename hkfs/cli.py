@@ -43,7 +43,9 @@ def main() -> None:
 
 
 # Subcommand modules register themselves on `cli` (one import line each).
-from . import cli_embed  # noqa: E402,F401  (hk embed / hk query)
-from . import cli_mount  # noqa: E402,F401  (hk mount / umount / demo)
-from . import cli_paper  # noqa: E402,F401  (the paper's commands: mkkw ... rme)
-from . import cli_tools  # noqa: E402,F401  (hk path / kw / info / fsck / prompt / shell-init)
+from . import (  # noqa: E402
+    cli_embed,  # noqa: E402,F401  (hk embed / hk query)
+    cli_mount,  # noqa: E402,F401  (hk mount / umount / demo)
+    cli_paper,  # noqa: E402,F401  (the paper's commands: mkkw ... rme)
+    cli_tools,  # noqa: E402,F401  (hk path / kw / info / fsck / prompt / shell-init)
+)
