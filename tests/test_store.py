@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hkfs import migrations
 from hkfs.errors import (
     AlreadyExists,
+    HKError,
     HKSyntaxError,
     InvalidArgument,
     IsADirectory,
@@ -451,6 +452,34 @@ def test_bulk_create(store, ns) -> None:
         store.bulk_create(ns, [("x", [("nope",)])])
     assert store.bulk_create(ns, [("y", ["//new/kw"])], create_keywords=True)
     assert store.check() == []
+
+
+
+def test_bulk_create_same_rows_as_one_by_one(store, ns) -> None:
+    """The bulk path's shared tags string and keyword cache give what mkent + atkw give,
+    also for an HK given twice, as text and as a tuple, and across calls (memoized paths)."""
+    files = [("a", ["//photo", ("photo",), ("animal", "cat")]), ("b", []), ("c", [("animal",), "//animal/cat"])]
+    bulk = store.bulk_create(ns, files, create_keywords=True) + store.bulk_create(ns, files)
+    single = []
+    for name, hks in files:
+        single.append(store.create(ns, name, hks=hks))
+    with store.catalog.read() as c:
+        def rows(eid: int) -> list[tuple]:
+            return c.execute("SELECT keyword, tags FROM entity_keywords WHERE entity = ? ORDER BY keyword",
+                             (eid,)).fetchall()
+        for eids in (bulk[:3], bulk[3:]):
+            assert [rows(e) for e in eids] == [rows(e) for e in single]
+    assert [store.entity(e).hks for e in bulk[:3]] == [store.entity(e).hks for e in single]
+    for bad in (["//"], [("a/b",)], ["//x//y"]):
+        with pytest.raises(HKError):
+            store.bulk_create(ns, [("z", bad)], create_keywords=True)
+    assert store.check() == []
+
+
+def test_new_catalog_page_size(store) -> None:
+    from hkfs.catalog import PAGE_SIZE
+    with store.catalog.read() as c:
+        assert c.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
 
 
 # ---------------------------------------------------------------- resolve vs a naive model
