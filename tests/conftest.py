@@ -215,10 +215,13 @@ def _mounts_under(base: Path) -> list[str]:
 
 def _daemons_under(base: Path) -> list[psutil.Process]:
     """hk daemons (`hk mount`, background or -f, and `hk demo`) whose store or mount point is under base."""
+    # A path-component prefix: run pytest-21 must not take run pytest-212's daemons for its own
+    # (two suites at once on one machine killed each other's mounts: ECONNABORTED).
+    prefix = str(base).rstrip("/") + "/"
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = p.info["cmdline"] or []
-        if ("mount" in cmd or "demo" in cmd) and any(str(base) in a for a in cmd) \
+        if ("mount" in cmd or "demo" in cmd) and any(prefix in a for a in cmd) \
                 and any("hkfs" in a for a in cmd) and p.pid != os.getpid():
             found.append(p)
     return found
