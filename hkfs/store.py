@@ -982,6 +982,12 @@ class Store:
         return tuple(parse_hk(r[0]) for r in
                      c.execute("SELECT hk FROM dir_keywords WHERE dir = ? ORDER BY pos", (dirid,)))
 
+    def _need_dkl_keywords(self, c: sqlite3.Connection, dirid: int, hks: Sequence[HK]) -> None:
+        """A DKL may name only existing keywords of the directory's namespace."""
+        ns = self._need_dir(c, dirid)[3]
+        for h in hks:
+            self._need_kw(c, ns, h)
+
     def _write_dkl(self, c: sqlite3.Connection, dirid: int, hks: Sequence[HK]) -> None:
         c.execute("DELETE FROM dir_keywords WHERE dir = ?", (dirid,))
         c.executemany("INSERT INTO dir_keywords(dir, pos, hk) VALUES (?, ?, ?)",
@@ -992,9 +998,7 @@ class Store:
         """Add HKs (of the directory's namespace) to its DKL; ones already there are kept once."""
         hl = _hks(hks)
         with self.catalog.write() as c:
-            ns = self._need_dir(c, dirid)[3]
-            for h in hl:
-                self._need_kw(c, ns, h)
+            self._need_dkl_keywords(c, dirid, hl)
             dkl = list(self._dkl(c, dirid))
             self._write_dkl(c, dirid, dkl + [h for h in hl if h not in dkl])
 
@@ -1013,9 +1017,7 @@ class Store:
         """Replace the DKL (the user.hk.dkl xattr)."""
         hl = _hks(hks)
         with self.catalog.write() as c:
-            ns = self._need_dir(c, dirid)[3]
-            for h in hl:
-                self._need_kw(c, ns, h)
+            self._need_dkl_keywords(c, dirid, hl)
             self._write_dkl(c, dirid, hl)
 
     def chns(self, dirid: int, user: str | int) -> None:
