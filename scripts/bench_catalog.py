@@ -185,8 +185,23 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + _hand_written_notes(out))
+
+
+NOTES_HEADING = "## Reading the figures"
+
+
+def _hand_written_notes(out: Path) -> str:
+    """The hand-written section of the previous report, kept across runs (it may describe an
+    older run; its heading says so)."""
+    try:
+        old = out.read_text()
+    except OSError:
+        return ""
+    at = old.find("\n" + NOTES_HEADING)
+    return old[at:] if at >= 0 else ""
 
 
 if __name__ == "__main__":
