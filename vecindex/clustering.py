@@ -77,6 +77,23 @@ class Quantizer:
             out[a : a + len(xb)] = best_l
         return out
 
+    def probe_set(self, qv: np.ndarray, nprobe: int) -> np.ndarray:
+        """The `nprobe` best lists of one query (1-D), as sorted unique list numbers.
+
+        The search reads lists in file order, so it needs the set, not the ranking:
+        one argpartition over the centroid scores, no per-row sort or gather.
+        """
+        nprobe = max(1, min(nprobe, self.nlist))
+        if self.coarse is not None and self.nlist > FLAT_PROBE_MAX_NLIST:
+            return np.unique(self.probe(qv[None, :], nprobe)[0])
+        s = self.centroids @ qv
+        if self._sq is not None:
+            s *= 2
+            s -= self._sq
+        if nprobe < len(s):
+            return np.sort(np.argpartition(-s, nprobe - 1)[:nprobe])
+        return np.arange(len(s), dtype=np.int64)
+
     def probe(self, q: np.ndarray, nprobe: int, coarse_probe: int | None = None) -> np.ndarray:
         """The `nprobe` best lists for each query, (nq, nprobe) int64, best first."""
         nprobe = max(1, min(nprobe, self.nlist))

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -582,13 +583,17 @@ class IVFIndex:
         return np.frombuffer(buf, dtype=np.float32).reshape(len(pos), d).copy()
 
     def _ids_at(self, pos: np.ndarray) -> np.ndarray:
+        """Ids at positions: one 8-byte pread per main row (k of them per query)."""
         out = np.empty(len(pos), dtype=np.int64)
-        for i, p in enumerate(pos):
-            p = int(p)
-            if p < self.n_main:
-                out[i] = _pread_array(self._fds["ids"], np.int64, 1, p * 8)[0]
+        fd, n_main = self._fds.get("ids"), self.n_main
+        for i, p in enumerate(pos.tolist()):
+            if p < n_main:
+                b = os.pread(fd, 8, p * 8)
+                if len(b) != 8:
+                    raise IndexFormatError(f"{self.path}: ids file shorter than its header says")
+                out[i] = int.from_bytes(b, sys.byteorder, signed=True)
             else:
-                out[i] = self.tail_ids[p - self.n_main]
+                out[i] = self.tail_ids[p - n_main]
         return out
 
     def _exact_positions(self, qv: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -609,8 +614,7 @@ class IVFIndex:
         exact_scan = self.scan == "none"
         keep = k if exact_scan else rerank
         if self.n_main and self.quantizer is not None:
-            lists = self.quantizer.probe(qv[None, :], nprobe)[0]
-            lists = np.unique(lists)  # sorted by list number = by file offset
+            lists = self.quantizer.probe_set(qv, nprobe)  # sorted by list number = by file offset
             starts = self.offsets[lists]
             lens = self.offsets[lists + 1] - starts
             sel = lens > 0
@@ -691,7 +695,9 @@ class IVFIndex:
                 cand_s.append(s[top].copy())
                 cand_p.append(_buffer_to_global(top, seg_b, seg_g))
                 ncand += len(top)
-                if ncand >= 4 * keep:
+                # prune once keep candidates exist (the threshold then rejects most rows
+                # of later buffers by one compare) and again whenever 4x keep pile up
+                if ncand >= 4 * keep or (ncand >= keep and thr == -np.inf):
                     a_s, a_p = np.concatenate(cand_s), np.concatenate(cand_p)
                     part = np.argpartition(-a_s, keep - 1)[:keep]
                     cand_s[:], cand_p[:] = [a_s[part]], [a_p[part]]
@@ -701,11 +707,14 @@ class IVFIndex:
             seg_b.clear()
             seg_g.clear()
 
+        bufb = memoryview(buf).cast("B")  # one byte view per query, sliced per list
         for st, ln in zip(starts.tolist(), lens.tolist(), strict=False):
             done = 0
             while done < ln:
                 m = min(ln - done, cap - fill)
-                _pread_into(fd, buf[fill : fill + m], (st + done) * rb)
+                mv = bufb[fill * rb : (fill + m) * rb]
+                if os.preadv(fd, [mv], (st + done) * rb) != len(mv):  # short read: finish it
+                    _pread_into(fd, buf[fill : fill + m], (st + done) * rb)
                 seg_b.append(fill)
                 seg_g.append(st + done)
                 fill += m
