@@ -273,3 +273,31 @@ def test_threaded_batch_equals_serial(tmp_path) -> None:
     s2, i2 = ix.search(q, 7, nprobe=4, threads=2)
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(s1, s2)
+
+
+def test_top_k_set_matches_a_full_sort_and_breaks_ties_by_index() -> None:
+    from vecindex.clustering import top_k_set
+
+    rng = np.random.default_rng(3)
+    for n, k in [(1, 1), (5, 5), (5, 9), (2048, 1), (2048, 64), (300, 10)]:
+        s = rng.standard_normal(n).astype(np.float32)
+        want = np.sort(np.argsort(-s, kind="stable")[: min(k, n)])
+        assert np.array_equal(top_k_set(s, k), want)
+    s = np.array([3, 1, 2, 2, 2, 0], np.float32)  # the cut falls among the tied 2s
+    assert top_k_set(s, 3).tolist() == [0, 2, 3]
+    s = np.array([1, np.nan, 3, 2], np.float32)
+    assert len(top_k_set(s, 2)) == 2
+
+
+def test_probe_set_is_the_probe_ranking_as_a_set(tmp_path) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20_000, 16)).astype(np.float32)
+    for metric in ("cosine", "l2"):
+        idx = IVFIndex.build(tmp_path / metric, x, metric=metric, nlist=128)
+        qz = idx.quantizer
+        for qv in rng.standard_normal((20, 16)).astype(np.float32):
+            if metric == "cosine":
+                qv = qv / np.linalg.norm(qv)
+            for npb in (1, 7, 128, 500):
+                assert np.array_equal(qz.probe_set(qv, npb), np.unique(qz.probe(qv[None, :], npb)[0]))
+        idx.close()

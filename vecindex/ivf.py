@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from vecindex import format as fmt
-from vecindex.clustering import Quantizer, train_quantizer
+from vecindex.clustering import Quantizer, top_k_set, train_quantizer
 from vecindex.format import IndexFormatError, VecIndexError
 from vecindex.io import as_rows, open_vectors
 
@@ -690,7 +690,7 @@ class IVFIndex:
             # first, a partial sort of the survivors, pruning (no full sort) now and then
             top = np.flatnonzero(s > thr)
             if len(top) > keep:
-                top = top[np.argpartition(-s[top], keep - 1)[:keep]]
+                top = top[top_k_set(s[top], keep)]
             if len(top):
                 cand_s.append(s[top].copy())
                 cand_p.append(_buffer_to_global(top, seg_b, seg_g))
@@ -699,7 +699,7 @@ class IVFIndex:
                 # of later buffers by one compare) and again whenever 4x keep pile up
                 if ncand >= 4 * keep or (ncand >= keep and thr == -np.inf):
                     a_s, a_p = np.concatenate(cand_s), np.concatenate(cand_p)
-                    part = np.argpartition(-a_s, keep - 1)[:keep]
+                    part = top_k_set(a_s, keep)
                     cand_s[:], cand_p[:] = [a_s[part]], [a_p[part]]
                     ncand = keep
                     thr = float(a_s[part].min())
