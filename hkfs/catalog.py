@@ -16,7 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ class Catalog:
         self._conns: dict[int, _ThreadConn] = {}
         self._conns_lock = threading.Lock()
         self._closed = False
+        self.on_commit: Callable[[], None] | None = None   # called after each outermost write commits
         conn = self.connection()
         # a new catalog only (an existing file keeps its page size): see PAGE_SIZE
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
@@ -166,6 +167,8 @@ class Catalog:
                 raise
             st.depth, st.writing = 0, False
             conn.execute("COMMIT")
+            if write and self.on_commit is not None:
+                self.on_commit()
         finally:
             if not foreign_keys:
                 conn.execute("PRAGMA foreign_keys = ON")

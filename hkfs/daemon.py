@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import HKError, StoreLocked
-from .mountinfo import SUBTYPE, find_mount, fsname_for
+from .mountinfo import PID_NAME, SUBTYPE, find_mount, fsname_for
 
 __all__ = ["MountError", "mount", "umount", "run_daemon", "parse_options", "check_fuse",
            "check_mountpoint", "LOG_NAME", "PID_NAME"]
@@ -31,11 +31,11 @@ __all__ = ["MountError", "mount", "umount", "run_daemon", "parse_options", "chec
 log = logging.getLogger(__name__)
 
 LOG_NAME = "daemon.log"
-PID_NAME = "daemon.pid"
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
-# Kernel caches off: a change by any process (or the hk CLI, which opens the
-# store itself) is visible to the very next command. docs/bench/mount.md has the cost.
+# Kernel caches off until the daemon knows it can drop them on every change
+# (hkfs.kernel_cache turns them on from libfuse's init); with them off a change by
+# any process is visible to the very next command at the cost in docs/bench/mount.md.
 DEFAULT_OPTIONS: dict[str, object] = {
     "entry_timeout": 0,
     "attr_timeout": 0,
@@ -48,12 +48,27 @@ DEFAULT_OPTIONS: dict[str, object] = {
 }
 
 
+# Given by the user, these timeouts are kept as they are (kernel caches not managed).
+USER_TIMEOUTS = ("entry_timeout", "attr_timeout")
+
 # libfuse 3 refuses these (big writes are always on; max_write and max_read are negotiated in init).
 LIBFUSE2_ONLY = ("big_writes", "max_write", "max_read")
 
 
+def _choose_libfuse() -> None:
+    """libfuse 3 unless the user named a library: READDIRPLUS and cache invalidation need it.
+
+    mfusepy loads the library named by FUSE_LIBRARY_PATH / FUSE_LIBRARY_NAME, else
+    libfuse 2 when both are installed."""
+    if os.environ.get("FUSE_LIBRARY_PATH") or os.environ.get("FUSE_LIBRARY_NAME"):
+        return
+    if ctypes.util.find_library("fuse3"):
+        os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+
+
 def _libfuse_major() -> int:
     """2 or 3: which libfuse mfusepy loaded (FUSE_LIBRARY_NAME / FUSE_LIBRARY_PATH pick it)."""
+    _choose_libfuse()
     import mfusepy  # only in the daemon: the CLI need not load libfuse
     return int(mfusepy.fuse_version_major)
 
@@ -90,14 +105,21 @@ def check_fuse() -> None:
         raise MountError("FUSE is unavailable: libfuse not found (install libfuse2 or libfuse3-3)")
 
 
-def check_mountpoint(mountpoint: Path) -> None:
-    """MountError unless the mount point is an existing directory that nothing is mounted on."""
+def check_mountpoint(mountpoint: Path, *, nonempty: bool = False) -> None:
+    """MountError unless the mount point is an existing directory that nothing is mounted on.
+
+    A non-empty one is refused too (its files would be hidden while mounted) unless
+    `nonempty` (`-o nonempty`, which libfuse 2 knew and libfuse 3 dropped)."""
     if not mountpoint.exists():
         raise MountError(f"mount point {mountpoint} does not exist")
     if not mountpoint.is_dir():
         raise MountError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise MountError(f"mount point {mountpoint} is busy: something is already mounted there")
+    if not nonempty:
+        with os.scandir(mountpoint) as it:
+            if next(it, None) is not None:
+                raise MountError(f"mount point {mountpoint} is not empty (-o nonempty mounts over its files)")
 
 
 def _lock_holder(store: Path) -> str:
@@ -175,10 +197,11 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
     pid_file.write_text(f"{os.getpid()}\n")
     status = 0
     try:
-        from .fuse_ops import serve  # the only import of mfusepy
+        options = fuse_options(store, user_options)   # picks the libfuse before mfusepy loads one
+        from .fuse_ops import serve  # the adapter: imports mfusepy
         log.info("mounting %s on %s (pid %d)", store, mountpoint, os.getpid())
-        serve(st, mountpoint, fuse_options(store, user_options), on_ready=lambda: report("ok"),
-              debug=debug)
+        serve(st, mountpoint, options, on_ready=lambda: report("ok"),
+              debug=debug, keep_timeouts=any(k in user_options for k in USER_TIMEOUTS))
         log.info("unmounted %s", mountpoint)
     except RuntimeError as exc:
         # libfuse printed the reason on stderr (our log); hand its last line to the user.
@@ -214,12 +237,12 @@ def mount(store: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
     store_p = Path(os.path.abspath(store))
     mnt = Path(os.path.abspath(mountpoint))
     check_fuse()
-    check_mountpoint(mnt)
+    opts = dict(options or {})
+    check_mountpoint(mnt, nonempty=bool(opts.pop("nonempty", False)))
     if store_p.exists() and not store_p.is_dir():
         raise MountError(f"store {store_p} is not a directory")
     store_p.mkdir(parents=True, exist_ok=True)
     _probe_lock(store_p)
-    opts = options or {}
     if foreground:
         _setup_daemon_logging(store_p, to_stderr=True, level=logging.DEBUG if debug else logging.INFO)
         return run_daemon(store_p, mnt, opts, debug=debug)

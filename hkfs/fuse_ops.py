@@ -1,10 +1,13 @@
 """The FUSE adapter: mount paths -> hkfs.views locations -> store calls; handles; errno.
 
-The only module that imports mfusepy. It keeps no catalog state that another
-process could change (the kernel caches are off too, see hkfs.daemon), so a
-change by any `hk` command is visible to the very next call; the one cache it
-has (a listing of the view being stat'ed, for `ls -l` of big views) is dropped
-whenever SQLite reports any commit. Bytes go straight to STORE/entities/<id>
+With hkfs.kernel_cache, the mfusepy importers. It keeps no catalog state that
+another process could change: the one cache it has (resolutions and the listing
+of the view being stat'ed, for `ls -l` of big views) is dropped whenever SQLite
+reports any commit, and every operation that changes anything drops the
+kernel's entry and attribute caches (KernelCache.invalidate) before it replies,
+so a change through any path is visible to the very next call. Directories are
+listed with READDIRPLUS (libfuse 3): names with their attributes, one round trip
+per ~100 entries instead of a LOOKUP per file. Bytes go straight to STORE/entities/<id>
 through one descriptor per open handle. Every callback's errors go through
 `to_fuse_error` (HKError -> its errno, OSError -> its errno, anything else
 logged with its traceback -> EIO).
@@ -27,9 +30,11 @@ import errno
 import functools
 import hashlib
 import logging
+import operator
 import os
 import sqlite3
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,11 +45,13 @@ from typing import Any
 import mfusepy
 from mfusepy import FUSE, FuseOSError, Operations, overrides
 
+from .daemon_notify import SYNC_ATTR
 from .errors import HKError, InvalidArgument, IsADirectory, NotADirectory, NotFound, NotPermitted
+from .kernel_cache import KernelCache
 from .naming import HK, format_hk_list, hk_matches, parse_hk_list
 from .queryfs import SUFFIX as QUERY_SUFFIX
 from .queryfs import QueryFS
-from .store import EntityInfo, Store
+from .store import EntityInfo, EntityStat, Store
 from .views import (
     AT,
     DirLoc,
@@ -71,6 +78,13 @@ UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
 MAX_NAME = 255
 MEMO_MAX = 500_000   # memo entries kept while nothing commits (~2-3 per file of an ls -l'd view)
+FUSE_READDIR_PLUS, FUSE_FILL_DIR_PLUS = 1 << 0, 1 << 1         # fuse.h (libfuse 3)
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14                            # fuse_common.h (libfuse 3)
+# Operations after which the kernel's cached entries and attributes may be wrong somewhere
+# (a retag changes which views list a file; a write changes the size seen through every alias).
+CHANGING_OPS = frozenset({"chmod", "chown", "utimens", "mkdir", "rmdir", "create", "unlink", "link",
+                          "symlink", "rename", "write", "write_buf", "truncate", "setxattr",
+                          "removexattr"})
 
 
 def to_fuse_error(exc: BaseException, op: str = "") -> FuseOSError:
@@ -105,12 +119,17 @@ def _keep_thread_state() -> None:
 
 
 def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    changes = fn.__name__ in CHANGING_OPS
+
     @functools.wraps(fn)
     def wrapper(self: HKOperations, *args: Any) -> Any:
         _keep_thread_state()
         pinned = self.reads.pin()
         try:
-            return fn(self, *args)
+            result = fn(self, *args)
+            if changes:
+                self.kernel.invalidate()
+            return result
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -234,20 +253,19 @@ class CachedReads:
     def entity(self, eid: int) -> EntityInfo:
         return self._get(("ent", eid), lambda: self.store.entity(eid))
 
-    def listing(self, ns: int, hks: tuple[HK, ...]) -> dict[str, list[EntityInfo]]:
+    def listing(self, ns: int, hks: tuple[HK, ...]) -> dict[str, list[EntityStat]]:
         """All files of a view by name (one query), kept for the lookups that follow a readdir."""
         memo = self.memo()
         key = ("view", ns, hks)
         found = memo.get(key)
         if found is None:
             found = {}
-            for e in self.store.resolve(ns, hks):
+            for e in self.store.resolve_stats(ns, hks):
                 found.setdefault(e.name, []).append(e)
-                memo[("ent", e.id)] = e
             memo[key] = found
         return found
 
-    def resolve(self, ns: int, hks: Any, name: str | None = None) -> list[EntityInfo]:
+    def resolve(self, ns: int, hks: Any, name: str | None = None) -> list[EntityInfo] | list[EntityStat]:
         memo = self.memo()
         hks = tuple(hks)
         view = memo.get(("view", ns, hks))
@@ -298,6 +316,13 @@ def _fd_bufvec(fd: int, pos: int, size: int) -> _FuseBufvec:
     return v
 
 
+# One listed name: (name, file-type bits, inode, attrs_of, key). Its full attributes
+# (READDIRPLUS) are attrs_of(key), computed only when sent; attrs_of None for '.', '..'
+# and stored NAME.query files (whose size is their result's: the kernel looks them up).
+# A plain tuple: a 100k-file view makes 100k of them per listing.
+DirEntryAttrs = tuple[str, int, int, Callable[[Any], dict[str, Any]] | None, Any]
+
+
 @dataclass
 class Handle:
     fd: int
@@ -311,8 +336,10 @@ class HKOperations(Operations):
     use_ns = True
 
     def __init__(self, store: Store, *, user: int | str | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None, keep_timeouts: bool = False) -> None:
         self.store = store
+        self.kernel = KernelCache(store.catalog.path)
+        self.keep_timeouts = keep_timeouts     # the user chose entry_timeout/attr_timeout
         self.ns = store.namespace_id(os.getuid() if user is None else user)
         self.root = store.root_dir(self.ns)
         self.reads = CachedReads(store)
@@ -325,8 +352,20 @@ class HKOperations(Operations):
         self._handles: dict[int, Handle] = {}
         self._hlock = threading.Lock()
         self._next_fh = 1
+        self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
 
     # ---------------------------------------------------------------- lifecycle
+
+    @overrides(Operations)
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """libfuse's init: READDIRPLUS for every listing, kernel caches on where they can be dropped."""
+        fuse3 = mfusepy.fuse_version_major >= 3
+        if fuse3 and conn is not None:
+            # READDIRPLUS_AUTO sends attributes only for the first 4 KiB of a listing unless
+            # lookups follow; `ls -l` reads the whole listing before its first stat.
+            conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
+        self.kernel.attach(mfusepy._libfuse, config if fuse3 else None, keep_timeouts=self.keep_timeouts)
+        self.init("/")
 
     @overrides(Operations)
     def init(self, path: str) -> None:
@@ -344,6 +383,7 @@ class HKOperations(Operations):
             self._sync(h)
             os.close(h.fd)
         self.queries.stop()
+        self.kernel.stop()
         self.reads.close()
 
     # ---------------------------------------------------------------- helpers
@@ -372,7 +412,7 @@ class HKOperations(Operations):
     def _is_symlink(info: EntityInfo) -> bool:
         return stat.S_ISLNK(info.mode)    # the store keeps the file type in mode
 
-    def _entity_attrs(self, info: EntityInfo) -> dict[str, Any]:
+    def _entity_attrs(self, info: EntityInfo | EntityStat) -> dict[str, Any]:
         try:
             st = os.stat(f"{self._entities}/{info.id}")
             size, atime, mtime, ctime = st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
@@ -438,6 +478,7 @@ class HKOperations(Operations):
             self.store.set_attrs(h.eid, size=st.st_size, mtime_ns=st.st_mtime_ns)
         except NotFound:
             pass   # the entity went (an editor's temp file renamed over its original)
+        self.kernel.invalidate()
 
     def _dir_ns(self, dirid: int) -> int:
         return self.store.dir(dirid).owner_ns
@@ -518,47 +559,80 @@ class HKOperations(Operations):
     # ---------------------------------------------------------------- directories
 
     @overrides(Operations)
+    def opendir(self, path: str) -> int:
+        with self._hlock:
+            fh = self._next_fh
+            self._next_fh += 1
+        return fh
+
+    @overrides(Operations)
+    def releasedir(self, path: str, fh: int) -> int:
+        self._listings.pop(fh, None)
+        return 0
+
+    @overrides(Operations)
     @_mapped
     def readdir(self, path: str, fh: int) -> Iterable[tuple[str, dict[str, int], int]]:
         # Every entry needs an inode number: readdir(3) skips entries whose d_ino is 0.
+        return [(name, {"st_mode": mode, "st_ino": ino}, 0) for name, mode, ino, _, _ in self._entries(path)]
+
+    @_mapped
+    def listing_from(self, path: str, fh: int, offset: int) -> list[DirEntryAttrs]:
+        """A directory's entries for READDIRPLUS, computed at offset 0 and kept for the handle.
+
+        The kernel asks for a big listing in buffer-sized pieces, resuming at the offset
+        the last piece ended with; the entries stay those of the opendir's first read,
+        as readdir(3) expects."""
+        got = self._listings.get(fh) if offset else None
+        if got is None:
+            got = self._listings[fh] = self._entries(path)
+        return got
+
+    def _entries(self, path: str) -> list[DirEntryAttrs]:
+        """A directory's or view's entries: name, type and inode now, the rest when asked."""
         loc = self.loc(path)
         me = self.getattr(path)["st_ino"]
-        out: list[tuple[str, dict[str, int], int]] = [
-            (".", {"st_mode": stat.S_IFDIR, "st_ino": me}, 0),
-            ("..", {"st_mode": stat.S_IFDIR, "st_ino": _ino(2, self.root)}, 0)]
+        out: list[DirEntryAttrs] = [(".", stat.S_IFDIR, me, None, None),
+                                    ("..", stat.S_IFDIR, _ino(2, self.root), None, None)]
         if isinstance(loc, DirLoc):
             if loc.dirid == self.root:
-                out.append((AT, {"st_mode": stat.S_IFDIR,
-                                 "st_ino": self._virtual_ino(KeySpaceLoc(self.ns, (), self.root))}, 0))
+                at = KeySpaceLoc(self.ns, (), self.root)
+                out.append((AT, stat.S_IFDIR, self._virtual_ino(at), self._virtual_attrs, at))
             for e in self.store.listdir(loc.dirid):
                 if e.kind == "dir":
-                    out.append((e.name, {"st_mode": stat.S_IFDIR, "st_ino": _ino(2, e.id)}, 0))
+                    out.append((e.name, stat.S_IFDIR, _ino(2, e.id), self._dir_attrs, e.id))
                 else:       # the type matters: find -type l, ls and cp trust d_type
-                    out.append((e.name, {"st_mode": _file_type(e.mode), "st_ino": _ino(1, e.id)}, 0))
+                    out.append((e.name, _file_type(e.mode), _ino(1, e.id),
+                                None if e.name.endswith(QUERY_SUFFIX) else self._entity_attrs_of, e.id))
             return out
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
             last: HK = loc.hks[-1] if isinstance(loc, ViewLoc) and loc.hks else ()
             kids = self.reads.keyword_children(loc.ns, tuple(last))
             for k in kids:
                 kid = ViewLoc(loc.ns, loc.with_child(k), loc.anchor)
-                out.append((k, {"st_mode": stat.S_IFDIR, "st_ino": self._virtual_ino(kid)}, 0))
+                out.append((k, stat.S_IFDIR, self._virtual_ino(kid), self._virtual_attrs, kid))
             if isinstance(loc, ViewLoc):
-                out += [(n, {"st_mode": _file_type(mode), "st_ino": _ino(1, eid)}, 0)
-                        for n, eid, mode in self.view_names(loc, kids)]
+                attrs = self._entity_attrs
+                out += [(n, _file_type(info.mode), (info.id << 2) | 1,
+                         None if n.endswith(QUERY_SUFFIX) else attrs, info)
+                        for n, info in self.view_entries(loc, kids)]
             return out
         raise NotADirectory("not a directory")
 
-    def view_names(self, view: ViewLoc, keywords: set[str] | dict[str, None]) -> list[tuple[str, int, int]]:
-        """(listed name, entity id, mode) of a view's files: shared names become STEM~ID.EXT,
+    def _entity_attrs_of(self, eid: int) -> dict[str, Any]:
+        return self._entity_attrs(self.reads.entity(eid))
+
+    def view_entries(self, view: ViewLoc, keywords: set[str] | dict[str, None]) -> list[tuple[str, EntityStat]]:
+        """(listed name, entity) of a view's files: shared names become STEM~ID.EXT,
         a name equal to a child keyword is listed as ',NAME'."""
-        out = []
+        out: list[tuple[str, EntityStat]] = []
         for name, ents in self.reads.listing(view.ns, tuple(view.hks)).items():
             if len(ents) > 1:
-                out += [(clash_name(name, e.id), e.id, e.mode) for e in ents]
+                out += [(clash_name(name, e.id), e) for e in ents]
             elif name in keywords:
-                out.append(("," + name, ents[0].id, ents[0].mode))
+                out.append(("," + name, ents[0]))
             else:
-                out.append((name, ents[0].id, ents[0].mode))
+                out.append((name, ents[0]))
         return out
 
     @overrides(Operations)
@@ -632,7 +706,10 @@ class HKOperations(Operations):
             if qfh is not None:
                 return qfh
         eid = self._eid_of(self.loc(path))
-        return self._new_handle(self._open_fd(eid, flags), eid, bool(flags & os.O_TRUNC))
+        fh = self._new_handle(self._open_fd(eid, flags), eid, bool(flags & os.O_TRUNC))
+        if flags & os.O_TRUNC:
+            self.kernel.invalidate()
+        return fh
 
     @overrides(Operations)
     @_mapped
@@ -940,6 +1017,11 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if name == SYNC_ATTR:
+            # a process that changed the catalog itself asks us to drop the kernel's caches
+            # before it goes on (hkfs.daemon_notify); answered once they are dropped
+            self.kernel.invalidate()
+            return str(self.kernel.epochs).encode()
         if not name.startswith("user."):
             # ENOTSUP (not ENODATA) for system.* / security.*: `ls -l` then stops asking
             # for ACLs on this file system instead of asking once per file. Answered
@@ -1025,8 +1107,100 @@ class HKOperations(Operations):
         return 0
 
 
+class StatPacker:
+    """Fills mfusepy's c_stat from an attribute dict with one struct.pack_into (~1 us).
+
+    READDIRPLUS sends attributes for every listed file; mfusepy's set_st_attrs spends
+    several microseconds per entry on setattr and timespec objects. The layout is read
+    from c_stat's own field offsets, so it follows the platform's struct stat."""
+
+    INTS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks")
+    TIMES = ("st_atime", "st_mtime", "st_ctime")
+
+    def __init__(self, c_stat: type[ctypes.Structure]) -> None:
+        fields = sorted([(getattr(c_stat, n).offset, getattr(c_stat, n).size, n) for n in self.INTS] +
+                        [(getattr(c_stat, n + "spec").offset, getattr(c_stat, n + "spec").size, n)
+                         for n in self.TIMES])
+        if [n for _, _, n in fields[-3:]] != list(self.TIMES) or any(size != 16 for _, size, _ in fields[-3:]):
+            raise ValueError("c_stat does not end with atime, mtime, ctime timespecs")
+        fmt, pos = "=", 0
+        for offset, size, _name in fields:
+            if offset < pos:
+                raise ValueError("c_stat fields overlap")
+            fmt += "x" * (offset - pos) + ({8: "q", 4: "I", 16: "qq"}[size])
+            pos = offset + size
+        self._ints = operator.itemgetter(*[n for _, _, n in fields[:-3]])
+        self._pack_into = struct.Struct(fmt).pack_into
+
+    def pack(self, st: ctypes.Structure, attrs: dict[str, Any]) -> None:
+        a, m, c = attrs["st_atime"], attrs["st_mtime"], attrs["st_ctime"]
+        self._pack_into(st, 0, *self._ints(attrs), a // 1_000_000_000, a % 1_000_000_000,    # type: ignore[arg-type]
+                        m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
+
+
+def _stat_packer() -> StatPacker | None:
+    try:
+        return StatPacker(mfusepy.c_stat)
+    except (AttributeError, KeyError, ValueError) as exc:
+        log.info("READDIRPLUS attributes through mfusepy.set_st_attrs: %s", exc)
+        return None
+
+
+_PACKER = _stat_packer()
+
+
+class HKFuse(FUSE):
+    """mfusepy's FUSE with the two things its high-level glue leaves out.
+
+    - READDIRPLUS (libfuse 3): mfusepy fills names only, so the kernel follows every
+      listed name with a LOOKUP; here each entry carries its attributes (FUSE_FILL_DIR_PLUS)
+      and libfuse registers the node, so `ls -l` of a view needs no request per file.
+    - `.query` handles are opened direct_io: their size is the result's, evaluated at open,
+      and reads must not stop at a size the kernel cached from an earlier evaluation.
+    """
+
+    operations: HKOperations
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
+                       flags: int) -> int:
+        if not flags & FUSE_READDIR_PLUS:
+            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
+        # Offsets (i + 1) make libfuse register each node and encode its entry as it is filled
+        # (with offset 0 libfuse 3.14 buffers the whole listing and drops the attributes).
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        entries = self.operations.listing_from(decoded, fip.contents.fh, offset)
+        st = mfusepy.c_stat()
+        size = ctypes.sizeof(st)
+        enc, errs, packer = self.encoding, self.errors, _PACKER
+        for i in range(offset, len(entries)):
+            name, mode, ino, attrs_of, key = entries[i]
+            attrs = None if attrs_of is None else attrs_of(key)
+            if attrs is None or packer is None:
+                ctypes.memset(ctypes.byref(st), 0, size)
+                if attrs is None:
+                    st.st_mode, st.st_ino = mode, ino
+                else:
+                    mfusepy.set_st_attrs(st, attrs, use_ns=True)
+            else:
+                packer.pack(st, attrs)
+            if filler(buf, name.encode(enc, errs), st, i + 1,
+                      0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
+                break
+        return 0
+
+    def open(self, path: bytes, fip: Any) -> int:
+        result = super().open(path, fip)
+        if self.operations.queries.owns(fip.contents.fh):
+            fip.contents.direct_io = 1
+        return result
+
+
 def serve(store: Store, mountpoint: str | os.PathLike[str], options: dict[str, object], *,
-          on_ready: Callable[[], None] | None = None, debug: bool = False) -> None:
-    """Mount and serve in this thread until unmounted (multithreaded FUSE loop)."""
-    ops = HKOperations(store, on_ready=on_ready)
-    FUSE(ops, str(Path(mountpoint)), foreground=True, nothreads=False, debug=debug, **options)
+          on_ready: Callable[[], None] | None = None, debug: bool = False,
+          keep_timeouts: bool = False) -> None:
+    """Mount and serve in this thread until unmounted (multithreaded FUSE loop).
+
+    Unless keep_timeouts (the user chose entry_timeout or attr_timeout), the kernel caches
+    are turned on once the kernel is found able to drop them on demand (hkfs.kernel_cache)."""
+    ops = HKOperations(store, on_ready=on_ready, keep_timeouts=keep_timeouts)
+    HKFuse(ops, str(Path(mountpoint)), foreground=True, nothreads=False, debug=debug, **options)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from .views import MountPath, parse
 
-__all__ = ["FSNAME_PREFIX", "SUBTYPE", "fsname_for", "hk_mounts", "find_mount", "mount_path_to_location"]
+__all__ = ["FSNAME_PREFIX", "SUBTYPE", "PID_NAME", "fsname_for", "hk_mounts", "find_mount", "mount_path_to_location"]
 
 FSNAME_PREFIX = "hkfs:"
 SUBTYPE = "hkfs"
+PID_NAME = "daemon.pid"     # STORE/daemon.pid: written by the daemon while it serves the store
 _PROC_MOUNTS = "/proc/self/mounts"
 _OCTAL = re.compile(r"\\([0-7]{3})")
 

@@ -185,14 +185,26 @@ def test_fixture_reports_daemon_errors(tmp_path: Path) -> None:
     assert m.log_problems() == []
 
 
-def test_libfuse_refusal_is_one_line(tmp_path: Path, need_fuse: None) -> None:
+def test_nonempty_mountpoint_refused_in_one_line(tmp_path: Path, need_fuse: None) -> None:
     mnt = tmp_path / "full"
     mnt.mkdir()
-    (mnt / "x").write_text("x")       # libfuse 2 refuses a non-empty mount point
-    r = hk("mount", str(tmp_path / "s"), str(mnt))
-    if r.returncode == 0:             # libfuse 3 allows it
-        hk("umount", str(mnt))
-        pytest.skip("this libfuse mounts on non-empty directories")
+    (mnt / "x").write_text("x")       # mounting would hide it
+    line = one_error_line(hk("mount", str(tmp_path / "s"), str(mnt)))
+    assert "not empty" in line and "-o nonempty" in line
+    assert not os.path.ismount(mnt)
+    r = hk("mount", "-o", "nonempty", str(tmp_path / "s"), str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert os.listdir(mnt) == ["@"]
+    finally:
+        assert hk("umount", str(mnt)).returncode == 0
+    assert (mnt / "x").read_text() == "x"
+
+
+def test_libfuse_refusal_is_one_line(tmp_path: Path, need_fuse: None) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = hk("mount", "-o", "no_such_fuse_option", str(tmp_path / "s"), str(mnt))
     line = one_error_line(r)
-    assert "cannot mount" in line and "not empty" in line
+    assert "cannot mount" in line and "no_such_fuse_option" in line
     assert not os.path.ismount(mnt)

@@ -1,0 +1,137 @@
+"""The kernel's entry and attribute caches for a mount: long timeouts, dropped on every change.
+
+With the kernel's FUSE caches off (timeouts 0) every path component of every
+system call is a round trip to the daemon: a `stat` is 3-4 requests, `ls -l` of a
+view 2 per file, and Python answers ~5-10k requests a second. With them on, a
+change made through one path (a file retagged in one view is listed in others)
+or by another process (the hk CLI writes the catalog itself) would show only
+when a timeout ran out.
+
+Linux 6.16 added FUSE_NOTIFY_INC_EPOCH: one 16-byte message on the session's
+/dev/fuse descriptor after which every dentry the kernel holds for this mount is
+stale, so the next path walk asks the daemon again (and refreshes attributes
+from that LOOKUP). The daemon sends it
+
+- after every operation through the mount that changes anything, before replying;
+- when a process that changed the catalog itself pokes the daemon
+  (hkfs.daemon_notify: getxattr `user.hk.sync` on the mount root, answered after
+  the message is sent, so that process's next command sees the change);
+- when a watcher thread sees the catalog's `PRAGMA data_version` move (a writer
+  that did not poke), within POLL_SECONDS.
+
+So the kernel may keep entries and attributes for CACHE_TIMEOUT seconds. Where the
+kernel lacks the message (EINVAL) or libfuse 2 is loaded (its session descriptor
+is not reachable through the high-level API), the timeouts stay 0 as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sqlite3
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["KernelCache", "CACHE_TIMEOUT", "POLL_SECONDS"]
+
+log = logging.getLogger(__name__)
+
+FUSE_NOTIFY_INC_EPOCH = 8                       # include/uapi/linux/fuse.h, protocol 7.44
+_INC_EPOCH = struct.pack("<IiQ", 16, FUSE_NOTIFY_INC_EPOCH, 0)   # fuse_out_header, unique 0
+CACHE_TIMEOUT = 60.0     # seconds the kernel may keep an entry or attributes between changes
+POLL_SECONDS = 0.05      # the watcher's data_version poll (writers that do not poke)
+
+
+def _session_fd(libfuse: Any) -> int:
+    """The /dev/fuse descriptor of the calling FUSE request's session (libfuse 3 only)."""
+    libfuse.fuse_get_session.restype = ctypes.c_void_p
+    libfuse.fuse_get_session.argtypes = [ctypes.c_void_p]
+    libfuse.fuse_session_fd.restype = ctypes.c_int
+    libfuse.fuse_session_fd.argtypes = [ctypes.c_void_p]
+    fuse = ctypes.c_void_p(libfuse.fuse_get_context().contents.fuse)
+    session = libfuse.fuse_get_session(fuse)
+    if not session:
+        raise OSError("no FUSE session")
+    return int(libfuse.fuse_session_fd(session))
+
+
+class KernelCache:
+    """Turns the kernel's caches on for one mount and invalidates them on every change."""
+
+    def __init__(self, catalog_path: str | os.PathLike[str], *, timeout: float = CACHE_TIMEOUT,
+                 poll: float = POLL_SECONDS) -> None:
+        self.catalog_path = Path(catalog_path)
+        self.timeout = timeout
+        self.poll = poll
+        self.epochs = 0                  # invalidations sent (tests and the sync xattr report it)
+        self._fd: int | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._fd is not None
+
+    def attach(self, libfuse: Any, config: Any | None, *, keep_timeouts: bool = False) -> bool:
+        """From the init callback: find the session, try the message, then lengthen the timeouts.
+
+        `config` is libfuse 3's `struct fuse_config` (None on libfuse 2); with
+        keep_timeouts the user's own entry_timeout/attr_timeout stay. False (and
+        caches off) when the kernel or the library cannot invalidate."""
+        if config is None:
+            log.info("libfuse 2: kernel caches stay off (timeouts 0)")
+            return False
+        try:
+            fd = _session_fd(libfuse)
+            os.write(fd, _INC_EPOCH)
+        except (OSError, AttributeError, ValueError) as exc:
+            log.info("kernel caches stay off: cannot invalidate them (%s)", exc)
+            return False
+        self._fd = fd
+        if not keep_timeouts:
+            config.entry_timeout = self.timeout
+            config.attr_timeout = self.timeout
+        log.info("kernel caches on: entry/attr timeouts %.0fs, dropped on every change",
+                 config.entry_timeout)
+        self._watcher = threading.Thread(target=self._watch, name="hkfs-cache-watcher", daemon=True)
+        self._watcher.start()
+        return True
+
+    def invalidate(self) -> None:
+        """Make every cached entry of this mount stale (no-op while caches are off)."""
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            os.write(fd, _INC_EPOCH)
+            self.epochs += 1
+        except OSError as exc:             # unmounted meanwhile: nothing is cached any more
+            log.debug("epoch notification failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self._fd = None
+
+    def _watch(self) -> None:
+        """Invalidate whenever any connection (another process's included) committed."""
+        try:
+            conn = sqlite3.connect(self.catalog_path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("cache watcher cannot open the catalog: %s", exc)
+            return
+        try:
+            last = conn.execute("PRAGMA data_version").fetchone()[0]
+            while not self._stop.wait(self.poll):
+                now = conn.execute("PRAGMA data_version").fetchone()[0]
+                if now != last:
+                    last = now
+                    self.invalidate()
+        except sqlite3.Error as exc:
+            log.warning("cache watcher stopped: %s", exc)
+        finally:
+            conn.close()
