@@ -194,6 +194,13 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
         report(f"error: store {store} is locked by another daemon{_lock_holder(store)}")
         return 1
     pid_file = store / PID_NAME
+    if pid_file.exists():
+        # We hold the lock, so the daemon that wrote it is gone without cleaning up: files it
+        # was writing may be longer than the catalog says (the mount lists the catalog's size).
+        from .fsck import repair_sizes
+        fixed = repair_sizes(st)
+        log.warning("the last daemon did not stop cleanly: %d file size(s) recorded from their bytes%s",
+                    len(fixed), "" if not fixed else " (" + "; ".join(fixed[:5]) + ")")
     pid_file.write_text(f"{os.getpid()}\n")
     status = 0
     try:

@@ -64,7 +64,7 @@ def _latex(project: str, name: str) -> bytes:
 def _write(store: Store, eid: int, data: bytes) -> None:
     with open(store.entity_path(eid), "wb") as f:
         f.write(data)
-    store.set_attrs(eid, size=len(data))
+    store.record_bytes(eid)
 
 
 def fill_demo(store: Store, user: str | int | None = None) -> int:

@@ -74,7 +74,7 @@ def fill_demo_embeddings(store: Store, user: str | int | None = None) -> int:
         eid = store.create(ns, "words.npy", hks=[("doc",)], uid=os.getuid(), gid=os.getgid())
         with open(store.entity_path(eid), "wb") as f:
             np.save(f, rows)
-        store.set_attrs(eid, size=store.entity_path(eid).stat().st_size)
+        store.record_bytes(eid)
         done += 1
     log.info("demo embeddings: %d files", done)
     return done

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from .naming import HK
 from .store import LOST_FOUND, Store
 
-__all__ = ["Problem", "check", "repair", "KINDS"]
+__all__ = ["Problem", "check", "repair", "stale_sizes", "repair_sizes", "KINDS"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ KINDS = {
     "unreachable": "an entity with no keyword and no directory link",
     "unknown-dkl": "a directory keyword list naming a missing keyword",
     "orphan-dir": "a directory whose parent directory is missing",
+    "stale-size": "an entity whose recorded size differs from its bytes file (a crash while writing)",
 }
 
 
@@ -104,7 +105,41 @@ def check(store: Store) -> list[Problem]:
         out.append(Problem("missing-bytes", f"entity {eid} ({names[eid]!r}) has no bytes file", (eid,)))
     for eid in sorted(files - ids):
         out.append(Problem("orphan-bytes", f"entities/{eid} has no catalog row", (eid,)))
+    out += stale_sizes(store)
     return out
+
+
+def stale_sizes(store: Store) -> list[Problem]:
+    """Entities whose catalog size differs from their bytes file.
+
+    The mount reports a closed file's size and mtime from the catalog (one query lists a
+    whole view); the daemon records them when a written file is flushed or closed, so
+    only a daemon killed in between leaves them stale. The daemon runs this at start
+    after an unclean stop (hkfs.daemon)."""
+    out: list[Problem] = []
+    with store.catalog.read() as c:
+        rows = c.execute("SELECT id, size FROM entities ORDER BY id").fetchall()
+    base = os.fspath(store.entities_dir)
+    for eid, size in rows:
+        try:
+            st = os.stat(f"{base}/{eid}")
+        except FileNotFoundError:
+            continue                      # missing-bytes, reported on its own
+        if st.st_size != size:        # mtimes differ by design (the catalog's is taken at create)
+            out.append(Problem("stale-size", f"entity {eid}: catalog says {size} bytes, the file has "
+                               f"{st.st_size}", (eid, st.st_size, st.st_mtime_ns)))
+    return out
+
+
+def repair_sizes(store: Store, problems: list[Problem] | None = None) -> list[str]:
+    """Record the bytes files' sizes and mtimes for stale-size problems (all found now if None)."""
+    done = []
+    for p in stale_sizes(store) if problems is None else problems:
+        if p.kind == "stale-size":
+            eid, size, mtime_ns = p.ids
+            store.set_attrs(eid, size=size, mtime_ns=mtime_ns)
+            done.append(f"entity {eid}: size {size} recorded from its bytes file")
+    return done
 
 
 def _lost_found(store: Store, ns: int) -> int:
@@ -203,6 +238,7 @@ def repair(store: Store, problems: list[Problem]) -> list[str]:
             done.append(f"orphan bytes entities/{old} kept as entity {eid} in {LOST_FOUND} (orphan-{old})")
         elif p.kind == "stray-file":
             done.append(f"left entities/{p.ids[0]} alone (not an entity; move it away by hand)")
+    done += repair_sizes(store, [p for p in problems if p.kind == "stale-size" and p.ids[0] not in removed])
     for line in done:
         log.info("fsck: %s", line)
     return done

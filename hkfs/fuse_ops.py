@@ -350,6 +350,7 @@ class HKOperations(Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self.start_ns = time.time_ns()
         self._handles: dict[int, Handle] = {}
+        self._open_eids: dict[int, int] = {}     # entity -> open handles (their size is the file's)
         self._hlock = threading.Lock()
         self._next_fh = 1
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
@@ -413,17 +414,24 @@ class HKOperations(Operations):
         return stat.S_ISLNK(info.mode)    # the store keeps the file type in mode
 
     def _entity_attrs(self, info: EntityInfo | EntityStat) -> dict[str, Any]:
-        try:
-            st = os.stat(f"{self._entities}/{info.id}")
-            size, atime, mtime, ctime = st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
-        except FileNotFoundError:
-            size, atime, mtime, ctime = info.size, info.atime_ns, info.mtime_ns, info.ctime_ns
+        """A file's attributes: the catalog's, but size and times from the bytes file while open.
+
+        A closed file's size and mtime are what the daemon recorded at its last flush or
+        close (fsck's stale-size repairs them after a crash in between), so a listing
+        needs no stat(2) per file; an open one may be growing."""
+        size, mtime, ctime = info.size, info.mtime_ns, info.ctime_ns
+        if info.id in self._open_eids:
+            try:
+                st = os.stat(f"{self._entities}/{info.id}")
+                size, mtime, ctime = st.st_size, st.st_mtime_ns, max(st.st_ctime_ns, ctime)
+            except FileNotFoundError:
+                pass
         mode = info.mode
         return {
-            "st_mode": mode if mode & 0o170000 else mode | stat.S_IFREG, "st_ino": _ino(1, info.id),
+            "st_mode": mode if mode & 0o170000 else mode | stat.S_IFREG, "st_ino": (info.id << 2) | 1,
             "st_nlink": max(1, info.nlinks), "st_uid": info.uid, "st_gid": info.gid,
             "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 131072,
-            "st_atime": atime, "st_mtime": mtime, "st_ctime": max(ctime, info.ctime_ns),
+            "st_atime": info.atime_ns, "st_mtime": mtime, "st_ctime": ctime,
         }
 
     def _dir_attrs(self, dirid: int) -> dict[str, Any]:
@@ -458,7 +466,14 @@ class HKOperations(Operations):
             fh = self._next_fh
             self._next_fh += 1
             self._handles[fh] = Handle(fd, eid, written)
+            self._open_eids[eid] = self._open_eids.get(eid, 0) + 1
         return fh
+
+    def _forget_open(self, eid: int) -> None:
+        """One handle of eid closed (call under _hlock)."""
+        n = self._open_eids.pop(eid, 0) - 1
+        if n > 0:
+            self._open_eids[eid] = n
 
     def _open_fd(self, eid: int, flags: int) -> int:
         keep = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
@@ -779,7 +794,7 @@ class HKOperations(Operations):
         else:
             eid = self._eid_of(self.loc(path))
             os.truncate(self.store.entity_path(eid), length)
-        self.store.set_attrs(eid, size=length, mtime_ns=time.time_ns())
+        self.store.record_bytes(eid)
         return 0
 
     @overrides(Operations)
@@ -814,6 +829,8 @@ class HKOperations(Operations):
             return self.queries.release(fh)
         with self._hlock:
             h = self._handles.pop(fh, None)
+            if h is not None:
+                self._forget_open(h.eid)
         if h is not None:
             try:
                 self._sync(h)
@@ -834,7 +851,7 @@ class HKOperations(Operations):
         data = source.encode("utf-8", "surrogateescape")
         with open(self.store.entity_path(eid), "wb") as f:
             f.write(data)
-        self.store.set_attrs(eid, size=len(data))
+        self.store.record_bytes(eid)
         return 0
 
     @overrides(Operations)
@@ -1003,6 +1020,8 @@ class HKOperations(Operations):
             for h in self._handles.values():
                 if h.eid == eid:
                     h.eid = dst_eid
+                    self._forget_open(eid)
+                    self._open_eids[dst_eid] = self._open_eids.get(dst_eid, 0) + 1
         self.store.rme(eid)
 
     # ---------------------------------------------------------------- extended attributes

@@ -586,6 +586,13 @@ class Store:
             raise NotFound(f"no file entity {eid}")
         return r[0]
 
+    def record_bytes(self, eid: int) -> None:
+        """Record size and mtime of entity eid's bytes file, after writing it directly.
+
+        The mount lists closed files with the catalog's size and mtime (fsck's stale-size)."""
+        st = os.stat(self.entity_path(eid))
+        self.set_attrs(eid, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
     def set_attrs(self, eid: int, *, size: int | None = None, mode: int | None = None,
                   uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
                   mtime_ns: int | None = None) -> None:

@@ -208,3 +208,26 @@ def test_libfuse_refusal_is_one_line(tmp_path: Path, need_fuse: None) -> None:
     line = one_error_line(r)
     assert "cannot mount" in line and "no_such_fuse_option" in line
     assert not os.path.ismount(mnt)
+
+
+def test_killed_daemon_while_writing_keeps_the_bytes(mount_factory: MountFactory) -> None:
+    """SIGKILL between a write and its flush: the catalog still has the old size, and the mount
+    lists closed files with the catalog's size, so the next daemon records the bytes' size."""
+    m = mount_factory()
+    (m.root / "d").mkdir()
+    fd = os.open(m.root / "d" / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x" * 5000)       # reaches the bytes file; no flush, so no catalog update
+        assert m.proc is not None
+        m.proc.kill()
+        m.proc.wait(timeout=30)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass                        # the file system is gone (ENOTCONN)
+    stop_mount(m)
+    m2 = mount_factory(store=m.store)
+    assert (m2.root / "d" / "f").stat().st_size == 5000
+    assert (m2.root / "d" / "f").read_bytes() == b"x" * 5000
+    assert "did not stop cleanly: 1 file size(s) recorded" in m2.log.read_text()
