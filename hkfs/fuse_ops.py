@@ -398,6 +398,17 @@ class HKOperations(Operations):
             found = memo[key] = self.resolver.resolve(path)
         return found
 
+    def _loc_or_handle(self, path: str | None, fh: int | None) -> Location:
+        """Where an f-call (fchmod, futimens, ...) applies: its open file, else the path.
+
+        libfuse 3 gives no path for a file removed while open (hard_remove)."""
+        h = self._handles.get(fh) if fh is not None else None
+        if h is not None:
+            return LinkLoc(self.root, "", h.eid)     # only the entity id is used
+        if path is None:
+            raise FuseOSError(errno.ENOENT)
+        return self.loc(path)
+
     def _eid_of(self, loc: Location) -> int:
         if isinstance(loc, (LinkLoc, ViewFileLoc)) and loc.eid is not None:
             return loc.eid
@@ -432,6 +443,16 @@ class HKOperations(Operations):
             "st_nlink": max(1, info.nlinks), "st_uid": info.uid, "st_gid": info.gid,
             "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 131072,
             "st_atime": info.atime_ns, "st_mtime": mtime, "st_ctime": ctime,
+        }
+
+    def _removed_attrs(self, h: Handle) -> dict[str, Any]:
+        """fstat of a file removed while open (its entity is gone): the bytes file's, nlink 0."""
+        st = os.fstat(h.fd)
+        return {
+            "st_mode": stat.S_IFREG | (st.st_mode & 0o7777), "st_ino": (h.eid << 2) | 1, "st_nlink": 0,
+            "st_uid": st.st_uid, "st_gid": st.st_gid, "st_size": st.st_size,
+            "st_blocks": (st.st_size + 511) // 512, "st_blksize": 131072,
+            "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns,
         }
 
     def _dir_attrs(self, dirid: int) -> dict[str, Any]:
@@ -508,7 +529,11 @@ class HKOperations(Operations):
             if q is not None:
                 return q
         if fh is not None and fh in self._handles:
-            return self._entity_attrs(self.reads.entity(self._handles[fh].eid))
+            h = self._handles[fh]
+            try:
+                return self._entity_attrs(self.reads.entity(h.eid))
+            except NotFound:
+                return self._removed_attrs(h)
         loc = self.loc(path)
         if isinstance(loc, DirLoc):
             return self._dir_attrs(loc.dirid)
@@ -518,8 +543,8 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     @_mapped
-    def chmod(self, path: str, mode: int) -> int:
-        loc = self.loc(path)
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
+        loc = self._loc_or_handle(path, fh)
         if isinstance(loc, DirLoc):
             self.store.set_dir_attrs(loc.dirid, mode=mode & 0o7777)
         elif isinstance(loc, (KeySpaceLoc, ViewLoc)):
@@ -530,10 +555,10 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     @_mapped
-    def chown(self, path: str, uid: int, gid: int) -> int:
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
         u = None if uid in (-1, 0xFFFFFFFF) else uid
         g = None if gid in (-1, 0xFFFFFFFF) else gid
-        loc = self.loc(path)
+        loc = self._loc_or_handle(path, fh)
         if isinstance(loc, DirLoc):
             self.store.set_dir_attrs(loc.dirid, uid=u, gid=g)
         elif isinstance(loc, (KeySpaceLoc, ViewLoc)):
@@ -544,12 +569,12 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     @_mapped
-    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+    def utimens(self, path: str | None, times: tuple[int, int] | None = None, fh: int | None = None) -> int:
         now = time.time_ns()
         a, m = times if times is not None else (now, now)
         a = now if a == UTIME_NOW else (None if a == UTIME_OMIT else a)
         m = now if m == UTIME_NOW else (None if m == UTIME_OMIT else m)
-        loc = self.loc(path)
+        loc = self._loc_or_handle(path, fh)
         if isinstance(loc, DirLoc):
             self.store.set_dir_attrs(loc.dirid, atime_ns=a, mtime_ns=m)
         elif isinstance(loc, (KeySpaceLoc, ViewLoc)):
@@ -786,13 +811,13 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     @_mapped
-    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         if fh is not None and fh in self._handles:
             h = self._handles[fh]
             os.ftruncate(h.fd, length)
             eid = h.eid
         else:
-            eid = self._eid_of(self.loc(path))
+            eid = self._eid_of(self._loc_or_handle(path, None))
             os.truncate(self.store.entity_path(eid), length)
         self.store.record_bytes(eid)
         return 0
@@ -1206,6 +1231,39 @@ class HKFuse(FUSE):
                       0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
                 break
         return 0
+
+    # libfuse 3 passes no path for a file removed while open; mfusepy's glue for these either
+    # decodes it unconditionally or drops the file handle, so f-calls could not find the file.
+    def _str(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return fip.contents.fh if fip else None
+
+    def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
+        return self.operations.read_buf(self._str(path), bufpp, size, offset, fip.contents.fh)
+
+    def write_buf(self, path: bytes | None, buf: Any, offset: int, fip: Any) -> int:
+        return self.operations.write_buf(self._str(path), buf, offset, fip.contents.fh)
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return self.operations.chmod(self._str(path), mode, self._fh(fip))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        uid = -1 if uid == 0xFFFFFFFF else uid
+        gid = -1 if gid == 0xFFFFFFFF else gid
+        return self.operations.chown(self._str(path), uid, gid, self._fh(fip))
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return self.operations.truncate(self._str(path), length, self._fh(fip))
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        times = None
+        if buf:
+            times = (mfusepy.time_of_timespec(buf.contents.actime, use_ns=True),
+                     mfusepy.time_of_timespec(buf.contents.modtime, use_ns=True))
+        return self.operations.utimens(self._str(path), times, self._fh(fip))
 
     def open(self, path: bytes, fip: Any) -> int:
         result = super().open(path, fip)
