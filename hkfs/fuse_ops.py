@@ -328,6 +328,7 @@ class Handle:
     fd: int
     eid: int
     written: bool = False
+    path: str | None = None       # the path it was opened by (the kernel's node for it)
 
 
 class HKOperations(Operations):
@@ -482,13 +483,23 @@ class HKOperations(Operations):
             raise FuseOSError(errno.EBADF)
         return h
 
-    def _new_handle(self, fd: int, eid: int, written: bool = False) -> int:
+    def _new_handle(self, fd: int, eid: int, written: bool = False, path: str | None = None) -> int:
         with self._hlock:
             fh = self._next_fh
             self._next_fh += 1
-            self._handles[fh] = Handle(fd, eid, written)
+            self._handles[fh] = Handle(fd, eid, written, path)
             self._open_eids[eid] = self._open_eids.get(eid, 0) + 1
         return fh
+
+    def _changed_for_aliases(self, eid: int, path: str | None) -> None:
+        """Entity eid's attributes changed through `path`: drop them in the kernel for the
+        other paths it is open by (their descriptors would keep the old size otherwise)."""
+        if eid not in self._open_eids:
+            return
+        with self._hlock:
+            others = {h.path for h in self._handles.values() if h.eid == eid and h.path and h.path != path}
+        if others:
+            self.kernel.invalidate_paths(sorted(others))
 
     def _forget_open(self, eid: int) -> None:
         """One handle of eid closed (call under _hlock)."""
@@ -550,7 +561,9 @@ class HKOperations(Operations):
         elif isinstance(loc, (KeySpaceLoc, ViewLoc)):
             raise NotPermitted("views have no mode of their own")
         else:
-            self.store.set_attrs(self._eid_of(loc), mode=mode & 0o7777)
+            eid = self._eid_of(loc)
+            self.store.set_attrs(eid, mode=mode & 0o7777)
+            self._changed_for_aliases(eid, path)
         return 0
 
     @overrides(Operations)
@@ -564,7 +577,9 @@ class HKOperations(Operations):
         elif isinstance(loc, (KeySpaceLoc, ViewLoc)):
             raise NotPermitted("views have no owner of their own")
         else:
-            self.store.set_attrs(self._eid_of(loc), uid=u, gid=g)
+            eid = self._eid_of(loc)
+            self.store.set_attrs(eid, uid=u, gid=g)
+            self._changed_for_aliases(eid, path)
         return 0
 
     @overrides(Operations)
@@ -585,6 +600,7 @@ class HKOperations(Operations):
             st = os.stat(p)
             os.utime(p, ns=(st.st_atime_ns if a is None else a, st.st_mtime_ns if m is None else m))
             self.store.set_attrs(eid, atime_ns=a, mtime_ns=m)
+            self._changed_for_aliases(eid, path)
         return 0
 
     @overrides(Operations)
@@ -722,7 +738,7 @@ class HKOperations(Operations):
         else:
             eid = self._new_entity(loc, mode)
         fd = self._open_fd(eid, flags | (os.O_RDWR if flags & os.O_ACCMODE == os.O_RDONLY else 0))
-        return self._new_handle(fd, eid)
+        return self._new_handle(fd, eid, path=path)
 
     def _new_entity(self, loc: Location, mode: int) -> int:
         uid, gid = _caller()
@@ -746,7 +762,7 @@ class HKOperations(Operations):
             if qfh is not None:
                 return qfh
         eid = self._eid_of(self.loc(path))
-        fh = self._new_handle(self._open_fd(eid, flags), eid, bool(flags & os.O_TRUNC))
+        fh = self._new_handle(self._open_fd(eid, flags), eid, bool(flags & os.O_TRUNC), path)
         if flags & os.O_TRUNC:
             self.kernel.invalidate()
         return fh
@@ -766,6 +782,7 @@ class HKOperations(Operations):
             self.queries.check_write(path, h.eid, data, offset)
         n = os.pwrite(h.fd, data, offset)
         h.written = True
+        self._changed_for_aliases(h.eid, path or h.path)
         return n
 
     if _BUF_API is not None:
@@ -807,6 +824,7 @@ class HKOperations(Operations):
             if n < 0:
                 raise FuseOSError(-n)
             h.written = True
+            self._changed_for_aliases(h.eid, path or h.path)
             return n
 
     @overrides(Operations)
@@ -820,6 +838,7 @@ class HKOperations(Operations):
             eid = self._eid_of(self._loc_or_handle(path, None))
             os.truncate(self.store.entity_path(eid), length)
         self.store.record_bytes(eid)
+        self._changed_for_aliases(eid, path)
         return 0
 
     @overrides(Operations)

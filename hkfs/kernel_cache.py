@@ -19,6 +19,14 @@ from that LOOKUP). The daemon sends it
 - when a watcher thread sees the catalog's `PRAGMA data_version` move (a writer
   that did not poke), within POLL_SECONDS.
 
+The epoch stales dentries, so every path walk refreshes attributes; a descriptor
+already open through another path of the same file (another view, a hard link)
+keeps its inode's attributes, though. For those the daemon also drops the
+inode's attributes and pages (`fuse_invalidate_path`), from a worker thread: from
+inside a request that could wait on a page lock held by a writer whose own
+request waits on the daemon. The request waits for the worker only briefly, so
+the change is visible at once unless another writer holds that inode's pages.
+
 So the kernel may keep entries and attributes for CACHE_TIMEOUT seconds. Where the
 kernel lacks the message (EINVAL) or libfuse 2 is loaded (its session descriptor
 is not reachable through the high-level API), the timeouts stay 0 as before.
@@ -29,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import queue
 import sqlite3
 import struct
 import threading
@@ -43,19 +52,22 @@ FUSE_NOTIFY_INC_EPOCH = 8                       # include/uapi/linux/fuse.h, pro
 _INC_EPOCH = struct.pack("<IiQ", 16, FUSE_NOTIFY_INC_EPOCH, 0)   # fuse_out_header, unique 0
 CACHE_TIMEOUT = 60.0     # seconds the kernel may keep an entry or attributes between changes
 POLL_SECONDS = 0.05      # the watcher's data_version poll (writers that do not poke)
+ALIAS_WAIT = 0.05        # how long a request waits for open aliases' inodes to be dropped
 
 
-def _session_fd(libfuse: Any) -> int:
-    """The /dev/fuse descriptor of the calling FUSE request's session (libfuse 3 only)."""
+def _session(libfuse: Any) -> tuple[ctypes.c_void_p, int]:
+    """(struct fuse *, /dev/fuse descriptor) of the calling FUSE request's session (libfuse 3 only)."""
     libfuse.fuse_get_session.restype = ctypes.c_void_p
     libfuse.fuse_get_session.argtypes = [ctypes.c_void_p]
     libfuse.fuse_session_fd.restype = ctypes.c_int
     libfuse.fuse_session_fd.argtypes = [ctypes.c_void_p]
+    libfuse.fuse_invalidate_path.restype = ctypes.c_int
+    libfuse.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     fuse = ctypes.c_void_p(libfuse.fuse_get_context().contents.fuse)
     session = libfuse.fuse_get_session(fuse)
     if not session:
         raise OSError("no FUSE session")
-    return int(libfuse.fuse_session_fd(session))
+    return fuse, int(libfuse.fuse_session_fd(session))
 
 
 class KernelCache:
@@ -68,8 +80,12 @@ class KernelCache:
         self.poll = poll
         self.epochs = 0                  # invalidations sent (tests and the sync xattr report it)
         self._fd: int | None = None
+        self._fuse: ctypes.c_void_p | None = None
+        self._invalidate_path: Any = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._aliases: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = queue.SimpleQueue()
+        self._alias_worker: threading.Thread | None = None
 
     @property
     def enabled(self) -> bool:
@@ -85,12 +101,12 @@ class KernelCache:
             log.info("libfuse 2: kernel caches stay off (timeouts 0)")
             return False
         try:
-            fd = _session_fd(libfuse)
+            fuse, fd = _session(libfuse)
             os.write(fd, _INC_EPOCH)
         except (OSError, AttributeError, ValueError) as exc:
             log.info("kernel caches stay off: cannot invalidate them (%s)", exc)
             return False
-        self._fd = fd
+        self._fd, self._fuse, self._invalidate_path = fd, fuse, libfuse.fuse_invalidate_path
         if not keep_timeouts:
             config.entry_timeout = self.timeout
             config.attr_timeout = self.timeout
@@ -98,6 +114,8 @@ class KernelCache:
                  config.entry_timeout)
         self._watcher = threading.Thread(target=self._watch, name="hkfs-cache-watcher", daemon=True)
         self._watcher.start()
+        self._alias_worker = threading.Thread(target=self._drop_aliases, name="hkfs-alias-inval", daemon=True)
+        self._alias_worker.start()
         return True
 
     def invalidate(self) -> None:
@@ -111,11 +129,36 @@ class KernelCache:
         except OSError as exc:             # unmounted meanwhile: nothing is cached any more
             log.debug("epoch notification failed: %s", exc)
 
+    def invalidate_paths(self, paths: list[str], *, wait: float = ALIAS_WAIT) -> None:
+        """Drop the kernel's attributes and pages of these paths' inodes (open aliases of a
+        file that changed), waiting up to `wait` for it; no-op while caches are off."""
+        if not paths or self._fd is None:
+            return
+        done = threading.Event()
+        self._aliases.put(([p.encode("utf-8", "surrogateescape") for p in paths], done))
+        done.wait(wait)
+
     def stop(self) -> None:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+        if self._alias_worker is not None:
+            self._aliases.put(None)
+            self._alias_worker.join(timeout=5)
         self._fd = None
+
+    def _drop_aliases(self) -> None:
+        while True:
+            item = self._aliases.get()
+            if item is None:
+                return
+            paths, done = item
+            for p in paths:
+                if self._fd is None:
+                    break
+                # -ENOENT when libfuse no longer knows the path (renamed, forgotten): nothing cached
+                self._invalidate_path(self._fuse, p)
+            done.set()
 
     def _watch(self) -> None:
         """Invalidate whenever any connection (another process's included) committed."""
