@@ -8,6 +8,7 @@ right) and its keyword completion (§4.1).
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import stat
@@ -23,6 +24,8 @@ from .completion import complete
 from .errors import HKError, InvalidArgument, NotFound, StoreLocked
 from .naming import HK, format_hk, format_hk_list
 from .views import clash_name
+
+log = logging.getLogger(__name__)
 
 PAPER_COMMANDS = ("mkkw", "rmkw", "atkw", "dtkw", "akl", "rkl", "ldf", "chfn", "chns", "rme")
 SHELLS = ("bash", "zsh")
@@ -246,7 +249,8 @@ def complete_cmd(word: str, store: str | None, user: str | None) -> None:
     try:
         with here(store, user) as h:
             keywords = h.store.keywords(h.ns)
-    except (click.ClickException, HKError, OSError, Exception):   # completion stays silent
+    except Exception as exc:   # noqa: BLE001 - completion must never print an error into the command line
+        log.debug("no completions for %r: %s", word, exc, exc_info=True)   # `hk -vv complete WORD` shows why
         return
     prefix, partial = split_word(word)
     for c in complete(partial, keywords):
