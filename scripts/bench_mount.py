@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hkfs.daemon import LOG_NAME, mount, parse_options, umount  # noqa: E402
-from hkfs.store import Store  # noqa: E402
+from hkfs.store import ENTITIES, Store  # noqa: E402
 
 CHUNK = 1 << 20
 Row = tuple[str, str, float, float, str]     # what, unit, mount, disk, note
@@ -88,7 +88,8 @@ def read_big(path: Path, mib: int) -> float:
     return mib / timed(go)
 
 
-def small_files(d: Path, n: int) -> tuple[float, float, float]:
+def small_files(d: Path, n: int, pid: int | None = None) -> list[tuple[float, float]]:
+    """create, stat, stat again, unlink of n small files: [(ops/s, daemon CPU us/op or nan)]."""
     d.mkdir(exist_ok=True)
     names = [d / f"s{i:06d}" for i in range(n)]
     data = b"x" * 100
@@ -106,7 +107,12 @@ def small_files(d: Path, n: int) -> tuple[float, float, float]:
     def unlink() -> None:
         for p in names:
             os.unlink(p)
-    return n / timed(create), n / timed(stat_all), n / timed(unlink)
+    out = []
+    for fn in (create, stat_all, stat_all, unlink):
+        c0 = proc_cpu(pid) if pid else 0.0
+        rate = n / timed(fn)
+        out.append((rate, (proc_cpu(pid) - c0) / n * 1e6 if pid else float("nan")))
+    return out
 
 
 def stat_rate(path: Path, n: int) -> float:
@@ -217,30 +223,62 @@ def fmt_range(vals: list[float]) -> str:
     return f"{min(vals):,.0f}-{max(vals):,.0f}" if len(vals) > 1 else ""
 
 
-def read_rows(mnt_file: Path, disk_file: Path, args: argparse.Namespace, cold: bool) -> list[Row]:
-    """Cold reads, mount and disk alternately, args.read_repeats times each: median, range in the note."""
+def dont_need(path: Path) -> None:
+    """Drop one file's pages from the page cache (here: the mount's copy, not the backing file's)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_rows(pid: int, store: Path, mnt_file: Path, disk_file: Path, args: argparse.Namespace,
+              cold: bool) -> list[Row]:
+    """Cold reads, mount and disk alternately, args.read_repeats times each (median, range in the
+    note); then the FUSE transport alone: the backing file cached, the mount's pages dropped."""
     r_m: list[float] = []
     r_d: list[float] = []
+    cpu: list[float] = []
+    gib = args.size_mib / 1024
     for _ in range(args.read_repeats):
         drop_caches()
+        c0 = proc_cpu(pid)
         r_m.append(read_big(mnt_file, args.size_mib))
+        cpu.append((proc_cpu(pid) - c0) / gib)
         drop_caches()
         r_d.append(read_big(disk_file, args.size_mib))
     note = "cold cache" if cold else "warm page cache (not root)"
     if len(r_m) > 1:
         note += f"; median of {len(r_m)}, mount {fmt_range(r_m)}, disk {fmt_range(r_d)}"
-    if args.read_ahead_kb_now:
-        note += f"; read_ahead_kb {args.read_ahead_kb_now}"
-    return [(f"read {args.size_mib} MiB", "MB/s", statistics.median(r_m), statistics.median(r_d), note)]
+    ra = f"; read_ahead_kb {args.read_ahead_kb_now}" if args.read_ahead_kb_now else ""
+    rows: list[Row] = [(f"read {args.size_mib} MiB", "MB/s", statistics.median(r_m), statistics.median(r_d),
+                        f"{note}; daemon CPU {statistics.median(cpu):.2f} s/GiB{ra}")]
+    size = mnt_file.stat().st_size
+    backing = next((p for p in (store / ENTITIES).rglob("*") if p.is_file() and p.stat().st_size == size), None)
+    if backing is not None:
+        read_big(backing, args.size_mib)        # the backing file into the page cache
+        read_big(disk_file, args.size_mib)
+        w_m, w_d, cpu = [], [], []
+        for _ in range(args.read_repeats):
+            dont_need(mnt_file)
+            c0 = proc_cpu(pid)
+            w_m.append(read_big(mnt_file, args.size_mib))
+            cpu.append((proc_cpu(pid) - c0) / gib)
+            w_d.append(read_big(disk_file, args.size_mib))
+        rows.append((f"read {args.size_mib} MiB, backing file cached", "MB/s", statistics.median(w_m),
+                     statistics.median(w_d), f"the FUSE transport alone; median of {len(w_m)}, mount "
+                     f"{fmt_range(w_m)}; daemon CPU {statistics.median(cpu):.2f} s/GiB{ra}"))
+    return rows
 
 
-def big_file_rows(mnt: Path, disk: Path, args: argparse.Namespace, cold: bool) -> list[Row]:
+def big_file_rows(pid: int, store: Path, mnt: Path, disk: Path, args: argparse.Namespace,
+                  cold: bool) -> list[Row]:
     (mnt / "d").mkdir(exist_ok=True)
     (disk / "d").mkdir(exist_ok=True)
     w_m = write_big(mnt / "d" / "big", args.size_mib)
     w_d = write_big(disk / "d" / "big", args.size_mib)
     rows: list[Row] = [(f"write {args.size_mib} MiB + fsync", "MB/s", w_m, w_d, "")]
-    rows += read_rows(mnt / "d" / "big", disk / "d" / "big", args, cold)
+    rows += read_rows(pid, store, mnt / "d" / "big", disk / "d" / "big", args, cold)
     os.unlink(mnt / "d" / "big")
     os.unlink(disk / "d" / "big")
     return rows
@@ -290,12 +328,15 @@ def view_rows(pid: int, mnt: Path, disk: Path, args: argparse.Namespace, note: s
     return rows
 
 
-def small_rows(mnt: Path, disk: Path, args: argparse.Namespace) -> list[Row]:
-    c_m, s_m, u_m = small_files(mnt / "d" / "small", args.small)
-    c_d, s_d, u_d = small_files(disk / "d" / "small", args.small)
-    return [(f"create {args.small} small files", "ops/s", c_m, c_d, "open+write 100 B+close"),
-            (f"stat {args.small} small files", "ops/s", s_m, s_d, ""),
-            (f"unlink {args.small} small files", "ops/s", u_m, u_d, "")]
+def small_rows(pid: int, mnt: Path, disk: Path, args: argparse.Namespace) -> list[Row]:
+    m = small_files(mnt / "d" / "small", args.small, pid)
+    d = small_files(disk / "d" / "small", args.small)
+    n = args.small
+    what = (f"create {n} small files", f"stat {n} small files, just created", f"stat {n} small files, again",
+            f"unlink {n} small files")
+    notes = ("open+write 100 B+close", "a LOOKUP each: the creates left no valid dentry", "", "")
+    return [(w, "ops/s", m[i][0], d[i][0], (nt + "; " if nt else "") + f"daemon CPU {m[i][1]:.0f} us/op")
+            for i, (w, nt) in enumerate(zip(what, notes, strict=True))]
 
 
 # The floor: a do-nothing mfusepy file system answering the same stat from constants, so the
@@ -403,9 +444,9 @@ def main() -> None:
             if views:
                 rows += view_rows(pid, mnt, disk, args, note)
             if reads:
-                rows += big_file_rows(mnt, disk, args, cold)
+                rows += big_file_rows(pid, store, mnt, disk, args, cold)
             if args.only == "all":
-                rows += small_rows(mnt, disk, args)
+                rows += small_rows(pid, mnt, disk, args)
         if views and args.libfuse2:
             with mounted(store, mnt, libfuse="fuse") as pid:
                 lib, caches = mount_info(store, pid)
@@ -427,8 +468,20 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(lines) + "\n")
+        out.write_text("\n".join(lines) + "\n" + kept_section(out))
         print(f"\nwrote {out}")
+
+
+KEEP = "## Cold large-file read: analysis"   # hand-written, kept across runs
+
+
+def kept_section(out: Path) -> str:
+    """The hand-written analysis at the end of the previous report (from KEEP to the end)."""
+    with contextlib.suppress(OSError):
+        text = out.read_text()
+        if KEEP in text:
+            return "\n" + text[text.index(KEEP):]
+    return ""
 
 
 def report(rows: list[Row], args: argparse.Namespace, t_bulk: float, info: dict[str, str]) -> list[str]:
@@ -488,7 +541,10 @@ def goals(rows: list[Row], args: argparse.Namespace) -> list[str]:
             out.append(f"- large-file {label} >= 50% of the disk: {r[0] / r[1]:.0%}, {met(r[0] / r[1] >= 0.5)}")
     s = find("stat one file in a view")
     if s:
-        line = f"- `stat` >= 20k/s through the mount: {s[0]:,.0f}/s, {met(s[0] >= 20_000)}"
+        line = f"- `stat` >= 20k/s through the mount: {s[0]:,.0f}/s repeated on one file, {met(s[0] >= 20_000)}"
+        first = find(f"stat {args.small} small files, just")
+        if first:
+            line += f"; {first[0]:,.0f}/s on {args.small} files just created (a LOOKUP each), {met(first[0] >= 20_000)}"
         fb = find("stat one file in a view", ", libfuse 2")
         if fb:
             line += f" (fallback, caches off: {fb[0]:,.0f}/s, {met(fb[0] >= 20_000)})"
@@ -497,6 +553,9 @@ def goals(rows: list[Row], args: argparse.Namespace) -> list[str]:
     if ls1:
         scale = "" if args.view_files == 100_000 else f" (this run has {args.view_files} files: not the goal's size)"
         line = f"- `ls -l` of a 100k-file view <= 2 s: {ls1[0]:.2f} s first after mount, {met(ls1[0] <= 2)}{scale}"
+        again = find(f"ls -l of a {args.view_files}-file view, again")
+        if again:
+            line += f"; {again[0]:.2f} s again, {met(again[0] <= 2)}"
         fb = find(f"ls -l of a {args.view_files}-file view", ", libfuse 2")
         if fb:
             line += f" (fallback, caches off: {fb[0]:.2f} s, {met(fb[0] <= 2)})"
@@ -519,7 +578,9 @@ EXPLAIN = [
     "that follows a change is as expensive as with caches off, one that follows nothing is "
     "answered by the kernel alone (daemon CPU ~0 per stat). Repeated `stat`s and the second "
     "`ls -l` are therefore kernel-speed figures, not hkfs ones; the daemon's own cost shows in "
-    "the first listing and in the utime-then-stat row.",
+    "the first listing, in the utime-then-stat row and in the small-file rows: every create and "
+    "unlink moves the epoch, so the `stat` of each file just created is a LOOKUP (the \"just "
+    "created\" row, ~150 us of daemon CPU each) and only the second pass is cached.",
     "",
     "**Listings.** On libfuse 3 a listing is READDIRPLUS: each name comes with its attributes "
     "and the kernel registers the entry, so `ls -l` costs no LOOKUP or GETATTR per file "
@@ -545,7 +606,9 @@ EXPLAIN = [
     "file's descriptor and libfuse moves the bytes; per request one small Python call is left. "
     "The \"cold\" disk reads come from the host's cache (the VM's disk is virtual), so the disk "
     "side is a hard and noisy target; the read row is the median of several cold reads, mount "
-    "and disk alternately, with page cache, dentries and inodes dropped before each.",
+    "and disk alternately, with page cache, dentries and inodes dropped before each. The "
+    "\"backing file cached\" row reads with the entity file in the page cache and only the "
+    "mount's pages dropped: the cost of the FUSE transport alone. See the analysis below.",
 ]
 
 
