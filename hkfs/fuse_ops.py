@@ -24,6 +24,7 @@ Semantics that are choices (docs/mount.md explains them to users):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -37,7 +38,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from mfusepy import FUSE, FuseOSError, Operations, overrides
 
 from .daemon_notify import SYNC_ATTR
 from .errors import HKError, InvalidArgument, IsADirectory, NotADirectory, NotFound, NotPermitted
-from .kernel_cache import KernelCache
+from .kernel_cache import ALIAS_WAIT, KernelCache
 from .naming import HK, format_hk_list, hk_matches, parse_hk_list
 from .queryfs import SUFFIX as QUERY_SUFFIX
 from .queryfs import QueryFS
@@ -81,10 +82,10 @@ MEMO_MAX = 500_000   # memo entries kept while nothing commits (~2-3 per file of
 FUSE_READDIR_PLUS, FUSE_FILL_DIR_PLUS = 1 << 0, 1 << 1         # fuse.h (libfuse 3)
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14                            # fuse_common.h (libfuse 3)
 # Operations after which the kernel's cached entries and attributes may be wrong somewhere
-# (a retag changes which views list a file; a write changes the size seen through every alias).
-CHANGING_OPS = frozenset({"chmod", "chown", "utimens", "mkdir", "rmdir", "create", "unlink", "link",
-                          "symlink", "rename", "write", "write_buf", "truncate", "setxattr",
-                          "removexattr"})
+# (a retag changes which views list a file, a keyword can shadow a file name). Operations that
+# change one file's attributes, create or remove a file decide for themselves
+# (HKOperations._entity_changed): most files are cached under one path only.
+CHANGING_OPS = frozenset({"link", "symlink", "rename", "setxattr", "removexattr"})
 
 
 def to_fuse_error(exc: BaseException, op: str = "") -> FuseOSError:
@@ -340,6 +341,7 @@ class HKOperations(Operations):
                  on_ready: Callable[[], None] | None = None, keep_timeouts: bool = False) -> None:
         self.store = store
         self.kernel = KernelCache(store.catalog.path)
+        store.on_locked_commit = self.kernel.own_commit
         self.keep_timeouts = keep_timeouts     # the user chose entry_timeout/attr_timeout
         self.ns = store.namespace_id(os.getuid() if user is None else user)
         self.root = store.root_dir(self.ns)
@@ -352,6 +354,7 @@ class HKOperations(Operations):
         self.start_ns = time.time_ns()
         self._handles: dict[int, Handle] = {}
         self._open_eids: dict[int, int] = {}     # entity -> open handles (their size is the file's)
+        self._writing: dict[int, int] = {}       # entity -> writes in flight
         self._hlock = threading.Lock()
         self._next_fh = 1
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
@@ -397,6 +400,8 @@ class HKOperations(Operations):
         if found is None:
             _check_path(path)
             found = memo[key] = self.resolver.resolve(path)
+        if type(found) is ViewFileLoc and found.eid is not None:
+            self.kernel.note_viewed(found.eid)      # outside the memo: noted after every invalidation
         return found
 
     def _loc_or_handle(self, path: str | None, fh: int | None) -> Location:
@@ -491,15 +496,50 @@ class HKOperations(Operations):
             self._open_eids[eid] = self._open_eids.get(eid, 0) + 1
         return fh
 
-    def _changed_for_aliases(self, eid: int, path: str | None) -> None:
+    def _entity_changed(self, eid: int) -> None:
+        """Entity eid's attributes changed (size, times, mode, owner, link count).
+
+        The kernel may hold them under other paths (views, other directory links) unless
+        the file was not reached through a view since the last invalidation and has at most
+        one directory link: then the only cached path is the one the change came through,
+        whose inode the kernel updates itself, and nothing is invalidated (a create, write
+        and close of a file in a directory costs no re-lookup of every path afterwards)."""
+        if self.kernel.was_viewed(eid):
+            self.kernel.invalidate()
+            return
+        try:
+            links = self.reads.entity(eid).nlinks
+        except NotFound:
+            return                                  # gone: no path left to be stale
+        if links > 1:
+            self.kernel.invalidate()
+
+    def _changed_for_aliases(self, eid: int, path: str | None, *, writing: bool = False) -> None:
         """Entity eid's attributes changed through `path`: drop them in the kernel for the
-        other paths it is open by (their descriptors would keep the old size otherwise)."""
+        other paths it is open by (their descriptors would keep the old size otherwise).
+
+        `writing`: called from inside a write (counted in _writing); with other writes of
+        the file in flight the invalidation is not waited for (see KernelCache.invalidate_paths)."""
         if eid not in self._open_eids:
             return
         with self._hlock:
             others = {h.path for h in self._handles.values() if h.eid == eid and h.path and h.path != path}
+            busy = self._writing.get(eid, 0) > (1 if writing else 0)
         if others:
-            self.kernel.invalidate_paths(sorted(others))
+            self.kernel.invalidate_paths(sorted(others), wait=0 if busy else ALIAS_WAIT)
+
+    @contextlib.contextmanager
+    def _writes_to(self, eid: int) -> Iterator[None]:
+        """Count a write to eid in flight (see _changed_for_aliases)."""
+        with self._hlock:
+            self._writing[eid] = self._writing.get(eid, 0) + 1
+        try:
+            yield
+        finally:
+            with self._hlock:
+                n = self._writing.pop(eid) - 1
+                if n:
+                    self._writing[eid] = n
 
     def _forget_open(self, eid: int) -> None:
         """One handle of eid closed (call under _hlock)."""
@@ -525,7 +565,7 @@ class HKOperations(Operations):
             self.store.set_attrs(h.eid, size=st.st_size, mtime_ns=st.st_mtime_ns)
         except NotFound:
             pass   # the entity went (an editor's temp file renamed over its original)
-        self.kernel.invalidate()
+        self._entity_changed(h.eid)
 
     def _dir_ns(self, dirid: int) -> int:
         return self.store.dir(dirid).owner_ns
@@ -564,6 +604,7 @@ class HKOperations(Operations):
             eid = self._eid_of(loc)
             self.store.set_attrs(eid, mode=mode & 0o7777)
             self._changed_for_aliases(eid, path)
+            self._entity_changed(eid)
         return 0
 
     @overrides(Operations)
@@ -580,6 +621,7 @@ class HKOperations(Operations):
             eid = self._eid_of(loc)
             self.store.set_attrs(eid, uid=u, gid=g)
             self._changed_for_aliases(eid, path)
+            self._entity_changed(eid)
         return 0
 
     @overrides(Operations)
@@ -601,6 +643,7 @@ class HKOperations(Operations):
             os.utime(p, ns=(st.st_atime_ns if a is None else a, st.st_mtime_ns if m is None else m))
             self.store.set_attrs(eid, atime_ns=a, mtime_ns=m)
             self._changed_for_aliases(eid, path)
+            self._entity_changed(eid)
         return 0
 
     @overrides(Operations)
@@ -668,12 +711,17 @@ class HKOperations(Operations):
                 kid = ViewLoc(loc.ns, loc.with_child(k), loc.anchor)
                 out.append((k, stat.S_IFDIR, self._virtual_ino(kid), self._virtual_attrs, kid))
             if isinstance(loc, ViewLoc):
-                attrs = self._entity_attrs
+                attrs = self._view_entity_attrs
                 out += [(n, _file_type(info.mode), (info.id << 2) | 1,
                          None if n.endswith(QUERY_SUFFIX) else attrs, info)
                         for n, info in self.view_entries(loc, kids)]
             return out
         raise NotADirectory("not a directory")
+
+    def _view_entity_attrs(self, info: EntityStat) -> dict[str, Any]:
+        """A view's file as READDIRPLUS sends it: the kernel now holds it under a view path."""
+        self.kernel.note_viewed(info.id)
+        return self._entity_attrs(info)
 
     def _entity_attrs_of(self, eid: int) -> dict[str, Any]:
         return self._entity_attrs(self.reads.entity(eid))
@@ -703,10 +751,12 @@ class HKOperations(Operations):
             self.store.mkdir(loc.dirid, loc.name, mode=mode & 0o7777, uid=uid, gid=gid)
         elif isinstance(loc, NewKeyLoc):
             self.store.mkkw(loc.parent.ns, loc.parent.child_hk(loc.name))
+            self.kernel.invalidate()      # a keyword shadows files of that name in its parent's views
         elif isinstance(loc, ViewFileLoc):
             # A keyword may take the name of a file of the view: the keyword wins, ',NAME' reaches the file.
             check_new_name(loc.name)
             self.store.mkkw(loc.view.ns, loc.view.child_hk(loc.name))
+            self.kernel.invalidate()
         else:
             raise FuseOSError(errno.EEXIST)
         return 0
@@ -721,6 +771,7 @@ class HKOperations(Operations):
             self.store.rmdir(loc.dirid)
         elif isinstance(loc, ViewLoc) and loc.keyword:
             self.store.rmkw(loc.ns, loc.hks[-1])
+            self.kernel.invalidate()      # ',NAME' files of its parent's views take their plain names
         elif isinstance(loc, (ViewLoc, KeySpaceLoc)):
             raise FuseOSError(errno.EBUSY)      # '@' and ',' are part of every directory
         else:
@@ -735,10 +786,20 @@ class HKOperations(Operations):
         loc = self.loc(path)
         if isinstance(loc, (LinkLoc, ViewFileLoc)) and loc.eid is not None:
             eid = loc.eid
-        else:
-            eid = self._new_entity(loc, mode)
+            fd = self._open_fd(eid, flags | (os.O_RDWR if flags & os.O_ACCMODE == os.O_RDONLY else 0))
+            if flags & os.O_TRUNC:
+                self._entity_changed(eid)
+            return self._new_handle(fd, eid, path=path)
+        eid = self._new_entity(loc, mode)
+        if isinstance(loc, ViewFileLoc):
+            self.kernel.note_viewed(eid)
+        if len(self.store.resolve_ids(self._loc_ns(loc), [], loc.name)) > 1:   # type: ignore[union-attr]
+            self.kernel.invalidate()      # a shared name: listed views may now show STEM~ID names
         fd = self._open_fd(eid, flags | (os.O_RDWR if flags & os.O_ACCMODE == os.O_RDONLY else 0))
         return self._new_handle(fd, eid, path=path)
+
+    def _loc_ns(self, loc: LinkLoc | ViewFileLoc) -> int:
+        return self._dir_ns(loc.dirid) if isinstance(loc, LinkLoc) else loc.view.ns
 
     def _new_entity(self, loc: Location, mode: int) -> int:
         uid, gid = _caller()
@@ -764,7 +825,7 @@ class HKOperations(Operations):
         eid = self._eid_of(self.loc(path))
         fh = self._new_handle(self._open_fd(eid, flags), eid, bool(flags & os.O_TRUNC), path)
         if flags & os.O_TRUNC:
-            self.kernel.invalidate()
+            self._entity_changed(eid)
         return fh
 
     @overrides(Operations)
@@ -780,9 +841,11 @@ class HKOperations(Operations):
         h = self._handle(fh)
         if _is_query_path(path):
             self.queries.check_write(path, h.eid, data, offset)
-        n = os.pwrite(h.fd, data, offset)
-        h.written = True
-        self._changed_for_aliases(h.eid, path or h.path)
+        with self._writes_to(h.eid):
+            n = os.pwrite(h.fd, data, offset)
+            h.written = True
+            self._changed_for_aliases(h.eid, path or h.path, writing=True)
+        self._entity_changed(h.eid)
         return n
 
     if _BUF_API is not None:
@@ -820,11 +883,13 @@ class HKOperations(Operations):
                     raise FuseOSError(-got)
                 return self.write(path, mem.raw[:got], offset, fh)
             dst = _fd_bufvec(h.fd, offset, size(src))
-            n = copy(ctypes.byref(dst), src, 0)
-            if n < 0:
-                raise FuseOSError(-n)
-            h.written = True
-            self._changed_for_aliases(h.eid, path or h.path)
+            with self._writes_to(h.eid):
+                n = copy(ctypes.byref(dst), src, 0)
+                if n < 0:
+                    raise FuseOSError(-n)
+                h.written = True
+                self._changed_for_aliases(h.eid, path or h.path, writing=True)
+            self._entity_changed(h.eid)
             return n
 
     @overrides(Operations)
@@ -839,6 +904,7 @@ class HKOperations(Operations):
             os.truncate(self.store.entity_path(eid), length)
         self.store.record_bytes(eid)
         self._changed_for_aliases(eid, path)
+        self._entity_changed(eid)
         return 0
 
     @overrides(Operations)
@@ -913,9 +979,15 @@ class HKOperations(Operations):
     def unlink(self, path: str) -> int:
         loc = self.loc(path)
         if isinstance(loc, LinkLoc) and loc.eid is not None:
+            # cached elsewhere only if reached through a view or linked twice (else it goes
+            # with its one link, or stays reachable through views nobody has looked at)
+            elsewhere = self.kernel.was_viewed(loc.eid) or self.reads.entity(loc.eid).nlinks > 1
             self.store.unlink(loc.dirid, loc.name)
+            if elsewhere:
+                self.kernel.invalidate()
         elif isinstance(loc, ViewFileLoc) and loc.eid is not None:
             self._leave_view(loc.eid, loc.view)
+            self.kernel.invalidate()
         elif isinstance(loc, (LinkLoc, ViewFileLoc, NewKeyLoc)):
             raise NotFound("no such file")
         else:

@@ -17,7 +17,8 @@ from that LOOKUP). The daemon sends it
   (hkfs.daemon_notify: getxattr `user.hk.sync` on the mount root, answered after
   the message is sent, so that process's next command sees the change);
 - when a watcher thread sees the catalog's `PRAGMA data_version` move (a writer
-  that did not poke), within POLL_SECONDS.
+  that did not poke), within POLL_SECONDS. The daemon's own commits re-base the
+  watcher at once (`own_commit`), so they do not count as another writer's.
 
 The epoch stales dentries, so every path walk refreshes attributes; a descriptor
 already open through another path of the same file (another view, a hard link)
@@ -53,6 +54,7 @@ _INC_EPOCH = struct.pack("<IiQ", 16, FUSE_NOTIFY_INC_EPOCH, 0)   # fuse_out_head
 CACHE_TIMEOUT = 60.0     # seconds the kernel may keep an entry or attributes between changes
 POLL_SECONDS = 0.05      # the watcher's data_version poll (writers that do not poke)
 ALIAS_WAIT = 0.05        # how long a request waits for open aliases' inodes to be dropped
+ALIAS_WORKERS = 4        # invalidations blocked on one inode's pages do not hold up the others
 
 
 def _session(libfuse: Any) -> tuple[ctypes.c_void_p, int]:
@@ -79,13 +81,24 @@ class KernelCache:
         self.timeout = timeout
         self.poll = poll
         self.epochs = 0                  # invalidations sent (tests and the sync xattr report it)
+        # Entities the kernel may have been given under a view path since the last
+        # invalidation (lookups and listings of views add them). A file that is not in it
+        # and has one directory link is cached under that one path at most, whose inode the
+        # kernel updates itself: changing it needs no invalidation (see HKOperations).
+        # The set of the generation before is kept too: an entry noted just before an
+        # invalidation may reach the kernel just after it.
+        self.viewed: set[int] = set()
+        self._viewed_before: set[int] = set()
         self._fd: int | None = None
         self._fuse: ctypes.c_void_p | None = None
         self._invalidate_path: Any = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None      # the watcher's, used under _conn_lock
+        self._conn_lock = threading.Lock()
+        self._last_version: int | None = None
         self._aliases: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = queue.SimpleQueue()
-        self._alias_worker: threading.Thread | None = None
+        self._alias_workers: list[threading.Thread] = []
 
     @property
     def enabled(self) -> bool:
@@ -114,8 +127,10 @@ class KernelCache:
                  config.entry_timeout)
         self._watcher = threading.Thread(target=self._watch, name="hkfs-cache-watcher", daemon=True)
         self._watcher.start()
-        self._alias_worker = threading.Thread(target=self._drop_aliases, name="hkfs-alias-inval", daemon=True)
-        self._alias_worker.start()
+        for i in range(ALIAS_WORKERS):
+            t = threading.Thread(target=self._drop_aliases, name=f"hkfs-alias-inval-{i}", daemon=True)
+            t.start()
+            self._alias_workers.append(t)
         return True
 
     def invalidate(self) -> None:
@@ -123,28 +138,43 @@ class KernelCache:
         fd = self._fd
         if fd is None:
             return
+        self._viewed_before, self.viewed = self.viewed, set()   # before the message: see viewed
         try:
             os.write(fd, _INC_EPOCH)
             self.epochs += 1
         except OSError as exc:             # unmounted meanwhile: nothing is cached any more
             log.debug("epoch notification failed: %s", exc)
 
+    def note_viewed(self, eid: int) -> None:
+        """The kernel is being given entity eid under a view path (no-op while caches are off)."""
+        if self._fd is not None:
+            self.viewed.add(eid)
+
+    def was_viewed(self, eid: int) -> bool:
+        """Whether the kernel may hold entity eid under a view path (see `viewed`)."""
+        return eid in self.viewed or eid in self._viewed_before
+
     def invalidate_paths(self, paths: list[str], *, wait: float = ALIAS_WAIT) -> None:
         """Drop the kernel's attributes and pages of these paths' inodes (open aliases of a
-        file that changed), waiting up to `wait` for it; no-op while caches are off."""
+        file that changed), waiting up to `wait` for it; no-op while caches are off.
+
+        wait=0 when a write through such a path is in flight: it holds that inode's pages,
+        so waiting would only chain concurrent writers' requests."""
         if not paths or self._fd is None:
             return
         done = threading.Event()
         self._aliases.put(([p.encode("utf-8", "surrogateescape") for p in paths], done))
-        done.wait(wait)
+        if wait > 0:
+            done.wait(wait)
 
     def stop(self) -> None:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        if self._alias_worker is not None:
+        for _ in self._alias_workers:
             self._aliases.put(None)
-            self._alias_worker.join(timeout=5)
+        for t in self._alias_workers:
+            t.join(timeout=5)
         self._fd = None
 
     def _drop_aliases(self) -> None:
@@ -160,21 +190,37 @@ class KernelCache:
                 self._invalidate_path(self._fuse, p)
             done.set()
 
+    def own_commit(self) -> None:
+        """The daemon committed: take the catalog's new data_version as the watcher's baseline.
+
+        Otherwise the watcher would take the daemon's own commits for another writer's and
+        drop every cached entry after each of them. (A commit by a writer that does not
+        poke, landing within microseconds after one of ours, is missed until the next
+        invalidation or timeout.)"""
+        with self._conn_lock:
+            if self._conn is not None:
+                self._last_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+
     def _watch(self) -> None:
-        """Invalidate whenever any connection (another process's included) committed."""
+        """Invalidate whenever another connection than the daemon's committed."""
         try:
             conn = sqlite3.connect(self.catalog_path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             log.warning("cache watcher cannot open the catalog: %s", exc)
             return
         try:
-            last = conn.execute("PRAGMA data_version").fetchone()[0]
+            with self._conn_lock:
+                self._conn = conn
+                self._last_version = conn.execute("PRAGMA data_version").fetchone()[0]
             while not self._stop.wait(self.poll):
-                now = conn.execute("PRAGMA data_version").fetchone()[0]
-                if now != last:
-                    last = now
+                with self._conn_lock:
+                    now = conn.execute("PRAGMA data_version").fetchone()[0]
+                    moved, self._last_version = now != self._last_version, now
+                if moved:
                     self.invalidate()
         except sqlite3.Error as exc:
             log.warning("cache watcher stopped: %s", exc)
         finally:
+            with self._conn_lock:
+                self._conn = None
             conn.close()

@@ -20,7 +20,7 @@ import pwd
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -205,6 +205,8 @@ class Store:
         self.catalog = catalog
         self.entities_dir = root / ENTITIES
         self._lock_fd: int | None = None
+        # called after each commit while this Store holds the lock (the daemon's own commits)
+        self.on_locked_commit: Callable[[], None] | None = None
         catalog.on_commit = self._after_commit
 
     def _after_commit(self) -> None:
@@ -213,6 +215,8 @@ class Store:
         Not in the daemon (it holds the lock and invalidates for its own changes)."""
         if self._lock_fd is None:
             notify_daemon(self.root)
+        elif self.on_locked_commit is not None:
+            self.on_locked_commit()
 
     # ------------------------------------------------------------ lifecycle
 
