@@ -222,11 +222,13 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
     return status
 
 
-def _last_fuse_line(store: Path) -> str:
-    """The first complaint libfuse wrote (to our stderr, the log) since this daemon started."""
+def _last_fuse_line(store: Path, pid: int | None = None) -> str:
+    """The first complaint libfuse wrote (to the daemon's stderr, the log) since daemon `pid`
+    (default: this process) started."""
     with contextlib.suppress(OSError):
         lines = (store / LOG_NAME).read_text(errors="replace").splitlines()
-        start = max((i for i, ln in enumerate(lines) if f"(pid {os.getpid()})" in ln), default=0)
+        me = os.getpid() if pid is None else pid
+        start = max((i for i, ln in enumerate(lines) if f"(pid {me})" in ln), default=0)
         for line in lines[start:]:
             if line.startswith(("fuse:", "fusermount")):
                 return line
@@ -305,6 +307,11 @@ def mount(store: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
                          f"the daemon did not report within {timeout:.0f}s; see {store_p / LOG_NAME}")
     deadline = time.monotonic() + timeout
     while not os.path.ismount(mnt):
+        if not _alive(pid):     # libfuse gave up after init (e.g. options it accepted, then refused)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            why = _last_fuse_line(store_p, pid) or f"the daemon exited; see {store_p / LOG_NAME}"
+            raise MountError(f"cannot mount on {mnt}: {why}")
         if time.monotonic() > deadline:
             raise MountError(f"{mnt} is not mounted after {timeout:.0f}s; see {store_p / LOG_NAME}")
         time.sleep(0.01)

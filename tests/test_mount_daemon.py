@@ -231,3 +231,13 @@ def test_killed_daemon_while_writing_keeps_the_bytes(mount_factory: MountFactory
     assert (m2.root / "d" / "f").stat().st_size == 5000
     assert (m2.root / "d" / "f").read_bytes() == b"x" * 5000
     assert "did not stop cleanly: 1 file size(s) recorded" in m2.log.read_text()
+
+
+def test_libfuse_failing_after_init_is_reported_at_once(tmp_path: Path, need_fuse: None) -> None:
+    """libfuse 3 accepts max_read as an option, then aborts once init has run: the caller
+    gets libfuse's reason in one line instead of waiting for a mount that never comes."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    line = one_error_line(hk("mount", "-o", "max_read=1048576", str(tmp_path / "s"), str(mnt)))
+    assert "cannot mount" in line and ("read size" in line or "daemon exited" in line)
+    assert not os.path.ismount(mnt)
