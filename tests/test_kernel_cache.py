@@ -254,6 +254,22 @@ def test_open_descriptor_sees_a_change_through_another_alias(cmount: Mount) -> N
     """)
 
 
+def test_open_view_descriptor_outlives_invalidations(cmount: Mount) -> None:
+    """Opened through a view, then several invalidations (the daemon's note that the file
+    was reached through a view ages), then changed through its only directory link."""
+    cmount.run("""
+        mkdir @/k d && printf 1 > d/f && setfattr -n user.hk.keywords -v //k d/f
+        exec 3<@/k/f
+        test "$(stat -L -c %s /proc/self/fd/3)" = 1
+        for i in 1 2 3 4; do mkdir "@/x$i"; getfattr -n user.hk.sync "$M" >/dev/null; done
+        printf 234 >> d/f
+        test "$(stat -L -c %s /proc/self/fd/3)" = 4
+        chmod 604 d/f
+        test "$(stat -L -c %a /proc/self/fd/3)" = 604
+        exec 3<&-
+    """)
+
+
 def test_tail_f_follows_appends_through_another_alias(cmount: Mount) -> None:
     cmount.run("""
         mkdir @/a d
