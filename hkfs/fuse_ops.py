@@ -80,6 +80,9 @@ KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.n
 MAX_NAME = 255
 MEMO_MAX = 500_000   # memo entries kept while nothing commits (~2-3 per file of an ls -l'd view)
 FUSE_READDIR_PLUS, FUSE_FILL_DIR_PLUS = 1 << 0, 1 << 1         # fuse.h (libfuse 3)
+# A file's attributes as a tuple in this order (_entity_values; StatPacker.pack_values)
+STAT_KEYS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks",
+             "st_atime", "st_mtime", "st_ctime")
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14                            # fuse_common.h (libfuse 3)
 # Operations after which the kernel's cached entries and attributes may be wrong somewhere
 # (a retag changes which views list a file, a keyword can shadow a file name). Operations that
@@ -254,15 +257,23 @@ class CachedReads:
     def entity(self, eid: int) -> EntityInfo:
         return self._get(("ent", eid), lambda: self.store.entity(eid))
 
-    def listing(self, ns: int, hks: tuple[HK, ...]) -> dict[str, list[EntityStat]]:
-        """All files of a view by name (one query), kept for the lookups that follow a readdir."""
+    def listing(self, ns: int, hks: tuple[HK, ...]) -> dict[str, EntityStat | list[EntityStat]]:
+        """All files of a view by name (one query), kept for the lookups that follow a readdir.
+
+        A name one file has maps to it, a shared name to the list of its files (no list per
+        file: a 100k-file view is listed in one pass)."""
         memo = self.memo()
         key = ("view", ns, hks)
         found = memo.get(key)
         if found is None:
             found = {}
             for e in self.store.resolve_stats(ns, hks):
-                found.setdefault(e.name, []).append(e)
+                had = found.setdefault(e.name, e)
+                if had is not e:
+                    if type(had) is list:
+                        had.append(e)
+                    else:
+                        found[e.name] = [had, e]
             memo[key] = found
         return found
 
@@ -271,7 +282,8 @@ class CachedReads:
         hks = tuple(hks)
         view = memo.get(("view", ns, hks))
         if view is not None and name is not None:
-            return list(view.get(name, ()))
+            got = view.get(name)
+            return [] if got is None else list(got) if type(got) is list else [got]
         return self._get(("resolve", ns, hks, name), lambda: self.store.resolve(ns, hks, name))
 
 
@@ -318,10 +330,10 @@ def _fd_bufvec(fd: int, pos: int, size: int) -> _FuseBufvec:
 
 
 # One listed name: (name, file-type bits, inode, attrs_of, key). Its full attributes
-# (READDIRPLUS) are attrs_of(key), computed only when sent; attrs_of None for '.', '..'
-# and stored NAME.query files (whose size is their result's: the kernel looks them up).
-# A plain tuple: a 100k-file view makes 100k of them per listing.
-DirEntryAttrs = tuple[str, int, int, Callable[[Any], dict[str, Any]] | None, Any]
+# (READDIRPLUS) are attrs_of(key) (a dict, or a tuple in STAT_KEYS order), computed only
+# when sent; attrs_of None for '.', '..' and stored NAME.query files (whose size is their
+# result's: the kernel looks them up). A plain tuple: a 100k-file view makes 100k per listing.
+DirEntryAttrs = tuple[str, int, int, Callable[[Any], "dict[str, Any] | tuple[int, ...]"] | None, Any]
 
 
 @dataclass
@@ -431,7 +443,11 @@ class HKOperations(Operations):
         return stat.S_ISLNK(info.mode)    # the store keeps the file type in mode
 
     def _entity_attrs(self, info: EntityInfo | EntityStat) -> dict[str, Any]:
-        """A file's attributes: the catalog's, but size and times from the bytes file while open.
+        return dict(zip(STAT_KEYS, self._entity_values(info), strict=True))
+
+    def _entity_values(self, info: EntityInfo | EntityStat) -> tuple[int, ...]:
+        """A file's attributes (STAT_KEYS order): the catalog's, but size and times from the
+        bytes file while open.
 
         A closed file's size and mtime are what the daemon recorded at its last flush or
         close (fsck's stale-size repairs them after a crash in between), so a listing
@@ -444,12 +460,8 @@ class HKOperations(Operations):
             except FileNotFoundError:
                 pass
         mode = info.mode
-        return {
-            "st_mode": mode if mode & 0o170000 else mode | stat.S_IFREG, "st_ino": (info.id << 2) | 1,
-            "st_nlink": max(1, info.nlinks), "st_uid": info.uid, "st_gid": info.gid,
-            "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 131072,
-            "st_atime": info.atime_ns, "st_mtime": mtime, "st_ctime": ctime,
-        }
+        return ((info.id << 2) | 1, info.nlinks or 1, mode if mode & 0o170000 else mode | stat.S_IFREG,
+                info.uid, info.gid, size, 131072, (size + 511) // 512, info.atime_ns, mtime, ctime)
 
     def _removed_attrs(self, h: Handle) -> dict[str, Any]:
         """fstat of a file removed while open (its entity is gone): the bytes file's, nlink 0."""
@@ -711,33 +723,31 @@ class HKOperations(Operations):
                 kid = ViewLoc(loc.ns, loc.with_child(k), loc.anchor)
                 out.append((k, stat.S_IFDIR, self._virtual_ino(kid), self._virtual_attrs, kid))
             if isinstance(loc, ViewLoc):
-                attrs = self._view_entity_attrs
-                out += [(n, _file_type(info.mode), (info.id << 2) | 1,
-                         None if n.endswith(QUERY_SUFFIX) else attrs, info)
-                        for n, info in self.view_entries(loc, kids)]
+                self._view_files(loc, kids, out)
             return out
         raise NotADirectory("not a directory")
 
-    def _view_entity_attrs(self, info: EntityStat) -> dict[str, Any]:
+    def _view_entity_attrs(self, info: EntityStat) -> tuple[int, ...]:
         """A view's file as READDIRPLUS sends it: the kernel now holds it under a view path."""
         self.kernel.note_viewed(info.id)
-        return self._entity_attrs(info)
+        return self._entity_values(info)
 
     def _entity_attrs_of(self, eid: int) -> dict[str, Any]:
         return self._entity_attrs(self.reads.entity(eid))
 
-    def view_entries(self, view: ViewLoc, keywords: set[str] | dict[str, None]) -> list[tuple[str, EntityStat]]:
-        """(listed name, entity) of a view's files: shared names become STEM~ID.EXT,
-        a name equal to a child keyword is listed as ',NAME'."""
-        out: list[tuple[str, EntityStat]] = []
-        for name, ents in self.reads.listing(view.ns, tuple(view.hks)).items():
-            if len(ents) > 1:
-                out += [(clash_name(name, e.id), e) for e in ents]
-            elif name in keywords:
-                out.append(("," + name, ents[0]))
-            else:
-                out.append((name, ents[0]))
-        return out
+    def _view_files(self, view: ViewLoc, keywords: dict[str, None], out: list[DirEntryAttrs]) -> None:
+        """Append a view's files to `out`: shared names become STEM~ID.EXT, a name equal to
+        a child keyword is listed as ',NAME'. One pass: a view may hold 100k files."""
+        attrs, reg, add = self._view_entity_attrs, stat.S_IFREG, out.append
+        for name, e in self.reads.listing(view.ns, tuple(view.hks)).items():
+            if type(e) is list:
+                for x in e:
+                    n = clash_name(name, x.id)
+                    add((n, x.mode & 0o170000 or reg, (x.id << 2) | 1,
+                         None if n.endswith(QUERY_SUFFIX) else attrs, x))
+                continue
+            n = "," + name if name in keywords else name
+            add((n, e.mode & 0o170000 or reg, (e.id << 2) | 1, None if n.endswith(QUERY_SUFFIX) else attrs, e))
 
     @overrides(Operations)
     @_mapped
@@ -1264,8 +1274,19 @@ class StatPacker:
                 raise ValueError("c_stat fields overlap")
             fmt += "x" * (offset - pos) + ({8: "q", 4: "I", 16: "qq"}[size])
             pos = offset + size
-        self._ints = operator.itemgetter(*[n for _, _, n in fields[:-3]])
+        order = [n for _, _, n in fields[:-3]]
+        self._ints = operator.itemgetter(*order)
         self._pack_into = struct.Struct(fmt).pack_into
+        # STAT_KEYS positions of the integer fields in struct order (None: the same order)
+        perm = [STAT_KEYS.index(n) for n in order]
+        self._perm = None if perm == list(range(len(perm))) else operator.itemgetter(*perm)
+
+    def pack_values(self, st: ctypes.Structure, v: tuple[int, ...]) -> None:
+        """Fill st from a tuple in STAT_KEYS order (no dict: the listing's hot path)."""
+        a, m, c = v[8], v[9], v[10]
+        ints = v[:8] if self._perm is None else self._perm(v)
+        self._pack_into(st, 0, *ints, a // 1_000_000_000, a % 1_000_000_000,    # type: ignore[arg-type]
+                        m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
 
     def pack(self, st: ctypes.Structure, attrs: dict[str, Any]) -> None:
         a, m, c = attrs["st_atime"], attrs["st_mtime"], attrs["st_ctime"]
@@ -1315,7 +1336,11 @@ class HKFuse(FUSE):
                 if attrs is None:
                     st.st_mode, st.st_ino = mode, ino
                 else:
+                    if type(attrs) is tuple:
+                        attrs = dict(zip(STAT_KEYS, attrs, strict=True))
                     mfusepy.set_st_attrs(st, attrs, use_ns=True)
+            elif type(attrs) is tuple:
+                packer.pack_values(st, attrs)
             else:
                 packer.pack(st, attrs)
             if filler(buf, name.encode(enc, errs), st, i + 1,
