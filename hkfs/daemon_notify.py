@@ -31,12 +31,24 @@ SYNC_ATTR = "user.hk.sync"
 _MOUNTS: dict[Path, tuple[int, list[Path]]] = {}
 
 
+def _same_dir(a: Path, b: Path) -> bool:
+    """The same directory however spelt (a symlink, '..'); a missing one is never the same."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _mountpoints(store: Path, pid_mtime: int) -> list[Path]:
+    """The mounts serving `store`, kept while daemon.pid is unchanged.
+
+    None found is not kept: the daemon writes daemon.pid before its mount appears."""
     known = _MOUNTS.get(store)
     if known is not None and known[0] == pid_mtime:
         return known[1]
-    found = [mnt for mnt, st in hk_mounts() if st == store]
-    _MOUNTS[store] = (pid_mtime, found)
+    found = [mnt for mnt, st in hk_mounts() if st == store or _same_dir(st, store)]
+    if found:
+        _MOUNTS[store] = (pid_mtime, found)
     return found
 
 
