@@ -334,7 +334,8 @@ def small_rows(pid: int, mnt: Path, disk: Path, args: argparse.Namespace) -> lis
     n = args.small
     what = (f"create {n} small files", f"stat {n} small files, just created", f"stat {n} small files, again",
             f"unlink {n} small files")
-    notes = ("open+write 100 B+close", "a LOOKUP each: the creates left no valid dentry", "", "")
+    notes = ("open+write 100 B+close", "a GETATTR each: a write makes the kernel drop that inode's size and times",
+             "", "")
     return [(w, "ops/s", m[i][0], d[i][0], (nt + "; " if nt else "") + f"daemon CPU {m[i][1]:.0f} us/op")
             for i, (w, nt) in enumerate(zip(what, notes, strict=True))]
 
@@ -544,7 +545,7 @@ def goals(rows: list[Row], args: argparse.Namespace) -> list[str]:
         line = f"- `stat` >= 20k/s through the mount: {s[0]:,.0f}/s repeated on one file, {met(s[0] >= 20_000)}"
         first = find(f"stat {args.small} small files, just")
         if first:
-            line += f"; {first[0]:,.0f}/s on {args.small} files just created (a LOOKUP each), {met(first[0] >= 20_000)}"
+            line += f"; {first[0]:,.0f}/s on {args.small} files just written (a GETATTR each), {met(first[0] >= 20_000)}"
         fb = find("stat one file in a view", ", libfuse 2")
         if fb:
             line += f" (fallback, caches off: {fb[0]:,.0f}/s, {met(fb[0] >= 20_000)})"
@@ -570,17 +571,19 @@ EXPLAIN = [
     "**What is cached, and when it is dropped.** On the default mount the daemon sets the kernel's "
     "entry and attribute timeouts to 60 s once the kernel accepts FUSE_NOTIFY_INC_EPOCH (Linux "
     "6.16+) on its /dev/fuse descriptor (hkfs/kernel_cache.py; the daemon log says \"kernel caches "
-    "on\"). It sends that message after every operation through the mount that changes anything "
-    "(before replying), when a process that wrote the catalog itself pokes it (getxattr "
+    "on\"). It sends that message after every operation through the mount that may leave another "
+    "cached path stale (before replying; a change to a file reached only through its one "
+    "directory link needs none, see docs/mount.md), when a process that wrote the catalog itself pokes it (getxattr "
     "`user.hk.sync`, which the hk CLI does), and when its watcher sees the catalog's "
     "`data_version` move (a writer that did not poke; within 50 ms). The message makes every "
     "dentry of the mount stale at once, so the next path walk asks the daemon again: a `stat` "
     "that follows a change is as expensive as with caches off, one that follows nothing is "
     "answered by the kernel alone (daemon CPU ~0 per stat). Repeated `stat`s and the second "
     "`ls -l` are therefore kernel-speed figures, not hkfs ones; the daemon's own cost shows in "
-    "the first listing, in the utime-then-stat row and in the small-file rows: every create and "
-    "unlink moves the epoch, so the `stat` of each file just created is a LOOKUP (the \"just "
-    "created\" row, ~150 us of daemon CPU each) and only the second pass is cached.",
+    "the first listing, in the utime-then-stat row and in the small-file rows: creating, writing "
+    "and removing files in a directory moves no epoch, but a write makes the kernel itself drop "
+    "that inode's size and times, so the `stat` of each file just written is one GETATTR (the "
+    "\"just created\" row) and only the second pass is answered from the cache.",
     "",
     "**Listings.** On libfuse 3 a listing is READDIRPLUS: each name comes with its attributes "
     "and the kernel registers the entry, so `ls -l` costs no LOOKUP or GETATTR per file "
