@@ -389,12 +389,9 @@ def test_poke_reaches_the_daemon_by_the_mounted_spelling(tmp_path: Path,
     assert _pokes(m, Path(str(tmp_path / "link" / "store") + "/")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="notify_daemon matches the store by its spelling "
-                   "(Path.absolute() against the mount's fsname): a store opened by another path "
-                   "to the same directory (the real path behind a symlink, or with '..') is not "
-                   "poked, so e.g. `hk rmkw --store REAL //k` is seen only once the watcher polls")
 def test_poke_reaches_the_daemon_by_another_spelling(tmp_path: Path,
                                                      mount_factory: MountFactory) -> None:
+    """The real path behind the mount's symlinked spelling, or one with '..' (`hk --store`)."""
     m, real = _store_behind_a_symlink(tmp_path, mount_factory)
     assert _pokes(m, real) == 1
     assert _pokes(m, Path(str(real / ".." / "store"))) == 1
@@ -610,13 +607,16 @@ _NS = st.integers(-(2**62), 2**62)
 def test_stat_packer_equals_set_st_attrs(attrs: dict[str, int]) -> None:
     import mfusepy
 
-    from hkfs.fuse_ops import StatPacker
+    from hkfs.fuse_ops import STAT_KEYS, StatPacker
     packer = StatPacker(mfusepy.c_stat)
     want = mfusepy.c_stat()
     mfusepy.set_st_attrs(want, attrs, use_ns=True)
     got = mfusepy.c_stat()
     packer.pack(got, attrs)
     assert bytes(got) == bytes(want)
+    from_tuple = mfusepy.c_stat()                      # the listing's path: a tuple, no dict
+    packer.pack_values(from_tuple, tuple(attrs[k] for k in STAT_KEYS))
+    assert bytes(from_tuple) == bytes(want)
     # over a used buffer (READDIRPLUS reuses one): every field up to ctime is rewritten
     used = mfusepy.c_stat.from_buffer_copy(b"\xa5" * ctypes.sizeof(mfusepy.c_stat))
     packer.pack(used, attrs)
@@ -642,12 +642,10 @@ def test_notify_daemon_without_a_daemon_does_nothing(tmp_path: Path,
     dn.notify_daemon(tmp_path / "s")
 
 
-@pytest.mark.xfail(strict=True, reason="notify_daemon caches 'no mount' per daemon.pid mtime; "
-                   "the daemon writes daemon.pid before it mounts (imports, libfuse init in "
-                   "between), so a long-lived process that commits in that window never pokes "
-                   "this daemon: its changes show only when the watcher polls")
 def test_poke_finds_a_mount_that_appeared_after_the_pid_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon writes daemon.pid before it mounts: a long-lived process that committed in
+    between must not remember 'no mount' for that daemon."""
     import hkfs.daemon_notify as dn
     store, mnt = tmp_path / "s", tmp_path / "m"
     store.mkdir()
