@@ -8,20 +8,16 @@ namespace of the current directory, inside a real mount of the demo store.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
-import select
 import shutil
-import struct
 import subprocess
-import termios
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from conftest import Mount
+from ptyterm import PtyProcess
 from test_transcripts_shell import hk_bin
 
 from hkfs.cli import cli
@@ -125,7 +121,7 @@ def test_hk_complete_with_a_store_outside_a_mount(tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.output == ""
 
 
-class KeyTerminal:
+class KeyTerminal(PtyProcess):
     """An interactive shell on an 80-column pty; `keys` types, `until` reads until a pattern shows.
 
     Each step of a test waits for the last thing the shell writes for that key (the redrawn line,
@@ -136,24 +132,8 @@ class KeyTerminal:
     STEP_TIMEOUT = 120.0    # one step is one `hk complete` (a Python start-up); generous for loaded CI
 
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], mount: Mount) -> None:
-        self.master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
-                                     start_new_session=True)
-        os.close(slave)
+        super().__init__(argv, cwd, env)
         self.mount = mount
-        self.buf = bytearray()
-
-    def _read(self, wait: float) -> bool:
-        r, _, _ = select.select([self.master], [], [], wait)
-        if not r:
-            return False
-        try:
-            data = os.read(self.master, 65536)
-        except OSError:            # EIO: the shell is gone
-            return False
-        self.buf.extend(data)
-        return bool(data)
 
     def until(self, pattern: bytes, start: int = 0, timeout: float = STEP_TIMEOUT) -> bytes:
         """Read until `pattern` appears in what came after `start`; return that part."""
@@ -164,26 +144,19 @@ class KeyTerminal:
                             f"{self.proc.poll()}); after the keys:\n{bytes(self.buf[start:])!r}\n"
                             f"--- whole terminal\n{bytes(self.buf)!r}\n--- daemon.log tail\n"
                             f"{self.mount.log_tail()}")
-            self._read(0.5)
+            self.read(0.5)
         return bytes(self.buf[start:])
 
     def keys(self, k: bytes) -> int:
         """Type k; returns the mark from which its output starts (what was pending is taken in first)."""
-        while self._read(0):
+        while self.read(0):
             pass
         mark = len(self.buf)
-        os.write(self.master, k)
+        self.write(k)
         return mark
 
-    def close(self) -> None:
-        try:
-            os.write(self.master, b"\x15exit\n")
-            self.proc.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        finally:
-            os.close(self.master)
+    def close(self, goodbye: bytes = b"\x15exit\n") -> None:     # Ctrl-U first: a half-typed line
+        super().close(goodbye)
 
 
 def _shell(shell: str, mount: Mount, tmp_path: Path) -> KeyTerminal:

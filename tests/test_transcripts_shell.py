@@ -22,20 +22,15 @@ terminal shows it) is compared line by line with the figure:
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
-import select
-import struct
-import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
 import pytest
 from conftest import Mount
+from ptyterm import PtyProcess
 
 # Verbatim from the paper (seeds/hk-paper-ja.txt, Fig. 1).
 FIG1 = """\
@@ -134,59 +129,37 @@ def _screen(raw: str) -> list[str]:
     return out
 
 
-class Terminal:
+class Terminal(PtyProcess):
     """An interactive bash on a pty of the given width; `type` waits for the next prompt."""
 
     def __init__(self, rcfile: Path, cwd: Path, env: dict[str, str], columns: int = 40) -> None:
-        self.master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-        self.proc = subprocess.Popen(
-            ["bash", "--rcfile", str(rcfile), "--noediting", "-i"], stdin=slave, stdout=slave,
-            stderr=slave, cwd=cwd, env=env, start_new_session=True, close_fds=True)
-        os.close(slave)
-        self.raw = ""
+        super().__init__(["bash", "--rcfile", str(rcfile), "--noediting", "-i"], cwd, env, columns=columns)
         self._wait_prompt()
 
-    def _read(self, timeout: float) -> bool:
-        r, _, _ = select.select([self.master], [], [], timeout)
-        if not r:
-            return False
-        try:
-            data = os.read(self.master, 65536)
-        except OSError:
-            return False
-        self.raw += data.decode("utf-8", "replace")
-        return bool(data)
+    @property
+    def raw(self) -> str:
+        return self.buf.decode("utf-8", "replace")
 
     def _wait_prompt(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not PROMPT_RE.search(self.raw.replace("\x01", "").replace("\x02", "")):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError(f"no prompt; terminal so far:\n{self.raw}")
-            self._read(0.5)
+            self.read(0.5)
 
     def type(self, line: str) -> None:
         """Type a line, then wait for its echo and for the prompt that follows the command's output."""
         mark = len(self.raw)
-        os.write(self.master, (line + "\n").encode())
+        self.write((line + "\n").encode())
         deadline = time.monotonic() + 120     # one command is a Python start-up or two; loaded CI
         while True:
-            i = self.raw.find(line, mark)
-            if i >= 0 and PROMPT_RE.search(self.raw[i + len(line):].replace("\x01", "").replace("\x02", "")):
+            raw = self.raw
+            i = raw.find(line, mark)
+            if i >= 0 and PROMPT_RE.search(raw[i + len(line):].replace("\x01", "").replace("\x02", "")):
                 return
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(f"no prompt after {line!r}; terminal so far:\n{self.raw}")
-            self._read(0.5)
-
-    def close(self) -> None:
-        try:
-            os.write(self.master, b"exit\n")
-            self.proc.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        finally:
-            os.close(self.master)
+                raise AssertionError(f"no prompt after {line!r}; terminal so far:\n{raw}")
+            self.read(0.5)
 
 
 def hk_bin(tmp: Path) -> Path:
