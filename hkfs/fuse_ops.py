@@ -354,6 +354,7 @@ class HKOperations(Operations):
         self.store = store
         self.kernel = KernelCache(store.catalog.path)
         store.on_locked_commit = self.kernel.own_commit
+        self.kernel.open_paths = self._open_paths
         self.keep_timeouts = keep_timeouts     # the user chose entry_timeout/attr_timeout
         self.ns = store.namespace_id(os.getuid() if user is None else user)
         self.root = store.root_dir(self.ns)
@@ -552,6 +553,10 @@ class HKOperations(Operations):
                 n = self._writing.pop(eid) - 1
                 if n:
                     self._writing[eid] = n
+
+    def _open_paths(self) -> list[str]:
+        with self._hlock:
+            return sorted({h.path for h in self._handles.values() if h.path})
 
     def _forget_open(self, eid: int) -> None:
         """One handle of eid closed (call under _hlock)."""
@@ -1165,7 +1170,7 @@ class HKOperations(Operations):
         if name == SYNC_ATTR:
             # a process that changed the catalog itself asks us to drop the kernel's caches
             # before it goes on (hkfs.daemon_notify); answered once they are dropped
-            self.kernel.invalidate()
+            self.kernel.invalidate_foreign()
             return str(self.kernel.epochs).encode()
         if not name.startswith("user."):
             # ENOTSUP (not ENODATA) for system.* / security.*: `ls -l` then stops asking

@@ -42,6 +42,7 @@ import queue
 import sqlite3
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,9 @@ class KernelCache:
         self._conn: sqlite3.Connection | None = None      # the watcher's, used under _conn_lock
         self._conn_lock = threading.Lock()
         self._last_version: int | None = None
+        # paths of the files open through the mount (set by the adapter): another process's
+        # change may have touched them, and descriptors keep their inodes' attributes
+        self.open_paths: Callable[[], list[str]] = list
         self._aliases: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = queue.SimpleQueue()
         self._alias_workers: list[threading.Thread] = []
 
@@ -153,6 +157,12 @@ class KernelCache:
     def was_viewed(self, eid: int) -> bool:
         """Whether the kernel may hold entity eid under a view path (see `viewed`)."""
         return eid in self.viewed or eid in self._viewed_before
+
+    def invalidate_foreign(self) -> None:
+        """Another process changed the catalog: drop every cached entry, and the inodes of the
+        files open through the mount (a size or mode changed by the API)."""
+        self.invalidate()
+        self.invalidate_paths(self.open_paths())
 
     def invalidate_paths(self, paths: list[str], *, wait: float = ALIAS_WAIT) -> None:
         """Drop the kernel's attributes and pages of these paths' inodes (open aliases of a
@@ -217,7 +227,7 @@ class KernelCache:
                     now = conn.execute("PRAGMA data_version").fetchone()[0]
                     moved, self._last_version = now != self._last_version, now
                 if moved:
-                    self.invalidate()
+                    self.invalidate_foreign()
         except sqlite3.Error as exc:
             log.warning("cache watcher stopped: %s", exc)
         finally:

@@ -9,6 +9,9 @@ sees the change there. See hkfs.fuse_ops.HKOperations._entity_changed.
 
 from __future__ import annotations
 
+import os
+import stat
+
 from conftest import Mount
 
 
@@ -112,3 +115,22 @@ def test_stat_after_create_needs_no_round_trip_per_path(mount: Mount) -> None:
         test $((after - before)) -le 2          # the two getfattr calls each count one
         test "$(stat -c %s d/f20)" = 1
     """)
+
+
+def test_api_change_reaches_an_open_descriptor(mount: Mount) -> None:
+    """A process that changes a file's attributes with the Python API pokes the daemon, which
+    also drops the inodes of files open through the mount (their descriptors keep attributes)."""
+    from hkfs.store import Store
+
+    (mount.root / "d").mkdir()
+    (mount.root / "d" / "f").write_bytes(b"12345")
+    fd = os.open(mount.root / "d" / "f", os.O_RDONLY)
+    try:
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o644
+        with Store.open(mount.store) as st:
+            eid = st.lookup(st.root_dir(st.namespace_id(os.getuid())), "d")
+            f = st.lookup(eid.id, "f")
+            st.set_attrs(f.id, mode=0o600)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+    finally:
+        os.close(fd)
