@@ -35,6 +35,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ METRIC = "cosine"
 REBUILD_SHARE = 0.05
 REBUILD_ROWS = 50_000
 POLL_S = 1.0        # the worker looks for changes this often, so a query rarely has to load them
+POLL_CPU_SHARE = 0.1  # ...or less often: a look that took t seconds waits t / share before the next
 
 Key = tuple[int, bool]      # (entity id, own embedding?)
 
@@ -227,6 +229,7 @@ class EmbeddingCatalog:
         self._conn_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._wake = threading.Condition(threading.Lock())
+        self._poll_wait = POLL_S
         self._todo: list[tuple[int, int]] = []
         self._stop = False
         self._busy = 0
@@ -602,7 +605,7 @@ class EmbeddingCatalog:
         while True:
             with self._wake:
                 if not self._todo and not self._stop:
-                    self._wake.wait(POLL_S)
+                    self._wake.wait(self._poll_wait)
                 if self._stop:
                     return
                 key = self._todo.pop(0) if self._todo else None
@@ -621,13 +624,20 @@ class EmbeddingCatalog:
                     self._busy -= 1
 
     def _poll(self) -> None:
+        """Look for changes in the watched namespaces.
+
+        A look re-reads the namespace's entry files and embedding attributes (~50 ms per 100k
+        files): in a big store that changes all the time it would take a core, so the next
+        look waits long enough to keep it to POLL_CPU_SHARE (a query still looks itself)."""
         with self._lock:
             spaces = self._watched | {ns for ns, _d in self._shards}
+        t = time.monotonic()
         for ns in sorted(spaces):
             try:
                 self.refresh(ns)
             except Exception:   # noqa: BLE001 - e.g. the store closing under us; queries refresh too
                 log.debug("background refresh of namespace %d failed", ns, exc_info=True)
+        self._poll_wait = max(POLL_S, (time.monotonic() - t) / POLL_CPU_SHARE)
 
     def rebuild(self, ns: int, dim: int) -> None:
         """Build a new base for shard (ns, dim) from its live sources and swap it in atomically."""

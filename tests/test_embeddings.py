@@ -324,3 +324,18 @@ def test_k_hits_even_when_probed_lists_hold_fewer(st: Store) -> None:
     assert len(hits) == 3000
     assert {h.row for h in hits} == set(np.argsort(-s)[:3000].tolist())
     cat.stop()
+
+
+def test_background_look_backs_off_when_it_is_slow(st: Store, monkeypatch) -> None:
+    """A look that takes t seconds makes the worker wait t / POLL_CPU_SHARE before the next
+    (never less than POLL_S), so a big, busy store does not keep a core re-reading attributes."""
+    import time as _time
+
+    from hkfs import embeddings
+
+    cat = EmbeddingCatalog(st)
+    cat._watched.add(st.namespace_id("alice"))
+    for took, want in ((0.0, embeddings.POLL_S), (0.25, 0.25 / embeddings.POLL_CPU_SHARE)):
+        monkeypatch.setattr(cat, "refresh", lambda ns, took=took: _time.sleep(took))
+        cat._poll()
+        assert cat._poll_wait == pytest.approx(want, rel=0.3)
