@@ -47,6 +47,7 @@ import mfusepy
 from mfusepy import FUSE, FuseOSError, Operations, overrides
 
 from .daemon_notify import SYNC_ATTR
+from .embeddings import entry_kind
 from .errors import HKError, InvalidArgument, IsADirectory, NotADirectory, NotFound, NotPermitted
 from .kernel_cache import ALIAS_WAIT, KernelCache
 from .naming import HK, format_hk_list, hk_matches, parse_hk_list
@@ -568,10 +569,11 @@ class HKOperations(Operations):
             self.kernel.invalidate()
             return
         try:
-            links = self.reads.entity(eid).nlinks
+            info = self.reads.entity(eid)
         except NotFound:
             return                                  # gone: no path left to be stale
-        if links > 1:
+        # an embedding entry's rows change what FILE.query files (sizes included) answer
+        if info.nlinks > 1 or entry_kind(info.name) is not None:
             self.kernel.invalidate()
 
     def _changed_for_aliases(self, eid: int, path: str | None, *, writing: bool = False) -> None:
