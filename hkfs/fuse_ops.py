@@ -1,13 +1,14 @@
 """The FUSE adapter: mount paths -> hkfs.views locations -> store calls; handles; errno.
 
-With hkfs.kernel_cache, the mfusepy importers. It keeps no catalog state that
-another process could change: the one cache it has (resolutions and the listing
-of the view being stat'ed, for `ls -l` of big views) is dropped whenever SQLite
-reports any commit, and every operation that changes anything drops the
-kernel's entry and attribute caches (KernelCache.invalidate) before it replies,
+The mfusepy-facing parts are hkfs.fuse_glue (HKFuse: READDIRPLUS, zero-copy
+buffers, f-calls without a path) and hkfs.kernel_cache (the kernel's caches). It
+keeps no catalog state that another process could change: its memo
+(hkfs.cached_reads) is dropped whenever SQLite reports any commit, and every
+operation that may leave another cached path stale drops the kernel's entry and
+attribute caches (`_entity_changed`, KernelCache.invalidate) before it replies,
 so a change through any path is visible to the very next call. Directories are
 listed with READDIRPLUS (libfuse 3): names with their attributes, one round trip
-per ~100 entries instead of a LOOKUP per file. Bytes go straight to STORE/entities/<id>
+per ~200 entries instead of a LOOKUP per file. Bytes go straight to STORE/entities/<id>
 through one descriptor per open handle. Every callback's errors go through
 `to_fuse_error` (HKError -> its errno, OSError -> its errno, anything else
 logged with its traceback -> EIO).
@@ -31,11 +32,8 @@ import errno
 import functools
 import hashlib
 import logging
-import operator
 import os
-import sqlite3
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -44,11 +42,25 @@ from pathlib import Path
 from typing import Any
 
 import mfusepy
-from mfusepy import FUSE, FuseOSError, Operations, overrides
+from mfusepy import FuseOSError, Operations, overrides
 
+from .cached_reads import CachedReads
 from .daemon_notify import SYNC_ATTR
 from .embeddings import entry_kind
 from .errors import HKError, InvalidArgument, IsADirectory, NotADirectory, NotFound, NotPermitted
+from .fuse_glue import (
+    BUF_API,
+    BUFVEC_SIZE,
+    FUSE_CAP_READDIRPLUS_AUTO,
+    STAT_KEYS,
+    DirEntryAttrs,
+    FuseBufvec,
+    HKFuse,
+    buf_malloc,
+    fd_bufvec,
+    fill_fd_bufvec,
+    voidpp,
+)
 from .kernel_cache import ALIAS_WAIT, KernelCache
 from .naming import HK, format_hk_list, hk_matches, parse_hk_list
 from .queryfs import SUFFIX as QUERY_SUFFIX
@@ -79,12 +91,6 @@ XATTR_CREATE, XATTR_REPLACE = 1, 2
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
 MAX_NAME = 255
-MEMO_MAX = 500_000   # memo entries kept while nothing commits (~2-3 per file of an ls -l'd view)
-FUSE_READDIR_PLUS, FUSE_FILL_DIR_PLUS = 1 << 0, 1 << 1         # fuse.h (libfuse 3)
-# A file's attributes as a tuple in this order (_entity_values; StatPacker.pack_values)
-STAT_KEYS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks",
-             "st_atime", "st_mtime", "st_ctime")
-FUSE_CAP_READDIRPLUS_AUTO = 1 << 14                            # fuse_common.h (libfuse 3)
 # Operations after which the kernel's cached entries and attributes may be wrong somewhere
 # (a retag changes which views list a file, a keyword can shadow a file name). Operations that
 # change one file's attributes, create or remove a file decide for themselves
@@ -189,199 +195,6 @@ def _file_type(mode: int) -> int:
 
 def _ino(kind: int, ident: int) -> int:
     return (ident << 2) | kind
-
-
-class CachedReads:
-    """The catalog reads path resolution needs, memoised while no connection commits.
-
-    SQLite's `PRAGMA data_version` (on a connection of our own that never writes)
-    changes whenever any other connection commits: a daemon thread, the hk CLI,
-    another process. Every call checks it (a few microseconds) and drops the memo
-    when it moved, so nothing stale is ever answered; in between, `ls -l` of a view
-    costs one catalog query for the listing instead of several per file.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._conn = sqlite3.connect(store.catalog.path, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
-        self._version: int | None = None
-        self._memo: dict[tuple, Any] = {}
-        self._pinned: dict[int, dict[tuple, Any]] = {}   # OS thread -> memo for its current request
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def pin(self) -> bool:
-        """Check the version once for a whole request; True if this call pinned (then unpin)."""
-        tid = threading.get_ident()
-        if tid in self._pinned:
-            return False
-        self._pinned[tid] = self._current()
-        return True
-
-    def unpin(self) -> None:
-        self._pinned.pop(threading.get_ident(), None)
-
-    def memo(self) -> dict[tuple, Any]:
-        """The memo valid now (a fresh one whenever anything committed since it was made)."""
-        pinned = self._pinned.get(threading.get_ident())
-        return pinned if pinned is not None else self._current()
-
-    def _current(self) -> dict[tuple, Any]:
-        with self._lock:
-            v = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if v != self._version or len(self._memo) > MEMO_MAX:
-                self._version, self._memo = v, {}
-            return self._memo
-
-    def _get(self, key: tuple, fetch: Callable[[], Any]) -> Any:
-        memo = self.memo()
-        try:
-            return memo[key]
-        except KeyError:
-            value = memo[key] = fetch()
-            return value
-
-    def root_dir(self, ns: int) -> int:
-        return self._get(("root", ns), lambda: self.store.root_dir(ns))
-
-    def dir(self, dirid: int) -> Any:
-        return self._get(("dir", dirid), lambda: self.store.dir(dirid))
-
-    def lookup(self, dirid: int, name: str) -> Any:
-        return self._get(("lookup", dirid, name), lambda: self.store.lookup(dirid, name))
-
-    def keyword_exists(self, ns: int, hk: HK) -> bool:
-        # Asked for every name looked up in a view (a child keyword wins over a file name):
-        # answered from the parent's memoised children, one query per view instead of one
-        # per file (ls -l of a 100k-file view: 100k keyword lookups otherwise).
-        if not hk:
-            return True
-        if isinstance(hk, str):
-            return self.store.keyword_exists(ns, hk)
-        return hk[-1] in self.keyword_children(ns, tuple(hk[:-1]))
-
-    def keyword_children(self, ns: int, hk: HK) -> dict[str, None]:
-        """hk's child keyword names in order (a dict: ordered, O(1) membership); none if hk is not a keyword."""
-        def fetch() -> dict[str, None]:
-            try:
-                return dict.fromkeys(self.store.keyword_children(ns, hk))
-            except NotFound:
-                return {}
-        return self._get(("kids", ns, hk), fetch)
-
-    def entity(self, eid: int) -> EntityInfo:
-        return self._get(("ent", eid), lambda: self.store.entity(eid))
-
-    def listing(self, ns: int, hks: tuple[HK, ...]) -> dict[str, EntityStat | list[EntityStat]]:
-        """All files of a view by name (one query), kept for the lookups that follow a readdir.
-
-        A name one file has maps to it, a shared name to the list of its files (no list per
-        file: a 100k-file view is listed in one pass)."""
-        memo = self.memo()
-        key = ("view", ns, hks)
-        found = memo.get(key)
-        if found is None:
-            found = {}
-            for e in self.store.resolve_stats(ns, hks):
-                had = found.setdefault(e.name, e)
-                if had is not e:
-                    if type(had) is list:
-                        had.append(e)
-                    else:
-                        found[e.name] = [had, e]
-            memo[key] = found
-        return found
-
-    def resolve(self, ns: int, hks: Any, name: str | None = None) -> list[EntityInfo] | list[EntityStat]:
-        memo = self.memo()
-        hks = tuple(hks)
-        view = memo.get(("view", ns, hks))
-        if view is not None and name is not None:
-            got = view.get(name)
-            return [] if got is None else list(got) if type(got) is list else [got]
-        return self._get(("resolve", ns, hks, name), lambda: self.store.resolve(ns, hks, name))
-
-
-# Zero-copy I/O: read_buf/write_buf hand libfuse a buffer that *is* the entity file's
-# descriptor, so file data never passes through Python. mfusepy declares fuse_bufvec.buf
-# as a pointer; in fuse_common.h it is an inline array (struct fuse_buf buf[1]).
-class _FuseBuf(ctypes.Structure):
-    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
-                ("fd", ctypes.c_int), ("pos", ctypes.c_int64)]
-
-
-class _FuseBufvec(ctypes.Structure):
-    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t),
-                ("buf", _FuseBuf * 1)]
-
-
-_FUSE_BUF_IS_FD, _FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
-
-
-def _load_buf_api() -> tuple[Any, Any, Any] | None:
-    try:
-        lib = mfusepy._libfuse
-        copy, size = lib.fuse_buf_copy, lib.fuse_buf_size
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except (AttributeError, OSError):
-        return None
-    copy.argtypes = [ctypes.POINTER(_FuseBufvec), ctypes.POINTER(_FuseBufvec), ctypes.c_int]
-    copy.restype = ctypes.c_ssize_t
-    size.argtypes = [ctypes.POINTER(_FuseBufvec)]
-    size.restype = ctypes.c_size_t
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.malloc.restype = ctypes.c_void_p
-    return copy, size, libc.malloc
-
-
-_BUF_API = _load_buf_api()
-
-
-_BUFVEC_SIZE = ctypes.sizeof(_FuseBufvec)
-_BUF_MALLOC = _BUF_API[2] if _BUF_API is not None else None
-_VOIDPP = functools.partial(ctypes.cast, typ=ctypes.POINTER(ctypes.c_void_p))
-
-
-def _bufvec_packer() -> Callable[[int, int, int, int], None]:
-    """Write a one-buffer fuse_bufvec naming (fd, pos, size) at an address, in one memmove.
-
-    Packed with struct at _FuseBufvec's own field offsets (a ctypes struct per read costs a
-    few microseconds; the read path runs once per 128 KiB)."""
-    b = _FuseBufvec.buf.offset
-    fields = [(_FuseBufvec.count.offset, "Q"), (_FuseBufvec.idx.offset, "Q"), (_FuseBufvec.off.offset, "Q"),
-              (b + _FuseBuf.size.offset, "Q"), (b + _FuseBuf.flags.offset, "i"),
-              (b + _FuseBuf.mem.offset, "Q"), (b + _FuseBuf.fd.offset, "i"), (b + _FuseBuf.pos.offset, "q")]
-    fmt, pos = "=", 0
-    for off, code in fields:
-        fmt += "x" * (off - pos) + code
-        pos = off + struct.calcsize("=" + code)
-    fmt += "x" * (_BUFVEC_SIZE - pos)
-    pack = struct.Struct(fmt).pack
-    flags = _FUSE_BUF_IS_FD | _FUSE_BUF_FD_SEEK
-
-    def fill(ptr: int, fd: int, offset: int, size: int) -> None:
-        ctypes.memmove(ptr, pack(1, 0, 0, size, flags, 0, fd, offset), _BUFVEC_SIZE)
-    return fill
-
-
-_fill_fd_bufvec = _bufvec_packer()
-
-
-def _fd_bufvec(fd: int, pos: int, size: int) -> _FuseBufvec:
-    v = _FuseBufvec(count=1, idx=0, off=0)
-    v.buf[0].size, v.buf[0].flags, v.buf[0].mem = size, _FUSE_BUF_IS_FD | _FUSE_BUF_FD_SEEK, None
-    v.buf[0].fd, v.buf[0].pos = fd, pos
-    return v
-
-
-# One listed name: (name, file-type bits, inode, attrs_of, key). Its full attributes
-# (READDIRPLUS) are attrs_of(key) (a dict, or a tuple in STAT_KEYS order), computed only
-# when sent; attrs_of None for '.', '..' and stored NAME.query files (whose size is their
-# result's: the kernel looks them up). A plain tuple: a 100k-file view makes 100k per listing.
-DirEntryAttrs = tuple[str, int, int, Callable[[Any], "dict[str, Any] | tuple[int, ...]"] | None, Any]
 
 
 @dataclass
@@ -912,7 +725,7 @@ class HKOperations(Operations):
         self._entity_changed(h.eid)
         return n
 
-    if _BUF_API is not None:
+    if BUF_API is not None:
         @overrides(Operations)
         @_mapped_io
         def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fh: int) -> int:
@@ -924,11 +737,11 @@ class HKOperations(Operations):
             fd = h.fd if h is not None else self.queries.fd(fh) if self.queries.owns(fh) else -1
             if fd < 0:
                 raise FuseOSError(errno.EBADF)
-            ptr = _BUF_MALLOC(_BUFVEC_SIZE)    # libfuse free()s it after replying
+            ptr = buf_malloc(BUFVEC_SIZE)    # libfuse free()s it after replying
             if not ptr:
                 raise FuseOSError(errno.ENOMEM)
-            _fill_fd_bufvec(ptr, fd, offset, size)
-            _VOIDPP(bufpp)[0] = ptr
+            fill_fd_bufvec(ptr, fd, offset, size)
+            voidpp(bufpp)[0] = ptr
             return 0
 
         @overrides(Operations)
@@ -936,19 +749,19 @@ class HKOperations(Operations):
         def write_buf(self, path: str, buf: Any, offset: int, fh: int) -> int:
             """Let libfuse copy the request's data straight into the entity file."""
             h = self._handle(fh)
-            copy, size, _malloc = _BUF_API
-            src = ctypes.cast(buf, ctypes.POINTER(_FuseBufvec))
+            copy, size, _malloc = BUF_API
+            src = ctypes.cast(buf, ctypes.POINTER(FuseBufvec))
             if _is_query_path(path) and self.queries.wants_bytes(path):
                 # a NAME.query body is checked as bytes by write()
                 mem = ctypes.create_string_buffer(size(src))
-                mvec = _FuseBufvec(count=1, idx=0, off=0)
+                mvec = FuseBufvec(count=1, idx=0, off=0)
                 mvec.buf[0].size, mvec.buf[0].flags = len(mem), 0
                 mvec.buf[0].mem = ctypes.cast(mem, ctypes.c_void_p)
                 got = copy(ctypes.byref(mvec), src, 0)
                 if got < 0:
                     raise FuseOSError(-got)
                 return self.write(path, mem.raw[:got], offset, fh)
-            dst = _fd_bufvec(h.fd, offset, size(src))
+            dst = fd_bufvec(h.fd, offset, size(src))
             with self._writes_to(h.eid):
                 n = copy(ctypes.byref(dst), src, 0)
                 if n < 0:
@@ -1306,142 +1119,6 @@ class HKOperations(Operations):
             except NotFound:
                 raise FuseOSError(ENOATTR) from None
         return 0
-
-
-class StatPacker:
-    """Fills mfusepy's c_stat from an attribute dict with one struct.pack_into (~1 us).
-
-    READDIRPLUS sends attributes for every listed file; mfusepy's set_st_attrs spends
-    several microseconds per entry on setattr and timespec objects. The layout is read
-    from c_stat's own field offsets, so it follows the platform's struct stat."""
-
-    INTS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks")
-    TIMES = ("st_atime", "st_mtime", "st_ctime")
-
-    def __init__(self, c_stat: type[ctypes.Structure]) -> None:
-        fields = sorted([(getattr(c_stat, n).offset, getattr(c_stat, n).size, n) for n in self.INTS] +
-                        [(getattr(c_stat, n + "spec").offset, getattr(c_stat, n + "spec").size, n)
-                         for n in self.TIMES])
-        if [n for _, _, n in fields[-3:]] != list(self.TIMES) or any(size != 16 for _, size, _ in fields[-3:]):
-            raise ValueError("c_stat does not end with atime, mtime, ctime timespecs")
-        fmt, pos = "=", 0
-        for offset, size, _name in fields:
-            if offset < pos:
-                raise ValueError("c_stat fields overlap")
-            fmt += "x" * (offset - pos) + ({8: "q", 4: "I", 16: "qq"}[size])
-            pos = offset + size
-        order = [n for _, _, n in fields[:-3]]
-        self._ints = operator.itemgetter(*order)
-        self._pack_into = struct.Struct(fmt).pack_into
-        # STAT_KEYS positions of the integer fields in struct order (None: the same order)
-        perm = [STAT_KEYS.index(n) for n in order]
-        self._perm = None if perm == list(range(len(perm))) else operator.itemgetter(*perm)
-
-    def pack_values(self, st: ctypes.Structure, v: tuple[int, ...]) -> None:
-        """Fill st from a tuple in STAT_KEYS order (no dict: the listing's hot path)."""
-        a, m, c = v[8], v[9], v[10]
-        ints = v[:8] if self._perm is None else self._perm(v)
-        self._pack_into(st, 0, *ints, a // 1_000_000_000, a % 1_000_000_000,    # type: ignore[arg-type]
-                        m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
-
-    def pack(self, st: ctypes.Structure, attrs: dict[str, Any]) -> None:
-        a, m, c = attrs["st_atime"], attrs["st_mtime"], attrs["st_ctime"]
-        self._pack_into(st, 0, *self._ints(attrs), a // 1_000_000_000, a % 1_000_000_000,    # type: ignore[arg-type]
-                        m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
-
-
-def _stat_packer() -> StatPacker | None:
-    try:
-        return StatPacker(mfusepy.c_stat)
-    except (AttributeError, KeyError, ValueError) as exc:
-        log.info("READDIRPLUS attributes through mfusepy.set_st_attrs: %s", exc)
-        return None
-
-
-_PACKER = _stat_packer()
-
-
-class HKFuse(FUSE):
-    """mfusepy's FUSE with the two things its high-level glue leaves out.
-
-    - READDIRPLUS (libfuse 3): mfusepy fills names only, so the kernel follows every
-      listed name with a LOOKUP; here each entry carries its attributes (FUSE_FILL_DIR_PLUS)
-      and libfuse registers the node, so `ls -l` of a view needs no request per file.
-    - `.query` handles are opened direct_io: their size is the result's, evaluated at open,
-      and reads must not stop at a size the kernel cached from an earlier evaluation.
-    """
-
-    operations: HKOperations
-
-    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
-                       flags: int) -> int:
-        if not flags & FUSE_READDIR_PLUS:
-            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
-        # Offsets (i + 1) make libfuse register each node and encode its entry as it is filled
-        # (with offset 0 libfuse 3.14 buffers the whole listing and drops the attributes).
-        decoded = None if path is None else path.decode(self.encoding, self.errors)
-        entries = self.operations.listing_from(decoded, fip.contents.fh, offset)
-        st = mfusepy.c_stat()
-        size = ctypes.sizeof(st)
-        enc, errs, packer = self.encoding, self.errors, _PACKER
-        for i in range(offset, len(entries)):
-            name, mode, ino, attrs_of, key = entries[i]
-            attrs = None if attrs_of is None else attrs_of(key)
-            if attrs is None or packer is None:
-                ctypes.memset(ctypes.byref(st), 0, size)
-                if attrs is None:
-                    st.st_mode, st.st_ino = mode, ino
-                else:
-                    if type(attrs) is tuple:
-                        attrs = dict(zip(STAT_KEYS, attrs, strict=True))
-                    mfusepy.set_st_attrs(st, attrs, use_ns=True)
-            elif type(attrs) is tuple:
-                packer.pack_values(st, attrs)
-            else:
-                packer.pack(st, attrs)
-            if filler(buf, name.encode(enc, errs), st, i + 1,
-                      0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
-                break
-        return 0
-
-    # libfuse 3 passes no path for a file removed while open; mfusepy's glue for these either
-    # decodes it unconditionally or drops the file handle, so f-calls could not find the file.
-    def _str(self, path: bytes | None) -> str | None:
-        return None if path is None else path.decode(self.encoding, self.errors)
-
-    @staticmethod
-    def _fh(fip: Any) -> int | None:
-        return fip.contents.fh if fip else None
-
-    def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
-        return self.operations.read_buf(self._str(path), bufpp, size, offset, fip.contents.fh)
-
-    def write_buf(self, path: bytes | None, buf: Any, offset: int, fip: Any) -> int:
-        return self.operations.write_buf(self._str(path), buf, offset, fip.contents.fh)
-
-    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
-        return self.operations.chmod(self._str(path), mode, self._fh(fip))
-
-    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
-        uid = -1 if uid == 0xFFFFFFFF else uid
-        gid = -1 if gid == 0xFFFFFFFF else gid
-        return self.operations.chown(self._str(path), uid, gid, self._fh(fip))
-
-    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
-        return self.operations.truncate(self._str(path), length, self._fh(fip))
-
-    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
-        times = None
-        if buf:
-            times = (mfusepy.time_of_timespec(buf.contents.actime, use_ns=True),
-                     mfusepy.time_of_timespec(buf.contents.modtime, use_ns=True))
-        return self.operations.utimens(self._str(path), times, self._fh(fip))
-
-    def open(self, path: bytes, fip: Any) -> int:
-        result = super().open(path, fip)
-        if self.operations.queries.owns(fip.contents.fh):
-            fip.contents.direct_io = 1
-        return result
 
 
 def serve(store: Store, mountpoint: str | os.PathLike[str], options: dict[str, object], *,

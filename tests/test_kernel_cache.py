@@ -613,7 +613,7 @@ _NS = st.integers(-(2**62), 2**62)
 def test_stat_packer_equals_set_st_attrs(attrs: dict[str, int]) -> None:
     import mfusepy
 
-    from hkfs.fuse_ops import STAT_KEYS, StatPacker
+    from hkfs.fuse_glue import STAT_KEYS, StatPacker
     packer = StatPacker(mfusepy.c_stat)
     want = mfusepy.c_stat()
     mfusepy.set_st_attrs(want, attrs, use_ns=True)

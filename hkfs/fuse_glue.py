@@ -1,0 +1,255 @@
+"""What the FUSE adapter needs of libfuse beyond mfusepy's high-level glue.
+
+- Zero-copy I/O: `read_buf`/`write_buf` hand libfuse a `fuse_bufvec` that names the
+  entity file's descriptor, so file data never passes through Python (mfusepy declares
+  the struct wrong: `buf` is an inline array in fuse_common.h).
+- READDIRPLUS: `HKFuse` sends every listed entry with its attributes and an offset
+  (mfusepy fills names only), packed into `struct stat` by `StatPacker`.
+- f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
+  operations the file handle instead.
+- `.query` handles are opened direct_io.
+The operations themselves (paths -> store calls) are hkfs.fuse_ops.HKOperations.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+import operator
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import mfusepy
+from mfusepy import FUSE
+
+if TYPE_CHECKING:
+    from .fuse_ops import HKOperations
+
+__all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "DirEntryAttrs", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
+           "fd_bufvec", "fill_fd_bufvec", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp"]
+
+log = logging.getLogger(__name__)
+
+FUSE_READDIR_PLUS, FUSE_FILL_DIR_PLUS = 1 << 0, 1 << 1         # fuse.h (libfuse 3)
+# A file's attributes as a tuple in this order (_entity_values; StatPacker.pack_values)
+STAT_KEYS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks",
+             "st_atime", "st_mtime", "st_ctime")
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14                            # fuse_common.h (libfuse 3)
+
+
+# Zero-copy I/O: read_buf/write_buf hand libfuse a buffer that *is* the entity file's
+# descriptor, so file data never passes through Python. mfusepy declares fuse_bufvec.buf
+# as a pointer; in fuse_common.h it is an inline array (struct fuse_buf buf[1]).
+class FuseBuf(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
+                ("fd", ctypes.c_int), ("pos", ctypes.c_int64)]
+
+
+class FuseBufvec(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t),
+                ("buf", FuseBuf * 1)]
+
+
+_FUSE_BUF_IS_FD, _FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
+
+
+def _load_buf_api() -> tuple[Any, Any, Any] | None:
+    try:
+        lib = mfusepy._libfuse
+        copy, size = lib.fuse_buf_copy, lib.fuse_buf_size
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except (AttributeError, OSError):
+        return None
+    copy.argtypes = [ctypes.POINTER(FuseBufvec), ctypes.POINTER(FuseBufvec), ctypes.c_int]
+    copy.restype = ctypes.c_ssize_t
+    size.argtypes = [ctypes.POINTER(FuseBufvec)]
+    size.restype = ctypes.c_size_t
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.malloc.restype = ctypes.c_void_p
+    return copy, size, libc.malloc
+
+
+BUF_API = _load_buf_api()
+
+
+BUFVEC_SIZE = ctypes.sizeof(FuseBufvec)
+buf_malloc = BUF_API[2] if BUF_API is not None else None
+voidpp = functools.partial(ctypes.cast, typ=ctypes.POINTER(ctypes.c_void_p))
+
+
+def _bufvec_packer() -> Callable[[int, int, int, int], None]:
+    """Write a one-buffer fuse_bufvec naming (fd, pos, size) at an address, in one memmove.
+
+    Packed with struct at FuseBufvec's own field offsets (a ctypes struct per read costs a
+    few microseconds; the read path runs once per 128 KiB)."""
+    b = FuseBufvec.buf.offset
+    fields = [(FuseBufvec.count.offset, "Q"), (FuseBufvec.idx.offset, "Q"), (FuseBufvec.off.offset, "Q"),
+              (b + FuseBuf.size.offset, "Q"), (b + FuseBuf.flags.offset, "i"),
+              (b + FuseBuf.mem.offset, "Q"), (b + FuseBuf.fd.offset, "i"), (b + FuseBuf.pos.offset, "q")]
+    fmt, pos = "=", 0
+    for off, code in fields:
+        fmt += "x" * (off - pos) + code
+        pos = off + struct.calcsize("=" + code)
+    fmt += "x" * (BUFVEC_SIZE - pos)
+    pack = struct.Struct(fmt).pack
+    flags = _FUSE_BUF_IS_FD | _FUSE_BUF_FD_SEEK
+
+    def fill(ptr: int, fd: int, offset: int, size: int) -> None:
+        ctypes.memmove(ptr, pack(1, 0, 0, size, flags, 0, fd, offset), BUFVEC_SIZE)
+    return fill
+
+
+fill_fd_bufvec = _bufvec_packer()
+
+
+def fd_bufvec(fd: int, pos: int, size: int) -> FuseBufvec:
+    v = FuseBufvec(count=1, idx=0, off=0)
+    v.buf[0].size, v.buf[0].flags, v.buf[0].mem = size, _FUSE_BUF_IS_FD | _FUSE_BUF_FD_SEEK, None
+    v.buf[0].fd, v.buf[0].pos = fd, pos
+    return v
+
+
+# One listed name: (name, file-type bits, inode, attrs_of, key). Its full attributes
+# (READDIRPLUS) are attrs_of(key) (a dict, or a tuple in STAT_KEYS order), computed only
+# when sent; attrs_of None for '.', '..' and stored NAME.query files (whose size is their
+# result's: the kernel looks them up). A plain tuple: a 100k-file view makes 100k per listing.
+DirEntryAttrs = tuple[str, int, int, Callable[[Any], "dict[str, Any] | tuple[int, ...]"] | None, Any]
+
+
+class StatPacker:
+    """Fills mfusepy's c_stat from an attribute dict with one struct.pack_into (~1 us).
+
+    READDIRPLUS sends attributes for every listed file; mfusepy's set_st_attrs spends
+    several microseconds per entry on setattr and timespec objects. The layout is read
+    from c_stat's own field offsets, so it follows the platform's struct stat."""
+
+    INTS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks")
+    TIMES = ("st_atime", "st_mtime", "st_ctime")
+
+    def __init__(self, c_stat: type[ctypes.Structure]) -> None:
+        fields = sorted([(getattr(c_stat, n).offset, getattr(c_stat, n).size, n) for n in self.INTS] +
+                        [(getattr(c_stat, n + "spec").offset, getattr(c_stat, n + "spec").size, n)
+                         for n in self.TIMES])
+        if [n for _, _, n in fields[-3:]] != list(self.TIMES) or any(size != 16 for _, size, _ in fields[-3:]):
+            raise ValueError("c_stat does not end with atime, mtime, ctime timespecs")
+        fmt, pos = "=", 0
+        for offset, size, _name in fields:
+            if offset < pos:
+                raise ValueError("c_stat fields overlap")
+            fmt += "x" * (offset - pos) + ({8: "q", 4: "I", 16: "qq"}[size])
+            pos = offset + size
+        order = [n for _, _, n in fields[:-3]]
+        self._ints = operator.itemgetter(*order)
+        self._pack_into = struct.Struct(fmt).pack_into
+        # STAT_KEYS positions of the integer fields in struct order (None: the same order)
+        perm = [STAT_KEYS.index(n) for n in order]
+        self._perm = None if perm == list(range(len(perm))) else operator.itemgetter(*perm)
+
+    def pack_values(self, st: ctypes.Structure, v: tuple[int, ...]) -> None:
+        """Fill st from a tuple in STAT_KEYS order (no dict: the listing's hot path)."""
+        a, m, c = v[8], v[9], v[10]
+        ints = v[:8] if self._perm is None else self._perm(v)
+        self._pack_into(st, 0, *ints, a // 1_000_000_000, a % 1_000_000_000,    # type: ignore[arg-type]
+                        m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
+
+    def pack(self, st: ctypes.Structure, attrs: dict[str, Any]) -> None:
+        a, m, c = attrs["st_atime"], attrs["st_mtime"], attrs["st_ctime"]
+        self._pack_into(st, 0, *self._ints(attrs), a // 1_000_000_000, a % 1_000_000_000,    # type: ignore[arg-type]
+                        m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
+
+
+def _stat_packer() -> StatPacker | None:
+    try:
+        return StatPacker(mfusepy.c_stat)
+    except (AttributeError, KeyError, ValueError) as exc:
+        log.info("READDIRPLUS attributes through mfusepy.set_st_attrs: %s", exc)
+        return None
+
+
+_PACKER = _stat_packer()
+
+
+class HKFuse(FUSE):
+    """mfusepy's FUSE with the two things its high-level glue leaves out.
+
+    - READDIRPLUS (libfuse 3): mfusepy fills names only, so the kernel follows every
+      listed name with a LOOKUP; here each entry carries its attributes (FUSE_FILL_DIR_PLUS)
+      and libfuse registers the node, so `ls -l` of a view needs no request per file.
+    - `.query` handles are opened direct_io: their size is the result's, evaluated at open,
+      and reads must not stop at a size the kernel cached from an earlier evaluation.
+    """
+
+    operations: HKOperations
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
+                       flags: int) -> int:
+        if not flags & FUSE_READDIR_PLUS:
+            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
+        # Offsets (i + 1) make libfuse register each node and encode its entry as it is filled
+        # (with offset 0 libfuse 3.14 buffers the whole listing and drops the attributes).
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        entries = self.operations.listing_from(decoded, fip.contents.fh, offset)
+        st = mfusepy.c_stat()
+        size = ctypes.sizeof(st)
+        enc, errs, packer = self.encoding, self.errors, _PACKER
+        for i in range(offset, len(entries)):
+            name, mode, ino, attrs_of, key = entries[i]
+            attrs = None if attrs_of is None else attrs_of(key)
+            if attrs is None or packer is None:
+                ctypes.memset(ctypes.byref(st), 0, size)
+                if attrs is None:
+                    st.st_mode, st.st_ino = mode, ino
+                else:
+                    if type(attrs) is tuple:
+                        attrs = dict(zip(STAT_KEYS, attrs, strict=True))
+                    mfusepy.set_st_attrs(st, attrs, use_ns=True)
+            elif type(attrs) is tuple:
+                packer.pack_values(st, attrs)
+            else:
+                packer.pack(st, attrs)
+            if filler(buf, name.encode(enc, errs), st, i + 1,
+                      0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
+                break
+        return 0
+
+    # libfuse 3 passes no path for a file removed while open; mfusepy's glue for these either
+    # decodes it unconditionally or drops the file handle, so f-calls could not find the file.
+    def _str(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return fip.contents.fh if fip else None
+
+    def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
+        return self.operations.read_buf(self._str(path), bufpp, size, offset, fip.contents.fh)
+
+    def write_buf(self, path: bytes | None, buf: Any, offset: int, fip: Any) -> int:
+        return self.operations.write_buf(self._str(path), buf, offset, fip.contents.fh)
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return self.operations.chmod(self._str(path), mode, self._fh(fip))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        uid = -1 if uid == 0xFFFFFFFF else uid
+        gid = -1 if gid == 0xFFFFFFFF else gid
+        return self.operations.chown(self._str(path), uid, gid, self._fh(fip))
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return self.operations.truncate(self._str(path), length, self._fh(fip))
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        times = None
+        if buf:
+            times = (mfusepy.time_of_timespec(buf.contents.actime, use_ns=True),
+                     mfusepy.time_of_timespec(buf.contents.modtime, use_ns=True))
+        return self.operations.utimens(self._str(path), times, self._fh(fip))
+
+    def open(self, path: bytes, fip: Any) -> int:
+        result = super().open(path, fip)
+        if self.operations.queries.owns(fip.contents.fh):
+            fip.contents.direct_io = 1
+        return result
