@@ -162,10 +162,13 @@ def _setup_daemon_logging(store: Path, *, to_stderr: bool, level: int) -> None:
 
 def fuse_options(store: Path, user_options: dict[str, object]) -> dict[str, object]:
     opts = dict(DEFAULT_OPTIONS)
-    if _libfuse_major() >= 3:
+    fuse3 = _libfuse_major() >= 3
+    if fuse3:
         for key in LIBFUSE2_ONLY:
             opts.pop(key, None)
     opts.update(user_options)
+    if fuse3:
+        opts.pop("nonempty", None)    # checked by check_mountpoint; libfuse 3 mounts anyway
     opts["fsname"] = fsname_for(store)
     opts["subtype"] = SUBTYPE
     return opts
@@ -247,7 +250,7 @@ def mount(store: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
     mnt = Path(os.path.abspath(mountpoint))
     check_fuse()
     opts = dict(options or {})
-    check_mountpoint(mnt, nonempty=bool(opts.pop("nonempty", False)))
+    check_mountpoint(mnt, nonempty=bool(opts.get("nonempty")))
     if store_p.exists() and not store_p.is_dir():
         raise MountError(f"store {store_p} is not a directory")
     store_p.mkdir(parents=True, exist_ok=True)
