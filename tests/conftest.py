@@ -93,9 +93,12 @@ class Mount:
 
 
 # fails_with MESSAGE CMD...: CMD must fail and say MESSAGE (e.g. its strerror).
+# `! cmd` never fails a `set -e` script (bash ignores errexit for a negated command), so
+# negative checks use `not cmd` (or `fails_with TEXT cmd`).
 _FAILS_WITH = r"""fails_with() { local want=$1 out; shift
   if out=$("$@" 2>&1); then echo "unexpected success: $*" >&2; return 1; fi
   [[ $out == *"$want"* ]] || { echo "wanted '$want' from $*, got: $out" >&2; return 1; }; }
+not() { if "$@"; then echo "unexpected success: $*" >&2; return 1; fi; }
 """
 
 

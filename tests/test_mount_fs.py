@@ -28,7 +28,7 @@ def test_dirs_and_files_with_coreutils(mount: Mount) -> None:
         ln a/g.txt a/b/hard; test "$(stat -c %h a/g.txt)" = 2; test "$(cat a/b/hard)" = other
         rm a/g.txt; test "$(cat a/b/hard)" = other
         rm a/b/hard
-        rmdir a/b/c; ! rmdir a 2>/dev/null
+        rmdir a/b/c; not rmdir a 2>/dev/null
         mv a/b a/renamed; test -d a/renamed
         rm -r a; test "$(ls)" = "@"
         df -P . | tail -1

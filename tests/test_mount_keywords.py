@@ -18,10 +18,10 @@ def test_keyword_space_and_views(mount: Mount) -> None:
         test "$(cat @/animal/fig1.jpg)" = woof
         test "$(cat @/animal/dog/@/photo/fig1.jpg)" = woof
         test "$(stat -c %i @/animal/fig1.jpg)" = "$(stat -c %i @/photo/2000/fig1.jpg)"
-        ! test -e @/animal/cat/fig1.jpg                       # the view does not match it: ENOENT
-        ! cat @/animal/cat/fig1.jpg 2>/dev/null
-        ! test -e @/nokw
-        ! touch @/newfile 2>/dev/null                         # '@' alone holds keywords only
+        not test -e @/animal/cat/fig1.jpg                       # the view does not match it: ENOENT
+        not cat @/animal/cat/fig1.jpg 2>/dev/null
+        not test -e @/nokw
+        not touch @/newfile 2>/dev/null                         # '@' alone holds keywords only
         rmdir @/animal/cat
     """)
     r = mount.run("rmdir @/animal/dog", check=False)
@@ -36,7 +36,7 @@ def test_ln_mv_rm_in_views_never_delete_bytes(mount: Mount) -> None:
         test "$(getfattr --only-values -n user.hk.keywords @/a/f.txt)" = "//a//b"
         mv @/b/f.txt @/c/f.txt                                # retag: //b -> //c
         test "$(getfattr --only-values -n user.hk.keywords @/a/f.txt)" = "//a//c"
-        ! test -e @/b/f.txt
+        not test -e @/b/f.txt
         mv @/c/f.txt @/c/g.txt                                # within a view: rename
         test "$(cat @/a/g.txt)" = data
         rm @/c/g.txt                                          # detaches //c only
@@ -45,7 +45,7 @@ def test_ln_mv_rm_in_views_never_delete_bytes(mount: Mount) -> None:
         test "$(cat lost+found/g.txt)" = data
         mv lost+found/g.txt @/b/x/                            # from a directory into a view
         test "$(getfattr --only-values -n user.hk.keywords @/b/g.txt)" = "//b/x"
-        ! test -e lost+found/g.txt
+        not test -e lost+found/g.txt
         mkdir d; mv @/b/g.txt d/                               # from a view into a directory
         test "$(cat d/g.txt)" = data
         test -z "$(getfattr --only-values -n user.hk.keywords d/g.txt)"
@@ -59,11 +59,11 @@ def test_comma_views_dkl_and_clash_names(mount: Mount) -> None:
         echo os > @/paper/os/main.tex
         echo dps > @/paper/dps/main.tex
         ls @/paper | grep -E '^main~[0-9]+\\.tex$' | wc -l | grep -qx 2
-        ! cat @/paper/main.tex 2>/dev/null                    # shared name: only the clash names
+        not cat @/paper/main.tex 2>/dev/null                    # shared name: only the clash names
         for f in @/paper/main~*.tex; do cat "$f"; done | sort | tr '\\n' ' ' | grep -qx 'dps os '
         test "$(cat @/paper/os/main.tex)" = os               # alone in its view: plain name
         id=$(ls @/paper | grep main~ | head -1 | sed 's/main~\\([0-9]*\\).tex/\\1/')
-        ! test -e @/paper/nothere/main~$id.tex
+        not test -e @/paper/nothere/main~$id.tex
         mkdir work
         setfattr -n user.hk.dkl -v //paper/os work
         test "$(getfattr --only-values -n user.hk.dkl work)" = //paper/os
@@ -83,7 +83,7 @@ def test_keyword_named_like_a_file_is_reached_with_comma(mount: Mount) -> None:
     mount.run("""
         mkdir @/k
         echo body > @/k/notes
-        ! mkdir @/k/notes 2>/dev/null                         # the kernel sees the file: EEXIST
+        not mkdir @/k/notes 2>/dev/null                         # the kernel sees the file: EEXIST
         python3 -c "from hkfs.store import Store; s = Store.open('$S'); s.mkkw(s.namespace_id(0), ('k', 'notes'))"
         test -d @/k/notes
         ls @/k | grep -qx ',notes'
@@ -101,12 +101,12 @@ def test_xattrs(mount: Mount) -> None:
         test "$(getfattr --only-values -n user.color @/b/f)" = blue
         getfattr -d @/a/f | grep -q 'user.color="blue"'
         setfattr -x user.color @/a/f
-        ! getfattr -n user.color @/a/f 2>/dev/null
+        not getfattr -n user.color @/a/f 2>/dev/null
         setfattr -n user.tag -v t d
         getfattr -d d | grep -q user.tag
-        ! setfattr -n user.hk.keywords -v '//a/..' @/a/f 2>/dev/null   # EINVAL
-        ! setfattr -n user.hk.keywords -v 'nope' @/a/f 2>/dev/null
-        ! setfattr -n trusted.x -v 1 @/a/f 2>/dev/null
+        not setfattr -n user.hk.keywords -v '//a/..' @/a/f 2>/dev/null   # EINVAL
+        not setfattr -n user.hk.keywords -v 'nope' @/a/f 2>/dev/null
+        not setfattr -n trusted.x -v 1 @/a/f 2>/dev/null
         setfattr -x user.hk.keywords @/a/f                     # no keyword, no link: lost+found
         test "$(cat lost+found/f)" = x
     """)
@@ -156,7 +156,7 @@ st.chfn(eid, "g")
 st.close()
 EOF
         test "$(ls @/later)" = g
-        ! test -e @/seen/f
+        not test -e @/seen/f
         test "$(cat @/seen/g)" = a
     """)
 
@@ -174,6 +174,6 @@ def test_hk_commands_inside_the_mount_are_seen_by_the_next_command(mount: Mount)
         test "$(getfattr --only-values -n user.hk.dkl .)" = //proj
         test "$(ls ,)" = f.txt
         setfattr -n user.hk.keywords -v '' f.txt
-        ! test -e "$M/@/proj/f.txt"
+        not test -e "$M/@/proj/f.txt"
         test "$(hk ls , | wc -l)" = 0
     """)

@@ -234,7 +234,7 @@ def test_paper_figs_1_and_2_in_an_interactive_bash(mount: Mount, tmp_path: Path)
 
     # What the figures say happened: dps is gone but its files are kept by their HKs; work holds them.
     r = mount.run("""
-        ! test -e tada/dps
+        not test -e tada/dps
         ls tada/work
         cat tada/work/main.tex
         getfattr --only-values -n user.hk.keywords tada/work/main.tex; echo
