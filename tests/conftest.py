@@ -35,6 +35,19 @@ HK_CMD = [sys.executable, "-c", "from hkfs.cli import main; main()"]
 MOUNT_TIMEOUT = 60.0        # generous: the daemon's start-up (imports) is slow on a loaded 2-core CI box
 
 
+def daemon_loads_libfuse3() -> bool:
+    """Whether a daemon started from this environment loads libfuse 3 (hkfs.daemon's choice:
+    libfuse 3 unless FUSE_LIBRARY_NAME / FUSE_LIBRARY_PATH name another library)."""
+    import ctypes.util
+    name = os.environ.get("FUSE_LIBRARY_NAME")
+    path = os.environ.get("FUSE_LIBRARY_PATH")
+    if path:
+        return "fuse3" in os.path.basename(path)
+    if name:
+        return name == "fuse3"
+    return ctypes.util.find_library("fuse3") is not None
+
+
 def fuse_usable() -> bool:
     return os.path.exists("/dev/fuse") and bool(shutil.which("fusermount") or shutil.which("fusermount3"))
 
