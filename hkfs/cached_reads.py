@@ -83,7 +83,18 @@ class CachedReads:
         return self._get(("dir", dirid), lambda: self.store.dir(dirid))
 
     def lookup(self, dirid: int, name: str) -> Any:
-        return self._get(("lookup", dirid, name), lambda: self.store.lookup(dirid, name))
+        """A directory entry; for a file link its entity is memoised too (the getattr that follows)."""
+        memo = self.memo()
+        key = ("lookup", dirid, name)
+        try:
+            return memo[key]
+        except KeyError:
+            pass
+        entry, info = self.store.lookup_entity(dirid, name)
+        memo[key] = entry
+        if info is not None:
+            memo[("ent", info.id)] = info
+        return entry
 
     def keyword_exists(self, ns: int, hk: HK) -> bool:
         # Asked for every name looked up in a view (a child keyword wins over a file name):

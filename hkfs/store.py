@@ -914,6 +914,14 @@ class Store:
             self._need_dir(c, dirid)
             return self._entry(c, dirid, name)
 
+    def lookup_entity(self, dirid: int, name: str) -> tuple[DirEntry | None, EntityInfo | None]:
+        """lookup, and the file's entity when the name links one, in one transaction (the mount
+        answers most LOOKUPs with both)."""
+        with self.catalog.read() as c:
+            self._need_dir(c, dirid)
+            e = self._entry(c, dirid, name)
+            return e, (self._entity(c, e.id) if e is not None and e.kind == "file" else None)
+
     def listdir(self, dirid: int) -> list[DirEntry]:
         """Subdirectories and file links, sorted by name."""
         with self.catalog.read() as c:
