@@ -129,13 +129,15 @@ def _keep_thread_state() -> None:
         ctypes.pythonapi.PyGILState_Ensure()
 
 
-def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _mapped(fn: Callable[..., Any], *, pin: bool = True) -> Callable[..., Any]:
+    """A FUSE callback: a lasting thread state, errors through to_fuse_error, the catalog
+    memo pinned for the request, and the kernel's caches dropped after a CHANGING_OPS op."""
     changes = fn.__name__ in CHANGING_OPS
 
     @functools.wraps(fn)
     def wrapper(self: HKOperations, *args: Any) -> Any:
         _keep_thread_state()
-        pinned = self.reads.pin()
+        pinned = pin and self.reads.pin()
         try:
             result = fn(self, *args)
             if changes:
@@ -151,21 +153,9 @@ def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _mapped_io(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`_mapped` for the data path (reads): errors mapped, no catalog version check.
-
-    A read touches no catalog state, and each 128 KiB request's Python is a good part of
-    the daemon's CPU per GiB, so it skips the memo pin (a PRAGMA under a lock)."""
-    @functools.wraps(fn)
-    def wrapper(self: HKOperations, *args: Any) -> Any:
-        _keep_thread_state()
-        try:
-            return fn(self, *args)
-        except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise to_fuse_error(exc, fn.__name__) from exc
-    return wrapper
+# The data path (reads): no memo pin. A read touches no catalog state, and each 128 KiB
+# request's Python is a good part of the daemon's CPU per GiB (the pin is a PRAGMA under a lock).
+_mapped_io = functools.partial(_mapped, pin=False)
 
 
 def _check_path(path: str) -> None:
@@ -328,12 +318,9 @@ class HKOperations(Operations):
     def _removed_attrs(self, h: Handle) -> dict[str, Any]:
         """fstat of a file removed while open (its entity is gone): the bytes file's, nlink 0."""
         st = os.fstat(h.fd)
-        return {
-            "st_mode": stat.S_IFREG | (st.st_mode & 0o7777), "st_ino": (h.eid << 2) | 1, "st_nlink": 0,
-            "st_uid": st.st_uid, "st_gid": st.st_gid, "st_size": st.st_size,
-            "st_blocks": (st.st_size + 511) // 512, "st_blksize": 131072,
-            "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns,
-        }
+        return dict(zip(STAT_KEYS, ((h.eid << 2) | 1, 0, stat.S_IFREG | (st.st_mode & 0o7777), st.st_uid,
+                                    st.st_gid, st.st_size, 131072, (st.st_size + 511) // 512,
+                                    st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns), strict=True))
 
     def _dir_attrs(self, dirid: int) -> dict[str, Any]:
         d = self.reads.dir(dirid)
@@ -389,6 +376,12 @@ class HKOperations(Operations):
         if info.nlinks > 1 or entry_kind(info.name) is not None:
             self.kernel.invalidate()
 
+    def _attrs_changed(self, eid: int, path: str | None) -> None:
+        """Entity eid's attributes changed through `path`: its other open paths, then every
+        other cached path (see _changed_for_aliases, _entity_changed)."""
+        self._changed_for_aliases(eid, path)
+        self._entity_changed(eid)
+
     def _changed_for_aliases(self, eid: int, path: str | None, *, writing: bool = False) -> None:
         """Entity eid's attributes changed through `path`: drop them in the kernel for the
         other paths it is open by (their descriptors would keep the old size otherwise).
@@ -404,12 +397,17 @@ class HKOperations(Operations):
             self.kernel.invalidate_paths(sorted(others), wait=0 if busy else ALIAS_WAIT)
 
     @contextlib.contextmanager
-    def _writes_to(self, eid: int) -> Iterator[None]:
-        """Count a write to eid in flight (see _changed_for_aliases)."""
+    def _writes_to(self, eid: int) -> Iterator[bool]:
+        """Count a write to eid in flight (see _changed_for_aliases); yields whether eid is
+        open more than once. A file open once (the writer's own handle) has no other open
+        path, so its writes skip the count and the lock: the common case of every write."""
+        if self._open_eids.get(eid, 0) < 2:
+            yield False
+            return
         with self._hlock:
             self._writing[eid] = self._writing.get(eid, 0) + 1
         try:
-            yield
+            yield True
         finally:
             with self._hlock:
                 n = self._writing.pop(eid) - 1
@@ -482,8 +480,7 @@ class HKOperations(Operations):
         else:
             eid = self._eid_of(loc)
             self.store.set_attrs(eid, mode=mode & 0o7777)
-            self._changed_for_aliases(eid, path)
-            self._entity_changed(eid)
+            self._attrs_changed(eid, path)
         return 0
 
     @overrides(Operations)
@@ -499,8 +496,7 @@ class HKOperations(Operations):
         else:
             eid = self._eid_of(loc)
             self.store.set_attrs(eid, uid=u, gid=g)
-            self._changed_for_aliases(eid, path)
-            self._entity_changed(eid)
+            self._attrs_changed(eid, path)
         return 0
 
     @overrides(Operations)
@@ -521,8 +517,7 @@ class HKOperations(Operations):
             st = os.stat(p)
             os.utime(p, ns=(st.st_atime_ns if a is None else a, st.st_mtime_ns if m is None else m))
             self.store.set_attrs(eid, atime_ns=a, mtime_ns=m)
-            self._changed_for_aliases(eid, path)
-            self._entity_changed(eid)
+            self._attrs_changed(eid, path)
         return 0
 
     @overrides(Operations)
@@ -661,9 +656,10 @@ class HKOperations(Operations):
     @_mapped
     def create(self, path: str, mode: int, flags: int = os.O_RDWR) -> int:
         loc = self.loc(path)
+        flags |= os.O_RDWR if flags & os.O_ACCMODE == os.O_RDONLY else 0
         if isinstance(loc, (LinkLoc, ViewFileLoc)) and loc.eid is not None:
             eid = loc.eid
-            fd = self._open_fd(eid, flags | (os.O_RDWR if flags & os.O_ACCMODE == os.O_RDONLY else 0))
+            fd = self._open_fd(eid, flags)
             if flags & os.O_TRUNC:
                 self._entity_changed(eid)
             return self._new_handle(fd, eid, path=path)
@@ -672,8 +668,7 @@ class HKOperations(Operations):
             self.kernel.note_viewed(eid)
         if len(self.store.resolve_ids(self._loc_ns(loc), [], loc.name)) > 1:   # type: ignore[union-attr]
             self.kernel.invalidate()      # a shared name: listed views may now show STEM~ID names
-        fd = self._open_fd(eid, flags | (os.O_RDWR if flags & os.O_ACCMODE == os.O_RDONLY else 0))
-        return self._new_handle(fd, eid, path=path)
+        return self._new_handle(self._open_fd(eid, flags), eid, path=path)
 
     def _loc_ns(self, loc: LinkLoc | ViewFileLoc) -> int:
         return self._dir_ns(loc.dirid) if isinstance(loc, LinkLoc) else loc.view.ns
@@ -718,10 +713,11 @@ class HKOperations(Operations):
         h = self._handle(fh)
         if _is_query_path(path):
             self.queries.check_write(path, h.eid, data, offset)
-        with self._writes_to(h.eid):
+        with self._writes_to(h.eid) as aliased:
             n = os.pwrite(h.fd, data, offset)
             h.written = True
-            self._changed_for_aliases(h.eid, path or h.path, writing=True)
+            if aliased:
+                self._changed_for_aliases(h.eid, path or h.path, writing=True)
         self._entity_changed(h.eid)
         return n
 
@@ -762,12 +758,13 @@ class HKOperations(Operations):
                     raise FuseOSError(-got)
                 return self.write(path, mem.raw[:got], offset, fh)
             dst = fd_bufvec(h.fd, offset, size(src))
-            with self._writes_to(h.eid):
+            with self._writes_to(h.eid) as aliased:
                 n = copy(ctypes.byref(dst), src, 0)
                 if n < 0:
                     raise FuseOSError(-n)
                 h.written = True
-                self._changed_for_aliases(h.eid, path or h.path, writing=True)
+                if aliased:
+                    self._changed_for_aliases(h.eid, path or h.path, writing=True)
             self._entity_changed(h.eid)
             return n
 
@@ -782,8 +779,7 @@ class HKOperations(Operations):
             eid = self._eid_of(self._loc_or_handle(path, None))
             os.truncate(self.store.entity_path(eid), length)
         self.store.record_bytes(eid)
-        self._changed_for_aliases(eid, path)
-        self._entity_changed(eid)
+        self._attrs_changed(eid, path)
         return 0
 
     @overrides(Operations)

@@ -104,10 +104,6 @@ class KernelCache:
         self._aliases: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = queue.SimpleQueue()
         self._alias_workers: list[threading.Thread] = []
 
-    @property
-    def enabled(self) -> bool:
-        return self._fd is not None
-
     def attach(self, libfuse: Any, config: Any | None, *, keep_timeouts: bool = False) -> bool:
         """From the init callback: find the session, try the message, then lengthen the timeouts.
 
