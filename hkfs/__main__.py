@@ -1,5 +1,5 @@
 """`python -m hkfs` runs the hk command."""
 
-from .cli import main
+from .cli.main import main
 
 main()

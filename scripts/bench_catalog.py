@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hkfs.naming import HK, format_hk_list, list_matches  # noqa: E402
-from hkfs.store import Store  # noqa: E402
+from hkfs.core.naming import HK, format_hk_list, list_matches  # noqa: E402
+from hkfs.core.store import Store  # noqa: E402
 
 BRANCHING = (10, 6, 5, 5, 6)
 

@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hkfs.daemon import LOG_NAME, mount, parse_options, umount  # noqa: E402
-from hkfs.store import ENTITIES, Store  # noqa: E402
+from hkfs.core.store import ENTITIES, Store  # noqa: E402
+from hkfs.fuse.daemon import LOG_NAME, mount, parse_options, umount  # noqa: E402
 
 CHUNK = 1 << 20
 Row = tuple[str, str, float, float, str]     # what, unit, mount, disk, note
@@ -570,7 +570,7 @@ EXPLAIN = [
     "",
     "**What is cached, and when it is dropped.** On the default mount the daemon sets the kernel's "
     "entry and attribute timeouts to 60 s once the kernel accepts FUSE_NOTIFY_INC_EPOCH (Linux "
-    "6.16+) on its /dev/fuse descriptor (hkfs/kernel_cache.py; the daemon log says \"kernel caches "
+    "6.16+) on its /dev/fuse descriptor (hkfs/fuse/kernel_cache.py; the daemon log says \"kernel caches "
     "on\"). It sends that message after every operation through the mount that may leave another "
     "cached path stale (before replying; a change to a file reached only through its one "
     "directory link needs none, see docs/mount.md), when a process that wrote the catalog itself pokes it (getxattr "

@@ -37,12 +37,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hkfs.embeddings import EMBEDDING_ATTR, ROW_BITS, EmbeddingCatalog  # noqa: E402
-from hkfs.store import Store  # noqa: E402
+from hkfs.core.store import Store  # noqa: E402
+from hkfs.query.embeddings import EMBEDDING_ATTR, ROW_BITS, EmbeddingCatalog  # noqa: E402
 from vecindex import IVFIndex  # noqa: E402
 
 DOCS = ROOT / "docs" / "bench"
-HK = [sys.executable, "-c", "from hkfs.cli import main; main()"]
+HK = [sys.executable, "-c", "from hkfs.cli.main import main; main()"]
 DIM = 64
 K = 10
 

@@ -31,12 +31,12 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-HK_CMD = [sys.executable, "-c", "from hkfs.cli import main; main()"]
+HK_CMD = [sys.executable, "-c", "from hkfs.cli.main import main; main()"]
 MOUNT_TIMEOUT = 60.0        # generous: the daemon's start-up (imports) is slow on a loaded 2-core CI box
 
 
 def daemon_loads_libfuse3() -> bool:
-    """Whether a daemon started from this environment loads libfuse 3 (hkfs.daemon's choice:
+    """Whether a daemon started from this environment loads libfuse 3 (hkfs.fuse.daemon's choice:
     libfuse 3 unless FUSE_LIBRARY_NAME / FUSE_LIBRARY_PATH name another library)."""
     import ctypes.util
     name = os.environ.get("FUSE_LIBRARY_NAME")
@@ -211,10 +211,10 @@ def mount(mount_factory: MountFactory) -> Mount:
 
 @pytest.fixture
 def demo_mount(mount_factory: MountFactory) -> Mount:
-    """The demo store (hkfs.demo_data) mounted."""
+    """The demo store (hkfs.demo.data) mounted."""
     def fill(store: Path) -> None:
-        from hkfs.demo_data import fill_demo
-        from hkfs.store import Store
+        from hkfs.core.store import Store
+        from hkfs.demo.data import fill_demo
         with Store.open(store) as st:
             fill_demo(st)
     return mount_factory(fill=fill)

@@ -14,12 +14,12 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from hkfs.cli import cli
-from hkfs.cli_context import parse_hk_arg
-from hkfs.cli_paper import format_columns
-from hkfs.errors import HKSyntaxError, InvalidArgument
-from hkfs.naming import parse_hk
-from hkfs.store import Store
+from hkfs.cli.context import parse_hk_arg
+from hkfs.cli.main import cli
+from hkfs.cli.paper import format_columns
+from hkfs.core.errors import HKSyntaxError, InvalidArgument
+from hkfs.core.naming import parse_hk
+from hkfs.core.store import Store
 
 TEX = ["main.aux", "main.dvi", "main.log", "main.tex"]
 

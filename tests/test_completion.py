@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hkfs.completion import complete
+from hkfs.core.completion import complete
 
 PAPER = [("animal", "cat"), ("animal", "dog", "bulldog"), ("animal", "dog", "poodle"),
          ("food",), ("movie", "footloose"), ("sports", "football"), ("sports", "skate", "figure")]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hkfs.cli import cli
+from hkfs.cli.main import cli
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
 

@@ -1,4 +1,4 @@
-"""hkfs.embeddings and hkfs.queryfs without FUSE: entries, per-file embeddings, the catalog
+"""hkfs.query.embeddings and hkfs.mount.queryfs without FUSE: entries, per-file embeddings, the catalog
 against brute force, scope, changes, persistence, background rebuilds, hit paths."""
 
 from __future__ import annotations
@@ -10,7 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hkfs.embeddings import (
+from hkfs.core.errors import InvalidArgument
+from hkfs.core.store import Store
+from hkfs.mount.queryfs import QueryFS
+from hkfs.mount.views import Resolver
+from hkfs.query.embeddings import (
     DIM_ATTR,
     EMBEDDING_ATTR,
     EmbeddingCatalog,
@@ -19,11 +23,7 @@ from hkfs.embeddings import (
     read_entry,
     sorted_ids,
 )
-from hkfs.errors import InvalidArgument
-from hkfs.queryfiles import Query
-from hkfs.queryfs import QueryFS
-from hkfs.store import Store
-from hkfs.views import Resolver
+from hkfs.query.queryfiles import Query
 from vecindex.io import write_fvecs
 
 D = 8
@@ -331,7 +331,7 @@ def test_background_look_backs_off_when_it_is_slow(st: Store, monkeypatch) -> No
     (never less than POLL_S), so a big, busy store does not keep a core re-reading attributes."""
     import time as _time
 
-    from hkfs import embeddings
+    from hkfs.query import embeddings
 
     cat = EmbeddingCatalog(st)
     cat._watched.add(st.namespace_id("alice"))

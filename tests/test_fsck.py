@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hkfs.cli import cli
-from hkfs.fsck import check, repair
-from hkfs.naming import parse_hk
-from hkfs.store import LOST_FOUND, Store
+from hkfs.cli.main import cli
+from hkfs.core.fsck import check, repair
+from hkfs.core.naming import parse_hk
+from hkfs.core.store import LOST_FOUND, Store
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 
 mfusepy = pytest.importorskip("mfusepy")
 
-from hkfs.errors import NotEmpty  # noqa: E402
-from hkfs.fuse_ops import HKOperations, to_fuse_error  # noqa: E402
-from hkfs.store import Store  # noqa: E402
+from hkfs.core.errors import NotEmpty  # noqa: E402
+from hkfs.core.store import Store  # noqa: E402
+from hkfs.fuse.operations import HKOperations, to_fuse_error  # noqa: E402
 
 FuseOSError = mfusepy.FuseOSError
 
@@ -64,7 +64,7 @@ def test_unexpected_exception_is_eio_and_logged(ops: HKOperations, monkeypatch, 
     def boom(*a):
         raise RuntimeError("boom")
     monkeypatch.setattr(ops.store, "dir", boom)
-    with caplog.at_level(logging.ERROR, logger="hkfs.fuse_ops"):
+    with caplog.at_level(logging.ERROR, logger="hkfs.fuse.operations"):
         assert err(ops.getattr, "/") == errno.EIO
     assert "boom" in caplog.text and "getattr" in caplog.text
 

@@ -1,8 +1,8 @@
 """The kernel's entry and attribute caches are on, and a change is still seen by the very next command.
 
-The mount lets the kernel keep entries and attributes for 60 s (hkfs.kernel_cache) and
+The mount lets the kernel keep entries and attributes for 60 s (hkfs.fuse.kernel_cache) and
 drops them on every change: its own operations, a poke from a process that committed to
-the catalog itself (the hk CLI, the Python API: hkfs.daemon_notify), and a watcher for
+the catalog itself (the hk CLI, the Python API: hkfs.fuse.daemon_notify), and a watcher for
 writers that do not poke. Each check here runs in the same script as the change, or in
 the next command, and most first put the old state into the kernel's caches (listed,
 stat'ed, or looked up and found missing). Listings come by READDIRPLUS: their attributes
@@ -35,7 +35,7 @@ from conftest import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hkfs.catalog import Catalog
+from hkfs.core.catalog import Catalog
 
 ON = "kernel caches on: entry/attr timeouts 60s"
 OFF = "caches stay off"
@@ -318,7 +318,7 @@ def _api_setup(m: Mount) -> None:
 
 
 def _api_change(m: Mount, tag: str) -> None:
-    from hkfs.store import Store
+    from hkfs.core.store import Store
     with Store.open(m.store) as st:
         ns = st.namespace_id(os.getuid())
         eid = st.resolve(ns, [("v",)], "f")[0].id
@@ -342,17 +342,17 @@ def _api_change_seen(m: Mount, tag: str) -> bool:
 
 def test_python_api_change_is_seen_at_once(cmount: Mount, monkeypatch: pytest.MonkeyPatch) -> None:
     """The committing process pokes the daemon: the next call, even in this process, sees it."""
-    import hkfs.store
+    import hkfs.core.store
     _api_setup(cmount)
     before = sync_count(cmount.root)                # (itself a poke: prime the caches again)
     _prime(cmount)
-    poke = hkfs.store.notify_daemon
+    poke = hkfs.core.store.notify_daemon
     seen: list[bool] = []
 
     def poke_then_look(store: Path) -> None:        # the very next calls after the poke
         poke(store)
         seen.append(_api_change_seen(cmount, "poked"))
-    monkeypatch.setattr(hkfs.store, "notify_daemon", poke_then_look)
+    monkeypatch.setattr(hkfs.core.store, "notify_daemon", poke_then_look)
     _api_change(cmount, "poked")
     monkeypatch.undo()
     assert seen and seen[-1], seen
@@ -367,10 +367,10 @@ def test_python_api_change_is_seen_at_once(cmount: Mount, monkeypatch: pytest.Mo
 
 def test_writer_that_does_not_poke_is_seen_by_the_watcher(cmount: Mount,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import hkfs.store
+    import hkfs.core.store
     _api_setup(cmount)
     calls: list[object] = []
-    monkeypatch.setattr(hkfs.store, "notify_daemon", lambda store: calls.append(store))
+    monkeypatch.setattr(hkfs.core.store, "notify_daemon", lambda store: calls.append(store))
     _api_change(cmount, "silent")
     assert calls                                    # the hook ran, and did nothing
     deadline = time.monotonic() + 10
@@ -391,7 +391,7 @@ def _store_behind_a_symlink(tmp_path: Path, mount_factory: MountFactory) -> tupl
 def _pokes(m: Mount, store: Path) -> int:
     """How many invalidations notify_daemon(store) made: the sync counter's step minus our
     own read (no commit in between, so the watcher has nothing to report)."""
-    from hkfs.daemon_notify import notify_daemon
+    from hkfs.fuse.daemon_notify import notify_daemon
     before = sync_count(m.root)
     notify_daemon(store)
     return sync_count(m.root) - before - 1
@@ -516,7 +516,7 @@ BIG = 3000
 
 
 def _fill_big(store: Path) -> None:
-    from hkfs.store import Store
+    from hkfs.core.store import Store
     with Store.open(store) as st:
         ns = st.namespace_id(os.getuid())
         st.mkkw(ns, ("big",))
@@ -622,7 +622,7 @@ _NS = st.integers(-(2**62), 2**62)
 def test_stat_packer_equals_set_st_attrs(attrs: dict[str, int]) -> None:
     import mfusepy
 
-    from hkfs.fuse_glue import STAT_KEYS, StatPacker
+    from hkfs.fuse.glue import STAT_KEYS, StatPacker
     packer = StatPacker(mfusepy.c_stat)
     want = mfusepy.c_stat()
     mfusepy.set_st_attrs(want, attrs, use_ns=True)
@@ -641,8 +641,8 @@ def test_stat_packer_equals_set_st_attrs(attrs: dict[str, int]) -> None:
 
 def test_notify_daemon_without_a_daemon_does_nothing(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import hkfs.daemon_notify as dn
-    from hkfs.store import Store
+    import hkfs.fuse.daemon_notify as dn
+    from hkfs.core.store import Store
 
     def boom(*a: object) -> None:
         raise AssertionError("looked for a mount without a daemon.pid")
@@ -661,7 +661,7 @@ def test_poke_finds_a_mount_that_appeared_after_the_pid_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon writes daemon.pid before it mounts: a long-lived process that committed in
     between must not remember 'no mount' for that daemon."""
-    import hkfs.daemon_notify as dn
+    import hkfs.fuse.daemon_notify as dn
     store, mnt = tmp_path / "s", tmp_path / "m"
     store.mkdir()
     (store / "daemon.pid").write_text("1\n")          # the daemon is starting: not mounted yet
@@ -677,10 +677,10 @@ def test_poke_finds_a_mount_that_appeared_after_the_pid_file(
 
 
 def test_the_daemon_does_not_poke_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hkfs.store
-    from hkfs.store import Store
+    import hkfs.core.store
+    from hkfs.core.store import Store
     calls: list[Path] = []
-    monkeypatch.setattr(hkfs.store, "notify_daemon", calls.append)
+    monkeypatch.setattr(hkfs.core.store, "notify_daemon", calls.append)
     with Store.open(tmp_path / "s") as s:
         s.mkkw(s.namespace_id(0), ("a",))
         assert calls == [s.root] * len(calls) and calls

@@ -4,7 +4,7 @@ A change to a file reached only through its one directory link (never through a 
 the last invalidation) drops nothing: the kernel updates the one inode it holds. These tests
 prime the kernel's caches through every other kind of path first (a `,` view, a keyword view,
 a second hard link, a clash, a keyword shadowing a file) and check that the very next command
-sees the change there. See hkfs.fuse_ops.HKOperations._entity_changed.
+sees the change there. See hkfs.fuse.operations.HKOperations._entity_changed.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def test_stat_after_create_needs_no_round_trip_per_path(mount: Mount) -> None:
 def test_api_change_reaches_an_open_descriptor(mount: Mount) -> None:
     """A process that changes a file's attributes with the Python API pokes the daemon, which
     also drops the inodes of files open through the mount (their descriptors keep attributes)."""
-    from hkfs.store import Store
+    from hkfs.core.store import Store
 
     (mount.root / "d").mkdir()
     (mount.root / "d" / "f").write_bytes(b"12345")

@@ -177,8 +177,8 @@ def test_demo_mounts_the_paper_example(tmp_path: Path, need_fuse: None) -> None:
 def test_fixture_reports_daemon_errors(tmp_path: Path) -> None:
     m = Mount(tmp_path / "mnt", tmp_path)
     (tmp_path / "daemon.log").write_text(
-        "2026-01-01 00:00:00,000 1 INFO hkfs.daemon: mounting\n"
-        "2026-01-01 00:00:00,000 1 ERROR hkfs.fuse_ops: unexpected error in getattr\n"
+        "2026-01-01 00:00:00,000 1 INFO hkfs.fuse.daemon: mounting\n"
+        "2026-01-01 00:00:00,000 1 ERROR hkfs.fuse.operations: unexpected error in getattr\n"
         "Traceback (most recent call last):\n")
     assert len(m.log_problems()) == 2
     m.expected_log += ["unexpected error in getattr", "Traceback"]

@@ -1,4 +1,4 @@
-"""hkfs.mountinfo: finding the store behind a path from /proc/mounts (no FUSE needed)."""
+"""hkfs.fuse.mountinfo: finding the store behind a path from /proc/mounts (no FUSE needed)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hkfs import mountinfo
-from hkfs.mountinfo import find_mount, fsname_for, hk_mounts, mount_path_to_location
+from hkfs.fuse import mountinfo
+from hkfs.fuse.mountinfo import find_mount, fsname_for, hk_mounts, mount_path_to_location
 
 PROC = """\
 /dev/vda / ext4 rw,relatime 0 0

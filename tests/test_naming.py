@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hkfs.errors import HKSyntaxError, NameTooLong
-from hkfs.naming import (
+from hkfs.core.errors import HKSyntaxError, NameTooLong
+from hkfs.core.naming import (
     FileSpec,
     format_hk,
     format_hk_list,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hkfs.errors import NameClash
-from hkfs.naming import parse_hk, parse_hk_list
-from hkfs.store import Store
+from hkfs.core.errors import NameClash
+from hkfs.core.naming import parse_hk, parse_hk_list
+from hkfs.core.store import Store
 
 TEX = ["main.aux", "main.dvi", "main.log", "main.tex"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from hkfs.cli import cli
-from hkfs.store import Store
+from hkfs.cli.main import cli
+from hkfs.core.store import Store
 
 
 def make_store(path: Path) -> None:
@@ -65,6 +65,7 @@ def test_errors_say_what_is_wrong(tmp_path: Path) -> None:
 
 
 def test_cli_constants_match_the_core() -> None:
-    from hkfs import cli_embed, embeddings, queryfiles
+    from hkfs.cli import embed as cli_embed
+    from hkfs.query import embeddings, queryfiles
     assert cli_embed.EMBEDDING_ATTR == embeddings.EMBEDDING_ATTR
     assert (cli_embed.DEFAULT_K, cli_embed.MAX_K) == (queryfiles.DEFAULT_K, queryfiles.MAX_K)

@@ -25,9 +25,9 @@ def session() -> list[tuple[str, list[str]]]:
 
 def test_worked_example_runs_as_documented(mount_factory) -> None:
     def fill(store: Path) -> None:
-        from hkfs.demo_data import fill_demo
-        from hkfs.demo_embeddings import fill_demo_embeddings
-        from hkfs.store import Store
+        from hkfs.core.store import Store
+        from hkfs.demo.data import fill_demo
+        from hkfs.demo.embeddings import fill_demo_embeddings
         with Store.open(store) as st:
             fill_demo(st)
             fill_demo_embeddings(st)

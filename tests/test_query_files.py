@@ -1,12 +1,12 @@
-"""hkfs.queryfiles: query bodies (text, raw float32, options) and result lines."""
+"""hkfs.query.queryfiles: query bodies (text, raw float32, options) and result lines."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hkfs.errors import InvalidArgument
-from hkfs.queryfiles import DEFAULT_K, Hit, format_results, parse_query, parse_vector
+from hkfs.core.errors import InvalidArgument
+from hkfs.query.queryfiles import DEFAULT_K, Hit, format_results, parse_query, parse_vector
 
 
 def test_text_vector_with_options() -> None:

@@ -20,9 +20,9 @@ from conftest import Mount
 from ptyterm import PtyProcess
 from test_transcripts_shell import hk_bin
 
-from hkfs.cli import cli
-from hkfs.cli_tools import split_word
-from hkfs.store import Store
+from hkfs.cli.main import cli
+from hkfs.cli.tools import split_word
+from hkfs.core.store import Store
 
 COMP = r'''
 eval "$(hk shell-init bash)"

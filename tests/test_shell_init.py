@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from conftest import Mount
 from test_transcripts_shell import hk_bin
 
-from hkfs.cli import cli
-from hkfs.cli_tools import PAPER_COMMANDS
+from hkfs.cli.main import cli
+from hkfs.cli.tools import PAPER_COMMANDS
 
 
 def _init(shell: str, *opts: str) -> str:

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hkfs import migrations
-from hkfs.errors import (
+from hkfs.core import migrations
+from hkfs.core.errors import (
     AlreadyExists,
     HKError,
     HKSyntaxError,
@@ -32,8 +32,8 @@ from hkfs.errors import (
     StoreLocked,
     StoreVersionError,
 )
-from hkfs.naming import list_matches
-from hkfs.store import LOST_FOUND, Store
+from hkfs.core.naming import list_matches
+from hkfs.core.store import LOST_FOUND, Store
 
 
 @pytest.fixture
@@ -477,7 +477,7 @@ def test_bulk_create_same_rows_as_one_by_one(store, ns) -> None:
 
 
 def test_new_catalog_page_size(store) -> None:
-    from hkfs.catalog import PAGE_SIZE
+    from hkfs.core.catalog import PAGE_SIZE
     with store.catalog.read() as c:
         assert c.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
 
@@ -578,7 +578,7 @@ def test_catalog_connection_per_os_thread_and_close(tmp_path) -> None:
         with pytest.raises(RuntimeError):
             cat.release_thread()
     # connections of ended threads whose ids do not come back are closed (libfuse's workers come and go)
-    import hkfs.catalog as catalog_mod
+    import hkfs.core.catalog as catalog_mod
     ended = sqlite3.connect(":memory:", check_same_thread=False)
     cat._conns[-1] = catalog_mod._ThreadConn(ended, native_id=2**31 - 1, pid=os.getpid())    # no such thread
     old_prune, catalog_mod.PRUNE_AT = catalog_mod.PRUNE_AT, 0
@@ -611,7 +611,7 @@ def test_catalog_connection_per_os_thread_and_close(tmp_path) -> None:
 
 _CHURN = textwrap.dedent("""
     import random, sys
-    from hkfs.store import Store
+    from hkfs.core.store import Store
     s = Store.open(sys.argv[1])
     ns = s.namespace_id("crash")
     s.mkkw(ns, ("k",), parents=True)

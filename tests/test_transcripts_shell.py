@@ -167,7 +167,7 @@ def hk_bin(tmp: Path) -> Path:
     d = tmp / "bin"
     d.mkdir(exist_ok=True)
     p = d / "hk"
-    p.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'from hkfs.cli import main; main()' \"$@\"\n")
+    p.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'from hkfs.cli.main import main; main()' \"$@\"\n")
     p.chmod(0o755)
     return d
 

@@ -1,4 +1,4 @@
-"""The mount path grammar (hkfs/views.py) without FUSE: parsing, clash names, resolution on a fake store."""
+"""The mount path grammar (hkfs/mount/views.py) without FUSE: parsing, clash names, resolution on a fake store."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from hkfs.errors import NotADirectory, NotFound
-from hkfs.naming import list_matches
-from hkfs.views import (
+from hkfs.core.errors import NotADirectory, NotFound
+from hkfs.core.naming import list_matches
+from hkfs.mount.views import (
     DirLoc,
     KeySpaceLoc,
     LinkLoc,

@@ -1,6 +1,6 @@
 """`hk embed` and `hk query`: a file's own embedding, and nearest neighbours from the shell.
 
-Both open the store themselves (like every `hk` command, see hkfs.cli_context);
+Both open the store themselves (like every `hk` command, see hkfs.cli.context);
 `hk query` prints exactly what reading a `.query` file in the same directory or
 view prints, from an EmbeddingCatalog that never writes STORE/vectors (the
 daemon owns it): persisted indexes plus an exact scan of what changed since.
@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli import cli
-from .cli_context import friendly_errors, here, parse_hk_arg, store_options
-from .errors import InvalidArgument, NotFound
-from .naming import HK
+from ..core.errors import InvalidArgument, NotFound
+from ..core.naming import HK
+from .context import friendly_errors, here, parse_hk_arg, store_options
+from .main import cli
 
 if TYPE_CHECKING:
     import numpy as np
 
 # numpy and the embedding modules are imported inside the commands: every `hk` command
 # (the shell's prompt and Tab completion included) imports this module.
-EMBEDDING_ATTR = "user.hk.embedding"     # = hkfs.embeddings.EMBEDDING_ATTR
-DEFAULT_K, MAX_K = 10, 10_000            # = hkfs.queryfiles.DEFAULT_K, MAX_K (tests check)
+EMBEDDING_ATTR = "user.hk.embedding"     # = hkfs.query.embeddings.EMBEDDING_ATTR
+DEFAULT_K, MAX_K = 10, 10_000            # = hkfs.query.queryfiles.DEFAULT_K, MAX_K (tests check)
 
 
 def _vector_from(path: Path, row: int | None) -> np.ndarray:
@@ -32,7 +32,7 @@ def _vector_from(path: Path, row: int | None) -> np.ndarray:
 
     from vecindex.io import open_vectors
 
-    from .queryfiles import parse_vector
+    from ..query.queryfiles import parse_vector
 
     try:
         x = open_vectors(path, None) if path.suffix.lower() in (".npy", ".fvecs") else None
@@ -76,8 +76,8 @@ def embed_cmd(file: str, vector: str | None, from_: Path | None, row: int | None
 
     Example: hk embed dog.jpg --from dogs.npy --row 3
     """
-    from .embeddings import parse_embedding
-    from .queryfiles import parse_vector
+    from ..query.embeddings import parse_embedding
+    from ..query.queryfiles import parse_vector
 
     given = [x for x in (vector is not None, from_ is not None, clear, show) if x]
     if len(given) != 1:
@@ -129,9 +129,9 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
 
     Example: hk query //photo --like dog.npy -k 5
     """
-    from .embeddings import EmbeddingCatalog
-    from .queryfiles import Query, format_results, parse_vector
-    from .queryfs import QueryFS
+    from ..mount.queryfs import QueryFS
+    from ..query.embeddings import EmbeddingCatalog
+    from ..query.queryfiles import Query, format_results, parse_vector
 
     if (vector is None) == (like is None):
         raise click.UsageError("give one of --vector or --like")

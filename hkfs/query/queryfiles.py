@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidArgument
+from ..core.errors import InvalidArgument
 
 __all__ = ["Query", "Hit", "parse_query", "parse_vector", "format_results", "DEFAULT_K", "MAX_K"]
 

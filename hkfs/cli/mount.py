@@ -1,5 +1,5 @@
 """`hk mount`, `hk umount`, `hk demo`: the mount commands (they never import FUSE themselves;
-the daemon does, in hkfs.fuse_ops)."""
+the daemon does, in hkfs.fuse.operations)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from .cli import cli
-from .daemon import MountError, mount, parse_options, umount
-from .mountinfo import find_mount
+from ..fuse.daemon import MountError, mount, parse_options, umount
+from ..fuse.mountinfo import find_mount
+from .main import cli
 
 
 @cli.command("mount")
@@ -57,8 +57,8 @@ def umount_cmd(mountpoint: Path, timeout: float) -> None:
               type=click.Path(path_type=Path), help="Where to mount it (made when missing).")
 def demo_cmd(store: Path, mountpoint: Path) -> None:
     """Mount a store with demo data (the paper's LaTeX example among a few dozen files)."""
-    from .demo_data import fill_demo
-    from .store import Store
+    from ..core.store import Store
+    from ..demo.data import fill_demo
 
     mnt = Path(os.path.abspath(mountpoint))
     found = find_mount(mnt)
@@ -70,7 +70,7 @@ def demo_cmd(store: Path, mountpoint: Path) -> None:
         with Store.open(store, create=True) as st:
             if fresh:
                 fill_demo(st)
-            from .demo_embeddings import fill_demo_embeddings
+            from ..demo.embeddings import fill_demo_embeddings
             fill_demo_embeddings(st)      # idempotent: older demo stores get them too (docs/query.md)
         try:
             mount(store, mnt)

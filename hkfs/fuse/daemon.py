@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import HKError, StoreLocked
+from ..core.errors import HKError, StoreLocked
 from .mountinfo import PID_NAME, SUBTYPE, find_mount, fsname_for
 
 __all__ = ["MountError", "mount", "umount", "run_daemon", "parse_options", "check_fuse",
@@ -34,7 +34,7 @@ LOG_NAME = "daemon.log"
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
 # Kernel caches off until the daemon knows it can drop them on every change
-# (hkfs.kernel_cache turns them on from libfuse's init); with them off a change by
+# (hkfs.fuse.kernel_cache turns them on from libfuse's init); with them off a change by
 # any process is visible to the very next command at the cost in docs/bench/mount.md.
 DEFAULT_OPTIONS: dict[str, object] = {
     "entry_timeout": 0,
@@ -182,7 +182,7 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
     `ready("error: ...")` when it could not be mounted.
     """
     # The store before FUSE: a locked store fails without touching the mount point.
-    from .store import Store
+    from ..core.store import Store
 
     report = ready or (lambda _msg: None)
     try:
@@ -200,7 +200,7 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
     if pid_file.exists():
         # We hold the lock, so the daemon that wrote it is gone without cleaning up: files it
         # was writing may be longer than the catalog says (the mount lists the catalog's size).
-        from .fsck import repair_sizes
+        from ..core.fsck import repair_sizes
         fixed = repair_sizes(st)
         log.warning("the last daemon did not stop cleanly: %d file size(s) recorded from their bytes%s",
                     len(fixed), "" if not fixed else " (" + "; ".join(fixed[:5]) + ")")
@@ -208,7 +208,7 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
     status = 0
     try:
         options = fuse_options(store, user_options)   # picks the libfuse before mfusepy loads one
-        from .fuse_ops import serve  # the adapter: imports mfusepy
+        from .operations import serve  # the adapter: imports mfusepy
         log.info("mounting %s on %s (pid %d)", store, mountpoint, os.getpid())
         serve(st, mountpoint, options, on_ready=lambda: report("ok"),
               debug=debug, keep_timeouts=any(k in user_options for k in USER_TIMEOUTS))

@@ -1,6 +1,6 @@
 """The `hk` command: a thin click adapter over the store and the mount.
 
-Subcommands live in their own modules (`cli_*.py`), each registering on the
+Subcommands live in their own modules (`hkfs/cli/*.py`), each registering on the
 group below, so that `hk --help` and the store commands never import FUSE.
 """
 
@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .errors import HKError
+from ..core.errors import HKError
 
 
 class HKGroup(click.Group):
@@ -44,8 +44,8 @@ def main() -> None:
 
 # Subcommand modules register themselves on `cli` (one import line each).
 from . import (  # noqa: E402
-    cli_embed,  # noqa: E402,F401  (hk embed / hk query)
-    cli_mount,  # noqa: E402,F401  (hk mount / umount / demo)
-    cli_paper,  # noqa: E402,F401  (the paper's commands: mkkw ... rme)
-    cli_tools,  # noqa: E402,F401  (hk path / kw / info / fsck / prompt / shell-init)
+    embed,  # noqa: E402,F401  (hk embed / hk query)
+    mount,  # noqa: E402,F401  (hk mount / umount / demo)
+    paper,  # noqa: E402,F401  (the paper's commands: mkkw ... rme)
+    tools,  # noqa: E402,F401  (hk path / kw / info / fsck / prompt / shell-init)
 )

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import InvalidArgument, NotADirectory, NotFound
-from .naming import HK, list_matches
+from ..core.errors import InvalidArgument, NotADirectory, NotFound
+from ..core.naming import HK, list_matches
 
 __all__ = [
     "MountPath", "parse", "clash_name", "split_clash_name", "Resolver", "DirLoc", "LinkLoc",
@@ -166,13 +166,13 @@ def split_clash_name(listed: str) -> tuple[str, int] | None:
 
 def detach_set(carried: Sequence[HK], view: Sequence[HK]) -> list[HK]:
     """The HKs `rm` in a view takes off a file: each carried HK that some HK of the view matches."""
-    from .naming import hk_matches
+    from ..core.naming import hk_matches
     return [h for h in carried if any(hk_matches(q, h) for q in view)]
 
 
 def attach_set(carried: Sequence[HK], view: Sequence[HK]) -> list[HK]:
     """The HKs `ln`/`mv` into a view attach: each view HK the file does not already satisfy."""
-    from .naming import hk_matches
+    from ..core.naming import hk_matches
     return [q for q in view if not any(hk_matches(q, h) for h in carried)]
 
 
@@ -257,7 +257,7 @@ Location = DirLoc | LinkLoc | KeySpaceLoc | ViewLoc | ViewFileLoc | NewKeyLoc
 
 
 class StoreLike(Protocol):
-    """What the resolver needs of hkfs.store.Store (a fake in unit tests)."""
+    """What the resolver needs of hkfs.core.store.Store (a fake in unit tests)."""
 
     def root_dir(self, ns: int) -> int: ...
     def dir(self, dirid: int): ...

@@ -1,8 +1,8 @@
 """Tell the daemon serving a store that this process changed its catalog.
 
-The mount lets the kernel cache entries and attributes (hkfs.kernel_cache) and
+The mount lets the kernel cache entries and attributes (hkfs.fuse.kernel_cache) and
 drops them on every change it sees. A change made by another process (the hk
-CLI, a script using hkfs.store) is seen by the daemon's watcher within a poll
+CLI, a script using hkfs.core.store) is seen by the daemon's watcher within a poll
 interval; to make it visible to the very next command, that process pokes the
 daemon after each commit: a getxattr of SYNC_ATTR on the mount root, which the
 daemon answers only after it has invalidated the kernel's caches.

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgument
+from ..core.errors import InvalidArgument
 from .queryfiles import parse_vector
 
 __all__ = [

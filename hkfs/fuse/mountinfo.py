@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from .views import MountPath, parse
+from ..mount.views import MountPath, parse
 
 __all__ = ["FSNAME_PREFIX", "SUBTYPE", "PID_NAME", "fsname_for", "hk_mounts", "find_mount", "mount_path_to_location"]
 
@@ -70,7 +70,7 @@ def mount_path_to_location(path: str | os.PathLike[str]) -> tuple[Path, Path, st
     """For a path inside an hkfs mount: (mountpoint, store, path inside the mount, parsed MountPath).
 
     The CLI uses it to tell which ordinary directory or view a cwd is; it
-    resolves the MountPath against the store with hkfs.views.Resolver.
+    resolves the MountPath against the store with hkfs.mount.views.Resolver.
     """
     found = find_mount(path)
     if found is None:

@@ -26,8 +26,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from ..fuse.daemon_notify import notify_daemon
 from .catalog import Catalog
-from .daemon_notify import notify_daemon
 from .errors import (
     AlreadyExists,
     HKError,

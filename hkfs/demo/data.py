@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import os
 
-from .naming import HK, parse_hk, parse_hk_list
-from .store import Store
+from ..core.naming import HK, parse_hk, parse_hk_list
+from ..core.store import Store
 
 __all__ = ["fill_demo", "DEMO_KEYWORDS", "LATEX_PROJECTS"]
 

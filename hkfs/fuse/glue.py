@@ -8,7 +8,7 @@
 - f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
   operations the file handle instead.
 - `.query` handles are opened direct_io.
-The operations themselves (paths -> store calls) are hkfs.fuse_ops.HKOperations.
+The operations themselves (paths -> store calls) are hkfs.fuse.operations.HKOperations.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import mfusepy
 from mfusepy import FUSE
 
 if TYPE_CHECKING:
-    from .fuse_ops import HKOperations
+    from .operations import HKOperations
 
 __all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "DirEntryAttrs", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
            "fd_bufvec", "fill_fd_bufvec", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp"]

@@ -115,7 +115,7 @@ def stale_sizes(store: Store) -> list[Problem]:
     The mount reports a closed file's size and mtime from the catalog (one query lists a
     whole view); the daemon records them when a written file is flushed or closed, so
     only a daemon killed in between leaves them stale. The daemon runs this at start
-    after an unclean stop (hkfs.daemon)."""
+    after an unclean stop (hkfs.fuse.daemon)."""
     out: list[Problem] = []
     with store.catalog.read() as c:
         rows = c.execute("SELECT id, size FROM entities ORDER BY id").fetchall()

@@ -1,7 +1,7 @@
 """Catalog schema version and ordered, transactional migrations.
 
 The catalog is user data, not a cache: it is never rebuilt on a version
-mismatch. A new catalog gets hkfs/schema.sql (always the latest schema) and
+mismatch. A new catalog gets hkfs/core/schema.sql (always the latest schema) and
 user_version = SCHEMA_VERSION. An older one is upgraded one version at a time,
 each step in its own BEGIN IMMEDIATE transaction that also bumps user_version,
 so a crash mid-way leaves a catalog at some exact version. A newer catalog is
@@ -51,8 +51,8 @@ MIGRATIONS[3] = ("counters: entity ids never reused", _counters)
 
 
 def schema_sql() -> str:
-    """The text of hkfs/schema.sql, read as package data."""
-    return resources.files("hkfs").joinpath("schema.sql").read_text(encoding="utf-8")
+    """The text of hkfs/core/schema.sql, read as package data."""
+    return resources.files("hkfs.core").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
 def split_statements(sql: str) -> list[str]:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import click
 
-from .cli import cli
-from .cli_context import FileRef, Here, friendly_errors, here, parse_spec_arg, store_options
-from .completion import complete
-from .errors import HKError, InvalidArgument, NotFound, StoreLocked
-from .naming import HK, format_hk, format_hk_list
-from .views import clash_name
+from ..core.completion import complete
+from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
+from ..core.naming import HK, format_hk, format_hk_list
+from ..mount.views import clash_name
+from .context import FileRef, Here, friendly_errors, here, parse_spec_arg, store_options
+from .main import cli
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +180,9 @@ def fsck_cmd(store: Path, repair: bool) -> None:
 
     Example: hk fsck ~/hkstore --repair
     """
-    from .fsck import check
-    from .fsck import repair as do_repair
-    from .store import Store
+    from ..core.fsck import check
+    from ..core.fsck import repair as do_repair
+    from ..core.store import Store
 
     if not (store / "catalog.sqlite").exists():
         raise click.ClickException(f"no hkfs store at {store}")

@@ -65,7 +65,7 @@ class Catalog:
         Keyed by threading.get_ident(), not threading.local: libfuse calls Python through
         ctypes from its own threads, and ctypes gives each such callback a fresh Python
         thread state unless something keeps one alive, so a threading.local would be empty
-        on every FUSE call (a new connection per call, never closed). hkfs.fuse_ops does
+        on every FUSE call (a new connection per call, never closed). hkfs.fuse.operations does
         keep one thread state per libfuse thread (for speed), but the catalog must not
         depend on how its callers manage thread states; the OS thread id is stable either way.
         A thread id is reused only after its thread ended, by which time every `with`

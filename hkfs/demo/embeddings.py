@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from .embeddings import EMBEDDING_ATTR
-from .store import Store
+from ..core.store import Store
+from ..query.embeddings import EMBEDDING_ATTR
 
 __all__ = ["fill_demo_embeddings", "FEATURES", "PHOTO_FEATURES", "WORDS"]
 
@@ -52,7 +52,7 @@ def _vec(features: dict[str, float], rng: np.random.Generator) -> np.ndarray:
 
 
 def fill_demo_embeddings(store: Store, user: str | int | None = None) -> int:
-    """Add the demo embeddings to a namespace filled by hkfs.demo_data.fill_demo; returns how many
+    """Add the demo embeddings to a namespace filled by hkfs.demo.data.fill_demo; returns how many
     files got one. Idempotent: files that already carry an embedding, and an existing words.npy,
     are left alone."""
     ns = store.namespace_id(os.getuid() if user is None else user)

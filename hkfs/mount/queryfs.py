@@ -1,6 +1,6 @@
 """The `.query` layer of the mount: virtual `FILE.query` files and stored `NAME.query` queries.
 
-A layer over the mount, not branches inside it: `hkfs.fuse_ops` asks `QueryFS`
+A layer over the mount, not branches inside it: `hkfs.fuse.operations` asks `QueryFS`
 first for getattr/open/read/release of a path or handle, and hands the path on
 to its own code when the answer is None. Pure (no mfusepy): it takes the store,
 the mount's `Resolver` and an `EmbeddingCatalog`.
@@ -33,10 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from .embeddings import DIM_ATTR, EMBEDDING_ATTR, EmbeddingCatalog, parse_dim, parse_embedding
-from .errors import InvalidArgument, NotFound, PermissionDenied
-from .naming import HK
-from .queryfiles import DEFAULT_K, Hit, Query, format_results, is_text, parse_query
+from ..core.errors import InvalidArgument, NotFound, PermissionDenied
+from ..core.naming import HK
+from ..query.embeddings import (
+    DIM_ATTR,
+    EMBEDDING_ATTR,
+    EmbeddingCatalog,
+    parse_dim,
+    parse_embedding,
+)
+from ..query.queryfiles import DEFAULT_K, Hit, Query, format_results, is_text, parse_query
 from .views import AT, COMMA, DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc, clash_name
 
 __all__ = ["QueryFS", "Scope", "SUFFIX", "is_query_name"]

@@ -14,7 +14,7 @@ from that LOOKUP). The daemon sends it
 
 - after every operation through the mount that changes anything, before replying;
 - when a process that changed the catalog itself pokes the daemon
-  (hkfs.daemon_notify: getxattr `user.hk.sync` on the mount root, answered after
+  (hkfs.fuse.daemon_notify: getxattr `user.hk.sync` on the mount root, answered after
   the message is sent, so that process's next command sees the change);
 - when a watcher thread sees the catalog's `PRAGMA data_version` move (a writer
   that did not poke), within POLL_SECONDS. The daemon's own commits re-base the

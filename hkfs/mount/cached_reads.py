@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .errors import NotFound
-from .naming import HK
-from .store import EntityInfo, EntityStat, Store
+from ..core.errors import NotFound
+from ..core.naming import HK
+from ..core.store import EntityInfo, EntityStat, Store
 
 __all__ = ["CachedReads", "MEMO_MAX"]
 

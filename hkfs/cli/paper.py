@@ -5,7 +5,7 @@ on the current directory and its CKL (the DKL of the cwd); arguments use the
 paper's notation (`//a//b,name`, `,`, `,//c`, `,name`) or are the file names
 the shell expanded from a glob. `hk shell-init` defines the bare names
 (`akl //workshop`) the paper's users typed. A thin adapter: every effect is one
-hkfs.store call.
+hkfs.core.store call.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from collections.abc import Sequence
 
 import click
 
-from .cli import cli
-from .cli_context import (
+from ..core.errors import InvalidArgument, NameClash, NotFound, PermissionDenied
+from ..core.naming import HK, format_hk
+from ..mount.views import DirLoc, KeySpaceLoc, ViewLoc, detach_set
+from .context import (
     FileRef,
     Here,
     friendly_errors,
@@ -27,9 +29,7 @@ from .cli_context import (
     parse_spec_arg,
     store_options,
 )
-from .errors import InvalidArgument, NameClash, NotFound, PermissionDenied
-from .naming import HK, format_hk
-from .views import DirLoc, KeySpaceLoc, ViewLoc, detach_set
+from .main import cli
 
 __all__ = ["format_columns", "print_names"]
 

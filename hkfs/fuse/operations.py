@@ -1,9 +1,9 @@
-"""The FUSE adapter: mount paths -> hkfs.views locations -> store calls; handles; errno.
+"""The FUSE adapter: mount paths -> hkfs.mount.views locations -> store calls; handles; errno.
 
-The mfusepy-facing parts are hkfs.fuse_glue (HKFuse: READDIRPLUS, zero-copy
-buffers, f-calls without a path) and hkfs.kernel_cache (the kernel's caches). It
+The mfusepy-facing parts are hkfs.fuse.glue (HKFuse: READDIRPLUS, zero-copy
+buffers, f-calls without a path) and hkfs.fuse.kernel_cache (the kernel's caches). It
 keeps no catalog state that another process could change: its memo
-(hkfs.cached_reads) is dropped whenever SQLite reports any commit, and every
+(hkfs.mount.cached_reads) is dropped whenever SQLite reports any commit, and every
 operation that may leave another cached path stale drops the kernel's entry and
 attribute caches (`_entity_changed`, KernelCache.invalidate) before it replies,
 so a change through any path is visible to the very next call. Directories are
@@ -44,29 +44,20 @@ from typing import Any
 import mfusepy
 from mfusepy import FuseOSError, Operations, overrides
 
-from .cached_reads import CachedReads
-from .daemon_notify import SYNC_ATTR
-from .embeddings import entry_kind
-from .errors import HKError, InvalidArgument, IsADirectory, NotADirectory, NotFound, NotPermitted
-from .fuse_glue import (
-    BUF_API,
-    BUFVEC_SIZE,
-    FUSE_CAP_READDIRPLUS_AUTO,
-    STAT_KEYS,
-    DirEntryAttrs,
-    FuseBufvec,
-    HKFuse,
-    buf_malloc,
-    fd_bufvec,
-    fill_fd_bufvec,
-    voidpp,
+from ..core.errors import (
+    HKError,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    NotPermitted,
 )
-from .kernel_cache import ALIAS_WAIT, KernelCache
-from .naming import HK, format_hk_list, hk_matches, parse_hk_list
-from .queryfs import SUFFIX as QUERY_SUFFIX
-from .queryfs import QueryFS
-from .store import EntityInfo, EntityStat, Store
-from .views import (
+from ..core.naming import HK, format_hk_list, hk_matches, parse_hk_list
+from ..core.store import EntityInfo, EntityStat, Store
+from ..mount.cached_reads import CachedReads
+from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
+from ..mount.queryfs import QueryFS
+from ..mount.views import (
     AT,
     DirLoc,
     KeySpaceLoc,
@@ -81,6 +72,22 @@ from .views import (
     clash_name,
     detach_set,
 )
+from ..query.embeddings import entry_kind
+from .daemon_notify import SYNC_ATTR
+from .glue import (
+    BUF_API,
+    BUFVEC_SIZE,
+    FUSE_CAP_READDIRPLUS_AUTO,
+    STAT_KEYS,
+    DirEntryAttrs,
+    FuseBufvec,
+    HKFuse,
+    buf_malloc,
+    fd_bufvec,
+    fill_fd_bufvec,
+    voidpp,
+)
+from .kernel_cache import ALIAS_WAIT, KernelCache
 
 __all__ = ["HKOperations", "serve", "to_fuse_error"]
 
@@ -119,7 +126,7 @@ def _keep_thread_state() -> None:
     ctypes wraps each callback from a foreign thread in PyGILState_Ensure/Release,
     which creates and destroys a thread state every time. One extra Ensure, never
     released, keeps the state alive (Release then only drops the GIL): measured
-    ~40% more stat calls per second. This is for speed only: hkfs.catalog keys its
+    ~40% more stat calls per second. This is for speed only: hkfs.core.catalog keys its
     connections by OS thread id, so it stays correct without it (and for any
     callback that does not come through `_mapped`, e.g. init/destroy).
     """
@@ -212,7 +219,7 @@ class HKOperations(Operations):
         self.reads = CachedReads(store)
         self._entities = os.fspath(store.entities_dir)
         self.resolver = Resolver(self.reads, self.ns)
-        self.queries = QueryFS(store, self.resolver)    # the .query layer (hkfs/queryfs.py)
+        self.queries = QueryFS(store, self.resolver)    # the .query layer (hkfs/mount/queryfs.py)
         self.on_ready = on_ready
         self.uid, self.gid = os.getuid(), os.getgid()
         self.start_ns = time.time_ns()
@@ -1029,7 +1036,7 @@ class HKOperations(Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if name == SYNC_ATTR:
             # a process that changed the catalog itself asks us to drop the kernel's caches
-            # before it goes on (hkfs.daemon_notify); answered once they are dropped
+            # before it goes on (hkfs.fuse.daemon_notify); answered once they are dropped
             self.kernel.invalidate_foreign()
             return str(self.kernel.epochs).encode()
         if not name.startswith("user."):
@@ -1123,6 +1130,6 @@ def serve(store: Store, mountpoint: str | os.PathLike[str], options: dict[str, o
     """Mount and serve in this thread until unmounted (multithreaded FUSE loop).
 
     Unless keep_timeouts (the user chose entry_timeout or attr_timeout), the kernel caches
-    are turned on once the kernel is found able to drop them on demand (hkfs.kernel_cache)."""
+    are turned on once the kernel is found able to drop them on demand (hkfs.fuse.kernel_cache)."""
     ops = HKOperations(store, on_ready=on_ready, keep_timeouts=keep_timeouts)
     HKFuse(ops, str(Path(mountpoint)), foreground=True, nothreads=False, debug=debug, **options)

@@ -2,8 +2,8 @@
 
 The paper's commands act on "the current directory" and its CKL (the DKL of the
 cwd). Inside a mount the cwd names a store object through the mount path grammar
-(hkfs.views); the store behind the mount is found from its fsname
-`hkfs:<store>` (hkfs.mountinfo) and opened by this process (SQLite WAL is
+(hkfs.mount.views); the store behind the mount is found from its fsname
+`hkfs:<store>` (hkfs.fuse.mountinfo) and opened by this process (SQLite WAL is
 multi-process safe), so no daemon protocol is needed. Outside a mount,
 `--store` (and `--user`) name a store and the namespace's root directory plays
 the current directory. Every command module shares this one place.
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import (
+from ..core.errors import (
     HKError,
     InvalidArgument,
     IsADirectory,
@@ -32,10 +32,10 @@ from .errors import (
     NotFound,
     PermissionDenied,
 )
-from .mountinfo import find_mount
-from .naming import HK, format_hk, parse_hk, parse_hk_list, parse_spec, resolve_relative
-from .store import EntityInfo, Store
-from .views import DirLoc, KeySpaceLoc, LinkLoc, Location, Resolver, ViewFileLoc, ViewLoc
+from ..core.naming import HK, format_hk, parse_hk, parse_hk_list, parse_spec, resolve_relative
+from ..core.store import EntityInfo, Store
+from ..fuse.mountinfo import find_mount
+from ..mount.views import DirLoc, KeySpaceLoc, LinkLoc, Location, Resolver, ViewFileLoc, ViewLoc
 
 __all__ = [
     "Here", "here", "store_options", "friendly_errors", "parse_hk_arg", "parse_hk_args", "parse_spec_arg",

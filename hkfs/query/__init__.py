@@ -1,0 +1,1 @@
+"""Embeddings and `.query` bodies: what the mount and `hk query` share. No FUSE."""
