@@ -8,6 +8,7 @@
 - f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
   operations the file handle instead.
 - `.query` handles are opened direct_io.
+- rename's renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE) reach the operations.
 The operations themselves (paths -> store calls) are hkfs.fuse.operations.HKOperations.
 """
 
@@ -223,6 +224,12 @@ class HKFuse(FUSE):
     @staticmethod
     def _fh(fip: Any) -> int | None:
         return fip.contents.fh if fip else None
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        """renameat2's flags reach the operations (mfusepy's glue drops them: an exchange
+        would have been done as a plain overwrite, losing the destination's bytes)."""
+        return self.operations.rename(old.decode(self.encoding, self.errors),
+                                      new.decode(self.encoding, self.errors), flags)
 
     def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
         return self.operations.read_buf(self._str(path), bufpp, size, offset, fip.contents.fh)

@@ -95,6 +95,7 @@ log = logging.getLogger(__name__)
 
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
 XATTR_CREATE, XATTR_REPLACE = 1, 2
+RENAME_NOREPLACE = 1                   # linux/fs.h; RENAME_EXCHANGE = 2 and the rest are refused
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
 MAX_NAME = 255
@@ -912,8 +913,14 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     @_mapped
-    def rename(self, old: str, new: str) -> int:
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if flags & ~RENAME_NOREPLACE:
+            # RENAME_EXCHANGE (and any flag not known here) is refused, never done as a plain
+            # rename: an exchange done as an overwrite loses the destination's bytes
+            raise InvalidArgument("renameat2 flags other than RENAME_NOREPLACE are not supported")
         src = self.loc(old)
+        if flags & RENAME_NOREPLACE and self._exists(new):
+            raise FuseOSError(errno.EEXIST)
         if isinstance(src, DirLoc):
             self._rename_dir(src, old, new)
             return 0
@@ -962,6 +969,13 @@ class HKOperations(Operations):
                 if gone:
                     self.store.dtkw(eid, gone)
         return 0
+
+    def _exists(self, path: str) -> bool:
+        """Whether `path` names something (RENAME_NOREPLACE's test)."""
+        loc = self.loc(path)
+        if isinstance(loc, (LinkLoc, ViewFileLoc)):
+            return loc.eid is not None
+        return not isinstance(loc, NewKeyLoc)
 
     def _rename_dir(self, src: DirLoc, old: str, new: str) -> None:
         sp, sname = self._split(old)
