@@ -21,7 +21,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .migrations import ensure_schema
+from .errors import StoreVersionError
+from .migrations import SCHEMA_VERSION, ensure_schema, user_version
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,27 @@ class _ThreadConn:
 class Catalog:
     """The catalog database at `path`; `read()` / `write()` give a per-thread connection in a transaction."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+                 readonly: bool = False) -> None:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
+        self.readonly = readonly
         self._conns: dict[int, _ThreadConn] = {}
         self._conns_lock = threading.Lock()
         self._closed = False
         self.on_commit: Callable[[], None] | None = None   # called after each outermost write commits
         conn = self.connection()
+        if readonly:
+            # a check must never write: no schema is created and no migration is run
+            # (a 0-byte catalog once got a fresh schema from `hk fsck`)
+            v = user_version(conn)
+            if v != SCHEMA_VERSION:
+                self.close()
+                raise StoreVersionError(
+                    f"catalog {self.path} has no hkfs schema (empty or not a catalog)" if v == 0 else
+                    f"catalog {self.path} is at schema version {v}, this hkfs reads {SCHEMA_VERSION} "
+                    "(open it read-write once to migrate it)")
+            return
         # a new catalog only (an existing file keeps its page size): see PAGE_SIZE
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -89,8 +103,12 @@ class Catalog:
         if st is None:
             if self._closed:
                 raise RuntimeError("catalog is closed")
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self.busy_timeout_ms / 1000)
+            if self.readonly:
+                conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                       check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
+            else:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=self.busy_timeout_ms / 1000)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")

@@ -221,13 +221,17 @@ class Store:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = True) -> Store:
-        """Open (and with create, make) the store at path; migrates an older catalog."""
+    def open(cls, path: str | Path, *, create: bool = True, readonly: bool = False) -> Store:
+        """Open (and with create, make) the store at path; migrates an older catalog.
+
+        readonly: writes nothing at all (a check): no schema, no migration, no entities/."""
         root = Path(path).absolute()
         if not (root / CATALOG).exists():
-            if not create:
+            if not create or readonly:
                 raise NotFound(f"no hkfs store at {root}")
             root.mkdir(parents=True, exist_ok=True)
+        if readonly:
+            return cls(root, Catalog(root / CATALOG, readonly=True))
         (root / ENTITIES).mkdir(exist_ok=True)
         return cls(root, Catalog(root / CATALOG))
 
