@@ -894,6 +894,11 @@ class Store:
         with self.catalog.read() as c:
             return DirInfo(*self._need_dir(c, dirid), dkl=self._dkl(c, dirid))
 
+    def subdir_count(self, dirid: int) -> int:
+        """How many subdirectories a directory has (its link count is 2 + this, as on ext4)."""
+        with self.catalog.read() as c:
+            return c.execute("SELECT count(*) FROM dirs WHERE parent = ?", (dirid,)).fetchone()[0]
+
     def dir_path(self, dirid: int) -> str:
         """'/a/b' of a directory below its namespace root (for messages)."""
         with self.catalog.read() as c:
