@@ -330,10 +330,20 @@ class HKOperations(Operations):
                                     st.st_gid, st.st_size, 131072, (st.st_size + 511) // 512,
                                     st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns), strict=True))
 
+    def _dir_links(self, dirid: int) -> int:
+        """A directory's link count: 2 + its subdirectories (the root's '@' is one), as on ext4
+        (find and other tree walkers use it to know when a directory has no subdirectory left)."""
+        memo = self.reads.memo()
+        key = ("subdirs", dirid)
+        n = memo.get(key)
+        if n is None:
+            n = memo[key] = self.store.subdir_count(dirid)
+        return 2 + n + (dirid == self.root)
+
     def _dir_attrs(self, dirid: int) -> dict[str, Any]:
         d = self.reads.dir(dirid)
         return {
-            "st_mode": stat.S_IFDIR | (d.mode & 0o7777), "st_ino": _ino(2, d.id), "st_nlink": 2,
+            "st_mode": stat.S_IFDIR | (d.mode & 0o7777), "st_ino": _ino(2, d.id), "st_nlink": self._dir_links(dirid),
             "st_uid": d.uid, "st_gid": d.gid, "st_size": 4096, "st_blocks": 8, "st_blksize": 4096,
             "st_atime": d.atime_ns, "st_mtime": d.mtime_ns, "st_ctime": d.ctime_ns,
         }
