@@ -20,7 +20,7 @@ from .errors import StoreVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -48,6 +48,16 @@ def _counters(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS[3] = ("counters: entity ids never reused", _counters)
+
+
+def _devices(conn: sqlite3.Connection) -> None:
+    """v4: special files (mknod): FIFOs, sockets, devices keep their type in entities.mode;
+    a devices table holds a device's number."""
+    conn.execute("CREATE TABLE IF NOT EXISTS devices (entity INTEGER PRIMARY KEY REFERENCES entities(id) "
+                 "ON DELETE CASCADE, rdev INTEGER NOT NULL)")
+
+
+MIGRATIONS[4] = ("devices: special files' device numbers", _devices)
 
 
 def schema_sql() -> str:

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS entities (
     ns        INTEGER NOT NULL REFERENCES namespaces(id),
     name      TEXT    NOT NULL,
     size      INTEGER NOT NULL DEFAULT 0,
-    mode      INTEGER NOT NULL,   -- perms | S_IFLNK for a symlink; type bits 0 = regular (v2)
+    mode      INTEGER NOT NULL,   -- perms | type bits (S_IFLNK, S_IFIFO, ...); 0 = regular (v2, v4)
     uid       INTEGER NOT NULL,
     gid       INTEGER NOT NULL,
     atime_ns  INTEGER NOT NULL,
@@ -102,6 +102,13 @@ CREATE TABLE IF NOT EXISTS counters (
     name   TEXT    PRIMARY KEY,
     value  INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Device numbers of character and block device entities (mknod; their type is in
+-- entities.mode). FIFOs and sockets need no row. (v4)
+CREATE TABLE IF NOT EXISTS devices (
+    entity  INTEGER PRIMARY KEY REFERENCES entities(id) ON DELETE CASCADE,
+    rdev    INTEGER NOT NULL
+);
 
 -- Applied schema versions (user_version is the authority; this is the history).
 CREATE TABLE IF NOT EXISTS migrations (

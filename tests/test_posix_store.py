@@ -1,0 +1,42 @@
+"""The store's side of POSIX special files (issue 11): file types in mode, device numbers (v4)."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+from hkfs.core import migrations
+from hkfs.core.store import Store
+
+
+def test_special_files_keep_their_type_and_device_number(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s") as s:
+        ns = s.namespace_id("erin")
+        root = s.root_dir(ns)
+        fifo = s.create(ns, "fifo", directory=root, mode=stat.S_IFIFO | 0o640)
+        dev = s.create(ns, "null", directory=root, mode=stat.S_IFCHR | 0o666)
+        s.set_rdev(dev, 0x103)
+        assert s.entity(fifo).mode == stat.S_IFIFO | 0o640 and s.rdev(fifo) == 0
+        assert s.rdev(dev) == 0x103
+        s.set_attrs(dev, mode=0o600)                           # chmod keeps the type
+        assert s.entity(dev).mode == stat.S_IFCHR | 0o600
+        s.unlink(root, "null")                                 # its device row goes with it
+        with s.catalog.read() as c:
+            assert c.execute("SELECT count(*) FROM devices").fetchone()[0] == 0
+        assert s.check() == []
+
+
+def test_migration_v4_adds_the_devices_table(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "s")
+    ns = s.namespace_id("erin")
+    f = s.create(ns, "f", directory=s.root_dir(ns))
+    s.close()
+    with sqlite3.connect(tmp_path / "s" / "catalog.sqlite") as c:     # a v3 catalog
+        c.execute("DROP TABLE devices")
+        c.execute("PRAGMA user_version = 3")
+    s = Store.open(tmp_path / "s")
+    assert migrations.user_version(s.catalog.connection()) == migrations.SCHEMA_VERSION == 4
+    s.set_rdev(f, 5)
+    assert s.rdev(f) == 5
+    s.close()
