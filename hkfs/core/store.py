@@ -116,7 +116,7 @@ class DirEntry:
 
 # ---------------------------------------------------------------- helpers
 
-_ENTITY_TYPES = (0, stat.S_IFREG, stat.S_IFLNK)
+_ENTITY_TYPES = (0, stat.S_IFREG, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 
 
 def _entity_mode(mode: int, old: int = 0) -> int:
@@ -627,6 +627,18 @@ class Store:
             c.execute(f"UPDATE entities SET {', '.join(k + ' = ?' for k in sets)} WHERE id = ?",
                       (*sets.values(), eid))
 
+    def set_rdev(self, eid: int, rdev: int) -> None:
+        """The device number of a character or block device entity (mknod)."""
+        with self.catalog.write() as c:
+            self._need_entity(c, eid)
+            c.execute("INSERT OR REPLACE INTO devices(entity, rdev) VALUES (?, ?)", (eid, rdev))
+
+    def rdev(self, eid: int) -> int:
+        """A device entity's number (0 for every other file)."""
+        with self.catalog.read() as c:
+            r = c.execute("SELECT rdev FROM devices WHERE entity = ?", (eid,)).fetchone()
+        return r[0] if r else 0
+
     def _touch_entity(self, c: sqlite3.Connection, eid: int) -> None:
         c.execute("UPDATE entities SET ctime_ns = ? WHERE id = ?", (_now(), eid))
 
@@ -739,6 +751,7 @@ class Store:
         c.execute("DELETE FROM links WHERE entity = ?", (eid,))
         c.execute("DELETE FROM entity_keywords WHERE entity = ?", (eid,))
         c.execute("DELETE FROM xattrs WHERE kind = 'file' AND id = ?", (eid,))
+        c.execute("DELETE FROM devices WHERE entity = ?", (eid,))
         c.execute("DELETE FROM entities WHERE id = ?", (eid,))
 
     # ------------------------------------------------------------ resolution
