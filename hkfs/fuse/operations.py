@@ -191,6 +191,12 @@ def _file_type(mode: int) -> int:
     return stat.S_IFMT(mode) or stat.S_IFREG
 
 
+def _is_device(mode: int) -> bool:
+    """A character or block device: its attributes carry a device number (st_rdev), which
+    READDIRPLUS's packed attributes do not, so the kernel is made to look it up."""
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
 def _ino(kind: int, ident: int) -> int:
     return (ident << 2) | kind
 
@@ -303,7 +309,10 @@ class HKOperations(Operations):
         return stat.S_ISLNK(info.mode)    # the store keeps the file type in mode
 
     def _entity_attrs(self, info: EntityInfo | EntityStat) -> dict[str, Any]:
-        return dict(zip(STAT_KEYS, self._entity_values(info), strict=True))
+        attrs = dict(zip(STAT_KEYS, self._entity_values(info), strict=True))
+        if _is_device(info.mode):
+            attrs["st_rdev"] = self.store.rdev(info.id)
+        return attrs
 
     def _entity_values(self, info: EntityInfo | EntityStat) -> tuple[int, ...]:
         """A file's attributes (STAT_KEYS order): the catalog's, but size and times from the
@@ -594,7 +603,8 @@ class HKOperations(Operations):
                     out.append((e.name, stat.S_IFDIR, _ino(2, e.id), self._dir_attrs, e.id))
                 else:       # the type matters: find -type l, ls and cp trust d_type
                     out.append((e.name, _file_type(e.mode), _ino(1, e.id),
-                                None if e.name.endswith(QUERY_SUFFIX) else self._entity_attrs_of, e.id))
+                                None if e.name.endswith(QUERY_SUFFIX) or _is_device(e.mode)
+                                else self._entity_attrs_of, e.id))
             return out
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
             last: HK = loc.hks[-1] if isinstance(loc, ViewLoc) and loc.hks else ()
@@ -624,10 +634,11 @@ class HKOperations(Operations):
                 for x in e:
                     n = clash_name(name, x.id)
                     add((n, x.mode & 0o170000 or reg, (x.id << 2) | 1,
-                         None if n.endswith(QUERY_SUFFIX) else attrs, x))
+                         None if n.endswith(QUERY_SUFFIX) or _is_device(x.mode) else attrs, x))
                 continue
             n = "," + name if name in keywords else name
-            add((n, e.mode & 0o170000 or reg, (e.id << 2) | 1, None if n.endswith(QUERY_SUFFIX) else attrs, e))
+            add((n, e.mode & 0o170000 or reg, (e.id << 2) | 1,
+                 None if n.endswith(QUERY_SUFFIX) or _is_device(e.mode) else attrs, e))
 
     @overrides(Operations)
     @_mapped
@@ -859,6 +870,20 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     @_mapped
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        """mkfifo, mknod, bind(2) of a unix socket: an entity whose file type is in its mode,
+        with an empty bytes file; a device's number is kept in the catalog. The kernel,
+        not the daemon, serves what is done with them (a FIFO's pipe, a socket's peer)."""
+        loc = self.loc(path)
+        if isinstance(loc, (LinkLoc, ViewFileLoc)) and loc.eid is not None:
+            raise FuseOSError(errno.EEXIST)
+        eid = self._new_entity(loc, mode)
+        if _is_device(mode):
+            self.store.set_rdev(eid, dev)
+        return 0
+
+    @overrides(Operations)
+    @_mapped
     def readlink(self, path: str) -> str:
         info = self.store.entity(self._eid_of(self.loc(path)))
         if not self._is_symlink(info):
@@ -1013,8 +1038,8 @@ class HKOperations(Operations):
         """True when `eid` lives only where the rename takes it from (an editor's fresh temp file):
         then the destination entity takes its bytes instead of being replaced."""
         info = self.store.entity(eid)
-        if self._is_symlink(info) or self._is_symlink(self.store.entity(dst_eid)):
-            return False
+        if stat.S_IFMT(info.mode) or stat.S_IFMT(self.store.entity(dst_eid).mode):
+            return False        # only regular files (type bits 0) are saved by editors
         if isinstance(src, LinkLoc):
             return info.nlinks == 1 and not info.hks
         if info.nlinks:
