@@ -19,6 +19,7 @@ import ctypes.util
 import functools
 import logging
 import operator
+import os
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from .operations import HKOperations
 
 __all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "DirEntryAttrs", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
-           "fd_bufvec", "fill_fd_bufvec", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp"]
+           "fd_bufvec", "fill_fd_bufvec", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp", "fallocate"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,16 @@ def _load_buf_api() -> tuple[Any, Any, Any] | None:
 
 
 BUF_API = _load_buf_api()
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_LIBC.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its mode (os has posix_fallocate only, which has none); OSError on failure."""
+    if _LIBC.fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 
 
 BUFVEC_SIZE = ctypes.sizeof(FuseBufvec)

@@ -83,6 +83,7 @@ from .glue import (
     FuseBufvec,
     HKFuse,
     buf_malloc,
+    fallocate,
     fd_bufvec,
     fill_fd_bufvec,
     voidpp,
@@ -95,6 +96,7 @@ log = logging.getLogger(__name__)
 
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
 XATTR_CREATE, XATTR_REPLACE = 1, 2
+FALLOC_FL_KEEP_SIZE = 0x01             # linux/falloc.h
 RENAME_NOREPLACE = 1                   # linux/fs.h; RENAME_EXCHANGE = 2 and the rest are refused
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
@@ -834,6 +836,38 @@ class HKOperations(Operations):
         else:
             os.fsync(h.fd)
         self._sync(h)
+        self._durable()
+        return 0
+
+    @overrides(Operations)
+    @_mapped
+    def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
+        """A directory's names are catalog rows: make every commit durable."""
+        self._durable()
+        return 0
+
+    def _durable(self) -> None:
+        """What an fsync promises beyond the file's bytes: its name and attributes (catalog
+        rows) and its bytes file's name in entities/ survive a power loss."""
+        fd = os.open(self._entities, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.store.catalog.sync()
+
+    @overrides(Operations)
+    @_mapped
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
+        """Mode 0 (reserve and extend) and FALLOC_FL_KEEP_SIZE (reserve only), done on the
+        bytes file; any other mode (punch hole, collapse, zero range...) EOPNOTSUPP."""
+        if mode & ~FALLOC_FL_KEEP_SIZE or self.queries.owns(fh):
+            raise FuseOSError(errno.EOPNOTSUPP)
+        h = self._handle(fh)
+        fallocate(h.fd, mode, offset, size)
+        h.written = True
+        self._sync(h)
+        self._attrs_changed(h.eid, path or h.path)
         return 0
 
     @overrides(Operations)
