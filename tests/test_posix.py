@@ -87,7 +87,6 @@ PY
     """, env={"PY": __import__("sys").executable})
 
 
-@pytest.mark.xfail(strict=True, reason="hard_remove: libfuse has no path for a removed file (docs/mount.md)")
 def test_fstat_of_an_open_then_unlinked_file(mount: Mount) -> None:
     """fstat, read and write of a file removed while open go on as on ext4 (nlink 0)."""
     for where in (mount.root, mount.root / "@" / "kw"):
@@ -177,3 +176,25 @@ def test_fsync_makes_the_catalog_durable(tmp_path: Path, monkeypatch: pytest.Mon
     finally:
         ops.destroy("/")
         st.close()
+
+
+def test_removed_while_open_leaves_no_hidden_name(mount: Mount) -> None:
+    """libfuse hides a file removed while open as .fuse_hidden*: the daemon takes that as the
+    removal itself, so no such name is ever listed, in a directory or in a view, and a
+    rename over an open file leaves the reader with the old bytes."""
+    for where in (mount.root / "d", mount.root / "@" / "kw"):
+        where.mkdir()
+        (where / "old").write_bytes(b"old bytes")
+        fd = os.open(where / "old", os.O_RDONLY)
+        try:
+            (where / "new").write_bytes(b"new")
+            os.rename(where / "new", where / "old")
+            assert (where / "old").read_bytes() == b"new"
+            assert os.pread(fd, 100, 0) == b"old bytes" and os.fstat(fd).st_size == 9
+            assert sorted(os.listdir(where)) == ["old"]
+            os.unlink(where / "old")
+            assert os.listdir(where) == []
+        finally:
+            os.close(fd)
+        assert os.listdir(where) == []
+    assert not [p for p in mount.root.rglob("*") if ".fuse_hidden" in p.name]

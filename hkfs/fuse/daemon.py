@@ -41,7 +41,10 @@ DEFAULT_OPTIONS: dict[str, object] = {
     "attr_timeout": 0,
     "negative_timeout": 0,
     "use_ino": True,
-    "hard_remove": True,      # no .fuse_hidden renames: in a view a rename retags
+    # libfuse hides a file removed while open by a rename to .fuse_hidden*, which the daemon
+    # takes as the removal itself (HKOperations._hide): with hard_remove, libfuse would have
+    # no path left for it and fstat would fail with ESTALE.
+    "hard_remove": False,
     "big_writes": True,
     "max_write": 131072,
     "max_read": 131072,

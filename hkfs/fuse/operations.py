@@ -101,6 +101,9 @@ RENAME_NOREPLACE = 1                   # linux/fs.h; RENAME_EXCHANGE = 2 and the
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
 MAX_NAME = 255
+# libfuse (without hard_remove) renames a file removed while open to this prefix + a unique
+# suffix, asks for its attributes under that name, and unlinks that name at the last close.
+HIDDEN_PREFIX = ".fuse_hidden"
 # Operations after which the kernel's cached entries and attributes may be wrong somewhere
 # (a retag changes which views list a file, a keyword can shadow a file name). Operations that
 # change one file's attributes, create or remove a file decide for themselves
@@ -238,6 +241,7 @@ class HKOperations(Operations):
         self._hlock = threading.Lock()
         self._next_fh = 1
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
+        self._hidden: dict[str, int] = {}        # libfuse's hidden name -> entity removed while open
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -285,14 +289,16 @@ class HKOperations(Operations):
         return found
 
     def _loc_or_handle(self, path: str | None, fh: int | None) -> Location:
-        """Where an f-call (fchmod, futimens, ...) applies: its open file, else the path.
-
-        libfuse 3 gives no path for a file removed while open (hard_remove)."""
+        """Where an f-call (fchmod, futimens, ...) applies: its open file, else the path
+        (a file removed while open is asked for by its hidden name, see _hide)."""
         h = self._handles.get(fh) if fh is not None else None
         if h is not None:
             return LinkLoc(self.root, "", h.eid)     # only the entity id is used
         if path is None:
             raise FuseOSError(errno.ENOENT)
+        hidden = self._hidden.get(path.rpartition("/")[2]) if self._hidden else None
+        if hidden is not None:
+            return LinkLoc(self.root, "", hidden)    # a file removed while open, by its hidden name
         return self.loc(path)
 
     def _eid_of(self, loc: Location) -> int:
@@ -486,17 +492,47 @@ class HKOperations(Operations):
             if q is not None:
                 return q
         if fh is not None and fh in self._handles:
-            h = self._handles[fh]
-            try:
-                return self._entity_attrs(self.reads.entity(h.eid))
-            except NotFound:
-                return self._removed_attrs(h)
+            return self._open_attrs(self._handles[fh])
+        if self._hidden and path.rpartition("/")[2] in self._hidden:
+            return self._hidden_attrs(self._hidden[path.rpartition("/")[2]])
         loc = self.loc(path)
         if isinstance(loc, DirLoc):
             return self._dir_attrs(loc.dirid)
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
             return self._virtual_attrs(loc)
         return self._entity_attrs(self.reads.entity(self._eid_of(loc)))
+
+    def _open_attrs(self, h: Handle) -> dict[str, Any]:
+        try:
+            return self._entity_attrs(self.reads.entity(h.eid))
+        except NotFound:
+            return self._removed_attrs(h)
+
+    def _removed_fd(self, eid: int, fn: Callable[..., None], *args: Any) -> bool:
+        """Apply fn(fd, *args) to the bytes file of a file removed while open (no catalog row is
+        left to change; its attributes are the bytes file's, see _removed_attrs). False if eid
+        has a row."""
+        if eid not in self._open_eids:
+            return False
+        try:
+            self.reads.entity(eid)
+            return False
+        except NotFound:
+            pass
+        fn(self._handle_of(eid).fd, *args)
+        return True
+
+    def _hidden_attrs(self, eid: int) -> dict[str, Any]:
+        """fstat of a file removed while open: libfuse asks by its hidden name, without the handle."""
+        return self._open_attrs(self._handle_of(eid))
+
+    def _handle_of(self, eid: int) -> Handle:
+        """An open handle of entity eid (NotFound if it is no longer open)."""
+        with self._hlock:
+            h = next((h for h in self._handles.values() if h.eid == eid), None)
+        if h is None:
+            raise NotFound("no such file")
+        return h
 
     @overrides(Operations)
     @_mapped
@@ -508,6 +544,8 @@ class HKOperations(Operations):
             raise NotPermitted("views have no mode of their own")
         else:
             eid = self._eid_of(loc)
+            if self._removed_fd(eid, os.fchmod, mode & 0o7777):
+                return 0
             self.store.set_attrs(eid, mode=mode & 0o7777)
             self._attrs_changed(eid, path)
         return 0
@@ -524,6 +562,8 @@ class HKOperations(Operations):
             raise NotPermitted("views have no owner of their own")
         else:
             eid = self._eid_of(loc)
+            if self._removed_fd(eid, os.fchown, -1 if u is None else u, -1 if g is None else g):
+                return 0
             self.store.set_attrs(eid, uid=u, gid=g)
             self._attrs_changed(eid, path)
         return 0
@@ -929,7 +969,13 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def unlink(self, path: str) -> int:
-        loc = self.loc(path)
+        if self._hidden.pop(path.rpartition("/")[2], None) is not None:
+            return 0          # libfuse's last close of a file removed while open: removed already
+        self._remove(self.loc(path))
+        return 0
+
+    def _remove(self, loc: Location) -> None:
+        """rm: a directory link goes, a view's file leaves the view."""
         if isinstance(loc, LinkLoc) and loc.eid is not None:
             # cached elsewhere only if reached through a view or linked twice (else it goes
             # with its one link, or stays reachable through views nobody has looked at)
@@ -944,7 +990,20 @@ class HKOperations(Operations):
             raise NotFound("no such file")
         else:
             raise IsADirectory("is a directory")
-        return 0
+
+    def _hide(self, old: str, hidden: str) -> bool:
+        """libfuse hides a file removed while open (rm, or a rename over it) by renaming it to
+        a `.fuse_hidden` name: here that is the removal itself (nothing is listed under the
+        hidden name, nothing is retagged), and the name is remembered so that fstat of the
+        open file is answered. False: not such a rename (the file is not open)."""
+        if not hidden.startswith(HIDDEN_PREFIX):
+            return False
+        loc = self.loc(old)
+        if not isinstance(loc, (LinkLoc, ViewFileLoc)) or loc.eid not in self._open_eids:
+            return False
+        self._remove(loc)
+        self._hidden[hidden] = loc.eid
+        return True
 
     def _leave_view(self, eid: int, view: ViewLoc) -> None:
         """rm in a view: detach the file's HKs that the view's HKs match (it never deletes bytes)."""
@@ -987,6 +1046,8 @@ class HKOperations(Operations):
             # RENAME_EXCHANGE (and any flag not known here) is refused, never done as a plain
             # rename: an exchange done as an overwrite loses the destination's bytes
             raise InvalidArgument("renameat2 flags other than RENAME_NOREPLACE are not supported")
+        if self._hide(old, new.rpartition("/")[2]):
+            return 0
         src = self.loc(old)
         if flags & RENAME_NOREPLACE and self._exists(new):
             raise FuseOSError(errno.EEXIST)
