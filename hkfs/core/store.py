@@ -300,6 +300,20 @@ class Store:
                 return user, int(user), int(user)
             return user, os.getuid(), os.getgid()
 
+    def _known_user(self, c: sqlite3.Connection, user: str | int) -> bool:
+        """A user of this system (passwd) or one that already has a namespace here."""
+        name = self._user(user)[0]
+        if c.execute("SELECT 1 FROM namespaces WHERE user = ?", (name,)).fetchone():
+            return True
+        try:
+            if isinstance(user, int) or user.isdigit():
+                pwd.getpwuid(int(user))
+            else:
+                pwd.getpwnam(user)
+        except KeyError:
+            return False
+        return True
+
     def _ns_id(self, c: sqlite3.Connection, user: str | int) -> int:
         name, uid, gid = self._user(user)
         r = c.execute("SELECT id FROM namespaces WHERE user = ?", (name,)).fetchone()
@@ -1100,6 +1114,8 @@ class Store:
         of the old namespace, is cleared."""
         with self.catalog.write() as c:
             d = self._need_dir(c, dirid)
+            if not self._known_user(c, user):
+                raise InvalidArgument(f"no such user {user!r}")
             ns = self._ns_id(c, user)
             if ns == d[3]:
                 return
