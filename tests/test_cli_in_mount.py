@@ -46,10 +46,10 @@ def test_chns_switches_the_namespace_of_comma(mount: Mount) -> None:
         cd d
         hk akl //mine
         test "$(hk ls ,)" = a.txt
-        hk chns someone-else
+        hk chns nobody                                  # a user of this system
         test -z "$(hk prompt)"                                  # the DKL was cleared
         test "$(hk akl //mine 2>&1)" = "Error: no keyword //mine"
-        test "$(getfattr --only-values -n user.hk.ns .)" = someone-else
+        test "$(getfattr --only-values -n user.hk.ns .)" = nobody
         hk chns "$(id -un)"
         hk akl //mine && hk ldf && test "$(ls)" = a.txt
     """)

@@ -90,9 +90,9 @@ def test_paper_completion_figs_3_and_4_in_bash(demo_mount: Mount, tmp_path: Path
 
 @pytest.mark.mount
 def test_completion_uses_the_namespace_of_the_current_directory(demo_mount: Mount, tmp_path: Path) -> None:
-    demo_mount.run("mkdir other && cd other && hk chns nobody-else")
+    demo_mount.run("mkdir other && cd other && hk chns nobody")
     got = _complete(demo_mount, tmp_path, "comp akl foo\n", cwd=demo_mount.root / "other")
-    assert got["akl foo"] == ""          # nobody-else has no keywords
+    assert got["akl foo"] == ""          # nobody has no keywords
     got = _complete(demo_mount, tmp_path, "comp akl foo\n")
     assert got["akl foo"] == "//food //movie/footloose //sports/football"
 

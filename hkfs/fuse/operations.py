@@ -112,13 +112,18 @@ CHANGING_OPS = frozenset({"link", "symlink", "rename", "setxattr", "removexattr"
 
 
 def to_fuse_error(exc: BaseException, op: str = "") -> FuseOSError:
-    """The one place errors become errnos: HKError and OSError keep theirs, the rest is EIO."""
+    """The one place errors become errnos: HKError and OSError keep theirs, text that is not
+    UTF-8 is EILSEQ, the rest is EIO."""
     if isinstance(exc, FuseOSError):
         return exc
     if isinstance(exc, HKError):
         return FuseOSError(exc.errno)
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
         return FuseOSError(exc.errno)
+    if isinstance(exc, UnicodeError):
+        # a name or hkfs attribute value that is not UTF-8 (xattr names and user.hk.* values)
+        log.info("%s: not UTF-8: %s", op or "a FUSE callback", exc)
+        return FuseOSError(errno.EILSEQ)
     log.error("unexpected error in %s", op or "a FUSE callback", exc_info=exc)
     return FuseOSError(errno.EIO)
 
@@ -172,9 +177,24 @@ _mapped_io = functools.partial(_mapped, pin=False)
 
 
 def _check_path(path: str) -> None:
+    """Names are UTF-8 (the catalog stores text): bytes that are not (decoded by mfusepy as
+    surrogate escapes) are refused with EILSEQ."""
     for part in path.split("/"):
         if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME:
             raise FuseOSError(errno.ENAMETOOLONG)
+    if not path.isascii():
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FuseOSError(errno.EILSEQ) from None
+
+
+def _check_home(loc: ViewFileLoc) -> None:
+    """',NAME' in a directory with no keyword list names a view of no keyword: a file made or
+    moved there would have no keyword and no directory (it would land in lost+found)."""
+    if not loc.view.hks:
+        raise InvalidArgument(f"{loc.listed or loc.name!r}: a name starting with ',' needs a keyword list "
+                              "(hk akl) here; it is mount path syntax, not a file name")
 
 
 def _is_query_path(path: str | None) -> bool:
@@ -698,6 +718,7 @@ class HKOperations(Operations):
         elif isinstance(loc, ViewFileLoc):
             # A keyword may take the name of a file of the view: the keyword wins, ',NAME' reaches the file.
             check_new_name(loc.name)
+            _check_home(loc)
             self.store.mkkw(loc.view.ns, loc.view.child_hk(loc.name))
             self.kernel.invalidate()
         else:
@@ -753,6 +774,7 @@ class HKOperations(Operations):
                                      mode=perm, uid=uid, gid=gid)
         if isinstance(loc, ViewFileLoc):
             check_new_name(loc.name)
+            _check_home(loc)
             return self.store.create(loc.view.ns, loc.name, hks=loc.view.hks, mode=perm, uid=uid, gid=gid)
         if isinstance(loc, NewKeyLoc):
             raise NotFound("a file in the keyword space needs a keyword: create it in a view")
@@ -1027,6 +1049,7 @@ class HKOperations(Operations):
             self.store.link(eid, dst.dirid, dst.name)
         elif isinstance(dst, ViewFileLoc):
             check_new_name(dst.name)
+            _check_home(dst)
             info = self.store.entity(eid)
             add = attach_set(info.hks, dst.view.hks)
             if add:
@@ -1064,6 +1087,8 @@ class HKOperations(Operations):
             raise NotFound("no such keyword")
         assert isinstance(src, (LinkLoc, ViewFileLoc)) and isinstance(dst, (LinkLoc, ViewFileLoc))
         check_new_name(dst.name)
+        if isinstance(dst, ViewFileLoc):
+            _check_home(dst)
         if dst.eid is not None and dst.eid != eid and self._replaceable(src, eid, dst.eid):
             self._replace(eid, dst.eid)
             return 0
