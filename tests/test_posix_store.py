@@ -40,3 +40,22 @@ def test_migration_v4_adds_the_devices_table(tmp_path: Path) -> None:
     s.set_rdev(f, 5)
     assert s.rdev(f) == 5
     s.close()
+
+
+def test_mkkw_parents_a_thousand_levels_deep(tmp_path: Path) -> None:
+    """mkkw -p made the missing parents by recursion: RecursionError at ~1,000 levels."""
+    import pytest
+
+    from hkfs.core.errors import NotFound
+    hk = tuple(f"k{i}" for i in range(1000))
+    with Store.open(tmp_path / "s") as s:
+        ns = s.namespace_id("erin")
+        s.mkkw(ns, hk[:2], parents=True)
+        with pytest.raises(NotFound, match="parent keyword"):
+            s.mkkw(ns, hk)
+        leaf = s.mkkw(ns, hk, parents=True)
+        assert s.mkkw(ns, hk, parents=True) == leaf
+        assert s.keyword_exists(ns, hk) and s.keyword_exists(ns, hk[:500])
+        assert s.keyword_children(ns, hk[:999]) == ["k999"]
+        from hkfs.core.fsck import check
+        assert check(s) == []                    # every level has the right parent

@@ -388,16 +388,22 @@ class Store:
             if parents:
                 return kid
             raise AlreadyExists(f"keyword {format_hk(hk)} exists")
-        parent = None
-        if len(hk) > 1:
-            parent = self._kw(c, ns, hk[:-1])
-            if parent is None:
-                if not parents:
-                    raise NotFound(f"parent keyword {format_hk(hk[:-1])} of {format_hk(hk)} does not exist")
-                parent = self._mkkw(c, ns, hk[:-1], True)
-        cur = c.execute("INSERT INTO keywords(ns, parent, name, path) VALUES (?, ?, ?, ?)",
-                        (ns, parent, hk[-1], _path(hk)))
-        return int(cur.lastrowid)  # type: ignore[arg-type]
+        # the nearest existing ancestor, then the missing levels downwards: a loop, not
+        # recursion (an HK may be 1,000 levels deep)
+        n, parent = len(hk) - 1, None
+        while n > 0:
+            parent = self._kw(c, ns, hk[:n])
+            if parent is not None:
+                break
+            if not parents:
+                raise NotFound(f"parent keyword {format_hk(hk[:-1])} of {format_hk(hk)} does not exist")
+            n -= 1
+        for i in range(n + 1, len(hk) + 1):
+            cur = c.execute("INSERT INTO keywords(ns, parent, name, path) VALUES (?, ?, ?, ?)",
+                            (ns, parent, hk[i - 1], _path(hk[:i])))
+            parent = int(cur.lastrowid)  # type: ignore[arg-type]
+        assert parent is not None
+        return parent
 
     def mkkw(self, ns: int, hk: HK | str, *, parents: bool = False) -> int:
         """Make an HK. Its parent must exist unless parents=True (which also accepts an existing hk)."""
