@@ -21,8 +21,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StoreVersionError
-from .migrations import SCHEMA_VERSION, ensure_schema, user_version
+from .errors import CatalogDamaged, StoreVersionError
+from .migrations import SCHEMA_VERSION, ensure_schema, missing_tables, recreate_missing, user_version
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Catalog:
     """The catalog database at `path`; `read()` / `write()` give a per-thread connection in a transaction."""
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, repair: bool = False) -> None:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
         self.readonly = readonly
@@ -65,6 +65,7 @@ class Catalog:
                     f"catalog {self.path} has no hkfs schema (empty or not a catalog)" if v == 0 else
                     f"catalog {self.path} is at schema version {v}, this hkfs reads {SCHEMA_VERSION} "
                     "(open it read-write once to migrate it)")
+            self._check_tables(conn)
             return
         # a new catalog only (an existing file keeps its page size): see PAGE_SIZE
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
@@ -72,6 +73,19 @@ class Catalog:
         if mode.lower() != "wal":
             log.warning("catalog %s: journal_mode is %s, not wal", self.path, mode)
         ensure_schema(conn)
+        if repair:
+            made = recreate_missing(conn)
+            if made:
+                log.warning("catalog %s: recreated missing table(s) %s, empty", self.path, ", ".join(made))
+        self._check_tables(conn)
+
+    def _check_tables(self, conn: sqlite3.Connection) -> None:
+        """CatalogDamaged when a table is missing: said once here instead of failing every call."""
+        gone = missing_tables(conn)
+        if gone:
+            self.close()
+            raise CatalogDamaged(f"catalog {self.path} is damaged: table(s) {', '.join(gone)} missing; "
+                                 "restore it from a backup, or hk fsck --repair makes them again, empty")
 
     def _state(self) -> _ThreadConn:
         """This OS thread's connection state (the connection opened on first use).

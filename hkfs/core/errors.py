@@ -85,3 +85,9 @@ class StoreVersionError(HKError):
     """The catalog was written by a newer hkfs (schema version above ours) or is not an hkfs catalog."""
 
     errno = _errno.EPROTO
+
+
+class CatalogDamaged(HKError):
+    """The catalog lacks part of its schema (a table dropped by hand or by a broken tool)."""
+
+    errno = _errno.EIO

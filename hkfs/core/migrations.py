@@ -11,6 +11,7 @@ refused (StoreVersionError) instead of being misread.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -78,6 +79,28 @@ def split_statements(sql: str) -> list[str]:
     if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
         raise ValueError("schema.sql ends with an incomplete statement")
     return out
+
+
+def missing_tables(conn: sqlite3.Connection) -> list[str]:
+    """Tables of schema.sql that the catalog lacks (a damaged catalog: every use of one would fail)."""
+    want = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema_sql())
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return [t for t in want if t not in have]
+
+
+def recreate_missing(conn: sqlite3.Connection) -> list[str]:
+    """fsck --repair of a damaged catalog: make the missing tables (empty) and indexes again
+    from schema.sql (every statement is CREATE ... IF NOT EXISTS); returns the tables made."""
+    gone = missing_tables(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in split_statements(schema_sql()):
+            conn.execute(stmt)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return gone
 
 
 def user_version(conn: sqlite3.Connection) -> int:
