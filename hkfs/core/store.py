@@ -221,10 +221,12 @@ class Store:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = True, readonly: bool = False) -> Store:
+    def open(cls, path: str | Path, *, create: bool = True, readonly: bool = False,
+             repair: bool = False) -> Store:
         """Open (and with create, make) the store at path; migrates an older catalog.
 
-        readonly: writes nothing at all (a check): no schema, no migration, no entities/."""
+        readonly: writes nothing at all (a check): no schema, no migration, no entities/.
+        repair: make tables missing from a damaged catalog again, empty (hk fsck --repair)."""
         root = Path(path).absolute()
         if not (root / CATALOG).exists():
             if not create or readonly:
@@ -233,7 +235,7 @@ class Store:
         if readonly:
             return cls(root, Catalog(root / CATALOG, readonly=True))
         (root / ENTITIES).mkdir(exist_ok=True)
-        return cls(root, Catalog(root / CATALOG))
+        return cls(root, Catalog(root / CATALOG, repair=repair))
 
     def close(self) -> None:
         """Close every connection and release the lock."""
