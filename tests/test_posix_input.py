@@ -76,3 +76,73 @@ def test_store_chns_refuses_unknown_users(tmp_path: Path) -> None:
         assert [u for _, u in s.namespaces()] == [s.namespace_user(ns)]
         s.namespace_id("dave")              # a namespace made by name may be chns'd to
         s.chns(root, "dave")
+
+
+def test_mount_of_a_damaged_catalog_says_why(tmp_path: Path) -> None:
+    """`hk mount` of a store whose catalog is garbage says so at once (it said "did not report
+    within 30s"); a dropped table is named, and hk fsck --repair makes it again."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from conftest import fuse_usable
+    if not fuse_usable():
+        pytest.skip("FUSE is not available")
+    from hkfs.core.store import Store
+    hk = [sys.executable, "-c", "from hkfs.cli.main import main; main()"]
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    mnt.mkdir()
+    Store.open(store).close()
+    (store / "catalog.sqlite").write_bytes(b"this is not a database" * 500)
+    for extra in ("catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (store / extra).unlink(missing_ok=True)
+    r = subprocess.run(hk + ["mount", str(store), str(mnt)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "catalog is damaged (file is not a database)" in r.stderr, r.stderr
+    assert "did not report" not in r.stderr and not os.path.ismount(mnt)
+
+    (store / "catalog.sqlite").unlink()
+    Store.open(store).close()
+    with sqlite3.connect(store / "catalog.sqlite") as c:
+        c.execute("DROP TABLE xattrs")
+    r = subprocess.run(hk + ["mount", str(store), str(mnt)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "table(s) xattrs missing" in r.stderr, r.stderr
+    r = subprocess.run(hk + ["fsck", str(store)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "table(s) xattrs missing" in r.stderr
+    r = subprocess.run(hk + ["fsck", "--repair", str(store)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with Store.open(store) as s:
+        assert s.list_xattrs("dir", s.root_dir(s.namespace_id(os.getuid()))) == []
+
+
+@pytest.mark.mount
+def test_umount_and_mount_clean_up_a_dead_mount(mount_factory) -> None:
+    """A daemon killed (kill -9) leaves a mount point that fails with ENOTCONN: hk umount and
+    hk mount detach it (lazy unmount) and say so, instead of "not readable"."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import _mounted
+    hk = [sys.executable, "-c", "from hkfs.cli.main import main; main()"]
+    for cmd in ("umount", "mount"):
+        m = mount_factory()
+        (m.root / "f").write_text("kept")
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait()
+        with pytest.raises(OSError) as exc:
+            os.listdir(m.root)
+        assert exc.value.errno == errno.ENOTCONN
+        args = [cmd, str(m.root)] if cmd == "umount" else [cmd, str(m.store), str(m.root)]
+        r = subprocess.run(hk + args, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "was a dead mount (its daemon had stopped): detached it (lazy unmount)" in r.stdout + r.stderr
+        if cmd == "mount":
+            assert (m.root / "f").read_text() == "kept"         # mounted again, nothing lost
+            m.proc = None                                        # the fixture unmounts it
+            for _ in range(100):
+                if _mounted(m.root):
+                    break
+                time.sleep(0.05)
+        else:
+            assert not _mounted(m.root)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import click
 
-from ..fuse.daemon import MountError, mount, parse_options, umount
+from ..fuse.daemon import MountError, clear_dead_mount, mount, parse_options, umount
 from ..fuse.mountinfo import find_mount
 from .main import cli
 
 
 @cli.command("mount")
 @click.argument("store", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.argument("mountpoint", type=click.Path(path_type=Path, readable=False))
 @click.option("-f", "--foreground", is_flag=True, help="Serve in the foreground until unmounted.")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="Mount options passed on to FUSE, e.g. -o allow_other,default_permissions.")
@@ -32,6 +32,9 @@ def mount_cmd(store: Path, mountpoint: Path, foreground: bool, options: tuple[st
     for o in options:
         opts.update(parse_options(o))
     try:
+        note = clear_dead_mount(mountpoint)
+        if note:
+            click.echo(note, err=True)
         status = mount(store, mountpoint, options=opts, foreground=foreground, debug=debug)
     except MountError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -40,11 +43,15 @@ def mount_cmd(store: Path, mountpoint: Path, foreground: bool, options: tuple[st
 
 
 @cli.command("umount")
-@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.argument("mountpoint", type=click.Path(path_type=Path, readable=False))
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon.")
 def umount_cmd(mountpoint: Path, timeout: float) -> None:
     """Unmount MOUNTPOINT and wait until its daemon has finished writing."""
     try:
+        note = clear_dead_mount(mountpoint)
+        if note:
+            click.echo(note)
+            return
         umount(mountpoint, timeout=timeout)
     except MountError as exc:
         raise click.ClickException(str(exc)) from exc

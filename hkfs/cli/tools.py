@@ -186,7 +186,7 @@ def fsck_cmd(store: Path, repair: bool) -> None:
 
     if not (store / "catalog.sqlite").exists():
         raise click.ClickException(f"no hkfs store at {store}")
-    with Store.open(store, create=False, readonly=not repair) as st:   # a check writes nothing
+    with Store.open(store, create=False, readonly=not repair, repair=repair) as st:   # a check writes nothing
         if repair:
             try:
                 st.lock()          # the mounting daemon holds it: repairs would race its writes

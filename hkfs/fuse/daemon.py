@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import errno
 import fcntl
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,7 +28,7 @@ from ..core.errors import HKError, StoreLocked
 from .mountinfo import PID_NAME, SUBTYPE, find_mount, fsname_for
 
 __all__ = ["MountError", "mount", "umount", "run_daemon", "parse_options", "check_fuse",
-           "check_mountpoint", "LOG_NAME", "PID_NAME"]
+           "check_mountpoint", "clear_dead_mount", "LOG_NAME", "PID_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,32 @@ def check_mountpoint(mountpoint: Path, *, nonempty: bool = False) -> None:
                 raise MountError(f"mount point {mountpoint} is not empty (-o nonempty mounts over its files)")
 
 
+def clear_dead_mount(mountpoint: str | os.PathLike[str]) -> str | None:
+    """Detach an hkfs mount whose daemon is gone (killed: every access fails with ENOTCONN).
+
+    Returns what was done, for the user, or None when there is no dead hkfs mount there.
+    A lazy unmount (fusermount -u -z): processes still inside it keep failing until they leave."""
+    mnt = Path(os.path.abspath(mountpoint))
+    found = find_mount(mnt)
+    if found is None or found[0] != mnt:
+        return None
+    try:
+        os.statvfs(mnt)        # always asks the daemon (stat may be answered from the kernel's cache)
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED):
+            return None
+    fm = fusermount()
+    if fm is None:
+        raise MountError(f"{mnt}: its daemon is gone, and there is no fusermount to detach it (install fuse3)")
+    proc = subprocess.run([fm, "-u", "-z", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["fusermount failed"])[-1]
+        raise MountError(f"{mnt}: its daemon is gone, and it cannot be detached: {why}")
+    log.info("detached the dead mount %s (store %s): its daemon had stopped", mnt, found[1])
+    return f"{mnt} was a dead mount (its daemon had stopped): detached it (lazy unmount)"
+
+
 def _lock_holder(store: Path) -> str:
     with contextlib.suppress(OSError, ValueError):
         return f" (pid {int((store / PID_NAME).read_text().strip())})"
@@ -192,6 +220,14 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
         st = Store.open(store, create=True)
     except HKError as exc:
         report(f"error: cannot open store {store}: {exc}")
+        return 1
+    except sqlite3.DatabaseError as exc:
+        report(f"error: cannot open store {store}: its catalog is damaged ({exc}); "
+               f"see hk fsck, or restore {store / 'catalog.sqlite'} from a backup")
+        log.error("cannot open the catalog: %s", exc)
+        return 1
+    except OSError as exc:
+        report(f"error: cannot open store {store}: {exc.strerror or exc}")
         return 1
     try:
         st.lock()
@@ -309,8 +345,12 @@ def mount(store: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
     if msg != "ok":
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        raise MountError(msg.removeprefix("error: ") if msg else
-                         f"the daemon did not report within {timeout:.0f}s; see {store_p / LOG_NAME}")
+        if not msg:
+            status = os.waitpid(pid, os.WNOHANG)[0] if _alive(pid) is False else 0
+            msg = (f"the daemon stopped before the mount was ready ({_last_error(store_p, pid)})"
+                   if status or not _alive(pid) else
+                   f"the daemon did not report within {timeout:.0f}s; see {store_p / LOG_NAME}")
+        raise MountError(msg.removeprefix("error: "))
     deadline = time.monotonic() + timeout
     while not os.path.ismount(mnt):
         if not _alive(pid):     # libfuse gave up after init (e.g. options it accepted, then refused)
@@ -322,6 +362,17 @@ def mount(store: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
             raise MountError(f"{mnt} is not mounted after {timeout:.0f}s; see {store_p / LOG_NAME}")
         time.sleep(0.01)
     return pid
+
+
+def _last_error(store: Path, pid: int) -> str:
+    """The last line of daemon `pid`'s traceback or ERROR in the log (the cause), else where to look."""
+    with contextlib.suppress(OSError):
+        lines = (store / LOG_NAME).read_text(errors="replace").splitlines()
+        start = max((i for i, ln in enumerate(lines) if f" {pid} " in ln), default=len(lines))
+        tail = [ln for ln in lines[start:] if ln.strip()]
+        if tail:
+            return tail[-1].strip()
+    return f"see {store / LOG_NAME}"
 
 
 def _read_report(fd: int, timeout: float) -> str:

@@ -33,6 +33,7 @@ import functools
 import hashlib
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -120,6 +121,10 @@ def to_fuse_error(exc: BaseException, op: str = "") -> FuseOSError:
         return FuseOSError(exc.errno)
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
         return FuseOSError(exc.errno)
+    if type(exc) is sqlite3.DatabaseError or (type(exc) is sqlite3.OperationalError and "no such" in str(exc)):
+        # a damaged catalog (a table dropped behind the daemon's back): one clear line, no traceback
+        log.error("%s: the catalog is damaged (%s); unmount and run hk fsck", op or "a FUSE callback", exc)
+        return FuseOSError(errno.EIO)
     if isinstance(exc, UnicodeError):
         # a name or hkfs attribute value that is not UTF-8 (xattr names and user.hk.* values)
         log.info("%s: not UTF-8: %s", op or "a FUSE callback", exc)
