@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno as _errno
 import fcntl
 import functools
+import json
 import logging
 import os
 import pwd
@@ -231,7 +232,8 @@ class Store:
         if not (root / CATALOG).exists():
             if not create or readonly:
                 raise NotFound(f"no hkfs store at {root}")
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)    # private: see docs/store.md
+            os.close(os.open(root / CATALOG, os.O_WRONLY | os.O_CREAT, 0o600))
         if readonly:
             return cls(root, Catalog(root / CATALOG, readonly=True))
         (root / ENTITIES).mkdir(exist_ok=True)
@@ -928,6 +930,23 @@ class Store:
     def dir(self, dirid: int) -> DirInfo:
         with self.catalog.read() as c:
             return DirInfo(*self._need_dir(c, dirid), dkl=self._dkl(c, dirid))
+
+    def dir_perms(self) -> list[tuple[int, int | None, int, int, int]]:
+        """Every directory as (id, parent, mode, uid, gid): what reaching a file takes (hkfs.mount.access)."""
+        with self.catalog.read() as c:
+            return c.execute("SELECT id, parent, mode, uid, gid FROM dirs").fetchall()
+
+    def linked_only_in(self, dirids: Iterable[int]) -> set[int]:
+        """Entities whose every directory link is in one of dirids (none when dirids is empty)."""
+        ids = sorted(set(dirids))
+        if not ids:
+            return set()
+        arg = json.dumps(ids)
+        with self.catalog.read() as c:
+            rows = c.execute("SELECT entity FROM links WHERE dir IN (SELECT value FROM json_each(?1)) "
+                             "EXCEPT SELECT entity FROM links WHERE dir NOT IN (SELECT value FROM json_each(?1))",
+                             (arg,))
+            return {r[0] for r in rows}
 
     def subdir_count(self, dirid: int) -> int:
         """How many subdirectories a directory has (its link count is 2 + this, as on ext4)."""
