@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -153,6 +154,19 @@ def clear_dead_mount(mountpoint: str | os.PathLike[str]) -> str | None:
     return f"{mnt} was a dead mount (its daemon had stopped): detached it (lazy unmount)"
 
 
+def make_private(store: Path) -> None:
+    """The store directory 0700 and its catalog 0600: the catalog holds every name, mode and
+    owner of every file, and entities/ every file's bytes, whatever the mount's permissions say.
+    Only a store the daemon's user owns is changed."""
+    for path, mode in ((store, 0o700), (store / "catalog.sqlite", 0o600),
+                       (store / "catalog.sqlite-wal", 0o600), (store / "catalog.sqlite-shm", 0o600)):
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(path)
+            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & ~mode:
+                os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+                log.info("made %s private (mode %o)", path, stat.S_IMODE(st.st_mode) & mode)
+
+
 def _lock_holder(store: Path) -> str:
     with contextlib.suppress(OSError, ValueError):
         return f" (pid {int((store / PID_NAME).read_text().strip())})"
@@ -198,6 +212,10 @@ def fuse_options(store: Path, user_options: dict[str, object]) -> dict[str, obje
         for key in LIBFUSE2_ONLY:
             opts.pop(key, None)
     opts.update(user_options)
+    if opts.get("allow_other") and not opts.get("default_permissions"):
+        # the daemon checks no permissions itself: other users let in must be checked by the kernel
+        opts["default_permissions"] = True
+        log.info("allow_other: default_permissions turned on (the kernel checks every user's access)")
     if fuse3:
         opts.pop("nonempty", None)    # checked by check_mountpoint; libfuse 3 mounts anyway
     opts["fsname"] = fsname_for(store)
@@ -235,6 +253,7 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
         st.close()
         report(f"error: store {store} is locked by another daemon{_lock_holder(store)}")
         return 1
+    make_private(store)
     pid_file = store / PID_NAME
     if pid_file.exists():
         # We hold the lock, so the daemon that wrote it is gone without cleaning up: files it
