@@ -59,3 +59,24 @@ def test_mkkw_parents_a_thousand_levels_deep(tmp_path: Path) -> None:
         assert s.keyword_children(ns, hk[:999]) == ["k999"]
         from hkfs.core.fsck import check
         assert check(s) == []                    # every level has the right parent
+
+
+def test_blocked_dirs_follow_search_permission_down_the_tree(tmp_path: Path) -> None:
+    from hkfs.mount.access import blocked_dirs
+    # root(1, 755 root) / priv(2, 700 root) / sub(3, 777) ; pub(4, 750 root:grp 50)
+    dirs = [(1, None, 0o755, 0, 0), (2, 1, 0o700, 0, 0), (3, 2, 0o777, 0, 0), (4, 1, 0o750, 0, 50)]
+    assert blocked_dirs(dirs, 1000, frozenset([1000])) == {2, 3, 4}
+    assert blocked_dirs(dirs, 1000, frozenset([1000, 50])) == {2, 3}
+    assert blocked_dirs(dirs, 0, frozenset([0])) == set()
+    with Store.open(tmp_path / "s") as s:
+        ns = s.namespace_id("erin")
+        root = s.root_dir(ns)
+        priv = s.mkdir(root, "priv", mode=0o700)
+        pub = s.mkdir(root, "pub")
+        only = s.create(ns, "only", directory=priv)
+        both = s.create(ns, "both", directory=priv)
+        s.link(both, pub)
+        s.create(ns, "elsewhere", directory=pub)
+        assert s.linked_only_in([priv]) == {only}
+        assert s.linked_only_in([]) == set()
+        assert {d[0] for d in s.dir_perms()} >= {root, priv, pub}

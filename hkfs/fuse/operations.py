@@ -55,6 +55,7 @@ from ..core.errors import (
 )
 from ..core.naming import HK, format_hk_list, hk_matches, parse_hk_list
 from ..core.store import EntityInfo, EntityStat, Store
+from ..mount.access import blocked_dirs, caller_groups
 from ..mount.cached_reads import CachedReads
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
 from ..mount.queryfs import QueryFS
@@ -267,6 +268,7 @@ class HKOperations(Operations):
         self._next_fh = 1
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
         self._hidden: dict[str, int] = {}        # libfuse's hidden name -> entity removed while open
+        self.shared = False                      # allow_other: views check each caller (_unreachable)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -310,7 +312,26 @@ class HKOperations(Operations):
             _check_path(path)
             found = memo[key] = self.resolver.resolve(path)
         if type(found) is ViewFileLoc and found.eid is not None:
+            if self.shared and found.eid in self._unreachable():
+                raise NotFound("no such file")      # only through directories the caller cannot search
             self.kernel.note_viewed(found.eid)      # outside the memo: noted after every invalidation
+        return found
+
+    def _unreachable(self) -> set[int] | frozenset[int]:
+        """Entities the calling user may not reach through a view on a shared mount: every
+        directory link of theirs is below a directory the caller cannot search (hkfs.mount.access)."""
+        try:
+            uid, gid, pid = mfusepy.fuse_get_context()
+        except (ValueError, OSError, AttributeError):
+            return frozenset()
+        if uid == 0:
+            return frozenset()
+        groups = caller_groups(pid, gid)
+        memo = self.reads.memo()
+        key = ("unreachable", uid, groups)
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = self.store.linked_only_in(blocked_dirs(self.store.dir_perms(), uid, groups))
         return found
 
     def _loc_or_handle(self, path: str | None, fh: int | None) -> Location:
@@ -696,7 +717,12 @@ class HKOperations(Operations):
         """Append a view's files to `out`: shared names become STEM~ID.EXT, a name equal to
         a child keyword is listed as ',NAME'. One pass: a view may hold 100k files."""
         attrs, reg, add = self._view_entity_attrs, stat.S_IFREG, out.append
+        hide = self._unreachable() if self.shared else ()
         for name, e in self.reads.listing(view.ns, tuple(view.hks)).items():
+            if hide and (e.id in hide if type(e) is not list else any(x.id in hide for x in e)):
+                if type(e) is not list:
+                    continue
+                e = [x for x in e if x.id not in hide]
             if type(e) is list:
                 for x in e:
                     n = clash_name(name, x.id)
@@ -1306,4 +1332,5 @@ def serve(store: Store, mountpoint: str | os.PathLike[str], options: dict[str, o
     Unless keep_timeouts (the user chose entry_timeout or attr_timeout), the kernel caches
     are turned on once the kernel is found able to drop them on demand (hkfs.fuse.kernel_cache)."""
     ops = HKOperations(store, on_ready=on_ready, keep_timeouts=keep_timeouts)
+    ops.shared = bool(options.get("allow_other"))
     HKFuse(ops, str(Path(mountpoint)), foreground=True, nothreads=False, debug=debug, **options)
