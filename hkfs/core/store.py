@@ -1091,6 +1091,40 @@ class Store:
                 self._touch_dir(c, dst_dir)
         self._drop_bytes(dead)
 
+    def exchange(self, a_dir: int, a_name: str, b_dir: int, b_name: str) -> None:
+        """renameat2(RENAME_EXCHANGE): two existing entries (file links or directories) swap
+        places in one transaction; nothing is replaced or deleted."""
+        with self.catalog.write() as c:
+            self._need_dir(c, a_dir)
+            self._need_dir(c, b_dir)
+            a, b = self._entry(c, a_dir, a_name), self._entry(c, b_dir, b_name)
+            if a is None or b is None:
+                raise NotFound(f"no {a_name if a is None else b_name!r} to exchange with")
+            if (a_dir, a_name) == (b_dir, b_name) or (a.kind == b.kind and a.id == b.id):
+                return
+            for entry, into in ((a, b_dir), (b, a_dir)):
+                cur: int | None = into
+                while entry.kind == "dir" and cur is not None:
+                    if cur == entry.id:
+                        raise InvalidArgument("cannot move a directory into itself")
+                    cur = c.execute("SELECT parent FROM dirs WHERE id = ?", (cur,)).fetchone()[0]
+            now = _now()
+
+            def move(entry: DirEntry, frm: tuple[int, str], to: tuple[int, str]) -> None:
+                if entry.kind == "dir":
+                    c.execute("UPDATE dirs SET parent = ?, name = ?, ctime_ns = ? WHERE id = ?",
+                              (*to, now, entry.id))
+                else:
+                    c.execute("UPDATE links SET dir = ?, name = ? WHERE dir = ? AND name = ?", (*to, *frm))
+                    self._touch_entity(c, entry.id)
+            parked = (a_dir, f"\0exchange{a.id}")          # NUL: no real name can be it
+            move(a, (a_dir, a_name), parked)
+            move(b, (b_dir, b_name), (a_dir, a_name))
+            move(a, parked, (b_dir, b_name))
+            self._touch_dir(c, a_dir)
+            if b_dir != a_dir:
+                self._touch_dir(c, b_dir)
+
     # ------------------------------------------------------------ DKL / CKL
 
     @staticmethod
