@@ -25,22 +25,50 @@ def renameat2(old: Path, new: Path, flags: int) -> None:
         raise OSError(e, os.strerror(e), str(old))
 
 
-def test_rename_exchange_never_overwrites(mount: Mount) -> None:
-    """An exchange is refused (EINVAL) and both files keep their bytes; done as a plain
-    rename it would lose the destination's bytes for good."""
-    for where in (mount.root, mount.root / "@" / "kw"):
-        where.mkdir(exist_ok=True)
-        a, b = where / "a.txt", where / "b.txt"
-        a.write_text("A")
-        b.write_text("B")
+def test_rename_exchange_in_directories(mount: Mount) -> None:
+    """renameat2(RENAME_EXCHANGE) swaps two entries of ordinary directories (files, directories,
+    a file with a directory, across directories), as on ext4. Done as a plain rename (what
+    mfusepy's glue did) it lost the destination's bytes for good."""
+    root = mount.root
+    (root / "d").mkdir()
+    (root / "e").mkdir()
+    (root / "d" / "a").write_text("A")
+    (root / "e" / "b").write_text("B")
+    ino_a = (root / "d" / "a").stat().st_ino
+    renameat2(root / "d" / "a", root / "e" / "b", RENAME_EXCHANGE)
+    assert (root / "d" / "a").read_text() == "B" and (root / "e" / "b").read_text() == "A"
+    assert (root / "e" / "b").stat().st_ino == ino_a
+    (root / "d" / "sub").mkdir()
+    (root / "d" / "sub" / "inner").write_text("I")
+    renameat2(root / "d" / "sub", root / "e" / "b", RENAME_EXCHANGE)       # a directory with a file
+    assert (root / "e" / "b" / "inner").read_text() == "I" and (root / "d" / "sub").read_text() == "A"
+    renameat2(root / "d", root / "e", RENAME_EXCHANGE)                      # two directories
+    assert (root / "d" / "b" / "inner").read_text() == "I" and (root / "e" / "sub").read_text() == "A"
+    assert (root / "d").stat().st_nlink == 3 and (root / "e").stat().st_nlink == 2
+    with pytest.raises(OSError) as exc:
+        renameat2(root / "d", root / "d" / "b", RENAME_EXCHANGE)           # into itself
+    assert exc.value.errno == errno.EINVAL
+    with pytest.raises(FileNotFoundError):
+        renameat2(root / "e" / "sub", root / "e" / "none", RENAME_EXCHANGE)
+    assert os.listdir(root / "d") == ["b"] and sorted(os.listdir(root / "e")) == ["a", "sub"]
+
+
+def test_rename_exchange_in_views_is_refused_and_never_overwrites(mount: Mount) -> None:
+    """In a view a file's place is its keywords: an exchange is EINVAL, both files keep their bytes."""
+    (mount.root / "@" / "kw").mkdir()
+    (mount.root / "d").mkdir()
+    a, b, c = mount.root / "@" / "kw" / "a.txt", mount.root / "@" / "kw" / "b.txt", mount.root / "d" / "c"
+    a.write_text("A")
+    b.write_text("B")
+    c.write_text("C")
+    for x, y in ((a, b), (a, c), (c, a)):
         with pytest.raises(OSError) as exc:
-            renameat2(a, b, RENAME_EXCHANGE)
+            renameat2(x, y, RENAME_EXCHANGE)
         assert exc.value.errno == errno.EINVAL
-        assert a.read_text() == "A" and b.read_text() == "B"
-        with pytest.raises(OSError) as exc:
-            renameat2(a, b, 1 << 5)             # a flag nobody knows
-        assert exc.value.errno == errno.EINVAL
-        assert a.read_text() == "A" and b.read_text() == "B"
+    with pytest.raises(OSError) as exc:
+        renameat2(c, mount.root / "d" / "x", 1 << 5)             # a flag nobody knows
+    assert exc.value.errno == errno.EINVAL
+    assert (a.read_text(), b.read_text(), c.read_text()) == ("A", "B", "C")
 
 
 def test_rename_noreplace(mount: Mount) -> None:

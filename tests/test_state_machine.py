@@ -65,6 +65,44 @@ class SideBySide(RuleBasedStateMachine):
         self.roots = (self.mount_dir / f"run{n}", self.plain_dir / f"run{n}")
         for r in self.roots:
             r.mkdir()
+        self.held: list[tuple[int, int]] = []     # descriptors open on both sides (mount, ext4)
+
+    def teardown(self) -> None:
+        for fds in self.held:
+            for fd in fds:
+                os.close(fd)
+        self.held = []
+
+    @rule(p=paths)
+    def open_and_hold(self, p: str) -> None:
+        """Keep a file open across later steps (so unlink and rename meet open files)."""
+        if len(self.held) >= 3:
+            return
+        fds, errs = [], []
+        for root in self.roots:
+            try:
+                fds.append(os.open(root / p, os.O_RDWR))
+                errs.append(0)
+            except OSError as exc:
+                errs.append(exc.errno)
+        if len(fds) == 2:
+            self.held.append((fds[0], fds[1]))
+        else:
+            for fd in fds:
+                os.close(fd)
+        assert errs[0] == errs[1], f"open {p}: {errs}"
+
+    @rule(i=st.integers(0, 2), off=st.integers(0, 40), body=data)
+    def write_held(self, i: int, off: int, body: bytes) -> None:
+        if i < len(self.held):
+            for fd in self.held[i]:
+                os.pwrite(fd, body, off)
+
+    @rule(i=st.integers(0, 2))
+    def close_held(self, i: int) -> None:
+        if i < len(self.held):
+            for fd in self.held.pop(i):
+                os.close(fd)
 
     def both(self, op: str, *args: object) -> None:
         """Apply op to both trees: both succeed, or both fail with the same errno."""
@@ -99,6 +137,11 @@ class SideBySide(RuleBasedStateMachine):
     @staticmethod
     def _rename(root: Path, a: str, b: str) -> None:
         os.rename(root / a, root / b)
+
+    @staticmethod
+    def _exchange(root: Path, a: str, b: str) -> None:
+        from test_posix import RENAME_EXCHANGE, renameat2
+        renameat2(root / a, root / b, RENAME_EXCHANGE)
 
     @staticmethod
     def _link(root: Path, a: str, b: str) -> None:
@@ -144,6 +187,10 @@ class SideBySide(RuleBasedStateMachine):
         self.both("rename", a, b)
 
     @rule(a=paths, b=paths)
+    def exchange(self, a: str, b: str) -> None:
+        self.both("exchange", a, b)
+
+    @rule(a=paths, b=paths)
     def link(self, a: str, b: str) -> None:
         self.both("link", a, b)
 
@@ -181,6 +228,14 @@ class SideBySide(RuleBasedStateMachine):
             return False
         return (stat.S_ISREG(sa.st_mode) and stat.S_ISREG(sb.st_mode) and sa.st_ino != sb.st_ino
                 and sb.st_nlink > 1)
+
+    @invariant()
+    def same_open_files(self) -> None:
+        """What fstat and read say of every held descriptor (also of files removed while open)."""
+        for hk_fd, plain_fd in self.held:
+            a, b = os.fstat(hk_fd), os.fstat(plain_fd)
+            assert (a.st_size, a.st_nlink, a.st_mode) == (b.st_size, b.st_nlink, b.st_mode)
+            assert os.pread(hk_fd, 200, 0) == os.pread(plain_fd, 200, 0)
 
     @invariant()
     def same_trees(self) -> None:

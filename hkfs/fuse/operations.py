@@ -99,7 +99,7 @@ log = logging.getLogger(__name__)
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 FALLOC_FL_KEEP_SIZE = 0x01             # linux/falloc.h
-RENAME_NOREPLACE = 1                   # linux/fs.h; RENAME_EXCHANGE = 2 and the rest are refused
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2   # linux/fs.h; other flags are refused
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
 MAX_NAME = 255
@@ -1096,10 +1096,14 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if flags == RENAME_EXCHANGE:
+            self._exchange(old, new)
+            return 0
         if flags & ~RENAME_NOREPLACE:
-            # RENAME_EXCHANGE (and any flag not known here) is refused, never done as a plain
-            # rename: an exchange done as an overwrite loses the destination's bytes
-            raise InvalidArgument("renameat2 flags other than RENAME_NOREPLACE are not supported")
+            # any flag not known here is refused, never done as a plain rename (an exchange done
+            # as an overwrite once lost the destination's bytes)
+            raise InvalidArgument("renameat2 flags other than RENAME_NOREPLACE and RENAME_EXCHANGE "
+                                  "are not supported")
         if self._hide(old, new.rpartition("/")[2]):
             return 0
         src = self.loc(old)
@@ -1155,6 +1159,29 @@ class HKOperations(Operations):
                 if gone:
                     self.store.dtkw(eid, gone)
         return 0
+
+    def _exchange(self, old: str, new: str) -> None:
+        """RENAME_EXCHANGE of two entries of ordinary directories; in views (where a file's
+        place is its keywords) it is refused with EINVAL, never done as something else."""
+        places = []
+        for path in (old, new):
+            loc = self.loc(path)
+            if isinstance(loc, DirLoc):
+                if loc.dirid == self.root:
+                    raise FuseOSError(errno.EBUSY)
+                parent_path, name = self._split(path)
+                parent = self.loc(parent_path)
+                if not isinstance(parent, DirLoc):
+                    raise InvalidArgument("RENAME_EXCHANGE works in ordinary directories only")
+                places.append((parent.dirid, name))
+            elif isinstance(loc, LinkLoc):
+                if loc.eid is None:
+                    raise NotFound("no such file")
+                places.append((loc.dirid, loc.name))
+            else:
+                raise InvalidArgument("RENAME_EXCHANGE works in ordinary directories only")
+        (a_dir, a_name), (b_dir, b_name) = places
+        self.store.exchange(a_dir, a_name, b_dir, b_name)
 
     def _exists(self, path: str) -> bool:
         """Whether `path` names something (RENAME_NOREPLACE's test)."""
