@@ -49,9 +49,12 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
         if not h.store.keyword_exists(h.ns, k):
             raise NotFound(f"no keyword {format_hk(k)}")
     if relative:
-        if h.dirid is None:
-            raise InvalidArgument("',' needs an ordinary directory as the current directory")
-        base = cwd + "/," + _view_path(hl)
+        if h.dirid is not None:
+            base = cwd + "/," + _view_path(hl)         # a directory's ',' is its CKL's view
+        elif h.view and not h.keyspace:
+            base = cwd + _view_path(hl)                # a view is its own CKL's view (as `hk ls ,`)
+        else:
+            raise InvalidArgument("',' needs a directory or a keyword view as the current directory")
         full = tuple(h.ckl) + hl
     else:
         anchor = str(h.mount).rstrip("/")
@@ -64,7 +67,7 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
     matches = h.store.resolve(h.ns, full, name)
     if len(matches) > 1:
         return [f"{base}/{clash_name(name, m.id)}" for m in matches]
-    if relative and not hl:
+    if relative and not hl and h.dirid is not None:
         return [cwd + "/," + name]
     children = h.store.keyword_children(h.ns, full[-1]) if full else []
     return [base + ("/," if name in children else "/") + name]
