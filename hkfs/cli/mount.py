@@ -69,7 +69,7 @@ def demo_cmd(store: Path, mountpoint: Path) -> None:
     Example: hk demo && ls demo-mnt/@
     """
     from ..core.store import Store
-    from ..demo.data import fill_demo
+    from ..demo.data import fill_demo, fill_paper_home
 
     mnt = Path(os.path.abspath(mountpoint))
     found = find_mount(mnt)
@@ -81,6 +81,7 @@ def demo_cmd(store: Path, mountpoint: Path) -> None:
         with Store.open(store, create=True) as st:
             if fresh:
                 fill_demo(st)
+            fill_paper_home(st)           # once: older demo stores get it too (docs/tutorial.md)
             from ..demo.embeddings import fill_demo_embeddings
             fill_demo_embeddings(st)      # idempotent: older demo stores get them too (docs/query.md)
         try:
@@ -98,6 +99,7 @@ def demo_cmd(store: Path, mountpoint: Path) -> None:
         (f"getfattr -n user.hk.keywords {rel}/@/photo/@/animal/cat/tama.jpg", "a file's keywords"),
         (f"mkdir -p {rel}/@/animal/fish", "make a keyword; ln/mv/rm in views tag and untag"),
         (f"cat {rel}/@/photo/@/animal/fig2.jpg.query", "most similar photos, among animals"),
+        (f"ls {rel}/tada", "tada's home: the paper's Figs. 1-2 start here (docs/tutorial.md)"),
     ]
     width = max(len(c) for c, _ in tries)
     click.echo("\nTry:")

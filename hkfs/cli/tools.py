@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from ..core.completion import complete
+from ..core.completion import complete_word, split_word  # noqa: F401 (split_word: re-exported)
 from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
 from ..core.naming import HK, format_hk, format_hk_list
 from ..mount.views import clash_name
@@ -233,17 +233,6 @@ def prompt_cmd() -> None:
         return
 
 
-def split_word(word: str) -> tuple[str, str]:
-    """The completed part of a word: its last HK ('//...') or what follows its last ','."""
-    i = word.rfind("//")
-    if i >= 0:
-        return word[:i], word[i:]
-    j = word.rfind(",")
-    if j >= 0:
-        return word[:j + 1], word[j + 1:]
-    return "", word
-
-
 @cli.command("complete", hidden=True)
 @click.argument("word", default="")
 @store_options
@@ -255,15 +244,15 @@ def complete_cmd(word: str, store: str | None, user: str | None) -> None:
     except Exception as exc:   # noqa: BLE001 - completion must never print an error into the command line
         log.debug("no completions for %r: %s", word, exc, exc_info=True)   # `hk -vv complete WORD` shows why
         return
-    prefix, partial = split_word(word)
-    for c in complete(partial, keywords):
-        click.echo(prefix + c)
+    for c in complete_word(word, keywords):
+        click.echo(c)
 
 
-def snippet(shell: str, *, commands: bool = True, ls: bool = True, prompt: bool = True) -> str:
+def snippet(shell: str, *, commands: bool = True, ls: bool = True, prompt: bool = True,
+            ctrl_u: bool = False) -> str:
     """The shell-init text: sections between '# >>> NAME' and '# <<< NAME' are dropped when turned off."""
     text = resources.files("hkfs").joinpath(f"shell/hk.{shell}").read_text(encoding="utf-8")
-    off = {"commands": not commands, "ls": not ls, "prompt": not prompt}
+    off = {"commands": not commands, "ls": not ls, "prompt": not prompt, "ctrl-u": not ctrl_u}
     out, skip = [], False
     for line in text.splitlines():
         if line.startswith("# >>> "):
@@ -284,9 +273,12 @@ def snippet(shell: str, *, commands: bool = True, ls: bool = True, prompt: bool 
 @click.option("--no-commands", is_flag=True, help="Do not define the bare paper commands (akl, ldf, ...).")
 @click.option("--no-ls", is_flag=True, help="Do not wrap ls (ls , and ls //a go to hk ls).")
 @click.option("--no-prompt", is_flag=True, help="Do not show the CKL in the prompt.")
-def shell_init_cmd(shell: str, no_commands: bool, no_ls: bool, no_prompt: bool) -> None:
+@click.option("--ctrl-u", is_flag=True,
+              help="Ctrl-U cycles through keyword candidates, as in the paper (instead of erasing the line).")
+def shell_init_cmd(shell: str, no_commands: bool, no_ls: bool, no_prompt: bool, ctrl_u: bool) -> None:
     """Print shell code that installs keyword completion, the paper's commands and the CKL prompt.
 
-    Example: eval "$(hk shell-init bash)"    # in ~/.bashrc; zsh: eval "$(hk shell-init zsh)"
+    Example: eval "$(hk shell-init bash --ctrl-u)"    # in ~/.bashrc; zsh: hk shell-init zsh
     """
-    click.echo(snippet(shell, commands=not no_commands, ls=not no_ls, prompt=not no_prompt), nl=False)
+    click.echo(snippet(shell, commands=not no_commands, ls=not no_ls, prompt=not no_prompt,
+                       ctrl_u=ctrl_u), nl=False)

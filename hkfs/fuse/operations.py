@@ -44,6 +44,7 @@ from typing import Any
 import mfusepy
 from mfusepy import FuseOSError, Operations, overrides
 
+from ..core.completion import COMPLETE_ATTR, complete_word
 from ..core.errors import (
     HKError,
     InvalidArgument,
@@ -1048,6 +1049,13 @@ class HKOperations(Operations):
 
     @_mapped
     def _getxattr(self, path: str, name: str) -> bytes:
+        if name.startswith(COMPLETE_ATTR):            # the shells' Tab (hkfs.core.completion)
+            loc = self.loc(path)
+            ns = self.store.dir(loc.dirid).ns if isinstance(loc, DirLoc) else getattr(loc, "ns", None)
+            if ns is None:
+                raise FuseOSError(ENOATTR)
+            words = complete_word(name[len(COMPLETE_ATTR):], self.store.keywords(ns))
+            return "\n".join(words).encode()
         kind, ident = self._xattr_target(path)
         if kind == "file" and name == KEYWORDS_ATTR:
             return format_hk_list(self.store.entity(ident).hks).encode()
