@@ -258,3 +258,29 @@ def test_ctrl_u_cycles_as_in_the_paper(shell: str, demo_mount: Mount, tmp_path: 
         t.until(b"ARGS://animal/dog/poodle", t.keys(b"\n"))
     finally:
         t.close(b"exit\n")
+
+
+@pytest.mark.mount
+def test_the_mount_serves_completions_as_an_attribute(demo_mount: Mount) -> None:
+    """getfattr -n user.hk.complete.WORD DIR: WORD's candidates in DIR's namespace, as `hk complete`."""
+    r = demo_mount.run("""
+        c() { getfattr --only-values -n "user.hk.complete.$1" "${2:-.}"; echo; }
+        c foot
+        c //animal/dog/
+        c '//SIG/DPS,//wo'
+        c ,//mov work                                   # a directory
+        c foot @/photo/@/animal                         # a view: its namespace
+        mkdir other && (cd other && hk chns nobody-else)
+        c foot other                                    # another namespace: none
+        test "$(hk complete -- foot | tr '\\n' ' ')" = "//movie/footloose //sports/football "
+        not getfattr -n user.hk.complete.foot @/photo/fig2.jpg 2>/dev/null    # a file: no attribute
+        getfattr -d . | grep -c complete || true        # not listed (one attribute per word)
+    """)
+    assert r.stdout.split("\n") == [
+        "//movie/footloose", "//sports/football",
+        "//animal/dog/bulldog", "//animal/dog/poodle",
+        "//SIG/DPS,//workshop",
+        ",//movie",
+        "//movie/footloose", "//sports/football",
+        "",
+        "0", ""]

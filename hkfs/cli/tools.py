@@ -183,7 +183,7 @@ def fsck_cmd(store: Path, repair: bool) -> None:
 
     Example: hk fsck ~/hkstore --repair
     """
-    from ..core.fsck import check
+    from ..core.fsck import REPORT_ONLY, check
     from ..core.fsck import repair as do_repair
     from ..core.store import Store
 
@@ -202,14 +202,22 @@ def fsck_cmd(store: Path, repair: bool) -> None:
         if not problems:
             click.echo(f"{store}: clean")
             return
+        by_hand = [p for p in problems if p.kind in REPORT_ONLY]
         if not repair:
-            click.echo(f"{len(problems)} problem(s); run with --repair to fix them", err=True)
+            fixable = len(problems) - len(by_hand)
+            if fixable:
+                click.echo(f"{len(problems)} problem(s); run with --repair to fix "
+                           + ("them" if not by_hand else f"{fixable} of them"), err=True)
+            if by_hand:
+                click.echo(f"{len(by_hand)} file(s) in {store}/entities are not entities: --repair leaves "
+                           "them; move them out of the store by hand", err=True)
             sys.exit(1)
         for line in do_repair(st, problems):
             click.echo(f"repaired: {line}")
         left = check(st)
         for p in left:
-            click.echo(f"still: {p}", err=True)
+            click.echo(f"still: {p}" + (" (move it out of the store by hand)" if p.kind in REPORT_ONLY else ""),
+                       err=True)
         if left:
             sys.exit(1)
         click.echo(f"{store}: repaired, clean")

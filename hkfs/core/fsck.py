@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from .naming import HK
 from .store import LOST_FOUND, Store
 
-__all__ = ["Problem", "check", "repair", "stale_sizes", "repair_sizes", "KINDS"]
+__all__ = ["Problem", "check", "repair", "stale_sizes", "repair_sizes", "KINDS", "REPORT_ONLY"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ KINDS = {
     "orphan-dir": "a directory whose parent directory is missing",
     "stale-size": "an entity whose recorded size differs from its bytes file (a crash while writing)",
 }
+
+
+# What `repair` leaves for a person (it cannot know what the file is): fsck must not
+# tell the user to run --repair for these.
+REPORT_ONLY = frozenset({"stray-file"})
 
 
 @dataclass(frozen=True)
