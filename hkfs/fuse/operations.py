@@ -1051,8 +1051,11 @@ class HKOperations(Operations):
     def _getxattr(self, path: str, name: str) -> bytes:
         if name.startswith(COMPLETE_ATTR):            # the shells' Tab (hkfs.core.completion)
             loc = self.loc(path)
-            ns = self.store.dir(loc.dirid).ns if isinstance(loc, DirLoc) else getattr(loc, "ns", None)
-            if ns is None:
+            if isinstance(loc, DirLoc):
+                ns = self.store.dir(loc.dirid).ns
+            elif isinstance(loc, (ViewLoc, KeySpaceLoc)):
+                ns = loc.ns
+            else:                                     # files have no completions
                 raise FuseOSError(ENOATTR)
             words = complete_word(name[len(COMPLETE_ATTR):], self.store.keywords(ns))
             return "\n".join(words).encode()
