@@ -252,7 +252,7 @@ def test_open_descriptor_sees_a_change_through_another_alias(cmount: Mount) -> N
         printf 'one\\n' > @/a/log
         ln @/a/log d/log
         exec 3<@/a/log
-        pread() { python3 -c "import os, sys; sys.stdout.write(os.pread(3, 100, 0).decode())"; }
+        pread() { "$PY" -c "import os, sys; sys.stdout.write(os.pread(3, 100, 0).decode())"; }
         test "$(pread)" = one                                   # its pages are cached now
         printf 'two\\n' >> d/log                               # through the other alias
         test "$(stat -c %s d/log)" = 8

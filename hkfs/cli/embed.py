@@ -129,7 +129,7 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
 
     Example: hk query //photo --like dog.npy -k 5
     """
-    from ..mount.queryfs import QueryFS
+    from ..mount.queryfs import NO_HITS, QueryFS
     from ..query.embeddings import EmbeddingCatalog
     from ..query.queryfiles import Query, format_results, parse_vector
 
@@ -161,4 +161,6 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
             hits = qfs.run(sc, Query(v, k, nprobe), exclude)
         finally:
             qfs.stop()
+        if not hits:
+            click.echo(f"hk query: no hits: {NO_HITS}", err=True)
         click.echo(format_results(hits).decode("utf-8", "surrogateescape"), nl=False)

@@ -15,7 +15,11 @@ from collections.abc import Iterable
 
 from .naming import HK, format_hk
 
-__all__ = ["complete"]
+__all__ = ["complete", "complete_word", "split_word", "COMPLETE_ATTR"]
+
+# The mount answers getxattr(DIR, COMPLETE_ATTR + WORD) with complete_word(WORD) in DIR's
+# namespace, one per line: the shell's Tab reads it with getfattr, no Python start-up.
+COMPLETE_ATTR = "user.hk.complete."
 
 
 def _with_ancestors(keywords: Iterable[HK]) -> set[HK]:
@@ -44,3 +48,20 @@ def complete(partial: str, keywords: Iterable[HK]) -> list[str]:
         if len(h) > n and h[-1].startswith(last) and list(h[-1 - n:-1]) == head:
             out.append(format_hk(h))
     return sorted(out)
+
+
+def split_word(word: str) -> tuple[str, str]:
+    """The completed part of a word: its last HK ('//...') or what follows its last ','."""
+    i = word.rfind("//")
+    if i >= 0:
+        return word[:i], word[i:]
+    j = word.rfind(",")
+    if j >= 0:
+        return word[:j + 1], word[j + 1:]
+    return "", word
+
+
+def complete_word(word: str, keywords: Iterable[HK]) -> list[str]:
+    """Candidates for a whole command-line word ('//SIG/DPS,//wo', ',//mov', 'foot')."""
+    prefix, partial = split_word(word)
+    return [prefix + c for c in complete(partial, keywords)]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from .naming import HK
 from .store import LOST_FOUND, Store
 
-__all__ = ["Problem", "check", "repair", "stale_sizes", "repair_sizes", "KINDS"]
+__all__ = ["Problem", "check", "repair", "stale_sizes", "repair_sizes", "KINDS", "REPORT_ONLY"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,11 @@ KINDS = {
     "shared-bytes": "entities whose bytes files are one file (hard links: a crash during an editor save); "
                     "a write to one would change the other",
 }
+
+
+# What `repair` leaves for a person (it cannot know what the file is): fsck must not
+# tell the user to run --repair for these.
+REPORT_ONLY = frozenset({"stray-file"})
 
 
 @dataclass(frozen=True)

@@ -700,8 +700,9 @@ class Store:
                     "DELETE FROM entity_keywords WHERE entity = ? AND keyword IN "
                     "(SELECT id FROM keywords WHERE ns = ? AND path >= ? AND path < ?)",
                     (eid, ns, lo, hi)).rowcount
-                if not n:
-                    raise NotFound(f"file {eid} does not carry {format_hk(h)}")
+                if not n:      # named as the user knows it (the id is internal)
+                    name = c.execute("SELECT name FROM entities WHERE id = ?", (eid,)).fetchone()[0]
+                    raise NotFound(f"{name} does not carry {format_hk(h)}")
             self._retag(c, eid)
             self._touch_entity(c, eid)
             self._settle(c, eid)

@@ -60,6 +60,11 @@ USER_TIMEOUTS = ("entry_timeout", "attr_timeout")
 # libfuse 3 refuses these (big writes are always on; max_write and max_read are negotiated in init).
 LIBFUSE2_ONLY = ("big_writes", "max_write", "max_read")
 
+# libfuse 3.14's fuse_main_real hands the idle-thread default (UINT_MAX) to the max-threads
+# setter, which logs "Ignoring invalid max threads value 4294967295" on every mount (libfuse
+# issue 1003) and keeps its default of 10 threads. Naming that same 10 says nothing new.
+LIBFUSE3_ONLY: dict[str, object] = {"max_idle_threads": 10}
+
 
 def _choose_libfuse() -> None:
     """libfuse 3 unless the user named a library: READDIRPLUS and cache invalidation need it.
@@ -211,6 +216,7 @@ def fuse_options(store: Path, user_options: dict[str, object]) -> dict[str, obje
     if fuse3:
         for key in LIBFUSE2_ONLY:
             opts.pop(key, None)
+        opts.update(LIBFUSE3_ONLY)
     opts.update(user_options)
     if opts.get("allow_other") and not opts.get("default_permissions"):
         # the daemon checks no permissions itself: other users let in must be checked by the kernel

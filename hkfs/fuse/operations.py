@@ -45,6 +45,7 @@ from typing import Any
 import mfusepy
 from mfusepy import FuseOSError, Operations, overrides
 
+from ..core.completion import COMPLETE_ATTR, complete_word
 from ..core.errors import (
     HKError,
     InvalidArgument,
@@ -1275,6 +1276,16 @@ class HKOperations(Operations):
 
     @_mapped
     def _getxattr(self, path: str, name: str) -> bytes:
+        if name.startswith(COMPLETE_ATTR):            # the shells' Tab (hkfs.core.completion)
+            loc = self.loc(path)
+            if isinstance(loc, DirLoc):
+                ns = self.store.dir(loc.dirid).ns
+            elif isinstance(loc, (ViewLoc, KeySpaceLoc)):
+                ns = loc.ns
+            else:                                     # files have no completions
+                raise FuseOSError(ENOATTR)
+            words = complete_word(name[len(COMPLETE_ATTR):], self.store.keywords(ns))
+            return "\n".join(words).encode()
         kind, ident = self._xattr_target(path)
         if kind == "file" and name == KEYWORDS_ATTR:
             return format_hk_list(self.store.entity(ident).hks).encode()

@@ -54,6 +54,9 @@ HANDLE_BASE = 1 << 40
 MAX_BODY = 1 << 24
 
 
+NO_HITS = "no other file in its scope has an embedding"
+
+
 def is_query_name(name: str) -> bool:
     return name.endswith(SUFFIX) and len(name) > len(SUFFIX)
 
@@ -277,6 +280,8 @@ class QueryFS:
             query, exclude = Query(vec, DEFAULT_K), t.eid
         out = format_results(self.run(t.scope, query, exclude, version))
         log.debug("evaluated %s (%d bytes)", t.path, len(out))
+        if not out:        # a read of nothing, exit status 0: the log says why
+            log.info("%s reads empty: %s", t.path, NO_HITS)
         if keep:
             with self._lock:
                 if len(self._results) > 256:
