@@ -380,6 +380,9 @@ class Resolver:
         if len(found) == 1:
             return ViewFileLoc(view, name, found[0].id, listed)
         if len(found) > 1:
+            own = self._own_file(view, found)
+            if own is not None:
+                return ViewFileLoc(view, name, own, listed)
             # Shared name: only the clash names STEM~ID.EXT name one of them.
             raise NotFound(f"{name}: {len(found)} files share this name here; use the listed names")
         split = split_clash_name(name)
@@ -393,6 +396,17 @@ class Resolver:
                     list_matches(view.hks, info.hks):
                 return ViewFileLoc(view, real, eid, listed)
         return ViewFileLoc(view, name, None, listed)
+
+
+    def _own_file(self, view: ViewLoc, found: Sequence) -> int | None:
+        """Among files sharing a name in a view, the one carrying the view's HKs themselves (not
+        only descendants), when there is exactly one: a tree exported from the view and copied
+        back (rsync, cp -a) names it by its plain name, so a second copy replaces it instead of
+        failing with ENOENT."""
+        if not view.hks or has_operators(view.hks):
+            return None
+        own = [f.id for f in found if all(h in self.store.entity(f.id).hks for h in view.hks)]
+        return own[0] if len(own) == 1 else None
 
 
 def check_new_name(name: str) -> None:
