@@ -51,3 +51,11 @@ def test_word_mode_vs_naive(kws: list, word: str, cut: int) -> None:
     word = word[: max(1, len(word) - cut)]
     expect = sorted("//" + "/".join(h) for h in _all(kws) if h[-1].startswith(word))
     assert complete(word, kws) == expect
+
+
+def test_operator_words_complete() -> None:
+    assert complete("//@", PAPER) == ["//@not", "//@only", "//@or", "//@untagged"]
+    assert complete("//@n", PAPER) == ["//@not"]
+    assert complete("//@not/@o", PAPER) == ["//@not/@only"]
+    assert complete("//@not/ani", PAPER) == ["//@not/animal"]
+    assert complete("//@or/@only/animal/d", PAPER) == ["//@or/@only/animal/dog"]
