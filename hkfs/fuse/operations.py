@@ -54,7 +54,7 @@ from ..core.errors import (
     NotFound,
     NotPermitted,
 )
-from ..core.naming import HK, format_hk_list, hk_matches, parse_hk_list
+from ..core.naming import format_hk_list, hk_matches, parse_hk_list
 from ..core.store import EntityInfo, EntityStat, Store
 from ..mount.cached_reads import CachedReads
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
