@@ -60,6 +60,8 @@ def test_or_not_only_untagged_views(mount: Mount) -> None:
         test "$(hk ls //photo//@not/animal)" = tree.jpg
         test "$(hk ls //@only/animal)" = cat.txt
         test "$(hk ls //@untagged)" = loose.txt
+        test "$(cat "$(hk path //@untagged,loose.txt)")" = 5
+        test "$(hk path //photo//@not/animal,tree.jpg)" = "$PWD/@/photo/@/@not/animal/tree.jpg"
         test "$(ls @ | grep -c @)" = 0                        # operators are not listed: find terminates
         not touch @/photo/@/@not/animal/new.txt 2>/dev/null   # read-only: EPERM
         not rm @/photo/@/@not/animal/tree.jpg 2>/dev/null
