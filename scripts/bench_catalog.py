@@ -142,6 +142,17 @@ def main() -> None:
         rows.append((label, format_hk_list(q), len(ids), t_ids, t_full, t_nc, t_scan, t_py))
 
     op_rows = operator_rows(store, ns, lvl, one, per_file, rnd, args.reps)
+    # hk mvkw / mergekw of a level-2 keyword (~5% of the files), last: they change the data
+    moved = lvl[2][1]
+    n_moved = len(store.resolve_ids(ns, [moved]))
+    parent_ids = store.resolve_ids(ns, [moved[:1]])
+    t0 = time.perf_counter()
+    store.move_keyword(ns, moved, ("moved",) + moved[-1:], parents=True)
+    t_move = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    store.move_keyword(ns, ("moved",) + moved[-1:], moved[:1], merge=True)
+    t_merge = time.perf_counter() - t0
+    assert store.resolve_ids(ns, [moved[:1]]) == parent_ids and not store.keyword_exists(ns, moved)
 
     store.close()
     tmp.cleanup()
@@ -195,12 +206,19 @@ def main() -> None:
         "| list | HKs | files | resolve_ids | listing | per 1k files | listing vs AND |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    move_lines = [
+        f"Moving keyword `{format_hk_list([moved])}` ({n_moved:,} files carry it or a descendant, "
+        f"{len([k for k in kws if k[:len(moved)] == moved]):,} keywords in its subtree) to a new place "
+        f"(`move_keyword`, hk mvkw): {t_move:.2f} s; merging it back into its parent "
+        f"(hk mergekw): {t_merge:.2f} s. Each is one transaction that rewrites the subtree's "
+        "paths and every affected file's tags string.",
+    ]
     base = op_rows[0][4] / max(op_rows[0][2], 1)
     for label, q, n, t_ids, t_list in op_rows:
         lines.append(f"| {label} | `{q}` | {n:,} | {t_ids * 1e3:.1f} ms | {t_list * 1e3:.1f} ms | "
                      f"{t_list * 1e3 / max(n, 1) * 1e3:.2f} ms | {t_list / op_rows[0][4]:.2f}x "
                      f"({t_list / max(n, 1) / base:.2f}x per file) |")
-    lines.append("")
+    lines += ["", "## Moving and merging keywords", ""] + move_lines + [""]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)
@@ -215,7 +233,7 @@ def operator_rows(store: Store, ns: int, lvl: dict[int, list[HK]], one: list[HK]
     (~0.7%), a level-2 HK's own files only (@only), and OR with NOT together."""
     l4 = [h for h in lvl[4] if h[:1] != one[0][:1]]
     ors = rnd.sample(l4, 5)
-    other = next(h for h in lvl[1] if h != one[0][:1])
+    other = next(h for h in lvl[1] if h not in (one[0][:1], ors[0][:1], ors[1][:1]))
     queries = [
         ("AND, 1 HK", list(one)),
         ("@or of 5 HKs", [ors[0]] + [("@or",) + h for h in ors[1:]]),
