@@ -14,6 +14,7 @@ ldconfig -p 2>/dev/null | grep -q 'libfuse3.so.3' || need_apt+=(libfuse3-3)
 command -v getfattr >/dev/null 2>&1 || need_apt+=(attr)
 command -v vim >/dev/null 2>&1 || need_apt+=(vim-tiny)
 command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)          # hk shell-init zsh is tested
+command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)      # tests only: exports from views (docs/mount.md)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt-get" >&2

@@ -63,3 +63,9 @@ def test_complete_word_keeps_the_part_before_the_last_hk() -> None:
     assert complete_word(",foot", kws) == [",//movie/footloose", ",//sports/football"]
     assert complete_word("foot", kws) == ["//movie/footloose", "//sports/football"]
     assert complete_word("//x", kws) == []
+def test_operator_words_complete() -> None:
+    assert complete("//@", PAPER) == ["//@not", "//@only", "//@or", "//@untagged"]
+    assert complete("//@n", PAPER) == ["//@not"]
+    assert complete("//@not/@o", PAPER) == ["//@not/@only"]
+    assert complete("//@not/ani", PAPER) == ["//@not/animal"]
+    assert complete("//@or/@only/animal/d", PAPER) == ["//@or/@only/animal/dog"]

@@ -73,6 +73,7 @@ def main() -> None:
 # Subcommand modules register themselves on `cli` (one import line each).
 from . import (  # noqa: E402
     embed,  # noqa: E402,F401  (hk embed / hk query)
+    keywords,  # noqa: E402,F401  (hk mvkw / mergekw)
     mount,  # noqa: E402,F401  (hk mount / umount / demo)
     paper,  # noqa: E402,F401  (the paper's commands: mkkw ... rme)
     tools,  # noqa: E402,F401  (hk path / kw / info / fsck / prompt / shell-init)

@@ -20,7 +20,7 @@ import click
 
 from ..core.completion import complete_word, split_word  # noqa: F401 (split_word: re-exported)
 from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
-from ..core.naming import HK, format_hk, format_hk_list
+from ..core.naming import HK, format_hk, format_hk_list, term_keyword
 from ..mount.views import clash_name
 from .context import FileRef, Here, friendly_errors, here, parse_spec_arg, store_options
 from .main import cli
@@ -69,7 +69,8 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
         return [f"{base}/{clash_name(name, m.id)}" for m in matches]
     if relative and not hl and h.dirid is not None:
         return [cwd + "/," + name]
-    children = h.store.keyword_children(h.ns, full[-1]) if full else []
+    kw = term_keyword(full[-1]) if full else ()      # a term with operators: its keyword's children
+    children = h.store.keyword_children(h.ns, kw) if kw else []
     return [base + ("/," if name in children else "/") + name]
 
 

@@ -47,14 +47,16 @@ from mfusepy import FuseOSError, Operations, overrides
 
 from ..core.completion import COMPLETE_ATTR, complete_word
 from ..core.errors import (
+    AlreadyExists,
     HKError,
     InvalidArgument,
     IsADirectory,
     NotADirectory,
+    NotEmpty,
     NotFound,
     NotPermitted,
 )
-from ..core.naming import HK, format_hk_list, hk_matches, parse_hk_list
+from ..core.naming import format_hk_list, hk_matches, parse_hk_list
 from ..core.store import EntityInfo, EntityStat, Store
 from ..mount.access import blocked_dirs, caller_groups
 from ..mount.cached_reads import CachedReads
@@ -72,8 +74,10 @@ from ..mount.views import (
     ViewLoc,
     attach_set,
     check_new_name,
+    check_writable_view,
     clash_name,
     detach_set,
+    view_children_of,
 )
 from ..query.embeddings import entry_kind
 from .daemon_notify import SYNC_ATTR
@@ -588,7 +592,8 @@ class HKOperations(Operations):
         if isinstance(loc, DirLoc):
             self.store.set_dir_attrs(loc.dirid, mode=mode & 0o7777)
         elif isinstance(loc, (KeySpaceLoc, ViewLoc)):
-            raise NotPermitted("views have no mode of their own")
+            if mode & 0o7777 != self._virtual_attrs(loc)["st_mode"] & 0o7777:
+                raise NotPermitted("views have no mode of their own")   # the same mode: tar x, cp -a
         else:
             eid = self._eid_of(loc)
             if self._removed_fd(eid, os.fchmod, mode & 0o7777):
@@ -606,7 +611,8 @@ class HKOperations(Operations):
         if isinstance(loc, DirLoc):
             self.store.set_dir_attrs(loc.dirid, uid=u, gid=g)
         elif isinstance(loc, (KeySpaceLoc, ViewLoc)):
-            raise NotPermitted("views have no owner of their own")
+            if u not in (None, self.uid) or g not in (None, self.gid):
+                raise NotPermitted("views have no owner of their own")  # the same owner: tar x, cp -a
         else:
             eid = self._eid_of(loc)
             if self._removed_fd(eid, os.fchown, -1 if u is None else u, -1 if g is None else g):
@@ -696,8 +702,8 @@ class HKOperations(Operations):
                                 else self._entity_attrs_of, e.id))
             return out
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
-            last: HK = loc.hks[-1] if isinstance(loc, ViewLoc) and loc.hks else ()
-            kids = self.reads.keyword_children(loc.ns, tuple(last))
+            last = view_children_of(loc.hks) if isinstance(loc, ViewLoc) else ()
+            kids = self.reads.keyword_children(loc.ns, tuple(last)) if last is not None else {}
             for k in kids:
                 kid = ViewLoc(loc.ns, loc.with_child(k), loc.anchor)
                 out.append((k, stat.S_IFDIR, self._virtual_ino(kid), self._virtual_attrs, kid))
@@ -807,6 +813,7 @@ class HKOperations(Operations):
         if isinstance(loc, ViewFileLoc):
             check_new_name(loc.name)
             _check_home(loc)
+            check_writable_view(loc.view.hks)
             return self.store.create(loc.view.ns, loc.name, hks=loc.view.hks, mode=perm, uid=uid, gid=gid)
         if isinstance(loc, NewKeyLoc):
             raise NotFound("a file in the keyword space needs a keyword: create it in a view")
@@ -1114,7 +1121,8 @@ class HKOperations(Operations):
             self._rename_dir(src, old, new)
             return 0
         if isinstance(src, (KeySpaceLoc, ViewLoc)):
-            raise NotPermitted("keywords are renamed with hk commands, not mv")
+            self._rename_keyword(src, new)
+            return 0
         eid = self._eid_of(src)
         dst = self.loc(new)
         if isinstance(dst, (DirLoc, KeySpaceLoc, ViewLoc)):
@@ -1201,6 +1209,32 @@ class HKOperations(Operations):
             raise FuseOSError(errno.EXDEV)     # a directory cannot go into a view
         check_new_name(dname)
         self.store.rename(sparent.dirid, sname, dparent.dirid, dname)
+
+    def _rename_keyword(self, src: KeySpaceLoc | ViewLoc, new: str) -> None:
+        """`mv @/old @/new/place`: Store.move_keyword (hk mvkw). Onto an existing keyword as
+        rename(2) onto a directory: an empty one (no file, no child) is replaced, else ENOTEMPTY."""
+        if not (isinstance(src, ViewLoc) and src.keyword):
+            raise NotPermitted("'@' and ',' are path syntax: only a keyword directory moves")
+        dst = self.loc(new)
+        if isinstance(dst, NewKeyLoc):
+            parent: KeySpaceLoc | ViewLoc = dst.parent
+            target = parent.child_hk(dst.name)
+        elif isinstance(dst, ViewFileLoc) and dst.eid is None:
+            parent, target = dst.view, dst.view.child_hk(dst.name)
+        elif isinstance(dst, ViewLoc) and dst.keyword:
+            parent, target = dst, dst.hks[-1]
+        elif isinstance(dst, (DirLoc, LinkLoc)):
+            # not EXDEV: mv would copy the tree and then rm in the view, detaching every file
+            raise NotPermitted("a keyword cannot become an ordinary directory")
+        else:
+            raise NotADirectory("a file has that name")
+        if parent.ns != src.ns:
+            raise NotPermitted("a keyword stays in its namespace")
+        check_new_name(target[-1])
+        try:
+            self.store.move_keyword(src.ns, src.hks[-1], target, replace_empty=True)
+        except AlreadyExists as exc:
+            raise NotEmpty(str(exc)) from exc
 
     def _retag(self, eid: int, src: ViewLoc, dst: ViewLoc) -> None:
         """mv between views: drop what only the source view matched, add what the destination needs."""
