@@ -21,6 +21,9 @@ from .main import cli
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..query.service import QueryService, Scope
+    from .context import Here
+
 # numpy and the embedding modules are imported inside the commands: every `hk` command
 # (the shell's prompt and Tab completion included) imports this module.
 EMBEDDING_ATTR = "user.hk.embedding"     # = hkfs.query.embeddings.EMBEDDING_ATTR
@@ -107,8 +110,15 @@ def embed_cmd(file: str, vector: str | None, from_: Path | None, row: int | None
         h.store.set_xattr("file", eid, EMBEDDING_ATTR, _text(v))
 
 
-def _view_prefix(hks: tuple[HK, ...]) -> str:
-    return "".join("@/" + "/".join(hk) + "/" for hk in hks)
+def _scope_here(svc: QueryService, h: Here) -> Scope:
+    """The scope of the cwd: its directory, or its view (what `.query` files there see)."""
+    rel = h.rel.strip("/")
+    prefix = rel + "/" if rel else ""
+    if h.dirid is not None:
+        return svc.dir_scope(h.dirid, prefix)
+    if h.view is not None and not h.keyspace:
+        return svc.view_scope(h.ns, tuple(h.view), prefix)
+    raise NotFound(f"{h.rel}: a query needs a directory or a view")
 
 
 @cli.command("query")
@@ -129,14 +139,13 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
 
     Example: hk query //photo --like dog.npy -k 5
     """
-    from ..mount.queryfs import QueryFS
-    from ..query.embeddings import EmbeddingCatalog
     from ..query.queryfiles import Query, format_results, parse_vector
+    from ..query.service import QueryService, view_prefix
 
     if (vector is None) == (like is None):
         raise click.UsageError("give one of --vector or --like")
     with here(store, user) as h:
-        qfs = QueryFS(h.store, h.resolver(), EmbeddingCatalog(h.store, writable=False))
+        svc = QueryService(h.store, writable=False)
         try:
             if spec:
                 hks = parse_hk_arg(spec, h.ckl)
@@ -144,21 +153,20 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
                     if not h.store.keyword_exists(h.ns, hk):
                         raise NotFound(f"no keyword //{'/'.join(hk)}")
                 base = h.rel.strip("/") + "/" if h.dirid is not None and h.rel.strip("/") else ""
-                sc = qfs.view_scope(h.ns, hks, base + _view_prefix(hks))
+                sc = svc.view_scope(h.ns, hks, base + view_prefix(hks))
             else:
-                sc = qfs.scope(h.rel)
+                sc = _scope_here(svc, h)
             exclude = None
             if like is not None:
                 ref = h.files(like, many=False)[0]
-                qfs.catalog.refresh(ref.info.ns)
-                v, _n = qfs.catalog.source(ref.info.ns, ref.info.id)
+                v = svc.like(ref.info.ns, ref.info.id)
                 if v is None:
                     raise InvalidArgument(f"{like} has no embedding (not an entry, no {EMBEDDING_ATTR})")
                 exclude = ref.info.id
             else:
                 assert vector is not None
                 v = parse_vector(vector, "--vector")
-            hits = qfs.run(sc, Query(v, k, nprobe), exclude)
+            hits = svc.run(sc, Query(v, k, nprobe), exclude)
         finally:
-            qfs.stop()
+            svc.stop()
         click.echo(format_results(hits).decode("utf-8", "surrogateescape"), nl=False)

@@ -20,7 +20,7 @@ from .errors import StoreVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -48,6 +48,17 @@ def _counters(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS[3] = ("counters: entity ids never reused", _counters)
+
+
+def _generations(conn: sqlite3.Connection) -> None:
+    """v4: the files_gen / vectors_gen counters and their triggers (the statements of
+    schema.sql that make them: one copy)."""
+    for stmt in split_statements(schema_sql()):
+        if stmt.startswith("CREATE TRIGGER") or "('files_gen', 0)" in stmt:
+            conn.execute(stmt)
+
+
+MIGRATIONS[4] = ("generations: files_gen and vectors_gen counters kept by triggers", _generations)
 
 
 def schema_sql() -> str:

@@ -28,24 +28,17 @@ import os
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from ..core.errors import InvalidArgument, NotFound, PermissionDenied
-from ..core.naming import HK
-from ..query.embeddings import (
-    DIM_ATTR,
-    EMBEDDING_ATTR,
-    EmbeddingCatalog,
-    parse_dim,
-    parse_embedding,
-)
-from ..query.queryfiles import DEFAULT_K, Hit, Query, format_results, is_text, parse_query
-from .views import AT, COMMA, DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc, clash_name
+from ..query.embeddings import DIM_ATTR, EMBEDDING_ATTR, parse_dim, parse_embedding
+from ..query.queryfiles import DEFAULT_K, Query, format_results, is_text, parse_query
+from ..query.service import QueryService, Scope
+from .views import AT, COMMA, DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
 
-__all__ = ["QueryFS", "Scope", "SUFFIX", "is_query_name"]
+__all__ = ["QueryFS", "SUFFIX", "is_query_name"]
 
 log = logging.getLogger(__name__)
 
@@ -59,42 +52,25 @@ def is_query_name(name: str) -> bool:
 
 
 @dataclass
-class Scope:
-    """The embeddings a query sees: a directory or a view, with the path prefix of its hits."""
-
-    ns: int
-    key: tuple
-    prefix: str                              # '' or 'a/b/' or '@/photo/' or 'd/,/'
-    view: tuple[HK, ...] | None = None       # a view's HK list (None: an ordinary directory)
-    dirid: int | None = None
-    dkl: tuple[HK, ...] = ()
-    ids: np.ndarray | None = None
-    names: dict[int, str] = field(default_factory=dict)
-    counts: dict[str, int] | None = None     # name -> files of that name in the view / DKL list
-    kids: set[str] = field(default_factory=set)
-
-
-@dataclass
 class _Target:
     path: str
     scope: Scope
     eid: int | None          # stored query: its entity; virtual: the file it is about
     stored: bool
+    vec: Any = None          # virtual: the file's vector (targets are kept per vectors_gen)
 
 
 class QueryFS:
     """Answers the `.query` paths of a mount; everything else is left to the caller (None)."""
 
-    def __init__(self, store: Any, resolver: Resolver, catalog: EmbeddingCatalog | None = None) -> None:
+    def __init__(self, store: Any, resolver: Resolver, service: QueryService | None = None) -> None:
         self.store = store
         self.resolver = resolver
-        self.catalog = catalog or EmbeddingCatalog(store)
-        # the resolver's store may memoise reads per catalog version (the mount's CachedReads)
-        self._reads = resolver.store if hasattr(getattr(resolver, "store", None), "entity") else store
+        self.service = service if service is not None else QueryService(store)
+        self.catalog = self.service.catalog
         self._handles: dict[int, tuple[int, int]] = {}     # fh -> (memfd holding the result, its size)
         self._next = HANDLE_BASE
         self._lock = threading.Lock()
-        self._scopes: dict[tuple, Scope] = {}
         self._results: dict[tuple, bytes] = {}
         self._targets: dict[tuple, _Target | None] = {}
         self._handle_target: dict[int, _Target] = {}
@@ -103,108 +79,34 @@ class QueryFS:
 
     def start(self) -> None:
         """Start background index retraining (call from FUSE init(), after daemonizing)."""
-        self.catalog.watch(self.resolver.ns)
-        self.catalog.start()
+        self.service.start(self.resolver.ns)
 
     def stop(self) -> None:
-        self.catalog.stop()
+        self.service.stop()
 
     # ------------------------------------------------------------ scopes
 
-    def scope(self, parent: str, comma: bool = False, version: int | None = None) -> Scope:
+    def scope(self, parent: str, comma: bool = False) -> Scope:
         """The scope of a query placed in directory/view `parent` (a mount path); `comma`: written
         as ',NAME.query' right under an ordinary directory (the CKL's view)."""
-        version = self.catalog.data_version() if version is None else version
-        ck = (parent, comma, version)
-        sc = self._scopes.get(ck)
-        if sc is not None:
-            return sc
         loc = self.resolver.resolve(parent)
         rel = parent.strip("/")
         pre = rel + "/" if rel else ""
         if isinstance(loc, DirLoc):
-            d = self.store.dir(loc.dirid)
-            if comma:
-                sc = Scope(d.ns, ("view", d.ns, d.dkl), pre + COMMA + "/", view=tuple(d.dkl))
-            else:
-                sc = Scope(d.ns, ("dir", loc.dirid), pre, dirid=loc.dirid, dkl=tuple(d.dkl))
-        elif isinstance(loc, ViewLoc):
-            sc = Scope(loc.ns, ("view", loc.ns, loc.hks), pre, view=tuple(loc.hks))
-        else:
-            raise NotFound(f"{parent}: a query needs a directory or a view")
-        self._fill(sc)
-        if len(self._scopes) > 512:
-            self._scopes.clear()
-        self._scopes[ck] = sc
-        return sc
+            return self.service.dir_scope(loc.dirid, pre, comma=comma)
+        if isinstance(loc, ViewLoc):
+            return self.service.view_scope(loc.ns, tuple(loc.hks), pre)
+        raise NotFound(f"{parent}: a query needs a directory or a view")
 
-    def view_scope(self, ns: int, hks: tuple[HK, ...], prefix: str) -> Scope:
-        """The scope of a view given as an HK list (the CLI's SPEC)."""
-        sc = Scope(ns, ("view", ns, hks), prefix, view=hks)
-        self._fill(sc)
-        return sc
-
-    def _fill(self, sc: Scope) -> None:
-        if sc.view is not None:
-            sc.ids = np.asarray(self.store.resolve_ids(sc.ns, sc.view), np.int64)
-            return
-        assert sc.dirid is not None
-        names: dict[int, str] = {}
-        for e in self.store.listdir(sc.dirid):
-            if e.kind == "file":
-                names.setdefault(e.id, e.name)
-        ids = set(names)
-        if sc.dkl:
-            ids.update(self.store.resolve_ids(sc.ns, sc.dkl))
-        sc.names = names
-        sc.ids = np.unique(np.fromiter(ids, np.int64, len(ids)))
-
-    def hit_path(self, sc: Scope, eid: int) -> str:
-        """The hit's path from the mount root, as listed in the scope's directory or view."""
-        name = sc.names.get(eid)
-        if name is not None:
-            return sc.prefix + name
-        info = self.store.entity(eid)
-        hks = sc.view if sc.view is not None else sc.dkl
-        if sc.counts is None:            # per scope (and catalog version): child keywords, shared names
-            sc.counts = {}
-            sc.kids = set(self.store.keyword_children(sc.ns, hks[-1] if hks else ()))
-        n = sc.counts.get(info.name)
-        if n is None:
-            n = sc.counts[info.name] = len(self.store.resolve_ids(sc.ns, hks, info.name))
-        listed = info.name
-        if n > 1:
-            listed = clash_name(info.name, eid)
-        elif info.name in sc.kids:
-            listed = COMMA + info.name
-        if sc.view is None:              # a DKL match without a link in the directory
-            listed = COMMA + "/" + listed
-        sc.names[eid] = listed
-        return sc.prefix + listed
-
-    # ------------------------------------------------------------ evaluation
-
-    def run(self, sc: Scope, query: Query, exclude: int | None = None, version: int | None = None) -> list[Hit]:
-        """Top-k hits of `query` within scope `sc` (the namespace refreshed first)."""
-        self.catalog.refresh(sc.ns, version)
-        self.check_dim(sc.ns, len(query.vector))
-        hits = self.catalog.search(sc.ns, query.vector, query.k, nprobe=query.nprobe, scope=sc.ids,
-                                   scope_token=(sc.key, version) if version is not None else None,
-                                   exclude=exclude)
-        return [Hit(h.score, self.hit_path(sc, h.eid), h.row) for h in hits]
-
-    def check_dim(self, ns: int, d: int) -> None:
-        dims = self.catalog.dims(ns)
-        if dims and d not in dims:
-            have = ", ".join(str(x) for x in sorted(dims))
-            raise InvalidArgument(f"the query vector has dimension {d}; the embeddings here have "
-                                  f"dimension {have}")
+    def _gens(self) -> tuple[int, int]:
+        g = self.service.changes.generations()
+        return g.files, g.vectors
 
     def _target(self, path: str) -> _Target | None:
         """What a `.query` path is (memoised while nothing is committed: getattr, then open)."""
         if not path.endswith(SUFFIX):
             return None                     # every other path of the mount: no catalog look at all
-        ck = (path, self.catalog.data_version())
+        ck = (path, *self._gens())
         try:
             return self._targets[ck]
         except KeyError:
@@ -241,11 +143,10 @@ class QueryFS:
         if eid is None:
             return None
         sc = self.scope(parent, comma_dir)
-        self.catalog.refresh(sc.ns)
-        vec, _n = self.catalog.source(sc.ns, eid)
+        vec = self.service.like(sc.ns, eid)
         if vec is None:
             return None
-        return _Target(path, sc, eid, False)
+        return _Target(path, sc, eid, False, vec)
 
     def _is_dir(self, parent: str) -> bool:
         try:
@@ -258,8 +159,9 @@ class QueryFS:
 
         getattr keeps its result (`keep`) for the open that normally follows, which takes
         it; so each open evaluates afresh, at most once."""
-        version = self.catalog.data_version()
-        ck = (t.path, version)
+        # a stored query's body is bytes (no generation counts them): any commit; a virtual one's
+        # result depends on names, scopes and vectors only
+        ck = (t.path, self.service.changes.version()) if t.stored else (t.path, *self._gens())
         with self._lock:
             hit = self._results.get(ck) if keep else self._results.pop(ck, None)
         if hit is not None:
@@ -271,11 +173,9 @@ class QueryFS:
             exclude = None
         else:
             assert t.eid is not None
-            vec, _n = self.catalog.source(t.scope.ns, t.eid)
-            if vec is None:
-                raise NotFound("the file has no embedding any more")
-            query, exclude = Query(vec, DEFAULT_K), t.eid
-        out = format_results(self.run(t.scope, query, exclude, version))
+            query, exclude = Query(t.vec, DEFAULT_K), t.eid
+        # t.scope is current: targets are kept per files_gen, as scopes are
+        out = format_results(self.service.run(t.scope, query, exclude))
         log.debug("evaluated %s (%d bytes)", t.path, len(out))
         if keep:
             with self._lock:
@@ -318,7 +218,7 @@ class QueryFS:
 
     def _attrs(self, path: str, size: int, t: _Target | None) -> dict[str, Any]:
         if t is not None and t.stored and t.eid is not None:
-            info = self._reads.entity(t.eid)
+            info = self.service.reads.entity(t.eid)
             return {"st_mode": stat.S_IFREG | (info.mode & 0o7777), "st_ino": (t.eid << 2) | 1,
                     "st_nlink": max(1, info.nlinks), "st_uid": info.uid, "st_gid": info.gid,
                     "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 4096,
@@ -403,8 +303,7 @@ class QueryFS:
         query = parse_query(self._body(eid), name)
         assert query is not None
         info = self.store.entity(eid)
-        self.catalog.refresh(info.ns)
-        self.check_dim(info.ns, len(query.vector))
+        self.service.check_dim(info.ns, len(query.vector))
 
     def set_file_attr(self, eid: int, name: str, value: bytes) -> bool:
         """Validate and store `user.hk.embedding` / `user.hk.dim`; False for other attributes."""
