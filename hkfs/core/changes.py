@@ -16,6 +16,13 @@ a connection of its own:
 - `subscribe(fn)`: fn(version) is called from the watcher thread (started by
   `start()`) within `poll` seconds of any commit; for work that must happen even
   when nobody asks (dropping the kernel's caches after another process's change).
+
+The other direction, telling others at once: *commit hooks*. A Store that does not
+hold the store lock (the hk CLI, a script) calls every registered hook with the
+store's root after each commit. The core knows no mount: `hkfs/__init__.py`
+registers the daemon poke (hkfs.fuse.daemon_notify), so any process that imports
+hkfs pokes a mounted daemon and its next command sees the change at once; the
+feed's watcher in the daemon is the fallback for writers that do not poke.
 """
 
 from __future__ import annotations
@@ -25,13 +32,35 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["ChangeFeed", "Generations", "POLL_SECONDS"]
+__all__ = ["ChangeFeed", "Generations", "POLL_SECONDS", "add_commit_hook", "remove_commit_hook",
+           "run_commit_hooks"]
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05
+
+
+_COMMIT_HOOKS: list[Callable[[Path], None]] = []
+
+
+def add_commit_hook(fn: Callable[[Path], None]) -> None:
+    """Call fn(store root) after each commit of a Store that does not hold the store lock."""
+    if fn not in _COMMIT_HOOKS:
+        _COMMIT_HOOKS.append(fn)
+
+
+def remove_commit_hook(fn: Callable[[Path], None]) -> None:
+    if fn in _COMMIT_HOOKS:
+        _COMMIT_HOOKS.remove(fn)
+
+
+def run_commit_hooks(root: Path) -> None:
+    """Run the commit hooks (Store does, after each commit while it does not hold the lock)."""
+    for fn in tuple(_COMMIT_HOOKS):
+        fn(root)
 
 
 class Generations(NamedTuple):
