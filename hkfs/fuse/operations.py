@@ -44,6 +44,7 @@ from typing import Any
 import mfusepy
 from mfusepy import FuseOSError, Operations, overrides
 
+from ..core.changes import ChangeFeed
 from ..core.errors import (
     HKError,
     InvalidArgument,
@@ -73,6 +74,7 @@ from ..mount.views import (
     detach_set,
 )
 from ..query.embeddings import entry_kind
+from ..query.service import QueryService
 from .daemon_notify import SYNC_ATTR
 from .glue import (
     BUF_API,
@@ -210,16 +212,18 @@ class HKOperations(Operations):
     def __init__(self, store: Store, *, user: int | str | None = None,
                  on_ready: Callable[[], None] | None = None, keep_timeouts: bool = False) -> None:
         self.store = store
-        self.kernel = KernelCache(store.catalog.path)
+        self.changes = ChangeFeed(store.catalog.path)    # the one data_version watcher
+        self.kernel = KernelCache(self.changes)
         store.on_locked_commit = self.kernel.own_commit
         self.kernel.open_paths = self._open_paths
         self.keep_timeouts = keep_timeouts     # the user chose entry_timeout/attr_timeout
         self.ns = store.namespace_id(os.getuid() if user is None else user)
         self.root = store.root_dir(self.ns)
-        self.reads = CachedReads(store)
+        self.reads = CachedReads(store, self.changes)
         self._entities = os.fspath(store.entities_dir)
         self.resolver = Resolver(self.reads, self.ns)
-        self.queries = QueryFS(store, self.resolver)    # the .query layer (hkfs/mount/queryfs.py)
+        self.queries = QueryFS(store, self.resolver,     # the .query layer (hkfs/mount/queryfs.py)
+                               QueryService(store, reads=self.reads, changes=self.changes))
         self.on_ready = on_ready
         self.uid, self.gid = os.getuid(), os.getgid()
         self.start_ns = time.time_ns()
