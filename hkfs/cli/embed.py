@@ -59,8 +59,9 @@ def _vector_from(path: Path, row: int | None) -> np.ndarray:
 
 
 def _text(v: np.ndarray) -> bytes:
-    """Text numbers with 9 significant digits: float32 round-trips exactly and stays readable."""
-    return (" ".join(f"{float(x):.9g}" for x in v) + "\n").encode()
+    from ..query.queryfiles import format_vector
+
+    return format_vector(v).encode()
 
 
 @cli.command("embed")
@@ -110,6 +111,21 @@ def embed_cmd(file: str, vector: str | None, from_: Path | None, row: int | None
         h.store.set_xattr("file", eid, EMBEDDING_ATTR, _text(v))
 
 
+def _show_body(name: str, store: Path | None, user: str | None) -> None:
+    """Print a stored query's body (= getfattr -n user.hk.query NAME.query through the mount)."""
+    from ..mount.queryfs import is_query_name
+
+    with here(store, user) as h:
+        ref = h.files(name, many=False)[0]
+        if not is_query_name(ref.info.name.lstrip(",")):
+            raise InvalidArgument(f"{name} is not a stored query (NAME.query)")
+        try:
+            body = h.store.entity_path(ref.info.id).read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"{name}: {exc.strerror}") from None
+    click.echo(body.decode("utf-8", "surrogateescape"), nl=False)
+
+
 def _scope_here(svc: QueryService, h: Here) -> Scope:
     """The scope of the cwd: its directory, or its view (what `.query` files there see)."""
     rel = h.rel.strip("/")
@@ -128,10 +144,12 @@ def _scope_here(svc: QueryService, h: Here) -> Scope:
 @click.option("-k", "k", type=click.IntRange(1, MAX_K), default=DEFAULT_K, show_default=True,
               help="How many hits.")
 @click.option("--nprobe", type=click.IntRange(1), default=None, help="Inverted lists probed (default: the index's).")
+@click.option("--show", "show", metavar="NAME.query",
+              help="Print the body of a stored query (what it asks, not its results).")
 @store_options
 @friendly_errors
 def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, nprobe: int | None,
-              store: Path | None, user: str | None) -> None:
+              show: str | None, store: Path | None, user: str | None) -> None:
     """Nearest neighbours among the embeddings of a view or directory (default: the current one).
 
     SPEC is an HK list ('//photo//animal/dog', ',' for the CKL). Prints what a
@@ -142,8 +160,13 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
     from ..query.queryfiles import Query, format_results, parse_vector
     from ..query.service import QueryService, view_prefix
 
+    if show is not None:
+        if spec or vector is not None or like is not None:
+            raise click.UsageError("--show takes no SPEC, --vector or --like")
+        _show_body(show, store, user)
+        return
     if (vector is None) == (like is None):
-        raise click.UsageError("give one of --vector or --like")
+        raise click.UsageError("give one of --vector or --like (or --show NAME.query)")
     with here(store, user) as h:
         svc = QueryService(h.store, writable=False)
         try:

@@ -28,27 +28,43 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 
 from ..core.errors import InvalidArgument, NotFound, PermissionDenied
 from ..query.embeddings import DIM_ATTR, EMBEDDING_ATTR, parse_dim, parse_embedding
-from ..query.queryfiles import DEFAULT_K, Query, format_results, is_text, parse_query
+from ..query.queryfiles import DEFAULT_K, Query, format_body, format_results, is_text, parse_query
 from ..query.service import QueryService, Scope
 from .views import AT, COMMA, DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
 
-__all__ = ["QueryFS", "SUFFIX", "is_query_name"]
+__all__ = ["QueryFS", "SUFFIX", "QUERY_ATTR", "is_query_name"]
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".query"
+QUERY_ATTR = "user.hk.query"     # a stored query's body, to read and set without evaluating it
 HANDLE_BASE = 1 << 40
 MAX_BODY = 1 << 24
+REMEMBER_RESULTS = 64            # results read, kept to recognise them written back (cp, editors)
+REMEMBER_MAX_BYTES = 1 << 20
 
 
 def is_query_name(name: str) -> bool:
     return name.endswith(SUFFIX) and len(name) > len(SUFFIX)
+
+
+@dataclass
+class _Staged:
+    """A write handle on a stored query's body: the new bytes, kept apart until valid."""
+
+    fd: int              # memfd
+    eid: int
+    path: str
+    dirty: bool = False
+    refused: str | None = None   # a write was refused: this handle never replaces the body
 
 
 @dataclass
@@ -75,6 +91,11 @@ class QueryFS:
         self._targets: dict[tuple, _Target | None] = {}
         self._handle_target: dict[int, _Target] = {}
         self._by_path: dict[str, int] = {}        # path -> its latest open handle (getattr without fh)
+        self._staged: dict[int, _Staged] = {}     # fh -> a stored query's body being written
+        # result bytes read from this mount -> the body that made them (`cp a.query b.query`)
+        self._read_results: OrderedDict[bytes, bytes] = OrderedDict()
+        # set by the mount: a stored query's body changed through `path` (kernel caches)
+        self.changed: Callable[[int, str], None] | None = None
         self.start_ns = time.time_ns()
 
     def start(self) -> None:
@@ -168,15 +189,23 @@ class QueryFS:
             return hit
         if t.stored:
             assert t.eid is not None
-            query = parse_query(self._body(t.eid), f"{t.path.rsplit('/', 1)[-1]}")
+            body = self._body(t.eid)
+            query = parse_query(body, f"{t.path.rsplit('/', 1)[-1]}")
             assert query is not None
             exclude = None
         else:
             assert t.eid is not None
             query, exclude = Query(t.vec, DEFAULT_K), t.eid
+            body = format_body(query)
         # t.scope is current: targets are kept per files_gen, as scopes are
         out = format_results(self.service.run(t.scope, query, exclude))
         log.debug("evaluated %s (%d bytes)", t.path, len(out))
+        if len(out) <= REMEMBER_MAX_BYTES:
+            with self._lock:
+                self._read_results[out] = body
+                self._read_results.move_to_end(out)
+                while len(self._read_results) > REMEMBER_RESULTS:
+                    self._read_results.popitem(last=False)
         if keep:
             with self._lock:
                 if len(self._results) > 256:
@@ -195,10 +224,13 @@ class QueryFS:
     # ------------------------------------------------------------ the FUSE-facing calls
 
     def owns(self, fh: int | None) -> bool:
-        return fh is not None and fh >= HANDLE_BASE and fh in self._handles
+        return fh is not None and fh >= HANDLE_BASE and (fh in self._handles or fh in self._staged)
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any] | None:
         """Attributes of a `.query` path (size = the result's), or None when it is not one."""
+        if fh is not None and fh in self._staged:
+            st = self._staged[fh]
+            return self._attrs(path, os.fstat(st.fd).st_size, _Target(path, None, st.eid, True))  # type: ignore[arg-type]
         if fh is None:
             fh = self._by_path.get(path)      # the kernel re-checks attributes of an open file
         if fh is not None and fh >= HANDLE_BASE:
@@ -208,8 +240,6 @@ class QueryFS:
         t = self._target(path)
         if t is None:
             return None
-        if fh is not None and t.stored:
-            return None              # a handle of the caller's (writing the body): its real size
         try:
             size = len(self.evaluate(t, keep=True))
         except InvalidArgument:
@@ -232,15 +262,22 @@ class QueryFS:
                 "st_atime": now, "st_mtime": now, "st_ctime": self.start_ns}
 
     def open(self, path: str, flags: int) -> int | None:
-        """A handle holding the evaluated result, or None (a write open of a stored query, or no query)."""
+        """A handle for a `.query` path, or None (no query here: the caller's own file).
+
+        Read-only: the evaluated result. A write open of a stored query: a staging
+        handle (its body, or nothing with O_TRUNC); the body changes only when a
+        complete, valid body is closed (see flush), so a refused write keeps the old one."""
         t = self._target(path)
         if t is None:
             return None
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             if t.stored:
-                return None
+                assert t.eid is not None
+                return self.stage(path, t.eid, truncate=bool(flags & os.O_TRUNC))
             raise PermissionDenied(f"{path}: a virtual .query file is read-only")
-        data = self.evaluate(t)
+        return self._memfd_handle(t, self.evaluate(t))
+
+    def _memfd_handle(self, t: _Target, data: bytes) -> int:
         # The result lives in an anonymous memory file, so the mount can hand libfuse a
         # descriptor (read_buf) exactly as for an entity's bytes.
         fd = os.memfd_create("hkfs-query", os.MFD_CLOEXEC)
@@ -254,59 +291,159 @@ class QueryFS:
             self._next += 1
             self._handles[fh] = (fd, len(data))
             self._handle_target[fh] = t
-            self._by_path[path] = fh
+            self._by_path[t.path] = fh
+        return fh
+
+    def stage(self, path: str, eid: int, *, truncate: bool = False) -> int:
+        """A write handle on stored query `eid`'s body: writes go to a staging copy, which
+        replaces the body when it is closed valid (flush)."""
+        fd = os.memfd_create("hkfs-query-body", os.MFD_CLOEXEC)
+        try:
+            if not truncate:
+                os.write(fd, self._body(eid))
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._lock:
+            fh = self._next
+            self._next += 1
+            self._staged[fh] = _Staged(fd, eid, path, dirty=truncate)
         return fh
 
     def fd(self, fh: int) -> int:
-        """The descriptor holding handle fh's result (for read_buf)."""
-        return self._handles[fh][0]
+        """The descriptor holding handle fh's bytes (for read_buf)."""
+        st = self._staged.get(fh)
+        return st.fd if st is not None else self._handles[fh][0]
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
-        return os.pread(self._handles[fh][0], size, offset)
+        return os.pread(self.fd(fh), size, offset)
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        """Write into a staging handle; EINVAL (nothing written) when the body would end
+        in a complete line that no body and no result read from this mount starts with."""
+        st = self._staged[fh]
+        if offset + len(data) > MAX_BODY:
+            raise InvalidArgument(f"a query body is at most {MAX_BODY} bytes")
+        if data.endswith(b"\n"):
+            body = os.pread(st.fd, offset, 0) + bytes(data)
+            if not self._known_result(body, prefix=True) and is_text(body) is not None:
+                try:
+                    parse_query(body, st.path.rpartition("/")[2], partial=True)
+                except InvalidArgument as exc:
+                    st.refused = str(exc)   # what was written before it is not a body either
+                    raise
+        n = os.pwrite(st.fd, data, offset)
+        st.dirty = True
+        return n
+
+    def truncate(self, fh: int, length: int) -> int:
+        st = self._staged[fh]
+        os.ftruncate(st.fd, length)
+        st.dirty = True
+        return 0
+
+    def check_truncate(self, path: str, eid: int, length: int) -> None:
+        """A truncate by path (no handle) of a stored query: refused unless the shorter body
+        is valid (then the caller truncates)."""
+        if not self.wants_bytes(path):
+            return
+        self._checked_body(self._body(eid)[:length], path, eid)
+
+    def flush(self, fh: int) -> int:
+        """Close of a staging handle: a changed body replaces the old one if it is valid,
+        else InvalidArgument (close() fails with EINVAL) and the old body stays."""
+        st = self._staged.get(fh)
+        if st is None or not st.dirty:
+            return 0
+        if st.refused is not None:
+            raise InvalidArgument(f"{st.refused}; the previous body is kept")
+        size = os.fstat(st.fd).st_size
+        if size > MAX_BODY:
+            raise InvalidArgument(f"a query body is at most {MAX_BODY} bytes")
+        content = os.pread(st.fd, size, 0)
+        body = self._checked_body(content, st.path, st.eid)
+        self._replace_body(st.eid, body)
+        st.dirty = False
+        if self.changed is not None:
+            self.changed(st.eid, st.path)
+        return 0
 
     def release(self, fh: int) -> int:
         with self._lock:
             got = self._handles.pop(fh, None)
+            st = self._staged.pop(fh, None)
             t = self._handle_target.pop(fh, None)
             if t is not None and self._by_path.get(t.path) == fh:
                 del self._by_path[t.path]
         if got is not None:
             os.close(got[0])
+        if st is not None:
+            os.close(st.fd)
         return 0
 
+    def _known_result(self, content: bytes, *, prefix: bool = False) -> bytes | None:
+        """The body of the query whose result, as read from this mount, `content` is (or,
+        with prefix, begins)."""
+        with self._lock:
+            for result, body in reversed(self._read_results.items()):
+                if result == content or (prefix and result.startswith(content)):
+                    return body
+        return None
+
+    def _checked_body(self, content: bytes, path: str, eid: int) -> bytes:
+        """What a write of `content` to stored query eid stores: itself when it is a valid
+        body; the body of the query it is the result of (`cp a.query b.query`, an editor
+        saving unchanged results); else InvalidArgument."""
+        body = self._known_result(content)
+        if body is not None:
+            return body
+        name = path.rstrip("/").rpartition("/")[2]
+        query = parse_query(content, name)
+        assert query is not None
+        self.service.check_dim(self.store.entity(eid).ns, len(query.vector))
+        return content
+
+    def _replace_body(self, eid: int, body: bytes) -> None:
+        """Replace the body's bytes atomically (a new file renamed over the old), then record it."""
+        dst = self.store.entity_path(eid)
+        tmp = dst.with_name(f"{dst.name}.query-tmp")
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        self.store.record_bytes(eid)
+
+    def set_body(self, path: str, eid: int, content: bytes) -> None:
+        """Replace a stored query's body (setfattr user.hk.query): InvalidArgument, and
+        nothing changed, unless valid."""
+        self._replace_body(eid, self._checked_body(content, path, eid))
+        if self.changed is not None:
+            self.changed(eid, path)
+
     def wants_bytes(self, path: str) -> bool:
-        """True for writes the mount must pass to check_write as bytes (NAME.query bodies)."""
+        """True for the names of stored queries (`NAME.query`, `,NAME.query`)."""
         return is_query_name(path.rstrip("/").rpartition("/")[2].lstrip(COMMA))
 
-    def check_write(self, path: str, eid: int, data: bytes, offset: int) -> None:
-        """Refuse (EINVAL) a write that leaves a `NAME.query` body certainly malformed.
+    def get_file_attr(self, eid: int, name: str) -> bytes | None:
+        """`user.hk.query`: a stored query's body (None: not this layer's attribute)."""
+        if name != QUERY_ATTR:
+            return None
+        self._need_query(eid)
+        return self._body(eid)
 
-        Only text ending in a newline is judged here (a body may arrive in several writes,
-        and a write can end mid-number); the dimension is checked when the file is closed
-        (flush), see docs/query.md for what tools report then."""
-        name = path.rstrip("/").rpartition("/")[2].lstrip(COMMA)
-        if not is_query_name(name) or not data.endswith(b"\n") or offset + len(data) > MAX_BODY:
-            return
-        head = b""
-        if offset:
-            with open(self.store.entity_path(eid), "rb") as f:     # the caller's fd may be write-only
-                head = f.read(offset)
-        body = head + bytes(data)
-        if is_text(body) is not None:
-            parse_query(body, name, partial=True)
-
-    def validate_stored(self, path: str, eid: int) -> None:
-        """Check a written `NAME.query` body: InvalidArgument (EINVAL) says what is wrong."""
-        name = path.rstrip("/").rpartition("/")[2]
+    def _need_query(self, eid: int) -> str:
+        name = self.store.entity(eid).name
         if not is_query_name(name.lstrip(COMMA)):
-            return
-        query = parse_query(self._body(eid), name)
-        assert query is not None
-        info = self.store.entity(eid)
-        self.service.check_dim(info.ns, len(query.vector))
+            raise InvalidArgument(f"{QUERY_ATTR} is the body of a NAME.query file, not of {name!r}")
+        return name
 
     def set_file_attr(self, eid: int, name: str, value: bytes) -> bool:
-        """Validate and store `user.hk.embedding` / `user.hk.dim`; False for other attributes."""
+        """Validate and store `user.hk.embedding` / `user.hk.dim`, or replace a stored query's
+        body (`user.hk.query`); False for other attributes."""
+        if name == QUERY_ATTR:
+            self.set_body(self._need_query(eid), eid, bytes(value))
+            return True
         if name == EMBEDDING_ATTR:
             parse_embedding(bytes(value))
         elif name == DIM_ATTR:
