@@ -117,7 +117,8 @@ class ChangeFeed:
         if self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="hkfs-changes", daemon=True)
+        last = self.version()        # the baseline now: a commit right after start() is reported
+        self._thread = threading.Thread(target=self._watch, args=(last,), name="hkfs-changes", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -134,9 +135,8 @@ class ChangeFeed:
                 self._conn.close()
                 self._conn = None
 
-    def _watch(self) -> None:
+    def _watch(self, last: int) -> None:
         try:
-            last = self.version()
             while not self._stop.wait(self.poll):
                 now = self.version()
                 if now == last:
