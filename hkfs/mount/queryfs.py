@@ -48,6 +48,7 @@ SUFFIX = ".query"
 QUERY_ATTR = "user.hk.query"     # a stored query's body, to read and set without evaluating it
 HANDLE_BASE = 1 << 40
 MAX_BODY = 1 << 24
+PARENTS_MAX = 256                # directory paths whose scope is kept
 REMEMBER_RESULTS = 64            # results read, kept to recognise them written back (cp, editors)
 REMEMBER_MAX_BYTES = 1 << 20
 
@@ -91,7 +92,8 @@ class QueryFS:
         self._targets: dict[tuple, _Target | None] = {}
         self._handle_target: dict[int, _Target] = {}
         self._by_path: dict[str, int] = {}        # path -> its latest open handle (getattr without fh)
-        self._staged: dict[int, _Staged] = {}     # fh -> a stored query's body being written
+        self._staged: dict[int, _Staged] = {}
+        self._parents: dict[tuple[str, bool], Scope] = {}     # (directory path, comma) -> its scope     # fh -> a stored query's body being written
         # result bytes read from this mount -> the body that made them (`cp a.query b.query`)
         self._read_results: OrderedDict[bytes, bytes] = OrderedDict()
         # set by the mount: a stored query's body changed through `path` (kernel caches)
@@ -110,14 +112,24 @@ class QueryFS:
     def scope(self, parent: str, comma: bool = False) -> Scope:
         """The scope of a query placed in directory/view `parent` (a mount path); `comma`: written
         as ',NAME.query' right under an ordinary directory (the CKL's view)."""
+        gen = self.service.changes.generations().files
+        got = self._parents.get((parent, comma))
+        if got is not None and got.gen == gen:
+            return got                 # (a path means the same while files_gen stays)
         loc = self.resolver.resolve(parent)
         rel = parent.strip("/")
         pre = rel + "/" if rel else ""
         if isinstance(loc, DirLoc):
-            return self.service.dir_scope(loc.dirid, pre, comma=comma)
-        if isinstance(loc, ViewLoc):
-            return self.service.view_scope(loc.ns, tuple(loc.hks), pre)
-        raise NotFound(f"{parent}: a query needs a directory or a view")
+            sc = self.service.dir_scope(loc.dirid, pre, comma=comma)
+        elif isinstance(loc, ViewLoc):
+            sc = self.service.view_scope(loc.ns, tuple(loc.hks), pre)
+        else:
+            raise NotFound(f"{parent}: a query needs a directory or a view")
+        with self._lock:
+            if len(self._parents) >= PARENTS_MAX:
+                self._parents.clear()
+            self._parents[(parent, comma)] = sc
+        return sc
 
     def _gens(self) -> tuple[int, int]:
         g = self.service.changes.generations()
