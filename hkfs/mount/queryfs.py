@@ -50,7 +50,7 @@ HANDLE_BASE = 1 << 40
 MAX_BODY = 1 << 24
 PARENTS_MAX = 256                # directory paths whose scope is kept
 REMEMBER_RESULTS = 64            # results read, kept to recognise them written back (cp, editors)
-REMEMBER_MAX_BYTES = 1 << 20
+REMEMBER_MAX_BYTES = 1 << 16     # (so at most 4 MiB kept)
 
 
 def is_query_name(name: str) -> bool:

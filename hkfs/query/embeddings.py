@@ -70,7 +70,7 @@ REBUILD_ROWS = 50_000
 POLL_S = 1.0        # the worker looks for changes this often, so a query rarely has to load them
 POLL_CPU_SHARE = 0.1
 EXCLUDE_BY_MASK = 256  # an excluded file with more rows than this is left out by the allowed set
-ALLOWED_MAX = 16       # allowed-id arrays kept (one per scope and index version; 8 bytes a row)  # ...or less often: a look that took t seconds waits t / share before the next
+ALLOWED_MAX = 4        # allowed-id arrays kept (one per scope and index version; 8 bytes a row)  # ...or less often: a look that took t seconds waits t / share before the next
 
 Key = tuple[int, bool]      # (entity id, own embedding?)
 
@@ -787,7 +787,7 @@ def _key_arrays(keys: dict[Key, tuple], rows: dict[Key, int]) -> tuple[np.ndarra
     eids = np.fromiter((k[0] for k in keys), np.int64, len(keys))
     own = np.fromiter((k[1] for k in keys), bool, len(keys))
     nrows = np.fromiter((rows[k] for k in keys), np.int64, len(keys))
-    if len(_KEY_ARRAYS) > 64:
+    if len(_KEY_ARRAYS) >= 4:          # one per base in use (17 bytes a key)
         _KEY_ARRAYS.clear()
     _KEY_ARRAYS[id(keys)] = (keys, (eids, own, nrows))
     return eids, own, nrows

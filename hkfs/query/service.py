@@ -30,7 +30,8 @@ from .queryfiles import Hit, Query
 
 __all__ = ["QueryService", "Scope", "view_prefix"]
 
-SCOPES_MAX = 64          # scopes kept (a 1M-file scope holds an 8 MB id array)
+SCOPES_MAX = 64          # scopes kept ...
+SCOPE_IDS_MAX = 4_000_000  # ... holding at most this many ids in all (8 bytes each: 32 MB)
 
 
 def view_prefix(hks: tuple[HK, ...]) -> str:
@@ -105,8 +106,10 @@ class QueryService:
         self._fill(fresh)
         with self._lock:
             self._scopes[fresh.key] = fresh
-            while len(self._scopes) > SCOPES_MAX:
-                self._scopes.popitem(last=False)
+            held = sum(len(s.ids) for s in self._scopes.values() if s.ids is not None)
+            while len(self._scopes) > 1 and (len(self._scopes) > SCOPES_MAX or held > SCOPE_IDS_MAX):
+                _k, old = self._scopes.popitem(last=False)
+                held -= len(old.ids) if old.ids is not None else 0
         return fresh
 
     def _fill(self, sc: Scope) -> None:
