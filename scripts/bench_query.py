@@ -134,6 +134,16 @@ def cpu_ms(pid: int) -> float:
     return total / 1e6
 
 
+def proc_mem(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MiB."""
+    got = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, val = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            got[key] = int(val.split()[0]) / 1024
+    return got.get("VmRSS", 0.0), got.get("VmHWM", 0.0)
+
+
 def ms(xs: list[float]) -> tuple[float, float]:
     return statistics.median(xs) * 1e3, float(np.percentile(xs, 90)) * 1e3
 
@@ -206,6 +216,7 @@ def run_case(name: str, store: Path, mnt: Path, ns: int, nq: int, rounds: int, *
         if files:
             out.update(file_queries(store, bench, index, ns, own, nq, proc.pid))
             out["hk"] = hk_query(mnt, own[:10])
+        out["mem"] = proc_mem(proc.pid)
     finally:
         unmount(mnt, proc)
     info = index.info()
@@ -367,16 +378,20 @@ def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace)
         "median over the blocks: what a read costs the daemon whatever the machine's load does to "
         "the wall time.",
         "",
+        "- **daemon RSS**: the daemon's resident memory after all the reads of the case, and its "
+        "peak (VmRSS, VmHWM).",
+        "",
         "| case | embeddings | nlist | nprobe | raw search | stored read | goal | met | daemon CPU "
-        "| plain file | cat | same hits |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| plain file | cat | same hits | daemon RSS (peak), MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         goal = 2 * r["in"][0] + 1
         lines.append(
             f"| {r['case']} | {r['rows']:,} | {r['nlist']} | {r['nprobe']} | {_cell(r['in'])} | "
             f"{_cell(r['mnt'])} | {goal:.2f} | {'yes' if r['mnt'][0] <= goal else 'NO'} | "
-            f"{r['cpu']:.2f} | {r['plain'][0]:.2f} | {r['cat'][0]:.2f} | {100 * r['agree']:.0f}% |")
+            f"{r['cpu']:.2f} | {r['plain'][0]:.2f} | {r['cat'][0]:.2f} | {100 * r['agree']:.0f}% | "
+            f"{r['mem'][0]:.0f} ({r['mem'][1]:.0f}) |")
     files = [r for r in results if "first" in r]
     if files:
         lines += ["", "| case | raw search (k=11) | FILE.query first | repeat | after commit | goal | met "
