@@ -514,7 +514,9 @@ def report(rows: list[Row], args: argparse.Namespace, t_bulk: float, info: dict[
         return f"{v:.2f}" if unit == "s" else f"{v:,.0f}"
     cmd = "python scripts/bench_mount.py" + (" --quick" if args.quick else "") + \
         ("" if args.only == "all" else f" --only {args.only}") + \
-        ("" if args.quick or args.view_files == 100_000 else f" --view-files {args.view_files}")
+        ("" if args.quick or args.view_files == 100_000 else f" --view-files {args.view_files}") + \
+        ("" if args.quick or args.size_mib == 1024 else f" --size-mib {args.size_mib}") + \
+        ("" if args.libfuse2 else " --no-libfuse2")
     out = [
         "# Mount vs. backing disk",
         "",

@@ -44,6 +44,8 @@ from hkfs.core.store import Store  # noqa: E402
 from hkfs.query.embeddings import EMBEDDING_ATTR, ROW_BITS, EmbeddingCatalog  # noqa: E402
 from vecindex import IVFIndex  # noqa: E402
 
+from bench_mount import proc_mem  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
 DOCS = ROOT / "docs" / "bench"
 HK = [sys.executable, "-c", "from hkfs.cli.main import main; main()"]
 DIM = 64
@@ -132,16 +134,6 @@ def cpu_ms(pid: int) -> float:
         except (OSError, ValueError, IndexError):
             pass                      # a thread that ended meanwhile
     return total / 1e6
-
-
-def proc_mem(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process in MiB."""
-    got = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, val = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            got[key] = int(val.split()[0]) / 1024
-    return got.get("VmRSS", 0.0), got.get("VmHWM", 0.0)
 
 
 def ms(xs: list[float]) -> tuple[float, float]:

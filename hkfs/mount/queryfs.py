@@ -289,15 +289,20 @@ class QueryFS:
             raise PermissionDenied(f"{path}: a virtual .query file is read-only")
         return self._memfd_handle(t, self.evaluate(t))
 
-    def _memfd_handle(self, t: _Target, data: bytes) -> int:
-        # The result lives in an anonymous memory file, so the mount can hand libfuse a
-        # descriptor (read_buf) exactly as for an entity's bytes.
-        fd = os.memfd_create("hkfs-query", os.MFD_CLOEXEC)
+    @staticmethod
+    def _memfd(name: str, data: bytes) -> int:
+        """An anonymous memory file holding data: the mount hands libfuse its descriptor
+        (read_buf) exactly as for an entity's bytes."""
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
             os.write(fd, data)
         except BaseException:
             os.close(fd)
             raise
+        return fd
+
+    def _memfd_handle(self, t: _Target, data: bytes) -> int:
+        fd = self._memfd("hkfs-query", data)
         with self._lock:
             fh = self._next
             self._next += 1
@@ -309,13 +314,7 @@ class QueryFS:
     def stage(self, path: str, eid: int, *, truncate: bool = False) -> int:
         """A write handle on stored query `eid`'s body: writes go to a staging copy, which
         replaces the body when it is closed valid (flush)."""
-        fd = os.memfd_create("hkfs-query-body", os.MFD_CLOEXEC)
-        try:
-            if not truncate:
-                os.write(fd, self._body(eid))
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = self._memfd("hkfs-query-body", b"" if truncate else self._body(eid))
         with self._lock:
             fh = self._next
             self._next += 1
