@@ -310,4 +310,9 @@ def test_stored_query_body_survives_refused_writes_and_editors(photos) -> None:
         # a truncate that would leave a bad body is refused
         fails_with "Invalid argument" truncate -s 3 q.query
         test "$(cat q.query | wc -l)" = 2
+        # appending an option line changes the query (the body, not the results, grows)
+        printf '1 1 1 1 1 1\n' > q.query
+        echo k=4 >> q.query
+        test "$(cat q.query | wc -l)" = 4
+        test "$(hk query --show q.query)" = "$(printf '1 1 1 1 1 1\nk=4')"
     """, env=env)

@@ -66,6 +66,7 @@ class _Staged:
     path: str
     dirty: bool = False
     refused: str | None = None   # a write was refused: this handle never replaces the body
+    append: bool = False         # O_APPEND: writes go to the end of the staged body
 
 
 @dataclass
@@ -285,7 +286,8 @@ class QueryFS:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             if t.stored:
                 assert t.eid is not None
-                return self.stage(path, t.eid, truncate=bool(flags & os.O_TRUNC))
+                return self.stage(path, t.eid, truncate=bool(flags & os.O_TRUNC),
+                                  append=bool(flags & os.O_APPEND))
             raise PermissionDenied(f"{path}: a virtual .query file is read-only")
         return self._memfd_handle(t, self.evaluate(t))
 
@@ -311,14 +313,14 @@ class QueryFS:
             self._by_path[t.path] = fh
         return fh
 
-    def stage(self, path: str, eid: int, *, truncate: bool = False) -> int:
+    def stage(self, path: str, eid: int, *, truncate: bool = False, append: bool = False) -> int:
         """A write handle on stored query `eid`'s body: writes go to a staging copy, which
         replaces the body when it is closed valid (flush)."""
         fd = self._memfd("hkfs-query-body", b"" if truncate else self._body(eid))
         with self._lock:
             fh = self._next
             self._next += 1
-            self._staged[fh] = _Staged(fd, eid, path, dirty=truncate)
+            self._staged[fh] = _Staged(fd, eid, path, dirty=truncate, append=append)
         return fh
 
     def fd(self, fh: int) -> int:
@@ -333,6 +335,8 @@ class QueryFS:
         """Write into a staging handle; EINVAL (nothing written) when the body would end
         in a complete line that no body and no result read from this mount starts with."""
         st = self._staged[fh]
+        if st.append:      # (the kernel's offset is the size it knows: the results', not the body's)
+            offset = os.fstat(st.fd).st_size
         if offset + len(data) > MAX_BODY:
             raise InvalidArgument(f"a query body is at most {MAX_BODY} bytes")
         if data.endswith(b"\n"):
