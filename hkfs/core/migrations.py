@@ -21,7 +21,7 @@ from .errors import StoreVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -59,6 +59,15 @@ def _devices(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS[4] = ("devices: special files' device numbers", _devices)
+def _generations(conn: sqlite3.Connection) -> None:
+    """v5: the files_gen / vectors_gen counters and their triggers (the statements of
+    schema.sql that make them: one copy)."""
+    for stmt in split_statements(schema_sql()):
+        if stmt.startswith("CREATE TRIGGER") or "('files_gen', 0)" in stmt:
+            conn.execute(stmt)
+
+
+MIGRATIONS[5] = ("generations: files_gen and vectors_gen counters kept by triggers", _generations)
 
 
 def schema_sql() -> str:

@@ -27,8 +27,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from ..fuse.daemon_notify import notify_daemon
 from .catalog import Catalog
+from .changes import run_commit_hooks
 from .errors import (
     AlreadyExists,
     HKError,
@@ -222,11 +222,12 @@ class Store:
         catalog.on_commit = self._after_commit
 
     def _after_commit(self) -> None:
-        """A mounted store's daemon drops the kernel's caches before this process goes on.
+        """Tell others at once (the commit hooks: a mounted store's daemon drops the kernel's
+        caches before this process goes on, see hkfs.core.changes).
 
         Not in the daemon (it holds the lock and invalidates for its own changes)."""
         if self._lock_fd is None:
-            notify_daemon(self.root)
+            run_commit_hooks(self.root)
         elif self.on_locked_commit is not None:
             self.on_locked_commit()
 

@@ -46,6 +46,7 @@ import mfusepy
 from mfusepy import FuseOSError, Operations, overrides
 
 from ..core.completion import COMPLETE_ATTR, complete_word
+from ..core.changes import ChangeFeed
 from ..core.errors import (
     AlreadyExists,
     HKError,
@@ -80,6 +81,7 @@ from ..mount.views import (
     view_children_of,
 )
 from ..query.embeddings import entry_kind
+from ..query.service import QueryService
 from .daemon_notify import SYNC_ATTR
 from .glue import (
     BUF_API,
@@ -253,16 +255,19 @@ class HKOperations(Operations):
     def __init__(self, store: Store, *, user: int | str | None = None,
                  on_ready: Callable[[], None] | None = None, keep_timeouts: bool = False) -> None:
         self.store = store
-        self.kernel = KernelCache(store.catalog.path)
+        self.changes = ChangeFeed(store.catalog.path)    # the one data_version watcher
+        self.kernel = KernelCache(self.changes)
         store.on_locked_commit = self.kernel.own_commit
         self.kernel.open_paths = self._open_paths
         self.keep_timeouts = keep_timeouts     # the user chose entry_timeout/attr_timeout
         self.ns = store.namespace_id(os.getuid() if user is None else user)
         self.root = store.root_dir(self.ns)
-        self.reads = CachedReads(store)
+        self.reads = CachedReads(store, self.changes)
         self._entities = os.fspath(store.entities_dir)
         self.resolver = Resolver(self.reads, self.ns)
-        self.queries = QueryFS(store, self.resolver)    # the .query layer (hkfs/mount/queryfs.py)
+        self.queries = QueryFS(store, self.resolver,     # the .query layer (hkfs/mount/queryfs.py)
+                               QueryService(store, reads=self.reads, changes=self.changes))
+        self.queries.changed = self._attrs_changed
         self.on_ready = on_ready
         self.uid, self.gid = os.getuid(), os.getgid()
         self.start_ns = time.time_ns()
@@ -789,6 +794,8 @@ class HKOperations(Operations):
         flags |= os.O_RDWR if flags & os.O_ACCMODE == os.O_RDONLY else 0
         if isinstance(loc, (LinkLoc, ViewFileLoc)) and loc.eid is not None:
             eid = loc.eid
+            if self.queries.wants_bytes(path):     # a stored query's body: staged until valid
+                return self.queries.stage(path, eid, truncate=bool(flags & os.O_TRUNC))
             fd = self._open_fd(eid, flags)
             if flags & os.O_TRUNC:
                 self._entity_changed(eid)
@@ -798,6 +805,8 @@ class HKOperations(Operations):
             self.kernel.note_viewed(eid)
         if len(self.store.resolve_ids(self._loc_ns(loc), [], loc.name)) > 1:   # type: ignore[union-attr]
             self.kernel.invalidate()      # a shared name: listed views may now show STEM~ID names
+        if self.queries.wants_bytes(path):
+            return self.queries.stage(path, eid)
         return self._new_handle(self._open_fd(eid, flags), eid, path=path)
 
     def _loc_ns(self, loc: LinkLoc | ViewFileLoc) -> int:
@@ -842,9 +851,9 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        if self.queries.owns(fh):
+            return self.queries.write(fh, data, offset)
         h = self._handle(fh)
-        if _is_query_path(path):
-            self.queries.check_write(path, h.eid, data, offset)
         with self._writes_to(h.eid) as aliased:
             n = os.pwrite(h.fd, data, offset)
             h.written = True
@@ -876,11 +885,10 @@ class HKOperations(Operations):
         @_mapped
         def write_buf(self, path: str, buf: Any, offset: int, fh: int) -> int:
             """Let libfuse copy the request's data straight into the entity file."""
-            h = self._handle(fh)
             copy, size, _malloc = BUF_API
             src = ctypes.cast(buf, ctypes.POINTER(FuseBufvec))
-            if _is_query_path(path) and self.queries.wants_bytes(path):
-                # a NAME.query body is checked as bytes by write()
+            if self.queries.owns(fh):
+                # a NAME.query body is staged and checked as bytes by write()
                 mem = ctypes.create_string_buffer(size(src))
                 mvec = FuseBufvec(count=1, idx=0, off=0)
                 mvec.buf[0].size, mvec.buf[0].flags = len(mem), 0
@@ -889,6 +897,7 @@ class HKOperations(Operations):
                 if got < 0:
                     raise FuseOSError(-got)
                 return self.write(path, mem.raw[:got], offset, fh)
+            h = self._handle(fh)
             dst = fd_bufvec(h.fd, offset, size(src))
             with self._writes_to(h.eid) as aliased:
                 n = copy(ctypes.byref(dst), src, 0)
@@ -903,12 +912,16 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        if self.queries.owns(fh):
+            return self.queries.truncate(fh, length)      # type: ignore[arg-type]
         if fh is not None and fh in self._handles:
             h = self._handles[fh]
             os.ftruncate(h.fd, length)
             eid = h.eid
         else:
             eid = self._eid_of(self._loc_or_handle(path, None))
+            if path is not None:
+                self.queries.check_truncate(path, eid, length)   # a stored query stays valid
             os.truncate(self.store.entity_path(eid), length)
         self.store.record_bytes(eid)
         self._attrs_changed(eid, path)
@@ -918,19 +931,15 @@ class HKOperations(Operations):
     @_mapped
     def flush(self, path: str, fh: int) -> int:
         if self.queries.owns(fh):
-            return 0
-        h = self._handle(fh)
-        written = h.written
-        self._sync(h)
-        if written and _is_query_path(path):
-            self.queries.validate_stored(path, h.eid)    # a malformed NAME.query: close() fails, EINVAL
+            return self.queries.flush(fh)    # a malformed NAME.query body: close() fails, EINVAL
+        self._sync(self._handle(fh))
         return 0
 
     @overrides(Operations)
     @_mapped
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         if self.queries.owns(fh):
-            return 0
+            return self.queries.flush(fh)
         h = self._handle(fh)
         if datasync:
             os.fdatasync(h.fd)
@@ -1323,6 +1332,8 @@ class HKOperations(Operations):
         kind, ident = self._xattr_target(path)
         if kind == "file" and name == KEYWORDS_ATTR:
             return format_hk_list(self.store.entity(ident).hks).encode()
+        if kind == "file" and (body := self.queries.get_file_attr(ident, name)) is not None:
+            return body                 # user.hk.query
         if kind == "dir" and name == DKL_ATTR:
             return format_hk_list(self.store.dir(ident).dkl).encode()
         if kind == "dir" and name == NS_ATTR:
