@@ -270,7 +270,7 @@ def test_the_mount_serves_completions_as_an_attribute(demo_mount: Mount) -> None
         c '//SIG/DPS,//wo'
         c ,//mov work                                   # a directory
         c foot @/photo/@/animal                         # a view: its namespace
-        mkdir other && (cd other && hk chns nobody-else)
+        mkdir other && (cd other && hk chns nobody)                   # a user with no keywords
         c foot other                                    # another namespace: none
         test "$(hk complete -- foot | tr '\\n' ' ')" = "//movie/footloose //sports/football "
         not getfattr -n user.hk.complete.foot @/photo/fig2.jpg 2>/dev/null    # a file: no attribute

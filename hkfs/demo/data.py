@@ -113,8 +113,8 @@ def fill_paper_home(store: Store) -> bool:
     uid, gid = os.getuid(), os.getgid()
     root = store.root_dir(store.namespace_id(uid))
     home = store.mkdir(root, PAPER_USER, uid=uid, gid=gid)
+    ns = store.namespace_id(PAPER_USER)   # made here: chns takes only users that exist already
     store.chns(home, PAPER_USER)
-    ns = store.namespace_id(PAPER_USER)
     for text in PAPER_KEYWORDS:
         store.mkkw(ns, parse_hk(text), parents=True)
     dps = store.mkdir(home, "dps", uid=uid, gid=gid)
