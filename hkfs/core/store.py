@@ -900,8 +900,8 @@ class Store:
         Same plan as for AND: the cheapest OR-group drives, one range scan per keyword of
         it (@only: one keyword id) joined to (keyword, entity), UNION-ed; everything else is
         tested on the row's tags string: ',/a/' for a keyword and its descendants,
-        ',/a/,' for @only, instr() = 0 for @not. Without a positive group (only @not, or
-        @untagged) the namespace's entities are scanned with their tags."""
+        ',/a/,' for @only, instr() = 0 for @not. Without a positive group (only @not) the
+        namespace's entities are scanned with their tags; @untagged scans directory links."""
         q = compile_query([parse_hk(h) if isinstance(h, str) else tuple(h) for h in terms])
         for a in [a for g in q.all_of for a in g] + list(q.none_of):
             self._need_kw(c, ns, _hks([a.hk])[0])
@@ -923,6 +923,13 @@ class Store:
                 sql += f" AND {tags} = ''"
             return sql, params
 
+        if q.untagged and name is None:
+            # an entity with no keyword always has a directory link (lost+found at least:
+            # _settle; Store.check reports any other), so the links drive, not all entities
+            tagcol = ", ''" if with_tags else ""
+            return (f"SELECT DISTINCT l.entity{tagcol} FROM links l "
+                    "JOIN entities e ON e.id = l.entity WHERE e.ns = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM entity_keywords x WHERE x.entity = l.entity)"), [ns]
         if name is not None or not q.all_of:
             tags = "coalesce((SELECT t.tags FROM entity_keywords t WHERE t.entity = e.id LIMIT 1), '')"
             sql = f"SELECT e.id{', ' + tags if with_tags else ''} FROM entities e WHERE e.ns = ?"
