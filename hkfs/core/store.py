@@ -449,12 +449,7 @@ class Store:
                 raise NotFound(f"no keyword {format_hk(dst)} to merge into")
             lo, hi = _range(src)
             old_p, new_p = _path(src), _path(dst)
-            # the affected files' tags strings, rewritten in Python (one pass, no query per file)
-            retag = {eid: _tags(new_p + p[len(old_p):] if p.startswith(old_p) else p
-                                for p in tags.split(",") if p)
-                     for eid, tags in c.execute(
-                         "SELECT x.entity, x.tags FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
-                         "WHERE k.ns = ? AND k.path >= ? AND k.path < ?", (ns, lo, hi))}
+            self._move_tags(c, ns, lo, hi, old_p, new_p)
             if did is None:
                 parent = None
                 if len(dst) > 1:
@@ -470,11 +465,29 @@ class Store:
                 c.execute("UPDATE keywords SET parent = ?, name = ? WHERE id = ?", (parent, dst[-1], sid))
             else:
                 self._merge_subtree(c, ns, old_p, new_p)
-            c.executemany("UPDATE entity_keywords SET tags = ? WHERE entity = ?",
-                          [(t, e) for e, t in retag.items()])
-            now = _now()
-            c.executemany("UPDATE entities SET ctime_ns = ? WHERE id = ?", [(now, e) for e in retag])
             self._rewrite_dkls(c, ns, src, dst)
+
+    @staticmethod
+    def _move_tags(c: sqlite3.Connection, ns: int, lo: str, hi: str, old_p: str, new_p: str) -> None:
+        """Rewrite the tags strings of the files carrying a keyword of the subtree [lo, hi)
+        as if it were at new_p; before the keywords move (the rows are found by their
+        old keyword ids). Every row of such a file is updated in (keyword, entity) order,
+        the table's own, so the pages are written in sequence rather than at random."""
+        kid = dict(c.execute("SELECT path, id FROM keywords WHERE ns = ?", (ns,)))
+        rows: list[tuple[str, int, int]] = []
+        touched: list[tuple[int, int]] = []
+        now = _now()
+        for eid, tags in dict(c.execute(
+                "SELECT x.entity, x.tags FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
+                "WHERE k.ns = ? AND k.path >= ? AND k.path < ?", (ns, lo, hi))).items():
+            paths = [p for p in tags.split(",") if p]
+            new = _tags(new_p + p[len(old_p):] if p.startswith(old_p) else p for p in paths)
+            rows += [(new, kid[p], eid) for p in paths]
+            touched.append((now, eid))
+        rows.sort(key=itemgetter(1, 2))
+        c.executemany("UPDATE entity_keywords SET tags = ? WHERE keyword = ? AND entity = ?", rows)
+        touched.sort(key=itemgetter(1))
+        c.executemany("UPDATE entities SET ctime_ns = ? WHERE id = ?", touched)
 
     def _kw_empty(self, c: sqlite3.Connection, kid: int) -> bool:
         return not (c.execute("SELECT 1 FROM keywords WHERE parent = ? LIMIT 1", (kid,)).fetchone()
