@@ -516,7 +516,8 @@ def report(rows: list[Row], args: argparse.Namespace, t_bulk: float, info: dict[
         ("" if args.only == "all" else f" --only {args.only}") + \
         ("" if args.quick or args.view_files == 100_000 else f" --view-files {args.view_files}") + \
         ("" if args.quick or args.size_mib == 1024 else f" --size-mib {args.size_mib}") + \
-        ("" if args.libfuse2 else " --no-libfuse2")
+        ("" if args.libfuse2 else " --no-libfuse2") + \
+        ("" if args.read_repeats == 3 else f" --read-repeats {args.read_repeats}")
     out = [
         "# Mount vs. backing disk",
         "",
