@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,8 @@ def test_fstat_of_an_open_then_unlinked_file(mount: Mount) -> None:
         try:
             os.unlink(p)
             st = os.fstat(fd)
-            assert st.st_size == 10
+            assert st.st_size == 10 and (st.st_nlink == 0 or where != mount.root)
+            assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.getuid()   # the file's, not the bytes file's
             os.pwrite(fd, b"!", 10)
             assert os.fstat(fd).st_size == 11
             assert os.pread(fd, 11, 0) == b"still here!"

@@ -268,6 +268,7 @@ class HKOperations(Operations):
         self._next_fh = 1
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
         self._hidden: dict[str, int] = {}        # libfuse's hidden name -> entity removed while open
+        self._gone: dict[int, tuple[int, int, int]] = {}   # such an entity -> its mode, uid, gid
         self.shared = False                      # allow_other: views check each caller (_unreachable)
 
     # ---------------------------------------------------------------- lifecycle
@@ -387,10 +388,13 @@ class HKOperations(Operations):
                 info.uid, info.gid, size, 131072, (size + 511) // 512, info.atime_ns, mtime, ctime)
 
     def _removed_attrs(self, h: Handle) -> dict[str, Any]:
-        """fstat of a file removed while open (its entity is gone): the bytes file's, nlink 0."""
+        """fstat of a file removed while open (its entity is gone): nlink 0, size and times from
+        the bytes file, mode and owner as the entity had them (kept by _hide; the bytes file's
+        are the daemon's)."""
         st = os.fstat(h.fd)
-        return dict(zip(STAT_KEYS, ((h.eid << 2) | 1, 0, stat.S_IFREG | (st.st_mode & 0o7777), st.st_uid,
-                                    st.st_gid, st.st_size, 131072, (st.st_size + 511) // 512,
+        mode, uid, gid = self._gone.get(h.eid) or (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        return dict(zip(STAT_KEYS, ((h.eid << 2) | 1, 0, stat.S_IFREG | (mode & 0o7777), uid, gid,
+                                    st.st_size, 131072, (st.st_size + 511) // 512,
                                     st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns), strict=True))
 
     def _dir_links(self, dirid: int) -> int:
@@ -554,10 +558,10 @@ class HKOperations(Operations):
         except NotFound:
             return self._removed_attrs(h)
 
-    def _removed_fd(self, eid: int, fn: Callable[..., None], *args: Any) -> bool:
-        """Apply fn(fd, *args) to the bytes file of a file removed while open (no catalog row is
-        left to change; its attributes are the bytes file's, see _removed_attrs). False if eid
-        has a row."""
+    def _removed_set(self, eid: int, mode: int | None = None, uid: int | None = None,
+                     gid: int | None = None) -> bool:
+        """fchmod/fchown of a file removed while open: no catalog row is left to change, so its
+        kept attributes change (see _removed_attrs). False if eid has a row."""
         if eid not in self._open_eids:
             return False
         try:
@@ -565,7 +569,10 @@ class HKOperations(Operations):
             return False
         except NotFound:
             pass
-        fn(self._handle_of(eid).fd, *args)
+        st = os.fstat(self._handle_of(eid).fd)
+        was = self._gone.get(eid) or (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        self._gone[eid] = (was[0] if mode is None else mode, was[1] if uid is None else uid,
+                           was[2] if gid is None else gid)
         return True
 
     def _hidden_attrs(self, eid: int) -> dict[str, Any]:
@@ -590,7 +597,7 @@ class HKOperations(Operations):
             raise NotPermitted("views have no mode of their own")
         else:
             eid = self._eid_of(loc)
-            if self._removed_fd(eid, os.fchmod, mode & 0o7777):
+            if self._removed_set(eid, mode=mode & 0o7777):
                 return 0
             self.store.set_attrs(eid, mode=mode & 0o7777)
             self._attrs_changed(eid, path)
@@ -608,7 +615,7 @@ class HKOperations(Operations):
             raise NotPermitted("views have no owner of their own")
         else:
             eid = self._eid_of(loc)
-            if self._removed_fd(eid, os.fchown, -1 if u is None else u, -1 if g is None else g):
+            if self._removed_set(eid, uid=u, gid=g):
                 return 0
             self.store.set_attrs(eid, uid=u, gid=g)
             self._attrs_changed(eid, path)
@@ -972,6 +979,8 @@ class HKOperations(Operations):
             h = self._handles.pop(fh, None)
             if h is not None:
                 self._forget_open(h.eid)
+                if h.eid not in self._open_eids:
+                    self._gone.pop(h.eid, None)
         if h is not None:
             try:
                 self._sync(h)
@@ -1054,6 +1063,8 @@ class HKOperations(Operations):
         loc = self.loc(old)
         if not isinstance(loc, (LinkLoc, ViewFileLoc)) or loc.eid not in self._open_eids:
             return False
+        info = self.reads.entity(loc.eid)
+        self._gone[loc.eid] = (info.mode & 0o7777, info.uid, info.gid)
         self._remove(loc)
         self._hidden[hidden] = loc.eid
         return True
