@@ -146,3 +146,16 @@ def test_umount_and_mount_clean_up_a_dead_mount(mount_factory) -> None:
                 time.sleep(0.05)
         else:
             assert not _mounted(m.root)
+
+
+def test_hk_in_another_users_store_says_it_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user's `hk` in a shared mount cannot open the private store: it says so (it said
+    "no hkfs store"). Simulated: root can search any directory."""
+    from hkfs.cli import context
+    from hkfs.core.errors import PermissionDenied
+    from hkfs.core.store import Store
+    Store.open(tmp_path / "s").close()
+    real = os.access
+    monkeypatch.setattr(context.os, "access", lambda p, m: False if Path(p) == tmp_path / "s" else real(p, m))
+    with pytest.raises(PermissionDenied, match="private to its owner"):
+        context._open_store(tmp_path / "s")
