@@ -159,3 +159,20 @@ def test_hk_in_another_users_store_says_it_is_private(tmp_path: Path, monkeypatc
     monkeypatch.setattr(context.os, "access", lambda p, m: False if Path(p) == tmp_path / "s" else real(p, m))
     with pytest.raises(PermissionDenied, match="private to its owner"):
         context._open_store(tmp_path / "s")
+
+
+@pytest.mark.mount
+def test_a_table_dropped_under_a_mount_is_named_in_the_log(mount: Mount) -> None:
+    """A table dropped behind the daemon's back: the calls that need it fail with EIO and the
+    log says which table and what to do, in one line (no traceback); the rest keeps working."""
+    import sqlite3
+    (mount.root / "f").write_text("x")
+    os.setxattr(mount.root / "f", "user.a", b"1")
+    with sqlite3.connect(mount.store / "catalog.sqlite") as c:
+        c.execute("DROP TABLE xattrs")
+    mount.expected_log.append("the catalog is damaged (no such table: xattrs); unmount and run hk fsck")
+    assert _errno(os.getxattr, mount.root / "f", "user.a") == errno.EIO
+    assert (mount.root / "f").read_text() == "x"
+    log = mount.log.read_text()
+    assert "the catalog is damaged (no such table: xattrs); unmount and run hk fsck" in log
+    assert "Traceback" not in log
