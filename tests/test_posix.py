@@ -82,6 +82,13 @@ def test_rename_noreplace(mount: Mount) -> None:
     with pytest.raises(FileExistsError):
         renameat2(root / "a", root / "d", RENAME_NOREPLACE)
     assert (root / "a").read_text() == "A" and (root / "b").read_text() == "B"
+    fd = os.open(root / "b", os.O_RDONLY)     # open: libfuse would hide it before a plain rename
+    try:
+        with pytest.raises(FileExistsError):
+            renameat2(root / "a", root / "b", RENAME_NOREPLACE)
+    finally:
+        os.close(fd)
+    assert (root / "a").read_text() == "A" and (root / "b").read_text() == "B"
     renameat2(root / "a", root / "c", RENAME_NOREPLACE)
     assert (root / "c").read_text() == "A" and not (root / "a").exists()
 
