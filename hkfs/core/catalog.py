@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CatalogDamaged, StoreVersionError
-from .migrations import SCHEMA_VERSION, ensure_schema, missing_tables, recreate_missing, user_version
+from .migrations import (
+    SCHEMA_VERSION,
+    ensure_schema,
+    missing_tables,
+    recreate_missing,
+    user_version,
+)
 
 log = logging.getLogger(__name__)
 
