@@ -91,6 +91,7 @@ from .glue import (
     voidpp,
 )
 from .kernel_cache import ALIAS_WAIT, KernelCache
+from .removed import RemovedWhileOpen
 
 __all__ = ["HKOperations", "serve", "to_fuse_error"]
 
@@ -103,9 +104,6 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2   # linux/fs.h; other flags are refused
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
 MAX_NAME = 255
-# libfuse (without hard_remove) renames a file removed while open to this prefix + a unique
-# suffix, asks for its attributes under that name, and unlinks that name at the last close.
-HIDDEN_PREFIX = ".fuse_hidden"
 # Operations after which the kernel's cached entries and attributes may be wrong somewhere
 # (a retag changes which views list a file, a keyword can shadow a file name). Operations that
 # change one file's attributes, create or remove a file decide for themselves
@@ -267,8 +265,7 @@ class HKOperations(Operations):
         self._hlock = threading.Lock()
         self._next_fh = 1
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
-        self._hidden: dict[str, int] = {}        # libfuse's hidden name -> entity removed while open
-        self._gone: dict[int, tuple[int, int, int]] = {}   # such an entity -> its mode, uid, gid
+        self.removed = RemovedWhileOpen()        # libfuse's hidden names (hkfs/fuse/removed.py)
         self.shared = False                      # allow_other: views check each caller (_unreachable)
 
     # ---------------------------------------------------------------- lifecycle
@@ -343,7 +340,7 @@ class HKOperations(Operations):
             return LinkLoc(self.root, "", h.eid)     # only the entity id is used
         if path is None:
             raise FuseOSError(errno.ENOENT)
-        hidden = self._hidden.get(path.rpartition("/")[2]) if self._hidden else None
+        hidden = self.removed.eid_of(path)
         if hidden is not None:
             return LinkLoc(self.root, "", hidden)    # a file removed while open, by its hidden name
         return self.loc(path)
@@ -392,7 +389,7 @@ class HKOperations(Operations):
         the bytes file, mode and owner as the entity had them (kept by _hide; the bytes file's
         are the daemon's)."""
         st = os.fstat(h.fd)
-        mode, uid, gid = self._gone.get(h.eid) or (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        mode, uid, gid = self.removed.attrs(h.eid, st)
         return dict(zip(STAT_KEYS, ((h.eid << 2) | 1, 0, stat.S_IFREG | (mode & 0o7777), uid, gid,
                                     st.st_size, 131072, (st.st_size + 511) // 512,
                                     st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns), strict=True))
@@ -543,8 +540,9 @@ class HKOperations(Operations):
                 return q
         if fh is not None and fh in self._handles:
             return self._open_attrs(self._handles[fh])
-        if self._hidden and path.rpartition("/")[2] in self._hidden:
-            return self._hidden_attrs(self._hidden[path.rpartition("/")[2]])
+        hidden = self.removed.eid_of(path)
+        if hidden is not None:          # fstat of a file removed while open: no handle is passed
+            return self._open_attrs(self._handle_of(hidden))
         loc = self.loc(path)
         if isinstance(loc, DirLoc):
             return self._dir_attrs(loc.dirid)
@@ -569,15 +567,8 @@ class HKOperations(Operations):
             return False
         except NotFound:
             pass
-        st = os.fstat(self._handle_of(eid).fd)
-        was = self._gone.get(eid) or (st.st_mode & 0o7777, st.st_uid, st.st_gid)
-        self._gone[eid] = (was[0] if mode is None else mode, was[1] if uid is None else uid,
-                           was[2] if gid is None else gid)
+        self.removed.change(eid, os.fstat(self._handle_of(eid).fd), mode, uid, gid)
         return True
-
-    def _hidden_attrs(self, eid: int) -> dict[str, Any]:
-        """fstat of a file removed while open: libfuse asks by its hidden name, without the handle."""
-        return self._open_attrs(self._handle_of(eid))
 
     def _handle_of(self, eid: int) -> Handle:
         """An open handle of entity eid (NotFound if it is no longer open)."""
@@ -980,7 +971,7 @@ class HKOperations(Operations):
             if h is not None:
                 self._forget_open(h.eid)
                 if h.eid not in self._open_eids:
-                    self._gone.pop(h.eid, None)
+                    self.removed.closed(h.eid)
         if h is not None:
             try:
                 self._sync(h)
@@ -1031,7 +1022,7 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def unlink(self, path: str) -> int:
-        if self._hidden.pop(path.rpartition("/")[2], None) is not None:
+        if self.removed.forget_name(path):
             return 0          # libfuse's last close of a file removed while open: removed already
         self._remove(self.loc(path))
         return 0
@@ -1058,15 +1049,14 @@ class HKOperations(Operations):
         a `.fuse_hidden` name: here that is the removal itself (nothing is listed under the
         hidden name, nothing is retagged), and the name is remembered so that fstat of the
         open file is answered. False: not such a rename (the file is not open)."""
-        if not hidden.startswith(HIDDEN_PREFIX):
+        if not self.removed.is_hidden_name(hidden):
             return False
         loc = self.loc(old)
         if not isinstance(loc, (LinkLoc, ViewFileLoc)) or loc.eid not in self._open_eids:
             return False
         info = self.reads.entity(loc.eid)
-        self._gone[loc.eid] = (info.mode & 0o7777, info.uid, info.gid)
         self._remove(loc)
-        self._hidden[hidden] = loc.eid
+        self.removed.hide(hidden, loc.eid, info.mode, info.uid, info.gid)
         return True
 
     def _leave_view(self, eid: int, view: ViewLoc) -> None:
