@@ -35,7 +35,7 @@ def second_uid() -> Iterator[int]:
         yield uid
     finally:
         if made.returncode == 0:
-            subprocess.run(["userdel", USER], capture_output=True)
+            subprocess.run(["userdel", "-f", USER], capture_output=True)
 
 
 def _shared_mount(tmp_path: Path, options: str) -> Iterator[Mount]:
