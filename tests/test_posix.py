@@ -210,7 +210,7 @@ def test_fsync_makes_the_catalog_durable(tmp_path: Path, monkeypatch: pytest.Mon
             real(fd)
         monkeypatch.setattr(os, "fsync", spy)
         ops.fsync("/f", 0, fh)
-        assert str(st.catalog.path) + "-wal" in synced and str(st.entities_dir) in synced
+        assert str(st.catalog.path) + "-wal" in synced and str(st.entities_dir) in synced   # a new file
         synced.clear()
         ops.fsyncdir("/", 0, 0)
         assert str(st.catalog.path) + "-wal" in synced

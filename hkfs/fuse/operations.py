@@ -266,6 +266,7 @@ class HKOperations(Operations):
         self._next_fh = 1
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
         self.removed = RemovedWhileOpen()        # libfuse's hidden names (hkfs/fuse/removed.py)
+        self._new_bytes_files = True             # entities/ changed since its last fsync (_durable)
         self.shared = False                      # allow_other: views check each caller (_unreachable)
 
     # ---------------------------------------------------------------- lifecycle
@@ -795,6 +796,7 @@ class HKOperations(Operations):
         return self._dir_ns(loc.dirid) if isinstance(loc, LinkLoc) else loc.view.ns
 
     def _new_entity(self, loc: Location, mode: int) -> int:
+        self._new_bytes_files = True            # entities/ gets a name: the next fsync syncs it
         uid, gid = _caller()
         perm = stat.S_IFMT(mode) | (mode & 0o7777)   # S_IFLNK kept for a symlink
         if isinstance(loc, LinkLoc):
@@ -939,12 +941,15 @@ class HKOperations(Operations):
 
     def _durable(self) -> None:
         """What an fsync promises beyond the file's bytes: its name and attributes (catalog
-        rows) and its bytes file's name in entities/ survive a power loss."""
-        fd = os.open(self._entities, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        rows) and, when files were made since the last time, their bytes files' names in
+        entities/ survive a power loss."""
+        if self._new_bytes_files:
+            self._new_bytes_files = False
+            fd = os.open(self._entities, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         self.store.catalog.sync()
 
     @overrides(Operations)
