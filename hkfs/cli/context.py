@@ -256,6 +256,10 @@ class Here:
 
 
 def _open_store(path: Path) -> Store:
+    if path.is_dir() and not os.access(path, os.X_OK):
+        # a store is private to its owner (docs/mount.md, "Users apart"); not "no store here"
+        raise PermissionDenied(f"permission denied: the store {path} is private to its owner; other users "
+                               "use the mount with ordinary tools (ls, cat, getfattr -n user.hk.keywords)")
     if not (path / "catalog.sqlite").exists():
         raise NotFound(f"no hkfs store at {path}")
     if not os.access(path / "catalog.sqlite", os.R_OK | os.W_OK):

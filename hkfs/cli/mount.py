@@ -79,6 +79,12 @@ def demo_cmd(store: Path, mountpoint: Path) -> None:
     from ..demo.data import fill_demo, fill_paper_home
 
     mnt = Path(os.path.abspath(mountpoint))
+    try:
+        note = clear_dead_mount(mnt)
+    except MountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if note:
+        click.echo(note, err=True)
     found = find_mount(mnt)
     if found is not None and found[0] == mnt:
         click.echo(f"already mounted: {mnt} (store {found[1]})")

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CatalogDamaged, StoreVersionError
-from .migrations import SCHEMA_VERSION, ensure_schema, missing_tables, recreate_missing, user_version
+from .migrations import (
+    SCHEMA_VERSION,
+    ensure_schema,
+    missing_tables,
+    recreate_missing,
+    user_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -220,17 +226,17 @@ class Catalog:
         """Make every committed transaction durable (fsync, fsyncdir of the mount).
 
         Commits run with synchronous=NORMAL: in WAL mode they are appended to the -wal file
-        without an fsync (SQLite syncs it before each checkpoint), so a power loss may drop
-        the last ones. An fsync of the -wal file makes all of them durable at once."""
-        for path in (Path(f"{self.path}-wal"), self.path):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        without an fsync (SQLite syncs it before each checkpoint and the database file after
+        it), so a power loss may drop the last ones. An fsync of the -wal file makes all of
+        them durable at once."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return                     # no WAL: every commit is checkpointed (and synced) already
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Close every thread's connection (call when no thread is using the catalog); idempotent."""

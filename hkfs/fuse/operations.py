@@ -98,6 +98,7 @@ from .glue import (
     voidpp,
 )
 from .kernel_cache import ALIAS_WAIT, KernelCache
+from .removed import RemovedWhileOpen
 
 __all__ = ["HKOperations", "serve", "to_fuse_error"]
 
@@ -110,9 +111,6 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2   # linux/fs.h; other flags are refused
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
 MAX_NAME = 255
-# libfuse (without hard_remove) renames a file removed while open to this prefix + a unique
-# suffix, asks for its attributes under that name, and unlinks that name at the last close.
-HIDDEN_PREFIX = ".fuse_hidden"
 # Operations after which the kernel's cached entries and attributes may be wrong somewhere
 # (a retag changes which views list a file, a keyword can shadow a file name). Operations that
 # change one file's attributes, create or remove a file decide for themselves
@@ -277,7 +275,8 @@ class HKOperations(Operations):
         self._hlock = threading.Lock()
         self._next_fh = 1
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
-        self._hidden: dict[str, int] = {}        # libfuse's hidden name -> entity removed while open
+        self.removed = RemovedWhileOpen()        # libfuse's hidden names (hkfs/fuse/removed.py)
+        self._new_bytes_files = True             # entities/ changed since its last fsync (_durable)
         self.shared = False                      # allow_other: views check each caller (_unreachable)
 
     # ---------------------------------------------------------------- lifecycle
@@ -352,7 +351,7 @@ class HKOperations(Operations):
             return LinkLoc(self.root, "", h.eid)     # only the entity id is used
         if path is None:
             raise FuseOSError(errno.ENOENT)
-        hidden = self._hidden.get(path.rpartition("/")[2]) if self._hidden else None
+        hidden = self.removed.eid_of(path)
         if hidden is not None:
             return LinkLoc(self.root, "", hidden)    # a file removed while open, by its hidden name
         return self.loc(path)
@@ -397,10 +396,13 @@ class HKOperations(Operations):
                 info.uid, info.gid, size, 131072, (size + 511) // 512, info.atime_ns, mtime, ctime)
 
     def _removed_attrs(self, h: Handle) -> dict[str, Any]:
-        """fstat of a file removed while open (its entity is gone): the bytes file's, nlink 0."""
+        """fstat of a file removed while open (its entity is gone): nlink 0, size and times from
+        the bytes file, mode and owner as the entity had them (kept by _hide; the bytes file's
+        are the daemon's)."""
         st = os.fstat(h.fd)
-        return dict(zip(STAT_KEYS, ((h.eid << 2) | 1, 0, stat.S_IFREG | (st.st_mode & 0o7777), st.st_uid,
-                                    st.st_gid, st.st_size, 131072, (st.st_size + 511) // 512,
+        mode, uid, gid = self.removed.attrs(h.eid, st)
+        return dict(zip(STAT_KEYS, ((h.eid << 2) | 1, 0, stat.S_IFREG | (mode & 0o7777), uid, gid,
+                                    st.st_size, 131072, (st.st_size + 511) // 512,
                                     st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns), strict=True))
 
     def _dir_links(self, dirid: int) -> int:
@@ -549,8 +551,9 @@ class HKOperations(Operations):
                 return q
         if fh is not None and fh in self._handles:
             return self._open_attrs(self._handles[fh])
-        if self._hidden and path.rpartition("/")[2] in self._hidden:
-            return self._hidden_attrs(self._hidden[path.rpartition("/")[2]])
+        hidden = self.removed.eid_of(path)
+        if hidden is not None:          # fstat of a file removed while open: no handle is passed
+            return self._open_attrs(self._handle_of(hidden))
         loc = self.loc(path)
         if isinstance(loc, DirLoc):
             return self._dir_attrs(loc.dirid)
@@ -564,10 +567,10 @@ class HKOperations(Operations):
         except NotFound:
             return self._removed_attrs(h)
 
-    def _removed_fd(self, eid: int, fn: Callable[..., None], *args: Any) -> bool:
-        """Apply fn(fd, *args) to the bytes file of a file removed while open (no catalog row is
-        left to change; its attributes are the bytes file's, see _removed_attrs). False if eid
-        has a row."""
+    def _removed_set(self, eid: int, mode: int | None = None, uid: int | None = None,
+                     gid: int | None = None) -> bool:
+        """fchmod/fchown of a file removed while open: no catalog row is left to change, so its
+        kept attributes change (see _removed_attrs). False if eid has a row."""
         if eid not in self._open_eids:
             return False
         try:
@@ -575,12 +578,8 @@ class HKOperations(Operations):
             return False
         except NotFound:
             pass
-        fn(self._handle_of(eid).fd, *args)
+        self.removed.change(eid, os.fstat(self._handle_of(eid).fd), mode, uid, gid)
         return True
-
-    def _hidden_attrs(self, eid: int) -> dict[str, Any]:
-        """fstat of a file removed while open: libfuse asks by its hidden name, without the handle."""
-        return self._open_attrs(self._handle_of(eid))
 
     def _handle_of(self, eid: int) -> Handle:
         """An open handle of entity eid (NotFound if it is no longer open)."""
@@ -601,7 +600,7 @@ class HKOperations(Operations):
                 raise NotPermitted("views have no mode of their own")   # the same mode: tar x, cp -a
         else:
             eid = self._eid_of(loc)
-            if self._removed_fd(eid, os.fchmod, mode & 0o7777):
+            if self._removed_set(eid, mode=mode & 0o7777):
                 return 0
             self.store.set_attrs(eid, mode=mode & 0o7777)
             self._attrs_changed(eid, path)
@@ -620,7 +619,7 @@ class HKOperations(Operations):
                 raise NotPermitted("views have no owner of their own")  # the same owner: tar x, cp -a
         else:
             eid = self._eid_of(loc)
-            if self._removed_fd(eid, os.fchown, -1 if u is None else u, -1 if g is None else g):
+            if self._removed_set(eid, uid=u, gid=g):
                 return 0
             self.store.set_attrs(eid, uid=u, gid=g)
             self._attrs_changed(eid, path)
@@ -813,6 +812,7 @@ class HKOperations(Operations):
         return self._dir_ns(loc.dirid) if isinstance(loc, LinkLoc) else loc.view.ns
 
     def _new_entity(self, loc: Location, mode: int) -> int:
+        self._new_bytes_files = True            # entities/ gets a name: the next fsync syncs it
         uid, gid = _caller()
         perm = stat.S_IFMT(mode) | (mode & 0o7777)   # S_IFLNK kept for a symlink
         if isinstance(loc, LinkLoc):
@@ -958,12 +958,15 @@ class HKOperations(Operations):
 
     def _durable(self) -> None:
         """What an fsync promises beyond the file's bytes: its name and attributes (catalog
-        rows) and its bytes file's name in entities/ survive a power loss."""
-        fd = os.open(self._entities, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        rows) and, when files were made since the last time, their bytes files' names in
+        entities/ survive a power loss."""
+        if self._new_bytes_files:
+            self._new_bytes_files = False
+            fd = os.open(self._entities, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         self.store.catalog.sync()
 
     @overrides(Operations)
@@ -989,6 +992,8 @@ class HKOperations(Operations):
             h = self._handles.pop(fh, None)
             if h is not None:
                 self._forget_open(h.eid)
+                if h.eid not in self._open_eids:
+                    self.removed.closed(h.eid)
         if h is not None:
             try:
                 self._sync(h)
@@ -1039,7 +1044,7 @@ class HKOperations(Operations):
     @overrides(Operations)
     @_mapped
     def unlink(self, path: str) -> int:
-        if self._hidden.pop(path.rpartition("/")[2], None) is not None:
+        if self.removed.forget_name(path):
             return 0          # libfuse's last close of a file removed while open: removed already
         self._remove(self.loc(path))
         return 0
@@ -1066,13 +1071,14 @@ class HKOperations(Operations):
         a `.fuse_hidden` name: here that is the removal itself (nothing is listed under the
         hidden name, nothing is retagged), and the name is remembered so that fstat of the
         open file is answered. False: not such a rename (the file is not open)."""
-        if not hidden.startswith(HIDDEN_PREFIX):
+        if not self.removed.is_hidden_name(hidden):
             return False
         loc = self.loc(old)
         if not isinstance(loc, (LinkLoc, ViewFileLoc)) or loc.eid not in self._open_eids:
             return False
+        info = self.reads.entity(loc.eid)
         self._remove(loc)
-        self._hidden[hidden] = loc.eid
+        self.removed.hide(hidden, loc.eid, info.mode, info.uid, info.gid)
         return True
 
     def _leave_view(self, eid: int, view: ViewLoc) -> None:
