@@ -110,6 +110,7 @@ def test_errors_are_one_line_and_nonzero(store: Path) -> None:
     (("ls", "--bogus"), "Error: No such option '--bogus'."),
     (("nope",), "Error: No such command 'nope'. Usage: hk [OPTIONS] COMMAND [ARGS]... (help: hk -h)"),
     (("--bogus",), "Error: No such option '--bogus'."),
+    (("embed", "f"), "Error: give exactly one of --vector, --from, --clear, --show. Usage: hk embed"),
 ])
 def test_usage_errors_are_one_line_with_the_usage(args: tuple[str, ...], says: str) -> None:
     r = CliRunner().invoke(cli, list(args), prog_name="hk")
