@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hkfs.core.store import Store
-
 from conftest import Mount
+
+from hkfs.core.store import Store
 
 
 def _other_process(store: Path, code: str) -> str:
