@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..core.errors import InvalidArgument, NotFound
-from ..core.naming import HK, term_keyword
+from ..core.naming import term_keyword
 from .context import friendly_errors, here, parse_spec_arg, store_options
 from .main import cli
 
