@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import click
 
 from ..core.errors import InvalidArgument, NotFound
-from ..core.naming import HK
-from .context import friendly_errors, here, parse_hk_arg, store_options
+from ..core.naming import term_keyword
+from .context import friendly_errors, here, parse_spec_arg, store_options
 from .main import cli
 
 if TYPE_CHECKING:
@@ -172,10 +172,13 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
         svc = QueryService(h.store, writable=False)
         try:
             if spec:
-                hks = parse_hk_arg(spec, h.ckl)
-                for hk in hks:
-                    if not h.store.keyword_exists(h.ns, hk):
-                        raise NotFound(f"no keyword //{'/'.join(hk)}")
+                hks, name = parse_spec_arg(spec, h.ckl)      # operators too: //photo//@not/animal
+                if name is not None:
+                    raise InvalidArgument(f"{spec}: SPEC names a view, not a file (--like FILE)")
+                for term in hks:
+                    kw = term_keyword(term)
+                    if kw and not h.store.keyword_exists(h.ns, kw):
+                        raise NotFound(f"no keyword //{'/'.join(kw)}")
                 base = h.rel.strip("/") + "/" if h.dirid is not None and h.rel.strip("/") else ""
                 sc = svc.view_scope(h.ns, hks, base + view_prefix(hks))
             else:

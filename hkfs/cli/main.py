@@ -20,7 +20,8 @@ class OneLineUsageError(click.UsageError):
     three lines and a blank one, the error last)."""
 
     def show(self, file: IO[Any] | None = None) -> None:
-        line = f"Error: {self.format_message()}"
+        message = self.format_message()
+        line = f"Error: {message}" + ("" if message.endswith((".", "?", "!")) else ".")
         if self.ctx is not None:
             usage = " ".join(self.ctx.get_usage().split())          # 'Usage: hk atkw [OPTIONS] ...'
             line += f" {usage} (help: {self.ctx.command_path} -h)"

@@ -226,13 +226,19 @@ class Catalog:
         """Make every committed transaction durable (fsync, fsyncdir of the mount).
 
         Commits run with synchronous=NORMAL: in WAL mode they are appended to the -wal file
-        without an fsync (SQLite syncs it before each checkpoint and the database file after
-        it), so a power loss may drop the last ones. An fsync of the -wal file makes all of
-        them durable at once."""
+        without an fsync (SQLite syncs it before each checkpoint), so a power loss may drop
+        the last ones. An fsync of the -wal file makes all of them durable at once (what is
+        no longer in it was checkpointed, and SQLite syncs the database after a checkpoint).
+
+        Never open and close the database file itself here: close() of any descriptor of
+        it drops every POSIX lock this process holds on it, SQLite's included; the next
+        other process to close its connection then takes itself for the last one and
+        deletes the -wal and -shm under this one's feet (later commits of this process are
+        lost). SQLite takes no locks on the -wal file."""
         try:
             fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return                     # no WAL: every commit is checkpointed (and synced) already
+            return
         try:
             os.fsync(fd)
         finally:
