@@ -15,7 +15,7 @@ import click
 
 from ..core.errors import InvalidArgument, NotFound
 from ..core.naming import term_keyword
-from .context import friendly_errors, here, parse_spec_arg, store_options
+from .context import here, parse_spec_arg, store_options
 from .main import cli
 
 if TYPE_CHECKING:
@@ -73,7 +73,6 @@ def _text(v: np.ndarray) -> bytes:
 @click.option("--clear", is_flag=True, help="Remove the file's embedding.")
 @click.option("--show", is_flag=True, help="Print the file's embedding.")
 @store_options
-@friendly_errors
 def embed_cmd(file: str, vector: str | None, from_: Path | None, row: int | None, clear: bool, show: bool,
               store: Path | None, user: str | None) -> None:
     """Give FILE an embedding of its own (the user.hk.embedding attribute).
@@ -147,7 +146,6 @@ def _scope_here(svc: QueryService, h: Here) -> Scope:
 @click.option("--show", "show", metavar="NAME.query",
               help="Print the body of a stored query (what it asks, not its results).")
 @store_options
-@friendly_errors
 def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, nprobe: int | None,
               show: str | None, store: Path | None, user: str | None) -> None:
     """Nearest neighbours among the embeddings of a view or directory (default: the current one).
