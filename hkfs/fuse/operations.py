@@ -45,8 +45,8 @@ from typing import Any
 import mfusepy
 from mfusepy import FuseOSError, Operations, overrides
 
-from ..core.completion import COMPLETE_ATTR, complete_word
 from ..core.changes import ChangeFeed
+from ..core.completion import COMPLETE_ATTR, complete_word
 from ..core.errors import (
     AlreadyExists,
     HKError,
