@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from vecindex import _kernels
 from vecindex import format as fmt
-from vecindex.clustering import Quantizer, top_k_set, train_quantizer
+from vecindex.clustering import FLAT_PROBE_MAX_NLIST, Quantizer, top_k_set, train_quantizer
 from vecindex.format import IndexFormatError, VecIndexError
 from vecindex.io import as_rows, open_vectors
 
@@ -87,6 +88,16 @@ class _Buffers(threading.local):
         self.rows = 0
         self.scores = np.empty(MAX_BUF_ROWS, dtype=np.float32)
         self.sq = np.empty(MAX_BUF_ROWS, dtype=np.float32)
+
+    def ensure_kernel(self, d: int, int8_scan: bool) -> None:
+        """Buffers of the compiled path: the unused scan buffer is one row."""
+        if getattr(self, "k_key", None) != (d, int8_scan):
+            rows = int(min(MAX_BUF_ROWS, max(256, BUF_BYTES // (d * (1 if int8_scan else 4)))))
+            self.k8 = np.empty((rows if int8_scan else 1, d), np.int8)
+            self.kf = np.empty((1 if int8_scan else rows, d), np.float32)
+            self.ksq = np.empty(rows, np.float32)
+            self.krow = np.empty((1, d), np.float32)
+            self.k_key = (d, int8_scan)
 
     def ensure(self, d: int, dtype: type) -> None:
         if self.codes is None or self.codes.shape[1] != d or self.codes.dtype != dtype:
@@ -519,15 +530,21 @@ class IVFIndex:
         if self.metric == "cosine":
             q = _normalize(q)
         nprobe = int(nprobe or self._h.get("default_nprobe", 1))
-        rerank = int(rerank or max(8 * k, 128))
+        rerank = int(rerank or max(4 * k, 40))
         allowed_pos = None
         if allowed_ids is not None:
             allowed_pos = self.positions_of(np.asarray(allowed_ids, dtype=np.int64).reshape(-1))
         scores = np.full((nq, k), np.inf if self.metric == "l2" else -np.inf, dtype=np.float32)
         out_ids = np.full((nq, k), -1, dtype=np.int64)
 
+        exact_only = allowed_pos is not None and len(allowed_pos) <= exact_limit
+        if _kernels.HAVE_NUMBA and not exact_only and self.n_main and self.quantizer is not None:
+            with self._lock:
+                self._search_compiled(q, k, nprobe, rerank, allowed_pos, threads, scores, out_ids)
+            return scores, out_ids
+
         def one(i: int) -> None:
-            if allowed_pos is not None and len(allowed_pos) <= exact_limit:
+            if exact_only:
                 s, pos = self._exact_positions(q[i], allowed_pos, k)
             else:
                 s, pos = self._search_one(q[i], k, nprobe, rerank, allowed_pos)
@@ -548,6 +565,69 @@ class IVFIndex:
                 for i in range(nq):
                     one(i)
         return scores, out_ids
+
+    def _search_compiled(
+        self, q: np.ndarray, k: int, nprobe: int, rerank: int, allowed_pos: np.ndarray | None,
+        threads: int, scores: np.ndarray, out_ids: np.ndarray,
+    ) -> None:
+        """The compiled path (numba, no GIL): a batch per call, split over `threads` workers."""
+        nq, d = q.shape
+        int8_scan = self.scan != "none"
+        l2 = self.metric == "l2"
+        quant = self.quantizer
+        assert quant is not None
+        nprobe = max(1, min(nprobe, self.nlist))
+        if quant.coarse is not None and self.nlist > FLAT_PROBE_MAX_NLIST:
+            probes = quant.probe(q, nprobe)
+        else:
+            probes = np.zeros((nq, 0), np.int64)
+        if int8_scan:
+            qs = np.ascontiguousarray(q * self.q_step, dtype=np.float32)
+            consts = (q @ (self.q_min + 128 * self.q_step)).astype(np.float32)
+        else:
+            qs, consts = q, np.zeros(nq, np.float32)
+        keep = max(rerank, k) if int8_scan else k
+        allowed = allowed_pos if allowed_pos is not None else np.zeros(0, np.int64)
+        csq = quant._sq if quant._sq is not None else np.zeros(0, np.float32)
+        s_int = np.empty((nq, k), np.float32)
+        pos = np.empty((nq, k), np.int64)
+        fds = self._fds
+
+        def run(a: int, b: int) -> None:
+            bufs = self._bufs
+            bufs.ensure_kernel(d, int8_scan)
+            rc = _kernels.search_batch(
+                fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1),
+                fds["ids"], int8_scan, l2, self.offsets, quant.centroids, csq, probes[a:b], nprobe,
+                q[a:b], qs[a:b], consts[a:b], keep, k, self.deleted, allowed, allowed_pos is not None,
+                bufs.k8, bufs.kf, bufs.ksq, bufs.krow, s_int[a:b], pos[a:b], out_ids[a:b])
+            if rc != 0:
+                raise IndexFormatError(f"{self.path}: index file shorter than its header says "
+                                       "(truncated while open?)")
+
+        if threads > 1 and nq > 1:
+            step = max(1, -(-nq // (4 * threads)))
+            with ThreadPoolExecutor(threads) as ex:
+                list(ex.map(lambda a: run(a, min(nq, a + step)), range(0, nq, step)))
+        else:
+            run(0, nq)
+        if not self.n_tail and allowed_pos is None:
+            valid = pos >= 0
+            scores[valid] = (-s_int if l2 else s_int)[valid]
+            return
+        for i in range(nq):
+            m = int((pos[i] >= 0).sum())
+            s, p = s_int[i, :m], pos[i, :m]
+            if self.n_tail:
+                ts, tp = self._scan_tail(q[i], k, allowed_pos)
+                s, p = _merge_topk(s, p, ts, tp, k)
+            if allowed_pos is not None and len(p) < min(k, len(allowed_pos)):
+                s, p = self._exact_positions(q[i], allowed_pos, k)
+            if self.n_tail or allowed_pos is not None:
+                m = len(p)
+                out_ids[i, :m] = self._ids_at(p)
+                out_ids[i, m:] = -1
+            scores[i, :m] = -s if l2 else s
 
     # Internally every score is "higher is better": l2 uses -|q-x|^2.
     def _exact(self, qv: np.ndarray, x: np.ndarray) -> np.ndarray:
