@@ -1,219 +1,25 @@
-"""Compiled search kernels (numba), used when numba is installed.
+"""Whether the compiled search path is used, and the lazy import of its kernels.
 
-One call searches a batch of queries end to end without the GIL: score the
-centroids, pick the `nprobe` best lists, read each list with `pread(2)` into a
-reused buffer (so RSS does not grow with the bytes scanned), score the rows
-into a bounded min-heap, re-rank int8 candidates exactly from the float32 rows,
-and read the k ids. The pure-numpy path in ivf.py does the same with many small
-numpy calls; this removes their fixed cost (about 0.2 ms a query) and lets
-threads run in parallel. `VECINDEX_NUMBA=0` disables the kernels (the tests run
-both paths). Compiled code is cached next to this file (`cache=True`).
+numba is optional: without it (or with `VECINDEX_NUMBA=0`) searches take the pure-numpy
+path in ivf.py, which returns the same hits (tests/test_vecindex_kernels.py). numba is
+imported on the first search, not with vecindex: importing it and loading the cached
+machine code costs about 65 MiB of RSS and 1-3 s once per process, which builds and
+processes that never search should not pay.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from typing import Any
 
-import numpy as np
+HAVE_NUMBA = os.environ.get("VECINDEX_NUMBA", "1") != "0" and importlib.util.find_spec("numba") is not None
 
-HAVE_NUMBA = False
-if os.environ.get("VECINDEX_NUMBA", "1") != "0":
-    try:
-        import numba
-        from numba import njit, types
 
-        HAVE_NUMBA = True
-    except ImportError:  # the no-compiler install: ivf.py falls back to numpy
-        HAVE_NUMBA = False
+def search_batch(*args: Any) -> int:
+    """vecindex._numba_search.search_batch (see there), imported on first use."""
+    global search_batch
+    from vecindex._numba_search import search_batch as compiled
 
-if HAVE_NUMBA:
-    # libc's pread, called by symbol (not by address, so the cache stays valid across runs)
-    _pread = types.ExternalFunction("pread", types.intp(types.int32, types.voidptr, types.uintp, types.int64))
-    _FM = {"reassoc", "contract", "nsz", "arcp"}  # vectorizable sums; keeps inf/nan semantics
-
-    @njit(cache=True, nogil=True)
-    def _read_full(fd, ptr, nbytes, offset):
-        got = 0
-        while got < nbytes:
-            r = _pread(fd, ptr + got, nbytes - got, offset + got)
-            if r <= 0:
-                return False
-            got += r
-        return True
-
-    @njit(cache=True, nogil=True)
-    def _contains(sorted_set, x):
-        lo, hi = 0, len(sorted_set)
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if sorted_set[mid] < x:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo < len(sorted_set) and sorted_set[lo] == x
-
-    @njit(cache=True, nogil=True)
-    def _heap_push(hs, hp, n, cap, s, p):
-        """Keep the `cap` best (score, position) pairs in a min-heap; returns the new size.
-
-        Equal scores do not replace: of tied rows the first scanned (lowest position) stays.
-        """
-        if n < cap:
-            i = n
-            n += 1
-            while i > 0:
-                par = (i - 1) >> 1
-                if hs[par] < s or (hs[par] == s and hp[par] > p):
-                    break
-                hs[i] = hs[par]
-                hp[i] = hp[par]
-                i = par
-            hs[i] = s
-            hp[i] = p
-            return n
-        if not (s > hs[0]):
-            return n
-        i = 0
-        while True:
-            c = 2 * i + 1
-            if c >= n:
-                break
-            if c + 1 < n and (hs[c + 1] < hs[c] or (hs[c + 1] == hs[c] and hp[c + 1] > hp[c])):
-                c += 1
-            if hs[c] > s or (hs[c] == s and hp[c] < p):
-                break
-            hs[i] = hs[c]
-            hp[i] = hp[c]
-            i = c
-        hs[i] = s
-        hp[i] = p
-        return n
-
-    @njit(cache=True, nogil=True, fastmath=_FM)
-    def _dot_i8(qs, codes, r):
-        acc = np.float32(0.0)
-        for j in range(qs.shape[0]):
-            acc += qs[j] * np.float32(codes[r, j])
-        return acc
-
-    @njit(cache=True, nogil=True, fastmath=_FM)
-    def _dot_f32(q, x, r):
-        acc = np.float32(0.0)
-        for j in range(q.shape[0]):
-            acc += q[j] * x[r, j]
-        return acc
-
-    @njit(cache=True, nogil=True, fastmath=_FM)
-    def _negsqdist(q, x, r):
-        acc = np.float32(0.0)
-        for j in range(q.shape[0]):
-            t = x[r, j] - q[j]
-            acc += t * t
-        return -acc
-
-    @njit(cache=True, nogil=True, fastmath=_FM)
-    def _probe(qv, cents, csq, nprobe, hs, hp, lists):
-        """The nprobe best lists of one query, sorted by list number (= file order)."""
-        n = 0
-        for c in range(cents.shape[0]):
-            s = _dot_f32(qv, cents, c)
-            if csq.shape[0]:
-                s = 2 * s - csq[c]
-            n = _heap_push(hs, hp, n, nprobe, s, c)
-        lists[:n] = np.sort(hp[:n])
-        return n
-
-    @njit(cache=True, nogil=True)
-    def search_batch(fd_scan, fd_vec, fd_sq, fd_ids, int8_scan, l2, offsets, cents, csq, probes,
-                     nprobe, Q, QS, consts, keep, k, deleted, allowed, use_allowed,
-                     buf8, buff, sqbuf, rowbuf, out_s, out_p, out_ids):
-        """Search each row of Q (already normalized for cosine) over the main lists.
-
-        int8_scan: score codes with QS (q * step) + consts, then re-rank `keep` candidates
-        exactly; else score float32 rows and keep k. `probes` (nq, P) gives the lists when
-        P > 0, else the centroids are scored here. Internally higher is better (l2: -|q-x|^2).
-        Writes out_s/out_p/out_ids (position -1 and id -1 where fewer than k rows are in scope);
-        ids of positions past the main rows (none here) are left to the caller.
-        Returns 0, or -1 when a file turned out shorter than the header says.
-        """
-        nq, d = Q.shape
-        cap = buf8.shape[0] if int8_scan else buff.shape[0]
-        rb = d if int8_scan else 4 * d
-        heap_cap = keep if int8_scan else k
-        hs = np.empty(max(heap_cap, nprobe), np.float32)
-        hp = np.empty(max(heap_cap, nprobe), np.int64)
-        lists = np.empty(max(nprobe, probes.shape[1]), np.int64)
-        ndel = deleted.shape[0]
-        for qi in range(nq):
-            qv = Q[qi]
-            if probes.shape[1] > 0:
-                nl = probes.shape[1]
-                lists[:nl] = np.sort(probes[qi])
-            else:
-                nl = _probe(qv, cents, csq, nprobe, hs, hp, lists)
-            n = 0
-            for li in range(nl):
-                lst = lists[li]
-                if li > 0 and lst == lists[li - 1]:
-                    continue
-                st = offsets[lst]
-                ln = offsets[lst + 1] - st
-                done = 0
-                while done < ln:
-                    m = min(ln - done, cap)
-                    if int8_scan:
-                        if not _read_full(fd_scan, buf8.ctypes.data, m * rb, (st + done) * rb):
-                            return -1
-                        if l2 and not _read_full(fd_sq, sqbuf.ctypes.data, m * 4, (st + done) * 4):
-                            return -1
-                    elif not _read_full(fd_scan, buff.ctypes.data, m * rb, (st + done) * rb):
-                        return -1
-                    for r in range(m):
-                        pos = st + done + r
-                        if ndel and _contains(deleted, pos):
-                            continue
-                        if use_allowed and not _contains(allowed, pos):
-                            continue
-                        if int8_scan:
-                            s = _dot_i8(QS[qi], buf8, r) + consts[qi]
-                            if l2:
-                                s = 2 * s - sqbuf[r]
-                        elif l2:
-                            s = _negsqdist(qv, buff, r)
-                        else:
-                            s = _dot_f32(qv, buff, r)
-                        n = _heap_push(hs, hp, n, heap_cap, s, pos)
-                    done += m
-            if int8_scan and n:
-                # exact re-rank: read the candidates' float32 rows (sorted: forward reads)
-                cp = np.sort(hp[:n])
-                n = 0
-                for c in cp:
-                    if not _read_full(fd_vec, rowbuf.ctypes.data, 4 * d, c * 4 * d):
-                        return -1
-                    s = _negsqdist(qv, rowbuf, 0) if l2 else _dot_f32(qv, rowbuf, 0)
-                    n = _heap_push(hs, hp, n, k, s, c)
-            # best first, ties by position
-            order = np.empty(n, np.int64)
-            for i in range(n):
-                order[i] = i
-            for i in range(1, n):
-                j = i
-                while j > 0:
-                    a, b = order[j - 1], order[j]
-                    if hs[a] > hs[b] or (hs[a] == hs[b] and hp[a] < hp[b]):
-                        break
-                    order[j - 1], order[j] = b, a
-                    j -= 1
-            idb = np.empty(1, np.int64)
-            for i in range(k):
-                if i < n:
-                    out_s[qi, i] = hs[order[i]]
-                    out_p[qi, i] = hp[order[i]]
-                    if not _read_full(fd_ids, idb.ctypes.data, 8, hp[order[i]] * 8):
-                        return -1
-                    out_ids[qi, i] = idb[0]
-                else:
-                    out_p[qi, i] = -1
-                    out_ids[qi, i] = -1
-        return 0
+    search_batch = compiled
+    return compiled(*args)

@@ -56,8 +56,10 @@ class Quantizer:
         Rows go in chunks whose score block (chunk x nlist float32) stays near 16 MiB,
         so the assignment never holds a large matrix (it used to dominate build RSS).
         """
-        if chunk is None:
-            chunk = int(min(65536, max(1024, (16 << 20) // (4 * max(len(self.centroids), 1)))))
+        if chunk is None:  # the widest score block: all lists, or the coarse cells and one cell's lists
+            width = len(self.centroids) if self.coarse is None else max(
+                len(self.coarse), int(np.diff(self.coarse_offsets).max()))
+            chunk = int(min(65536, max(1024, (16 << 20) // (4 * max(width, 1)))))
         out = np.empty(len(x), dtype=np.int32)
         for a in range(0, len(x), chunk):
             xb = x[a : a + chunk]

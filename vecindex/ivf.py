@@ -134,6 +134,7 @@ class IVFIndex:
         self._lock = threading.RLock()
         self._bufs = _Buffers()
         self._fds: dict[str, int] = {}
+        self._numpy_only = False  # set while a build calibrates (see _calibrate_nprobe)
         self._load(header)
 
     # ------------------------------------------------------------------ opening
@@ -588,7 +589,8 @@ class IVFIndex:
         out_ids = np.full((nq, k), -1, dtype=np.int64)
 
         exact_only = allowed_pos is not None and len(allowed_pos) <= exact_limit
-        if _kernels.HAVE_NUMBA and not exact_only and self.n_main and self.quantizer is not None:
+        if (_kernels.HAVE_NUMBA and not self._numpy_only and not exact_only and self.n_main
+                and self.quantizer is not None):
             with self._lock:
                 self._search_compiled(q, k, nprobe, rerank, allowed_pos, threads, scores, out_ids)
             return scores, out_ids
@@ -897,6 +899,10 @@ class _Calibration:
         self.best_p = np.full((len(q), kk), -1, np.int64)
 
     def update(self, a: int, xb: np.ndarray) -> None:
+        for b in range(0, len(xb), 8192):  # score blocks of 200 x 8192: a few MiB
+            self._update(a + b, xb[b : b + 8192])
+
+    def _update(self, a: int, xb: np.ndarray) -> None:
         s = self.q @ xb.T
         if self.l2:
             s = 2 * s - np.einsum("ij,ij->i", xb, xb)[None, :]
@@ -928,11 +934,17 @@ def _calibrate_nprobe(ix: IVFIndex, cal: _Calibration, ids: np.ndarray) -> dict[
         hits = [[int(v) for v in row if v != o and v >= 0][:CALIBRATE_K] for row, o in zip(got, own, strict=True)]
         return float(np.mean([len(set(h) & t) / max(len(t), 1) for h, t in zip(hits, truth, strict=True)]))
 
-    i = 0
-    while i < len(ladder) - 1 and rec_at(ladder[i]) < CALIBRATE_RECALL:
-        i += 1
-    npb = ladder[min(i + 1, len(ladder) - 1)]  # one rung (1.3-1.5x) of margin for other queries
-    return {"nprobe": int(npb), "recall_at_10": round(rec_at(npb), 4), "target": CALIBRATE_RECALL,
+    # a build process that has not searched yet does not load numba just for this (~130 MiB RSS)
+    ix._numpy_only = "vecindex._numba_search" not in sys.modules
+    try:
+        i = 0
+        while i < len(ladder) - 1 and rec_at(ladder[i]) < CALIBRATE_RECALL:
+            i += 1
+        npb = ladder[min(i + 1, len(ladder) - 1)]  # one rung (1.3-1.5x) of margin for other queries
+        final = rec_at(npb)
+    finally:
+        ix._numpy_only = False
+    return {"nprobe": int(npb), "recall_at_10": round(final, 4), "target": CALIBRATE_RECALL,
             "queries": len(cal.q), "reached_at": int(ladder[i])}
 
 
