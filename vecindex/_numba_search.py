@@ -17,6 +17,8 @@ from numba import njit, types
 # libc's pread, called by symbol (not by address, so the cache stays valid across runs)
 _pread = types.ExternalFunction("pread", types.intp(types.int32, types.voidptr, types.uintp, types.int64))
 _FM = {"reassoc", "contract", "nsz", "arcp"}  # vectorizable sums; keeps inf/nan semantics
+#: re-rank candidates at most this many rows apart are read with one pread of their span
+RERANK_GAP = 16
 
 
 @njit(cache=True, nogil=True)
@@ -174,13 +176,24 @@ def search_batch(fd_scan, fd_vec, fd_sq, fd_ids, int8_scan, l2, offsets, cents, 
                 done += m
         if int8_scan and n:
             # exact re-rank: read the candidates' float32 rows (sorted: forward reads)
+            # candidates close together (often: a few lists hold them all) share one read of
+            # their span; a syscall costs more than copying a few KiB
             cp = np.sort(hp[:n])
+            nc = n
             n = 0
-            for c in cp:
-                if not _read_full(fd_vec, rowbuf.ctypes.data, 4 * d, c * 4 * d):
+            a = 0
+            while a < nc:
+                b = a + 1
+                while b < nc and cp[b] - cp[b - 1] <= RERANK_GAP and cp[b] - cp[a] < rowbuf.shape[0]:
+                    b += 1
+                span = cp[b - 1] - cp[a] + 1
+                if not _read_full(fd_vec, rowbuf.ctypes.data, span * 4 * d, cp[a] * 4 * d):
                     return -1
-                s = _negsqdist(qv, rowbuf, 0) if l2 else _dot_f32(qv, rowbuf, 0)
-                n = _heap_push(hs, hp, n, k, s, c)
+                for j in range(a, b):
+                    r = cp[j] - cp[a]
+                    s = _negsqdist(qv, rowbuf, r) if l2 else _dot_f32(qv, rowbuf, r)
+                    n = _heap_push(hs, hp, n, k, s, cp[j])
+                a = b
         # best first, ties by position
         order = np.empty(n, np.int64)
         for i in range(n):

@@ -110,7 +110,7 @@ class _Buffers(threading.local):
             self.k8 = np.empty((rows if int8_scan else 1, d), np.int8)
             self.kf = np.empty((1 if int8_scan else rows, d), np.float32)
             self.ksq = np.empty(rows, np.float32)
-            self.krow = np.empty((1, d), np.float32)
+            self.krow = np.empty((256, d), np.float32)  # re-rank spans (RERANK_GAP, _numba_search)
             self.k_key = (d, int8_scan)
 
     def ensure(self, d: int, dtype: type) -> None:
