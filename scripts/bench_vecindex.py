@@ -7,6 +7,7 @@ Sections (each selectable with --sections):
   zipf       Zipf-sized anisotropic clusters, --zipf-size x 128 (2M), l2, 500 held-out queries
   notebook   the notebook's protocol on uniform data (VecDB, score, s/query, RAM) at --sizes
   kmeans     numpy Lloyd vs scikit-learn MiniBatchKMeans for training the lists
+  build-rss  peak RSS of building --build-rss-size x 64 (10M) in a fresh process
 
 glove and zipf measure, in one process and back to back per nprobe: recall@10 and single-thread
 latency of single-query calls (median of --reps passes), the first nprobe reaching recall 0.90,
@@ -500,6 +501,20 @@ def section_zipf(n: int, nq: int = 500, reps: int = 3) -> dict:
     return r
 
 
+def section_build_rss(n: int) -> dict:
+    """Peak RSS of building the notebook's n x 64 uniform file (memory-mapped) in a fresh process."""
+    path = uniform_file(n)
+    spec = {"kind": "ours-build", "metric": "cosine", "nlist": default_nlist(n), "dim": 64, "data": str(path),
+            "path": str(DATA / f"build_rss_{fmt_size(n)}")}
+    r = {"rows": n, "nlist": spec["nlist"], "load_start": loadavg()}
+    t = time.perf_counter()
+    r["ours_build"] = rss_of(spec)
+    r["build_s"] = time.perf_counter() - t
+    r["command"] = f"python scripts/bench_vecindex.py --sections build-rss --build-rss-size {fmt_size(n)}"
+    save_section(f"build-rss-{fmt_size(n)}", r)
+    return r
+
+
 def section_kmeans(n: int = 1_000_000, nlist: int = 1024) -> dict:
     x = np.memmap(uniform_file(n), np.float32, "r", shape=(n, 64))
     samp = normalize(np.asarray(x[np.sort(np.random.default_rng(0).choice(n, 64 * nlist, replace=False))]))
@@ -611,6 +626,16 @@ def write_docs(allr: dict) -> None:
     for key in ["glove", *sorted(k for k in allr if k.startswith("zipf-"))]:
         if key in allr and "sweep" in allr[key]:
             L += compare_md(key, allr[key])
+    for key in sorted(k for k in allr if k.startswith("build-rss-")):
+        r = allr[key]
+        b = r["ours_build"]
+        L += [f"## Build peak RSS, {fmt_size(r['rows'])} x 64 (the notebook's uniform file, memory-mapped)", "",
+              f"Run {r['when']}; command `{r['command']}`; data `default_rng(42)`, index seed 0. A fresh "
+              f"process builds with every default (nlist {r['nlist']}, calibrated nprobe): VmHWM "
+              f"**{b['hwm_mib']:.0f} MiB** (imports {b['after_imports_mib']:.0f} MiB), {r['build_s']:.0f} s "
+              f"wall including the process start, load {_load(r['load_start'])} at the start and "
+              f"{_load(b['load'])} at the end. faiss was not built at this size (404 s and ≥ 2.5 GiB "
+              "resident on 2026-11-23).", ""]
     nbs = sorted((k for k in allr if k.startswith("notebook-")), key=lambda k: allr[k]["rows"])
     if nbs:
         L += ["## The notebook's protocol (uniform random data, cosine, top_k=5)", "",
@@ -682,6 +707,7 @@ def main() -> None:
     ap.add_argument("--glove-nlists", default="2048", help="nlist of the glove section (ours and faiss)")
     ap.add_argument("--quick", action="store_true", help="--sizes 100k,1M --zipf-size 1M --queries 200")
     ap.add_argument("--zipf-size", default="2M", help="rows of the Zipf-clustered 128-d set (section zipf)")
+    ap.add_argument("--build-rss-size", default="10M", help="rows of the build-rss section (uniform x 64)")
     ap.add_argument("--reps", type=int, default=3, help="passes over the queries; medians are reported")
     ap.add_argument("--no-hnsw", action="store_true", help="leave hnswlib out of the glove section")
     a = ap.parse_args()
@@ -698,6 +724,8 @@ def main() -> None:
         section_kmeans()
     if "glove" in secs:
         section_glove(a.queries, int(a.glove_nlists.split(",")[-1]), a.reps, not a.no_hnsw)
+    if "build-rss" in secs:
+        section_build_rss(parse_size(a.build_rss_size))
     if "zipf" in secs:
         section_zipf(parse_size(a.zipf_size), a.queries, a.reps)
     if "notebook" in secs:
