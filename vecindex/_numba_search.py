@@ -114,12 +114,12 @@ def _probe(qv, cents, csq, nprobe, hs, hp, lists):
     return n
 
 @njit(cache=True, nogil=True)
-def search_batch(fd_scan, fd_vec, fd_sq, fd_ids, int8_scan, l2, offsets, cents, csq, probes,
-                 nprobe, Q, QS, consts, keep, k, deleted, allowed, use_allowed,
-                 buf8, buff, sqbuf, rowbuf, out_s, out_p, out_ids):
-    """Search each row of Q (already normalized for cosine) over the main lists.
+def search_batch(fd_scan, fd_vec, fd_sq, fd_ids, int8_scan, l2, cosine, offsets, cents, csq, probes,
+                 nprobe, Q, qmin, qstep, keep, k, deleted, allowed, use_allowed,
+                 buf8, buff, sqbuf, rowbuf, idbuf, out_s, out_p, out_ids):
+    """Search each row of Q over the main lists (`cosine`: each row is normalized here).
 
-    int8_scan: score codes with QS (q * step) + consts, then re-rank `keep` candidates
+    int8_scan: score codes with q * qstep plus q . (qmin + 128 qstep), then re-rank `keep` candidates
     exactly; else score float32 rows and keep k. `probes` (nq, P) gives the lists when
     P > 0, else the centroids are scored here. Internally higher is better (l2: -|q-x|^2).
     Writes out_s/out_p/out_ids (position -1 and id -1 where fewer than k rows are in scope);
@@ -134,8 +134,23 @@ def search_batch(fd_scan, fd_vec, fd_sq, fd_ids, int8_scan, l2, offsets, cents, 
     hp = np.empty(max(heap_cap, nprobe), np.int64)
     lists = np.empty(max(nprobe, probes.shape[1]), np.int64)
     ndel = deleted.shape[0]
+    qv = np.empty(d, np.float32)
+    qs = np.empty(d, np.float32)
+    order = np.empty(k, np.int64)
     for qi in range(nq):
-        qv = Q[qi]
+        nrm = np.float32(1.0)
+        if cosine:
+            acc = np.float32(0.0)
+            for j in range(d):
+                acc += Q[qi, j] * Q[qi, j]
+            if acc > 0:
+                nrm = np.float32(1.0) / np.sqrt(acc)
+        const = np.float32(0.0)
+        for j in range(d):
+            qv[j] = Q[qi, j] * nrm
+            if int8_scan:
+                qs[j] = qv[j] * qstep[j]
+                const += qv[j] * (qmin[j] + 128 * qstep[j])
         if probes.shape[1] > 0:
             nl = probes.shape[1]
             lists[:nl] = np.sort(probes[qi])
@@ -165,7 +180,7 @@ def search_batch(fd_scan, fd_vec, fd_sq, fd_ids, int8_scan, l2, offsets, cents, 
                     if use_allowed and not _contains(allowed, pos):
                         continue
                     if int8_scan:
-                        s = _dot_i8(QS[qi], buf8, r) + consts[qi]
+                        s = _dot_i8(qs, buf8, r) + const
                         if l2:
                             s = 2 * s - sqbuf[r]
                     elif l2:
@@ -194,8 +209,7 @@ def search_batch(fd_scan, fd_vec, fd_sq, fd_ids, int8_scan, l2, offsets, cents, 
                     s = _negsqdist(qv, rowbuf, r) if l2 else _dot_f32(qv, rowbuf, r)
                     n = _heap_push(hs, hp, n, k, s, cp[j])
                 a = b
-        # best first, ties by position
-        order = np.empty(n, np.int64)
+        # best first, ties by position (n <= k: an insertion sort)
         for i in range(n):
             order[i] = i
         for i in range(1, n):
@@ -206,15 +220,26 @@ def search_batch(fd_scan, fd_vec, fd_sq, fd_ids, int8_scan, l2, offsets, cents, 
                     break
                 order[j - 1], order[j] = b, a
                 j -= 1
-        idb = np.empty(1, np.int64)
         for i in range(k):
             if i < n:
                 out_s[qi, i] = hs[order[i]]
                 out_p[qi, i] = hp[order[i]]
-                if not _read_full(fd_ids, idb.ctypes.data, 8, hp[order[i]] * 8):
-                    return -1
-                out_ids[qi, i] = idb[0]
             else:
                 out_p[qi, i] = -1
                 out_ids[qi, i] = -1
+        # ids: positions close together share one read, as in the re-rank
+        srt = np.argsort(out_p[qi, :n])
+        a = 0
+        while a < n:
+            p0 = out_p[qi, srt[a]]
+            b = a + 1
+            while (b < n and out_p[qi, srt[b]] - out_p[qi, srt[b - 1]] <= RERANK_GAP
+                   and out_p[qi, srt[b]] - p0 < idbuf.shape[0]):
+                b += 1
+            span = out_p[qi, srt[b - 1]] - p0 + 1
+            if not _read_full(fd_ids, idbuf.ctypes.data, span * 8, p0 * 8):
+                return -1
+            for j in range(a, b):
+                out_ids[qi, srt[j]] = idbuf[out_p[qi, srt[j]] - p0]
+            a = b
     return 0

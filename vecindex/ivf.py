@@ -111,6 +111,7 @@ class _Buffers(threading.local):
             self.kf = np.empty((1 if int8_scan else rows, d), np.float32)
             self.ksq = np.empty(rows, np.float32)
             self.krow = np.empty((256, d), np.float32)  # re-rank spans (RERANK_GAP, _numba_search)
+            self.kid = np.empty(256, np.int64)  # id spans
             self.k_key = (d, int8_scan)
 
     def ensure(self, d: int, dtype: type) -> None:
@@ -578,8 +579,6 @@ class IVFIndex:
         k = int(k)
         if k <= 0:
             raise ValueError("k must be positive")
-        if self.metric == "cosine":
-            q = _normalize(q)
         nprobe = int(nprobe or self._h.get("default_nprobe", 1))
         rerank = int(rerank or max(4 * k, 40))
         allowed_pos = None
@@ -591,9 +590,11 @@ class IVFIndex:
         exact_only = allowed_pos is not None and len(allowed_pos) <= exact_limit
         if (_kernels.HAVE_NUMBA and not self._numpy_only and not exact_only and self.n_main
                 and self.quantizer is not None):
-            with self._lock:
+            with self._lock:  # q as given: the kernel normalizes (cosine)
                 self._search_compiled(q, k, nprobe, rerank, allowed_pos, threads, scores, out_ids)
             return scores, out_ids
+        if self.metric == "cosine":
+            q = _normalize(q)
 
         def one(i: int) -> None:
             if exact_only:
@@ -629,15 +630,12 @@ class IVFIndex:
         quant = self.quantizer
         assert quant is not None
         nprobe = max(1, min(nprobe, self.nlist))
+        cosine = self.metric == "cosine"
+        probes = np.zeros((nq, 0), np.int64)
         if quant.coarse is not None and self.nlist > FLAT_PROBE_MAX_NLIST:
-            probes = quant.probe(q, nprobe)
-        else:
-            probes = np.zeros((nq, 0), np.int64)
-        if int8_scan:
-            qs = np.ascontiguousarray(q * self.q_step, dtype=np.float32)
-            consts = (q @ (self.q_min + 128 * self.q_step)).astype(np.float32)
-        else:
-            qs, consts = q, np.zeros(nq, np.float32)
+            probes = quant.probe(_normalize(q) if cosine else q, nprobe)
+        qmin = self.q_min if int8_scan else np.zeros(d, np.float32)
+        qstep = self.q_step if int8_scan else np.zeros(d, np.float32)
         keep = max(rerank, k) if int8_scan else k
         allowed = allowed_pos if allowed_pos is not None else np.zeros(0, np.int64)
         csq = quant._sq if quant._sq is not None else np.zeros(0, np.float32)
@@ -650,9 +648,9 @@ class IVFIndex:
             bufs.ensure_kernel(d, int8_scan)
             rc = _kernels.search_batch(
                 fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1),
-                fds["ids"], int8_scan, l2, self.offsets, quant.centroids, csq, probes[a:b], nprobe,
-                q[a:b], qs[a:b], consts[a:b], keep, k, self.deleted, allowed, allowed_pos is not None,
-                bufs.k8, bufs.kf, bufs.ksq, bufs.krow, s_int[a:b], pos[a:b], out_ids[a:b])
+                fds["ids"], int8_scan, l2, cosine, self.offsets, quant.centroids, csq, probes[a:b], nprobe,
+                q[a:b], qmin, qstep, keep, k, self.deleted, allowed, allowed_pos is not None,
+                bufs.k8, bufs.kf, bufs.ksq, bufs.krow, bufs.kid, s_int[a:b], pos[a:b], out_ids[a:b])
             if rc != 0:
                 raise IndexFormatError(f"{self.path}: index file shorter than its header says "
                                        "(truncated while open?)")
@@ -667,6 +665,8 @@ class IVFIndex:
             valid = pos >= 0
             scores[valid] = (-s_int if l2 else s_int)[valid]
             return
+        if cosine:
+            q = _normalize(q)
         for i in range(nq):
             m = int((pos[i] >= 0).sum())
             s, p = s_int[i, :m], pos[i, :m]
