@@ -317,7 +317,7 @@ class IVFIndex:
         rng = np.random.default_rng(seed)
 
         mm = getattr(x, "_mmap", None)
-        chunk = max(4096, (64 << 20) // (4 * max(d, 1)))  # 64 MiB of float32 rows a chunk
+        chunk = build_chunk_rows(d)
 
         def rows(idx: np.ndarray | slice) -> np.ndarray:
             r = np.array(x[idx], dtype=np.float32)  # a copy: the map's pages are dropped next
@@ -569,7 +569,7 @@ class IVFIndex:
         """Top-k for each query: (scores, ids), each (nq, k).
 
         `rerank` is how many int8-scan candidates are re-scored exactly (default
-        max(8k, 128)). `allowed_ids` restricts hits to those ids: when at most
+        max(4k, 40)). `allowed_ids` restricts hits to those ids: when at most
         `exact_limit` of them are in the index they are scored exactly, else the
         IVF scan skips the others and falls back to exact when fewer than k are found.
         `threads` > 1 splits a batch over a thread pool.
@@ -991,6 +991,12 @@ def _write_quantizer(p: Path, h: dict[str, Any], q: Quantizer, gen: int | None =
         h["files"]["coarse_offsets"] = fmt.write_array(p, f"d-coarse_offsets-{g}.i64", q.coarse_offsets)
 
 
+def build_chunk_rows(d: int) -> int:
+    """Rows a build reads and writes at a time: 32 MiB of float32 (a chunk is held about 4 times
+    over while it is sorted and encoded, so this bounds the build's working set near 150 MiB)."""
+    return max(4096, (32 << 20) // (4 * max(d, 1)))
+
+
 def _drop_pages(mm: Any) -> None:
     """Unmap the touched pages of a read-only memory map (they stay in the page cache).
 
@@ -1045,7 +1051,7 @@ def _write_lists(
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64) if nlist else np.zeros(1, np.int64)
     names = {k: f"d-{k}-{g}.{_EXT[k]}" for k in ("vectors", "codes", "ids", "sqnorms", "offsets", "quant")}
     tmp = {k: p / f".tmp-{v}" for k, v in names.items()}
-    chunk = max(4096, (64 << 20) // (4 * d))  # 64 MiB of float32 rows a chunk
+    chunk = build_chunk_rows(d)
     l2 = h["metric"] == "l2"
     int8 = h["scan"] == "int8"
     if lo is None or hi is None:
@@ -1070,9 +1076,13 @@ def _write_lists(
                 order = np.argsort(lab, kind="stable")
                 cols = {"vectors": xb[order], "ids": np.ascontiguousarray(ids[a : a + len(xb)][order], np.int64)}
                 if int8:
-                    c = np.rint((cols["vectors"] - lo) / step) - 128
+                    c = cols["vectors"] - lo  # one float temporary, updated in place
+                    c /= step
+                    np.rint(c, out=c)
+                    c -= 128
                     np.clip(c, -128, 127, out=c)
                     cols["codes"] = c.astype(np.int8)
+                    del c
                 if l2:
                     cols["sqnorms"] = np.einsum("ij,ij->i", cols["vectors"], cols["vectors"]).astype(np.float32)
                 ls, st, cn = np.unique(lab[order], return_index=True, return_counts=True)
