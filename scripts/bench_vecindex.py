@@ -8,6 +8,7 @@ Sections (each selectable with --sections):
   notebook   the notebook's protocol on uniform data (VecDB, score, s/query, RAM) at --sizes
   kmeans     numpy Lloyd vs scikit-learn MiniBatchKMeans for training the lists
   build-rss  peak RSS of building --build-rss-size x 64 (10M) in a fresh process
+  glove-build-rss  only the glove section's build peak RSS (vecindex and faiss)
 
 glove and zipf measure, in one process and back to back per nprobe: recall@10 and single-thread
 latency of single-query calls (median of --reps passes), the first nprobe reaching recall 0.90,
@@ -515,6 +516,20 @@ def section_build_rss(n: int) -> dict:
     return r
 
 
+def section_glove_build_rss(nlist: int = 2048) -> dict:
+    """Only the build peak-RSS pair of the glove section (vecindex, then faiss; fresh processes)."""
+    data = DATA / "glove_base.npy"
+    if not data.exists():
+        raise SystemExit("run the glove section first (it writes bench-data/glove_base.npy)")
+    spec = {"metric": "cosine", "nlist": nlist, "dim": 50, "data": str(data)}
+    r = {"nlist": nlist, "load_start": loadavg(),
+         "ours_build": rss_of(dict(spec, kind="ours-build", path=str(DATA / "glove_rssb"))),
+         "faiss_build": rss_of(dict(spec, kind="faiss-build")),
+         "command": f"python scripts/bench_vecindex.py --sections glove-build-rss --glove-nlists {nlist}"}
+    save_section("glove-build-rss", r)
+    return r
+
+
 def section_kmeans(n: int = 1_000_000, nlist: int = 1024) -> dict:
     x = np.memmap(uniform_file(n), np.float32, "r", shape=(n, 64))
     samp = normalize(np.asarray(x[np.sort(np.random.default_rng(0).choice(n, 64 * nlist, replace=False))]))
@@ -550,7 +565,7 @@ def _load(v: list[float]) -> str:
     return "/".join(f"{x:.1f}" for x in v)
 
 
-def compare_md(key: str, r: dict) -> list[str]:
+def compare_md(key: str, r: dict, allr_now: dict) -> list[str]:
     title = {"glove": f"GloVe 6B 50d ({r['rows']} x {r['dim']}, cosine)"}.get(
         key, f"Zipf-sized anisotropic clusters ({r['rows']} x {r['dim']}, l2)")
     L = [f"## {title}", "",
@@ -600,6 +615,12 @@ def compare_md(key: str, r: dict) -> list[str]:
         v = rs[k2]
         L.append(f"| {label} | {v['hwm_mib']:.0f} | {v['after_imports_mib']:.0f} | {v['load'][0]:.1f} |")
     L.append("")
+    if key == "glove" and "glove-build-rss" in allr_now:
+        g = allr_now["glove-build-rss"]
+        L += [f"Build rows rerun alone on {g['when']} (`{g['command']}`, load {_load(g['load_start'])}), after "
+              f"the build's chunks shrank to 32 MiB: vecindex build VmHWM **{g['ours_build']['hwm_mib']:.0f} MiB**, "
+              f"faiss build **{g['faiss_build']['hwm_mib']:.0f} MiB** (data loaded: "
+              f"{g['ours_build']['after_load_mib']:.0f} / {g['faiss_build']['after_load_mib']:.0f} MiB).", ""]
     if r.get("hnsw"):
         h = r["hnsw"]
         L += [f"hnswlib (M {h['M']}, ef_construction {h['ef_construction']}, built with 2 threads in "
@@ -625,7 +646,7 @@ def write_docs(allr: dict) -> None:
          "[vecindex-2026-11-23.md](vecindex-2026-11-23.md), marked there as not rerun.", ""]
     for key in ["glove", *sorted(k for k in allr if k.startswith("zipf-"))]:
         if key in allr and "sweep" in allr[key]:
-            L += compare_md(key, allr[key])
+            L += compare_md(key, allr[key], allr)
     for key in sorted(k for k in allr if k.startswith("build-rss-")):
         r = allr[key]
         b = r["ours_build"]
@@ -724,6 +745,8 @@ def main() -> None:
         section_kmeans()
     if "glove" in secs:
         section_glove(a.queries, int(a.glove_nlists.split(",")[-1]), a.reps, not a.no_hnsw)
+    if "glove-build-rss" in secs:
+        section_glove_build_rss(int(a.glove_nlists.split(",")[-1]))
     if "build-rss" in secs:
         section_build_rss(parse_size(a.build_rss_size))
     if "zipf" in secs:
