@@ -42,42 +42,40 @@ def _contains(sorted_set, x):
             hi = mid
     return lo < len(sorted_set) and sorted_set[lo] == x
 
+
 @njit(cache=True, nogil=True)
 def _heap_push(hs, hp, n, cap, s, p):
     """Keep the `cap` best (score, position) pairs in a min-heap; returns the new size.
 
     Equal scores do not replace: of tied rows the first scanned (lowest position) stays.
     """
-    if n < cap:
+    if n < cap:  # sift up from the new leaf
         i = n
         n += 1
-        while i > 0:
-            par = (i - 1) >> 1
-            if hs[par] < s or (hs[par] == s and hp[par] > p):
+        while i > 0 and _worse(s, p, hs[(i - 1) >> 1], hp[(i - 1) >> 1]):
+            hs[i], hp[i] = hs[(i - 1) >> 1], hp[(i - 1) >> 1]
+            i = (i - 1) >> 1
+    elif s > hs[0]:  # better than the worst kept: replace it, sift down
+        i = 0
+        while 2 * i + 1 < n:
+            c = 2 * i + 1
+            if c + 1 < n and _worse(hs[c + 1], hp[c + 1], hs[c], hp[c]):
+                c += 1
+            if _worse(s, p, hs[c], hp[c]):
                 break
-            hs[i] = hs[par]
-            hp[i] = hp[par]
-            i = par
-        hs[i] = s
-        hp[i] = p
+            hs[i], hp[i] = hs[c], hp[c]
+            i = c
+    else:
         return n
-    if not (s > hs[0]):
-        return n
-    i = 0
-    while True:
-        c = 2 * i + 1
-        if c >= n:
-            break
-        if c + 1 < n and (hs[c + 1] < hs[c] or (hs[c + 1] == hs[c] and hp[c + 1] > hp[c])):
-            c += 1
-        if hs[c] > s or (hs[c] == s and hp[c] < p):
-            break
-        hs[i] = hs[c]
-        hp[i] = hp[c]
-        i = c
-    hs[i] = s
-    hp[i] = p
+    hs[i], hp[i] = s, p
     return n
+
+
+@njit(cache=True, nogil=True)
+def _worse(sa, pa, sb, pb):
+    """(sa, pa) ranks below (sb, pb): a lower score, or an equal score at a later position."""
+    return sa < sb or (sa == sb and pa > pb)
+
 
 @njit(cache=True, nogil=True, fastmath=_FM)
 def _dot_i8(qs, codes, r):
