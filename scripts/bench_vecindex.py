@@ -641,8 +641,8 @@ def write_docs(allr: dict) -> None:
          "(faiss-cpu " + (faiss.__version__ if faiss else "not installed") + ") with the same nlist and",
          "training-sample size; latencies are single-threaded (threadpoolctl limits,",
          "`faiss.omp_set_num_threads(1)`), one query per call for every engine.", "",
-         "Sections not rerun since the search/build changes of issue 12 (the notebook protocol at 1M/10M,",
-         "clustered 10M x 64, k-means) keep their 2026-11-23 figures in",
+         "Sections not rerun since the search/build changes of issue 12 (the notebook protocol at 100k and",
+         "10M, clustered 10M x 64, k-means) keep their 2026-11-23 figures in",
          "[vecindex-2026-11-23.md](vecindex-2026-11-23.md), marked there as not rerun.", ""]
     for key in ["glove", *sorted(k for k in allr if k.startswith("zipf-"))]:
         if key in allr and "sweep" in allr[key]:
