@@ -7,7 +7,7 @@ import pytest
 
 from vecindex import IVFIndex, _kernels
 
-pytestmark = pytest.mark.skipif(not _kernels.HAVE_NUMBA, reason="numba not installed (numpy path only)")
+pytestmark = pytest.mark.skipif(not _kernels.HAVE_NUMBA, reason="numba not installed or VECINDEX_NUMBA=0 (numpy path only)")
 
 
 def _both(monkeypatch, ix: IVFIndex, q: np.ndarray, **kw):
