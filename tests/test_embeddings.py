@@ -339,3 +339,130 @@ def test_background_look_backs_off_when_it_is_slow(st: Store, monkeypatch) -> No
         monkeypatch.setattr(cat, "refresh", lambda ns, took=took: _time.sleep(took))
         cat._poll()
         assert cat._poll_wait == pytest.approx(want, rel=0.3)
+
+
+# ------------------------------------------------------------------ sources cache
+
+
+def fresh_reader(st: Store, ns: int, monkeypatch) -> tuple[EmbeddingCatalog, list[int]]:
+    """A catalog as `hk query` opens it (read-only, new process state), counting full reads."""
+    reads: list[int] = []
+    orig = EmbeddingCatalog._fingerprints
+
+    def counting(self, ns_):
+        reads.append(ns_)
+        return orig(self, ns_)
+
+    monkeypatch.setattr(EmbeddingCatalog, "_fingerprints", counting)
+    cat = EmbeddingCatalog(st, writable=False)
+    cat.refresh(ns)
+    return cat, reads
+
+
+def check_all(cat: EmbeddingCatalog, ns: int, items, rng, k: int = 12) -> None:
+    for _ in range(3):
+        q = rng.normal(size=D).astype(np.float32)
+        assert got(cat.search(ns, q, k)) == brute(q, items, k)
+
+
+def test_sources_cache_reused_when_nothing_changed(st: Store, data, monkeypatch) -> None:
+    ns, items, rng = data
+    daemon = EmbeddingCatalog(st)
+    daemon.refresh(ns)
+    daemon.rebuild(ns, D)
+    # a change after the rebuild: pending in the daemon, read from its source by the reader
+    v = rng.normal(size=D).astype(np.float32)
+    e = put(st, ns, "late.txt", None, own=v)
+    items[(e, None)] = v
+    daemon.refresh(ns)
+    assert (st.root / "vectors" / f"sources-ns{ns}.npz").is_file()
+    cat, reads = fresh_reader(st, ns, monkeypatch)
+    assert reads == []                                   # no full read of the sources
+    assert cat.stats()[f"ns{ns}-d{D}"]["pending_rows"] == 1
+    assert cat.nrows(ns, st.resolve_ids(ns, [], "a.npy")[0]) == 40
+    check_all(cat, ns, items, rng)
+    hit = cat.search(ns, v, 1)[0]
+    assert (hit.eid, hit.row) == (e, None)
+    cat.stop()
+    daemon.stop()
+
+
+def test_sources_cache_stale_after_embedding_change_and_rename(st: Store, data, monkeypatch) -> None:
+    ns, items, rng = data
+    daemon = EmbeddingCatalog(st)
+    daemon.refresh(ns)
+    daemon.rebuild(ns, D)
+    own_ids = [kk[0] for kk in items if kk[1] is None and st.entity(kk[0]).name.startswith("f")]
+    v = rng.normal(size=D).astype(np.float32)
+    st.set_xattr("file", own_ids[0], EMBEDDING_ATTR, v.astype("<f4").tobytes())
+    items[(own_ids[0], None)] = v
+    cat, reads = fresh_reader(st, ns, monkeypatch)       # the daemon has not looked yet: stale cache
+    assert reads == [ns]
+    check_all(cat, ns, items, rng)
+    cat.stop()
+    daemon.refresh(ns)                                   # the daemon looks: the cache is rewritten
+    cat, reads = fresh_reader(st, ns, monkeypatch)
+    assert reads == []
+    check_all(cat, ns, items, rng)
+    cat.stop()
+    # renaming an entry file to a plain name takes its rows out; a plain file to an entry name adds them
+    a_id = st.resolve_ids(ns, [], "a.npy")[0]
+    st.chfn(a_id, "a.txt")
+    items = {kk: x for kk, x in items.items() if kk[0] != a_id}
+    rows = rng.normal(size=(3, D)).astype(np.float32)
+    g = put(st, ns, "g.txt", None)
+    write_entry(st, g, "g.npy", rows)
+    st.chfn(g, "g.npy")
+    items.update({(g, r): rows[r] for r in range(3)})
+    for daemon_looked in (False, True):
+        if daemon_looked:
+            daemon.refresh(ns)
+        cat, reads = fresh_reader(st, ns, monkeypatch)
+        assert reads == ([] if daemon_looked else [ns])
+        assert cat.nrows(ns, a_id) == 0 and cat.nrows(ns, g) == 3
+        check_all(cat, ns, items, rng, k=30)
+        cat.stop()
+    daemon.stop()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other format", "other namespace"])
+def test_sources_cache_ignored_when_damaged_or_foreign(st: Store, data, monkeypatch, damage) -> None:
+    ns, items, rng = data
+    daemon = EmbeddingCatalog(st)
+    daemon.refresh(ns)
+    daemon.rebuild(ns, D)
+    daemon.stop()
+    path = st.root / "vectors" / f"sources-ns{ns}.npz"
+    if damage == "garbage":
+        path.write_bytes(b"not a cache" * 10)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        with np.load(path) as z:
+            cols = {f: z[f] for f in z.files}
+        if damage == "other format":
+            cols["head"][0] += 1
+        else:
+            cols["head"][1] += 1
+        with open(path, "wb") as f:
+            np.savez(f, **cols)
+    cat, reads = fresh_reader(st, ns, monkeypatch)
+    assert reads == [ns]                                 # read from the sources instead
+    check_all(cat, ns, items, rng)
+    cat.stop()
+
+
+def test_manifest_of_another_format_is_rebuilt(st: Store, data) -> None:
+    ns, items, rng = data
+    cat = EmbeddingCatalog(st)
+    cat.refresh(ns)
+    cat.rebuild(ns, D)
+    cat.stop()
+    manifest = st.root / "vectors" / f"ns{ns}-d{D}" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**doc, "version": 1}))
+    cat = EmbeddingCatalog(st, writable=False)
+    cat.refresh(ns)
+    assert cat.stats()[f"ns{ns}-d{D}"]["base_rows"] == 0
+    check_all(cat, ns, items, rng)
+    cat.stop()
