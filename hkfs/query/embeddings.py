@@ -25,7 +25,13 @@ directory, and swaps it in atomically under the lock; queries meanwhile use the
 previous base. Retags need no index change at all: the scope of a query (the
 entity ids a directory or view matches) is applied at search time.
 
-Layout: STORE/vectors/ns<NS>-d<DIM>/{manifest.json, gen-<N>/} (see docs/query.md).
+Sources are kept as numpy columns (_Table: code = entity id * 2 + own, fingerprint, dim,
+rows), not one object each, so a million cost ~28 MB; the daemon persists them with the
+vectors_gen they were read at (the sources cache), and a fresh process (`hk query`) whose
+vectors_gen matches opens that instead of reading every source.
+
+Layout: STORE/vectors/{ns<NS>-d<DIM>/{manifest.json, gen-<N>/{index/, keys.npy}},
+sources-ns<NS>.npz} (see docs/query.md, "Sources in memory and on disk").
 """
 
 from __future__ import annotations
