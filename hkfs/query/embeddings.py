@@ -433,8 +433,9 @@ class EmbeddingCatalog:
                 return
             self._reconcile(ns)
             self._seen[ns] = v
-            if self.writable:
-                self._save_cache(ns, v)
+            table = self._sources.get(ns)
+        if self.writable and table is not None:
+            self._save_cache(ns, v, table)      # outside the lock: queries need not wait for the disk
 
     def _reconcile(self, ns: int) -> None:
         self._copied: set[tuple[int, int]] = set()
@@ -575,13 +576,10 @@ class EmbeddingCatalog:
     def _cache_path(self, ns: int) -> Path:
         return self.root / f"sources-ns{ns}.npz"
 
-    def _save_cache(self, ns: int, gen: int) -> None:
+    def _save_cache(self, ns: int, gen: int, t: _Table) -> None:
         """Write ns's sources table with the vectors_gen it was read at (temp file + rename)."""
-        t = self._sources.get(ns)
-        if t is None:
-            return
         path = self._cache_path(ns)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}-{threading.get_ident()}")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
