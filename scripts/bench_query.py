@@ -40,11 +40,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_mount import proc_mem  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
 from hkfs.core.store import Store  # noqa: E402
 from hkfs.query.embeddings import EMBEDDING_ATTR, ROW_BITS, EmbeddingCatalog  # noqa: E402
 from vecindex import IVFIndex  # noqa: E402
-
-from bench_mount import proc_mem  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 DOCS = ROOT / "docs" / "bench"
 HK = [sys.executable, "-c", "from hkfs.cli.main import main; main()"]
@@ -237,7 +237,7 @@ def file_queries(store: Path, bench: Path, index: IVFIndex, ns: int,
     groups = [own[i * nq:(i + 1) * nq] for i in range(3)]
     t_raw, t_first, t_repeat, t_after = [], [], [], []
     c_raw = time.thread_time()
-    for eid, fname, v in groups[0] + groups[1]:
+    for _eid, _fname, v in groups[0] + groups[1]:
         q = _unit(v).reshape(1, -1)
         t = time.perf_counter()
         index.search(q, k=K + 1)                      # FILE.query asks for one more: itself

@@ -302,7 +302,7 @@ class EmbeddingCatalog:
         self.writable = writable
         self.root = Path(root) if root is not None else Path(store.root) / "vectors"
         self._lock = threading.RLock()
-        self._sources: dict[int, dict[Key, _Source]] = {}
+        self._sources: dict[int, _Table] = {}
         self._shards: dict[tuple[int, int], _Shard] = {}
         self._seen: dict[int, int] = {}
         self._warned: set[tuple[Key, tuple]] = set()
