@@ -344,6 +344,14 @@ def test_background_look_backs_off_when_it_is_slow(st: Store, monkeypatch) -> No
 # ------------------------------------------------------------------ sources cache
 
 
+def built(st: Store, ns: int) -> EmbeddingCatalog:
+    """The daemon's catalog after its first look and first rebuild (the sources cache written)."""
+    cat = EmbeddingCatalog(st)
+    cat.refresh(ns)
+    cat.rebuild(ns, D)
+    return cat
+
+
 def fresh_reader(st: Store, ns: int, monkeypatch) -> tuple[EmbeddingCatalog, list[int]]:
     """A catalog as `hk query` opens it (read-only, new process state), counting full reads."""
     reads: list[int] = []
@@ -367,9 +375,7 @@ def check_all(cat: EmbeddingCatalog, ns: int, items, rng, k: int = 12) -> None:
 
 def test_sources_cache_reused_when_nothing_changed(st: Store, data, monkeypatch) -> None:
     ns, items, rng = data
-    daemon = EmbeddingCatalog(st)
-    daemon.refresh(ns)
-    daemon.rebuild(ns, D)
+    daemon = built(st, ns)
     # a change after the rebuild: pending in the daemon, read from its source by the reader
     v = rng.normal(size=D).astype(np.float32)
     e = put(st, ns, "late.txt", None, own=v)
@@ -389,9 +395,7 @@ def test_sources_cache_reused_when_nothing_changed(st: Store, data, monkeypatch)
 
 def test_sources_cache_stale_after_embedding_change_and_rename(st: Store, data, monkeypatch) -> None:
     ns, items, rng = data
-    daemon = EmbeddingCatalog(st)
-    daemon.refresh(ns)
-    daemon.rebuild(ns, D)
+    daemon = built(st, ns)
     own_ids = [kk[0] for kk in items if kk[1] is None and st.entity(kk[0]).name.startswith("f")]
     v = rng.normal(size=D).astype(np.float32)
     st.set_xattr("file", own_ids[0], EMBEDDING_ATTR, v.astype("<f4").tobytes())
@@ -428,9 +432,7 @@ def test_sources_cache_stale_after_embedding_change_and_rename(st: Store, data, 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "other format", "other namespace"])
 def test_sources_cache_ignored_when_damaged_or_foreign(st: Store, data, monkeypatch, damage) -> None:
     ns, items, rng = data
-    daemon = EmbeddingCatalog(st)
-    daemon.refresh(ns)
-    daemon.rebuild(ns, D)
+    daemon = built(st, ns)
     daemon.stop()
     path = st.root / "vectors" / f"sources-ns{ns}.npz"
     if damage == "garbage":
@@ -454,10 +456,7 @@ def test_sources_cache_ignored_when_damaged_or_foreign(st: Store, data, monkeypa
 
 def test_manifest_of_another_format_is_rebuilt(st: Store, data) -> None:
     ns, items, rng = data
-    cat = EmbeddingCatalog(st)
-    cat.refresh(ns)
-    cat.rebuild(ns, D)
-    cat.stop()
+    built(st, ns).stop()
     manifest = st.root / "vectors" / f"ns{ns}-d{D}" / "manifest.json"
     doc = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**doc, "version": 1}))
