@@ -268,8 +268,10 @@ def file_queries(store: Path, bench: Path, index: IVFIndex, ns: int,
 
 
 # `hk` that writes its own peak RSS (VmHWM, kB) last on stderr: wait4's ru_maxrss would count
-# the memory of this (big) benchmark process the child was forked from.
-HK_PEAK = [sys.executable, "-c", "import atexit, sys\n"
+# the memory of this (big) benchmark process the child was forked from. -P as in the installed
+# `hk` script: `python -c` puts the cwd (here a view of the mount) first on sys.path, and the
+# first import then lists that whole view through FUSE (~20 s and ~800 MiB of daemon at 1M files).
+HK_PEAK = [sys.executable, "-P", "-c", "import atexit, sys\n"
            "atexit.register(lambda: sys.stderr.write('\\nVmHWM ' + [ln for ln in open('/proc/self/status') "
            "if ln.startswith('VmHWM')][0].split()[1] + '\\n'))\n"
            "from hkfs.cli.main import main; main()"]
