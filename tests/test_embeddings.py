@@ -454,14 +454,39 @@ def test_sources_cache_ignored_when_damaged_or_foreign(st: Store, data, monkeypa
     cat.stop()
 
 
-def test_manifest_of_another_format_is_rebuilt(st: Store, data) -> None:
+def v1_keys(st: Store, ns: int) -> list:
+    """The keys of every source as a version-1 manifest listed them: [entity, own, fingerprint, rows]."""
+    import zlib
+    out = []
+    for e in st.resolve(ns, []):
+        own = st.get_xattr("file", e.id, EMBEDDING_ATTR) if e.name.startswith("f") else None
+        if own is not None:
+            out.append([e.id, True, ["own", len(own), zlib.crc32(own)], 1])
+        elif e.name.endswith((".npy", ".fvecs", ".f32")):
+            dim = st.get_xattr("file", e.id, DIM_ATTR).decode() if e.name.endswith(".f32") else ""
+            n = len(read_entry(st.entity_path(e.id), e.name, int(dim) if dim else None))
+            out.append([e.id, False, ["entry", "." + e.name.rsplit(".", 1)[1], e.size, e.mtime_ns, dim], n])
+    return out
+
+
+@pytest.mark.parametrize("version", [1, 99])
+def test_manifest_of_version_1_is_converted_another_ignored(st: Store, data, version) -> None:
     ns, items, rng = data
     built(st, ns).stop()
-    manifest = st.root / "vectors" / f"ns{ns}-d{D}" / "manifest.json"
-    doc = json.loads(manifest.read_text())
-    manifest.write_text(json.dumps({**doc, "version": 1}))
-    cat = EmbeddingCatalog(st, writable=False)
-    cat.refresh(ns)
-    assert cat.stats()[f"ns{ns}-d{D}"]["base_rows"] == 0
-    check_all(cat, ns, items, rng)
-    cat.stop()
+    sdir = st.root / "vectors" / f"ns{ns}-d{D}"
+    doc = json.loads((sdir / "manifest.json").read_text())
+    (sdir / doc["keys"]).unlink()
+    (sdir / "manifest.json").write_text(json.dumps(
+        {"version": version, "gen": doc["gen"], "index": doc["index"], "metric": "cosine",
+         "keys": v1_keys(st, ns)}))
+    for writable in (True, False):      # the daemon converts it; a reader then takes keys.npy
+        cat = EmbeddingCatalog(st, writable=writable)
+        cat.refresh(ns)
+        s = cat.stats()[f"ns{ns}-d{D}"]
+        if version == 1:
+            assert (s["base_rows"], s["pending_rows"], s["dead_rows"]) == (len(items), 0, 0)
+            assert json.loads((sdir / "manifest.json").read_text())["version"] == 2
+        else:
+            assert (s["base_rows"], s["pending_rows"]) == (0, len(items))
+        check_all(cat, ns, items, rng)
+        cat.stop()

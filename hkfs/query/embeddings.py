@@ -947,16 +947,21 @@ class EmbeddingCatalog:
                 ns_s, d_s = sdir.name[2:].split("-d")
                 ns, dim = int(ns_s), int(d_s)
                 doc = json.loads((sdir / "manifest.json").read_text(encoding="utf-8"))
-                if doc.get("version") != MANIFEST_FORMAT:
+                if doc.get("version") not in (1, MANIFEST_FORMAT):
                     raise ValueError(f"manifest format {doc.get('version')}, not {MANIFEST_FORMAT}")
                 index = IVFIndex.open(sdir / doc["index"])
                 if index.dim != dim:
                     raise ValueError(f"index dimension {index.dim}, directory says {dim}")
-                arr = np.load(sdir / doc["keys"], allow_pickle=False)
-                if arr.shape != (3, int(doc["sources"])) or arr.dtype != np.int64:
-                    raise ValueError(f"keys of shape {arr.shape}, {arr.dtype}")
-                keys = _Table(arr[0], arr[1], np.full(arr.shape[1], dim, np.int32), arr[2])
-            except (OSError, ValueError, KeyError, EOFError, VecIndexError) as exc:
+                if doc["version"] == 1:
+                    keys = _v1_keys(doc["keys"], dim)
+                    if self.writable:     # once: later processes read keys.npy, not the JSON
+                        self._write_manifest(sdir, int(doc["gen"]), keys)
+                else:
+                    arr = np.load(sdir / doc["keys"], allow_pickle=False)
+                    if arr.shape != (3, int(doc["sources"])) or arr.dtype != np.int64:
+                        raise ValueError(f"keys of shape {arr.shape}, {arr.dtype}")
+                    keys = _Table(arr[0], arr[1], np.full(arr.shape[1], dim, np.int32), arr[2])
+            except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, VecIndexError) as exc:
                 # (a reader like `hk query` may race the daemon swapping generations: quietly exact)
                 log.log(logging.WARNING if self.writable else logging.INFO,
                         "%s: ignoring the saved index (%s); it is rebuilt from the entries", sdir, exc)
@@ -970,6 +975,17 @@ class EmbeddingCatalog:
             return {f"ns{k[0]}-d{k[1]}": {"base_rows": sh.base_total(), "pending_rows": sh.pending_rows(),
                                           "dead_rows": sh.dead_rows(), "gen": sh.gen}
                     for k, sh in self._shards.items()}
+
+
+def _v1_keys(rows: list, dim: int) -> _Table:
+    """The keys of a version-1 manifest ([entity, own, fingerprint tuple, rows] in JSON) as a
+    table, so an upgrade keeps the trained base instead of rebuilding it."""
+    code, fp, nrows = [], [], []
+    for e, o, f, n in rows:
+        code.append(int(e) * 2 + int(bool(o)))
+        fp.append(int(f[1]) << 32 | int(f[2]) if o else _fp64(tuple(f)))
+        nrows.append(int(n))
+    return _Table.of(code, fp, np.full(len(code), dim, np.int32), nrows)
 
 
 def _key_ids(eids: np.ndarray, own: np.ndarray, nrows: np.ndarray) -> np.ndarray:
