@@ -245,6 +245,9 @@ class _Table:
                            for f in ("code", "fp", "dim", "nrows")))
 
 
+_EMPTY = _Table.empty()      # never changed (tables are replaced, not modified)
+
+
 @dataclass
 class _Pending:
     """Rows searched exactly until the next rebuild: unit-normalized, float32."""
@@ -457,7 +460,7 @@ class EmbeddingCatalog:
         del entries, embs
         want = _Table.of(codes, fps, np.zeros(len(codes)), np.zeros(len(codes)))
         del codes, fps
-        have = self._sources.get(ns, _Table.empty())
+        have = self._sources.get(ns, _EMPTY)
         touched: set[tuple[int, int]] = set()
         same = want.same(have.code, have.fp)
         for i in np.flatnonzero(~same):
@@ -498,7 +501,7 @@ class EmbeddingCatalog:
 
     def _mark_dead(self, ns: int, touched: set[tuple[int, int]]) -> None:
         """Base rows whose source is gone or changed since the base was built are filtered out."""
-        live = self._sources.get(ns, _Table.empty())
+        live = self._sources.get(ns, _EMPTY)
         for sh in self._shards.values():
             if sh.ns != ns:
                 continue
@@ -643,7 +646,7 @@ class EmbeddingCatalog:
         with self._lock:
             got = self._dims.get(ns)
             if got is None:
-                t = self._sources.get(ns, _Table.empty())
+                t = self._sources.get(ns, _EMPTY)
                 got = self._dims[ns] = {int(x) for x in np.unique(t.dim[t.nrows > 0])}
             return got
 
@@ -651,7 +654,7 @@ class EmbeddingCatalog:
         """The vector that stands for file `eid` in `FILE.query` (own embedding, else the mean of its
         rows, unit-normalized) and how many rows the file holds; (None, 0) without one."""
         with self._lock:
-            t = self._sources.get(ns, _Table.empty())
+            t = self._sources.get(ns, _EMPTY)
             found = [(key, t.get(key)) for key in ((eid, True), (eid, False))]
         for key, got in found:
             if got is None or not got[1]:
@@ -680,7 +683,7 @@ class EmbeddingCatalog:
     def nrows(self, ns: int, eid: int) -> int:
         """Rows of entity eid's entry (0 if it is not one)."""
         with self._lock:
-            got = self._sources.get(ns, _Table.empty()).get((eid, False))
+            got = self._sources.get(ns, _EMPTY).get((eid, False))
             return got[1] if got else 0
 
     def search(self, ns: int, vector: np.ndarray, k: int, *, nprobe: int | None = None,
@@ -703,7 +706,7 @@ class EmbeddingCatalog:
                 return []
             base, base_keys, pending, dead, version = sh.base, sh.base_keys, sh.pending, sh.dead, sh.version
             base_n = sh.base_n
-            srcs = self._sources.get(ns, _Table.empty())
+            srcs = self._sources.get(ns, _EMPTY)
             extra = 0
             if exclude is not None:
                 extra = sum(got[1] for got in (srcs.get((exclude, True)), srcs.get((exclude, False)))
@@ -737,11 +740,11 @@ class EmbeddingCatalog:
             results += _exact(q, p, k)
         results.sort(key=lambda t: -t[0])
         out = []
-        rows_of = {}
-        for _s, ident in results[:k]:
-            key = (int(ident >> ROW_BITS), (ident & OWN_ROW) == OWN_ROW)
-            got = srcs.get(key)
-            rows_of[key] = got[1] if got is not None else 1
+        top = np.array([ident for _s, ident in results[:k]], np.int64)
+        codes = (top >> ROW_BITS) * 2 + ((top & OWN_ROW) == OWN_ROW)
+        idx, hit = srcs.find(codes)
+        rows_of = {(int(c) >> 1, bool(c & 1)): int(srcs.nrows[i]) if h else 1
+                   for c, i, h in zip(codes.tolist(), idx.tolist(), hit.tolist(), strict=True)}
         for score, ident in results[:k]:
             eid, row = int(ident >> ROW_BITS), int(ident & OWN_ROW)
             own = row == OWN_ROW
@@ -854,7 +857,7 @@ class EmbeddingCatalog:
             sh = self._shards.get((ns, dim))
             if sh is None:
                 return
-            t = self._sources.get(ns, _Table.empty())
+            t = self._sources.get(ns, _EMPTY)
             snap = t.take((t.dim == dim) & (t.nrows > 0))
             pend = dict(sh.pending)
             gen = sh.gen + 1
