@@ -169,7 +169,9 @@ def test_scope_exclude_and_k_guaranteed(st: Store, data) -> None:
     cat.stop()
 
 
-def test_changes_show_in_next_search(st: Store, data) -> None:
+@pytest.mark.parametrize("dead_by_mask", [0, 256])   # changed base rows: left out by the allowed set, or dropped
+def test_changes_show_in_next_search(st: Store, data, monkeypatch, dead_by_mask) -> None:
+    monkeypatch.setattr("hkfs.query.embeddings.DEAD_BY_MASK", dead_by_mask)
     ns, items, rng = data
     cat = EmbeddingCatalog(st)
     cat.refresh(ns)

@@ -77,6 +77,7 @@ REBUILD_ROWS = 50_000
 POLL_S = 1.0        # the worker looks for changes this often, so a query rarely has to load them
 POLL_CPU_SHARE = 0.1
 EXCLUDE_BY_MASK = 256  # an excluded file with more rows than this is left out by the allowed set
+DEAD_BY_MASK = 256     # as many dead base rows as this are dropped from the hits, more by the allowed set
 ALLOWED_MAX = 4        # allowed-id arrays kept (one per scope and index version; 8 bytes a row)  # ...or less often: a look that took t seconds waits t / share before the next
 
 CACHE_FORMAT = 1       # STORE/vectors/sources-ns<NS>.npz (docs/query.md); another is ignored
@@ -246,6 +247,7 @@ class _Table:
 
 
 _EMPTY = _Table.empty()      # never changed (tables are replaced, not modified)
+_NO_CODES = np.zeros(0, np.int64)
 
 
 @dataclass
@@ -267,6 +269,7 @@ class _Shard:
     base_n: int = 0                                         # base_keys.nrows.sum()
     pending: dict[Key, _Pending] = field(default_factory=dict)
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted codes of base_keys
+    dead_n: int = 0                                         # base rows of the dead keys
     gen: int = 0
     version: int = 0                                        # bumped on every change (cache key)
 
@@ -274,9 +277,7 @@ class _Shard:
         return sum(len(p.ids) for p in self.pending.values())
 
     def dead_rows(self) -> int:
-        if not len(self.dead):
-            return 0
-        return int(self.base_keys.nrows[np.isin(self.base_keys.code, self.dead)].sum())
+        return self.dead_n
 
     def base_total(self) -> int:
         return self.base_n
@@ -511,6 +512,7 @@ class EmbeddingCatalog:
             dead = b.code[~ok]
             if not np.array_equal(dead, sh.dead):
                 sh.dead = dead
+                sh.dead_n = int(b.nrows[np.isin(b.code, dead)].sum()) if len(dead) else 0
                 touched.add((sh.ns, sh.dim))
 
     def _own_pending(self, sh: _Shard) -> dict[Key, _Pending]:
@@ -705,7 +707,7 @@ class EmbeddingCatalog:
             if sh is None:
                 return []
             base, base_keys, pending, dead, version = sh.base, sh.base_keys, sh.pending, sh.dead, sh.version
-            base_n = sh.base_n
+            base_n, dead_n = sh.base_n, sh.dead_n
             srcs = self._sources.get(ns, _EMPTY)
             extra = 0
             if exclude is not None:
@@ -714,10 +716,15 @@ class EmbeddingCatalog:
         scope_set = None if scope is None else np.asarray(scope, np.int64)
         in_mask = exclude if extra > EXCLUDE_BY_MASK else None
         kk = k if in_mask is not None else k + extra
+        # a few dead rows (changed since the base was built) are asked for and dropped, like an
+        # excluded file: an allowed set of all but them would cost a fresh process a second
+        drop_dead = 0 < dead_n <= DEAD_BY_MASK
+        if drop_dead:
+            kk += dead_n
         results: list[tuple[float, int]] = []
         if base is not None and len(base_keys):
-            allowed = self._allowed(ns, d, version, base_keys, dead, scope_set,
-                                    scope_token, in_mask)
+            allowed = self._allowed(ns, d, version, base_keys, _NO_CODES if drop_dead else dead,
+                                    scope_set, scope_token, in_mask)
             if allowed is None or len(allowed):
                 s, ids = base.search(q.reshape(1, -1), k=kk, nprobe=nprobe, allowed_ids=allowed)
                 found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
@@ -729,6 +736,10 @@ class EmbeddingCatalog:
                     found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
                 if exclude is not None:
                     found = [(a, b) for a, b in found if b >> ROW_BITS != exclude]
+                if drop_dead and found:
+                    got = np.array([b for _a, b in found], np.int64)
+                    keep = ~np.isin((got >> ROW_BITS) * 2 + ((got & OWN_ROW) == OWN_ROW), dead)
+                    found = [f for f, ok in zip(found, keep.tolist(), strict=True) if ok]
                 results += found
         small, big = _pending_blocks(pending)
         if small is not None:
