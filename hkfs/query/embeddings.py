@@ -383,9 +383,9 @@ class EmbeddingCatalog:
         """The catalog's vectors_gen: moves whenever an embedding source may have changed."""
         return self.changes.generations().vectors
 
-    def _fingerprints(self, ns: int) -> tuple[list[tuple], dict[int, bytes], dict[int, int]]:
+    def _fingerprints(self, ns: int) -> tuple[list[tuple], dict[int, bytes], np.ndarray]:
         """(id, name, size, mtime_ns) of entry-named files, their dim xattrs, and the fingerprint
-        (len << 32 | crc32) of each embedding xattr of ns; the embedding bytes stay in SQLite
+        (len << 32 | crc32) of each embedding xattr of ns as an (id, fp) array; the embedding bytes stay in SQLite
         (only new ones are read, by _values).
 
         Read-only SQL over the store's `entities` and `xattrs` tables (one snapshot);
@@ -402,9 +402,10 @@ class EmbeddingCatalog:
                 dims = {eid: bytes(v) for eid, v in c.execute(
                     "SELECT x.id, x.value FROM xattrs x JOIN entities e ON e.id = x.id "
                     "WHERE x.kind = 'file' AND x.name = ? AND e.ns = ?", (DIM_ATTR, ns))}
-                embs = dict(c.execute(
+                embs = np.fromiter(c.execute(      # straight into an array: no object per row kept
                     "SELECT x.id, hk_vec_fp(x.value) FROM xattrs x JOIN entities e ON e.id = x.id "
-                    "WHERE x.kind = 'file' AND x.name = ? AND e.ns = ?", (EMBEDDING_ATTR, ns)))
+                    "WHERE x.kind = 'file' AND x.name = ? AND e.ns = ?", (EMBEDDING_ATTR, ns)),
+                    dtype=[("id", np.int64), ("fp", np.int64)])
             finally:
                 c.execute("COMMIT")
         return entries, dims, embs
@@ -456,11 +457,10 @@ class EmbeddingCatalog:
             fps.append(_fp64(("entry", kind, int(size), int(mtime),
                               dim_raw.decode("utf-8", "replace") if dim_raw is not None else "")))
             meta[eid * 2] = (name, dim_raw)
-        codes.extend(eid * 2 + 1 for eid in embs)
-        fps.extend(embs.values())
-        del entries, embs
-        want = _Table.of(codes, fps, np.zeros(len(codes)), np.zeros(len(codes)))
-        del codes, fps
+        n = len(codes) + len(embs)
+        want = _Table.of(np.concatenate([np.array(codes, np.int64), embs["id"] * 2 + 1]),
+                         np.concatenate([np.array(fps, np.int64), embs["fp"]]), np.zeros(n), np.zeros(n))
+        del entries, embs, codes, fps
         have = self._sources.get(ns, _EMPTY)
         touched: set[tuple[int, int]] = set()
         same = want.same(have.code, have.fp)
