@@ -40,11 +40,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_mount import proc_mem  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
 from hkfs.core.store import Store  # noqa: E402
 from hkfs.query.embeddings import EMBEDDING_ATTR, ROW_BITS, EmbeddingCatalog  # noqa: E402
 from vecindex import IVFIndex  # noqa: E402
-
-from bench_mount import proc_mem  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 DOCS = ROOT / "docs" / "bench"
 HK = [sys.executable, "-c", "from hkfs.cli.main import main; main()"]
@@ -207,7 +207,7 @@ def run_case(name: str, store: Path, mnt: Path, ns: int, nq: int, rounds: int, *
                     "agree": agree / (rounds * nq), "cpu": statistics.median(cpu)})
         if files:
             out.update(file_queries(store, bench, index, ns, own, nq, proc.pid))
-            out["hk"] = hk_query(mnt, own[:5])
+            out["hk"], out["hk_rss"] = hk_query(mnt, own[:5])
         out["mem"] = proc_mem(proc.pid)
     finally:
         unmount(mnt, proc)
@@ -237,7 +237,7 @@ def file_queries(store: Path, bench: Path, index: IVFIndex, ns: int,
     groups = [own[i * nq:(i + 1) * nq] for i in range(3)]
     t_raw, t_first, t_repeat, t_after = [], [], [], []
     c_raw = time.thread_time()
-    for eid, fname, v in groups[0] + groups[1]:
+    for _eid, _fname, v in groups[0] + groups[1]:
         q = _unit(v).reshape(1, -1)
         t = time.perf_counter()
         index.search(q, k=K + 1)                      # FILE.query asks for one more: itself
@@ -267,15 +267,27 @@ def file_queries(store: Path, bench: Path, index: IVFIndex, ns: int,
             "file_cpu": cpu, "raw_cpu": raw_cpu}
 
 
-def hk_query(mnt: Path, own: list[tuple[int, str, np.ndarray]]) -> tuple[float, float]:
-    """`hk query --like FILE` in @/bench as a subprocess (a fresh Python each time)."""
-    ts = []
+# `hk` that writes its own peak RSS (VmHWM, kB) last on stderr: wait4's ru_maxrss would count
+# the memory of this (big) benchmark process the child was forked from. -P as in the installed
+# `hk` script: `python -c` puts the cwd (here a view of the mount) first on sys.path, and the
+# first import then lists that whole view through FUSE (~20 s and ~800 MiB of daemon at 1M files).
+HK_PEAK = [sys.executable, "-P", "-c", "import atexit, sys\n"
+           "atexit.register(lambda: sys.stderr.write('\\nVmHWM ' + [ln for ln in open('/proc/self/status') "
+           "if ln.startswith('VmHWM')][0].split()[1] + '\\n'))\n"
+           "from hkfs.cli.main import main; main()"]
+
+
+def hk_query(mnt: Path, own: list[tuple[int, str, np.ndarray]]) -> tuple[tuple[float, float], float]:
+    """`hk query --like FILE` in @/bench as a subprocess (a fresh Python each time): wall time,
+    and the largest peak RSS (MiB, the process's own VmHWM) of those processes."""
+    ts, peak = [], 0.0
     for _eid, fname, _v in own:
         t = time.perf_counter()
-        subprocess.run(HK + ["query", "--like", fname], cwd=mnt / "@" / "bench", check=True,
-                       stdout=subprocess.DEVNULL)
+        p = subprocess.run(HK_PEAK + ["query", "--like", fname], cwd=mnt / "@" / "bench",
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True, text=True)
         ts.append(time.perf_counter() - t)
-    return ms(ts)
+        peak = max(peak, int(p.stderr.split()[-1]) / 1024)
+    return ms(ts), peak
 
 
 _NAMES: dict[int, str] = {}
@@ -366,7 +378,8 @@ def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace)
         "- **plain file**: open + read + close of an ordinary 400-byte file in the same view: the "
         "FUSE floor any read through this mount pays (Python daemon, kernel round trips).",
         "- **cat**: the stored read through `cat` in a subprocess (adds fork+exec); **hk query**: "
-        "`hk query --like FILE` in the view, a fresh Python process each time.",
+        "`hk query --like FILE` in the view, a fresh Python process each time (wall ms; its peak RSS "
+        "is its own VmHWM).",
         "- **goal** (issue 12 goal 5): a read <= 2 x raw search + 1 ms. On a loaded machine the wall "
         "times of both sides stretch unevenly (a read through the mount is several requests, each "
         "waiting for a CPU), so the same goal is also checked in CPU time: the daemon's CPU per "
@@ -393,15 +406,16 @@ def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace)
     files = [r for r in results if "first" in r]
     if files:
         lines += ["", "| case | raw search (k=11) | FILE.query first | repeat | after commit | goal | met "
-                  "| raw search CPU | daemon CPU per read | CPU goal | met | hk query |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|"]
+                  "| raw search CPU | daemon CPU per read | CPU goal | met | hk query | hk query peak RSS, MiB |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|"]
         for r in files:
             goal = 2 * r["raw"][0] + 1
             met = all(r[x][0] <= goal for x in ("first", "repeat", "after"))
             lines.append(f"| {r['case']} | {_cell(r['raw'])} | {_cell(r['first'])} | {_cell(r['repeat'])} | "
                          f"{_cell(r['after'])} | {goal:.2f} | {'yes' if met else 'NO'} | {r['raw_cpu']:.2f} | "
                          f"{r['file_cpu']:.2f} | {2 * r['raw_cpu'] + 1:.2f} | "
-                         f"{'yes' if r['file_cpu'] <= 2 * r['raw_cpu'] + 1 else 'NO'} | {r['hk'][0]:.0f} |")
+                         f"{'yes' if r['file_cpu'] <= 2 * r['raw_cpu'] + 1 else 'NO'} | {r['hk'][0]:.0f} | "
+                         f"{r['hk_rss']:.0f} |")
     lines += ["", "Index build (read the embeddings, train the lists, write the index), done once by the "
               "daemon's background worker and persisted under STORE/vectors:", ""]
     lines += [f"- {k}: {v:.1f} s" for k, v in builds.items()]

@@ -169,7 +169,9 @@ def test_scope_exclude_and_k_guaranteed(st: Store, data) -> None:
     cat.stop()
 
 
-def test_changes_show_in_next_search(st: Store, data) -> None:
+@pytest.mark.parametrize("dead_by_mask", [0, 256])   # changed base rows: left out by the allowed set, or dropped
+def test_changes_show_in_next_search(st: Store, data, monkeypatch, dead_by_mask) -> None:
+    monkeypatch.setattr("hkfs.query.embeddings.DEAD_BY_MASK", dead_by_mask)
     ns, items, rng = data
     cat = EmbeddingCatalog(st)
     cat.refresh(ns)
@@ -339,3 +341,154 @@ def test_background_look_backs_off_when_it_is_slow(st: Store, monkeypatch) -> No
         monkeypatch.setattr(cat, "refresh", lambda ns, took=took: _time.sleep(took))
         cat._poll()
         assert cat._poll_wait == pytest.approx(want, rel=0.3)
+
+
+# ------------------------------------------------------------------ sources cache
+
+
+def built(st: Store, ns: int) -> EmbeddingCatalog:
+    """The daemon's catalog after its first look and first rebuild (the sources cache written)."""
+    cat = EmbeddingCatalog(st)
+    cat.refresh(ns)
+    cat.rebuild(ns, D)
+    return cat
+
+
+def fresh_reader(st: Store, ns: int, monkeypatch) -> tuple[EmbeddingCatalog, list[int]]:
+    """A catalog as `hk query` opens it (read-only, new process state), counting full reads."""
+    reads: list[int] = []
+    orig = EmbeddingCatalog._fingerprints
+
+    def counting(self, ns_):
+        reads.append(ns_)
+        return orig(self, ns_)
+
+    monkeypatch.setattr(EmbeddingCatalog, "_fingerprints", counting)
+    cat = EmbeddingCatalog(st, writable=False)
+    cat.refresh(ns)
+    return cat, reads
+
+
+def check_all(cat: EmbeddingCatalog, ns: int, items, rng, k: int = 12) -> None:
+    for _ in range(3):
+        q = rng.normal(size=D).astype(np.float32)
+        assert got(cat.search(ns, q, k)) == brute(q, items, k)
+
+
+def test_sources_cache_reused_when_nothing_changed(st: Store, data, monkeypatch) -> None:
+    ns, items, rng = data
+    daemon = built(st, ns)
+    # a change after the rebuild: pending in the daemon, read from its source by the reader
+    v = rng.normal(size=D).astype(np.float32)
+    e = put(st, ns, "late.txt", None, own=v)
+    items[(e, None)] = v
+    daemon.refresh(ns)
+    assert (st.root / "vectors" / f"sources-ns{ns}.npz").is_file()
+    cat, reads = fresh_reader(st, ns, monkeypatch)
+    assert reads == []                                   # no full read of the sources
+    assert cat.stats()[f"ns{ns}-d{D}"]["pending_rows"] == 1
+    assert cat.nrows(ns, st.resolve_ids(ns, [], "a.npy")[0]) == 40
+    check_all(cat, ns, items, rng)
+    hit = cat.search(ns, v, 1)[0]
+    assert (hit.eid, hit.row) == (e, None)
+    cat.stop()
+    daemon.stop()
+
+
+def test_sources_cache_stale_after_embedding_change_and_rename(st: Store, data, monkeypatch) -> None:
+    ns, items, rng = data
+    daemon = built(st, ns)
+    own_ids = [kk[0] for kk in items if kk[1] is None and st.entity(kk[0]).name.startswith("f")]
+    v = rng.normal(size=D).astype(np.float32)
+    st.set_xattr("file", own_ids[0], EMBEDDING_ATTR, v.astype("<f4").tobytes())
+    items[(own_ids[0], None)] = v
+    cat, reads = fresh_reader(st, ns, monkeypatch)       # the daemon has not looked yet: stale cache
+    assert reads == [ns]
+    check_all(cat, ns, items, rng)
+    cat.stop()
+    daemon.refresh(ns)                                   # the daemon looks: the cache is rewritten
+    cat, reads = fresh_reader(st, ns, monkeypatch)
+    assert reads == []
+    check_all(cat, ns, items, rng)
+    cat.stop()
+    # renaming an entry file to a plain name takes its rows out; a plain file to an entry name adds them
+    a_id = st.resolve_ids(ns, [], "a.npy")[0]
+    st.chfn(a_id, "a.txt")
+    items = {kk: x for kk, x in items.items() if kk[0] != a_id}
+    rows = rng.normal(size=(3, D)).astype(np.float32)
+    g = put(st, ns, "g.txt", None)
+    write_entry(st, g, "g.npy", rows)
+    st.chfn(g, "g.npy")
+    items.update({(g, r): rows[r] for r in range(3)})
+    for daemon_looked in (False, True):
+        if daemon_looked:
+            daemon.refresh(ns)
+        cat, reads = fresh_reader(st, ns, monkeypatch)
+        assert reads == ([] if daemon_looked else [ns])
+        assert cat.nrows(ns, a_id) == 0 and cat.nrows(ns, g) == 3
+        check_all(cat, ns, items, rng, k=30)
+        cat.stop()
+    daemon.stop()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other format", "other namespace"])
+def test_sources_cache_ignored_when_damaged_or_foreign(st: Store, data, monkeypatch, damage) -> None:
+    ns, items, rng = data
+    daemon = built(st, ns)
+    daemon.stop()
+    path = st.root / "vectors" / f"sources-ns{ns}.npz"
+    if damage == "garbage":
+        path.write_bytes(b"not a cache" * 10)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        with np.load(path) as z:
+            cols = {f: z[f] for f in z.files}
+        if damage == "other format":
+            cols["head"][0] += 1
+        else:
+            cols["head"][1] += 1
+        with open(path, "wb") as f:
+            np.savez(f, **cols)
+    cat, reads = fresh_reader(st, ns, monkeypatch)
+    assert reads == [ns]                                 # read from the sources instead
+    check_all(cat, ns, items, rng)
+    cat.stop()
+
+
+def v1_keys(st: Store, ns: int) -> list:
+    """The keys of every source as a version-1 manifest listed them: [entity, own, fingerprint, rows]."""
+    import zlib
+    out = []
+    for e in st.resolve(ns, []):
+        own = st.get_xattr("file", e.id, EMBEDDING_ATTR) if e.name.startswith("f") else None
+        if own is not None:
+            out.append([e.id, True, ["own", len(own), zlib.crc32(own)], 1])
+        elif e.name.endswith((".npy", ".fvecs", ".f32")):
+            dim = st.get_xattr("file", e.id, DIM_ATTR).decode() if e.name.endswith(".f32") else ""
+            n = len(read_entry(st.entity_path(e.id), e.name, int(dim) if dim else None))
+            out.append([e.id, False, ["entry", "." + e.name.rsplit(".", 1)[1], e.size, e.mtime_ns, dim], n])
+    return out
+
+
+@pytest.mark.parametrize("version", [1, 99])
+def test_manifest_of_version_1_is_converted_another_ignored(st: Store, data, version) -> None:
+    ns, items, rng = data
+    built(st, ns).stop()
+    sdir = st.root / "vectors" / f"ns{ns}-d{D}"
+    doc = json.loads((sdir / "manifest.json").read_text())
+    (sdir / doc["keys"]).unlink()
+    (sdir / "manifest.json").write_text(json.dumps(
+        {"version": version, "gen": doc["gen"], "index": doc["index"], "metric": "cosine",
+         "keys": v1_keys(st, ns)}))
+    for writable in (True, False):      # the daemon converts it; a reader then takes keys.npy
+        cat = EmbeddingCatalog(st, writable=writable)
+        cat.refresh(ns)
+        s = cat.stats()[f"ns{ns}-d{D}"]
+        if version == 1:
+            assert (s["base_rows"], s["pending_rows"], s["dead_rows"]) == (len(items), 0, 0)
+            assert json.loads((sdir / "manifest.json").read_text())["version"] == 2
+        else:
+            assert (s["base_rows"], s["pending_rows"]) == (0, len(items))
+        check_all(cat, ns, items, rng)
+        cat.stop()

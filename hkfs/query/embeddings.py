@@ -25,11 +25,18 @@ directory, and swaps it in atomically under the lock; queries meanwhile use the
 previous base. Retags need no index change at all: the scope of a query (the
 entity ids a directory or view matches) is applied at search time.
 
-Layout: STORE/vectors/ns<NS>-d<DIM>/{manifest.json, gen-<N>/} (see docs/query.md).
+Sources are kept as numpy columns (_Table: code = entity id * 2 + own, fingerprint, dim,
+rows), not one object each, so a million cost ~28 MB; the daemon persists them with the
+vectors_gen they were read at (the sources cache), and a fresh process (`hk query`) whose
+vectors_gen matches opens that instead of reading every source.
+
+Layout: STORE/vectors/{ns<NS>-d<DIM>/{manifest.json, gen-<N>/{index/, keys.npy}},
+sources-ns<NS>.npz} (see docs/query.md, "Sources in memory and on disk").
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -70,7 +77,11 @@ REBUILD_ROWS = 50_000
 POLL_S = 1.0        # the worker looks for changes this often, so a query rarely has to load them
 POLL_CPU_SHARE = 0.1
 EXCLUDE_BY_MASK = 256  # an excluded file with more rows than this is left out by the allowed set
+DEAD_BY_MASK = 256     # as many dead base rows as this are dropped from the hits, more by the allowed set
 ALLOWED_MAX = 4        # allowed-id arrays kept (one per scope and index version; 8 bytes a row)  # ...or less often: a look that took t seconds waits t / share before the next
+
+CACHE_FORMAT = 1       # STORE/vectors/sources-ns<NS>.npz (docs/query.md); another is ignored
+MANIFEST_FORMAT = 2    # manifest.json + gen-<N>/keys.npy; another is ignored (rebuilt)
 
 Key = tuple[int, bool]      # (entity id, own embedding?)
 
@@ -154,6 +165,11 @@ def _ids(eid: int, nrows: int, own: bool) -> np.ndarray:
     return base + np.arange(nrows, dtype=np.int64)
 
 
+def _vec_fp(value: bytes) -> int:
+    """The fingerprint of an embedding xattr: its length and CRC-32 (an SQLite function)."""
+    return len(value) << 32 | zlib.crc32(value)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     n = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -164,12 +180,74 @@ def _unit(x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ catalog state
 
 
+def _key(code: int) -> Key:
+    return code >> 1, bool(code & 1)
+
+
+def _code(key: Key) -> int:
+    return key[0] * 2 + int(key[1])
+
+
+def _fp64(fp: tuple) -> int:
+    """A fingerprint tuple as a stable signed 64-bit number (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(repr(fp).encode(), digest_size=8).digest(), "little",
+                          signed=True)
+
+
 @dataclass
-class _Source:
-    key: Key
-    fp: tuple
-    dim: int
-    nrows: int
+class _Table:
+    """Embedding sources as columns, one row each, sorted by code = entity id * 2 + own.
+
+    A million sources cost 28 bytes each here, against a few hundred as Python objects,
+    and load from disk in one read (the sources cache, docs/query.md)."""
+
+    code: np.ndarray                  # int64, sorted, unique
+    fp: np.ndarray                    # int64 fingerprint (_fp64, or len << 32 | crc32 of an xattr)
+    dim: np.ndarray                   # int32 (0: no rows)
+    nrows: np.ndarray                 # int64
+
+    @classmethod
+    def of(cls, code: Any, fp: Any, dim: Any, nrows: Any) -> _Table:
+        code = np.asarray(code, np.int64)
+        order = np.argsort(code, kind="stable")
+        return cls(code[order], np.asarray(fp, np.int64)[order], np.asarray(dim, np.int32)[order],
+                   np.asarray(nrows, np.int64)[order])
+
+    @classmethod
+    def empty(cls) -> _Table:
+        return cls.of([], [], [], [])
+
+    def __len__(self) -> int:
+        return len(self.code)
+
+    def find(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row index, present?) of each code."""
+        if not len(self.code):
+            return np.zeros(len(codes), np.int64), np.zeros(len(codes), bool)
+        idx = np.minimum(np.searchsorted(self.code, codes), len(self.code) - 1)
+        return idx, self.code[idx] == codes
+
+    def same(self, codes: np.ndarray, fps: np.ndarray) -> np.ndarray:
+        """Whether each (code, fingerprint) is a row of this table."""
+        idx, hit = self.find(codes)
+        return hit & (self.fp[idx] == fps)
+
+    def get(self, key: Key) -> tuple[int, int] | None:
+        """(dim, nrows) of a source, or None."""
+        idx, hit = self.find(np.array([_code(key)], np.int64))
+        return (int(self.dim[idx[0]]), int(self.nrows[idx[0]])) if hit[0] else None
+
+    def take(self, mask: np.ndarray) -> _Table:
+        return _Table(self.code[mask], self.fp[mask], self.dim[mask], self.nrows[mask])
+
+    @staticmethod
+    def concat(parts: list[_Table]) -> _Table:
+        return _Table.of(*(np.concatenate([getattr(p, f) for p in parts]) if parts else []
+                           for f in ("code", "fp", "dim", "nrows")))
+
+
+_EMPTY = _Table.empty()      # never changed (tables are replaced, not modified)
+_NO_CODES = np.zeros(0, np.int64)
 
 
 @dataclass
@@ -187,11 +265,11 @@ class _Shard:
     ns: int
     dim: int
     base: Any = None                                        # vecindex.IVFIndex | None
-    base_keys: dict[Key, tuple] = field(default_factory=dict)   # key -> fp at build time
-    base_rows: dict[Key, int] = field(default_factory=dict)
-    base_n: int = 0                                         # sum(base_rows.values())
+    base_keys: _Table = field(default_factory=_Table.empty)  # the sources the base was built from
+    base_n: int = 0                                         # base_keys.nrows.sum()
     pending: dict[Key, _Pending] = field(default_factory=dict)
-    dead: frozenset[Key] = frozenset()
+    dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted codes of base_keys
+    dead_n: int = 0                                         # base rows of the dead keys
     gen: int = 0
     version: int = 0                                        # bumped on every change (cache key)
 
@@ -199,7 +277,7 @@ class _Shard:
         return sum(len(p.ids) for p in self.pending.values())
 
     def dead_rows(self) -> int:
-        return sum(self.base_rows.get(k, 0) for k in self.dead)
+        return self.dead_n
 
     def base_total(self) -> int:
         return self.base_n
@@ -228,7 +306,7 @@ class EmbeddingCatalog:
         self.writable = writable
         self.root = Path(root) if root is not None else Path(store.root) / "vectors"
         self._lock = threading.RLock()
-        self._sources: dict[int, dict[Key, _Source]] = {}
+        self._sources: dict[int, _Table] = {}
         self._shards: dict[tuple[int, int], _Shard] = {}
         self._seen: dict[int, int] = {}
         self._warned: set[tuple[Key, tuple]] = set()
@@ -298,14 +376,17 @@ class EmbeddingCatalog:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                          timeout=30)
             self._conn.execute("PRAGMA busy_timeout = 30000")
+            self._conn.create_function("hk_vec_fp", 1, _vec_fp, deterministic=True)
         return self._conn
 
     def generation(self) -> int:
         """The catalog's vectors_gen: moves whenever an embedding source may have changed."""
         return self.changes.generations().vectors
 
-    def _fingerprints(self, ns: int) -> tuple[list[tuple], dict[int, bytes], dict[int, bytes]]:
-        """(id, name, size, mtime_ns) of entry-named files, and the dim / embedding xattrs, of ns.
+    def _fingerprints(self, ns: int) -> tuple[list[tuple], dict[int, bytes], np.ndarray]:
+        """(id, name, size, mtime_ns) of entry-named files, their dim xattrs, and the fingerprint
+        (len << 32 | crc32) of each embedding xattr of ns as an (id, fp) array; the embedding bytes stay in SQLite
+        (only new ones are read, by _values).
 
         Read-only SQL over the store's `entities` and `xattrs` tables (one snapshot);
         docs/dev/requests.md asks core for an API to replace it.
@@ -318,79 +399,121 @@ class EmbeddingCatalog:
                 entries = c.execute(
                     f"SELECT id, name, size, mtime_ns FROM entities WHERE ns = ? AND ({like})",
                     (ns, *[f"%{s}" for s in ENTRY_SUFFIXES])).fetchall()
-                attrs: dict[str, dict[int, bytes]] = {DIM_ATTR: {}, EMBEDDING_ATTR: {}}
-                for eid, name, value in c.execute(
-                        "SELECT x.id, x.name, x.value FROM xattrs x JOIN entities e ON e.id = x.id "
-                        "WHERE x.kind = 'file' AND x.name IN (?, ?) AND e.ns = ?",
-                        (DIM_ATTR, EMBEDDING_ATTR, ns)):
-                    attrs[name][eid] = bytes(value)
+                dims = {eid: bytes(v) for eid, v in c.execute(
+                    "SELECT x.id, x.value FROM xattrs x JOIN entities e ON e.id = x.id "
+                    "WHERE x.kind = 'file' AND x.name = ? AND e.ns = ?", (DIM_ATTR, ns))}
+                embs = np.fromiter(c.execute(      # straight into an array: no object per row kept
+                    "SELECT x.id, hk_vec_fp(x.value) FROM xattrs x JOIN entities e ON e.id = x.id "
+                    "WHERE x.kind = 'file' AND x.name = ? AND e.ns = ?", (EMBEDDING_ATTR, ns)),
+                    dtype=[("id", np.int64), ("fp", np.int64)])
             finally:
                 c.execute("COMMIT")
-        return entries, attrs[DIM_ATTR], attrs[EMBEDDING_ATTR]
+        return entries, dims, embs
+
+    def _values(self, eids: list[int]) -> dict[int, bytes]:
+        """The embedding xattrs of these entities (the new or changed ones of a reconcile)."""
+        out: dict[int, bytes] = {}
+        with self._conn_lock:
+            c = self._connection()
+            for a in range(0, len(eids), 500):
+                part = eids[a:a + 500]
+                out.update((eid, bytes(v)) for eid, v in c.execute(
+                    f"SELECT id, value FROM xattrs WHERE kind = 'file' AND name = ? "
+                    f"AND id IN ({','.join('?' * len(part))})", (EMBEDDING_ATTR, *part)))
+        return out
 
     # ------------------------------------------------------------ keeping current
 
     def refresh(self, ns: int) -> None:
-        """Bring namespace ns up to date if an embedding source changed since the last look."""
+        """Bring namespace ns up to date if an embedding source changed since the last look.
+
+        On the first look a process opens the sources cache (docs/query.md) when it was
+        written at the current vectors_gen, instead of reading every source."""
         v = self.generation()       # read before the fingerprints: a change in between is seen next time
         with self._lock:
             if self._seen.get(ns) == v:
                 return
+            if ns not in self._sources and self._open_cache(ns, v):
+                self._seen[ns] = v
+                return
             self._reconcile(ns)
             self._seen[ns] = v
+            table = self._sources.get(ns)
+        if self.writable and table is not None:
+            self._save_cache(ns, v, table)      # outside the lock: queries need not wait for the disk
 
     def _reconcile(self, ns: int) -> None:
         self._copied: set[tuple[int, int]] = set()
-        self._dying: dict[tuple[int, int], set[Key]] = {}
         entries, dims, embs = self._fingerprints(ns)
-        want: dict[Key, tuple] = {}
-        meta: dict[Key, tuple] = {}
+        codes: list[int] = []
+        fps: list[int] = []
+        meta: dict[int, tuple] = {}
         for eid, name, size, mtime in entries:
             kind = entry_kind(name)
             dim_raw = dims.get(eid)
             if kind is None or (kind == ".f32" and dim_raw is None):
                 continue
-            want[(eid, False)] = ("entry", kind, int(size), int(mtime),
-                                  dim_raw.decode("utf-8", "replace") if dim_raw is not None else "")
-            meta[(eid, False)] = (name, dim_raw)
-        for eid, value in embs.items():
-            want[(eid, True)] = ("own", len(value), zlib.crc32(value))
-            meta[(eid, True)] = (value,)
-        have = self._sources.setdefault(ns, {})
-        known = {k: sh for sh in self._shards.values() if sh.ns == ns for k in sh.base_keys}
+            codes.append(eid * 2)
+            fps.append(_fp64(("entry", kind, int(size), int(mtime),
+                              dim_raw.decode("utf-8", "replace") if dim_raw is not None else "")))
+            meta[eid * 2] = (name, dim_raw)
+        n = len(codes) + len(embs)
+        want = _Table.of(np.concatenate([np.array(codes, np.int64), embs["id"] * 2 + 1]),
+                         np.concatenate([np.array(fps, np.int64), embs["fp"]]), np.zeros(n), np.zeros(n))
+        del entries, embs, codes, fps
+        have = self._sources.get(ns, _EMPTY)
         touched: set[tuple[int, int]] = set()
-        for key in list(have):
-            if key not in want or want[key] != have[key].fp:
-                src = have.pop(key)
-                self._drop(ns, src, touched)
-        for key, fp in want.items():
-            if key in have:
+        same = want.same(have.code, have.fp)
+        for i in np.flatnonzero(~same):
+            self._drop(ns, _key(int(have.code[i])), int(have.dim[i]), touched)
+        kept = have.take(same)
+        _i, known = kept.find(want.code)
+        new = want.take(~known)
+        parts = [kept]
+        left = np.ones(len(new), bool)
+        for sh in self._shards.values():     # unchanged since a base was built: no read
+            if sh.ns != ns or not len(sh.base_keys) or not left.any():
                 continue
-            sh = known.get(key)
-            if sh is not None and sh.base_keys[key] == fp and key not in sh.dead:
-                have[key] = _Source(key, fp, sh.dim, sh.base_rows[key])
+            idx, _hit = sh.base_keys.find(new.code)
+            ok = left & sh.base_keys.same(new.code, new.fp)
+            parts.append(_Table(new.code[ok], new.fp[ok], np.full(int(ok.sum()), sh.dim, np.int32),
+                                sh.base_keys.nrows[idx[ok]]))
+            left &= ~ok
+        todo = new.take(left)
+        values = self._values([int(c) >> 1 for c in todo.code if c & 1])
+        loaded: list[tuple[int, int, int, int]] = []
+        for c, fp in zip(todo.code.tolist(), todo.fp.tolist(), strict=True):
+            m = (values.get(c >> 1),) if c & 1 else meta[c]
+            if c & 1 and m[0] is None:
                 continue
-            src = self._load(ns, key, fp, meta[key], touched)
-            if src is not None:
-                have[key] = src
-        # base keys that are not live any more (removed while no daemon ran)
-        for sh in self._shards.values():
-            if sh.ns != ns:
-                continue
-            dying = self._dying.get((sh.ns, sh.dim))
-            if dying:
-                sh.dead = frozenset(sh.dead | dying)
-            gone = {k for k in sh.base_keys if k not in have or have[k].fp != sh.base_keys[k]
-                    or have[k].dim != sh.dim}
-            if gone - sh.dead:
-                sh.dead = frozenset(sh.dead | gone)
-                touched.add((sh.ns, sh.dim))
+            got = self._load(ns, _key(c), fp, m, touched)
+            if got is not None:
+                loaded.append((c, fp, *got))
+        if loaded:
+            parts.append(_Table.of(*zip(*loaded, strict=True)))
+        self._sources[ns] = _Table.concat(parts)
+        self._mark_dead(ns, touched)
         self._dims.pop(ns, None)
         for t in touched:
             sh = self._shards[t]
             sh.version += 1
             if self._needs_rebuild(sh):
                 self._schedule(t)
+
+    def _mark_dead(self, ns: int, touched: set[tuple[int, int]]) -> None:
+        """Base rows whose source is gone or changed since the base was built are filtered out."""
+        live = self._sources.get(ns, _EMPTY)
+        for sh in self._shards.values():
+            if sh.ns != ns:
+                continue
+            b = sh.base_keys
+            idx, hit = live.find(b.code)
+            ok = hit & (live.fp[idx] == b.fp) & (live.dim[idx] == sh.dim) if len(live) else hit
+            dead = b.code[~ok]
+            if not np.array_equal(dead, sh.dead):
+                sh.dead = dead
+                sh.dead_n = int(b.nrows[np.isin(b.code, dead)].sum()) if len(dead) else 0
+                touched.add((sh.ns, sh.dim))
 
     def _own_pending(self, sh: _Shard) -> dict[Key, _Pending]:
         """The shard's pending dict, copied once per reconcile: searches iterate the old one unlocked."""
@@ -399,18 +522,17 @@ class EmbeddingCatalog:
             self._copied.add((sh.ns, sh.dim))
         return sh.pending
 
-    def _drop(self, ns: int, src: _Source, touched: set[tuple[int, int]]) -> None:
-        sh = self._shards.get((ns, src.dim))
+    def _drop(self, ns: int, key: Key, dim: int, touched: set[tuple[int, int]]) -> None:
+        sh = self._shards.get((ns, dim))
         if sh is None:
             return
-        if src.key in sh.pending:
-            self._own_pending(sh).pop(src.key, None)
-        if src.key in sh.base_keys and src.key not in sh.dead:
-            self._dying.setdefault((ns, src.dim), set()).add(src.key)
-        touched.add((ns, src.dim))
+        if key in sh.pending:
+            self._own_pending(sh).pop(key, None)
+        touched.add((ns, dim))
 
-    def _load(self, ns: int, key: Key, fp: tuple, meta: tuple,
-              touched: set[tuple[int, int]]) -> _Source | None:
+    def _load(self, ns: int, key: Key, fp: int, meta: tuple,
+              touched: set[tuple[int, int]]) -> tuple[int, int] | None:
+        """Read a new or changed source into its shard's pending rows: its (dim, nrows), or None."""
         eid, own = key
         try:
             if own:
@@ -422,7 +544,7 @@ class EmbeddingCatalog:
                 try:
                     rows = read_entry(path, name, dim)
                 except InvalidArgument:
-                    if path.stat().st_size != fp[2]:
+                    if path.stat().st_size != self.store.entity(eid).size:
                         # being written (the catalog learns the size when the writer closes):
                         # no warning, it is read again once the new fingerprint shows up
                         log.debug("entity %d: bytes still changing; read later", eid)
@@ -437,8 +559,12 @@ class EmbeddingCatalog:
                 self._warned.add((key, fp))
                 log.warning("entity %d is not used as an embedding: %s", eid, exc)
             return None
+        self._add_pending(ns, key, rows, touched)
+        return (int(rows.shape[1]) if len(rows) else 0), len(rows)
+
+    def _add_pending(self, ns: int, key: Key, rows: np.ndarray, touched: set[tuple[int, int]]) -> None:
         if not len(rows):
-            return _Source(key, fp, rows.shape[1], 0)
+            return
         d = int(rows.shape[1])
         sh = self._shards.get((ns, d))
         if sh is None:
@@ -447,9 +573,73 @@ class EmbeddingCatalog:
         for a in range(0, len(rows), 65536):
             norms[a:a + 65536] = np.linalg.norm(np.asarray(rows[a:a + 65536], np.float32), axis=1)
         norms[norms == 0] = 1.0
-        self._own_pending(sh)[key] = _Pending(key, _ids(eid, len(rows), own), rows, norms)
+        self._own_pending(sh)[key] = _Pending(key, _ids(key[0], len(rows), key[1]), rows, norms)
         touched.add((ns, d))
-        return _Source(key, fp, d, len(rows))
+
+    # ------------------------------------------------------------ sources cache
+
+    def _cache_path(self, ns: int) -> Path:
+        return self.root / f"sources-ns{ns}.npz"
+
+    def _save_cache(self, ns: int, gen: int, t: _Table) -> None:
+        """Write ns's sources table with the vectors_gen it was read at (temp file + rename)."""
+        path = self._cache_path(ns)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}-{threading.get_ident()}")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.savez(f, head=np.array([CACHE_FORMAT, ns, gen], np.int64),
+                         code=t.code, fp=t.fp, dim=t.dim, nrows=t.nrows)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("%s: could not write the sources cache (%s)", path, exc)
+            tmp.unlink(missing_ok=True)
+
+    def _open_cache(self, ns: int, gen: int) -> bool:
+        """Take ns's sources from the cache if it is of this format and was written at vectors_gen
+        `gen` (else False: read them all). Only the sources no base holds are read (pending)."""
+        path = self._cache_path(ns)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                head = z["head"]
+                if head.shape != (3,) or [int(x) for x in head] != [CACHE_FORMAT, ns, gen]:
+                    log.info("%s: not of format %d at vectors_gen %d; reading the sources",
+                             path, CACHE_FORMAT, gen)
+                    return False
+                t = _Table(*(np.asarray(z[f], dt) for f, dt in
+                             (("code", np.int64), ("fp", np.int64), ("dim", np.int32), ("nrows", np.int64))))
+            if not (len(t.code) == len(t.fp) == len(t.dim) == len(t.nrows)) or \
+                    (len(t.code) > 1 and not (np.diff(t.code) > 0).all()):
+                raise ValueError("columns of different lengths or unsorted")
+        except FileNotFoundError:
+            return False
+        except Exception as exc:   # noqa: BLE001 - a torn or foreign file: read the sources instead
+            log.info("%s: unreadable sources cache (%s); reading the sources", path, exc)
+            return False
+        self._copied = set()
+        touched: set[tuple[int, int]] = set()
+        need = t.nrows > 0
+        for sh in self._shards.values():
+            if sh.ns != ns or not len(sh.base_keys):
+                continue
+            idx, hit = sh.base_keys.find(t.code)
+            need &= ~(hit & (sh.base_keys.fp[idx] == t.fp) & (t.dim == sh.dim))
+        for c, n in zip(t.code[need].tolist(), t.nrows[need].tolist(), strict=True):
+            rows = self._rows_full(ns, _key(c), n)
+            if rows is None or len(rows) != n:
+                for sh in self._shards.values():
+                    if sh.ns == ns:
+                        sh.pending = {}
+                return False      # changed since: read everything
+            self._add_pending(ns, _key(c), rows, touched)
+        self._sources[ns] = t
+        self._mark_dead(ns, touched)
+        self._dims.pop(ns, None)
+        for k in touched:
+            self._shards[k].version += 1
+            if self._needs_rebuild(self._shards[k]):
+                self._schedule(k)
+        return True
 
     # ------------------------------------------------------------ queries
 
@@ -458,25 +648,26 @@ class EmbeddingCatalog:
         with self._lock:
             got = self._dims.get(ns)
             if got is None:
-                got = self._dims[ns] = {s.dim for s in self._sources.get(ns, {}).values() if s.nrows}
+                t = self._sources.get(ns, _EMPTY)
+                got = self._dims[ns] = {int(x) for x in np.unique(t.dim[t.nrows > 0])}
             return got
 
     def source(self, ns: int, eid: int) -> tuple[np.ndarray | None, int]:
         """The vector that stands for file `eid` in `FILE.query` (own embedding, else the mean of its
         rows, unit-normalized) and how many rows the file holds; (None, 0) without one."""
         with self._lock:
-            srcs = self._sources.get(ns, {})
-            own, entry = srcs.get((eid, True)), srcs.get((eid, False))
-        for src in (own, entry):
-            if src is None or not src.nrows:
+            t = self._sources.get(ns, _EMPTY)
+            found = [(key, t.get(key)) for key in ((eid, True), (eid, False))]
+        for key, got in found:
+            if got is None or not got[1]:
                 continue
-            rows = self._rows_of(ns, src)
+            rows = self._rows_of(key)
             if rows is not None:
-                return _unit(np.asarray(rows, np.float32).mean(axis=0)), src.nrows
+                return _unit(np.asarray(rows, np.float32).mean(axis=0)), got[1]
         return None, 0
 
-    def _rows_of(self, ns: int, src: _Source) -> np.ndarray | None:
-        eid, own = src.key
+    def _rows_of(self, key: Key) -> np.ndarray | None:
+        eid, own = key
         try:
             if own:
                 return parse_embedding(self.store.get_xattr("file", eid, EMBEDDING_ATTR)).reshape(1, -1)
@@ -494,8 +685,8 @@ class EmbeddingCatalog:
     def nrows(self, ns: int, eid: int) -> int:
         """Rows of entity eid's entry (0 if it is not one)."""
         with self._lock:
-            s = self._sources.get(ns, {}).get((eid, False))
-            return s.nrows if s else 0
+            got = self._sources.get(ns, _EMPTY).get((eid, False))
+            return got[1] if got else 0
 
     def search(self, ns: int, vector: np.ndarray, k: int, *, nprobe: int | None = None,
                scope: np.ndarray | None = None, scope_token: object = None,
@@ -516,31 +707,39 @@ class EmbeddingCatalog:
             if sh is None:
                 return []
             base, base_keys, pending, dead, version = sh.base, sh.base_keys, sh.pending, sh.dead, sh.version
-            base_rows = sh.base_rows
-            base_n = sh.base_n
+            base_n, dead_n = sh.base_n, sh.dead_n
+            srcs = self._sources.get(ns, _EMPTY)
             extra = 0
             if exclude is not None:
-                srcs = self._sources.get(ns, {})
-                extra = sum(s.nrows for s in (srcs.get((exclude, True)), srcs.get((exclude, False)))
-                            if s is not None)
+                extra = sum(got[1] for got in (srcs.get((exclude, True)), srcs.get((exclude, False)))
+                            if got is not None)
         scope_set = None if scope is None else np.asarray(scope, np.int64)
         in_mask = exclude if extra > EXCLUDE_BY_MASK else None
         kk = k if in_mask is not None else k + extra
+        # a few dead rows (changed since the base was built) are asked for and dropped, like an
+        # excluded file: an allowed set of all but them would cost a fresh process a second
+        drop_dead = 0 < dead_n <= DEAD_BY_MASK
+        if drop_dead:
+            kk += dead_n
         results: list[tuple[float, int]] = []
-        if base is not None and base_keys:
-            allowed = self._allowed(ns, d, version, base_keys, base_rows, dead, scope_set,
-                                    scope_token, in_mask)
+        if base is not None and len(base_keys):
+            allowed = self._allowed(ns, d, version, base_keys, _NO_CODES if drop_dead else dead,
+                                    scope_set, scope_token, in_mask)
             if allowed is None or len(allowed):
                 s, ids = base.search(q.reshape(1, -1), k=kk, nprobe=nprobe, allowed_ids=allowed)
                 found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
                 if allowed is None and len(found) < min(kk, base_n):
                     # the probed lists held fewer than k rows (small nprobe, big k): with every id
                     # allowed, vecindex falls back to an exact scan, so k hits still come back
-                    everything = _key_ids(*_key_arrays(base_keys, base_rows))
+                    everything = _key_ids(base_keys.code >> 1, (base_keys.code & 1) == 1, base_keys.nrows)
                     s, ids = base.search(q.reshape(1, -1), k=kk, nprobe=nprobe, allowed_ids=everything)
                     found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
                 if exclude is not None:
                     found = [(a, b) for a, b in found if b >> ROW_BITS != exclude]
+                if drop_dead and found:
+                    got = np.array([b for _a, b in found], np.int64)
+                    keep = ~np.isin((got >> ROW_BITS) * 2 + ((got & OWN_ROW) == OWN_ROW), dead)
+                    found = [f for f, ok in zip(found, keep.tolist(), strict=True) if ok]
                 results += found
         small, big = _pending_blocks(pending)
         if small is not None:
@@ -552,13 +751,11 @@ class EmbeddingCatalog:
             results += _exact(q, p, k)
         results.sort(key=lambda t: -t[0])
         out = []
-        with self._lock:
-            srcs = self._sources.get(ns, {})
-            rows_of = {}
-            for _s, ident in results[:k]:
-                key = (int(ident >> ROW_BITS), (ident & OWN_ROW) == OWN_ROW)
-                src = srcs.get(key)
-                rows_of[key] = src.nrows if src is not None else 1
+        top = np.array([ident for _s, ident in results[:k]], np.int64)
+        codes = (top >> ROW_BITS) * 2 + ((top & OWN_ROW) == OWN_ROW)
+        idx, hit = srcs.find(codes)
+        rows_of = {(int(c) >> 1, bool(c & 1)): int(srcs.nrows[i]) if h else 1
+                   for c, i, h in zip(codes.tolist(), idx.tolist(), hit.tolist(), strict=True)}
         for score, ident in results[:k]:
             eid, row = int(ident >> ROW_BITS), int(ident & OWN_ROW)
             own = row == OWN_ROW
@@ -566,8 +763,8 @@ class EmbeddingCatalog:
             out.append(SearchHit(score, eid, None if own or n == 1 else row, n))
         return out
 
-    def _allowed(self, ns: int, d: int, version: int, base_keys: dict[Key, tuple],
-                 base_rows: dict[Key, int], dead: frozenset[Key], scope: np.ndarray | None,
+    def _allowed(self, ns: int, d: int, version: int, base_keys: _Table,
+                 dead: np.ndarray, scope: np.ndarray | None,
                  scope_token: object, exclude: int | None) -> np.ndarray | None:
         """Ids of the base a query may return, or None when every base row may (the fast path).
 
@@ -578,10 +775,10 @@ class EmbeddingCatalog:
             with self._lock:
                 if ck in self._allowed_cache:
                     return self._allowed_cache[ck]
-        eids, own, nrows = _key_arrays(base_keys, base_rows)
+        eids, own, nrows = base_keys.code >> 1, (base_keys.code & 1) == 1, base_keys.nrows
         ok = np.ones(len(eids), bool)
-        if dead:
-            ok &= ~_key_mask(eids, own, dead)
+        if len(dead):
+            ok &= ~np.isin(base_keys.code, dead)
         if exclude is not None:
             ok &= eids != exclude
         if scope is not None:
@@ -671,9 +868,8 @@ class EmbeddingCatalog:
             sh = self._shards.get((ns, dim))
             if sh is None:
                 return
-            srcs = [s for s in self._sources.get(ns, {}).values() if s.dim == dim and s.nrows]
-            snap = {s.key: s.fp for s in srcs}
-            nrows = {s.key: s.nrows for s in srcs}
+            t = self._sources.get(ns, _EMPTY)
+            snap = t.take((t.dim == dim) & (t.nrows > 0))
             pend = dict(sh.pending)
             gen = sh.gen + 1
             sh.gen = gen
@@ -682,14 +878,15 @@ class EmbeddingCatalog:
         if gdir.exists():
             shutil.rmtree(gdir)
         gdir.mkdir(parents=True)
-        n = sum(nrows.values())
+        n = int(snap.nrows.sum())
         rows_path = gdir / "rows.f32"
         ids = np.empty(n, np.int64)
         at = 0
         with open(rows_path, "wb") as f:
-            for key in snap:
-                rows = pend[key].rows if key in pend else self._rows_full(ns, key, nrows[key])
-                if rows is None or len(rows) != nrows[key]:
+            for c, want in zip(snap.code.tolist(), snap.nrows.tolist(), strict=True):
+                key = _key(c)
+                rows = pend[key].rows if key in pend else self._rows_full(ns, key, want)
+                if rows is None or len(rows) != want:
                     log.info("entity %d changed during a rebuild; retrying later", key[0])
                     shutil.rmtree(gdir, ignore_errors=True)
                     with self._lock:
@@ -705,12 +902,14 @@ class EmbeddingCatalog:
         rows_path.unlink()
         with self._lock:
             old = sh.base
-            sh.base, sh.base_keys, sh.base_rows, sh.base_n = index, snap, nrows, sum(nrows.values())
-            live = self._sources.get(ns, {})
-            sh.dead = frozenset(k_ for k_ in snap if k_ not in live or live[k_].fp != snap[k_])
-            sh.pending = {k_: p for k_, p in sh.pending.items() if k_ not in snap or k_ in sh.dead}
+            sh.base, sh.base_keys, sh.base_n = index, snap, n
+            self._mark_dead(ns, set())
+            _i, inbase = snap.find(np.array([_code(k_) for k_ in sh.pending], np.int64))
+            dead = set(sh.dead.tolist())
+            sh.pending = {k_: p for (k_, p), b in zip(sh.pending.items(), inbase.tolist(), strict=True)
+                          if not b or _code(k_) in dead}
             sh.version += 1
-            self._write_manifest(sdir, gen, snap, nrows)
+            self._write_manifest(sdir, gen, snap)
             again = self._needs_rebuild(sh)
         for g in sdir.glob("gen-*"):
             if g != gdir:
@@ -735,9 +934,16 @@ class EmbeddingCatalog:
 
     # ------------------------------------------------------------ persistence
 
-    def _write_manifest(self, sdir: Path, gen: int, snap: dict[Key, tuple], nrows: dict[Key, int]) -> None:
-        doc = {"version": 1, "gen": gen, "index": f"gen-{gen}/index", "metric": METRIC,
-               "keys": [[k_[0], k_[1], list(fp), nrows[k_]] for k_, fp in snap.items()]}
+    def _write_manifest(self, sdir: Path, gen: int, snap: _Table) -> None:
+        """The base's sources beside it (gen-N/keys.npy: code, fingerprint, rows), then the
+        manifest naming both (temp + rename: a reader sees the old or the new one)."""
+        keys = sdir / f"gen-{gen}" / "keys.npy"
+        with open(keys, "wb") as f:
+            np.save(f, np.stack([snap.code, snap.fp, snap.nrows]))
+            f.flush()
+            os.fsync(f.fileno())
+        doc = {"version": MANIFEST_FORMAT, "gen": gen, "index": f"gen-{gen}/index", "metric": METRIC,
+               "keys": f"gen-{gen}/keys.npy", "sources": len(snap)}
         tmp = sdir / "manifest.json.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(doc, f)
@@ -755,17 +961,26 @@ class EmbeddingCatalog:
                 ns_s, d_s = sdir.name[2:].split("-d")
                 ns, dim = int(ns_s), int(d_s)
                 doc = json.loads((sdir / "manifest.json").read_text(encoding="utf-8"))
+                if doc.get("version") not in (1, MANIFEST_FORMAT):
+                    raise ValueError(f"manifest format {doc.get('version')}, not {MANIFEST_FORMAT}")
                 index = IVFIndex.open(sdir / doc["index"])
                 if index.dim != dim:
                     raise ValueError(f"index dimension {index.dim}, directory says {dim}")
-                keys = {(int(e), bool(o)): tuple(fp) for e, o, fp, _n in doc["keys"]}
-                rows = {(int(e), bool(o)): int(n) for e, o, _fp, n in doc["keys"]}
-            except (OSError, ValueError, KeyError, VecIndexError) as exc:
+                if doc["version"] == 1:
+                    keys = _v1_keys(doc["keys"], dim)
+                    if self.writable:     # once: later processes read keys.npy, not the JSON
+                        self._write_manifest(sdir, int(doc["gen"]), keys)
+                else:
+                    arr = np.load(sdir / doc["keys"], allow_pickle=False)
+                    if arr.shape != (3, int(doc["sources"])) or arr.dtype != np.int64:
+                        raise ValueError(f"keys of shape {arr.shape}, {arr.dtype}")
+                    keys = _Table(arr[0], arr[1], np.full(arr.shape[1], dim, np.int32), arr[2])
+            except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, VecIndexError) as exc:
                 # (a reader like `hk query` may race the daemon swapping generations: quietly exact)
                 log.log(logging.WARNING if self.writable else logging.INFO,
                         "%s: ignoring the saved index (%s); it is rebuilt from the entries", sdir, exc)
                 continue
-            self._shards[(ns, dim)] = _Shard(ns, dim, index, keys, rows, sum(rows.values()),
+            self._shards[(ns, dim)] = _Shard(ns, dim, index, keys, int(keys.nrows.sum()),
                                              gen=int(doc["gen"]))
 
     def stats(self) -> dict[str, Any]:
@@ -776,21 +991,15 @@ class EmbeddingCatalog:
                     for k, sh in self._shards.items()}
 
 
-_KEY_ARRAYS: dict[int, tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-
-
-def _key_arrays(keys: dict[Key, tuple], rows: dict[Key, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(entity ids, own flags, row counts) of a base's keys, computed once per base."""
-    hit = _KEY_ARRAYS.get(id(keys))
-    if hit is not None and hit[0] is keys:
-        return hit[1]
-    eids = np.fromiter((k[0] for k in keys), np.int64, len(keys))
-    own = np.fromiter((k[1] for k in keys), bool, len(keys))
-    nrows = np.fromiter((rows[k] for k in keys), np.int64, len(keys))
-    if len(_KEY_ARRAYS) >= 4:          # one per base in use (17 bytes a key)
-        _KEY_ARRAYS.clear()
-    _KEY_ARRAYS[id(keys)] = (keys, (eids, own, nrows))
-    return eids, own, nrows
+def _v1_keys(rows: list, dim: int) -> _Table:
+    """The keys of a version-1 manifest ([entity, own, fingerprint tuple, rows] in JSON) as a
+    table, so an upgrade keeps the trained base instead of rebuilding it."""
+    code, fp, nrows = [], [], []
+    for e, o, f, n in rows:
+        code.append(int(e) * 2 + int(bool(o)))
+        fp.append(int(f[1]) << 32 | int(f[2]) if o else _fp64(tuple(f)))
+        nrows.append(int(n))
+    return _Table.of(code, fp, np.full(len(code), dim, np.int32), nrows)
 
 
 def _key_ids(eids: np.ndarray, own: np.ndarray, nrows: np.ndarray) -> np.ndarray:
@@ -801,12 +1010,6 @@ def _key_ids(eids: np.ndarray, own: np.ndarray, nrows: np.ndarray) -> np.ndarray
     rows = np.arange(total, dtype=np.int64) - np.repeat(ends - counts, counts)
     rows[np.repeat(own, counts)] = OWN_ROW
     return (np.repeat(eids, counts) << ROW_BITS) | rows
-
-
-def _key_mask(eids: np.ndarray, own: np.ndarray, keys: frozenset[Key]) -> np.ndarray:
-    codes = eids * 2 + own
-    want = np.fromiter((k[0] * 2 + int(k[1]) for k in keys), np.int64, len(keys))
-    return np.isin(codes, want)
 
 
 def _contains(sorted_ids: np.ndarray, eid: int) -> bool:
