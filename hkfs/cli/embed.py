@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..core.errors import InvalidArgument, NotFound
-from ..core.naming import HK
+from ..mount.paths import view_path
 from .context import friendly_errors, here, parse_hk_arg, store_options
 from .main import cli
 
@@ -107,10 +107,6 @@ def embed_cmd(file: str, vector: str | None, from_: Path | None, row: int | None
         h.store.set_xattr("file", eid, EMBEDDING_ATTR, _text(v))
 
 
-def _view_prefix(hks: tuple[HK, ...]) -> str:
-    return "".join("@/" + "/".join(hk) + "/" for hk in hks)
-
-
 @cli.command("query")
 @click.argument("spec", required=False)
 @click.option("--vector", "vector", metavar="NUMBERS", help="The query vector as text numbers.")
@@ -144,7 +140,7 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
                     if not h.store.keyword_exists(h.ns, hk):
                         raise NotFound(f"no keyword //{'/'.join(hk)}")
                 base = h.rel.strip("/") + "/" if h.dirid is not None and h.rel.strip("/") else ""
-                sc = qfs.view_scope(h.ns, hks, base + _view_prefix(hks))
+                sc = qfs.view_scope(h.ns, hks, base + view_path(hks)[1:] + "/" if hks else base)
             else:
                 sc = qfs.scope(h.rel)
             exclude = None

@@ -21,7 +21,7 @@ import click
 from ..core.completion import complete
 from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
 from ..core.naming import HK, format_hk, format_hk_list
-from ..mount.views import clash_name
+from ..mount.paths import COMMA, clash_name, listed_name, view_path
 from .context import FileRef, Here, friendly_errors, here, parse_spec_arg, store_options
 from .main import cli
 
@@ -32,10 +32,6 @@ SHELLS = ("bash", "zsh")
 
 
 # ---------------------------------------------------------------------- path
-
-def _view_path(hks: tuple[HK, ...]) -> str:
-    return "".join("/@/" + "/".join(h) for h in hks)
-
 
 def spec_to_paths(h: Here, spec: str) -> list[str]:
     """Mount paths for a spec: one, or one per file when several share the name (their clash names)."""
@@ -51,13 +47,13 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
     if relative:
         if h.dirid is None:
             raise InvalidArgument("',' needs an ordinary directory as the current directory")
-        base = cwd + "/," + _view_path(hl)
+        base = cwd + "/," + view_path(hl)
         full = tuple(h.ckl) + hl
     else:
         anchor = str(h.mount).rstrip("/")
         if h.dirid is not None and h.ns != h.mount_ns:
             anchor = cwd          # chns: this directory's '@' is the other namespace's keyword space
-        base = anchor + _view_path(hl)
+        base = anchor + view_path(hl)
         full = hl
     if name is None:
         return [base]
@@ -65,9 +61,10 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
     if len(matches) > 1:
         return [f"{base}/{clash_name(name, m.id)}" for m in matches]
     if relative and not hl:
-        return [cwd + "/," + name]
+        return [cwd + "/" + COMMA + name]
     children = h.store.keyword_children(h.ns, full[-1]) if full else []
-    return [base + ("/," if name in children else "/") + name]
+    return [base + "/" + listed_name(name, matches[0].id if matches else 0, shared=False,
+                                     keyword=name in children)]
 
 
 @cli.command("path")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from ..fuse.daemon_notify import notify_daemon
+from ..mount.paths import clash_name
 from .catalog import Catalog
 from .errors import (
     AlreadyExists,
@@ -688,8 +689,7 @@ class Store:
         ns, name = c.execute("SELECT ns, name FROM entities WHERE id = ?", (eid,)).fetchone()
         lf = self._lost_found(c, ns)
         if self._entry(c, lf, name) is not None:
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}~{eid}.{ext}" if dot and stem else f"{name}~{eid}"
+            name = clash_name(name, eid)
             if self._entry(c, lf, name) is not None:
                 name = f"{eid}"
         c.execute("INSERT INTO links(dir, name, entity) VALUES (?, ?, ?)", (lf, name, eid))

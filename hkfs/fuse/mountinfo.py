@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from ..mount.views import MountPath, parse
+from ..mount.paths import MountPath, parse
 
 __all__ = ["FSNAME_PREFIX", "SUBTYPE", "PID_NAME", "fsname_for", "hk_mounts", "find_mount", "mount_path_to_location"]
 

@@ -57,8 +57,8 @@ from ..core.store import EntityInfo, EntityStat, Store
 from ..mount.cached_reads import CachedReads
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
 from ..mount.queryfs import QueryFS
+from ..mount.paths import AT, check_new_name, clash_name, listed_name
 from ..mount.views import (
-    AT,
     DirLoc,
     KeySpaceLoc,
     LinkLoc,
@@ -68,8 +68,6 @@ from ..mount.views import (
     ViewFileLoc,
     ViewLoc,
     attach_set,
-    check_new_name,
-    clash_name,
     detach_set,
 )
 from ..query.embeddings import entry_kind
@@ -615,7 +613,7 @@ class HKOperations(Operations):
                     add((n, x.mode & 0o170000 or reg, (x.id << 2) | 1,
                          None if n.endswith(QUERY_SUFFIX) else attrs, x))
                 continue
-            n = "," + name if name in keywords else name
+            n = listed_name(name, e.id, shared=False, keyword=True) if name in keywords else name
             add((n, e.mode & 0o170000 or reg, (e.id << 2) | 1, None if n.endswith(QUERY_SUFFIX) else attrs, e))
 
     @overrides(Operations)

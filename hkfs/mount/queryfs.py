@@ -43,7 +43,8 @@ from ..query.embeddings import (
     parse_embedding,
 )
 from ..query.queryfiles import DEFAULT_K, Hit, Query, format_results, is_text, parse_query
-from .views import AT, COMMA, DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc, clash_name
+from .paths import AT, COMMA, listed_name
+from .views import DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
 
 __all__ = ["QueryFS", "Scope", "SUFFIX", "is_query_name"]
 
@@ -172,11 +173,7 @@ class QueryFS:
         n = sc.counts.get(info.name)
         if n is None:
             n = sc.counts[info.name] = len(self.store.resolve_ids(sc.ns, hks, info.name))
-        listed = info.name
-        if n > 1:
-            listed = clash_name(info.name, eid)
-        elif info.name in sc.kids:
-            listed = COMMA + info.name
+        listed = listed_name(info.name, eid, shared=n > 1, keyword=info.name in sc.kids)
         if sc.view is None:              # a DKL match without a link in the directory
             listed = COMMA + "/" + listed
         sc.names[eid] = listed
