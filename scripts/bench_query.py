@@ -223,7 +223,7 @@ def main() -> None:
         ns, builds["files"] = fill_files(work / "s2", a.files)
         print(f"  index built in {builds['files']:.1f}s", flush=True)
         with Store.open(work / "s2") as st:
-            _NAMES.update({e.id: e.name for e in st.resolve(ns, ["//bench"])})
+            _NAMES.update({e.id: e.name for e in st.match(ns, ["//bench"])})
         results.append(run_case("files with own embedding", work / "s2", work / "m2", ns, a.queries, a.rounds))
         print(results[-1], flush=True)
     finally:

@@ -128,7 +128,7 @@ class FakeStore:
     def keyword_exists(self, ns: int, hk: tuple) -> bool:
         return hk in self.kws
 
-    def resolve(self, ns: int, hks, name=None) -> list[FEnt]:
+    def match(self, ns: int, hks, name=None) -> list[FEnt]:
         return [e for e in self.ents.values()
                 if list_matches(hks, e.hks) and (name is None or e.name == name)]
 

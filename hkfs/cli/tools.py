@@ -57,7 +57,7 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
         full = hl
     if name is None:
         return [base]
-    matches = h.store.resolve(h.ns, full, name)
+    matches = h.store.match(h.ns, full, name)
     if len(matches) > 1:
         return [f"{base}/{clash_name(name, m.id)}" for m in matches]
     if relative and not hl:

@@ -780,7 +780,7 @@ class Store:
             params.append("," + p)
         return sql, params
 
-    def resolve(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[EntityInfo]:
+    def match(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[EntityInfo]:
         """Files of namespace ns matching the list (with descendants), by id; unknown HK: NotFound."""
         with self.catalog.read() as c:
             sel, params = self._match(c, ns, hks, name, with_tags=True)
@@ -795,8 +795,8 @@ class Store:
                 f"FROM entities e WHERE e.id IN ({ids}) ORDER BY e.id", params).fetchall()
         return [EntityInfo(*r, nlinks=nlinks.get(r[0], 0), hks=_sorted_hks(tags[r[0]])) for r in rows]
 
-    def resolve_stats(self, ns: int, hks: Sequence[HK | str]) -> list[EntityStat]:
-        """Like resolve without the HKs, in one query: what `ls -l` of a view needs."""
+    def match_stats(self, ns: int, hks: Sequence[HK | str]) -> list[EntityStat]:
+        """Like match without the HKs, in one query: what `ls -l` of a view needs."""
         with self.catalog.read() as c:
             ids, params = self._match(c, ns, hks, None)
             rows = c.execute(
@@ -805,7 +805,7 @@ class Store:
                 f"FROM entities e WHERE e.id IN ({ids}) ORDER BY e.id", params).fetchall()
         return list(map(EntityStat._make, rows))
 
-    def resolve_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
+    def match_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
         """Like resolve, ids only (cheap: for counting and large views)."""
         with self.catalog.read() as c:
             sel, params = self._match(c, ns, hks, name)

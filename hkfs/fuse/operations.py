@@ -671,7 +671,7 @@ class HKOperations(Operations):
         eid = self._new_entity(loc, mode)
         if isinstance(loc, ViewFileLoc):
             self.kernel.note_viewed(eid)
-        if len(self.store.resolve_ids(self._loc_ns(loc), [], loc.name)) > 1:   # type: ignore[union-attr]
+        if len(self.store.match_ids(self._loc_ns(loc), [], loc.name)) > 1:   # type: ignore[union-attr]
             self.kernel.invalidate()      # a shared name: listed views may now show STEM~ID names
         return self._new_handle(self._open_fd(eid, flags), eid, path=path)
 

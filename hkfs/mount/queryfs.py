@@ -147,7 +147,7 @@ class QueryFS:
 
     def _fill(self, sc: Scope) -> None:
         if sc.view is not None:
-            sc.ids = np.asarray(self.store.resolve_ids(sc.ns, sc.view), np.int64)
+            sc.ids = np.asarray(self.store.match_ids(sc.ns, sc.view), np.int64)
             return
         assert sc.dirid is not None
         names: dict[int, str] = {}
@@ -156,7 +156,7 @@ class QueryFS:
                 names.setdefault(e.id, e.name)
         ids = set(names)
         if sc.dkl:
-            ids.update(self.store.resolve_ids(sc.ns, sc.dkl))
+            ids.update(self.store.match_ids(sc.ns, sc.dkl))
         sc.names = names
         sc.ids = np.unique(np.fromiter(ids, np.int64, len(ids)))
 
@@ -172,7 +172,7 @@ class QueryFS:
             sc.kids = set(self.store.keyword_children(sc.ns, hks[-1] if hks else ()))
         n = sc.counts.get(info.name)
         if n is None:
-            n = sc.counts[info.name] = len(self.store.resolve_ids(sc.ns, hks, info.name))
+            n = sc.counts[info.name] = len(self.store.match_ids(sc.ns, hks, info.name))
         listed = listed_name(info.name, eid, shared=n > 1, keyword=info.name in sc.kids)
         if sc.view is None:              # a DKL match without a link in the directory
             listed = COMMA + "/" + listed
