@@ -624,6 +624,16 @@ class Store:
             c.execute(f"UPDATE entities SET {', '.join(k + ' = ?' for k in sets)} WHERE id = ?",
                       (*sets.values(), eid))
 
+    def replace_entity(self, src: int, dst: int, *, size: int, mtime_ns: int) -> None:
+        """Step 2 of hkfs.core.bytes.replace_bytes (an editor save), in one transaction: entity
+        dst gets src's permissions and the size and mtime of its bytes (already moved); src goes."""
+        with self.catalog.write() as c:
+            self._need_entity(c, dst)
+            mode = self._entity(c, src).mode
+            c.execute("UPDATE entities SET size = ?, mode = ?, mtime_ns = ?, ctime_ns = ? WHERE id = ?",
+                      (size, _entity_mode(mode & 0o7777, self._entity(c, dst).mode), mtime_ns, _now(), dst))
+            self._delete_entity(c, src)
+
     def _touch_entity(self, c: sqlite3.Connection, eid: int) -> None:
         c.execute("UPDATE entities SET ctime_ns = ? WHERE id = ?", (_now(), eid))
 
