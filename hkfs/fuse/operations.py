@@ -17,29 +17,25 @@ through any path is visible to the very next call.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import ctypes.util
 import errno
-import functools
 import logging
 import os
 import stat
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import mfusepy
 from mfusepy import FuseOSError, Operations, overrides
 
-from ..core.errors import HKError, NotFound
+from ..core.errors import NotFound
 from ..core.store import Store
 from ..mount.model import MAX_NAME, Attrs, MountModel, Stale
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
 from ..mount.queryfs import QueryFS
+from .callbacks import mapped, mapped_io, to_fuse_error
 from .daemon_notify import SYNC_ATTR
 from .glue import (
     BUF_API,
@@ -54,6 +50,7 @@ from .glue import (
     fill_fd_bufvec,
     voidpp,
 )
+from .handles import Handle, OpenFiles
 from .kernel_cache import ALIAS_WAIT, KernelCache
 
 __all__ = ["HKOperations", "serve", "to_fuse_error"]
@@ -61,62 +58,6 @@ __all__ = ["HKOperations", "serve", "to_fuse_error"]
 log = logging.getLogger(__name__)
 
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
-
-
-def to_fuse_error(exc: BaseException, op: str = "") -> FuseOSError:
-    """The one place errors become errnos: HKError and OSError keep theirs, the rest is EIO."""
-    if isinstance(exc, FuseOSError):
-        return exc
-    if isinstance(exc, HKError):
-        return FuseOSError(exc.errno)
-    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
-        return FuseOSError(exc.errno)
-    log.error("unexpected error in %s", op or "a FUSE callback", exc_info=exc)
-    return FuseOSError(errno.EIO)
-
-
-_KEPT_THREADS: set[int] = set()
-
-
-def _keep_thread_state() -> None:
-    """Give the calling libfuse thread a lasting Python thread state.
-
-    ctypes wraps each callback from a foreign thread in PyGILState_Ensure/Release,
-    which creates and destroys a thread state every time. One extra Ensure, never
-    released, keeps the state alive (Release then only drops the GIL): measured
-    ~40% more stat calls per second. This is for speed only: hkfs.core.catalog keys its
-    connections by OS thread id, so it stays correct without it (and for any
-    callback that does not come through `_mapped`, e.g. init/destroy).
-    """
-    tid = threading.get_ident()
-    if tid not in _KEPT_THREADS:
-        _KEPT_THREADS.add(tid)
-        ctypes.pythonapi.PyGILState_Ensure()
-
-
-def _mapped(fn: Callable[..., Any], *, pin: bool = True) -> Callable[..., Any]:
-    """A FUSE callback: a lasting thread state, errors through to_fuse_error, the catalog
-    memo pinned for the request."""
-
-    @functools.wraps(fn)
-    def wrapper(self: HKOperations, *args: Any) -> Any:
-        _keep_thread_state()
-        pinned = pin and self.reads.pin()
-        try:
-            return fn(self, *args)
-        except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise to_fuse_error(exc, fn.__name__) from exc
-        finally:
-            if pinned:
-                self.reads.unpin()
-    return wrapper
-
-
-# The data path (reads): no memo pin. A read touches no catalog state, and each 128 KiB
-# request's Python is a good part of the daemon's CPU per GiB (the pin is a PRAGMA under a lock).
-_mapped_io = functools.partial(_mapped, pin=False)
 
 
 def _is_query_path(path: str | None) -> bool:
@@ -137,14 +78,6 @@ def _stat(attrs: Attrs) -> dict[str, Any]:
     return dict(zip(STAT_KEYS, attrs, strict=True))
 
 
-@dataclass
-class Handle:
-    fd: int
-    eid: int
-    written: bool = False
-    path: str | None = None       # the path it was opened by (the kernel's node for it)
-
-
 class HKOperations(Operations):
     """Operations over a Store; the mount root is the mounting user's namespace root directory."""
 
@@ -155,20 +88,15 @@ class HKOperations(Operations):
         self.store = store
         self.kernel = KernelCache(store.catalog.path)
         store.on_locked_commit = self.kernel.own_commit
-        self.kernel.open_paths = self._open_paths
         self.keep_timeouts = keep_timeouts     # the user chose entry_timeout/attr_timeout
         self.model = MountModel(store, store.namespace_id(os.getuid() if user is None else user))
         self.model.on_view = self.kernel.note_viewed
         self.reads = self.model.reads
-        self._entities = os.fspath(store.entities_dir)
         self.queries = QueryFS(store, self.model.resolver)    # the .query layer (hkfs/mount/queryfs.py)
         self.model.claim_file_attr = self.queries.set_file_attr
         self.on_ready = on_ready
-        self._handles: dict[int, Handle] = {}
-        self._open = self.model.open_counts      # entity -> open handles (their size is the file's)
-        self._writing: dict[int, int] = {}       # entity -> writes in flight
-        self._hlock = threading.Lock()
-        self._next_fh = 1
+        self.files = OpenFiles(store.entities_dir, self.model.open_counts)
+        self.kernel.open_paths = self.files.paths
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
 
     # ---------------------------------------------------------------- lifecycle
@@ -194,9 +122,7 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     def destroy(self, path: str) -> None:
-        with self._hlock:
-            handles, self._handles = list(self._handles.values()), {}
-        for h in handles:
+        for h in self.files.pop_all():
             self._sync(h)
             os.close(h.fd)
         self.queries.stop()
@@ -209,26 +135,12 @@ class HKOperations(Operations):
         """Where an f-call (fchmod, futimens, ...) applies: its open file's entity, else the path.
 
         libfuse 3 gives no path for a file removed while open (hard_remove)."""
-        h = self._handles.get(fh) if fh is not None else None
+        h = self.files.get(fh)
         if h is not None:
             return h.eid
         if path is None:
             raise FuseOSError(errno.ENOENT)
         return path
-
-    def _handle(self, fh: int) -> Handle:
-        h = self._handles.get(fh)
-        if h is None:
-            raise FuseOSError(errno.EBADF)
-        return h
-
-    def _new_handle(self, fd: int, eid: int, written: bool = False, path: str | None = None) -> int:
-        with self._hlock:
-            fh = self._next_fh
-            self._next_fh += 1
-            self._handles[fh] = Handle(fd, eid, written, path)
-            self._open[eid] = self._open.get(eid, 0) + 1
-        return fh
 
     def _changed(self, stale: Stale, path: str | None) -> None:
         """An entity's attributes changed through `path`: its other open paths, then what the
@@ -248,51 +160,11 @@ class HKOperations(Operations):
         """Entity eid's attributes changed through `path`: drop them in the kernel for the
         other paths it is open by (their descriptors would keep the old size otherwise).
 
-        `writing`: called from inside a write (counted in _writing); with other writes of
-        the file in flight the invalidation is not waited for (see KernelCache.invalidate_paths)."""
-        if eid not in self._open:
-            return
-        with self._hlock:
-            others = {h.path for h in self._handles.values() if h.eid == eid and h.path and h.path != path}
-            busy = self._writing.get(eid, 0) > (1 if writing else 0)
+        `writing`: called from inside a write; with other writes of the file in flight the
+        invalidation is not waited for (see KernelCache.invalidate_paths)."""
+        others, busy = self.files.aliases(eid, path, writing=writing)
         if others:
-            self.kernel.invalidate_paths(sorted(others), wait=0 if busy else ALIAS_WAIT)
-
-    @contextlib.contextmanager
-    def _writes_to(self, eid: int) -> Iterator[bool]:
-        """Count a write to eid in flight (see _changed_for_aliases); yields whether eid is
-        open more than once. A file open once (the writer's own handle) has no other open
-        path, so its writes skip the count and the lock: the common case of every write."""
-        if self._open.get(eid, 0) < 2:
-            yield False
-            return
-        with self._hlock:
-            self._writing[eid] = self._writing.get(eid, 0) + 1
-        try:
-            yield True
-        finally:
-            with self._hlock:
-                n = self._writing.pop(eid) - 1
-                if n:
-                    self._writing[eid] = n
-
-    def _open_paths(self) -> list[str]:
-        with self._hlock:
-            return sorted({h.path for h in self._handles.values() if h.path})
-
-    def _forget_open(self, eid: int) -> None:
-        """One handle of eid closed (call under _hlock)."""
-        n = self._open.pop(eid, 0) - 1
-        if n > 0:
-            self._open[eid] = n
-
-    def _open_fd(self, eid: int, flags: int) -> int:
-        keep = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
-        fd = os.open(f"{self._entities}/{eid}", (flags & keep) | os.O_CLOEXEC)
-        # The kernel's FUSE readahead sends 128 KiB reads on several threads, slightly out of
-        # order; a sequential hint keeps the backing file's readahead window large.
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        return fd
+            self.kernel.invalidate_paths(others, wait=0 if busy else ALIAS_WAIT)
 
     def _sync(self, h: Handle) -> None:
         """Record the size and mtime of written bytes in the catalog (for hk ls and the CLI)."""
@@ -305,14 +177,14 @@ class HKOperations(Operations):
     # ---------------------------------------------------------------- attributes
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         if (fh is not None and self.queries.owns(fh)) or _is_query_path(path):
             q = self.queries.getattr(path, fh)
             if q is not None:
                 return q
-        if fh is not None and fh in self._handles:
-            h = self._handles[fh]
+        h = self.files.get(fh)
+        if h is not None:
             try:
                 return _stat(self.model.entity_attrs(h.eid))
             except NotFound:
@@ -320,13 +192,13 @@ class HKOperations(Operations):
         return _stat(self.model.attrs(path))
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
         self._changed(self.model.chmod(self._where(path, fh), mode), path)
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
         u = None if uid in (-1, 0xFFFFFFFF) else uid
         g = None if gid in (-1, 0xFFFFFFFF) else gid
@@ -334,7 +206,7 @@ class HKOperations(Operations):
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def utimens(self, path: str | None, times: tuple[int, int] | None = None, fh: int | None = None) -> int:
         now = time.time_ns()
         a, m = times if times is not None else (now, now)
@@ -344,15 +216,15 @@ class HKOperations(Operations):
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
-        h = self._handles.get(fh) if fh is not None else None
+        h = self.files.get(fh)
         where = h.eid if h is not None else self._where(path, None)
         self._changed(self.model.truncate(where, length, h.fd if h is not None else None), path)
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def statfs(self, path: str) -> dict[str, int]:
         sv = os.statvfs(self.store.root)
         keys = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail")
@@ -364,10 +236,7 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     def opendir(self, path: str) -> int:
-        with self._hlock:
-            fh = self._next_fh
-            self._next_fh += 1
-        return fh
+        return self.files.next_id()
 
     @overrides(Operations)
     def releasedir(self, path: str, fh: int) -> int:
@@ -375,12 +244,12 @@ class HKOperations(Operations):
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def readdir(self, path: str, fh: int) -> Iterable[tuple[str, dict[str, int], int]]:
         # Every entry needs an inode number: readdir(3) skips entries whose d_ino is 0.
         return [(name, {"st_mode": mode, "st_ino": ino}, 0) for name, mode, ino, _, _ in self.model.listdir(path)]
 
-    @_mapped
+    @mapped
     def listing_from(self, path: str, fh: int, offset: int) -> list[DirEntryAttrs]:
         """A directory's entries for READDIRPLUS, computed at offset 0 and kept for the handle.
 
@@ -393,13 +262,13 @@ class HKOperations(Operations):
         return got
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def mkdir(self, path: str, mode: int) -> int:
         self.kernel.carry_out(self.model.mkdir(path, mode, *_caller()))
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def rmdir(self, path: str) -> int:
         self.kernel.carry_out(self.model.rmdir(path))
         return 0
@@ -407,47 +276,47 @@ class HKOperations(Operations):
     # ---------------------------------------------------------------- files
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def create(self, path: str, mode: int, flags: int = os.O_RDWR) -> int:
         loc = self.model.resolve(path)
         flags |= os.O_RDWR if flags & os.O_ACCMODE == os.O_RDONLY else 0
         eid = getattr(loc, "eid", None)
         if eid is not None:           # O_CREAT of an existing file opens it
-            fd = self._open_fd(eid, flags)
+            fh = self.files.open(eid, flags, path=path)
             if flags & os.O_TRUNC:
                 self.kernel.carry_out(self.model.entity_stale(eid))
-            return self._new_handle(fd, eid, path=path)
+            return fh
         eid, stale = self.model.create(path, mode, *_caller())
         self.kernel.carry_out(stale)
-        return self._new_handle(self._open_fd(eid, flags), eid, path=path)
+        return self.files.open(eid, flags, path=path)
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def open(self, path: str, flags: int) -> int:
         if _is_query_path(path):
             qfh = self.queries.open(path, flags)
             if qfh is not None:
                 return qfh
         eid = self.model.file(path)
-        fh = self._new_handle(self._open_fd(eid, flags), eid, bool(flags & os.O_TRUNC), path)
+        fh = self.files.open(eid, flags, written=bool(flags & os.O_TRUNC), path=path)
         if flags & os.O_TRUNC:
             self.kernel.carry_out(self.model.entity_stale(eid))
         return fh
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         if self.queries.owns(fh):
             return self.queries.read(fh, size, offset)
-        return os.pread(self._handle(fh).fd, size, offset)
+        return os.pread(self.files[fh].fd, size, offset)
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        h = self._handle(fh)
+        h = self.files[fh]
         if _is_query_path(path):
             self.queries.check_write(path, h.eid, data, offset)
-        with self._writes_to(h.eid) as aliased:
+        with self.files.writes_to(h.eid) as aliased:
             n = os.pwrite(h.fd, data, offset)
             h.written = True
             if aliased:
@@ -457,13 +326,13 @@ class HKOperations(Operations):
 
     if BUF_API is not None:
         @overrides(Operations)
-        @_mapped_io
+        @mapped_io
         def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fh: int) -> int:
             """Answer a read with the entity file's descriptor: libfuse reads it, not Python.
 
             libfuse reads up to `size` and replies with what it got, so a read past the end
             needs no fstat here."""
-            h = self._handles.get(fh)
+            h = self.files.get(fh)
             fd = h.fd if h is not None else self.queries.fd(fh) if self.queries.owns(fh) else -1
             if fd < 0:
                 raise FuseOSError(errno.EBADF)
@@ -475,10 +344,10 @@ class HKOperations(Operations):
             return 0
 
         @overrides(Operations)
-        @_mapped
+        @mapped
         def write_buf(self, path: str, buf: Any, offset: int, fh: int) -> int:
             """Let libfuse copy the request's data straight into the entity file."""
-            h = self._handle(fh)
+            h = self.files[fh]
             copy, size, _malloc = BUF_API
             src = ctypes.cast(buf, ctypes.POINTER(FuseBufvec))
             if _is_query_path(path) and self.queries.wants_bytes(path):
@@ -492,7 +361,7 @@ class HKOperations(Operations):
                     raise FuseOSError(-got)
                 return self.write(path, mem.raw[:got], offset, fh)
             dst = fd_bufvec(h.fd, offset, size(src))
-            with self._writes_to(h.eid) as aliased:
+            with self.files.writes_to(h.eid) as aliased:
                 n = copy(ctypes.byref(dst), src, 0)
                 if n < 0:
                     raise FuseOSError(-n)
@@ -503,11 +372,11 @@ class HKOperations(Operations):
             return n
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def flush(self, path: str, fh: int) -> int:
         if self.queries.owns(fh):
             return 0
-        h = self._handle(fh)
+        h = self.files[fh]
         written = h.written
         self._sync(h)
         if written and _is_query_path(path):
@@ -515,11 +384,11 @@ class HKOperations(Operations):
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         if self.queries.owns(fh):
             return 0
-        h = self._handle(fh)
+        h = self.files[fh]
         if datasync:
             os.fdatasync(h.fd)
         else:
@@ -528,14 +397,11 @@ class HKOperations(Operations):
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def release(self, path: str, fh: int) -> int:
         if self.queries.owns(fh):
             return self.queries.release(fh)
-        with self._hlock:
-            h = self._handles.pop(fh, None)
-            if h is not None:
-                self._forget_open(h.eid)
+        h = self.files.pop(fh)
         if h is not None:
             try:
                 self._sync(h)
@@ -546,44 +412,38 @@ class HKOperations(Operations):
     # ---------------------------------------------------------------- symlinks
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def symlink(self, target: str, source: str) -> int:
         """`ln -s source target`: an entity holding the link text."""
         self.kernel.carry_out(self.model.symlink(target, source, *_caller()))
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def readlink(self, path: str) -> str:
         return self.model.readlink(path)
 
     # ---------------------------------------------------------------- names: unlink, link, rename
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def unlink(self, path: str) -> int:
         self.kernel.carry_out(self.model.unlink(path))
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def link(self, target: str, source: str) -> int:
         """`ln source target`: another directory link, or (into a view) the view's HKs attached."""
         self.kernel.carry_out(self.model.link(source, target))
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def rename(self, old: str, new: str) -> int:
         stale = self.model.rename(old, new)
         if stale.merged is not None:            # an editor save: the temp's handles write the saved file
-            src, dst = stale.merged
-            with self._hlock:
-                for h in self._handles.values():
-                    if h.eid == src:
-                        h.eid = dst
-                        self._forget_open(src)
-                        self._open[dst] = self._open.get(dst, 0) + 1
+            self.files.merged(*stale.merged)
         self.kernel.carry_out(stale)
         return 0
 
@@ -599,27 +459,27 @@ class HKOperations(Operations):
         if not name.startswith("user."):
             # ENOTSUP (not ENODATA) for system.* / security.*: `ls -l` then stops asking
             # for ACLs on this file system instead of asking once per file. Answered
-            # before `_mapped`, so without a catalog read (cp -a, tar, ls ask these).
+            # before `mapped`, so without a catalog read (cp -a, tar, ls ask these).
             raise FuseOSError(errno.ENOTSUP)
         return self._getxattr(path, name)
 
-    @_mapped
+    @mapped
     def _getxattr(self, path: str, name: str) -> bytes:
         return self.model.getxattr(path, name)
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def listxattr(self, path: str) -> Iterable[str]:
         return self.model.listxattr(path)
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         self.kernel.carry_out(self.model.setxattr(path, name, bytes(value), options))
         return 0
 
     @overrides(Operations)
-    @_mapped
+    @mapped
     def removexattr(self, path: str, name: str) -> int:
         self.kernel.carry_out(self.model.removexattr(path, name))
         return 0
