@@ -85,3 +85,27 @@ class StoreVersionError(HKError):
     """The catalog was written by a newer hkfs (schema version above ours) or is not an hkfs catalog."""
 
     errno = _errno.EPROTO
+
+
+class NoAttribute(NotFound):
+    """No such extended attribute (ENODATA, the errno getxattr(2) gives)."""
+
+    errno = getattr(_errno, "ENOATTR", _errno.ENODATA)
+
+
+class Busy(NotPermitted):
+    """The root, '@' and ',' cannot be removed or moved."""
+
+    errno = _errno.EBUSY
+
+
+class CrossDevice(NotPermitted):
+    """A directory cannot move into a view."""
+
+    errno = _errno.EXDEV
+
+
+class NotSupported(NotPermitted):
+    """An attribute this file system does not keep (system.*, trusted.*, on a view)."""
+
+    errno = _errno.ENOTSUP

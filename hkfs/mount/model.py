@@ -27,7 +27,6 @@ Semantics that are choices (docs/mount.md explains them to users):
 
 from __future__ import annotations
 
-import errno as _errno
 import hashlib
 import os
 import stat
@@ -40,12 +39,16 @@ from typing import Any, NamedTuple
 from ..core import bytes as entity_bytes
 from ..core.errors import (
     AlreadyExists,
+    Busy,
+    CrossDevice,
     InvalidArgument,
     IsADirectory,
     NameTooLong,
+    NoAttribute,
     NotADirectory,
     NotFound,
     NotPermitted,
+    NotSupported,
 )
 from ..core.naming import HK, format_hk_list, hk_matches, parse_hk_list
 from ..core.store import EntityInfo, EntityStat, Store
@@ -67,7 +70,7 @@ from .views import (
 )
 
 __all__ = ["MountModel", "Attrs", "Stale", "NOTHING", "EVERYTHING", "Entry", "EDITOR_SAVE_SECONDS",
-           "KEYWORDS_ATTR", "DKL_ATTR", "NS_ATTR", "NoAttribute", "MAX_NAME"]
+           "KEYWORDS_ATTR", "DKL_ATTR", "NS_ATTR", "MAX_NAME"]
 
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
 XATTR_CREATE, XATTR_REPLACE = 1, 2
@@ -75,30 +78,6 @@ MAX_NAME = 255
 # How long after its creation a temp file renamed over another counts as an editor save.
 EDITOR_SAVE_SECONDS = 30.0
 BLKSIZE = 131072
-
-
-class NoAttribute(NotFound):
-    """No such extended attribute (ENODATA, the errno getxattr(2) gives)."""
-
-    errno = getattr(_errno, "ENOATTR", _errno.ENODATA)
-
-
-class Busy(NotPermitted):
-    """The root, '@' and ',' cannot be removed or moved."""
-
-    errno = _errno.EBUSY
-
-
-class CrossDevice(NotPermitted):
-    """A directory cannot move into a view."""
-
-    errno = _errno.EXDEV
-
-
-class NotSupported(NotPermitted):
-    """An attribute this file system does not keep (system.*, trusted.*, on a view)."""
-
-    errno = _errno.ENOTSUP
 
 
 class Attrs(NamedTuple):
