@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hkfs.core import bytes as entity_bytes
-from hkfs.core.errors import AlreadyExists, IsADirectory, NotFound, NotPermitted
+from hkfs.core.errors import AlreadyExists, Busy, CrossDevice, IsADirectory, NotADirectory, NotFound, NotPermitted
 from hkfs.core.fsck import check, repair, stale_sizes
 from hkfs.core.store import Store
 from hkfs.mount.model import EDITOR_SAVE_SECONDS, EVERYTHING, NOTHING, MountModel, Stale
@@ -367,3 +367,17 @@ def test_bytes_ops_record_what_they_did(model: MountModel) -> None:
     entity_bytes.set_times(model.store, eid, None, 5_000_000_000)
     assert os.stat(model.store.entity_path(eid)).st_mtime_ns == 5_000_000_000
     assert model.store.entity(eid).mtime_ns == 5_000_000_000
+
+
+def test_directories_stay_out_of_views_and_the_root_stays(model: MountModel) -> None:
+    model.mkdir("/d", 0o755, UID, GID)
+    model.mkdir("/@/k", 0o755, UID, GID)
+    assert names(model, "/")[:1] == ["@"]                  # only the root lists '@'
+    assert model.rename("/d", "/e") == EVERYTHING and names(model, "/") == ["@", "e"]
+    with pytest.raises(CrossDevice):
+        model.rename("/e", "/@/k/e")
+    with pytest.raises(Busy):
+        model.rmdir("/")
+    new(model, "/e/f", b"")
+    with pytest.raises(NotADirectory):
+        model.listdir("/e/f")
