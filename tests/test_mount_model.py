@@ -142,7 +142,7 @@ def test_mv_between_views_retags_and_within_a_view_renames(model: MountModel) ->
     model.rename("/@/sports/f.jpg", "/@/sports/g.jpg")
     assert model.file("/@/photo/g.jpg") == eid and hks(model, "/@/photo/g.jpg") == "//photo//sports"
     with pytest.raises(NotPermitted):
-        model.rename("/@/photo", "/@/photo2")
+        model.rename("/@", "/@/photo2")                   # '@' is path syntax, not a keyword
     with pytest.raises(IsADirectory):
         model.rename("/@/photo/g.jpg", "/@/animal")
 
