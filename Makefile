@@ -15,9 +15,9 @@ setup:
 run: setup
 	hk demo --store $(DEMO_STORE) --mountpoint $(DEMO_MNT)
 
-## Unmount the demo mount.
+## Unmount the demo mount (fails, saying why, when it cannot).
 umount:
-	-hk umount $(DEMO_MNT)
+	hk umount $(DEMO_MNT)
 
 ## Install what is missing, then run the whole suite (real FUSE mounts included).
 test: setup
@@ -31,7 +31,9 @@ bench: setup
 	$(PY) scripts/bench_vecindex.py
 	$(PY) scripts/bench_query.py
 
+## ruff comes with the dev extra, installed here on first use.
 lint:
+	HKFS_EXTRAS=test,dev bash scripts/setup.sh
 	$(PY) -m ruff check hkfs vecindex scripts tests
 
 clean:

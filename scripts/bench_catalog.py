@@ -8,6 +8,7 @@ time of Store.match_ids / match / name_counts for a 1-HK, a 2-HK (~1% of
 the files) and a 3-HK list, against two baselines in the same run: the same
 query as one plain SQL statement that visits every file (no use of the
 keyword-path range), and a naive Python filter over all (file, HK) pairs.
+Then lists with operators (@or, @not, @only) next to the 1-HK AND list.
 Writes docs/bench/catalog.md.
 
     python scripts/bench_catalog.py              # 1M files, a few minutes
@@ -140,6 +141,19 @@ def main() -> None:
         assert scan == ids == py, f"disagreement on {label}"
         rows.append((label, format_hk_list(q), len(ids), t_ids, t_full, t_nc, t_scan, t_py))
 
+    op_rows = operator_rows(store, ns, lvl, one, per_file, rnd, args.reps)
+    # hk mvkw / mergekw of a level-2 keyword (~5% of the files), last: they change the data
+    moved = lvl[2][1]
+    n_moved = len(store.match_ids(ns, [moved]))
+    parent_ids = store.match_ids(ns, [moved[:1]])
+    t0 = time.perf_counter()
+    store.move_keyword(ns, moved, ("moved",) + moved[-1:], parents=True)
+    t_move = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    store.move_keyword(ns, ("moved",) + moved[-1:], moved[:1], merge=True)
+    t_merge = time.perf_counter() - t0
+    assert store.match_ids(ns, [moved[:1]]) == parent_ids and not store.keyword_exists(ns, moved)
+
     store.close()
     tmp.cleanup()
 
@@ -182,12 +196,59 @@ def main() -> None:
         "",
         "Goals (issue 2): a 2-HK list selecting ~10k of 1M resolves in <= 50 ms; bulk tagging >= 50k files/s.",
         "",
+        "## Operators: @or, @not, @only (median)",
+        "",
+        "Lists with operators (issue 13) against the 1-HK AND list above, in the same run: *listing* is "
+        "`match_stats`, what `ls -l` of the view asks the catalog (one row per file). Goal: a listing "
+        "costs at most 2x the AND view's of the same size (compare the per-file column too, since the "
+        "sizes differ a little). Checked against naming.list_matches over all files.",
+        "",
+        "| list | HKs | files | match_ids | listing | per 1k files | listing vs AND |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
+    move_lines = [
+        f"Moving keyword `{format_hk_list([moved])}` ({n_moved:,} files carry it or a descendant, "
+        f"{len([k for k in kws if k[:len(moved)] == moved]):,} keywords in its subtree) to a new place "
+        f"(`move_keyword`, hk mvkw): {t_move:.2f} s; merging it back into its parent "
+        f"(hk mergekw): {t_merge:.2f} s. Each is one transaction that rewrites the subtree's "
+        "paths and every affected file's tags string.",
+    ]
+    base = op_rows[0][4] / max(op_rows[0][2], 1)
+    for label, q, n, t_ids, t_list in op_rows:
+        lines.append(f"| {label} | `{q}` | {n:,} | {t_ids * 1e3:.1f} ms | {t_list * 1e3:.1f} ms | "
+                     f"{t_list * 1e3 / max(n, 1) * 1e3:.2f} ms | {t_list / op_rows[0][4]:.2f}x "
+                     f"({t_list / max(n, 1) / base:.2f}x per file) |")
+    lines += ["", "## Moving and merging keywords", ""] + move_lines + [""]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + _hand_written_notes(out))
+
+
+def operator_rows(store: Store, ns: int, lvl: dict[int, list[HK]], one: list[HK],
+                  per_file: dict[int, list[HK]], rnd: random.Random, reps: int) -> list[tuple]:
+    """Time lists with operators next to the 1-HK AND list `one` (a level-3 HK, ~1% of files):
+    an OR of five level-4 HKs (~1%), a level-3 HK without a level-1 HK of another branch
+    (~0.7%), a level-2 HK's own files only (@only), and OR with NOT together."""
+    l4 = [h for h in lvl[4] if h[:1] != one[0][:1]]
+    ors = rnd.sample(l4, 5)
+    other = next(h for h in lvl[1] if h not in (one[0][:1], ors[0][:1], ors[1][:1]))
+    queries = [
+        ("AND, 1 HK", list(one)),
+        ("@or of 5 HKs", [ors[0]] + [("@or",) + h for h in ors[1:]]),
+        ("@not", list(one) + [("@not",) + other]),
+        ("@only", [("@only",) + lvl[2][0]]),
+        ("@or and @not", [ors[0], ("@or",) + ors[1], ("@not",) + other]),
+    ]
+    rows = []
+    for label, q in queries:
+        t_ids, ids = timed(lambda q=q: store.match_ids(ns, q), reps)
+        t_list, _ = timed(lambda q=q: store.match_stats(ns, q), reps)
+        py = sorted(e for e, h in per_file.items() if list_matches(q, h))
+        assert ids == py, f"disagreement on {label}"
+        rows.append((label, format_hk_list(q), len(ids), t_ids, t_list))
+    return rows
 
 
 NOTES_HEADING = "## Reading the figures"

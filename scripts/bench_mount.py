@@ -149,6 +149,12 @@ def ls(d: Path, *flags: str) -> float:
     return timed(lambda: subprocess.run(["ls", *flags], cwd=d, stdout=subprocess.DEVNULL, check=True))
 
 
+def find(d: Path) -> float:
+    """`find` in a view (its files and the keyword directories under it, two levels)."""
+    return timed(lambda: subprocess.run(["find", ".", "-maxdepth", "2"], cwd=d, stdout=subprocess.DEVNULL,
+                                        check=True))
+
+
 def daemon_pid(store: Path) -> int:
     return int((store / "daemon.pid").read_text().split()[0])
 
@@ -160,18 +166,32 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_mem(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MiB: its resident memory now, and the peak so far."""
+    got = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, val = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            got[key] = int(val.split()[0]) / 1024
+    return got.get("VmRSS", 0.0), got.get("VmHWM", 0.0)
+
+
 class Cpu:
-    """Daemon CPU per operation of the work done inside `with Cpu(pid, n) as c:` (c.us after)."""
+    """Daemon CPU per operation of the work done inside `with Cpu(pid, n) as c:` (c.us after),
+    its CPU seconds in all (c.s) and its memory after (c.mem: 'RSS x MiB, peak y MiB')."""
 
     def __init__(self, pid: int, n: int) -> None:
-        self.pid, self.n, self.us = pid, n, 0.0
+        self.pid, self.n, self.us, self.s, self.mem = pid, n, 0.0, 0.0, ""
 
     def __enter__(self) -> Cpu:
         self.c0 = proc_cpu(self.pid)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.us = (proc_cpu(self.pid) - self.c0) / self.n * 1e6
+        self.s = proc_cpu(self.pid) - self.c0
+        self.us = self.s / self.n * 1e6
+        rss, hwm = proc_mem(self.pid)
+        self.mem = f"daemon RSS {rss:.0f} MiB, peak {hwm:.0f} MiB"
 
 
 def mount_info(store: Path, pid: int) -> tuple[str, str]:
@@ -296,16 +316,20 @@ def view_rows(pid: int, mnt: Path, disk: Path, args: argparse.Namespace, note: s
         with Cpu(pid, n) as c:
             t = ls(view_m, "-l")
         rows.append((f"ls -l of a {n}-file view, first after mount" + suffix, "s", t, d_ls,
-                     f"{note}; daemon CPU {c.us:.1f} us/file"))
+                     f"{note}; daemon CPU {c.us:.1f} us/file ({c.s:.2f} s); {c.mem}"))
     with Cpu(pid, n) as c:
         t = ls(view_m, "-l")
     rows.append((f"ls -l of a {n}-file view" + (", again" if cold_ls else "") + suffix, "s", t, d_ls,
-                 f"{note}; daemon CPU {c.us:.1f} us/file"))
+                 f"{note}; daemon CPU {c.us:.1f} us/file ({c.s:.2f} s); {c.mem}"))
     if plain_ls:
         with Cpu(pid, n) as c:
             t = ls(view_m)
         rows.append((f"ls of a {n}-file view" + suffix, "s", t, ls(view_d),
-                     f"{note}; daemon CPU {c.us:.1f} us/file"))
+                     f"{note}; daemon CPU {c.us:.1f} us/file; {c.mem}"))
+        with Cpu(pid, n) as c:
+            t = find(view_m)
+        rows.append((f"find in a {n}-file view" + suffix, "s", t, find(view_d),
+                     f"{note}; daemon CPU {c.us:.1f} us/file; {c.mem}"))
     with Cpu(pid, args.stats) as c:
         s = stat_rate(view_m / "f000001", args.stats)
     rows.append(("stat one file in a view" + suffix, "ops/s", s, stat_rate(view_d / "f000001", args.stats),
@@ -489,7 +513,10 @@ def report(rows: list[Row], args: argparse.Namespace, t_bulk: float, info: dict[
     def fmt(v: float, unit: str) -> str:
         return f"{v:.2f}" if unit == "s" else f"{v:,.0f}"
     cmd = "python scripts/bench_mount.py" + (" --quick" if args.quick else "") + \
-        ("" if args.only == "all" else f" --only {args.only}")
+        ("" if args.only == "all" else f" --only {args.only}") + \
+        ("" if args.quick or args.view_files == 100_000 else f" --view-files {args.view_files}") + \
+        ("" if args.quick or args.size_mib == 1024 else f" --size-mib {args.size_mib}") + \
+        ("" if args.libfuse2 else " --no-libfuse2")
     out = [
         "# Mount vs. backing disk",
         "",

@@ -14,12 +14,16 @@ ldconfig -p 2>/dev/null | grep -q 'libfuse3.so.3' || need_apt+=(libfuse3-3)
 command -v getfattr >/dev/null 2>&1 || need_apt+=(attr)
 command -v vim >/dev/null 2>&1 || need_apt+=(vim-tiny)
 command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)          # hk shell-init zsh is tested
+command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)      # tests only: exports from views (docs/mount.md)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt-get" >&2
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq "${need_apt[@]}" >/dev/null
+        # Another apt (unattended-upgrades, a second checkout's setup) may hold the lock:
+        # wait up to 10 minutes for it instead of failing at once.
+        wait_lock=(-o DPkg::Lock::Timeout=600)
+        apt-get "${wait_lock[@]}" update -qq
+        apt-get "${wait_lock[@]}" install -y -qq "${need_apt[@]}" >/dev/null
     else
         echo "setup: missing ${need_apt[*]}; install them (sudo apt-get install ${need_apt[*]})" >&2
     fi
@@ -34,9 +38,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 extras=${HKFS_EXTRAS:-test}
+# The modules each extra must make importable (a missing one reinstalls).
+need_mods="vecindex, mfusepy, sklearn, click, tqdm, pytest, hypothesis, pytest_timeout, memory_profiler"
+case ",$extras," in *,dev,*) need_mods+=", ruff" ;; esac
 here=$(pwd -P)
 where=$("$PY" -c 'import hkfs, os; print(os.path.dirname(os.path.dirname(os.path.realpath(hkfs.__file__))))' 2>/dev/null || true)
 if [ "$where" != "$here" ] || [ "${HKFS_REINSTALL:-0}" = 1 ] \
-   || ! "$PY" -c "import vecindex, mfusepy, sklearn, click, tqdm, pytest, hypothesis, pytest_timeout, memory_profiler" >/dev/null 2>&1; then
+   || ! "$PY" -c "import $need_mods" >/dev/null 2>&1; then
     "$PY" -m pip install -q --disable-pip-version-check -e ".[$extras]"
 fi

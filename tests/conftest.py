@@ -74,8 +74,9 @@ class Mount:
             timeout: float = 300, env: dict[str, str] | None = None,
             user: int | None = None) -> subprocess.CompletedProcess[str]:
         """Run a bash script (set -euo pipefail) in the mount root; $M is the mount, $S the store,
-        `hk` runs this checkout's CLI. With check, a non-zero exit fails the test with its output."""
-        full_env = dict(os.environ, M=str(self.root), S=str(self.store), LC_ALL="C.UTF-8")
+        `hk` and "$PY" run this checkout's interpreter (never a python3 found on PATH). With check,
+        a non-zero exit fails the test with its output."""
+        full_env = dict(os.environ, M=str(self.root), S=str(self.store), PY=sys.executable, LC_ALL="C.UTF-8")
         full_env.update(env or {})
         prologue = ("set -euo pipefail\ntrap 'echo \"FAILED line $LINENO: $BASH_COMMAND\" >&2' ERR\n"
                     + _FAILS_WITH +

@@ -90,13 +90,32 @@ def test_errors_are_one_line_and_nonzero(store: Path) -> None:
         (("rkl", "//workshop"), "Error: //workshop is not in the directory keyword list\n"),
         (("mkkw", "//a//b"), None),
         (("ls", "//a///b"), None),
-        (("rme", "//workshop,main.tex"), "Error: //workshop,main.tex: 2 files match; give a spec that names one\n"),
+        (("rme", "//workshop,main.tex"), "Error: //workshop,main.tex: 2 files match; give a spec that "
+                                         "names one, or rme --all //workshop,main.tex to delete them all\n"),
+        (("chfn", "//workshop,main.tex", "x.tex"), "Error: //workshop,main.tex: 2 files match; give a spec "
+                                                   "that names one\n"),
+        # The file is named as the user named it, not by its entity id.
+        (("dtkw", "//society/IPSJ", "main.aux"), "Error: main.aux does not carry //society/IPSJ\n"),
     ]:
         code, out = hk(store, *args)
         assert code == 1, (args, out)
         assert out.count("\n") == 1 and out.startswith("Error: "), (args, out)
         if msg:
             assert out == msg
+
+
+@pytest.mark.parametrize("args, says", [
+    (("atkw", "//workshop"), "Error: Missing argument 'FILE...'. Usage: hk atkw [OPTIONS] HKLIST FILE... "
+                             "(help: hk atkw -h)"),
+    (("ls", "--bogus"), "Error: No such option '--bogus'."),
+    (("nope",), "Error: No such command 'nope'. Usage: hk [OPTIONS] COMMAND [ARGS]... (help: hk -h)"),
+    (("--bogus",), "Error: No such option '--bogus'."),
+])
+def test_usage_errors_are_one_line_with_the_usage(args: tuple[str, ...], says: str) -> None:
+    r = CliRunner().invoke(cli, list(args), prog_name="hk")
+    assert r.exit_code == 2
+    assert r.output.count("\n") == 1 and r.output.startswith(says), r.output
+    assert "(help: hk" in r.output
 
 
 def test_chfn_rme_info(store: Path) -> None:
@@ -110,7 +129,8 @@ def test_chfn_rme_info(store: Path) -> None:
     eid = int(fields["entity"])
     assert hk(store, "rme", "//SIG/OS,main.log") == (0, "")
     assert hk(store, "ls", "//workshop,main.log") == (0, "main.log\n")
-    assert hk(store, "rme", "--all", "//workshop,main.log") == (0, "")
+    # --all says what it deleted, one line per file in the paper's notation.
+    assert hk(store, "rme", "--all", "//workshop,main.log") == (0, "deleted //society/ACM//workshop,main.log\n")
     assert hk(store, "ls", "//workshop")[1] == "main.aux(2) main.dvi(2) main.tex(2)\n"
     assert hk(store, "rme", "paper.log") == (0, "")
     with Store.open(store) as s:

@@ -51,3 +51,21 @@ def test_word_mode_vs_naive(kws: list, word: str, cut: int) -> None:
     word = word[: max(1, len(word) - cut)]
     expect = sorted("//" + "/".join(h) for h in _all(kws) if h[-1].startswith(word))
     assert complete(word, kws) == expect
+
+
+def test_complete_word_keeps_the_part_before_the_last_hk() -> None:
+    """What `hk complete` and the mount's user.hk.complete.WORD answer: the last HK of a
+    '//a,//b' list, or what follows ',', completed; the rest of the word kept."""
+    from hkfs.core.completion import complete_word
+    kws = [("SIG", "DPS"), ("workshop",), ("movie", "footloose"), ("sports", "football")]
+    assert complete_word("//SIG/DPS,//wo", kws) == ["//SIG/DPS,//workshop"]
+    assert complete_word(",//mov", kws) == [",//movie"]
+    assert complete_word(",foot", kws) == [",//movie/footloose", ",//sports/football"]
+    assert complete_word("foot", kws) == ["//movie/footloose", "//sports/football"]
+    assert complete_word("//x", kws) == []
+def test_operator_words_complete() -> None:
+    assert complete("//@", PAPER) == ["//@not", "//@only", "//@or", "//@untagged"]
+    assert complete("//@n", PAPER) == ["//@not"]
+    assert complete("//@not/@o", PAPER) == ["//@not/@only"]
+    assert complete("//@not/ani", PAPER) == ["//@not/animal"]
+    assert complete("//@or/@only/animal/d", PAPER) == ["//@or/@only/animal/dog"]

@@ -283,9 +283,9 @@ def test_queryfs_paths_scope_and_clash_names(st: Store, data) -> None:
     x1 = put(st, ns, "x.npy", np.ones((1, D), np.float32) * np.arange(1, D + 1))
     x2 = put(st, ns, "x.npy", -np.ones((1, D), np.float32) * np.arange(1, D + 1))
     sc = qfs.scope("/@/photo")
-    out = qfs.run(sc, Query(np.arange(1, D + 1, dtype=np.float32), k=1))
+    out = qfs.service.run(sc, Query(np.arange(1, D + 1, dtype=np.float32), k=1))
     assert out[0].path == f"@/photo/x~{x1}.npy" and out[0].row is None
-    out = qfs.run(sc, Query(-np.arange(1, D + 1, dtype=np.float32), k=1))
+    out = qfs.service.run(sc, Query(-np.arange(1, D + 1, dtype=np.float32), k=1))
     assert out[0].path == f"@/photo/x~{x2}.npy"
     # the virtual FILE.query: most similar within the view, itself excluded
     body = qfs.evaluate(qfs._target("/@/animal/dog/a.npy.query"))
@@ -298,16 +298,16 @@ def test_queryfs_paths_scope_and_clash_names(st: Store, data) -> None:
     d = st.mkdir(root, "d", uid=0, gid=0)
     y = put(st, ns, "y.npy", np.ones((2, D), np.float32), directory=d)
     sc = qfs.scope("/d")
-    out = qfs.run(sc, Query(np.ones(D, np.float32), k=5))
+    out = qfs.service.run(sc, Query(np.ones(D, np.float32), k=5))
     assert [h.path for h in out] == ["d/y.npy", "d/y.npy"] and {h.row for h in out} == {0, 1}
     st.set_dkl(d, ["//doc"])
     sc = qfs.scope("/d")
-    out = qfs.run(sc, Query(np.ones(D, np.float32), k=100))
+    out = qfs.service.run(sc, Query(np.ones(D, np.float32), k=100))
     doc_ids = set(st.match_ids(ns, ["//doc"])) | {y}
     assert {h.path.split("#")[0] for h in out} == {"d/y.npy"} | {
         "d/,/" + st.entity(e).name for e in doc_ids - {y} if (e, None) in items or (e, 0) in items}
     with pytest.raises(InvalidArgument, match="dimension 3"):
-        qfs.run(sc, Query(np.ones(3, np.float32)))
+        qfs.service.run(sc, Query(np.ones(3, np.float32)))
     qfs.stop()
 
 

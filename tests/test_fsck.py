@@ -159,3 +159,17 @@ def test_repair_refuses_a_mounted_store(store: Path) -> None:
         assert (store / "entities" / "77").exists()
         r = CliRunner().invoke(cli, ["fsck", str(store)])    # checking is fine
         assert r.exit_code == 1 and "orphan-bytes" in r.output
+
+
+def test_fsck_does_not_offer_repair_for_what_repair_leaves(store: Path) -> None:
+    (store / "entities" / "tmp.swp").write_text("x")
+    r = CliRunner().invoke(cli, ["fsck", str(store)])
+    assert r.exit_code == 1
+    assert "--repair to fix" not in r.output
+    assert "1 file(s) in " in r.output and "--repair leaves them; move them out of the store by hand" in r.output
+    (store / "entities" / "42").write_text("lost bytes")
+    r = CliRunner().invoke(cli, ["fsck", str(store)])
+    assert "2 problem(s); run with --repair to fix 1 of them" in r.output
+    r = CliRunner().invoke(cli, ["fsck", str(store), "--repair"])
+    assert r.exit_code == 1
+    assert r.output.rstrip().endswith("(move it out of the store by hand)")

@@ -252,7 +252,7 @@ def test_open_descriptor_sees_a_change_through_another_alias(cmount: Mount) -> N
         printf 'one\\n' > @/a/log
         ln @/a/log d/log
         exec 3<@/a/log
-        pread() { python3 -c "import os, sys; sys.stdout.write(os.pread(3, 100, 0).decode())"; }
+        pread() { "$PY" -c "import os, sys; sys.stdout.write(os.pread(3, 100, 0).decode())"; }
         test "$(pread)" = one                                   # its pages are cached now
         printf 'two\\n' >> d/log                               # through the other alias
         test "$(stat -c %s d/log)" = 8
@@ -342,17 +342,18 @@ def _api_change_seen(m: Mount, tag: str) -> bool:
 
 def test_python_api_change_is_seen_at_once(cmount: Mount, monkeypatch: pytest.MonkeyPatch) -> None:
     """The committing process pokes the daemon: the next call, even in this process, sees it."""
-    import hkfs.core.store
+    import hkfs.core.changes
     _api_setup(cmount)
     before = sync_count(cmount.root)                # (itself a poke: prime the caches again)
     _prime(cmount)
-    poke = hkfs.core.store.notify_daemon
+    from hkfs.fuse.daemon_notify import notify_daemon as poke
+    assert hkfs.core.changes._COMMIT_HOOKS == [poke]  # registered by importing hkfs
     seen: list[bool] = []
 
     def poke_then_look(store: Path) -> None:        # the very next calls after the poke
         poke(store)
         seen.append(_api_change_seen(cmount, "poked"))
-    monkeypatch.setattr(hkfs.core.store, "notify_daemon", poke_then_look)
+    monkeypatch.setattr(hkfs.core.changes, "_COMMIT_HOOKS", [poke_then_look])
     _api_change(cmount, "poked")
     monkeypatch.undo()
     assert seen and seen[-1], seen
@@ -367,10 +368,10 @@ def test_python_api_change_is_seen_at_once(cmount: Mount, monkeypatch: pytest.Mo
 
 def test_writer_that_does_not_poke_is_seen_by_the_watcher(cmount: Mount,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import hkfs.core.store
+    import hkfs.core.changes
     _api_setup(cmount)
     calls: list[object] = []
-    monkeypatch.setattr(hkfs.core.store, "notify_daemon", lambda store: calls.append(store))
+    monkeypatch.setattr(hkfs.core.changes, "_COMMIT_HOOKS", [lambda store: calls.append(store)])
     _api_change(cmount, "silent")
     assert calls                                    # the hook ran, and did nothing
     deadline = time.monotonic() + 10
@@ -677,10 +678,10 @@ def test_poke_finds_a_mount_that_appeared_after_the_pid_file(
 
 
 def test_the_daemon_does_not_poke_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hkfs.core.store
+    import hkfs.core.changes
     from hkfs.core.store import Store
     calls: list[Path] = []
-    monkeypatch.setattr(hkfs.core.store, "notify_daemon", calls.append)
+    monkeypatch.setattr(hkfs.core.changes, "_COMMIT_HOOKS", [calls.append])
     with Store.open(tmp_path / "s") as s:
         s.mkkw(s.namespace_id(0), ("a",))
         assert calls == [s.root] * len(calls) and calls

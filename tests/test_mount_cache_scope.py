@@ -141,11 +141,11 @@ def test_writing_an_embedding_entry_updates_query_sizes(mount: Mount) -> None:
     write to one in a directory drops the cached entries like a change seen through a view."""
     mount.run("""
         mkdir d
-        python3 -c 'import numpy as np; np.save("d/a.npy", np.eye(3, dtype=np.float32)[:2])'
-        python3 -c 'import numpy as np; np.save("d/b.npy", np.ones((1, 3), dtype=np.float32))'
+        "$PY" -c 'import numpy as np; np.save("d/a.npy", np.eye(3, dtype=np.float32)[:2])'
+        "$PY" -c 'import numpy as np; np.save("d/b.npy", np.ones((1, 3), dtype=np.float32))'
         before=$(stat -c %s d/a.npy.query)
         test "$before" = "$(wc -c < d/a.npy.query)" && test "$before" -gt 0
-        python3 -c 'import numpy as np; np.save("d/b.npy", np.ones((3, 3), dtype=np.float32))'
+        "$PY" -c 'import numpy as np; np.save("d/b.npy", np.ones((3, 3), dtype=np.float32))'
         after=$(stat -c %s d/a.npy.query)
         test "$after" = "$(wc -c < d/a.npy.query)" && test "$after" -gt "$before"
     """)

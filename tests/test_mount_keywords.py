@@ -84,7 +84,7 @@ def test_keyword_named_like_a_file_is_reached_with_comma(mount: Mount) -> None:
         mkdir @/k
         echo body > @/k/notes
         not mkdir @/k/notes 2>/dev/null                         # the kernel sees the file: EEXIST
-        python3 -c "from hkfs.core.store import Store; s = Store.open('$S'); s.mkkw(s.namespace_id(0), ('k', 'notes'))"
+        "$PY" -c "from hkfs.core.store import Store; s = Store.open('$S'); s.mkkw(s.namespace_id(0), ('k', 'notes'))"
         test -d @/k/notes
         ls @/k | grep -qx ',notes'
         test "$(cat @/k/,notes)" = body
@@ -145,7 +145,7 @@ def test_changes_by_other_processes_are_visible_at_once(mount: Mount) -> None:
     mount.run("""
         mkdir @/seen
         echo a > @/seen/f
-        python3 - <<EOF
+        "$PY" - <<EOF
 from hkfs.core.store import Store
 st = Store.open("$S")
 ns = st.namespace_id(0)

@@ -264,3 +264,55 @@ def test_entry_formats_and_raw_embedding_through_the_mount(mount) -> None:
     with pytest.raises(OSError) as ei:
         os.setxattr(m / "@/v/b.f32", "user.hk.dim", b"zero")
     assert ei.value.errno == 22
+
+
+def test_stored_query_body_survives_refused_writes_and_editors(photos) -> None:
+    """Issue 11 item 5: a refused write keeps the previous body (vim saving the results it
+    read, `k=abc`); the body is read and set through user.hk.query and `hk query --show`;
+    `cp a.query b.query` copies the query."""
+    mount, items, rng = photos
+    q = rng.normal(size=D).astype(np.float32)
+    body = query_body(q, 3)
+    (mount.root / "@/photo/q.query").write_text(body)
+    results = (mount.root / "@/photo/q.query").read_text()
+    assert len(results.splitlines()) == 3
+    env = {"BODY": body.rstrip("\n"), "RESULTS": results.rstrip("\n")}     # as $(...) gives them
+    mount.run("""
+        cd @/photo
+        test "$(getfattr --only-values -n user.hk.query q.query)" = "$BODY"
+        test "$(hk query --show q.query)" = "$BODY"
+        # a bad option line: refused, not dropped; the body stays
+        fails_with "Invalid argument" bash -c 'printf "1 2 3 4 5 6\\nk=abc\\n" > q.query'
+        test "$(getfattr --only-values -n user.hk.query q.query)" = "$BODY"
+        # vim edits the results it read: the write is refused, the body stays
+        not vim -Es -N -u NONE -i NONE -c '%s/^/9/' -c 'wq' q.query
+        test "$(getfattr --only-values -n user.hk.query q.query)" = "$BODY"
+        test "$(cat q.query)" = "$RESULTS"
+        # vim saves unchanged: accepted, the same query
+        vim -Es -N -u NONE -i NONE -c 'wq' q.query
+        test "$(getfattr --only-values -n user.hk.query q.query)" = "$BODY"
+        test "$(cat q.query)" = "$RESULTS"
+        # cp of a stored query copies the query (its results name it); of FILE.query, the
+        # file's vector as a stored query
+        cp q.query copy.query
+        test "$(getfattr --only-values -n user.hk.query copy.query)" = "$BODY"
+        test "$(cat copy.query)" = "$RESULTS"
+        cp t2.txt.query like2.query
+        test "$(head -1 like2.query | cut -f2)" = @/photo/t2.txt      # (a stored query keeps it)
+        test "$(tail -n +2 like2.query | cut -f2)" = "$(head -9 t2.txt.query | cut -f2)"
+        getfattr --only-values -n user.hk.query like2.query | grep -qx 'k=10'
+        # setfattr user.hk.query replaces the body, only with a valid one
+        setfattr -n user.hk.query -v "$(printf '1 1 1 1 1 1\\nk=2')" q.query
+        test "$(cat q.query | wc -l)" = 2
+        fails_with "Invalid argument" setfattr -n user.hk.query -v "1 2 3" q.query
+        test "$(cat q.query | wc -l)" = 2
+        fails_with "Invalid argument" getfattr -n user.hk.query t2.txt
+        # a truncate that would leave a bad body is refused
+        fails_with "Invalid argument" truncate -s 3 q.query
+        test "$(cat q.query | wc -l)" = 2
+        # appending an option line changes the query (the body, not the results, grows)
+        printf '1 1 1 1 1 1\n' > q.query
+        echo k=4 >> q.query
+        test "$(cat q.query | wc -l)" = 4
+        test "$(hk query --show q.query)" = "$(printf '1 1 1 1 1 1\nk=4')"
+    """, env=env)

@@ -90,9 +90,9 @@ def test_paper_completion_figs_3_and_4_in_bash(demo_mount: Mount, tmp_path: Path
 
 @pytest.mark.mount
 def test_completion_uses_the_namespace_of_the_current_directory(demo_mount: Mount, tmp_path: Path) -> None:
-    demo_mount.run("mkdir other && cd other && hk chns nobody-else")
+    demo_mount.run("mkdir other && cd other && hk chns nobody")
     got = _complete(demo_mount, tmp_path, "comp akl foo\n", cwd=demo_mount.root / "other")
-    assert got["akl foo"] == ""          # nobody-else has no keywords
+    assert got["akl foo"] == ""          # nobody has no keywords
     got = _complete(demo_mount, tmp_path, "comp akl foo\n")
     assert got["akl foo"] == "//food //movie/footloose //sports/football"
 
@@ -192,9 +192,12 @@ def test_tab_in_a_real_shell(shell: str, demo_mount: Mount, tmp_path: Path) -> N
         if shell == "bash":
             t.until(b"P>akl //animal/dog/\x07", m)
             m = t.keys(b"\t")
-        out = t.until(b"//animal/dog/poodle", m)
-        assert b"//animal/dog/bulldog" in out
-        t.until(b"P>akl //animal/dog/", m + out.index(b"//animal/dog/poodle"))   # line redrawn, word kept
+        # zsh lists them as the paper shows them: the completed part in parentheses.
+        poodle, bulldog = ((b"//animal/dog/(poodle)", b"//animal/dog/(bulldog)") if shell == "zsh"
+                           else (b"//animal/dog/poodle", b"//animal/dog/bulldog"))
+        out = t.until(poodle, m)
+        assert bulldog in out
+        t.until(b"P>akl //animal/dog/", m + out.index(poodle))   # line redrawn, word kept
         if shell == "zsh":
             t.until(b"bulldog", t.keys(b"\t"))
         if shell == "bash":                                       # Fig. 4: listed, 'foo' stays typed
@@ -205,9 +208,79 @@ def test_tab_in_a_real_shell(shell: str, demo_mount: Mount, tmp_path: Path) -> N
             t.until(b"P>akl foo", m + out.index(b"//sports/football"))
         else:                                                     # Fig. 4: Tab cycles, as Ctrl-U did
             out = t.until(b"P>akl //food", t.keys(b"\x15akl foo\t"))   # first candidate in, all listed
-            assert b"//movie/footloose" in out and b"//sports/football" in out
+            assert b"(//)foo(d)" in out and b"(//movie/)foo(tloose)" in out and b"(//sports/)foo(tball)" in out
             t.until(b"movie/footloose", t.keys(b"\t"))
             t.until(b"akl //sports/football", t.keys(b"\t"))
             t.until(b"akl //food", t.keys(b"\t"))                  # and round again
     finally:
         t.close()
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_ctrl_u_cycles_as_in_the_paper(shell: str, demo_mount: Mount, tmp_path: Path) -> None:
+    """`hk shell-init SHELL --ctrl-u`: each Ctrl-U typed on a pty puts the next candidate in
+    (Figs. 3-4). HK_BIN names no command: the candidates come from the daemon (getfattr of
+    user.hk.complete.WORD), never from a Python start-up."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}", TERM="dumb", HOME=str(tmp_path),
+               INPUTRC=str(tmp_path / "inputrc"), ZDOTDIR=str(tmp_path))
+    (tmp_path / "inputrc").write_text("")
+    init = (f'eval "$(hk shell-init {shell} --no-prompt --ctrl-u)"\n'
+            "HK_BIN=/nonexistent/hk\n"
+            "akl() { echo \"ARGS:$*\"; }\n")                        # shows the line as typed
+    if shell == "bash":
+        (tmp_path / "rc").write_text("PS1='P>'\nPROMPT_COMMAND=\n" + init)
+        argv = ["bash", "--rcfile", str(tmp_path / "rc"), "-i"]
+    else:
+        (tmp_path / ".zshrc").write_text("PS1='P>'\nautoload -Uz compinit && compinit -u\n" + init)
+        argv = ["zsh", "-i"]
+    t = KeyTerminal(argv, demo_mount.root, env, demo_mount)
+    try:
+        t.until(b"P>")
+        m = t.keys(b"akl foo\x15")                                          # Fig. 4
+        t.until(b"//food", m)
+        if shell == "zsh":                    # the list shows the added parts as the paper does
+            out = t.until(b"(//sports/)foo(tball)", m)
+            assert b"(//)foo(d)" in out and b"(//movie/)foo(tloose)" in out
+        t.until(b"footloose", t.keys(b"\x15"))
+        t.until(b"football", t.keys(b"\x15"))
+        m = t.keys(b"\n")
+        out = t.until(b"ARGS://sports/football", m)
+        # The next prompt first: a Ctrl-U typed ahead reaches the tty in line mode (its kill char).
+        t.until(b"P>", m + out.index(b"ARGS:"))
+        t.until(b"//animal/bird", t.keys(b"akl //animal/\x15"))             # Fig. 3
+        t.until(b"cat", t.keys(b"\x15"))
+        t.until(b"dog", t.keys(b"\x15"))
+        t.until(b"bulldog", t.keys(b"/\x15"))                              # the next level
+        t.until(b"poodle", t.keys(b"\x15"))
+        t.until(b"ARGS://animal/dog/poodle", t.keys(b"\n"))
+    finally:
+        t.close(b"exit\n")
+
+
+@pytest.mark.mount
+def test_the_mount_serves_completions_as_an_attribute(demo_mount: Mount) -> None:
+    """getfattr -n user.hk.complete.WORD DIR: WORD's candidates in DIR's namespace, as `hk complete`."""
+    r = demo_mount.run("""
+        c() { getfattr --only-values -n "user.hk.complete.$1" "${2:-.}"; echo; }
+        c foot
+        c //animal/dog/
+        c '//SIG/DPS,//wo'
+        c ,//mov work                                   # a directory
+        c foot @/photo/@/animal                         # a view: its namespace
+        mkdir other && (cd other && hk chns nobody)                   # a user with no keywords
+        c foot other                                    # another namespace: none
+        test "$(hk complete -- foot | tr '\\n' ' ')" = "//movie/footloose //sports/football "
+        not getfattr -n user.hk.complete.foot @/photo/fig2.jpg 2>/dev/null    # a file: no attribute
+        getfattr -d . | grep -c complete || true        # not listed (one attribute per word)
+    """)
+    assert r.stdout.split("\n") == [
+        "//movie/footloose", "//sports/football",
+        "//animal/dog/bulldog", "//animal/dog/poodle",
+        "//SIG/DPS,//workshop",
+        ",//movie",
+        "//movie/footloose", "//sports/football",
+        "",
+        "0", ""]

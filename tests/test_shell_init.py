@@ -100,3 +100,40 @@ def test_zsh_completion_and_right_prompt(demo_mount: Mount, tmp_path: Path) -> N
     assert lines[5:7] == ["files", "insert: "], why
     assert lines[7:9] == ["cands: //movie/footloose //sports/football", "insert: menu"], why
     assert "rprompt: (//workshop)" in lines, why
+
+
+LS_DRIVER = r'''
+eval "$(hk shell-init SHELL)"
+cd work
+echo "plain: $(ls , | tr '\n' ' ')"
+echo "one: $(ls -1 , | tr '\n' ' ')"
+echo "long: $(ls -l , | grep -c '^-rw')"
+echo "long-names: $(ls -l , | awk '{print $NF}' | tr '\n' ' ')"
+echo "dir: $(ls -d //workshop)"
+echo "shared: $(ls -d //workshop,main.tex | wc -l)"
+echo "system: $(ls -a | head -1)"
+ls -l //nope 2>&1 || echo "refused: $?"
+'''
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_ls_wrapper_passes_options_through(shell: str, demo_mount: Mount, tmp_path: Path) -> None:
+    """`ls -l ,`: options hk ls does not know go to the system ls, on the specs' mount paths."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}", HOME=str(tmp_path),
+               ZDOTDIR=str(tmp_path))
+    argv = ["zsh", "-f", "-c"] if shell == "zsh" else ["bash", "-c"]
+    r = subprocess.run(argv + [LS_DRIVER.replace("SHELL", shell)], capture_output=True, text=True,
+                       env=env, cwd=demo_mount.root, timeout=300)
+    out = dict(ln.split(": ", 1) for ln in r.stdout.splitlines() if ": " in ln)
+    why = f"{r.stdout}\n{r.stderr}"
+    assert out["plain"] == "main.aux main.dvi main.log main.tex ", why      # hk ls
+    assert out["one"] == "main.aux main.dvi main.log main.tex ", why
+    assert out["long"] == "4", why                                         # ls -l of work/,
+    assert out["long-names"].split()[1:] == ["main.aux", "main.dvi", "main.log", "main.tex"], why
+    assert out["dir"] == f"{demo_mount.root}/@/workshop", why
+    assert out["shared"] == "3", why                                       # the three clash names
+    assert out["system"] == ".", why
+    assert "no keyword //nope" in r.stdout and "refused: 1" in r.stdout, why

@@ -29,8 +29,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Mount
+from conftest import Mount, MountFactory
 from ptyterm import PtyProcess
+
+from hkfs.core.store import Store
+from hkfs.demo.data import fill_demo, fill_paper_home
 
 # Verbatim from the paper (seeds/hk-paper-ja.txt, Fig. 1).
 FIG1 = """\
@@ -196,10 +199,44 @@ def _norm(line: str) -> str:
 @pytest.mark.mount
 def test_paper_figs_1_and_2_in_an_interactive_bash(mount: Mount, tmp_path: Path) -> None:
     _setup_before_fig1(mount)
+    _replay_figs_1_and_2(mount, tmp_path, "tada")
+
+
+@pytest.mark.mount
+def test_paper_figs_1_and_2_replay_in_the_demo_store(mount_factory: MountFactory, tmp_path: Path) -> None:
+    """The demo store as `hk demo` makes it: tada's home holds the state before Fig. 1, and
+    the lines docs/tutorial.md gives a new user to type are the figures' lines."""
+    def fill(store: Path) -> None:
+        with Store.open(store) as st:
+            fill_demo(st)
+            assert fill_paper_home(st) and not fill_paper_home(st)    # made once
+    m = mount_factory(fill=fill)
+    typed = [ln.split(">", 1)[1] for ln in (FIG1 + FIG2).splitlines() if ln.startswith("tada{")]
+    assert _tutorial_lines() == typed
+    _replay_figs_1_and_2(m, tmp_path, "tada")
+    # tada's keywords are his own: the demo's (root's) //workshop keeps its 13 files, 'work' its 4.
+    r = m.run("ls @/workshop | wc -l; ls work | tr '\\n' ' '; echo; ls tada")
+    assert r.stdout.split("\n")[:3] == ["13", "main.aux main.dvi main.log main.tex ", "work"]
+
+
+TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorial.md"
+
+
+def _tutorial_lines() -> list[str]:
+    """The lines docs/tutorial.md has the reader type for Figs. 1-2 (the ```sh block after
+    "then type the figures' lines"), comments cut off."""
+    text = TUTORIAL.read_text(encoding="utf-8").split("then type the figures' lines", 1)[1]
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [ln.split("  #", 1)[0].rstrip() for ln in block.splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def _replay_figs_1_and_2(mount: Mount, tmp_path: Path, home: str) -> None:
+    """Types Figs. 1 and 2 in MOUNT/home and checks the screen and what they did."""
     rc = tmp_path / "rc.bash"
     rc.write_text("PS1='tada{\\W}>'\nPROMPT_COMMAND=\n"
                   'eval "$(hk shell-init bash)"\n'
-                  f"cd {mount.root / 'tada'}\n")
+                  f"cd {mount.root / home}\n")
     env = dict(os.environ, PATH=f"{hk_bin(tmp_path)}:{os.environ['PATH']}", HOME=str(tmp_path),
                TERM="dumb", LC_ALL="C.UTF-8", COLUMNS="40", LINES="24")
     env.pop("HK_BIN", None)
@@ -233,14 +270,15 @@ def test_paper_figs_1_and_2_in_an_interactive_bash(mount: Mount, tmp_path: Path)
     assert rprompts == RPROMPTS, "\n".join(screen)
 
     # What the figures say happened: dps is gone but its files are kept by their HKs; work holds them.
-    r = mount.run("""
-        not test -e tada/dps
-        ls tada/work
-        cat tada/work/main.tex
-        getfattr --only-values -n user.hk.keywords tada/work/main.tex; echo
-        ls @/workshop | wc -l
+    r = mount.run(f"""
+        cd {home}
+        not test -e dps
+        ls work
+        grep -qi dps work/main.tex && echo "the dps paper"
+        getfattr --only-values -n user.hk.keywords work/main.tex; echo
+        ls @/workshop | wc -l                   # the home's own keyword space (chns)
     """)
     out = r.stdout.splitlines()
-    assert out[:4] == TEX and out[4] == "dps main.tex"
+    assert out[:4] == TEX and out[4] == "the dps paper"
     assert out[5] == "//SIG/DPS//society/IPSJ//workshop"
     assert out[6] == "12"

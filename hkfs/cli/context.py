@@ -222,11 +222,11 @@ class Here:
             raise IsADirectory(f"{arg}: is a directory")
         raise NotFound(f"{arg}: no such file")
 
-    def files(self, arg: str, *, many: bool = True) -> list[FileRef]:
+    def files(self, arg: str, *, many: bool = True, too_many: str = "give a spec that names one") -> list[FileRef]:
         """The files a command-line word names: a bare name or path (via the cwd), or a spec.
 
         ',NAME' / ',//c,NAME' / '//a//b,NAME' / '//a' name files by keywords; with
-        many=False exactly one file must match.
+        many=False exactly one file must match (else an error ending with `too_many`).
         """
         if arg.startswith(",") or arg.startswith("//"):
             hl, name = parse_spec_arg(arg, self.ckl)
@@ -241,7 +241,7 @@ class Here:
                 parse_spec(arg)       # a bare name must be a valid file name
             found = [self._path_ref(arg)]
         if not many and len(found) > 1:
-            raise InvalidArgument(f"{arg}: {len(found)} files match; give a spec that names one")
+            raise InvalidArgument(f"{arg}: {len(found)} files match; {too_many}")
         return found
 
     def all_files(self, args: Sequence[str]) -> list[FileRef]:

@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING
 import click
 
 from ..core.errors import InvalidArgument, NotFound
-from ..mount.paths import view_path
+from ..mount.paths import view_prefix
 from .context import friendly_errors, here, parse_hk_arg, store_options
 from .main import cli
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from ..query.service import QueryService, Scope
+    from .context import Here
 
 # numpy and the embedding modules are imported inside the commands: every `hk` command
 # (the shell's prompt and Tab completion included) imports this module.
@@ -56,8 +59,9 @@ def _vector_from(path: Path, row: int | None) -> np.ndarray:
 
 
 def _text(v: np.ndarray) -> bytes:
-    """Text numbers with 9 significant digits: float32 round-trips exactly and stays readable."""
-    return (" ".join(f"{float(x):.9g}" for x in v) + "\n").encode()
+    from ..query.queryfiles import format_vector
+
+    return format_vector(v).encode()
 
 
 @cli.command("embed")
@@ -107,6 +111,32 @@ def embed_cmd(file: str, vector: str | None, from_: Path | None, row: int | None
         h.store.set_xattr("file", eid, EMBEDDING_ATTR, _text(v))
 
 
+def _show_body(name: str, store: Path | None, user: str | None) -> None:
+    """Print a stored query's body (= getfattr -n user.hk.query NAME.query through the mount)."""
+    from ..mount.queryfs import is_query_name
+
+    with here(store, user) as h:
+        ref = h.files(name, many=False)[0]
+        if not is_query_name(ref.info.name.lstrip(",")):
+            raise InvalidArgument(f"{name} is not a stored query (NAME.query)")
+        try:
+            body = h.store.entity_path(ref.info.id).read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"{name}: {exc.strerror}") from None
+    click.echo(body.decode("utf-8", "surrogateescape"), nl=False)
+
+
+def _scope_here(svc: QueryService, h: Here) -> Scope:
+    """The scope of the cwd: its directory, or its view (what `.query` files there see)."""
+    rel = h.rel.strip("/")
+    prefix = rel + "/" if rel else ""
+    if h.dirid is not None:
+        return svc.dir_scope(h.dirid, prefix)
+    if h.view is not None and not h.keyspace:
+        return svc.view_scope(h.ns, tuple(h.view), prefix)
+    raise NotFound(f"{h.rel}: a query needs a directory or a view")
+
+
 @cli.command("query")
 @click.argument("spec", required=False)
 @click.option("--vector", "vector", metavar="NUMBERS", help="The query vector as text numbers.")
@@ -114,10 +144,12 @@ def embed_cmd(file: str, vector: str | None, from_: Path | None, row: int | None
 @click.option("-k", "k", type=click.IntRange(1, MAX_K), default=DEFAULT_K, show_default=True,
               help="How many hits.")
 @click.option("--nprobe", type=click.IntRange(1), default=None, help="Inverted lists probed (default: the index's).")
+@click.option("--show", "show", metavar="NAME.query",
+              help="Print the body of a stored query (what it asks, not its results).")
 @store_options
 @friendly_errors
 def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, nprobe: int | None,
-              store: Path | None, user: str | None) -> None:
+              show: str | None, store: Path | None, user: str | None) -> None:
     """Nearest neighbours among the embeddings of a view or directory (default: the current one).
 
     SPEC is an HK list ('//photo//animal/dog', ',' for the CKL). Prints what a
@@ -125,14 +157,19 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
 
     Example: hk query //photo --like dog.npy -k 5
     """
-    from ..mount.queryfs import QueryFS
-    from ..query.embeddings import EmbeddingCatalog
+    from ..mount.queryfs import NO_HITS
     from ..query.queryfiles import Query, format_results, parse_vector
+    from ..query.service import QueryService
 
+    if show is not None:
+        if spec or vector is not None or like is not None:
+            raise click.UsageError("--show takes no SPEC, --vector or --like")
+        _show_body(show, store, user)
+        return
     if (vector is None) == (like is None):
-        raise click.UsageError("give one of --vector or --like")
+        raise click.UsageError("give one of --vector or --like (or --show NAME.query)")
     with here(store, user) as h:
-        qfs = QueryFS(h.store, h.resolver(), EmbeddingCatalog(h.store, writable=False))
+        svc = QueryService(h.store, writable=False)
         try:
             if spec:
                 hks = parse_hk_arg(spec, h.ckl)
@@ -140,21 +177,22 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
                     if not h.store.keyword_exists(h.ns, hk):
                         raise NotFound(f"no keyword //{'/'.join(hk)}")
                 base = h.rel.strip("/") + "/" if h.dirid is not None and h.rel.strip("/") else ""
-                sc = qfs.view_scope(h.ns, hks, base + view_path(hks)[1:] + "/" if hks else base)
+                sc = svc.view_scope(h.ns, hks, base + view_prefix(hks))
             else:
-                sc = qfs.scope(h.rel)
+                sc = _scope_here(svc, h)
             exclude = None
             if like is not None:
                 ref = h.files(like, many=False)[0]
-                qfs.catalog.refresh(ref.info.ns)
-                v, _n = qfs.catalog.source(ref.info.ns, ref.info.id)
+                v = svc.like(ref.info.ns, ref.info.id)
                 if v is None:
                     raise InvalidArgument(f"{like} has no embedding (not an entry, no {EMBEDDING_ATTR})")
                 exclude = ref.info.id
             else:
                 assert vector is not None
                 v = parse_vector(vector, "--vector")
-            hits = qfs.run(sc, Query(v, k, nprobe), exclude)
+            hits = svc.run(sc, Query(v, k, nprobe), exclude)
         finally:
-            qfs.stop()
+            svc.stop()
+        if not hits:
+            click.echo(f"hk query: no hits: {NO_HITS}", err=True)
         click.echo(format_results(hits).decode("utf-8", "surrogateescape"), nl=False)

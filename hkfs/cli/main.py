@@ -8,18 +8,46 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import IO, Any
 
 import click
 
 from ..core.errors import HKError
 
 
+class OneLineUsageError(click.UsageError):
+    """A usage error as one line: what is wrong, the usage, where the help is (click prints
+    three lines and a blank one, the error last)."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        line = f"Error: {self.format_message()}"
+        if self.ctx is not None:
+            usage = " ".join(self.ctx.get_usage().split())          # 'Usage: hk atkw [OPTIONS] ...'
+            line += f" {usage} (help: {self.ctx.command_path} -h)"
+        click.echo(line, file=file or sys.stderr)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return exc                                     # bare `hk` prints the help, as before
+    return OneLineUsageError(exc.format_message(), exc.ctx)
+
+
 class HKGroup(click.Group):
-    """Turns core errors into one clear line on stderr and exit status 1."""
+    """Turns core errors into one clear line on stderr and exit status 1, usage errors into
+    one line and exit status 2."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:              # `hk --bogus`
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:              # a subcommand's arguments, an unknown command
+            raise _one_line(exc) from None
         except HKError as exc:
             raise click.ClickException(str(exc)) from exc
 
@@ -45,6 +73,7 @@ def main() -> None:
 # Subcommand modules register themselves on `cli` (one import line each).
 from . import (  # noqa: E402
     embed,  # noqa: E402,F401  (hk embed / hk query)
+    keywords,  # noqa: E402,F401  (hk mvkw / mergekw)
     mount,  # noqa: E402,F401  (hk mount / umount / demo)
     paper,  # noqa: E402,F401  (the paper's commands: mkkw ... rme)
     tools,  # noqa: E402,F401  (hk path / kw / info / fsck / prompt / shell-init)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import click
 
 from ..core.errors import InvalidArgument, NameClash, NotFound, PermissionDenied
-from ..core.naming import HK, format_hk
+from ..core.naming import HK, format_hk, format_hk_list
 from ..mount.views import DirLoc, KeySpaceLoc, ViewLoc, detach_set
 from .context import (
     FileRef,
@@ -354,12 +354,16 @@ def rm_cmd(files: tuple[str, ...], store: str | None, user: str | None) -> None:
 def rme_cmd(files: tuple[str, ...], all_: bool, store: str | None, user: str | None) -> None:
     """Delete file entities: their bytes, keywords and every link (paper: rme).
 
+    A spec that matches several files is refused unless --all is given; then each
+    deleted file is named on stdout.
+
     Example: hk rme ,//SIG/OS,main.log
     """
     with here(store, user) as h:
         refs: list[FileRef] = []
         for arg in files:
-            refs += h.files(arg, many=all_)
+            refs += h.files(arg, many=all_, too_many=f"give a spec that names one, or rme --all {arg} "
+                                                     "to delete them all")
         for r in refs:
             h.require_file_owner(r.info)
         done: set[int] = set()
@@ -367,3 +371,5 @@ def rme_cmd(files: tuple[str, ...], all_: bool, store: str | None, user: str | N
             if r.info.id not in done:
                 done.add(r.info.id)
                 h.store.rme(r.info.id)
+                if all_:       # a spec may have matched more than the user pictured: say what went
+                    click.echo(f"deleted {format_hk_list(r.info.hks)},{r.info.name}")

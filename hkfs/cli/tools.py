@@ -18,9 +18,9 @@ from pathlib import Path
 
 import click
 
-from ..core.completion import complete
+from ..core.completion import complete_word, split_word  # noqa: F401 (split_word: re-exported)
 from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
-from ..core.naming import HK, format_hk, format_hk_list
+from ..core.naming import HK, format_hk, format_hk_list, term_keyword
 from ..mount.paths import COMMA, clash_name, listed_name, view_path
 from .context import FileRef, Here, friendly_errors, here, parse_spec_arg, store_options
 from .main import cli
@@ -45,9 +45,12 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
         if not h.store.keyword_exists(h.ns, k):
             raise NotFound(f"no keyword {format_hk(k)}")
     if relative:
-        if h.dirid is None:
-            raise InvalidArgument("',' needs an ordinary directory as the current directory")
-        base = cwd + "/," + view_path(hl)
+        if h.dirid is not None:
+            base = cwd + "/," + view_path(hl)         # a directory's ',' is its CKL's view
+        elif h.view and not h.keyspace:
+            base = cwd + view_path(hl)                # a view is its own CKL's view (as `hk ls ,`)
+        else:
+            raise InvalidArgument("',' needs a directory or a keyword view as the current directory")
         full = tuple(h.ckl) + hl
     else:
         anchor = str(h.mount).rstrip("/")
@@ -60,9 +63,10 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
     matches = h.store.match(h.ns, full, name)
     if len(matches) > 1:
         return [f"{base}/{clash_name(name, m.id)}" for m in matches]
-    if relative and not hl:
+    if relative and not hl and h.dirid is not None:
         return [cwd + "/" + COMMA + name]
-    children = h.store.keyword_children(h.ns, full[-1]) if full else []
+    kw = term_keyword(full[-1]) if full else ()      # a term with operators: its keyword's children
+    children = h.store.keyword_children(h.ns, kw) if kw else []
     return [base + "/" + listed_name(name, matches[0].id if matches else 0, shared=False,
                                      keyword=name in children)]
 
@@ -177,13 +181,13 @@ def fsck_cmd(store: Path, repair: bool) -> None:
 
     Example: hk fsck ~/hkstore --repair
     """
-    from ..core.fsck import check
+    from ..core.fsck import REPORT_ONLY, check
     from ..core.fsck import repair as do_repair
     from ..core.store import Store
 
     if not (store / "catalog.sqlite").exists():
         raise click.ClickException(f"no hkfs store at {store}")
-    with Store.open(store, create=False) as st:
+    with Store.open(store, create=False, readonly=not repair, repair=repair) as st:   # a check writes nothing
         if repair:
             try:
                 st.lock()          # the mounting daemon holds it: repairs would race its writes
@@ -196,14 +200,22 @@ def fsck_cmd(store: Path, repair: bool) -> None:
         if not problems:
             click.echo(f"{store}: clean")
             return
+        by_hand = [p for p in problems if p.kind in REPORT_ONLY]
         if not repair:
-            click.echo(f"{len(problems)} problem(s); run with --repair to fix them", err=True)
+            fixable = len(problems) - len(by_hand)
+            if fixable:
+                click.echo(f"{len(problems)} problem(s); run with --repair to fix "
+                           + ("them" if not by_hand else f"{fixable} of them"), err=True)
+            if by_hand:
+                click.echo(f"{len(by_hand)} file(s) in {store}/entities are not entities: --repair leaves "
+                           "them; move them out of the store by hand", err=True)
             sys.exit(1)
         for line in do_repair(st, problems):
             click.echo(f"repaired: {line}")
         left = check(st)
         for p in left:
-            click.echo(f"still: {p}", err=True)
+            click.echo(f"still: {p}" + (" (move it out of the store by hand)" if p.kind in REPORT_ONLY else ""),
+                       err=True)
         if left:
             sys.exit(1)
         click.echo(f"{store}: repaired, clean")
@@ -227,17 +239,6 @@ def prompt_cmd() -> None:
         return
 
 
-def split_word(word: str) -> tuple[str, str]:
-    """The completed part of a word: its last HK ('//...') or what follows its last ','."""
-    i = word.rfind("//")
-    if i >= 0:
-        return word[:i], word[i:]
-    j = word.rfind(",")
-    if j >= 0:
-        return word[:j + 1], word[j + 1:]
-    return "", word
-
-
 @cli.command("complete", hidden=True)
 @click.argument("word", default="")
 @store_options
@@ -249,15 +250,15 @@ def complete_cmd(word: str, store: str | None, user: str | None) -> None:
     except Exception as exc:   # noqa: BLE001 - completion must never print an error into the command line
         log.debug("no completions for %r: %s", word, exc, exc_info=True)   # `hk -vv complete WORD` shows why
         return
-    prefix, partial = split_word(word)
-    for c in complete(partial, keywords):
-        click.echo(prefix + c)
+    for c in complete_word(word, keywords):
+        click.echo(c)
 
 
-def snippet(shell: str, *, commands: bool = True, ls: bool = True, prompt: bool = True) -> str:
+def snippet(shell: str, *, commands: bool = True, ls: bool = True, prompt: bool = True,
+            ctrl_u: bool = False) -> str:
     """The shell-init text: sections between '# >>> NAME' and '# <<< NAME' are dropped when turned off."""
     text = resources.files("hkfs").joinpath(f"shell/hk.{shell}").read_text(encoding="utf-8")
-    off = {"commands": not commands, "ls": not ls, "prompt": not prompt}
+    off = {"commands": not commands, "ls": not ls, "prompt": not prompt, "ctrl-u": not ctrl_u}
     out, skip = [], False
     for line in text.splitlines():
         if line.startswith("# >>> "):
@@ -278,9 +279,12 @@ def snippet(shell: str, *, commands: bool = True, ls: bool = True, prompt: bool 
 @click.option("--no-commands", is_flag=True, help="Do not define the bare paper commands (akl, ldf, ...).")
 @click.option("--no-ls", is_flag=True, help="Do not wrap ls (ls , and ls //a go to hk ls).")
 @click.option("--no-prompt", is_flag=True, help="Do not show the CKL in the prompt.")
-def shell_init_cmd(shell: str, no_commands: bool, no_ls: bool, no_prompt: bool) -> None:
+@click.option("--ctrl-u", is_flag=True,
+              help="Ctrl-U cycles through keyword candidates, as in the paper (instead of erasing the line).")
+def shell_init_cmd(shell: str, no_commands: bool, no_ls: bool, no_prompt: bool, ctrl_u: bool) -> None:
     """Print shell code that installs keyword completion, the paper's commands and the CKL prompt.
 
-    Example: eval "$(hk shell-init bash)"    # in ~/.bashrc; zsh: eval "$(hk shell-init zsh)"
+    Example: eval "$(hk shell-init bash --ctrl-u)"    # in ~/.bashrc; zsh: hk shell-init zsh
     """
-    click.echo(snippet(shell, commands=not no_commands, ls=not no_ls, prompt=not no_prompt), nl=False)
+    click.echo(snippet(shell, commands=not no_commands, ls=not no_ls, prompt=not no_prompt,
+                       ctrl_u=ctrl_u), nl=False)

@@ -21,7 +21,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .migrations import ensure_schema
+from .errors import CatalogDamaged, StoreVersionError
+from .migrations import SCHEMA_VERSION, ensure_schema, missing_tables, recreate_missing, user_version
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +45,47 @@ class _ThreadConn:
 class Catalog:
     """The catalog database at `path`; `read()` / `write()` give a per-thread connection in a transaction."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+                 readonly: bool = False, repair: bool = False) -> None:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
+        self.readonly = readonly
         self._conns: dict[int, _ThreadConn] = {}
         self._conns_lock = threading.Lock()
         self._closed = False
         self.on_commit: Callable[[], None] | None = None   # called after each outermost write commits
         conn = self.connection()
+        if readonly:
+            # a check must never write: no schema is created and no migration is run
+            # (a 0-byte catalog once got a fresh schema from `hk fsck`)
+            v = user_version(conn)
+            if v != SCHEMA_VERSION:
+                self.close()
+                raise StoreVersionError(
+                    f"catalog {self.path} has no hkfs schema (empty or not a catalog)" if v == 0 else
+                    f"catalog {self.path} is at schema version {v}, this hkfs reads {SCHEMA_VERSION} "
+                    "(open it read-write once to migrate it)")
+            self._check_tables(conn)
+            return
         # a new catalog only (an existing file keeps its page size): see PAGE_SIZE
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
             log.warning("catalog %s: journal_mode is %s, not wal", self.path, mode)
         ensure_schema(conn)
+        if repair:
+            made = recreate_missing(conn)
+            if made:
+                log.warning("catalog %s: recreated missing table(s) %s, empty", self.path, ", ".join(made))
+        self._check_tables(conn)
+
+    def _check_tables(self, conn: sqlite3.Connection) -> None:
+        """CatalogDamaged when a table is missing: said once here instead of failing every call."""
+        gone = missing_tables(conn)
+        if gone:
+            self.close()
+            raise CatalogDamaged(f"catalog {self.path} is damaged: table(s) {', '.join(gone)} missing; "
+                                 "restore it from a backup, or hk fsck --repair makes them again, empty")
 
     def _state(self) -> _ThreadConn:
         """This OS thread's connection state (the connection opened on first use).
@@ -89,8 +117,12 @@ class Catalog:
         if st is None:
             if self._closed:
                 raise RuntimeError("catalog is closed")
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self.busy_timeout_ms / 1000)
+            if self.readonly:
+                conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                       check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
+            else:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=self.busy_timeout_ms / 1000)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -183,6 +215,22 @@ class Catalog:
         foreign_keys=False skips SQLite's reference checks for this transaction, for bulk
         inserts whose references the caller has already checked."""
         return self._tx(True, foreign_keys)
+
+    def sync(self) -> None:
+        """Make every committed transaction durable (fsync, fsyncdir of the mount).
+
+        Commits run with synchronous=NORMAL: in WAL mode they are appended to the -wal file
+        without an fsync (SQLite syncs it before each checkpoint), so a power loss may drop
+        the last ones. An fsync of the -wal file makes all of them durable at once."""
+        for path in (Path(f"{self.path}-wal"), self.path):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         """Close every thread's connection (call when no thread is using the catalog); idempotent."""

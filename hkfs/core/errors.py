@@ -109,3 +109,9 @@ class NotSupported(NotPermitted):
     """An attribute this file system does not keep (system.*, trusted.*, on a view)."""
 
     errno = _errno.ENOTSUP
+
+
+class CatalogDamaged(HKError):
+    """The catalog lacks part of its schema (a table dropped by hand or by a broken tool)."""
+
+    errno = _errno.EIO

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 
 from .naming import HK
 from .store import LOST_FOUND, Store
 
-__all__ = ["Problem", "check", "repair", "stale_sizes", "repair_sizes", "KINDS"]
+__all__ = ["Problem", "check", "repair", "stale_sizes", "repair_sizes", "KINDS", "REPORT_ONLY"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,14 @@ KINDS = {
     "unknown-dkl": "a directory keyword list naming a missing keyword",
     "orphan-dir": "a directory whose parent directory is missing",
     "stale-size": "an entity whose recorded size differs from its bytes file (a crash while writing)",
+    "shared-bytes": "entities whose bytes files are one file (hard links: a crash during an editor save); "
+                    "a write to one would change the other",
 }
+
+
+# What `repair` leaves for a person (it cannot know what the file is): fsck must not
+# tell the user to run --repair for these.
+REPORT_ONLY = frozenset({"stray-file"})
 
 
 @dataclass(frozen=True)
@@ -96,17 +104,41 @@ def check(store: Store) -> list[Problem]:
                                          "parent NOT IN (SELECT id FROM dirs) ORDER BY id"):
             out.append(Problem("orphan-dir", f"directory {d} ({name!r}) has missing parent {parent}", (d,)))
     files: set[int] = set()
+    inodes: dict[tuple[int, int], list[int]] = {}
+    links: dict[tuple[int, int], int] = {}
     for p in sorted(store.entities_dir.iterdir()):
         if p.name.isdigit() and str(int(p.name)) == p.name:
             files.add(int(p.name))
+            st = p.lstat()
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                inodes.setdefault(key, []).append(int(p.name))
+                links[key] = st.st_nlink
         else:
             out.append(Problem("stray-file", f"entities/{p.name} is not named by an entity id", (p.name,)))
     for eid in sorted(ids - files):
         out.append(Problem("missing-bytes", f"entity {eid} ({names[eid]!r}) has no bytes file", (eid,)))
     for eid in sorted(files - ids):
         out.append(Problem("orphan-bytes", f"entities/{eid} has no catalog row", (eid,)))
+    for key, eids in sorted(inodes.items(), key=lambda kv: sorted(kv[1])):
+        eids.sort()
+        outside = links[key] - len(eids)
+        named = " and ".join(f"entity {e} ({names.get(e, '?')!r})" for e in eids)
+        more = f" (and {outside} link(s) outside entities/)" if outside else ""
+        out.append(Problem("shared-bytes", f"{named} share one bytes file{more}", tuple(eids)))
     out += stale_sizes(store)
     return out
+
+
+def _unshare(store: Store, eid: int) -> None:
+    """Give entity eid a bytes file of its own: a copy renamed over its name (a crash leaves
+    the shared file or the copy, never neither)."""
+    path = store.entity_path(eid)
+    tmp = path.with_name(f"{eid}.unsharing")
+    shutil.copy2(path, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def stale_sizes(store: Store) -> list[Problem]:
@@ -236,6 +268,13 @@ def repair(store: Store, problems: list[Problem]) -> list[str]:
             os.replace(src, store.entity_path(eid))
             store.set_attrs(eid, size=st.st_size, mtime_ns=st.st_mtime_ns)
             done.append(f"orphan bytes entities/{old} kept as entity {eid} in {LOST_FOUND} (orphan-{old})")
+        elif p.kind == "shared-bytes":
+            # every entity but the first gets its own copy (all of them when the file has
+            # links outside the store, which could change it behind the catalog's back)
+            outside = os.stat(store.entity_path(p.ids[0])).st_nlink > len(p.ids)
+            for eid in p.ids if outside else p.ids[1:]:
+                _unshare(store, eid)
+            done.append(f"entities {', '.join(map(str, p.ids))} now have bytes files of their own (copies)")
         elif p.kind == "stray-file":
             done.append(f"left entities/{p.ids[0]} alone (not an entity; move it away by hand)")
     done += repair_sizes(store, [p for p in problems if p.kind == "stale-size" and p.ids[0] not in removed])

@@ -11,6 +11,7 @@ refused (StoreVersionError) instead of being misread.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from .errors import StoreVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -50,6 +51,25 @@ def _counters(conn: sqlite3.Connection) -> None:
 MIGRATIONS[3] = ("counters: entity ids never reused", _counters)
 
 
+def _devices(conn: sqlite3.Connection) -> None:
+    """v4: special files (mknod): FIFOs, sockets, devices keep their type in entities.mode;
+    a devices table holds a device's number."""
+    conn.execute("CREATE TABLE IF NOT EXISTS devices (entity INTEGER PRIMARY KEY REFERENCES entities(id) "
+                 "ON DELETE CASCADE, rdev INTEGER NOT NULL)")
+
+
+MIGRATIONS[4] = ("devices: special files' device numbers", _devices)
+def _generations(conn: sqlite3.Connection) -> None:
+    """v5: the files_gen / vectors_gen counters and their triggers (the statements of
+    schema.sql that make them: one copy)."""
+    for stmt in split_statements(schema_sql()):
+        if stmt.startswith("CREATE TRIGGER") or "('files_gen', 0)" in stmt:
+            conn.execute(stmt)
+
+
+MIGRATIONS[5] = ("generations: files_gen and vectors_gen counters kept by triggers", _generations)
+
+
 def schema_sql() -> str:
     """The text of hkfs/core/schema.sql, read as package data."""
     return resources.files("hkfs.core").joinpath("schema.sql").read_text(encoding="utf-8")
@@ -68,6 +88,28 @@ def split_statements(sql: str) -> list[str]:
     if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
         raise ValueError("schema.sql ends with an incomplete statement")
     return out
+
+
+def missing_tables(conn: sqlite3.Connection) -> list[str]:
+    """Tables of schema.sql that the catalog lacks (a damaged catalog: every use of one would fail)."""
+    want = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema_sql())
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return [t for t in want if t not in have]
+
+
+def recreate_missing(conn: sqlite3.Connection) -> list[str]:
+    """fsck --repair of a damaged catalog: make the missing tables (empty) and indexes again
+    from schema.sql (every statement is CREATE ... IF NOT EXISTS); returns the tables made."""
+    gone = missing_tables(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in split_statements(schema_sql()):
+            conn.execute(stmt)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return gone
 
 
 def user_version(conn: sqlite3.Connection) -> int:

@@ -18,6 +18,8 @@ __all__ = [
     "HK", "HKSyntaxError", "HKNameTooLong", "FileSpec", "parse_hk", "parse_hk_list", "format_hk",
     "format_hk_list", "validate_component", "validate_name", "parse_spec", "format_spec",
     "resolve_relative", "hk_matches", "list_matches", "MAX_NAME_BYTES",
+    "OR", "NOT", "ONLY", "UNTAGGED", "OPERATORS", "Atom", "Query", "split_term", "term_keyword",
+    "has_operators", "compile_query",
 ]
 
 HK = tuple[str, ...]
@@ -25,6 +27,16 @@ HK = tuple[str, ...]
 
 MAX_NAME_BYTES = 255
 _RESERVED = {".", "..", "@"}
+
+# Query operators (beyond the paper's AND). A keyword component may not start with '@'
+# (so no keyword can be named like one); an HK of a *spec* may start with them:
+#   //a//@or/b          a file carrying //a or //b (descendants included, as for AND)
+#   //photo//@not/animal  carrying //photo and not //animal (nor a descendant)
+#   //@only/animal      carrying //animal itself, not only a descendant (clean exports)
+#   //@untagged         a file carrying no keyword at all
+# The mount spells them the same way after '@': @/a/@/@or/b (docs/mount.md).
+OR, NOT, ONLY, UNTAGGED = "@or", "@not", "@only", "@untagged"
+OPERATORS = (OR, NOT, ONLY, UNTAGGED)
 
 
 class HKNameTooLong(HKSyntaxError, NameTooLong):
@@ -57,6 +69,9 @@ def validate_component(c: str, *, text: str | None = None, offset: int = 0) -> N
         raise HKSyntaxError("empty keyword component", text, offset)
     if c in _RESERVED:
         raise HKSyntaxError(f"keyword component {c!r} is reserved", text, offset)
+    if c.startswith("@"):
+        raise HKSyntaxError(f"keyword component {c!r}: a leading '@' is reserved for operators "
+                            f"({', '.join(OPERATORS)})", text, offset)
     for i, ch in enumerate(c):
         why = _bad_char(ch)
         if why:
@@ -85,8 +100,10 @@ def validate_name(name: str, *, text: str | None = None, offset: int = 0) -> Non
         raise HKNameTooLong(f"file name longer than {MAX_NAME_BYTES} bytes", text, offset)
 
 
-def _parse_list_at(text: str, start: int, end: int) -> tuple[HK, ...]:
-    """Parse text[start:end] as one or more HKs '//a/b//c'; positions refer to `text`."""
+def _parse_list_at(text: str, start: int, end: int, *, terms: bool = False) -> tuple[HK, ...]:
+    """Parse text[start:end] as one or more HKs '//a/b//c'; positions refer to `text`.
+
+    With terms (a spec), an HK may start with operator words ('//@not/animal')."""
     hks: list[HK] = []
     i = start
     if end - start < 2 or text[start:start + 2] != "//":
@@ -104,7 +121,8 @@ def _parse_list_at(text: str, start: int, end: int) -> tuple[HK, ...]:
                 if j < end and j + 1 < end and text[j + 1] == "/" and comps:
                     raise HKSyntaxError("three '/' in a row", text, j)
                 raise HKSyntaxError("empty keyword component", text, i)
-            validate_component(comp, text=text, offset=i)
+            if not (terms and comp in OPERATORS and all(x in OPERATORS for x in comps)):
+                validate_component(comp, text=text, offset=i)
             comps.append(comp)
             if j >= end:
                 i = end
@@ -117,6 +135,8 @@ def _parse_list_at(text: str, start: int, end: int) -> tuple[HK, ...]:
             if i >= end:
                 raise HKSyntaxError("HK ends with '/'", text, j)
         hks.append(tuple(comps))
+    if terms and compile_query(hks, text=text).incomplete:
+        raise HKSyntaxError("an operator needs a keyword after it (//@not/animal)", text, start)
     return tuple(hks)
 
 
@@ -188,7 +208,7 @@ def parse_spec(text: str) -> FileSpec:
 def _list_and_name(text: str, start: int) -> tuple[tuple[HK, ...], str | None]:
     comma = text.find(",", start)
     end = len(text) if comma < 0 else comma
-    hks = _parse_list_at(text, start, end)
+    hks = _parse_list_at(text, start, end, terms=True)
     if comma < 0:
         return hks, None
     name = text[comma + 1:]
@@ -223,6 +243,100 @@ def hk_matches(query: HK, carried: HK) -> bool:
 
 
 def list_matches(hks: Sequence[HK], carried: Iterable[HK]) -> bool:
-    """True when every HK of the list matches at least one carried HK (empty list: always)."""
+    """True when every HK of the list matches at least one carried HK (empty list: always).
+
+    The list may hold operator terms (see compile_query); this is the reference the
+    store's SQL is tested against."""
     carried = list(carried)
-    return all(any(hk_matches(q, c) for c in carried) for q in hks)
+    if not has_operators(hks):
+        return all(any(hk_matches(q, c) for c in carried) for q in hks)
+    q = compile_query(hks)
+    if q.incomplete:
+        return False
+    if q.untagged and carried:
+        return False
+
+    def hit(lit: Atom) -> bool:
+        return any(c == lit.hk if lit.only else hk_matches(lit.hk, c) for c in carried)
+    return all(any(hit(x) for x in g) for g in q.all_of) and not any(hit(x) for x in q.none_of)
+
+
+# ---------------------------------------------------------------- query operators
+
+@dataclass(frozen=True)
+class Atom:
+    """One keyword of a query: matches a carried HK equal to it or (unless only) below it."""
+
+    hk: HK
+    only: bool = False
+
+
+@dataclass(frozen=True)
+class Query:
+    """An HK list with operators: every group of `all_of` (an OR of literals) matches and
+    no literal of `none_of` does; `untagged`: the file carries no keyword.
+
+    `incomplete`: a term written with operators but no keyword yet ('@/a/@/@not' while
+    navigating the mount): it matches no file."""
+
+    all_of: tuple[tuple[Atom, ...], ...] = ()
+    none_of: tuple[Atom, ...] = ()
+    untagged: bool = False
+    incomplete: bool = False
+
+
+def split_term(term: HK) -> tuple[tuple[str, ...], HK]:
+    """('@not', 'animal') -> (('@not',), ('animal',)): the leading operator words and the keyword."""
+    i = 0
+    while i < len(term) and term[i] in OPERATORS:
+        i += 1
+    return tuple(term[:i]), tuple(term[i:])
+
+
+def term_keyword(term: HK) -> HK | None:
+    """The keyword a term names (its children are the term's children in the mount); None
+    for '@untagged', which has no keyword below it."""
+    ops, hk = split_term(term)
+    return None if UNTAGGED in ops else hk
+
+
+def has_operators(hks: Iterable[HK]) -> bool:
+    return any(h and h[0] in OPERATORS for h in hks)
+
+
+def compile_query(hks: Sequence[HK], *, text: str | None = None) -> Query:
+    """The Query of an HK list with operator terms; HKSyntaxError for a misplaced operator.
+
+    Grammar of one term: [@or] [@not] [@only] COMPONENT... , or @untagged alone in the list.
+    '@or' joins the term to the group before it; '@not' excludes; '@not' cannot be or-ed."""
+    where = text if text is not None else format_hk_list(hks)
+    groups: list[list[Atom]] = []
+    none: list[Atom] = []
+    untagged = incomplete = False
+    last_not = False
+    for term in hks:
+        ops, hk = split_term(term)
+        if UNTAGGED in ops:
+            if ops != (UNTAGGED,) or hk or len(hks) != 1:
+                raise HKSyntaxError("@untagged stands alone (//@untagged)", where, 0)
+            untagged = True
+            continue
+        order = [o for o in (OR, NOT, ONLY) if o in ops]
+        if list(ops) != order:
+            raise HKSyntaxError("operators go in the order @or, @not, @only, each once", where, 0)
+        if not hk:
+            incomplete = True
+            continue
+        lit = Atom(hk, ONLY in ops)
+        if OR in ops:
+            if not groups and not none:
+                raise HKSyntaxError("@or needs an HK before it (//a//@or/b)", where, 0)
+            if NOT in ops or last_not:
+                raise HKSyntaxError("@or cannot join @not terms (write //@not/a//@not/b)", where, 0)
+            groups[-1].append(lit)
+        elif NOT in ops:
+            none.append(lit)
+        else:
+            groups.append([lit])
+        last_not = NOT in ops
+    return Query(tuple(tuple(g) for g in groups), tuple(none), untagged, incomplete)

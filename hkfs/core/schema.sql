@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS entities (
     ns        INTEGER NOT NULL REFERENCES namespaces(id),
     name      TEXT    NOT NULL,
     size      INTEGER NOT NULL DEFAULT 0,
-    mode      INTEGER NOT NULL,   -- perms | S_IFLNK for a symlink; type bits 0 = regular (v2)
+    mode      INTEGER NOT NULL,   -- perms | type bits (S_IFLNK, S_IFIFO, ...); 0 = regular (v2, v4)
     uid       INTEGER NOT NULL,
     gid       INTEGER NOT NULL,
     atime_ns  INTEGER NOT NULL,
@@ -103,9 +103,72 @@ CREATE TABLE IF NOT EXISTS counters (
     value  INTEGER NOT NULL
 ) WITHOUT ROWID;
 
+-- Device numbers of character and block device entities (mknod; their type is in
+-- entities.mode). FIFOs and sockets need no row. (v4)
+CREATE TABLE IF NOT EXISTS devices (
+    entity  INTEGER PRIMARY KEY REFERENCES entities(id) ON DELETE CASCADE,
+    rdev    INTEGER NOT NULL
+);
+
 -- Applied schema versions (user_version is the authority; this is the history).
 CREATE TABLE IF NOT EXISTS migrations (
     version     INTEGER PRIMARY KEY,
     name        TEXT    NOT NULL,
     applied_ns  INTEGER NOT NULL
 );
+
+-- Generations (v5): counters bumped by these triggers in the writing transaction, so any
+-- process can tell, with one small read, whether what it derived from the catalog is still
+-- current. files_gen: what names files and decides which files a directory or view holds
+-- (keywords, tags, links, directories, DKLs, entity names); vectors_gen: what the embeddings
+-- are read from (the embedding/dim xattrs, entry-named files' name, size and mtime).
+-- Other writes (bytes, times, modes, other xattrs) bump neither. See hkfs/core/changes.py.
+INSERT OR IGNORE INTO counters(name, value) VALUES ('files_gen', 0), ('vectors_gen', 0);
+CREATE TRIGGER IF NOT EXISTS files_gen_keywords_insert AFTER INSERT ON keywords
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_keywords_delete AFTER DELETE ON keywords
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_keywords_update AFTER UPDATE ON keywords
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_entity_keywords_insert AFTER INSERT ON entity_keywords
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_entity_keywords_delete AFTER DELETE ON entity_keywords
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_entity_keywords_update AFTER UPDATE ON entity_keywords
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_links_insert AFTER INSERT ON links
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_links_delete AFTER DELETE ON links
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_links_update AFTER UPDATE ON links
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_dir_keywords_insert AFTER INSERT ON dir_keywords
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_dir_keywords_delete AFTER DELETE ON dir_keywords
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_dir_keywords_update AFTER UPDATE ON dir_keywords
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_dirs_insert AFTER INSERT ON dirs
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_dirs_delete AFTER DELETE ON dirs
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_dirs_update AFTER UPDATE OF parent, name, ns ON dirs
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_entities_insert AFTER INSERT ON entities
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_entities_delete AFTER DELETE ON entities
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS files_gen_entities_update AFTER UPDATE OF ns, name ON entities
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'files_gen'; END;
+CREATE TRIGGER IF NOT EXISTS vectors_gen_xattrs_insert AFTER INSERT ON xattrs WHEN new.kind = 'file' AND new.name IN ('user.hk.embedding', 'user.hk.dim')
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'vectors_gen'; END;
+CREATE TRIGGER IF NOT EXISTS vectors_gen_xattrs_delete AFTER DELETE ON xattrs WHEN old.kind = 'file' AND old.name IN ('user.hk.embedding', 'user.hk.dim')
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'vectors_gen'; END;
+CREATE TRIGGER IF NOT EXISTS vectors_gen_xattrs_update AFTER UPDATE ON xattrs WHEN (new.kind = 'file' AND new.name IN ('user.hk.embedding', 'user.hk.dim')) OR (old.kind = 'file' AND old.name IN ('user.hk.embedding', 'user.hk.dim'))
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'vectors_gen'; END;
+CREATE TRIGGER IF NOT EXISTS vectors_gen_entities_insert AFTER INSERT ON entities WHEN new.name LIKE '%.npy' OR new.name LIKE '%.fvecs' OR new.name LIKE '%.f32'
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'vectors_gen'; END;
+CREATE TRIGGER IF NOT EXISTS vectors_gen_entities_delete AFTER DELETE ON entities WHEN old.name LIKE '%.npy' OR old.name LIKE '%.fvecs' OR old.name LIKE '%.f32'
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'vectors_gen'; END;
+CREATE TRIGGER IF NOT EXISTS vectors_gen_entities_update AFTER UPDATE OF ns, name, size, mtime_ns ON entities WHEN new.name LIKE '%.npy' OR new.name LIKE '%.fvecs' OR new.name LIKE '%.f32' OR old.name LIKE '%.npy' OR old.name LIKE '%.fvecs' OR old.name LIKE '%.f32'
+    BEGIN UPDATE counters SET value = value + 1 WHERE name = 'vectors_gen'; END;

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno as _errno
 import fcntl
 import functools
+import json
 import logging
 import os
 import pwd
@@ -26,9 +27,9 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from ..fuse.daemon_notify import notify_daemon
 from ..mount.paths import clash_name
 from .catalog import Catalog
+from .changes import run_commit_hooks
 from .errors import (
     AlreadyExists,
     HKError,
@@ -42,7 +43,18 @@ from .errors import (
     NotPermitted,
     StoreLocked,
 )
-from .naming import HK, format_hk, parse_hk, validate_component, validate_name
+from .naming import (
+    HK,
+    Atom,
+    compile_query,
+    format_hk,
+    has_operators,
+    hk_matches,
+    parse_hk,
+    term_keyword,
+    validate_component,
+    validate_name,
+)
 
 __all__ = ["Store", "EntityInfo", "EntityStat", "DirInfo", "DirEntry", "LOST_FOUND", "CATALOG", "ENTITIES"]
 
@@ -117,7 +129,7 @@ class DirEntry:
 
 # ---------------------------------------------------------------- helpers
 
-_ENTITY_TYPES = (0, stat.S_IFREG, stat.S_IFLNK)
+_ENTITY_TYPES = (0, stat.S_IFREG, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 
 
 def _entity_mode(mode: int, old: int = 0) -> int:
@@ -211,26 +223,34 @@ class Store:
         catalog.on_commit = self._after_commit
 
     def _after_commit(self) -> None:
-        """A mounted store's daemon drops the kernel's caches before this process goes on.
+        """Tell others at once (the commit hooks: a mounted store's daemon drops the kernel's
+        caches before this process goes on, see hkfs.core.changes).
 
         Not in the daemon (it holds the lock and invalidates for its own changes)."""
         if self._lock_fd is None:
-            notify_daemon(self.root)
+            run_commit_hooks(self.root)
         elif self.on_locked_commit is not None:
             self.on_locked_commit()
 
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = True) -> Store:
-        """Open (and with create, make) the store at path; migrates an older catalog."""
+    def open(cls, path: str | Path, *, create: bool = True, readonly: bool = False,
+             repair: bool = False) -> Store:
+        """Open (and with create, make) the store at path; migrates an older catalog.
+
+        readonly: writes nothing at all (a check): no schema, no migration, no entities/.
+        repair: make tables missing from a damaged catalog again, empty (hk fsck --repair)."""
         root = Path(path).absolute()
         if not (root / CATALOG).exists():
-            if not create:
+            if not create or readonly:
                 raise NotFound(f"no hkfs store at {root}")
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)    # private: see docs/store.md
+            os.close(os.open(root / CATALOG, os.O_WRONLY | os.O_CREAT, 0o600))
+        if readonly:
+            return cls(root, Catalog(root / CATALOG, readonly=True))
         (root / ENTITIES).mkdir(exist_ok=True)
-        return cls(root, Catalog(root / CATALOG))
+        return cls(root, Catalog(root / CATALOG, repair=repair))
 
     def close(self) -> None:
         """Close every connection and release the lock."""
@@ -296,6 +316,20 @@ class Store:
             if user.isdigit():
                 return user, int(user), int(user)
             return user, os.getuid(), os.getgid()
+
+    def _known_user(self, c: sqlite3.Connection, user: str | int) -> bool:
+        """A user of this system (passwd) or one that already has a namespace here."""
+        name = self._user(user)[0]
+        if c.execute("SELECT 1 FROM namespaces WHERE user = ?", (name,)).fetchone():
+            return True
+        try:
+            if isinstance(user, int) or user.isdigit():
+                pwd.getpwuid(int(user))
+            else:
+                pwd.getpwnam(user)
+        except KeyError:
+            return False
+        return True
 
     def _ns_id(self, c: sqlite3.Connection, user: str | int) -> int:
         name, uid, gid = self._user(user)
@@ -371,16 +405,22 @@ class Store:
             if parents:
                 return kid
             raise AlreadyExists(f"keyword {format_hk(hk)} exists")
-        parent = None
-        if len(hk) > 1:
-            parent = self._kw(c, ns, hk[:-1])
-            if parent is None:
-                if not parents:
-                    raise NotFound(f"parent keyword {format_hk(hk[:-1])} of {format_hk(hk)} does not exist")
-                parent = self._mkkw(c, ns, hk[:-1], True)
-        cur = c.execute("INSERT INTO keywords(ns, parent, name, path) VALUES (?, ?, ?, ?)",
-                        (ns, parent, hk[-1], _path(hk)))
-        return int(cur.lastrowid)  # type: ignore[arg-type]
+        # the nearest existing ancestor, then the missing levels downwards: a loop, not
+        # recursion (an HK may be 1,000 levels deep)
+        n, parent = len(hk) - 1, None
+        while n > 0:
+            parent = self._kw(c, ns, hk[:n])
+            if parent is not None:
+                break
+            if not parents:
+                raise NotFound(f"parent keyword {format_hk(hk[:-1])} of {format_hk(hk)} does not exist")
+            n -= 1
+        for i in range(n + 1, len(hk) + 1):
+            cur = c.execute("INSERT INTO keywords(ns, parent, name, path) VALUES (?, ?, ?, ?)",
+                            (ns, parent, hk[i - 1], _path(hk[:i])))
+            parent = int(cur.lastrowid)  # type: ignore[arg-type]
+        assert parent is not None
+        return parent
 
     def mkkw(self, ns: int, hk: HK | str, *, parents: bool = False) -> int:
         """Make an HK. Its parent must exist unless parents=True (which also accepts an existing hk)."""
@@ -412,7 +452,107 @@ class Store:
             c.execute("DELETE FROM xattrs WHERE kind = 'keyword' AND id = ?", (kid,))
             c.execute("DELETE FROM keywords WHERE id = ?", (kid,))
 
+    def move_keyword(self, ns: int, src: HK | str, dst: HK | str, *, merge: bool = False,
+                     parents: bool = False, replace_empty: bool = False) -> None:
+        """Rename or move keyword src, with its child keywords, to dst (hk mvkw, mv in the mount).
+
+        Its files keep it under the new name, and DKLs that name src or a descendant follow.
+        dst must not exist, unless merge (then dst must exist: src's files and children join
+        dst's, a child of the same name merging in turn, and src goes) or replace_empty (an
+        existing dst with no file and no child is replaced, as rename(2) replaces an empty
+        directory). dst's parent must exist unless parents. One transaction: keyword paths
+        are materialized, so the subtree's paths get their prefix rewritten, and so do the
+        affected files' tags strings (a merge may fold two paths into one)."""
+        src, dst = _hks([src])[0], _hks([dst])[0]
+        if hk_matches(src, dst):
+            raise InvalidArgument(f"cannot move {format_hk(src)} onto or under itself ({format_hk(dst)})")
+        with self.catalog.write() as c:
+            self._check_ns(c, ns)
+            sid = self._need_kw(c, ns, src)
+            did = self._kw(c, ns, dst)
+            if did is not None and not merge:
+                if not (replace_empty and self._kw_empty(c, did)):
+                    raise AlreadyExists(f"keyword {format_hk(dst)} exists (hk mergekw {format_hk(src)} "
+                                        f"{format_hk(dst)} merges them)")
+                merge = True
+            if merge and did is None:
+                raise NotFound(f"no keyword {format_hk(dst)} to merge into")
+            lo, hi = _range(src)
+            old_p, new_p = _path(src), _path(dst)
+            # the affected files' tags strings, rewritten in Python (one pass, no query per file)
+            retag = {eid: _tags(new_p + p[len(old_p):] if p.startswith(old_p) else p
+                                for p in tags.split(",") if p)
+                     for eid, tags in c.execute(
+                         "SELECT x.entity, x.tags FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
+                         "WHERE k.ns = ? AND k.path >= ? AND k.path < ?", (ns, lo, hi))}
+            if did is None:
+                parent = None
+                if len(dst) > 1:
+                    parent = self._kw(c, ns, dst[:-1])
+                    if parent is None:
+                        if not parents:
+                            raise NotFound(f"parent keyword {format_hk(dst[:-1])} of {format_hk(dst)} "
+                                           "does not exist (-p makes it)")
+                        parent = self._mkkw(c, ns, dst[:-1], True)
+                # nothing exists under dst (it does not exist), so no path collides on the way
+                c.execute("UPDATE keywords SET path = ? || substr(path, ?) WHERE ns = ? AND path >= ? AND path < ?",
+                          (new_p, len(old_p) + 1, ns, lo, hi))
+                c.execute("UPDATE keywords SET parent = ?, name = ? WHERE id = ?", (parent, dst[-1], sid))
+            else:
+                self._merge_subtree(c, ns, old_p, new_p)
+            c.executemany("UPDATE entity_keywords SET tags = ? WHERE entity = ?",
+                          [(t, e) for e, t in retag.items()])
+            now = _now()
+            c.executemany("UPDATE entities SET ctime_ns = ? WHERE id = ?", [(now, e) for e in retag])
+            self._rewrite_dkls(c, ns, src, dst)
+
+    def _kw_empty(self, c: sqlite3.Connection, kid: int) -> bool:
+        return not (c.execute("SELECT 1 FROM keywords WHERE parent = ? LIMIT 1", (kid,)).fetchone()
+                    or c.execute("SELECT 1 FROM entity_keywords WHERE keyword = ? LIMIT 1", (kid,)).fetchone())
+
+    def _merge_subtree(self, c: sqlite3.Connection, ns: int, old_p: str, new_p: str) -> None:
+        """Merge the keywords under path old_p into new_p (which exists), parents first: one
+        that has a namesake there gives it its files and goes, the others move."""
+        sub = c.execute("SELECT id, path FROM keywords WHERE ns = ? AND path >= ? AND path < ? ORDER BY path",
+                        (ns, old_p, old_p[:-1] + "0")).fetchall()
+        dead: list[int] = []
+        for kid, p in sub:
+            np = new_p + p[len(old_p):]
+            r = c.execute("SELECT id FROM keywords WHERE ns = ? AND path = ?", (ns, np)).fetchone()
+            if r is None:
+                parent_path = np[:np.rstrip("/").rfind("/") + 1]
+                parent = c.execute("SELECT id FROM keywords WHERE ns = ? AND path = ?", (ns, parent_path)).fetchone()
+                c.execute("UPDATE keywords SET path = ?, parent = ?, name = ? WHERE id = ?",
+                          (np, parent[0] if parent else None, _hk_of_path(np)[-1], kid))
+                continue
+            c.execute("INSERT OR IGNORE INTO entity_keywords(keyword, entity, tags) "
+                      "SELECT ?, entity, tags FROM entity_keywords WHERE keyword = ?", (r[0], kid))
+            c.execute("DELETE FROM entity_keywords WHERE keyword = ?", (kid,))
+            c.execute("DELETE FROM xattrs WHERE kind = 'keyword' AND id = ?", (kid,))
+            dead.append(kid)
+        for kid in reversed(dead):          # deepest first: their children are gone or moved
+            c.execute("DELETE FROM keywords WHERE id = ?", (kid,))
+
+    def _rewrite_dkls(self, c: sqlite3.Connection, ns: int, src: HK, dst: HK) -> None:
+        """DKLs of the namespace that name src or a descendant name the moved keyword instead."""
+        text = format_hk(src)
+        dirs = [r[0] for r in c.execute(
+            "SELECT DISTINCT k.dir FROM dir_keywords k JOIN dirs d ON d.id = k.dir WHERE d.ns = ? "
+            "AND (k.hk = ? OR substr(k.hk, 1, ?) = ?)", (ns, text, len(text) + 1, text + "/"))]
+        for d in dirs:
+            out: list[HK] = []
+            for h in self._dkl(c, d):
+                h = dst + h[len(src):] if hk_matches(src, h) else h
+                if h not in out:
+                    out.append(h)
+            self._write_dkl(c, d, out)
+
     def keyword_exists(self, ns: int, hk: HK | str) -> bool:
+        """Whether the keyword exists; for a query term ('@not', 'a'), its keyword (@untagged: True)."""
+        if not isinstance(hk, str) and has_operators([hk]):
+            hk = term_keyword(tuple(hk)) or ()
+        if not isinstance(hk, str) and any(c.startswith("@") for c in hk):
+            return False        # e.g. a file named '@x' looked up in a view: no keyword can be
         hk = _as_hk(hk)
         if not hk:
             return True
@@ -634,6 +774,18 @@ class Store:
                       (size, _entity_mode(mode & 0o7777, self._entity(c, dst).mode), mtime_ns, _now(), dst))
             self._delete_entity(c, src)
 
+    def set_rdev(self, eid: int, rdev: int) -> None:
+        """The device number of a character or block device entity (mknod)."""
+        with self.catalog.write() as c:
+            self._need_entity(c, eid)
+            c.execute("INSERT OR REPLACE INTO devices(entity, rdev) VALUES (?, ?)", (eid, rdev))
+
+    def rdev(self, eid: int) -> int:
+        """A device entity's number (0 for every other file)."""
+        with self.catalog.read() as c:
+            r = c.execute("SELECT rdev FROM devices WHERE entity = ?", (eid,)).fetchone()
+        return r[0] if r else 0
+
     def _touch_entity(self, c: sqlite3.Connection, eid: int) -> None:
         c.execute("UPDATE entities SET ctime_ns = ? WHERE id = ?", (_now(), eid))
 
@@ -671,8 +823,9 @@ class Store:
                     "DELETE FROM entity_keywords WHERE entity = ? AND keyword IN "
                     "(SELECT id FROM keywords WHERE ns = ? AND path >= ? AND path < ?)",
                     (eid, ns, lo, hi)).rowcount
-                if not n:
-                    raise NotFound(f"file {eid} does not carry {format_hk(h)}")
+                if not n:      # named as the user knows it (the id is internal)
+                    name = c.execute("SELECT name FROM entities WHERE id = ?", (eid,)).fetchone()[0]
+                    raise NotFound(f"{name} does not carry {format_hk(h)}")
             self._retag(c, eid)
             self._touch_entity(c, eid)
             self._settle(c, eid)
@@ -745,6 +898,7 @@ class Store:
         c.execute("DELETE FROM links WHERE entity = ?", (eid,))
         c.execute("DELETE FROM entity_keywords WHERE entity = ?", (eid,))
         c.execute("DELETE FROM xattrs WHERE kind = 'file' AND id = ?", (eid,))
+        c.execute("DELETE FROM devices WHERE entity = ?", (eid,))
         c.execute("DELETE FROM entities WHERE id = ?", (eid,))
 
     # ------------------------------------------------------------ resolution
@@ -760,6 +914,8 @@ class Store:
         with_tags adds a second column, the entity's tags (then ids may repeat)."""
         tagcol = (", (SELECT t.tags FROM entity_keywords t WHERE t.entity = e.id LIMIT 1)"
                   if with_tags else "")
+        if has_operators(h for h in hks if not isinstance(h, str)):
+            return self._match_query(c, ns, hks, name, with_tags=with_tags)
         hl = _hks(hks)
         for h in hl:
             self._need_kw(c, ns, h)
@@ -789,6 +945,70 @@ class Store:
             sql += " AND instr(x.tags, ?) > 0"
             params.append("," + p)
         return sql, params
+
+    def _match_query(self, c: sqlite3.Connection, ns: int, terms: Sequence[HK | str], name: str | None,
+                     *, with_tags: bool) -> tuple[str, list]:
+        """_match for a list with operators (@or, @not, @only, @untagged; hkfs.core.naming.Query).
+
+        Same plan as for AND: the cheapest OR-group drives, one range scan per keyword of
+        it (@only: one keyword id) joined to (keyword, entity), UNION-ed; everything else is
+        tested on the row's tags string: ',/a/' for a keyword and its descendants,
+        ',/a/,' for @only, instr() = 0 for @not. Without a positive group (only @not, or
+        @untagged) the namespace's entities are scanned with their tags."""
+        q = compile_query([parse_hk(h) if isinstance(h, str) else tuple(h) for h in terms])
+        for a in [a for g in q.all_of for a in g] + list(q.none_of):
+            self._need_kw(c, ns, _hks([a.hk])[0])
+        if q.incomplete:
+            return ("SELECT NULL, NULL WHERE 0" if with_tags else "SELECT NULL WHERE 0"), []
+
+        def needle(a: Atom) -> str:
+            return "," + _path(a.hk) + ("," if a.only else "")
+
+        def cond(tags: str, groups: Sequence[Sequence[Atom]]) -> tuple[str, list]:
+            sql, params = "", []
+            for g in groups:
+                sql += " AND (" + " OR ".join([f"instr({tags}, ?) > 0"] * len(g)) + ")"
+                params += [needle(a) for a in g]
+            for a in q.none_of:
+                sql += f" AND instr({tags}, ?) = 0"
+                params.append(needle(a))
+            if q.untagged:
+                sql += f" AND {tags} = ''"
+            return sql, params
+
+        if name is not None or not q.all_of:
+            tags = "coalesce((SELECT t.tags FROM entity_keywords t WHERE t.entity = e.id LIMIT 1), '')"
+            sql = f"SELECT e.id{', ' + tags if with_tags else ''} FROM entities e WHERE e.ns = ?"
+            params: list = [ns]
+            if name is not None:
+                sql += " AND e.name = ?"
+                params.append(name)
+            more, mp = cond(tags, q.all_of)
+            return sql + more, params + mp
+
+        def span(a: Atom) -> tuple[str, str]:
+            """The keywords.path range a drives over ('\x01' is below any component's first character)."""
+            return (_path(a.hk), _path(a.hk) + "\x01") if a.only else _range(a.hk)
+
+        def estimate(a: Atom) -> int:
+            lo, hi = span(a)
+            return c.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
+                "WHERE k.ns = ? AND k.path >= ? AND k.path < ? LIMIT ?)", (ns, lo, hi, _ESTIMATE_CAP)).fetchone()[0]
+        groups = list(q.all_of)
+        if len(groups) > 1:
+            groups.sort(key=lambda g: sum(map(estimate, g)))
+        more, mp = cond("x.tags", groups[1:])
+        parts, params = [], []
+        for a in groups[0]:
+            lo, hi = span(a)
+            parts.append(f"SELECT x.entity{', x.tags' if with_tags else ''} FROM keywords k "
+                         "JOIN entity_keywords x ON x.keyword = k.id "
+                         f"WHERE k.ns = ? AND k.path >= ? AND k.path < ?{more}")
+            params += [ns, lo, hi] + mp
+        if len(parts) == 1 and not with_tags:
+            parts[0] = parts[0].replace("SELECT x.entity", "SELECT DISTINCT x.entity", 1)
+        return " UNION ".join(parts), params
 
     def match(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[EntityInfo]:
         """Files of namespace ns matching the list (with descendants), by id; unknown HK: NotFound."""
@@ -899,6 +1119,28 @@ class Store:
     def dir(self, dirid: int) -> DirInfo:
         with self.catalog.read() as c:
             return DirInfo(*self._need_dir(c, dirid), dkl=self._dkl(c, dirid))
+
+    def dir_perms(self) -> list[tuple[int, int | None, int, int, int]]:
+        """Every directory as (id, parent, mode, uid, gid): what reaching a file takes (hkfs.mount.access)."""
+        with self.catalog.read() as c:
+            return c.execute("SELECT id, parent, mode, uid, gid FROM dirs").fetchall()
+
+    def linked_only_in(self, dirids: Iterable[int]) -> set[int]:
+        """Entities whose every directory link is in one of dirids (none when dirids is empty)."""
+        ids = sorted(set(dirids))
+        if not ids:
+            return set()
+        arg = json.dumps(ids)
+        with self.catalog.read() as c:
+            rows = c.execute("SELECT entity FROM links WHERE dir IN (SELECT value FROM json_each(?1)) "
+                             "EXCEPT SELECT entity FROM links WHERE dir NOT IN (SELECT value FROM json_each(?1))",
+                             (arg,))
+            return {r[0] for r in rows}
+
+    def subdir_count(self, dirid: int) -> int:
+        """How many subdirectories a directory has (its link count is 2 + this, as on ext4)."""
+        with self.catalog.read() as c:
+            return c.execute("SELECT count(*) FROM dirs WHERE parent = ?", (dirid,)).fetchone()[0]
 
     def dir_path(self, dirid: int) -> str:
         """'/a/b' of a directory below its namespace root (for messages)."""
@@ -1038,6 +1280,40 @@ class Store:
                 self._touch_dir(c, dst_dir)
         self._drop_bytes(dead)
 
+    def exchange(self, a_dir: int, a_name: str, b_dir: int, b_name: str) -> None:
+        """renameat2(RENAME_EXCHANGE): two existing entries (file links or directories) swap
+        places in one transaction; nothing is replaced or deleted."""
+        with self.catalog.write() as c:
+            self._need_dir(c, a_dir)
+            self._need_dir(c, b_dir)
+            a, b = self._entry(c, a_dir, a_name), self._entry(c, b_dir, b_name)
+            if a is None or b is None:
+                raise NotFound(f"no {a_name if a is None else b_name!r} to exchange with")
+            if (a_dir, a_name) == (b_dir, b_name) or (a.kind == b.kind and a.id == b.id):
+                return
+            for entry, into in ((a, b_dir), (b, a_dir)):
+                cur: int | None = into
+                while entry.kind == "dir" and cur is not None:
+                    if cur == entry.id:
+                        raise InvalidArgument("cannot move a directory into itself")
+                    cur = c.execute("SELECT parent FROM dirs WHERE id = ?", (cur,)).fetchone()[0]
+            now = _now()
+
+            def move(entry: DirEntry, frm: tuple[int, str], to: tuple[int, str]) -> None:
+                if entry.kind == "dir":
+                    c.execute("UPDATE dirs SET parent = ?, name = ?, ctime_ns = ? WHERE id = ?",
+                              (*to, now, entry.id))
+                else:
+                    c.execute("UPDATE links SET dir = ?, name = ? WHERE dir = ? AND name = ?", (*to, *frm))
+                    self._touch_entity(c, entry.id)
+            parked = (a_dir, f"\0exchange{a.id}")          # NUL: no real name can be it
+            move(a, (a_dir, a_name), parked)
+            move(b, (b_dir, b_name), (a_dir, a_name))
+            move(a, parked, (b_dir, b_name))
+            self._touch_dir(c, a_dir)
+            if b_dir != a_dir:
+                self._touch_dir(c, b_dir)
+
     # ------------------------------------------------------------ DKL / CKL
 
     @staticmethod
@@ -1088,6 +1364,8 @@ class Store:
         of the old namespace, is cleared."""
         with self.catalog.write() as c:
             d = self._need_dir(c, dirid)
+            if not self._known_user(c, user):
+                raise InvalidArgument(f"no such user {user!r}")
             ns = self._ns_id(c, user)
             if ns == d[3]:
                 return
@@ -1102,7 +1380,7 @@ class Store:
         linked there under their name are left as they are. Returns the matching ids."""
         with self.catalog.write() as c:
             d = self._need_dir(c, dirid)
-            hl = _hks(hks) if hks is not None else list(self._dkl(c, dirid))
+            hl = list(hks) if hks is not None else list(self._dkl(c, dirid))
             if not hl and name is None:
                 raise InvalidArgument("empty keyword list: nothing to load (add keywords with akl)")
             sel, params = self._match(c, d[3], hl, name)

@@ -11,7 +11,7 @@ import os
 from ..core.naming import HK, parse_hk, parse_hk_list
 from ..core.store import Store
 
-__all__ = ["fill_demo", "DEMO_KEYWORDS", "LATEX_PROJECTS"]
+__all__ = ["fill_demo", "fill_paper_home", "DEMO_KEYWORDS", "LATEX_PROJECTS", "PAPER_USER"]
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +96,34 @@ def fill_demo(store: Store, user: str | int | None = None) -> int:
     eid = store.create(ns, "README.txt", directory=notes, uid=uid, gid=gid)
     _write(store, eid, b"An ordinary file in an ordinary directory; it has no keyword.\n")
     return ns
+
+
+# The paper's figures are typed by user tada in his home directory (prompt `tada{tada}>`).
+PAPER_USER = "tada"
+PAPER_KEYWORDS = ("//society/IPSJ", "//SIG/DPS", "//SIG/OS", "//society/ACM", "//workshop")
+
+
+def fill_paper_home(store: Store) -> bool:
+    """The state before the paper's Fig. 1, in the directory `tada` of the mount root: its ','
+    is tada's own namespace (chns), `tada/dps` holds the DPS paper's four LaTeX files with no
+    keyword, and the OS and ACM papers' files already carry //workshop there. Made once, when
+    tada's namespace does not exist yet (a replay changes it); returns whether it was made."""
+    if any(user == PAPER_USER for _ns, user in store.namespaces()):
+        return False
+    uid, gid = os.getuid(), os.getgid()
+    root = store.root_dir(store.namespace_id(uid))
+    home = store.mkdir(root, PAPER_USER, uid=uid, gid=gid)
+    ns = store.namespace_id(PAPER_USER)   # made here: chns takes only users that exist already
+    store.chns(home, PAPER_USER)
+    for text in PAPER_KEYWORDS:
+        store.mkkw(ns, parse_hk(text), parents=True)
+    dps = store.mkdir(home, "dps", uid=uid, gid=gid)
+    for name in LATEX_FILES:
+        eid = store.create(ns, name, directory=dps, uid=uid, gid=gid)
+        _write(store, eid, _latex("dps", name))
+    for project in ("os", "acm"):
+        hl = parse_hk_list(LATEX_PROJECTS[project])
+        for name in LATEX_FILES:
+            eid = store.create(ns, name, hks=hl, uid=uid, gid=gid)
+            _write(store, eid, _latex(project, name))
+    return True

@@ -10,6 +10,7 @@ import ctypes
 import errno
 import functools
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -24,13 +25,22 @@ log = logging.getLogger("hkfs.fuse.operations")
 
 
 def to_fuse_error(exc: BaseException, op: str = "") -> FuseOSError:
-    """The one place errors become errnos: HKError and OSError keep theirs, the rest is EIO."""
+    """The one place errors become errnos: HKError and OSError keep theirs, text that is not
+    UTF-8 is EILSEQ, the rest is EIO."""
     if isinstance(exc, FuseOSError):
         return exc
     if isinstance(exc, HKError):
         return FuseOSError(exc.errno)
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
         return FuseOSError(exc.errno)
+    if type(exc) is sqlite3.DatabaseError or (type(exc) is sqlite3.OperationalError and "no such" in str(exc)):
+        # a damaged catalog (a table dropped behind the daemon's back): one clear line, no traceback
+        log.error("%s: the catalog is damaged (%s); unmount and run hk fsck", op or "a FUSE callback", exc)
+        return FuseOSError(errno.EIO)
+    if isinstance(exc, UnicodeError):
+        # a name or hkfs attribute value that is not UTF-8 (xattr names and user.hk.* values)
+        log.info("%s: not UTF-8: %s", op or "a FUSE callback", exc)
+        return FuseOSError(errno.EILSEQ)
     log.error("unexpected error in %s", op or "a FUSE callback", exc_info=exc)
     return FuseOSError(errno.EIO)
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import errno
 import fcntl
 import logging
 import os
 import shutil
+import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -26,7 +29,7 @@ from ..core.errors import HKError, StoreLocked
 from .mountinfo import PID_NAME, SUBTYPE, find_mount, fsname_for
 
 __all__ = ["MountError", "mount", "umount", "run_daemon", "parse_options", "check_fuse",
-           "check_mountpoint", "LOG_NAME", "PID_NAME"]
+           "check_mountpoint", "clear_dead_mount", "LOG_NAME", "PID_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,10 @@ DEFAULT_OPTIONS: dict[str, object] = {
     "attr_timeout": 0,
     "negative_timeout": 0,
     "use_ino": True,
-    "hard_remove": True,      # no .fuse_hidden renames: in a view a rename retags
+    # libfuse hides a file removed while open by a rename to .fuse_hidden*, which the daemon
+    # takes as the removal itself (HKOperations._hide): with hard_remove, libfuse would have
+    # no path left for it and fstat would fail with ESTALE.
+    "hard_remove": False,
     "big_writes": True,
     "max_write": 131072,
     "max_read": 131072,
@@ -53,6 +59,11 @@ USER_TIMEOUTS = ("entry_timeout", "attr_timeout")
 
 # libfuse 3 refuses these (big writes are always on; max_write and max_read are negotiated in init).
 LIBFUSE2_ONLY = ("big_writes", "max_write", "max_read")
+
+# libfuse 3.14's fuse_main_real hands the idle-thread default (UINT_MAX) to the max-threads
+# setter, which logs "Ignoring invalid max threads value 4294967295" on every mount (libfuse
+# issue 1003) and keeps its default of 10 threads. Naming that same 10 says nothing new.
+LIBFUSE3_ONLY: dict[str, object] = {"max_idle_threads": 10}
 
 
 def _choose_libfuse() -> None:
@@ -122,6 +133,45 @@ def check_mountpoint(mountpoint: Path, *, nonempty: bool = False) -> None:
                 raise MountError(f"mount point {mountpoint} is not empty (-o nonempty mounts over its files)")
 
 
+def clear_dead_mount(mountpoint: str | os.PathLike[str]) -> str | None:
+    """Detach an hkfs mount whose daemon is gone (killed: every access fails with ENOTCONN).
+
+    Returns what was done, for the user, or None when there is no dead hkfs mount there.
+    A lazy unmount (fusermount -u -z): processes still inside it keep failing until they leave."""
+    mnt = Path(os.path.abspath(mountpoint))
+    found = find_mount(mnt)
+    if found is None or found[0] != mnt:
+        return None
+    try:
+        os.statvfs(mnt)        # always asks the daemon (stat may be answered from the kernel's cache)
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED):
+            return None
+    fm = fusermount()
+    if fm is None:
+        raise MountError(f"{mnt}: its daemon is gone, and there is no fusermount to detach it (install fuse3)")
+    proc = subprocess.run([fm, "-u", "-z", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["fusermount failed"])[-1]
+        raise MountError(f"{mnt}: its daemon is gone, and it cannot be detached: {why}")
+    log.info("detached the dead mount %s (store %s): its daemon had stopped", mnt, found[1])
+    return f"{mnt} was a dead mount (its daemon had stopped): detached it (lazy unmount)"
+
+
+def make_private(store: Path) -> None:
+    """The store directory 0700 and its catalog 0600: the catalog holds every name, mode and
+    owner of every file, and entities/ every file's bytes, whatever the mount's permissions say.
+    Only a store the daemon's user owns is changed."""
+    for path, mode in ((store, 0o700), (store / "catalog.sqlite", 0o600),
+                       (store / "catalog.sqlite-wal", 0o600), (store / "catalog.sqlite-shm", 0o600)):
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(path)
+            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & ~mode:
+                os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+                log.info("made %s private (mode %o)", path, stat.S_IMODE(st.st_mode) & mode)
+
+
 def _lock_holder(store: Path) -> str:
     with contextlib.suppress(OSError, ValueError):
         return f" (pid {int((store / PID_NAME).read_text().strip())})"
@@ -166,7 +216,12 @@ def fuse_options(store: Path, user_options: dict[str, object]) -> dict[str, obje
     if fuse3:
         for key in LIBFUSE2_ONLY:
             opts.pop(key, None)
+        opts.update(LIBFUSE3_ONLY)
     opts.update(user_options)
+    if opts.get("allow_other") and not opts.get("default_permissions"):
+        # the daemon checks no permissions itself: other users let in must be checked by the kernel
+        opts["default_permissions"] = True
+        log.info("allow_other: default_permissions turned on (the kernel checks every user's access)")
     if fuse3:
         opts.pop("nonempty", None)    # checked by check_mountpoint; libfuse 3 mounts anyway
     opts["fsname"] = fsname_for(store)
@@ -190,12 +245,21 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
     except HKError as exc:
         report(f"error: cannot open store {store}: {exc}")
         return 1
+    except sqlite3.DatabaseError as exc:
+        report(f"error: cannot open store {store}: its catalog is damaged ({exc}); "
+               f"see hk fsck, or restore {store / 'catalog.sqlite'} from a backup")
+        log.error("cannot open the catalog: %s", exc)
+        return 1
+    except OSError as exc:
+        report(f"error: cannot open store {store}: {exc.strerror or exc}")
+        return 1
     try:
         st.lock()
     except StoreLocked:
         st.close()
         report(f"error: store {store} is locked by another daemon{_lock_holder(store)}")
         return 1
+    make_private(store)
     pid_file = store / PID_NAME
     if pid_file.exists():
         # We hold the lock, so the daemon that wrote it is gone without cleaning up: files it
@@ -306,8 +370,12 @@ def mount(store: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
     if msg != "ok":
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        raise MountError(msg.removeprefix("error: ") if msg else
-                         f"the daemon did not report within {timeout:.0f}s; see {store_p / LOG_NAME}")
+        if not msg:
+            status = os.waitpid(pid, os.WNOHANG)[0] if _alive(pid) is False else 0
+            msg = (f"the daemon stopped before the mount was ready ({_last_error(store_p, pid)})"
+                   if status or not _alive(pid) else
+                   f"the daemon did not report within {timeout:.0f}s; see {store_p / LOG_NAME}")
+        raise MountError(msg.removeprefix("error: "))
     deadline = time.monotonic() + timeout
     while not os.path.ismount(mnt):
         if not _alive(pid):     # libfuse gave up after init (e.g. options it accepted, then refused)
@@ -319,6 +387,17 @@ def mount(store: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
             raise MountError(f"{mnt} is not mounted after {timeout:.0f}s; see {store_p / LOG_NAME}")
         time.sleep(0.01)
     return pid
+
+
+def _last_error(store: Path, pid: int) -> str:
+    """The last line of daemon `pid`'s traceback or ERROR in the log (the cause), else where to look."""
+    with contextlib.suppress(OSError):
+        lines = (store / LOG_NAME).read_text(errors="replace").splitlines()
+        start = max((i for i, ln in enumerate(lines) if f" {pid} " in ln), default=len(lines))
+        tail = [ln for ln in lines[start:] if ln.strip()]
+        if tail:
+            return tail[-1].strip()
+    return f"see {store / LOG_NAME}"
 
 
 def _read_report(fd: int, timeout: float) -> str:

@@ -8,6 +8,7 @@
 - f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
   operations the file handle instead.
 - `.query` handles are opened direct_io.
+- rename's renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE) reach the operations.
 The operations themselves (paths -> store calls) are hkfs.fuse.operations.HKOperations.
 """
 
@@ -18,6 +19,7 @@ import ctypes.util
 import functools
 import logging
 import operator
+import os
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from .operations import HKOperations
 
 __all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "DirEntryAttrs", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
-           "fd_bufvec", "fill_fd_bufvec", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp"]
+           "fd_bufvec", "fill_fd_bufvec", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp", "fallocate"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,16 @@ def _load_buf_api() -> tuple[Any, Any, Any] | None:
 
 
 BUF_API = _load_buf_api()
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_LIBC.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its mode (os has posix_fallocate only, which has none); OSError on failure."""
+    if _LIBC.fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 
 
 BUFVEC_SIZE = ctypes.sizeof(FuseBufvec)
@@ -223,6 +235,12 @@ class HKFuse(FUSE):
     @staticmethod
     def _fh(fip: Any) -> int | None:
         return fip.contents.fh if fip else None
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        """renameat2's flags reach the operations (mfusepy's glue drops them: an exchange
+        would have been done as a plain overwrite, losing the destination's bytes)."""
+        return self.operations.rename(old.decode(self.encoding, self.errors),
+                                      new.decode(self.encoding, self.errors), flags)
 
     def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
         return self.operations.read_buf(self._str(path), bufpp, size, offset, fip.contents.fh)

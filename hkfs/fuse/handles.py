@@ -69,6 +69,11 @@ class OpenFiles:
             raise FuseOSError(errno.EBADF)
         return h
 
+    def of_entity(self, eid: int) -> Handle | None:
+        """An open handle of entity eid (None if it is no longer open)."""
+        with self._lock:
+            return next((h for h in self._handles.values() if h.eid == eid), None)
+
     def pop(self, fh: int) -> Handle | None:
         """Forget a handle (the caller records its bytes and closes its descriptor)."""
         with self._lock:

@@ -16,9 +16,10 @@ from that LOOKUP). The daemon sends it
 - when a process that changed the catalog itself pokes the daemon
   (hkfs.fuse.daemon_notify: getxattr `user.hk.sync` on the mount root, answered after
   the message is sent, so that process's next command sees the change);
-- when a watcher thread sees the catalog's `PRAGMA data_version` move (a writer
-  that did not poke), within POLL_SECONDS. The daemon's own commits re-base the
-  watcher at once (`own_commit`), so they do not count as another writer's.
+- when the store's change feed (hkfs.core.changes, the one `PRAGMA data_version`
+  watcher) reports a commit by a writer that did not poke, within its poll interval.
+  The daemon's own commits re-base this subscriber at once (`own_commit`), so they
+  do not count as another writer's.
 
 The epoch stales dentries, so every path walk refreshes attributes; a descriptor
 already open through another path of the same file (another view, a hard link)
@@ -39,23 +40,21 @@ import ctypes
 import logging
 import os
 import queue
-import sqlite3
 import struct
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from ..core.changes import ChangeFeed
 from ..mount.model import Stale
 
-__all__ = ["KernelCache", "CACHE_TIMEOUT", "POLL_SECONDS"]
+__all__ = ["KernelCache", "CACHE_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
 FUSE_NOTIFY_INC_EPOCH = 8                       # include/uapi/linux/fuse.h, protocol 7.44
 _INC_EPOCH = struct.pack("<IiQ", 16, FUSE_NOTIFY_INC_EPOCH, 0)   # fuse_out_header, unique 0
 CACHE_TIMEOUT = 60.0     # seconds the kernel may keep an entry or attributes between changes
-POLL_SECONDS = 0.05      # the watcher's data_version poll (writers that do not poke)
 ALIAS_WAIT = 0.05        # how long a request waits for open aliases' inodes to be dropped
 ALIAS_WORKERS = 4        # invalidations blocked on one inode's pages do not hold up the others
 
@@ -78,11 +77,9 @@ def _session(libfuse: Any) -> tuple[ctypes.c_void_p, int]:
 class KernelCache:
     """Turns the kernel's caches on for one mount and invalidates them on every change."""
 
-    def __init__(self, catalog_path: str | os.PathLike[str], *, timeout: float = CACHE_TIMEOUT,
-                 poll: float = POLL_SECONDS) -> None:
-        self.catalog_path = Path(catalog_path)
+    def __init__(self, changes: ChangeFeed, *, timeout: float = CACHE_TIMEOUT) -> None:
+        self.changes = changes
         self.timeout = timeout
-        self.poll = poll
         self.epochs = 0                  # invalidations sent (tests and the sync xattr report it)
         # Entities the kernel may have been given under a view path since the last
         # invalidation (lookups and listings of views add them). A file that is not in it
@@ -95,11 +92,8 @@ class KernelCache:
         self._fd: int | None = None
         self._fuse: ctypes.c_void_p | None = None
         self._invalidate_path: Any = None
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None      # the watcher's, used under _conn_lock
-        self._conn_lock = threading.Lock()
-        self._last_version: int | None = None
+        self._version_lock = threading.Lock()
+        self._last_version: int | None = None      # the catalog version the caches are known good at
         # paths of the files open through the mount (set by the adapter): another process's
         # change may have touched them, and descriptors keep their inodes' attributes
         self.open_paths: Callable[[], list[str]] = list
@@ -127,8 +121,9 @@ class KernelCache:
             config.attr_timeout = self.timeout
         log.info("kernel caches on: entry/attr timeouts %.0fs, dropped on every change",
                  config.entry_timeout)
-        self._watcher = threading.Thread(target=self._watch, name="hkfs-cache-watcher", daemon=True)
-        self._watcher.start()
+        self.own_commit()
+        self.changes.subscribe(self._changed)
+        self.changes.start()
         for i in range(ALIAS_WORKERS):
             t = threading.Thread(target=self._drop_aliases, name=f"hkfs-alias-inval-{i}", daemon=True)
             t.start()
@@ -183,9 +178,7 @@ class KernelCache:
             done.wait(wait)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
+        self.changes.stop()
         for _ in self._alias_workers:
             self._aliases.put(None)
         for t in self._alias_workers:
@@ -206,36 +199,20 @@ class KernelCache:
             done.set()
 
     def own_commit(self) -> None:
-        """The daemon committed: take the catalog's new data_version as the watcher's baseline.
+        """The daemon committed: take the catalog's new data_version as the baseline.
 
-        Otherwise the watcher would take the daemon's own commits for another writer's and
-        drop every cached entry after each of them. (A commit by a writer that does not
+        Otherwise the feed's report would take the daemon's own commits for another writer's
+        and drop every cached entry after each of them. (A commit by a writer that does not
         poke, landing within microseconds after one of ours, is missed until the next
         invalidation or timeout.)"""
-        with self._conn_lock:
-            if self._conn is not None:
-                self._last_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-
-    def _watch(self) -> None:
-        """Invalidate whenever another connection than the daemon's committed."""
-        try:
-            conn = sqlite3.connect(self.catalog_path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            log.warning("cache watcher cannot open the catalog: %s", exc)
+        if self._fd is None:
             return
-        try:
-            with self._conn_lock:
-                self._conn = conn
-                self._last_version = conn.execute("PRAGMA data_version").fetchone()[0]
-            while not self._stop.wait(self.poll):
-                with self._conn_lock:
-                    now = conn.execute("PRAGMA data_version").fetchone()[0]
-                    moved, self._last_version = now != self._last_version, now
-                if moved:
-                    self.invalidate_foreign()
-        except sqlite3.Error as exc:
-            log.warning("cache watcher stopped: %s", exc)
-        finally:
-            with self._conn_lock:
-                self._conn = None
-            conn.close()
+        with self._version_lock:
+            self._last_version = self.changes.version()
+
+    def _changed(self, version: int) -> None:
+        """The change feed saw a commit: invalidate unless it was the daemon's own."""
+        with self._version_lock:
+            moved, self._last_version = version != self._last_version, version
+        if moved:
+            self.invalidate_foreign()

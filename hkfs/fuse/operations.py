@@ -30,11 +30,13 @@ from typing import Any
 import mfusepy
 from mfusepy import FuseOSError, Operations, overrides
 
-from ..core.errors import NotFound
+from ..core.changes import ChangeFeed
+from ..core.errors import InvalidArgument, NotFound
 from ..core.store import Store
-from ..mount.model import MAX_NAME, Attrs, MountModel, Stale
+from ..mount.model import MAX_NAME, Attrs, MountModel, Stale, is_device
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
 from ..mount.queryfs import QueryFS
+from ..query.service import QueryService
 from .callbacks import mapped, mapped_io, to_fuse_error
 from .daemon_notify import SYNC_ATTR
 from .glue import (
@@ -46,6 +48,7 @@ from .glue import (
     FuseBufvec,
     HKFuse,
     buf_malloc,
+    fallocate,
     fd_bufvec,
     fill_fd_bufvec,
     voidpp,
@@ -58,6 +61,11 @@ __all__ = ["HKOperations", "serve", "to_fuse_error"]
 log = logging.getLogger(__name__)
 
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+FALLOC_FL_KEEP_SIZE = 0x01             # linux/falloc.h
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2   # linux/fs.h; other flags are refused
+# libfuse (without hard_remove) renames a file removed while open to this prefix + a unique
+# suffix, asks for its attributes under that name, and unlinks that name at the last close.
+HIDDEN_PREFIX = ".fuse_hidden"
 
 
 def _is_query_path(path: str | None) -> bool:
@@ -74,8 +82,12 @@ def _caller() -> tuple[int, int]:
         return os.getuid(), os.getgid()
 
 
-def _stat(attrs: Attrs) -> dict[str, Any]:
-    return dict(zip(STAT_KEYS, attrs, strict=True))
+def _caller_context() -> tuple[int, int, int] | None:
+    """(uid, gid, pid) of the request being served; None outside one."""
+    try:
+        return mfusepy.fuse_get_context()
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class HKOperations(Operations):
@@ -86,18 +98,25 @@ class HKOperations(Operations):
     def __init__(self, store: Store, *, user: int | str | None = None,
                  on_ready: Callable[[], None] | None = None, keep_timeouts: bool = False) -> None:
         self.store = store
-        self.kernel = KernelCache(store.catalog.path)
+        self.changes = ChangeFeed(store.catalog.path)    # the one data_version watcher
+        self.kernel = KernelCache(self.changes)
         store.on_locked_commit = self.kernel.own_commit
         self.keep_timeouts = keep_timeouts     # the user chose entry_timeout/attr_timeout
-        self.model = MountModel(store, store.namespace_id(os.getuid() if user is None else user))
+        self.model = MountModel(store, store.namespace_id(os.getuid() if user is None else user),
+                                changes=self.changes)
         self.model.on_view = self.kernel.note_viewed
         self.reads = self.model.reads
-        self.queries = QueryFS(store, self.model.resolver)    # the .query layer (hkfs/mount/queryfs.py)
+        self.queries = QueryFS(store, self.model.resolver,   # the .query layer (hkfs/mount/queryfs.py)
+                               QueryService(store, reads=self.reads, changes=self.changes))
+        self.queries.changed = self._entity_changed_at
         self.model.claim_file_attr = self.queries.set_file_attr
+        self.model.caller = _caller_context
+        self.model.read_file_attr = self.queries.get_file_attr
         self.on_ready = on_ready
         self.files = OpenFiles(store.entities_dir, self.model.open_counts)
         self.kernel.open_paths = self.files.paths
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
+        self._hidden: dict[str, int] = {}        # libfuse's hidden name -> entity removed while open
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -140,7 +159,41 @@ class HKOperations(Operations):
             return h.eid
         if path is None:
             raise FuseOSError(errno.ENOENT)
-        return path
+        hidden = self._hidden.get(path.rpartition("/")[2]) if self._hidden else None
+        return hidden if hidden is not None else path     # a file removed while open: by its hidden name
+
+    def _stat(self, attrs: Attrs) -> dict[str, Any]:
+        st = dict(zip(STAT_KEYS, attrs, strict=True))
+        if is_device(attrs.mode):
+            st["st_rdev"] = self.model.rdev(attrs.ino >> 2)
+        return st
+
+    def _open_attrs(self, h: Handle) -> dict[str, Any]:
+        try:
+            return self._stat(self.model.entity_attrs(h.eid))
+        except NotFound:
+            return self._removed_attrs(h)
+
+    def _removed_fd(self, where: str | int, fn: Callable[..., None], *args: Any) -> bool:
+        """Apply fn(fd, *args) to the bytes file of a file removed while open (no catalog row is
+        left to change; its attributes are the bytes file's, see _removed_attrs). False if it
+        has a row (or is no open file)."""
+        if not isinstance(where, int) or where not in self.files.counts:
+            return False
+        try:
+            self.model.entity_attrs(where)
+            return False
+        except NotFound:
+            pass
+        h = self.files.of_entity(where)
+        if h is None:
+            return False
+        fn(h.fd, *args)
+        return True
+
+    def _entity_changed_at(self, eid: int, path: str | None) -> None:
+        """The .query layer changed a stored query's body through `path`."""
+        self._changed(self.model.entity_stale(eid), path)
 
     def _changed(self, stale: Stale, path: str | None) -> None:
         """An entity's attributes changed through `path`: its other open paths, then what the
@@ -152,7 +205,7 @@ class HKOperations(Operations):
     def _removed_attrs(self, h: Handle) -> dict[str, Any]:
         """fstat of a file removed while open (its entity is gone): the bytes file's, nlink 0."""
         st = os.fstat(h.fd)
-        return _stat(Attrs((h.eid << 2) | 1, 0, stat.S_IFREG | (st.st_mode & 0o7777), st.st_uid, st.st_gid,
+        return self._stat(Attrs((h.eid << 2) | 1, 0, stat.S_IFREG | (st.st_mode & 0o7777), st.st_uid, st.st_gid,
                            st.st_size, 131072, (st.st_size + 511) // 512, st.st_atime_ns, st.st_mtime_ns,
                            st.st_ctime_ns))
 
@@ -185,16 +238,20 @@ class HKOperations(Operations):
                 return q
         h = self.files.get(fh)
         if h is not None:
-            try:
-                return _stat(self.model.entity_attrs(h.eid))
-            except NotFound:
-                return self._removed_attrs(h)
-        return _stat(self.model.attrs(path))
+            return self._open_attrs(h)
+        if self._hidden and path.rpartition("/")[2] in self._hidden:
+            h = self.files.of_entity(self._hidden[path.rpartition("/")[2]])
+            if h is None:
+                raise NotFound("no such file")
+            return self._open_attrs(h)
+        return self._stat(self.model.attrs(path))
 
     @overrides(Operations)
     @mapped
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
-        self._changed(self.model.chmod(self._where(path, fh), mode), path)
+        where = self._where(path, fh)
+        if not self._removed_fd(where, os.fchmod, mode & 0o7777):
+            self._changed(self.model.chmod(where, mode), path)
         return 0
 
     @overrides(Operations)
@@ -202,7 +259,9 @@ class HKOperations(Operations):
     def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
         u = None if uid in (-1, 0xFFFFFFFF) else uid
         g = None if gid in (-1, 0xFFFFFFFF) else gid
-        self._changed(self.model.chown(self._where(path, fh), u, g), path)
+        where = self._where(path, fh)
+        if not self._removed_fd(where, os.fchown, -1 if u is None else u, -1 if g is None else g):
+            self._changed(self.model.chown(where, u, g), path)
         return 0
 
     @overrides(Operations)
@@ -218,8 +277,12 @@ class HKOperations(Operations):
     @overrides(Operations)
     @mapped
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        if self.queries.owns(fh):
+            return self.queries.truncate(fh, length)      # type: ignore[arg-type]
         h = self.files.get(fh)
         where = h.eid if h is not None else self._where(path, None)
+        if h is None and path is not None:
+            self.queries.check_truncate(path, self.model.file(path), length)   # a stored query stays valid
         self._changed(self.model.truncate(where, length, h.fd if h is not None else None), path)
         return 0
 
@@ -282,12 +345,16 @@ class HKOperations(Operations):
         flags |= os.O_RDWR if flags & os.O_ACCMODE == os.O_RDONLY else 0
         eid = getattr(loc, "eid", None)
         if eid is not None:           # O_CREAT of an existing file opens it
+            if self.queries.wants_bytes(path):     # a stored query's body: staged until valid
+                return self.queries.stage(path, eid, truncate=bool(flags & os.O_TRUNC))
             fh = self.files.open(eid, flags, path=path)
             if flags & os.O_TRUNC:
                 self.kernel.carry_out(self.model.entity_stale(eid))
             return fh
         eid, stale = self.model.create(path, mode, *_caller())
         self.kernel.carry_out(stale)
+        if self.queries.wants_bytes(path):
+            return self.queries.stage(path, eid)
         return self.files.open(eid, flags, path=path)
 
     @overrides(Operations)
@@ -313,9 +380,9 @@ class HKOperations(Operations):
     @overrides(Operations)
     @mapped
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        if self.queries.owns(fh):
+            return self.queries.write(fh, data, offset)
         h = self.files[fh]
-        if _is_query_path(path):
-            self.queries.check_write(path, h.eid, data, offset)
         with self.files.writes_to(h.eid) as aliased:
             n = os.pwrite(h.fd, data, offset)
             h.written = True
@@ -347,11 +414,10 @@ class HKOperations(Operations):
         @mapped
         def write_buf(self, path: str, buf: Any, offset: int, fh: int) -> int:
             """Let libfuse copy the request's data straight into the entity file."""
-            h = self.files[fh]
             copy, size, _malloc = BUF_API
             src = ctypes.cast(buf, ctypes.POINTER(FuseBufvec))
-            if _is_query_path(path) and self.queries.wants_bytes(path):
-                # a NAME.query body is checked as bytes by write()
+            if self.queries.owns(fh):
+                # a NAME.query body is staged and checked as bytes by write()
                 mem = ctypes.create_string_buffer(size(src))
                 mvec = FuseBufvec(count=1, idx=0, off=0)
                 mvec.buf[0].size, mvec.buf[0].flags = len(mem), 0
@@ -360,6 +426,7 @@ class HKOperations(Operations):
                 if got < 0:
                     raise FuseOSError(-got)
                 return self.write(path, mem.raw[:got], offset, fh)
+            h = self.files[fh]
             dst = fd_bufvec(h.fd, offset, size(src))
             with self.files.writes_to(h.eid) as aliased:
                 n = copy(ctypes.byref(dst), src, 0)
@@ -375,25 +442,53 @@ class HKOperations(Operations):
     @mapped
     def flush(self, path: str, fh: int) -> int:
         if self.queries.owns(fh):
-            return 0
-        h = self.files[fh]
-        written = h.written
-        self._sync(h)
-        if written and _is_query_path(path):
-            self.queries.validate_stored(path, h.eid)    # a malformed NAME.query: close() fails, EINVAL
+            return self.queries.flush(fh)    # a malformed NAME.query body: close() fails, EINVAL
+        self._sync(self.files[fh])
         return 0
 
     @overrides(Operations)
     @mapped
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         if self.queries.owns(fh):
-            return 0
+            return self.queries.flush(fh)
         h = self.files[fh]
         if datasync:
             os.fdatasync(h.fd)
         else:
             os.fsync(h.fd)
         self._sync(h)
+        self._durable()
+        return 0
+
+    @overrides(Operations)
+    @mapped
+    def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
+        """A directory's names are catalog rows: make every commit durable."""
+        self._durable()
+        return 0
+
+    def _durable(self) -> None:
+        """What an fsync promises beyond the file's bytes: its name and attributes (catalog
+        rows) and its bytes file's name in entities/ survive a power loss."""
+        fd = os.open(self.store.entities_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.store.catalog.sync()
+
+    @overrides(Operations)
+    @mapped
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
+        """Mode 0 (reserve and extend) and FALLOC_FL_KEEP_SIZE (reserve only), done on the
+        bytes file; any other mode (punch hole, collapse, zero range...) EOPNOTSUPP."""
+        if mode & ~FALLOC_FL_KEEP_SIZE or self.queries.owns(fh):
+            raise FuseOSError(errno.EOPNOTSUPP)
+        h = self.files[fh]
+        fallocate(h.fd, mode, offset, size)
+        h.written = True
+        self._sync(h)
+        self._changed(self.model.entity_stale(h.eid), path or h.path)
         return 0
 
     @overrides(Operations)
@@ -420,6 +515,13 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     @mapped
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        """mkfifo, mknod, bind(2) of a unix socket (MountModel.mknod)."""
+        self.kernel.carry_out(self.model.mknod(path, mode, dev, *_caller()))
+        return 0
+
+    @overrides(Operations)
+    @mapped
     def readlink(self, path: str) -> str:
         return self.model.readlink(path)
 
@@ -428,8 +530,24 @@ class HKOperations(Operations):
     @overrides(Operations)
     @mapped
     def unlink(self, path: str) -> int:
+        if self._hidden.pop(path.rpartition("/")[2], None) is not None:
+            return 0          # libfuse's last close of a file removed while open: removed already
         self.kernel.carry_out(self.model.unlink(path))
         return 0
+
+    def _hide(self, old: str, hidden: str) -> bool:
+        """libfuse hides a file removed while open (rm, or a rename over it) by renaming it to
+        a `.fuse_hidden` name: here that is the removal itself (nothing is listed under the
+        hidden name, nothing is retagged), and the name is remembered so that fstat of the
+        open file is answered. False: not such a rename (the file is not open)."""
+        if not hidden.startswith(HIDDEN_PREFIX):
+            return False
+        eid = getattr(self.model.resolve(old), "eid", None)
+        if eid is None or eid not in self.files.counts:
+            return False
+        self.kernel.carry_out(self.model.unlink(old))
+        self._hidden[hidden] = eid
+        return True
 
     @overrides(Operations)
     @mapped
@@ -440,8 +558,18 @@ class HKOperations(Operations):
 
     @overrides(Operations)
     @mapped
-    def rename(self, old: str, new: str) -> int:
-        stale = self.model.rename(old, new)
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if flags == RENAME_EXCHANGE:
+            self.kernel.carry_out(self.model.exchange(old, new))
+            return 0
+        if flags & ~RENAME_NOREPLACE:
+            # any flag not known here is refused, never done as a plain rename (an exchange done
+            # as an overwrite once lost the destination's bytes)
+            raise InvalidArgument("renameat2 flags other than RENAME_NOREPLACE and RENAME_EXCHANGE "
+                                  "are not supported")
+        if self._hide(old, new.rpartition("/")[2]):
+            return 0
+        stale = self.model.rename(old, new, noreplace=bool(flags & RENAME_NOREPLACE))
         if stale.merged is not None:            # an editor save: the temp's handles write the saved file
             self.files.merged(*stale.merged)
         self.kernel.carry_out(stale)
@@ -493,4 +621,5 @@ def serve(store: Store, mountpoint: str | os.PathLike[str], options: dict[str, o
     Unless keep_timeouts (the user chose entry_timeout or attr_timeout), the kernel caches
     are turned on once the kernel is found able to drop them on demand (hkfs.fuse.kernel_cache)."""
     ops = HKOperations(store, on_ready=on_ready, keep_timeouts=keep_timeouts)
+    ops.model.shared = bool(options.get("allow_other"))
     HKFuse(ops, str(Path(mountpoint)), foreground=True, nothreads=False, debug=debug, **options)

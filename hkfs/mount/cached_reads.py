@@ -2,18 +2,18 @@
 
 The mount resolves every path it is asked about against the catalog; many calls in
 a row ask the same things (a view's listing, then a lookup of each listed name).
-SQLite's `PRAGMA data_version`, read on a connection of our own, changes whenever
-any other connection commits (a daemon thread, the hk CLI, another process), so the
-memo is dropped the moment anything changed and nothing stale is ever answered.
+The store's change feed (hkfs.core.changes: SQLite's `PRAGMA data_version`) moves
+whenever any connection commits (a daemon thread, the hk CLI, another process), so
+the memo is dropped the moment anything changed and nothing stale is ever answered.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..core.changes import ChangeFeed
 from ..core.errors import NotFound
 from ..core.naming import HK
 from ..core.store import EntityInfo, EntityStat, Store
@@ -33,17 +33,18 @@ class CachedReads:
     costs one catalog query for the listing instead of several per file.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, changes: ChangeFeed | None = None) -> None:
         self.store = store
-        self._conn = sqlite3.connect(store.catalog.path, isolation_level=None, check_same_thread=False)
+        self._own_changes = changes is None
+        self.changes = changes if changes is not None else ChangeFeed(store.catalog.path)
         self._lock = threading.Lock()
         self._version: int | None = None
         self._memo: dict[tuple, Any] = {}
         self._pinned: dict[int, dict[tuple, Any]] = {}   # OS thread -> memo for its current request
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._own_changes:
+            self.changes.close()
 
     def pin(self) -> bool:
         """Check the version once for a whole request; True if this call pinned (then unpin)."""
@@ -63,7 +64,7 @@ class CachedReads:
 
     def _current(self) -> dict[tuple, Any]:
         with self._lock:
-            v = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            v = self.changes.version()
             if v != self._version or len(self._memo) > MEMO_MAX:
                 self._version, self._memo = v, {}
             return self._memo

@@ -32,7 +32,7 @@ from ..core.naming import HK
 
 __all__ = [
     "AT", "COMMA", "MountPath", "parse", "view_path", "clash_name", "split_clash_name", "listed_name",
-    "check_new_name",
+    "view_prefix", "check_new_name",
 ]
 
 AT = "@"
@@ -177,6 +177,11 @@ def listed_name(name: str, eid: int, *, shared: bool, keyword: bool) -> str:
 def view_path(hks: Sequence[HK]) -> str:
     """An HK list as mount path components: ((photo,), (animal, dog)) -> '/@/photo/@/animal/dog'."""
     return "".join("/@/" + "/".join(h) for h in hks)
+
+
+def view_prefix(hks: Sequence[HK]) -> str:
+    """The same, relative and ending in '/' (a prefix for names in the view): '@/photo/@/animal/dog/'."""
+    return view_path(hks)[1:] + "/" if hks else ""
 
 
 def check_new_name(name: str) -> None:

@@ -28,31 +28,33 @@ import os
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from ..core.errors import InvalidArgument, NotFound, PermissionDenied
-from ..core.naming import HK
-from ..query.embeddings import (
-    DIM_ATTR,
-    EMBEDDING_ATTR,
-    EmbeddingCatalog,
-    parse_dim,
-    parse_embedding,
-)
-from ..query.queryfiles import DEFAULT_K, Hit, Query, format_results, is_text, parse_query
-from .paths import AT, COMMA, listed_name
+from ..query.embeddings import DIM_ATTR, EMBEDDING_ATTR, parse_dim, parse_embedding
+from ..query.queryfiles import DEFAULT_K, Query, format_body, format_results, is_text, parse_query
+from ..query.service import QueryService, Scope
+from .paths import AT, COMMA
 from .views import DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
 
-__all__ = ["QueryFS", "Scope", "SUFFIX", "is_query_name"]
+__all__ = ["QueryFS", "SUFFIX", "QUERY_ATTR", "is_query_name"]
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".query"
+QUERY_ATTR = "user.hk.query"     # a stored query's body, to read and set without evaluating it
 HANDLE_BASE = 1 << 40
 MAX_BODY = 1 << 24
+PARENTS_MAX = 256                # directory paths whose scope is kept
+REMEMBER_RESULTS = 64            # results read, kept to recognise them written back (cp, editors)
+REMEMBER_MAX_BYTES = 1 << 16     # (so at most 4 MiB kept)
+
+
+NO_HITS = "no other file in its scope has an embedding"
 
 
 def is_query_name(name: str) -> bool:
@@ -60,19 +62,15 @@ def is_query_name(name: str) -> bool:
 
 
 @dataclass
-class Scope:
-    """The embeddings a query sees: a directory or a view, with the path prefix of its hits."""
+class _Staged:
+    """A write handle on a stored query's body: the new bytes, kept apart until valid."""
 
-    ns: int
-    key: tuple
-    prefix: str                              # '' or 'a/b/' or '@/photo/' or 'd/,/'
-    view: tuple[HK, ...] | None = None       # a view's HK list (None: an ordinary directory)
-    dirid: int | None = None
-    dkl: tuple[HK, ...] = ()
-    ids: np.ndarray | None = None
-    names: dict[int, str] = field(default_factory=dict)
-    counts: dict[str, int] | None = None     # name -> files of that name in the view / DKL list
-    kids: set[str] = field(default_factory=set)
+    fd: int              # memfd
+    eid: int
+    path: str
+    dirty: bool = False
+    refused: str | None = None   # a write was refused: this handle never replaces the body
+    append: bool = False         # O_APPEND: writes go to the end of the staged body
 
 
 @dataclass
@@ -81,127 +79,72 @@ class _Target:
     scope: Scope
     eid: int | None          # stored query: its entity; virtual: the file it is about
     stored: bool
+    vec: Any = None          # virtual: the file's vector (targets are kept per vectors_gen)
 
 
 class QueryFS:
     """Answers the `.query` paths of a mount; everything else is left to the caller (None)."""
 
-    def __init__(self, store: Any, resolver: Resolver, catalog: EmbeddingCatalog | None = None) -> None:
+    def __init__(self, store: Any, resolver: Resolver, service: QueryService | None = None) -> None:
         self.store = store
         self.resolver = resolver
-        self.catalog = catalog or EmbeddingCatalog(store)
-        # the resolver's store may memoise reads per catalog version (the mount's CachedReads)
-        self._reads = resolver.store if hasattr(getattr(resolver, "store", None), "entity") else store
+        self.service = service if service is not None else QueryService(store)
+        self.catalog = self.service.catalog
         self._handles: dict[int, tuple[int, int]] = {}     # fh -> (memfd holding the result, its size)
         self._next = HANDLE_BASE
         self._lock = threading.Lock()
-        self._scopes: dict[tuple, Scope] = {}
         self._results: dict[tuple, bytes] = {}
         self._targets: dict[tuple, _Target | None] = {}
         self._handle_target: dict[int, _Target] = {}
         self._by_path: dict[str, int] = {}        # path -> its latest open handle (getattr without fh)
+        self._staged: dict[int, _Staged] = {}
+        self._parents: dict[tuple[str, bool], Scope] = {}     # (directory path, comma) -> its scope     # fh -> a stored query's body being written
+        # result bytes read from this mount -> the body that made them (`cp a.query b.query`)
+        self._read_results: OrderedDict[bytes, bytes] = OrderedDict()
+        # set by the mount: a stored query's body changed through `path` (kernel caches)
+        self.changed: Callable[[int, str], None] | None = None
         self.start_ns = time.time_ns()
 
     def start(self) -> None:
         """Start background index retraining (call from FUSE init(), after daemonizing)."""
-        self.catalog.watch(self.resolver.ns)
-        self.catalog.start()
+        self.service.start(self.resolver.ns)
 
     def stop(self) -> None:
-        self.catalog.stop()
+        self.service.stop()
 
     # ------------------------------------------------------------ scopes
 
-    def scope(self, parent: str, comma: bool = False, version: int | None = None) -> Scope:
+    def scope(self, parent: str, comma: bool = False) -> Scope:
         """The scope of a query placed in directory/view `parent` (a mount path); `comma`: written
         as ',NAME.query' right under an ordinary directory (the CKL's view)."""
-        version = self.catalog.data_version() if version is None else version
-        ck = (parent, comma, version)
-        sc = self._scopes.get(ck)
-        if sc is not None:
-            return sc
+        gen = self.service.changes.generations().files
+        got = self._parents.get((parent, comma))
+        if got is not None and got.gen == gen:
+            return got                 # (a path means the same while files_gen stays)
         loc = self.resolver.resolve(parent)
         rel = parent.strip("/")
         pre = rel + "/" if rel else ""
         if isinstance(loc, DirLoc):
-            d = self.store.dir(loc.dirid)
-            if comma:
-                sc = Scope(d.ns, ("view", d.ns, d.dkl), pre + COMMA + "/", view=tuple(d.dkl))
-            else:
-                sc = Scope(d.ns, ("dir", loc.dirid), pre, dirid=loc.dirid, dkl=tuple(d.dkl))
+            sc = self.service.dir_scope(loc.dirid, pre, comma=comma)
         elif isinstance(loc, ViewLoc):
-            sc = Scope(loc.ns, ("view", loc.ns, loc.hks), pre, view=tuple(loc.hks))
+            sc = self.service.view_scope(loc.ns, tuple(loc.hks), pre)
         else:
             raise NotFound(f"{parent}: a query needs a directory or a view")
-        self._fill(sc)
-        if len(self._scopes) > 512:
-            self._scopes.clear()
-        self._scopes[ck] = sc
+        with self._lock:
+            if len(self._parents) >= PARENTS_MAX:
+                self._parents.clear()
+            self._parents[(parent, comma)] = sc
         return sc
 
-    def view_scope(self, ns: int, hks: tuple[HK, ...], prefix: str) -> Scope:
-        """The scope of a view given as an HK list (the CLI's SPEC)."""
-        sc = Scope(ns, ("view", ns, hks), prefix, view=hks)
-        self._fill(sc)
-        return sc
-
-    def _fill(self, sc: Scope) -> None:
-        if sc.view is not None:
-            sc.ids = np.asarray(self.store.match_ids(sc.ns, sc.view), np.int64)
-            return
-        assert sc.dirid is not None
-        names: dict[int, str] = {}
-        for e in self.store.listdir(sc.dirid):
-            if e.kind == "file":
-                names.setdefault(e.id, e.name)
-        ids = set(names)
-        if sc.dkl:
-            ids.update(self.store.match_ids(sc.ns, sc.dkl))
-        sc.names = names
-        sc.ids = np.unique(np.fromiter(ids, np.int64, len(ids)))
-
-    def hit_path(self, sc: Scope, eid: int) -> str:
-        """The hit's path from the mount root, as listed in the scope's directory or view."""
-        name = sc.names.get(eid)
-        if name is not None:
-            return sc.prefix + name
-        info = self.store.entity(eid)
-        hks = sc.view if sc.view is not None else sc.dkl
-        if sc.counts is None:            # per scope (and catalog version): child keywords, shared names
-            sc.counts = {}
-            sc.kids = set(self.store.keyword_children(sc.ns, hks[-1] if hks else ()))
-        n = sc.counts.get(info.name)
-        if n is None:
-            n = sc.counts[info.name] = len(self.store.match_ids(sc.ns, hks, info.name))
-        listed = listed_name(info.name, eid, shared=n > 1, keyword=info.name in sc.kids)
-        if sc.view is None:              # a DKL match without a link in the directory
-            listed = COMMA + "/" + listed
-        sc.names[eid] = listed
-        return sc.prefix + listed
-
-    # ------------------------------------------------------------ evaluation
-
-    def run(self, sc: Scope, query: Query, exclude: int | None = None, version: int | None = None) -> list[Hit]:
-        """Top-k hits of `query` within scope `sc` (the namespace refreshed first)."""
-        self.catalog.refresh(sc.ns, version)
-        self.check_dim(sc.ns, len(query.vector))
-        hits = self.catalog.search(sc.ns, query.vector, query.k, nprobe=query.nprobe, scope=sc.ids,
-                                   scope_token=(sc.key, version) if version is not None else None,
-                                   exclude=exclude)
-        return [Hit(h.score, self.hit_path(sc, h.eid), h.row) for h in hits]
-
-    def check_dim(self, ns: int, d: int) -> None:
-        dims = self.catalog.dims(ns)
-        if dims and d not in dims:
-            have = ", ".join(str(x) for x in sorted(dims))
-            raise InvalidArgument(f"the query vector has dimension {d}; the embeddings here have "
-                                  f"dimension {have}")
+    def _gens(self) -> tuple[int, int]:
+        g = self.service.changes.generations()
+        return g.files, g.vectors
 
     def _target(self, path: str) -> _Target | None:
         """What a `.query` path is (memoised while nothing is committed: getattr, then open)."""
         if not path.endswith(SUFFIX):
             return None                     # every other path of the mount: no catalog look at all
-        ck = (path, self.catalog.data_version())
+        ck = (path, *self._gens())
         try:
             return self._targets[ck]
         except KeyError:
@@ -238,11 +181,10 @@ class QueryFS:
         if eid is None:
             return None
         sc = self.scope(parent, comma_dir)
-        self.catalog.refresh(sc.ns)
-        vec, _n = self.catalog.source(sc.ns, eid)
+        vec = self.service.like(sc.ns, eid)
         if vec is None:
             return None
-        return _Target(path, sc, eid, False)
+        return _Target(path, sc, eid, False, vec)
 
     def _is_dir(self, parent: str) -> bool:
         try:
@@ -255,25 +197,34 @@ class QueryFS:
 
         getattr keeps its result (`keep`) for the open that normally follows, which takes
         it; so each open evaluates afresh, at most once."""
-        version = self.catalog.data_version()
-        ck = (t.path, version)
+        # a stored query's body is bytes (no generation counts them): any commit; a virtual one's
+        # result depends on names, scopes and vectors only
+        ck = (t.path, self.service.changes.version()) if t.stored else (t.path, *self._gens())
         with self._lock:
             hit = self._results.get(ck) if keep else self._results.pop(ck, None)
         if hit is not None:
             return hit
         if t.stored:
             assert t.eid is not None
-            query = parse_query(self._body(t.eid), f"{t.path.rsplit('/', 1)[-1]}")
+            body = self._body(t.eid)
+            query = parse_query(body, f"{t.path.rsplit('/', 1)[-1]}")
             assert query is not None
             exclude = None
         else:
             assert t.eid is not None
-            vec, _n = self.catalog.source(t.scope.ns, t.eid)
-            if vec is None:
-                raise NotFound("the file has no embedding any more")
-            query, exclude = Query(vec, DEFAULT_K), t.eid
-        out = format_results(self.run(t.scope, query, exclude, version))
+            query, exclude = Query(t.vec, DEFAULT_K), t.eid
+            body = format_body(query)
+        # t.scope is current: targets are kept per files_gen, as scopes are
+        out = format_results(self.service.run(t.scope, query, exclude))
         log.debug("evaluated %s (%d bytes)", t.path, len(out))
+        if not out:        # a read of nothing, exit status 0: the log says why
+            log.info("%s reads empty: %s", t.path, NO_HITS)
+        if len(out) <= REMEMBER_MAX_BYTES:
+            with self._lock:
+                self._read_results[out] = body
+                self._read_results.move_to_end(out)
+                while len(self._read_results) > REMEMBER_RESULTS:
+                    self._read_results.popitem(last=False)
         if keep:
             with self._lock:
                 if len(self._results) > 256:
@@ -292,10 +243,13 @@ class QueryFS:
     # ------------------------------------------------------------ the FUSE-facing calls
 
     def owns(self, fh: int | None) -> bool:
-        return fh is not None and fh >= HANDLE_BASE and fh in self._handles
+        return fh is not None and fh >= HANDLE_BASE and (fh in self._handles or fh in self._staged)
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any] | None:
         """Attributes of a `.query` path (size = the result's), or None when it is not one."""
+        if fh is not None and fh in self._staged:
+            st = self._staged[fh]
+            return self._attrs(path, os.fstat(st.fd).st_size, _Target(path, None, st.eid, True))  # type: ignore[arg-type]
         if fh is None:
             fh = self._by_path.get(path)      # the kernel re-checks attributes of an open file
         if fh is not None and fh >= HANDLE_BASE:
@@ -305,8 +259,6 @@ class QueryFS:
         t = self._target(path)
         if t is None:
             return None
-        if fh is not None and t.stored:
-            return None              # a handle of the caller's (writing the body): its real size
         try:
             size = len(self.evaluate(t, keep=True))
         except InvalidArgument:
@@ -315,7 +267,7 @@ class QueryFS:
 
     def _attrs(self, path: str, size: int, t: _Target | None) -> dict[str, Any]:
         if t is not None and t.stored and t.eid is not None:
-            info = self._reads.entity(t.eid)
+            info = self.service.reads.entity(t.eid)
             return {"st_mode": stat.S_IFREG | (info.mode & 0o7777), "st_ino": (t.eid << 2) | 1,
                     "st_nlink": max(1, info.nlinks), "st_uid": info.uid, "st_gid": info.gid,
                     "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 4096,
@@ -329,82 +281,190 @@ class QueryFS:
                 "st_atime": now, "st_mtime": now, "st_ctime": self.start_ns}
 
     def open(self, path: str, flags: int) -> int | None:
-        """A handle holding the evaluated result, or None (a write open of a stored query, or no query)."""
+        """A handle for a `.query` path, or None (no query here: the caller's own file).
+
+        Read-only: the evaluated result. A write open of a stored query: a staging
+        handle (its body, or nothing with O_TRUNC); the body changes only when a
+        complete, valid body is closed (see flush), so a refused write keeps the old one."""
         t = self._target(path)
         if t is None:
             return None
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             if t.stored:
-                return None
+                assert t.eid is not None
+                return self.stage(path, t.eid, truncate=bool(flags & os.O_TRUNC),
+                                  append=bool(flags & os.O_APPEND))
             raise PermissionDenied(f"{path}: a virtual .query file is read-only")
-        data = self.evaluate(t)
-        # The result lives in an anonymous memory file, so the mount can hand libfuse a
-        # descriptor (read_buf) exactly as for an entity's bytes.
-        fd = os.memfd_create("hkfs-query", os.MFD_CLOEXEC)
+        return self._memfd_handle(t, self.evaluate(t))
+
+    @staticmethod
+    def _memfd(name: str, data: bytes) -> int:
+        """An anonymous memory file holding data: the mount hands libfuse its descriptor
+        (read_buf) exactly as for an entity's bytes."""
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
             os.write(fd, data)
         except BaseException:
             os.close(fd)
             raise
+        return fd
+
+    def _memfd_handle(self, t: _Target, data: bytes) -> int:
+        fd = self._memfd("hkfs-query", data)
         with self._lock:
             fh = self._next
             self._next += 1
             self._handles[fh] = (fd, len(data))
             self._handle_target[fh] = t
-            self._by_path[path] = fh
+            self._by_path[t.path] = fh
+        return fh
+
+    def stage(self, path: str, eid: int, *, truncate: bool = False, append: bool = False) -> int:
+        """A write handle on stored query `eid`'s body: writes go to a staging copy, which
+        replaces the body when it is closed valid (flush)."""
+        fd = self._memfd("hkfs-query-body", b"" if truncate else self._body(eid))
+        with self._lock:
+            fh = self._next
+            self._next += 1
+            self._staged[fh] = _Staged(fd, eid, path, dirty=truncate, append=append)
         return fh
 
     def fd(self, fh: int) -> int:
-        """The descriptor holding handle fh's result (for read_buf)."""
-        return self._handles[fh][0]
+        """The descriptor holding handle fh's bytes (for read_buf)."""
+        st = self._staged.get(fh)
+        return st.fd if st is not None else self._handles[fh][0]
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
-        return os.pread(self._handles[fh][0], size, offset)
+        return os.pread(self.fd(fh), size, offset)
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        """Write into a staging handle; EINVAL (nothing written) when the body would end
+        in a complete line that no body and no result read from this mount starts with."""
+        st = self._staged[fh]
+        if st.append:      # (the kernel's offset is the size it knows: the results', not the body's)
+            offset = os.fstat(st.fd).st_size
+        if offset + len(data) > MAX_BODY:
+            raise InvalidArgument(f"a query body is at most {MAX_BODY} bytes")
+        if data.endswith(b"\n"):
+            body = os.pread(st.fd, offset, 0) + bytes(data)
+            if not self._known_result(body, prefix=True) and is_text(body) is not None:
+                try:
+                    parse_query(body, st.path.rpartition("/")[2], partial=True)
+                except InvalidArgument as exc:
+                    st.refused = str(exc)   # what was written before it is not a body either
+                    raise
+        n = os.pwrite(st.fd, data, offset)
+        st.dirty = True
+        return n
+
+    def truncate(self, fh: int, length: int) -> int:
+        st = self._staged[fh]
+        os.ftruncate(st.fd, length)
+        st.dirty = True
+        return 0
+
+    def check_truncate(self, path: str, eid: int, length: int) -> None:
+        """A truncate by path (no handle) of a stored query: refused unless the shorter body
+        is valid (then the caller truncates)."""
+        if not self.wants_bytes(path):
+            return
+        self._checked_body(self._body(eid)[:length], path, eid)
+
+    def flush(self, fh: int) -> int:
+        """Close of a staging handle: a changed body replaces the old one if it is valid,
+        else InvalidArgument (close() fails with EINVAL) and the old body stays."""
+        st = self._staged.get(fh)
+        if st is None or not st.dirty:
+            return 0
+        if st.refused is not None:
+            raise InvalidArgument(f"{st.refused}; the previous body is kept")
+        size = os.fstat(st.fd).st_size
+        if size > MAX_BODY:
+            raise InvalidArgument(f"a query body is at most {MAX_BODY} bytes")
+        content = os.pread(st.fd, size, 0)
+        body = self._checked_body(content, st.path, st.eid)
+        self._replace_body(st.eid, body)
+        st.dirty = False
+        if self.changed is not None:
+            self.changed(st.eid, st.path)
+        return 0
 
     def release(self, fh: int) -> int:
         with self._lock:
             got = self._handles.pop(fh, None)
+            st = self._staged.pop(fh, None)
             t = self._handle_target.pop(fh, None)
             if t is not None and self._by_path.get(t.path) == fh:
                 del self._by_path[t.path]
         if got is not None:
             os.close(got[0])
+        if st is not None:
+            os.close(st.fd)
         return 0
 
+    def _known_result(self, content: bytes, *, prefix: bool = False) -> bytes | None:
+        """The body of the query whose result, as read from this mount, `content` is (or,
+        with prefix, begins)."""
+        with self._lock:
+            for result, body in reversed(self._read_results.items()):
+                if result == content or (prefix and result.startswith(content)):
+                    return body
+        return None
+
+    def _checked_body(self, content: bytes, path: str, eid: int) -> bytes:
+        """What a write of `content` to stored query eid stores: itself when it is a valid
+        body; the body of the query it is the result of (`cp a.query b.query`, an editor
+        saving unchanged results); else InvalidArgument."""
+        body = self._known_result(content)
+        if body is not None:
+            return body
+        name = path.rstrip("/").rpartition("/")[2]
+        query = parse_query(content, name)
+        assert query is not None
+        self.service.check_dim(self.store.entity(eid).ns, len(query.vector))
+        return content
+
+    def _replace_body(self, eid: int, body: bytes) -> None:
+        """Replace the body's bytes atomically (a new file renamed over the old), then record it."""
+        dst = self.store.entity_path(eid)
+        tmp = dst.with_name(f"{dst.name}.query-tmp")
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        self.store.record_bytes(eid)
+
+    def set_body(self, path: str, eid: int, content: bytes) -> None:
+        """Replace a stored query's body (setfattr user.hk.query): InvalidArgument, and
+        nothing changed, unless valid."""
+        self._replace_body(eid, self._checked_body(content, path, eid))
+        if self.changed is not None:
+            self.changed(eid, path)
+
     def wants_bytes(self, path: str) -> bool:
-        """True for writes the mount must pass to check_write as bytes (NAME.query bodies)."""
+        """True for the names of stored queries (`NAME.query`, `,NAME.query`)."""
         return is_query_name(path.rstrip("/").rpartition("/")[2].lstrip(COMMA))
 
-    def check_write(self, path: str, eid: int, data: bytes, offset: int) -> None:
-        """Refuse (EINVAL) a write that leaves a `NAME.query` body certainly malformed.
+    def get_file_attr(self, eid: int, name: str) -> bytes | None:
+        """`user.hk.query`: a stored query's body (None: not this layer's attribute)."""
+        if name != QUERY_ATTR:
+            return None
+        self._need_query(eid)
+        return self._body(eid)
 
-        Only text ending in a newline is judged here (a body may arrive in several writes,
-        and a write can end mid-number); the dimension is checked when the file is closed
-        (flush), see docs/query.md for what tools report then."""
-        name = path.rstrip("/").rpartition("/")[2].lstrip(COMMA)
-        if not is_query_name(name) or not data.endswith(b"\n") or offset + len(data) > MAX_BODY:
-            return
-        head = b""
-        if offset:
-            with open(self.store.entity_path(eid), "rb") as f:     # the caller's fd may be write-only
-                head = f.read(offset)
-        body = head + bytes(data)
-        if is_text(body) is not None:
-            parse_query(body, name, partial=True)
-
-    def validate_stored(self, path: str, eid: int) -> None:
-        """Check a written `NAME.query` body: InvalidArgument (EINVAL) says what is wrong."""
-        name = path.rstrip("/").rpartition("/")[2]
+    def _need_query(self, eid: int) -> str:
+        name = self.store.entity(eid).name
         if not is_query_name(name.lstrip(COMMA)):
-            return
-        query = parse_query(self._body(eid), name)
-        assert query is not None
-        info = self.store.entity(eid)
-        self.catalog.refresh(info.ns)
-        self.check_dim(info.ns, len(query.vector))
+            raise InvalidArgument(f"{QUERY_ATTR} is the body of a NAME.query file, not of {name!r}")
+        return name
 
     def set_file_attr(self, eid: int, name: str, value: bytes) -> bool:
-        """Validate and store `user.hk.embedding` / `user.hk.dim`; False for other attributes."""
+        """Validate and store `user.hk.embedding` / `user.hk.dim`, or replace a stored query's
+        body (`user.hk.query`); False for other attributes."""
+        if name == QUERY_ATTR:
+            self.set_body(self._need_query(eid), eid, bytes(value))
+            return True
         if name == EMBEDDING_ATTR:
             parse_embedding(bytes(value))
         elif name == DIM_ATTR:

@@ -10,24 +10,51 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..core.errors import NotADirectory, NotFound
-from ..core.naming import HK, hk_matches, list_matches
+from ..core.errors import NotADirectory, NotFound, NotPermitted
+from ..core.naming import HK, has_operators, hk_matches, list_matches, term_keyword
 from .paths import COMMA, MountPath, parse, split_clash_name
 
 __all__ = [
     "Resolver", "DirLoc", "LinkLoc", "KeySpaceLoc", "ViewLoc", "ViewFileLoc", "NewKeyLoc", "Location",
-    "detach_set", "attach_set",
+    "detach_set", "attach_set", "view_children_of", "check_writable_view",
 ]
 
 
 def detach_set(carried: Sequence[HK], view: Sequence[HK]) -> list[HK]:
     """The HKs `rm` in a view takes off a file: each carried HK that some HK of the view matches."""
+    check_writable_view(view)
     return [h for h in carried if any(hk_matches(q, h) for q in view)]
 
 
 def attach_set(carried: Sequence[HK], view: Sequence[HK]) -> list[HK]:
     """The HKs `ln`/`mv` into a view attach: each view HK the file does not already satisfy."""
+    check_writable_view(view)
     return [q for q in view if not any(hk_matches(q, h) for h in carried)]
+
+
+# --- query operators (@or, @not, @only, @untagged: hkfs.core.naming) ----------------------
+# Written after '@' like keywords (@/a/@/@or/b), so parse() needs nothing; these say what
+# such a term means for the mount: its children, and that writes into it are refused.
+
+def _term_keyword(term: HK) -> HK | None:
+    """The keyword whose existence a term needs (() for a bare operator or @untagged: none);
+    None when the term cannot be a view ('@untagged/NAME' names a file of @untagged)."""
+    kw = term_keyword(term)
+    if kw is None:
+        return () if len(term) == 1 else None
+    return kw
+
+
+def view_children_of(hks: Sequence[HK]) -> HK | None:
+    """The keyword whose children a view lists as directories (None: no child directories)."""
+    return term_keyword(hks[-1]) if hks else ()
+
+
+def check_writable_view(hks: Sequence[HK]) -> None:
+    """Files cannot be tagged or untagged through a view with operators (which HKs would
+    `touch` or `rm` there mean?): EPERM, before anything changes."""
+    if has_operators(hks):
+        raise NotPermitted("a view with @or/@not/@only/@untagged is read-only: tag files with hk atkw")
 
 
 # --- locations ---------------------------------------------------------------------------
@@ -197,7 +224,8 @@ class Resolver:
         written = list(mp.hks)
         if mp.ext and hks:
             written.append(hks[len(hks) - len(mp.hks) - 1])
-        return all(self.store.keyword_exists(ns, h) for h in written)
+        kws = [_term_keyword(h) for h in written]
+        return all(k is not None and self.store.keyword_exists(ns, k) for k in kws)
 
     def file_in(self, view: ViewLoc, name: str, listed: str = "") -> ViewFileLoc:
         """The file `name` (or clash name) among the view's matches; eid None when there is none."""
@@ -206,6 +234,9 @@ class Resolver:
         if len(found) == 1:
             return ViewFileLoc(view, name, found[0].id, listed)
         if len(found) > 1:
+            own = self._own_file(view, found)
+            if own is not None:
+                return ViewFileLoc(view, name, own, listed)
             # Shared name: only the clash names STEM~ID.EXT name one of them.
             raise NotFound(f"{name}: {len(found)} files share this name here; use the listed names")
         split = split_clash_name(name)
@@ -220,3 +251,12 @@ class Resolver:
                 return ViewFileLoc(view, real, eid, listed)
         return ViewFileLoc(view, name, None, listed)
 
+    def _own_file(self, view: ViewLoc, found: Sequence) -> int | None:
+        """Among files sharing a name in a view, the one carrying the view's HKs themselves (not
+        only descendants), when there is exactly one: a tree exported from the view and copied
+        back (rsync, cp -a) names it by its plain name, so a second copy replaces it instead of
+        failing with ENOENT."""
+        if not view.hks or has_operators(view.hks):
+            return None
+        own = [f.id for f in found if all(h in self.store.entity(f.id).hks for h in view.hks)]
+        return own[0] if len(own) == 1 else None

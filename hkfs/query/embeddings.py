@@ -11,11 +11,12 @@ Sources of vectors (the entries are the truth; the indexes are rebuildable):
 embedding using row 0xFFFFFF, so an entry holds at most 16,777,215 rows
 (a bigger one is skipped with a warning).
 
-Keeping current without notifications: the catalog holds its own SQLite
-connection to the store's catalog and asks `PRAGMA data_version` before each
-query; when any process committed anything since, it re-reads the fingerprints
-of the namespace's embedding sources (name suffix, size, mtime; the xattr bytes)
-and applies the difference. A shard is a persisted *base* index plus *pending*
+Keeping current without notifications: before each query the catalog asks the
+store's change feed (hkfs.core.changes) for `vectors_gen`, a counter the catalog's
+triggers bump whenever an embedding xattr or an entry-named file changes; when it
+moved, it re-reads the fingerprints of the namespace's embedding sources (name
+suffix, size, mtime; the xattr bytes) and applies the difference. Other commits
+(bytes of other files, tags, times) cost nothing here. A shard is a persisted *base* index plus *pending*
 sources (added or changed since the base was built; searched exactly, so an
 addition is searchable at once) and *dead* keys (in the base but removed or
 changed; filtered out). A background worker (started by the daemon's init())
@@ -44,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.changes import ChangeFeed
 from ..core.errors import InvalidArgument
 from .queryfiles import parse_vector
 
@@ -66,7 +68,9 @@ METRIC = "cosine"
 REBUILD_SHARE = 0.05
 REBUILD_ROWS = 50_000
 POLL_S = 1.0        # the worker looks for changes this often, so a query rarely has to load them
-POLL_CPU_SHARE = 0.1  # ...or less often: a look that took t seconds waits t / share before the next
+POLL_CPU_SHARE = 0.1
+EXCLUDE_BY_MASK = 256  # an excluded file with more rows than this is left out by the allowed set
+ALLOWED_MAX = 4        # allowed-id arrays kept (one per scope and index version; 8 bytes a row)  # ...or less often: a look that took t seconds waits t / share before the next
 
 Key = tuple[int, bool]      # (entity id, own embedding?)
 
@@ -216,8 +220,11 @@ class EmbeddingCatalog:
     STORE/vectors: it uses the persisted bases and searches the rest exactly.
     """
 
-    def __init__(self, store: Any, *, writable: bool = True, root: Path | None = None) -> None:
+    def __init__(self, store: Any, *, writable: bool = True, root: Path | None = None,
+                 changes: ChangeFeed | None = None) -> None:
         self.store = store
+        self._own_changes = changes is None
+        self.changes = changes if changes is not None else ChangeFeed(store.catalog.path)
         self.writable = writable
         self.root = Path(root) if root is not None else Path(store.root) / "vectors"
         self._lock = threading.RLock()
@@ -269,6 +276,8 @@ class EmbeddingCatalog:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        if self._own_changes:
+            self.changes.close()
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
         """Block until the worker has nothing queued (tests, benchmarks)."""
@@ -291,10 +300,9 @@ class EmbeddingCatalog:
             self._conn.execute("PRAGMA busy_timeout = 30000")
         return self._conn
 
-    def data_version(self) -> int:
-        """Changes whenever any other connection (any thread or process) committed."""
-        with self._conn_lock:
-            return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
+    def generation(self) -> int:
+        """The catalog's vectors_gen: moves whenever an embedding source may have changed."""
+        return self.changes.generations().vectors
 
     def _fingerprints(self, ns: int) -> tuple[list[tuple], dict[int, bytes], dict[int, bytes]]:
         """(id, name, size, mtime_ns) of entry-named files, and the dim / embedding xattrs, of ns.
@@ -322,10 +330,9 @@ class EmbeddingCatalog:
 
     # ------------------------------------------------------------ keeping current
 
-    def refresh(self, ns: int, version: int | None = None) -> None:
-        """Bring namespace ns up to date if anything was committed since the last look
-        (`version`: a data_version the caller just read)."""
-        v = self.data_version() if version is None else version
+    def refresh(self, ns: int) -> None:
+        """Bring namespace ns up to date if an embedding source changed since the last look."""
+        v = self.generation()       # read before the fingerprints: a change in between is seen next time
         with self._lock:
             if self._seen.get(ns) == v:
                 return
@@ -496,7 +503,10 @@ class EmbeddingCatalog:
         """Top-k sources of dimension len(vector) in namespace ns, best first.
 
         `scope`: sorted entity ids allowed (None: all); `scope_token` names that set for
-        caching; `exclude`: an entity id left out (FILE.query). Exact over small scopes,
+        caching (the base ids it allows are computed once per token and index version);
+        `exclude`: an entity id left out (FILE.query), by asking for as many more hits as
+        it has rows and dropping them, so it does not change the allowed set (a big entry
+        excluded is the exception: it goes into the allowed set). Exact over small scopes,
         so k hits come back whenever at least k embeddings are in scope.
         """
         q = _unit(np.asarray(vector, np.float32).reshape(-1))
@@ -508,20 +518,29 @@ class EmbeddingCatalog:
             base, base_keys, pending, dead, version = sh.base, sh.base_keys, sh.pending, sh.dead, sh.version
             base_rows = sh.base_rows
             base_n = sh.base_n
+            extra = 0
+            if exclude is not None:
+                srcs = self._sources.get(ns, {})
+                extra = sum(s.nrows for s in (srcs.get((exclude, True)), srcs.get((exclude, False)))
+                            if s is not None)
         scope_set = None if scope is None else np.asarray(scope, np.int64)
+        in_mask = exclude if extra > EXCLUDE_BY_MASK else None
+        kk = k if in_mask is not None else k + extra
         results: list[tuple[float, int]] = []
         if base is not None and base_keys:
             allowed = self._allowed(ns, d, version, base_keys, base_rows, dead, scope_set,
-                                    scope_token, exclude)
+                                    scope_token, in_mask)
             if allowed is None or len(allowed):
-                s, ids = base.search(q.reshape(1, -1), k=k, nprobe=nprobe, allowed_ids=allowed)
+                s, ids = base.search(q.reshape(1, -1), k=kk, nprobe=nprobe, allowed_ids=allowed)
                 found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
-                if allowed is None and len(found) < min(k, base_n):
+                if allowed is None and len(found) < min(kk, base_n):
                     # the probed lists held fewer than k rows (small nprobe, big k): with every id
                     # allowed, vecindex falls back to an exact scan, so k hits still come back
-                    everything = np.concatenate([_ids(e, n, o) for (e, o), n in base_rows.items()])
-                    s, ids = base.search(q.reshape(1, -1), k=k, nprobe=nprobe, allowed_ids=everything)
+                    everything = _key_ids(*_key_arrays(base_keys, base_rows))
+                    s, ids = base.search(q.reshape(1, -1), k=kk, nprobe=nprobe, allowed_ids=everything)
                     found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
+                if exclude is not None:
+                    found = [(a, b) for a, b in found if b >> ROW_BITS != exclude]
                 results += found
         small, big = _pending_blocks(pending)
         if small is not None:
@@ -550,10 +569,15 @@ class EmbeddingCatalog:
     def _allowed(self, ns: int, d: int, version: int, base_keys: dict[Key, tuple],
                  base_rows: dict[Key, int], dead: frozenset[Key], scope: np.ndarray | None,
                  scope_token: object, exclude: int | None) -> np.ndarray | None:
-        """Ids of the base a query may return, or None when every base row may (the fast path)."""
+        """Ids of the base a query may return, or None when every base row may (the fast path).
+
+        Kept per (scope token, index version, exclude): a FILE.query read passes no
+        exclude here (see search), so every file of a view shares one entry."""
         ck = (ns, d, version, scope_token, exclude) if scope_token is not None else None
-        if ck is not None and ck in self._allowed_cache:
-            return self._allowed_cache[ck]
+        if ck is not None:
+            with self._lock:
+                if ck in self._allowed_cache:
+                    return self._allowed_cache[ck]
         eids, own, nrows = _key_arrays(base_keys, base_rows)
         ok = np.ones(len(eids), bool)
         if dead:
@@ -567,12 +591,12 @@ class EmbeddingCatalog:
         elif not ok.any():
             allowed = np.zeros(0, np.int64)
         else:
-            parts = [_ids(int(e), int(n), bool(o)) for e, o, n in zip(eids[ok], own[ok], nrows[ok], strict=True)]
-            allowed = np.concatenate(parts)
+            allowed = _key_ids(eids[ok], own[ok], nrows[ok])
         if ck is not None:
-            if len(self._allowed_cache) > 256:
-                self._allowed_cache.clear()
-            self._allowed_cache[ck] = allowed
+            with self._lock:
+                while len(self._allowed_cache) >= ALLOWED_MAX:
+                    self._allowed_cache.pop(next(iter(self._allowed_cache)))
+                self._allowed_cache[ck] = allowed
         return allowed
 
     # ------------------------------------------------------------ rebuilding
@@ -763,10 +787,20 @@ def _key_arrays(keys: dict[Key, tuple], rows: dict[Key, int]) -> tuple[np.ndarra
     eids = np.fromiter((k[0] for k in keys), np.int64, len(keys))
     own = np.fromiter((k[1] for k in keys), bool, len(keys))
     nrows = np.fromiter((rows[k] for k in keys), np.int64, len(keys))
-    if len(_KEY_ARRAYS) > 64:
+    if len(_KEY_ARRAYS) >= 4:          # one per base in use (17 bytes a key)
         _KEY_ARRAYS.clear()
     _KEY_ARRAYS[id(keys)] = (keys, (eids, own, nrows))
     return eids, own, nrows
+
+
+def _key_ids(eids: np.ndarray, own: np.ndarray, nrows: np.ndarray) -> np.ndarray:
+    """The index ids of these keys, in order (vectorized `_ids` over many keys)."""
+    counts = np.where(own, 1, nrows)
+    total = int(counts.sum())
+    ends = np.cumsum(counts)
+    rows = np.arange(total, dtype=np.int64) - np.repeat(ends - counts, counts)
+    rows[np.repeat(own, counts)] = OWN_ROW
+    return (np.repeat(eids, counts) << ROW_BITS) | rows
 
 
 def _key_mask(eids: np.ndarray, own: np.ndarray, keys: frozenset[Key]) -> np.ndarray:

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..core.errors import InvalidArgument
 
-__all__ = ["Query", "Hit", "parse_query", "parse_vector", "format_results", "DEFAULT_K", "MAX_K"]
+__all__ = ["Query", "Hit", "parse_query", "parse_vector", "format_vector", "format_body", "format_results",
+           "DEFAULT_K", "MAX_K"]
 
 DEFAULT_K = 10
 MAX_K = 10_000
@@ -145,6 +146,17 @@ def parse_query(body: bytes, what: str = "query", *, partial: bool = False) -> Q
                     opts[om.group(1).lower()] = _option(om.group(1).lower(), om.group(2), what)
         vec = _raw(raw, what)
     return Query(vec, opts.get("k", DEFAULT_K), opts.get("nprobe"))
+
+
+def format_vector(v: np.ndarray) -> str:
+    """Text numbers with 9 significant digits: float32 round-trips exactly and stays readable."""
+    return " ".join(f"{float(x):.9g}" for x in v) + "\n"
+
+
+def format_body(query: Query) -> bytes:
+    """A query as a `.query` body (what parse_query reads back as the same query)."""
+    opts = f"k={query.k}\n" + (f"nprobe={query.nprobe}\n" if query.nprobe is not None else "")
+    return (format_vector(query.vector) + opts).encode()
 
 
 def format_results(hits: Iterable[Hit]) -> bytes:

@@ -1,6 +1,17 @@
 # hkfs shell integration for bash: eval "$(hk shell-init bash)"
 # HK_BIN names the hk command (default: hk).
 
+# Whether the current directory is inside an hkfs mount (its /proc/self/mounts source is hkfs:STORE).
+_hk_hkfs_in_mount() {
+    local _src _mnt _rest
+    while read -r _src _mnt _rest; do
+        [[ $_src == hkfs:* ]] || continue
+        _mnt=${_mnt//\\040/ }
+        [[ $PWD == "$_mnt" || $PWD == "$_mnt"/* ]] && return 0
+    done < /proc/self/mounts
+    return 1
+}
+
 # >>> commands
 # The paper's commands, typed bare as its users did (akl //workshop; ldf).
 for _hk_c in @PAPER_COMMANDS@; do
@@ -11,20 +22,27 @@ unset _hk_c
 
 # >>> ls
 # The paper's `ls ,` (the CKL's matches, shared names counted: main.tex(3)) and
-# `ls //a//b` go to `hk ls`; every other ls is the system's.
+# `ls //a//b` go to `hk ls`; every other ls is the system's. With options hk ls does
+# not know (`ls -l ,`), the system ls lists the specs' mount paths (`hk path`).
 function ls {   # not `ls() {`: an alias ls would be expanded in that form
-    local _a _hk=0
+    local _a _hk=0 _opts=0
     for _a in "$@"; do
-        case $_a in ,*|//*) _hk=1 ;; esac
+        case $_a in ,*|//*) _hk=1 ;; -1) ;; -*) _opts=1 ;; esac
     done
-    if (( _hk )); then
-        local _args=()
-        for _a in "$@"; do
-            case $_a in -1) _args+=(-1) ;; -*) ;; *) _args+=("$_a") ;; esac
-        done
-        command "${HK_BIN:-hk}" ls "${_args[@]}"
-    else
+    if (( ! _hk )); then
         command ls "$@"
+    elif (( ! _opts )); then
+        command "${HK_BIN:-hk}" ls "$@"
+    else
+        local _args=() _paths _p
+        for _a in "$@"; do
+            case $_a in
+                ,*|//*) _paths=$(command "${HK_BIN:-hk}" path "$_a") || return
+                        while IFS= read -r _p; do _args+=("$_p"); done <<< "$_paths" ;;
+                *) _args+=("$_a") ;;
+            esac
+        done
+        command ls "${_args[@]}"
     fi
 }
 # <<< ls
@@ -33,15 +51,6 @@ function ls {   # not `ls() {`: an alias ls would be expanded in that form
 # The paper's prompt shows the CKL in parentheses at the right (zsh's RPROMPT);
 # bash draws it at the right edge before the ordinary prompt. `hk prompt` runs
 # only when the current directory is inside an hkfs mount.
-_hk_hkfs_in_mount() {
-    local _src _mnt _rest
-    while read -r _src _mnt _rest; do
-        [[ $_src == hkfs:* ]] || continue
-        _mnt=${_mnt//\\040/ }
-        [[ $PWD == "$_mnt" || $PWD == "$_mnt"/* ]] && return 0
-    done < /proc/self/mounts
-    return 1
-}
 _hk_hkfs_precmd() {
     HK_CKL=
     if _hk_hkfs_in_mount; then
@@ -69,6 +78,14 @@ esac
 # as many levels; a word without '//' to every HK whose last component starts
 # with it ('foot' -> //movie/footloose //sports/football). Other words: files.
 _HK_SUBCOMMANDS="@SUBCOMMANDS@"
+# The candidates for a word, one a line. Inside a mount the daemon answers them: the
+# attribute user.hk.complete.WORD of '.' (a few ms; `hk complete` starts Python, ~0.4 s,
+# and serves only a daemon older than that attribute).
+_hk_hkfs_candidates() {
+    _hk_hkfs_in_mount || return 0
+    getfattr --only-values -n "user.hk.complete.$1" . 2>/dev/null ||
+        command "${HK_BIN:-hk}" complete -- "$1" 2>/dev/null
+}
 _hk_hkfs_complete() {
     local cur=${COMP_WORDS[COMP_CWORD]} sub=${COMP_WORDS[0]##*/} pos=$COMP_CWORD kw=0
     if [[ $sub == hk ]]; then
@@ -87,7 +104,7 @@ _hk_hkfs_complete() {
     [[ $cur == -* ]] && kw=0
     (( kw )) || return 0
     local IFS=$'\n'
-    COMPREPLY=( $(command "${HK_BIN:-hk}" complete -- "$cur" 2>/dev/null) )
+    COMPREPLY=( $(_hk_hkfs_candidates "$cur") )
     (( ${#COMPREPLY[@]} )) && compopt -o nospace 2>/dev/null
     # Mode 2 ('foo' -> //food //movie/footloose ...): the candidates share no prefix with the
     # word, and on the first Tab (COMP_TYPE 9) readline would replace it by their common prefix
@@ -99,3 +116,14 @@ _hk_hkfs_complete() {
 }
 complete -o default -F _hk_hkfs_complete hk @PAPER_COMMANDS@
 # <<< completion
+
+# >>> ctrl-u
+# The paper's key (Figs. 3-4): each Ctrl-U puts the next candidate in (readline's
+# menu-complete). readline binds the terminal's kill character, Ctrl-U, to
+# unix-line-discard whenever it starts reading a line, over our binding, unless
+# bind-tty-special-chars is off. Only with `hk shell-init bash --ctrl-u`.
+if [[ $- == *i* ]]; then
+    bind 'set bind-tty-special-chars off'
+    bind '"\C-u": menu-complete'
+fi
+# <<< ctrl-u

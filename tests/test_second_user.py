@@ -1,0 +1,107 @@
+"""Users apart on a shared mount (issue 11): the mount run as root with allow_other, a second
+user (made with useradd for the session) trying what it must not do, with real tools.
+
+Skipped only where a user cannot be made (not root, no useradd/setpriv, no FUSE)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Mount, fuse_usable, start_mount, stop_mount
+
+pytestmark = pytest.mark.mount
+
+USER = "hkfs-second"
+
+
+@pytest.fixture(scope="session")
+def second_uid() -> Iterator[int]:
+    if os.geteuid() != 0 or not (shutil.which("useradd") and shutil.which("setpriv")):
+        pytest.skip("a second user needs root, useradd and setpriv")
+    made = subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/bash", USER],
+                          capture_output=True, text=True)
+    if made.returncode not in (0, 9):          # 9: the user exists (an earlier run)
+        pytest.skip(f"useradd failed: {made.stderr.strip()}")
+    import pwd
+    uid = pwd.getpwnam(USER).pw_uid
+    try:
+        yield uid
+    finally:
+        if made.returncode == 0:
+            subprocess.run(["userdel", USER], capture_output=True)
+
+
+def _shared_mount(tmp_path: Path, options: str) -> Iterator[Mount]:
+    if not fuse_usable():
+        pytest.skip("FUSE is not available")
+    # the second user must reach the mount point: not under pytest's private (0700) tmp_path
+    base = Path(tempfile.mkdtemp(prefix="hkfs-shared-", dir="/tmp"))
+    base.chmod(0o755)
+    m = start_mount(tmp_path / "store", base / "mnt", options)
+    m.root.chmod(0o755)
+    try:
+        yield m
+    finally:
+        stop_mount(m)
+        shutil.rmtree(base, ignore_errors=True)
+        problems = m.log_problems()
+        assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def shared(tmp_path: Path, second_uid: int) -> Iterator[Mount]:
+    yield from _shared_mount(tmp_path, "allow_other,default_permissions")
+
+
+@pytest.fixture
+def shared_without_default_permissions(tmp_path: Path, second_uid: int) -> Iterator[Mount]:
+    yield from _shared_mount(tmp_path, "allow_other")
+
+
+def test_views_do_not_bypass_a_private_directory(shared: Mount, second_uid: int) -> None:
+    """root's file linked only in root's 0700 directory and tagged //k: the second user sees
+    neither it in @/k nor can open it there; a file with no directory link is governed by its
+    own mode; files in a searchable directory stay visible."""
+    shared.run("""
+        mkdir -p @/k priv pub; chmod 700 priv; chmod 755 pub
+        echo secret > priv/secret; chmod 644 priv/secret; ln priv/secret @/k/
+        echo open > pub/open; chmod 644 pub/open; ln pub/open @/k/
+        echo tagged > @/k/loose; chmod 644 @/k/loose
+        echo both > priv/both; chmod 644 priv/both; ln priv/both pub/both; ln priv/both @/k/
+        test "$(ls @/k | tr '\\n' ' ')" = "both loose open secret "
+    """)
+    shared.run("""
+        test "$(ls @/k | tr '\\n' ' ')" = "both loose open "
+        not cat @/k/secret 2>/dev/null
+        not cat priv/secret 2>/dev/null
+        test "$(cat @/k/open)" = open; test "$(cat @/k/loose)" = tagged; test "$(cat @/k/both)" = both
+    """, user=second_uid)
+
+
+def test_the_store_is_private_to_its_owner(shared: Mount, second_uid: int) -> None:
+    assert stat.S_IMODE(shared.store.stat().st_mode) == 0o700
+    assert stat.S_IMODE((shared.store / "catalog.sqlite").stat().st_mode) == 0o600
+    shared.run(f"not cat {shared.store}/catalog.sqlite 2>/dev/null; not ls {shared.store} 2>/dev/null",
+               user=second_uid)
+
+
+def test_allow_other_alone_still_checks_permissions(shared_without_default_permissions: Mount,
+                                                   second_uid: int) -> None:
+    """The daemon checks no permissions itself, so allow_other turns default_permissions on:
+    root's 0600 file stays root's."""
+    m = shared_without_default_permissions
+    m.run("echo mine > private; chmod 600 private; echo shared > open; chmod 644 open")
+    m.run("""
+        not cat private 2>/dev/null
+        test "$(cat open)" = shared
+        not sh -c 'echo x >> open' 2>/dev/null
+        not rm open 2>/dev/null
+    """, user=second_uid)
+    assert (m.root / "private").read_text() == "mine\n" and (m.root / "open").read_text() == "shared\n"
