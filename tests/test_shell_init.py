@@ -29,7 +29,7 @@ def test_snippet_parses_and_sections_can_be_left_out(shell: str, tmp_path: Path)
     if shutil.which(shell) is None:
         pytest.skip(f"{shell} is not installed")
     full = _init(shell)
-    assert "@" + "SUBCOMMANDS@" not in full and "@PAPER_COMMANDS@" not in full
+    assert "@" + "SUBCOMMANDS@" not in full and "@PAPER_COMMANDS@" not in full and "@COMMON@" not in full
     assert " ".join(PAPER_COMMANDS) in full
     for opts in [(), ("--no-ls",), ("--no-prompt",), ("--no-commands",), ("--no-ls", "--no-prompt", "--no-commands")]:
         text = _init(shell, *opts)

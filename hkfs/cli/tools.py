@@ -257,7 +257,9 @@ def complete_cmd(word: str, store: str | None, user: str | None) -> None:
 def snippet(shell: str, *, commands: bool = True, ls: bool = True, prompt: bool = True,
             ctrl_u: bool = False) -> str:
     """The shell-init text: sections between '# >>> NAME' and '# <<< NAME' are dropped when turned off."""
-    text = resources.files("hkfs").joinpath(f"shell/hk.{shell}").read_text(encoding="utf-8")
+    shell_dir = resources.files("hkfs").joinpath("shell")
+    common = shell_dir.joinpath("common.sh").read_text(encoding="utf-8")
+    text = shell_dir.joinpath(f"hk.{shell}").read_text(encoding="utf-8").replace("@COMMON@\n", common)
     off = {"commands": not commands, "ls": not ls, "prompt": not prompt, "ctrl-u": not ctrl_u}
     out, skip = [], False
     for line in text.splitlines():

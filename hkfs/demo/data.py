@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
+from ..core.errors import AlreadyExists
 from ..core.naming import HK, parse_hk, parse_hk_list
 from ..core.store import Store
 
@@ -112,7 +113,11 @@ def fill_paper_home(store: Store) -> bool:
         return False
     uid, gid = os.getuid(), os.getgid()
     root = store.root_dir(store.namespace_id(uid))
-    home = store.mkdir(root, PAPER_USER, uid=uid, gid=gid)
+    try:
+        home = store.mkdir(root, PAPER_USER, uid=uid, gid=gid)
+    except AlreadyExists:           # the user's own 'tada' is left alone
+        log.info("%s exists in the mount root; the paper's home is not made", PAPER_USER)
+        return False
     ns = store.namespace_id(PAPER_USER)   # made here: chns takes only users that exist already
     store.chns(home, PAPER_USER)
     for text in PAPER_KEYWORDS:

@@ -1,16 +1,7 @@
 # hkfs shell integration for bash: eval "$(hk shell-init bash)"
 # HK_BIN names the hk command (default: hk).
 
-# Whether the current directory is inside an hkfs mount (its /proc/self/mounts source is hkfs:STORE).
-_hk_hkfs_in_mount() {
-    local _src _mnt _rest
-    while read -r _src _mnt _rest; do
-        [[ $_src == hkfs:* ]] || continue
-        _mnt=${_mnt//\\040/ }
-        [[ $PWD == "$_mnt" || $PWD == "$_mnt"/* ]] && return 0
-    done < /proc/self/mounts
-    return 1
-}
+@COMMON@
 
 # >>> commands
 # The paper's commands, typed bare as its users did (akl //workshop; ldf).
