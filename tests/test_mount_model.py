@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from hkfs.core import bytes as entity_bytes
-from hkfs.core.errors import AlreadyExists, Busy, CrossDevice, IsADirectory, NotADirectory, NotFound, NotPermitted
+from hkfs.core.errors import (
+    AlreadyExists,
+    Busy,
+    CrossDevice,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    NotPermitted,
+)
 from hkfs.core.fsck import check, repair, stale_sizes
 from hkfs.core.store import Store
 from hkfs.mount.model import EDITOR_SAVE_SECONDS, EVERYTHING, NOTHING, MountModel, Stale
@@ -381,3 +390,24 @@ def test_directories_stay_out_of_views_and_the_root_stays(model: MountModel) -> 
     new(model, "/e/f", b"")
     with pytest.raises(NotADirectory):
         model.listdir("/e/f")
+
+
+def test_renameat2_flags_and_special_files(model: MountModel) -> None:
+    model.mkdir("/d", 0o755, UID, GID)
+    model.mkdir("/@/k", 0o755, UID, GID)
+    a, b = new(model, "/d/a", b"a"), new(model, "/d/b", b"b")
+    with pytest.raises(AlreadyExists):
+        model.rename("/d/a", "/d/b", noreplace=True)      # RENAME_NOREPLACE
+    assert model.exchange("/d/a", "/d/b") == EVERYTHING   # RENAME_EXCHANGE: both files keep their bytes
+    assert (model.file("/d/a"), model.file("/d/b")) == (b, a) and read(model, "/d/a") == b"b"
+    new(model, "/@/k/v", b"")
+    with pytest.raises(InvalidArgument):
+        model.exchange("/d/a", "/@/k/v")                  # a view has no places to swap
+    assert model.mknod("/d/fifo", stat.S_IFIFO | 0o644, 0, UID, GID) == NOTHING
+    assert model.mknod("/d/null", stat.S_IFCHR | 0o644, os.makedev(1, 3), UID, GID) == NOTHING
+    assert stat.S_ISFIFO(model.attrs("/d/fifo").mode) and model.rdev(model.file("/d/null")) == os.makedev(1, 3)
+    entries = {e[0]: e for e in model.listdir("/d")}
+    assert entries["null"][3] is None and entries["fifo"][3] is not None   # devices: looked up for st_rdev
+    # a special file renamed over another is never an editor save
+    model.rename("/d/fifo", "/d/a")
+    assert stat.S_ISFIFO(model.attrs("/d/a").mode)
