@@ -283,6 +283,16 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def sync(self) -> None:
+        """What an fsync promises beyond a file's bytes: its name and attributes (catalog rows)
+        and its bytes file's name in entities/ survive a power loss."""
+        fd = os.open(self.entities_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.catalog.sync()
+
     def entity_path(self, eid: int) -> Path:
         """STORE/entities/<eid>, opened directly by the mount for read/write."""
         return self.entities_dir / str(int(eid))

@@ -457,25 +457,15 @@ class HKOperations(Operations):
         else:
             os.fsync(h.fd)
         self._sync(h)
-        self._durable()
+        self.store.sync()
         return 0
 
     @overrides(Operations)
     @mapped
     def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
         """A directory's names are catalog rows: make every commit durable."""
-        self._durable()
+        self.store.sync()
         return 0
-
-    def _durable(self) -> None:
-        """What an fsync promises beyond the file's bytes: its name and attributes (catalog
-        rows) and its bytes file's name in entities/ survive a power loss."""
-        fd = os.open(self.store.entities_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.store.catalog.sync()
 
     @overrides(Operations)
     @mapped
