@@ -1,8 +1,9 @@
 """The meaning of mount paths, without FUSE: `MountModel` over a real `Store`.
 
 What a path names (`resolve`), its attributes (`Attrs`), a directory's or view's
-entries (`listdir`) and every change the mount can make: create, unlink, link,
-rename, mkdir, rmdir, extended attributes, chmod/chown/utimens/truncate, symlink.
+entries (`listdir`) and every change the mount can make: create, mknod, unlink, link,
+rename (and renameat2's exchange), mkdir, rmdir, extended attributes,
+chmod/chown/utimens/truncate, symlink.
 hkfs.fuse.operations translates FUSE calls into these, `Attrs` into stat, and the
 errors (hkfs.core.errors) into errnos; it keeps the file handles.
 
