@@ -20,7 +20,7 @@ import click
 
 from ..core.completion import complete_word, split_word  # noqa: F401 (split_word: re-exported)
 from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
-from ..core.naming import HK, format_hk, format_hk_list, term_keyword
+from ..core.naming import format_hk, format_hk_list, term_keyword
 from ..mount.paths import COMMA, clash_name, listed_name, view_path
 from .context import FileRef, Here, friendly_errors, here, parse_spec_arg, store_options
 from .main import cli

@@ -54,7 +54,7 @@ from ..core.errors import (
     NotPermitted,
     NotSupported,
 )
-from ..core.naming import HK, format_hk_list, hk_matches, parse_hk_list
+from ..core.naming import format_hk_list, hk_matches, parse_hk_list
 from ..core.store import EntityInfo, EntityStat, Store
 from ..query.embeddings import entry_kind
 from .access import blocked_dirs, caller_groups

@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
 from ..core.errors import InvalidArgument, NotFound, PermissionDenied
 from ..query.embeddings import DIM_ATTR, EMBEDDING_ATTR, parse_dim, parse_embedding
 from ..query.queryfiles import DEFAULT_K, Query, format_body, format_results, is_text, parse_query
