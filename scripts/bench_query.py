@@ -207,7 +207,7 @@ def run_case(name: str, store: Path, mnt: Path, ns: int, nq: int, rounds: int, *
                     "agree": agree / (rounds * nq), "cpu": statistics.median(cpu)})
         if files:
             out.update(file_queries(store, bench, index, ns, own, nq, proc.pid))
-            out["hk"] = hk_query(mnt, own[:10])
+            out["hk"] = hk_query(mnt, own[:5])
         out["mem"] = proc_mem(proc.pid)
     finally:
         unmount(mnt, proc)
@@ -236,11 +236,13 @@ def file_queries(store: Path, bench: Path, index: IVFIndex, ns: int,
     from hkfs.query.embeddings import _unit
     groups = [own[i * nq:(i + 1) * nq] for i in range(3)]
     t_raw, t_first, t_repeat, t_after = [], [], [], []
+    c_raw = time.thread_time()
     for eid, fname, v in groups[0] + groups[1]:
         q = _unit(v).reshape(1, -1)
         t = time.perf_counter()
         index.search(q, k=K + 1)                      # FILE.query asks for one more: itself
         t_raw.append(time.perf_counter() - t)
+    raw_cpu = (time.thread_time() - c_raw) * 1e3 / len(t_raw)
     c0 = cpu_ms(pid)
     for _eid, fname, _v in groups[0]:
         p = str(bench / f"{fname}.query")
@@ -262,7 +264,7 @@ def file_queries(store: Path, bench: Path, index: IVFIndex, ns: int,
             read_all(p)
             t_after.append(time.perf_counter() - t)
     return {"raw": ms(t_raw), "first": ms(t_first), "repeat": ms(t_repeat), "after": ms(t_after),
-            "file_cpu": cpu}
+            "file_cpu": cpu, "raw_cpu": raw_cpu}
 
 
 def hk_query(mnt: Path, own: list[tuple[int, str, np.ndarray]]) -> tuple[float, float]:
@@ -300,6 +302,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100k rows, 10k files, 30 queries")
     ap.add_argument("--work", type=Path, default=None, help="Where the stores go (default: a temp dir)")
     ap.add_argument("--no-write", action="store_true", help="Do not write docs/bench/query.md")
+    ap.add_argument("--out", type=Path, default=DOCS / "query.md", help="Where the report goes")
     a = ap.parse_args()
     if a.quick:
         a.rows, a.files, a.queries = 100_000, [10_000], 30
@@ -330,9 +333,9 @@ def main() -> None:
     table = render(results, builds, a)
     print(table)
     if not a.no_write:
-        DOCS.mkdir(parents=True, exist_ok=True)
-        (DOCS / "query.md").write_text(table)
-        print(f"wrote {DOCS / 'query.md'}")
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(table)
+        print(f"wrote {a.out}")
 
 
 def _cell(x: tuple[float, float]) -> str:
@@ -364,7 +367,10 @@ def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace)
         "FUSE floor any read through this mount pays (Python daemon, kernel round trips).",
         "- **cat**: the stored read through `cat` in a subprocess (adds fork+exec); **hk query**: "
         "`hk query --like FILE` in the view, a fresh Python process each time.",
-        "- **goal** (issue 12 goal 5): a read <= 2 x raw search + 1 ms.",
+        "- **goal** (issue 12 goal 5): a read <= 2 x raw search + 1 ms. On a loaded machine the wall "
+        "times of both sides stretch unevenly (a read through the mount is several requests, each "
+        "waiting for a CPU), so the same goal is also checked in CPU time: the daemon's CPU per "
+        "FILE.query read (first and repeat) against 2 x the raw search's CPU (thread time) + 1 ms.",
         "",
         "- **daemon CPU**: the daemon's CPU time (all threads, /proc/PID/task/*/schedstat) per read, "
         "median over the blocks: what a read costs the daemon whatever the machine's load does to "
@@ -387,13 +393,15 @@ def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace)
     files = [r for r in results if "first" in r]
     if files:
         lines += ["", "| case | raw search (k=11) | FILE.query first | repeat | after commit | goal | met "
-                  "| daemon CPU | hk query |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+                  "| raw search CPU | daemon CPU per read | CPU goal | met | hk query |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|"]
         for r in files:
             goal = 2 * r["raw"][0] + 1
             met = all(r[x][0] <= goal for x in ("first", "repeat", "after"))
             lines.append(f"| {r['case']} | {_cell(r['raw'])} | {_cell(r['first'])} | {_cell(r['repeat'])} | "
-                         f"{_cell(r['after'])} | {goal:.2f} | {'yes' if met else 'NO'} | {r['file_cpu']:.2f} | "
-                         f"{r['hk'][0]:.0f} |")
+                         f"{_cell(r['after'])} | {goal:.2f} | {'yes' if met else 'NO'} | {r['raw_cpu']:.2f} | "
+                         f"{r['file_cpu']:.2f} | {2 * r['raw_cpu'] + 1:.2f} | "
+                         f"{'yes' if r['file_cpu'] <= 2 * r['raw_cpu'] + 1 else 'NO'} | {r['hk'][0]:.0f} |")
     lines += ["", "Index build (read the embeddings, train the lists, write the index), done once by the "
               "daemon's background worker and persisted under STORE/vectors:", ""]
     lines += [f"- {k}: {v:.1f} s" for k, v in builds.items()]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from hkfs.cli.main import cli
 from hkfs.core.errors import AlreadyExists, HKSyntaxError, InvalidArgument, NotFound
-from hkfs.core.naming import compile_query, list_matches, parse_hk, parse_spec
+from hkfs.core.naming import compile_query, format_spec, list_matches, parse_hk, parse_spec
 from hkfs.core.store import Store
 
 
@@ -116,6 +116,11 @@ def test_replace_empty_and_namespaces(st: Store) -> None:
 def test_operator_grammar_errors(spec: str, why: str) -> None:
     with pytest.raises(HKSyntaxError, match=why):
         parse_spec(spec)
+
+
+@pytest.mark.parametrize("spec", ["//a//@or/b,x", ",//@not/a", "//@only/a/b//@or/@only/c", "//@untagged,f"])
+def test_operator_specs_round_trip(spec: str) -> None:
+    assert format_spec(parse_spec(spec)) == spec
 
 
 def test_keyword_components_cannot_start_with_at() -> None:

@@ -34,6 +34,9 @@ def test_mv_renames_moves_and_merges_keywords(mount: Mount) -> None:
         test -d @/empty; not test -e @/photo
         not mv @/pet/dog d 2>/dev/null                        # EPERM (EXDEV would make mv copy and detach)
         test "$(getfattr --only-values -n user.hk.keywords @/pet/dog/f.jpg)" = //pet/dog; not test -e d
+        mkdir other; setfattr -n user.hk.ns -v nobody other
+        not mv @/pet/dog other/@/dog 2>/dev/null               # a keyword stays in its namespace
+        test "$(cat @/pet/dog/f.jpg)" = woof; not test -e other/@/dog
         hk mergekw //pet/dog //canine                         # merge: files and children join
         test "$(ls @/canine)" = "$(printf 'c.jpg\\nf.jpg\\np.jpg\\npoodle')"
         not test -e @/pet/dog

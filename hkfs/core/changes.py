@@ -9,7 +9,7 @@ a connection of its own:
 
 - `version()`: the data_version now (a few microseconds; a memo keyed by it is
   never stale);
-- `generations()`: the counters `files_gen` / `vectors_gen` (schema v4, bumped by
+- `generations()`: the counters `files_gen` / `vectors_gen` (schema v5, bumped by
   triggers in the writing transaction, see schema.sql), re-read only when the version
   moved. A write that touches neither (bytes, times, modes, other xattrs) leaves
   what depends on them valid: a `.query` read after such a commit costs no rescan.

@@ -5,7 +5,9 @@ drops them on every change it sees. A change made by another process (the hk
 CLI, a script using hkfs.core.store) is seen by the daemon's watcher within a poll
 interval; to make it visible to the very next command, that process pokes the
 daemon after each commit: a getxattr of SYNC_ATTR on the mount root, which the
-daemon answers only after it has invalidated the kernel's caches.
+daemon answers only after it has invalidated the kernel's caches. `notify_daemon`
+is a commit hook (hkfs.core.changes), registered by `hkfs/__init__.py` so that any
+process importing hkfs pokes; the core itself does not import this module.
 
 Only processes that do not hold the store lock poke (the daemon holds it and
 invalidates for its own changes). Without a daemon (no STORE/daemon.pid) this

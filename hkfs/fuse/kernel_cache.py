@@ -160,9 +160,16 @@ class KernelCache:
 
     def invalidate_foreign(self) -> None:
         """Another process changed the catalog: drop every cached entry, and the inodes of the
-        files open through the mount (a size or mode changed by the API)."""
+        files open through the mount (a size or mode changed by the API).
+
+        Everything committed up to now is covered, so the change feed's next report of it
+        (the poke came first) invalidates nothing again: one epoch per foreign commit."""
+        seen = self.changes.version() if self._fd is not None else None
         self.invalidate()
         self.invalidate_paths(self.open_paths())
+        if seen is not None:
+            with self._version_lock:
+                self._last_version = seen
 
     def invalidate_paths(self, paths: list[str], *, wait: float = ALIAS_WAIT) -> None:
         """Drop the kernel's attributes and pages of these paths' inodes (open aliases of a

@@ -1,23 +1,24 @@
 """The `.query` layer of the mount: virtual `FILE.query` files and stored `NAME.query` queries.
 
 A layer over the mount, not branches inside it: `hkfs.fuse.operations` asks `QueryFS`
-first for getattr/open/read/release of a path or handle, and hands the path on
-to its own code when the answer is None. Pure (no mfusepy): it takes the store,
-the mount's `Resolver` and an `EmbeddingCatalog`.
+first for getattr/open of a `.query` path and for every call on a handle it owns,
+and hands the path on to its own code when the answer is None. Pure (no mfusepy):
+it takes the store, the mount's `Resolver` and a `QueryService` (hkfs.query.service:
+scopes, searches, hit paths; shared with `hk query`).
 
 - `DIR/FILE.query` (FILE has an embedding, no file of that name exists): virtual,
   read-only, not listed; the files most similar to FILE within DIR (a directory or
   a view), FILE excluded.
 - `DIR/NAME.query`, a file written there: a stored query (an ordinary entity, so it
-  is listed); reading it evaluates its body afresh over DIR's embeddings.
-
-Scope: a view's matches; an ordinary directory's file links plus, when it has a
-DKL, the DKL's matches. A hit's path is built from the path the query was read
-from and the hit's listed name there (clash names `STEM~ID.EXT`, `,NAME`).
+  is listed); reading it evaluates its body afresh over DIR's embeddings. Its handles:
+  a read-only open gets the result; a write open (or create) gets a *staging* handle
+  whose bytes replace the body only when closed valid, so a refused write keeps the
+  old body. Results read from this mount and written back (cp, an editor's unchanged
+  save) store the body of the query that produced them. `user.hk.query` is the body.
 
 Sizes: getattr reports the size of the evaluated result (kept for the handle,
 so getattr/read of one open file agree), evaluated at most once per catalog
-change and path.
+generation and path (docs/query.md).
 """
 
 from __future__ import annotations
