@@ -687,3 +687,13 @@ def test_sigkill_mid_way_leaves_a_consistent_store(tmp_path, seed) -> None:
         s.create(ns, "after", hks=[("k",)])
     finally:
         s.close()
+
+
+def test_names_of_and_name_counts_in_ns(store, ns) -> None:
+    store.mkkw(ns, ("a",))
+    e1 = store.create(ns, "x.txt", hks=[("a",)])
+    e2 = store.create(ns, "x.txt", hks=[("a",)])
+    e3 = store.create(ns, "y.txt", hks=[("a",)])
+    assert store.names_of([e1, e3, 999]) == {e1: "x.txt", e3: "y.txt"}
+    assert store.name_counts_in_ns(ns, ["x.txt", "y.txt", "z"]) == {"x.txt": 2, "y.txt": 1}
+    assert store.names_of([]) == {} and store.name_counts_in_ns(ns, []) == {} and e2

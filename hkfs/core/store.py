@@ -1078,6 +1078,22 @@ class Store:
             return dict(c.execute(f"SELECT e.name, count(*) FROM entities e WHERE e.id IN ({sel}) "
                                   "GROUP BY e.name ORDER BY e.name", params))
 
+    def names_of(self, eids: Sequence[int]) -> dict[int, str]:
+        """The file names of these entities (missing ones left out): a search's hits."""
+        if not eids:
+            return {}
+        with self.catalog.read() as c:
+            return dict(c.execute(f"SELECT id, name FROM entities WHERE id IN ({','.join('?' * len(eids))})",
+                                  list(eids)))
+
+    def name_counts_in_ns(self, ns: int, names: Sequence[str]) -> dict[str, int]:
+        """How many entities of namespace ns bear each of these names (names no one bears left out)."""
+        if not names:
+            return {}
+        with self.catalog.read() as c:
+            return dict(c.execute("SELECT name, count(*) FROM entities WHERE ns = ? AND name IN "
+                                  f"({','.join('?' * len(names))}) GROUP BY name", (ns, *names)))
+
     # ------------------------------------------------------------ directories
 
     def _need_dir(self, c: sqlite3.Connection, dirid: int) -> tuple:

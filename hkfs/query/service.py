@@ -157,13 +157,9 @@ class QueryService:
         new = [e for e in dict.fromkeys(eids) if e not in sc.names]
         if new:
             hks = sc.view if sc.view is not None else sc.dkl
-            with self.store.catalog.read() as c:     # read-only SQL: docs/dev/requests.md
-                names = dict(c.execute(
-                    f"SELECT id, name FROM entities WHERE id IN ({','.join('?' * len(new))})", new))
-                distinct = sorted(set(names.values()))
-                shared = {n for n, cnt in c.execute(
-                    "SELECT name, count(*) FROM entities WHERE ns = ? AND name IN "
-                    f"({','.join('?' * len(distinct))}) GROUP BY name", (sc.ns, *distinct)) if cnt > 1}
+            names = self.store.names_of(new)
+            counts = self.store.name_counts_in_ns(sc.ns, sorted(set(names.values())))
+            shared = {n for n, cnt in counts.items() if cnt > 1}
             if sc.counts is None:        # per scope (and files_gen): child keywords, shared names
                 sc.counts = {}
                 sc.kids = set(self.store.keyword_children(sc.ns, hks[-1] if hks else ()))
