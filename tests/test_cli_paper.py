@@ -110,6 +110,7 @@ def test_errors_are_one_line_and_nonzero(store: Path) -> None:
     (("ls", "--bogus"), "Error: No such option '--bogus'."),
     (("nope",), "Error: No such command 'nope'. Usage: hk [OPTIONS] COMMAND [ARGS]... (help: hk -h)"),
     (("--bogus",), "Error: No such option '--bogus'."),
+    (("embed", "f"), "Error: give exactly one of --vector, --from, --clear, --show. Usage: hk embed"),
 ])
 def test_usage_errors_are_one_line_with_the_usage(args: tuple[str, ...], says: str) -> None:
     r = CliRunner().invoke(cli, list(args), prog_name="hk")
@@ -152,6 +153,17 @@ def test_permission_problem_is_one_line(store: Path, monkeypatch: pytest.MonkeyP
     r = CliRunner().invoke(cli, ["mkkw", "--store", str(store), "--user", "root", "//x"])
     assert r.exit_code == 1
     assert r.output == "Error: permission denied: the namespace here is root's, not yours\n"
+
+
+def test_user_option_names_an_existing_user(store: Path) -> None:
+    """--user with a name that is no system user and has no namespace is refused, as chns
+    refuses it (a typo made a new, empty namespace and 'no keyword' errors)."""
+    r = CliRunner().invoke(cli, ["mkkw", "--store", str(store), "--user", "no-such-user-qa", "//x"])
+    assert (r.exit_code, r.output) == (1, "Error: no such user 'no-such-user-qa'\n")
+    with Store.open(store) as s:
+        assert "no-such-user-qa" not in [name for _, name in s.namespaces()]
+    r = CliRunner().invoke(cli, ["kw", "--store", str(store), "--user", str(os.geteuid())])
+    assert r.exit_code == 0, r.output
 
 
 def test_every_command_has_help_with_an_example() -> None:

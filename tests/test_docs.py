@@ -33,3 +33,24 @@ def test_every_paper_command_has_an_example() -> None:
         section = re.search(rf"^## {name}\n(.*?)(?=^#)", text, re.M | re.S)
         assert section, name
         assert "```" in section.group(1), f"{name}: no example"
+
+
+ROOT = DOC.parent.parent
+
+
+def test_architecture_table_names_every_module() -> None:
+    """docs/architecture.md's module table names every file of hkfs/*/ (or its folder), and
+    every path it names exists: the table is where a newcomer looks a module up."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = "\n".join(line for line in text.splitlines() if line.startswith("| `"))
+    named = set(re.findall(r"`((?:hkfs|vecindex)/[^`]*)`", table))
+    gone = sorted(p for p in named if not (ROOT / p).exists())
+    assert not gone, f"docs/architecture.md's module table names missing files: {', '.join(gone)}"
+    files = [p for p in (ROOT / "hkfs").glob("*/*") if p.suffix in (".py", ".sql", ".sh", ".bash", ".zsh")]
+    missing = [
+        str(p.relative_to(ROOT)) for p in files
+        if p.name != "__init__.py"
+        and str(p.relative_to(ROOT)) not in named
+        and str(p.parent.relative_to(ROOT)) + "/" not in named
+    ]
+    assert not missing, f"docs/architecture.md's module table lacks: {', '.join(sorted(missing))}"

@@ -128,16 +128,35 @@ def test_editor_saves_keep_identity(mount: Mount) -> None:
         test "$(stat -c %i @/doc/m.txt)" = "$ino"
         test "$(getfattr --only-values -n user.hk.keywords d/m.txt)" = //doc/memo
         test "$(getfattr --only-values -n user.note d/m.txt)" = keep
-        vim -es -u NONE -c '%s/two/TWO/' -c 'set backupcopy=no' -c wq @/doc/memo/m.txt
-        test "$(tail -1 d/m.txt)" = TWO
-        vim -es -u NONE -c '%s/TWO/2/' -c wq @/doc/memo/m.txt       # default backupcopy
-        test "$(tail -1 d/m.txt)" = 2
-        test "$(stat -c %i d/m.txt)" = "$ino"
         sed -i 's/ONE/1/' d/m.txt                               # through the directory link
         test "$(head -1 @/doc/m.txt)" = 1
         test "$(stat -c %i @/doc/m.txt)" = "$ino"
         test "$(ls @/doc)" = "$(printf 'm.txt\\nmemo')"        # no temp files left behind
         test "$(ls d)" = m.txt
+    """)
+
+
+@pytest.mark.xfail(strict=True, reason="vim's rename save (backupcopy=auto/no) in a view splits the file: "
+                   "the original goes on as NAME~ (directory links, other keywords, xattrs), the view gets "
+                   "a new entity; vim's 4913 probe is left in lost+found (QA report, 2026-12-01)")
+@pytest.mark.parametrize("bkc", ["auto", "no"])
+def test_vim_saves_in_a_view_keep_identity(mount: Mount, bkc: str) -> None:
+    """vim as users run it (nocompatible: backupcopy=auto) renames the original to NAME~, writes
+    a new NAME and deletes NAME~, unless the file has several links. 'backupskip' is emptied:
+    its default (/tmp/*) skips the backup for a mount under /tmp, as the tests' mounts are,
+    and vim then writes in place, which hides the rename."""
+    if mount.run("command -v vim", check=False).returncode != 0:
+        pytest.skip("vim not installed")
+    mount.run(f"""
+        mkdir @/doc @/doc/memo d
+        printf 'one\\ntwo\\n' > @/doc/memo/m.txt
+        ln @/doc/memo/m.txt d/m.txt
+        ino=$(stat -c %i @/doc/m.txt)
+        vim -N -es -u NONE -c 'set backupskip= backupcopy={bkc}' -c '%s/two/TWO/' -c wq @/doc/memo/m.txt
+        test "$(tail -1 d/m.txt)" = TWO
+        test "$(stat -c %i @/doc/memo/m.txt)" = "$ino"
+        test "$(ls d)" = m.txt
+        test -z "$(ls lost+found 2>/dev/null)"
     """)
 
 

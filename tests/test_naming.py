@@ -152,3 +152,16 @@ def test_parse_never_crashes(text: str) -> None:
         assert e.position is None or 0 <= e.position <= len(text)
     else:
         assert format_spec(spec) == text
+
+
+@pytest.mark.parametrize("text, at", [
+    ("//animal//@or/@not/photo", 8),      # the @or term, not the start of the list
+    ("//@not/animal//@or/photo", 13),
+    ("//a//@untagged", 3),
+    ("//animal//@only/@not/photo", 8),
+    ("//@or/photo", 0),
+])
+def test_operator_errors_point_at_their_term(text: str, at: int) -> None:
+    with pytest.raises(HKSyntaxError) as e:
+        parse_spec(text)
+    assert e.value.position == at, str(e.value)

@@ -25,7 +25,7 @@ def test_non_utf8_names_and_attributes_are_refused_with_eilseq(mount: Mount) -> 
     (mount.root / "f").write_bytes(b"keep")
     for where in (root, root + b"/@/kw"):
         bad = where + b"/bad\xff.txt"
-        assert _errno(lambda: open(bad, "wb")) == errno.EILSEQ
+        assert _errno(open, bad, "wb") == errno.EILSEQ
         assert _errno(os.mkdir, bad) == errno.EILSEQ
         assert _errno(os.symlink, b"x", bad) == errno.EILSEQ
         assert _errno(os.stat, bad) == errno.EILSEQ
@@ -146,3 +146,33 @@ def test_umount_and_mount_clean_up_a_dead_mount(mount_factory) -> None:
                 time.sleep(0.05)
         else:
             assert not _mounted(m.root)
+
+
+def test_hk_in_another_users_store_says_it_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user's `hk` in a shared mount cannot open the private store: it says so (it said
+    "no hkfs store"). Simulated: root can search any directory."""
+    from hkfs.cli import context
+    from hkfs.core.errors import PermissionDenied
+    from hkfs.core.store import Store
+    Store.open(tmp_path / "s").close()
+    real = os.access
+    monkeypatch.setattr(context.os, "access", lambda p, m: False if Path(p) == tmp_path / "s" else real(p, m))
+    with pytest.raises(PermissionDenied, match="private to its owner"):
+        context._open_store(tmp_path / "s")
+
+
+@pytest.mark.mount
+def test_a_table_dropped_under_a_mount_is_named_in_the_log(mount: Mount) -> None:
+    """A table dropped behind the daemon's back: the calls that need it fail with EIO and the
+    log says which table and what to do, in one line (no traceback); the rest keeps working."""
+    import sqlite3
+    (mount.root / "f").write_text("x")
+    os.setxattr(mount.root / "f", "user.a", b"1")
+    with sqlite3.connect(mount.store / "catalog.sqlite") as c:
+        c.execute("DROP TABLE xattrs")
+    mount.expected_log.append("the catalog is damaged (no such table: xattrs); unmount and run hk fsck")
+    assert _errno(os.getxattr, mount.root / "f", "user.a") == errno.EIO
+    assert (mount.root / "f").read_text() == "x"
+    log = mount.log.read_text()
+    assert "the catalog is damaged (no such table: xattrs); unmount and run hk fsck" in log
+    assert "Traceback" not in log

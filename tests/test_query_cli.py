@@ -54,6 +54,8 @@ def test_errors_say_what_is_wrong(tmp_path: Path) -> None:
         (("query", "--store", s, "//photo", "--vector", "1 0 0"), "dimension 3"),
         (("query", "--store", s, "//photo", "--vector", "1 nan 0 0"), "NaN"),
         (("query", "--store", s, "//nokw", "--vector", "1 0 0 0"), "no keyword"),
+        (("query", "--store", s, "//photo,b.txt", "--vector", "1 0 0 0"), "names a view, not a file"),
+        (("query", "--store", s, "//photo//@not/nokw", "--vector", "1 0 0 0"), "no keyword //nokw"),
         (("query", "--store", s, "//photo", "--like", "//photo,b.txt"), "has no embedding"),
         (("query", "--store", s, "//photo"), "one of --vector or --like"),
         (("embed", "--store", s, "//photo,b.txt", "--from", str(v)), "--row"),

@@ -316,3 +316,24 @@ def test_stored_query_body_survives_refused_writes_and_editors(photos) -> None:
         test "$(cat q.query | wc -l)" = 4
         test "$(hk query --show q.query)" = "$(printf '1 1 1 1 1 1\nk=4')"
     """, env=env)
+
+
+def test_queries_in_views_with_operators(photos) -> None:
+    """FILE.query in an @not / @or / @only view answers over that view's files, named as it
+    lists them (was EINVAL: the hits' names asked for the children of '@not/animal'), and
+    `hk query` takes the same specs."""
+    mount, items, _rng = photos
+    me = items["t2.txt"]                                   # //photo only (even i)
+    not_dog = {p: v for p, v in items.items() if p.startswith("t") and int(p[1:].split(".")[0]) % 2 == 0}
+    rest = {p: v for p, v in not_dog.items() if p != "t2.txt"}
+    want = ["@/photo/@/@not/animal/" + p for p in expected(me, rest, 5)]
+    out = mount.run("cat @/photo/@/@not/animal/t2.txt.query").stdout
+    assert hits(out) == want
+    q = " ".join(f"{x:.9g}" for x in me)
+    out = mount.run(f"hk query '//photo//@not/animal' --vector '{q}' -k 3").stdout
+    assert hits(out) == ["@/photo/@/@not/animal/" + p for p in expected(me, not_dog, 3)]
+    out = mount.run("cat @/animal/cat/@/@or/photo/t2.txt.query").stdout   # //animal/cat or //photo
+    assert len(hits(out)) == 10 and all(h.startswith("@/animal/cat/@/@or/photo/") for h in hits(out))
+    out = mount.run("cat @/@only/photo/t2.txt.query").stdout      # every file carries //photo itself
+    assert hits(out) == ["@/@only/photo/" + p for p in expected(me, {p: v for p, v in items.items()
+                                                                      if p != "t2.txt"}, 10)]

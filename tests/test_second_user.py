@@ -35,7 +35,7 @@ def second_uid() -> Iterator[int]:
         yield uid
     finally:
         if made.returncode == 0:
-            subprocess.run(["userdel", USER], capture_output=True)
+            subprocess.run(["userdel", "-f", USER], capture_output=True)
 
 
 def _shared_mount(tmp_path: Path, options: str) -> Iterator[Mount]:
@@ -105,6 +105,27 @@ def test_allow_other_alone_still_checks_permissions(shared_without_default_permi
         not rm open 2>/dev/null
     """, user=second_uid)
     assert (m.root / "private").read_text() == "mine\n" and (m.root / "open").read_text() == "shared\n"
+
+
+def test_a_shared_directory_behaves_as_on_ext4(shared: Mount, second_uid: int) -> None:
+    """Files the second user makes are theirs; the sticky bit keeps root's files from them;
+    they cannot chmod, chown or rename root's files, nor write into root's directories."""
+    shared.run("mkdir -m 1777 tmp; echo root > tmp/roots; chmod 666 tmp/roots; mkdir -m 755 ro")
+    shared.run(f"""
+        echo mine > tmp/mine; test "$(stat -c %u:%g tmp/mine)" = {second_uid}:{second_uid}
+        mkdir tmp/mydir; test "$(stat -c %u tmp/mydir)" = {second_uid}
+        ln -s mine tmp/mylink; test "$(stat -c %u tmp/mylink)" = {second_uid}
+        echo more >> tmp/roots                       # mode 666: writable
+        not rm tmp/roots 2>/dev/null                 # sticky: not theirs to remove
+        not mv tmp/roots tmp/stolen 2>/dev/null
+        not chmod 600 tmp/roots 2>/dev/null
+        not chown {second_uid} tmp/roots 2>/dev/null
+        not touch ro/new 2>/dev/null
+        not mkdir @/newkw 2>/dev/null                # the keyword space is the mounting user's
+        rm tmp/mine; rmdir tmp/mydir; rm tmp/mylink
+    """, user=second_uid)
+    assert (shared.root / "tmp" / "roots").read_text() == "root\nmore\n"
+    assert sorted(os.listdir(shared.root / "tmp")) == ["roots"]
 
 
 def test_a_rename_over_a_users_file_keeps_the_source_owner_and_mode(shared: Mount, second_uid: int) -> None:

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import click
 
 from ..core.errors import InvalidArgument, NotFound
+from ..core.naming import term_keyword
 from ..mount.paths import view_prefix
-from .context import friendly_errors, here, parse_hk_arg, store_options
+from .context import here, parse_spec_arg, store_options
 from .main import cli
 
 if TYPE_CHECKING:
@@ -73,7 +74,6 @@ def _text(v: np.ndarray) -> bytes:
 @click.option("--clear", is_flag=True, help="Remove the file's embedding.")
 @click.option("--show", is_flag=True, help="Print the file's embedding.")
 @store_options
-@friendly_errors
 def embed_cmd(file: str, vector: str | None, from_: Path | None, row: int | None, clear: bool, show: bool,
               store: Path | None, user: str | None) -> None:
     """Give FILE an embedding of its own (the user.hk.embedding attribute).
@@ -147,7 +147,6 @@ def _scope_here(svc: QueryService, h: Here) -> Scope:
 @click.option("--show", "show", metavar="NAME.query",
               help="Print the body of a stored query (what it asks, not its results).")
 @store_options
-@friendly_errors
 def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, nprobe: int | None,
               show: str | None, store: Path | None, user: str | None) -> None:
     """Nearest neighbours among the embeddings of a view or directory (default: the current one).
@@ -172,10 +171,13 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
         svc = QueryService(h.store, writable=False)
         try:
             if spec:
-                hks = parse_hk_arg(spec, h.ckl)
-                for hk in hks:
-                    if not h.store.keyword_exists(h.ns, hk):
-                        raise NotFound(f"no keyword //{'/'.join(hk)}")
+                hks, name = parse_spec_arg(spec, h.ckl)      # operators too: //photo//@not/animal
+                if name is not None:
+                    raise InvalidArgument(f"{spec}: SPEC names a view, not a file (--like FILE)")
+                for term in hks:
+                    kw = term_keyword(term)
+                    if kw and not h.store.keyword_exists(h.ns, kw):
+                        raise NotFound(f"no keyword //{'/'.join(kw)}")
                 base = h.rel.strip("/") + "/" if h.dirid is not None and h.rel.strip("/") else ""
                 sc = svc.view_scope(h.ns, hks, base + view_prefix(hks))
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from .context import friendly_errors, here, store_options
+from .context import here, store_options
 from .main import cli
 
 
@@ -19,7 +19,6 @@ from .main import cli
 @click.argument("dst", metavar="NEWHK")
 @click.option("-p", "--parents", is_flag=True, help="Make NEWHK's missing parent keywords.")
 @store_options
-@friendly_errors
 def mvkw_cmd(src: str, dst: str, parents: bool, store: str | None, user: str | None) -> None:
     """Rename or move a keyword, with its child keywords and its files.
 
@@ -37,7 +36,6 @@ def mvkw_cmd(src: str, dst: str, parents: bool, store: str | None, user: str | N
 @click.argument("src", metavar="HK")
 @click.argument("dst", metavar="INTOHK")
 @store_options
-@friendly_errors
 def mergekw_cmd(src: str, dst: str, store: str | None, user: str | None) -> None:
     """Merge keyword HK into the existing INTOHK, then remove HK.
 

@@ -7,6 +7,7 @@ group below, so that `hk --help` and the store commands never import FUSE.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from typing import IO, Any
 
@@ -20,7 +21,8 @@ class OneLineUsageError(click.UsageError):
     three lines and a blank one, the error last)."""
 
     def show(self, file: IO[Any] | None = None) -> None:
-        line = f"Error: {self.format_message()}"
+        message = self.format_message()
+        line = f"Error: {message}" + ("" if message.endswith((".", "?", "!")) else ".")
         if self.ctx is not None:
             usage = " ".join(self.ctx.get_usage().split())          # 'Usage: hk atkw [OPTIONS] ...'
             line += f" {usage} (help: {self.ctx.command_path} -h)"
@@ -31,6 +33,16 @@ def _one_line(exc: click.UsageError) -> click.UsageError:
     if isinstance(exc, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
         return exc                                     # bare `hk` prints the help, as before
     return OneLineUsageError(exc.format_message(), exc.ctx)
+
+
+def user_error(exc: HKError | PermissionError | sqlite3.Error) -> click.ClickException:
+    """The one place an error a user can cause becomes one clear line on stderr (exit 1):
+    the core's errors say it themselves; a permission or catalog error says what failed."""
+    if isinstance(exc, PermissionError):
+        return click.ClickException(f"permission denied: {exc.filename or exc}")
+    if isinstance(exc, sqlite3.Error):
+        return click.ClickException(f"cannot use the store's catalog: {exc}")
+    return click.ClickException(str(exc))
 
 
 class HKGroup(click.Group):
@@ -48,8 +60,8 @@ class HKGroup(click.Group):
             return super().invoke(ctx)
         except click.UsageError as exc:              # a subcommand's arguments, an unknown command
             raise _one_line(exc) from None
-        except HKError as exc:
-            raise click.ClickException(str(exc)) from exc
+        except (HKError, PermissionError, sqlite3.Error) as exc:
+            raise user_error(exc) from exc
 
 
 @click.group(cls=HKGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..fuse.daemon import MountError, clear_dead_mount, mount, parse_options, umount
+from ..fuse.daemon import clear_dead_mount, mount, parse_options, umount
 from ..fuse.mountinfo import find_mount
 from .main import cli
 
@@ -34,13 +34,10 @@ def mount_cmd(store: Path, mountpoint: Path, foreground: bool, options: tuple[st
     opts: dict[str, object] = {}
     for o in options:
         opts.update(parse_options(o))
-    try:
-        note = clear_dead_mount(mountpoint)
-        if note:
-            click.echo(note, err=True)
-        status = mount(store, mountpoint, options=opts, foreground=foreground, debug=debug)
-    except MountError as exc:
-        raise click.ClickException(str(exc)) from exc
+    note = clear_dead_mount(mountpoint)
+    if note:
+        click.echo(note, err=True)
+    status = mount(store, mountpoint, options=opts, foreground=foreground, debug=debug)
     if foreground and status:
         sys.exit(status)
 
@@ -55,14 +52,11 @@ def umount_cmd(mountpoint: Path, timeout: float) -> None:
 
     Example: hk umount ~/hk
     """
-    try:
-        note = clear_dead_mount(mountpoint)
-        if note:
-            click.echo(note)
-            return
-        umount(mountpoint, timeout=timeout)
-    except MountError as exc:
-        raise click.ClickException(str(exc)) from exc
+    note = clear_dead_mount(mountpoint)
+    if note:
+        click.echo(note)
+        return
+    umount(mountpoint, timeout=timeout)
 
 
 @cli.command("demo")
@@ -79,6 +73,9 @@ def demo_cmd(store: Path, mountpoint: Path) -> None:
     from ..demo.data import fill_demo, fill_paper_home
 
     mnt = Path(os.path.abspath(mountpoint))
+    note = clear_dead_mount(mnt)
+    if note:
+        click.echo(note, err=True)
     found = find_mount(mnt)
     if found is not None and found[0] == mnt:
         click.echo(f"already mounted: {mnt} (store {found[1]})")
@@ -91,10 +88,7 @@ def demo_cmd(store: Path, mountpoint: Path) -> None:
             fill_paper_home(st)           # once: older demo stores get it too (docs/tutorial.md)
             from ..demo.embeddings import fill_demo_embeddings
             fill_demo_embeddings(st)      # idempotent: older demo stores get them too (docs/query.md)
-        try:
-            mount(store, mnt)
-        except MountError as exc:
-            raise click.ClickException(str(exc)) from exc
+        mount(store, mnt)
         click.echo(f"hkfs demo store {os.path.abspath(store)} mounted on {mnt}")
     rel = shlex.quote(str(mountpoint))
     # Each hint works on every run (mkdir -p: the keyword may exist from the last one).

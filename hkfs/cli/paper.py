@@ -23,7 +23,6 @@ from ..mount.views import DirLoc, KeySpaceLoc, ViewLoc, detach_set
 from .context import (
     FileRef,
     Here,
-    friendly_errors,
     here,
     parse_hk_arg,
     parse_spec_arg,
@@ -90,7 +89,6 @@ def _require_dir_writable(h: Here, dirid: int) -> None:
 @click.argument("hks", nargs=-1, required=True, metavar="HK...")
 @click.option("-p", "--parents", is_flag=True, help="Make missing parent keywords too; no error if it exists.")
 @store_options
-@friendly_errors
 def mkkw_cmd(hks: tuple[str, ...], parents: bool, store: str | None, user: str | None) -> None:
     """Make hierarchical keywords (paper: mkkw).
 
@@ -107,7 +105,6 @@ def mkkw_cmd(hks: tuple[str, ...], parents: bool, store: str | None, user: str |
 @cli.command("rmkw")
 @click.argument("hks", nargs=-1, required=True, metavar="HK...")
 @store_options
-@friendly_errors
 def rmkw_cmd(hks: tuple[str, ...], store: str | None, user: str | None) -> None:
     """Remove keywords no file carries and that have no children (paper: rmkw).
 
@@ -133,7 +130,6 @@ def _file_refs(h: Here, files: Sequence[str]) -> list[FileRef]:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("-p", "--create", is_flag=True, help="Make keywords that do not exist yet.")
 @store_options
-@friendly_errors
 def atkw_cmd(hklist: str, files: tuple[str, ...], create: bool, store: str | None, user: str | None) -> None:
     """Attach the HKs of HKLIST to files (paper: atkw).
 
@@ -154,7 +150,6 @@ def atkw_cmd(hklist: str, files: tuple[str, ...], create: bool, store: str | Non
 @click.argument("hklist", metavar="HKLIST")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @store_options
-@friendly_errors
 def dtkw_cmd(hklist: str, files: tuple[str, ...], store: str | None, user: str | None) -> None:
     """Detach HKs from files (paper: dtkw); //a detaches //a and its descendants.
 
@@ -180,7 +175,6 @@ def _need_keywords(h: Here, ns: int, hl: Sequence[HK]) -> None:
 @cli.command("akl")
 @click.argument("hks", nargs=-1, required=True, metavar="HK...")
 @store_options
-@friendly_errors
 def akl_cmd(hks: tuple[str, ...], store: str | None, user: str | None) -> None:
     """Add HKs to the CKL, the current directory's keyword list (paper: akl).
 
@@ -197,7 +191,6 @@ def akl_cmd(hks: tuple[str, ...], store: str | None, user: str | None) -> None:
 @cli.command("rkl")
 @click.argument("hks", nargs=-1, required=True, metavar="HK...")
 @store_options
-@friendly_errors
 def rkl_cmd(hks: tuple[str, ...], store: str | None, user: str | None) -> None:
     """Remove HKs from the CKL (paper: rkl).
 
@@ -212,7 +205,6 @@ def rkl_cmd(hks: tuple[str, ...], store: str | None, user: str | None) -> None:
 @cli.command("chns")
 @click.argument("user_name", metavar="USER")
 @store_options
-@friendly_errors
 def chns_cmd(user_name: str, store: str | None, user: str | None) -> None:
     """Make ',' in the current directory refer to USER's namespace (paper §4.2: chns).
 
@@ -231,7 +223,6 @@ def chns_cmd(user_name: str, store: str | None, user: str | None) -> None:
 @cli.command("ldf")
 @click.argument("spec", required=False, metavar="[SPEC]")
 @store_options
-@friendly_errors
 def ldf_cmd(spec: str | None, store: str | None, user: str | None) -> None:
     """Load files into the current directory: link every file the CKL (or SPEC) matches (paper: ldf).
 
@@ -259,7 +250,6 @@ def ldf_cmd(spec: str | None, store: str | None, user: str | None) -> None:
 @click.argument("specs", nargs=-1, metavar="[SPEC|FILE]...")
 @click.option("-1", "one", is_flag=True, help="One name per line.")
 @store_options
-@friendly_errors
 def ls_cmd(specs: tuple[str, ...], one: bool, store: str | None, user: str | None) -> None:
     """List file names (paper: ls).
 
@@ -308,7 +298,6 @@ def _ls_one(h: Here, spec: str) -> list[str]:
 @click.argument("file", metavar="FILE")
 @click.argument("new_name", metavar="NEWNAME")
 @store_options
-@friendly_errors
 def chfn_cmd(file: str, new_name: str, store: str | None, user: str | None) -> None:
     """Change a file's name (paper: chfn); links that carried the old name follow.
 
@@ -323,7 +312,6 @@ def chfn_cmd(file: str, new_name: str, store: str | None, user: str | None) -> N
 @cli.command("rm")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @store_options
-@friendly_errors
 def rm_cmd(files: tuple[str, ...], store: str | None, user: str | None) -> None:
     """Remove files from the current directory; the entities stay (paper: rm).
 
@@ -350,7 +338,6 @@ def rm_cmd(files: tuple[str, ...], store: str | None, user: str | None) -> None:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--all", "all_", is_flag=True, help="Allow a spec to delete several files.")
 @store_options
-@friendly_errors
 def rme_cmd(files: tuple[str, ...], all_: bool, store: str | None, user: str | None) -> None:
     """Delete file entities: their bytes, keywords and every link (paper: rme).
 

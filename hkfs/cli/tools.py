@@ -22,7 +22,7 @@ from ..core.completion import complete_word, split_word  # noqa: F401 (split_wor
 from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
 from ..core.naming import format_hk, format_hk_list, term_keyword
 from ..mount.paths import COMMA, clash_name, listed_name, view_path
-from .context import FileRef, Here, friendly_errors, here, parse_spec_arg, store_options
+from .context import FileRef, Here, here, parse_spec_arg, store_options
 from .main import cli
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
 
 @cli.command("path")
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
-@friendly_errors
 def path_cmd(specs: tuple[str, ...]) -> None:
     """Print the mount path of a spec in the paper's notation.
 
@@ -93,7 +92,6 @@ def path_cmd(specs: tuple[str, ...]) -> None:
 @cli.command("kw")
 @click.argument("hk", required=False, metavar="[HK]")
 @store_options
-@friendly_errors
 def kw_cmd(hk: str | None, store: str | None, user: str | None) -> None:
     """Print the keyword hierarchy (below HK) as a tree, each with its number of files.
 
@@ -138,7 +136,6 @@ def _link_paths(h: Here, ref: FileRef) -> list[str]:
 @cli.command("info")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @store_options
-@friendly_errors
 def info_cmd(files: tuple[str, ...], store: str | None, user: str | None) -> None:
     """Print a file's entity id, name, HKs, links, owner, mode and size.
 
@@ -170,7 +167,6 @@ def info_cmd(files: tuple[str, ...], store: str | None, user: str | None) -> Non
 @cli.command("fsck")
 @click.argument("store", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--repair", is_flag=True, help="Fix what is found (orphan bytes are kept in lost+found).")
-@friendly_errors
 def fsck_cmd(store: Path, repair: bool) -> None:
     """Check a store for inconsistencies between the catalog and the entity files.
 

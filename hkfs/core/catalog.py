@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CatalogDamaged, StoreVersionError
-from .migrations import SCHEMA_VERSION, ensure_schema, missing_tables, recreate_missing, user_version
+from .migrations import (
+    SCHEMA_VERSION,
+    ensure_schema,
+    missing_tables,
+    recreate_missing,
+    user_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,16 +227,22 @@ class Catalog:
 
         Commits run with synchronous=NORMAL: in WAL mode they are appended to the -wal file
         without an fsync (SQLite syncs it before each checkpoint), so a power loss may drop
-        the last ones. An fsync of the -wal file makes all of them durable at once."""
-        for path in (Path(f"{self.path}-wal"), self.path):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        the last ones. An fsync of the -wal file makes all of them durable at once (what is
+        no longer in it was checkpointed, and SQLite syncs the database after a checkpoint).
+
+        Never open and close the database file itself here: close() of any descriptor of
+        it drops every POSIX lock this process holds on it, SQLite's included; the next
+        other process to close its connection then takes itself for the last one and
+        deletes the -wal and -shm under this one's feet (later commits of this process are
+        lost). SQLite takes no locks on the -wal file."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Close every thread's connection (call when no thread is using the catalog); idempotent."""

@@ -304,35 +304,50 @@ def has_operators(hks: Iterable[HK]) -> bool:
     return any(h and h[0] in OPERATORS for h in hks)
 
 
+def _term_positions(text: str, hks: Sequence[HK]) -> list[int]:
+    """Where each term of hks starts in text (0 where it cannot be found), so that an error
+    points at the misplaced operator rather than at the start of the list."""
+    out, cursor = [], 0
+    for term in hks:
+        pos = text.find("//" + "/".join(term), cursor)
+        if pos < 0:
+            out.append(0)
+            continue
+        out.append(pos)
+        cursor = pos + 2
+    return out
+
+
 def compile_query(hks: Sequence[HK], *, text: str | None = None) -> Query:
     """The Query of an HK list with operator terms; HKSyntaxError for a misplaced operator.
 
     Grammar of one term: [@or] [@not] [@only] COMPONENT... , or @untagged alone in the list.
     '@or' joins the term to the group before it; '@not' excludes; '@not' cannot be or-ed."""
     where = text if text is not None else format_hk_list(hks)
+    at = _term_positions(where, hks)
     groups: list[list[Atom]] = []
     none: list[Atom] = []
     untagged = incomplete = False
     last_not = False
-    for term in hks:
+    for i, term in enumerate(hks):
         ops, hk = split_term(term)
         if UNTAGGED in ops:
             if ops != (UNTAGGED,) or hk or len(hks) != 1:
-                raise HKSyntaxError("@untagged stands alone (//@untagged)", where, 0)
+                raise HKSyntaxError("@untagged stands alone (//@untagged)", where, at[i])
             untagged = True
             continue
         order = [o for o in (OR, NOT, ONLY) if o in ops]
         if list(ops) != order:
-            raise HKSyntaxError("operators go in the order @or, @not, @only, each once", where, 0)
+            raise HKSyntaxError("operators go in the order @or, @not, @only, each once", where, at[i])
         if not hk:
             incomplete = True
             continue
         lit = Atom(hk, ONLY in ops)
         if OR in ops:
             if not groups and not none:
-                raise HKSyntaxError("@or needs an HK before it (//a//@or/b)", where, 0)
+                raise HKSyntaxError("@or needs an HK before it (//a//@or/b)", where, at[i])
             if NOT in ops or last_not:
-                raise HKSyntaxError("@or cannot join @not terms (write //@not/a//@not/b)", where, 0)
+                raise HKSyntaxError("@or cannot join @not terms (write //@not/a//@not/b)", where, at[i])
             groups[-1].append(lit)
         elif NOT in ops:
             none.append(lit)

@@ -283,14 +283,16 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def sync(self) -> None:
+    def sync(self, *, entities: bool = True) -> None:
         """What an fsync promises beyond a file's bytes: its name and attributes (catalog rows)
-        and its bytes file's name in entities/ survive a power loss."""
-        fd = os.open(self.entities_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        and (`entities`: when files were made or moved there since the last sync) its bytes
+        file's name in entities/ survive a power loss."""
+        if entities:
+            fd = os.open(self.entities_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         self.catalog.sync()
 
     def entity_path(self, eid: int) -> Path:

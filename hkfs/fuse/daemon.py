@@ -142,6 +142,11 @@ def clear_dead_mount(mountpoint: str | os.PathLike[str]) -> str | None:
     found = find_mount(mnt)
     if found is None or found[0] != mnt:
         return None
+    pid = None
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((found[1] / PID_NAME).read_text().strip())
+    if pid is not None and _alive(pid):
+        return None            # its daemon runs (a busy one must not be asked: it may be slow)
     try:
         os.statvfs(mnt)        # always asks the daemon (stat may be answered from the kernel's cache)
         return None

@@ -55,6 +55,7 @@ from .glue import (
 )
 from .handles import Handle, OpenFiles
 from .kernel_cache import ALIAS_WAIT, KernelCache
+from .removed import RemovedWhileOpen
 
 __all__ = ["HKOperations", "serve", "to_fuse_error"]
 
@@ -63,9 +64,6 @@ log = logging.getLogger(__name__)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 FALLOC_FL_KEEP_SIZE = 0x01             # linux/falloc.h
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2   # linux/fs.h; other flags are refused
-# libfuse (without hard_remove) renames a file removed while open to this prefix + a unique
-# suffix, asks for its attributes under that name, and unlinks that name at the last close.
-HIDDEN_PREFIX = ".fuse_hidden"
 
 
 def _is_query_path(path: str | None) -> bool:
@@ -116,7 +114,8 @@ class HKOperations(Operations):
         self.files = OpenFiles(store.entities_dir, self.model.open_counts)
         self.kernel.open_paths = self.files.paths
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
-        self._hidden: dict[str, int] = {}        # libfuse's hidden name -> entity removed while open
+        self.removed = RemovedWhileOpen()        # libfuse's hidden names (hkfs/fuse/removed.py)
+        self._new_bytes_files = True             # entities/ changed since its last fsync (fsync)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -159,7 +158,7 @@ class HKOperations(Operations):
             return h.eid
         if path is None:
             raise FuseOSError(errno.ENOENT)
-        hidden = self._hidden.get(path.rpartition("/")[2]) if self._hidden else None
+        hidden = self.removed.eid_of(path)
         return hidden if hidden is not None else path     # a file removed while open: by its hidden name
 
     def _stat(self, attrs: Attrs) -> dict[str, Any]:
@@ -174,10 +173,10 @@ class HKOperations(Operations):
         except NotFound:
             return self._removed_attrs(h)
 
-    def _removed_fd(self, where: str | int, fn: Callable[..., None], *args: Any) -> bool:
-        """Apply fn(fd, *args) to the bytes file of a file removed while open (no catalog row is
-        left to change; its attributes are the bytes file's, see _removed_attrs). False if it
-        has a row (or is no open file)."""
+    def _removed_set(self, where: str | int, mode: int | None = None, uid: int | None = None,
+                     gid: int | None = None) -> bool:
+        """fchmod/fchown of a file removed while open: no catalog row is left to change, so its
+        kept attributes change (see _removed_attrs). False if it has a row (or is no open file)."""
         if not isinstance(where, int) or where not in self.files.counts:
             return False
         try:
@@ -188,7 +187,7 @@ class HKOperations(Operations):
         h = self.files.of_entity(where)
         if h is None:
             return False
-        fn(h.fd, *args)
+        self.removed.change(where, os.fstat(h.fd), mode, uid, gid)
         return True
 
     def _entity_changed_at(self, eid: int, path: str | None) -> None:
@@ -205,9 +204,10 @@ class HKOperations(Operations):
     def _removed_attrs(self, h: Handle) -> dict[str, Any]:
         """fstat of a file removed while open (its entity is gone): the bytes file's, nlink 0."""
         st = os.fstat(h.fd)
-        return self._stat(Attrs((h.eid << 2) | 1, 0, stat.S_IFREG | (st.st_mode & 0o7777), st.st_uid, st.st_gid,
-                           st.st_size, 131072, (st.st_size + 511) // 512, st.st_atime_ns, st.st_mtime_ns,
-                           st.st_ctime_ns))
+        mode, uid, gid = self.removed.attrs(h.eid, st)
+        return self._stat(Attrs((h.eid << 2) | 1, 0, stat.S_IFREG | (mode & 0o7777), uid, gid,
+                                st.st_size, 131072, (st.st_size + 511) // 512, st.st_atime_ns, st.st_mtime_ns,
+                                st.st_ctime_ns))
 
     def _changed_for_aliases(self, eid: int, path: str | None, *, writing: bool = False) -> None:
         """Entity eid's attributes changed through `path`: drop them in the kernel for the
@@ -239,8 +239,9 @@ class HKOperations(Operations):
         h = self.files.get(fh)
         if h is not None:
             return self._open_attrs(h)
-        if self._hidden and path.rpartition("/")[2] in self._hidden:
-            h = self.files.of_entity(self._hidden[path.rpartition("/")[2]])
+        hidden = self.removed.eid_of(path)
+        if hidden is not None:          # fstat of a file removed while open: no handle is passed
+            h = self.files.of_entity(hidden)
             if h is None:
                 raise NotFound("no such file")
             return self._open_attrs(h)
@@ -250,7 +251,7 @@ class HKOperations(Operations):
     @mapped
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
         where = self._where(path, fh)
-        if not self._removed_fd(where, os.fchmod, mode & 0o7777):
+        if not self._removed_set(where, mode=mode & 0o7777):
             self._changed(self.model.chmod(where, mode), path)
         return 0
 
@@ -260,7 +261,7 @@ class HKOperations(Operations):
         u = None if uid in (-1, 0xFFFFFFFF) else uid
         g = None if gid in (-1, 0xFFFFFFFF) else gid
         where = self._where(path, fh)
-        if not self._removed_fd(where, os.fchown, -1 if u is None else u, -1 if g is None else g):
+        if not self._removed_set(where, uid=u, gid=g):
             self._changed(self.model.chown(where, u, g), path)
         return 0
 
@@ -352,6 +353,7 @@ class HKOperations(Operations):
                 self.kernel.carry_out(self.model.entity_stale(eid))
             return fh
         eid, stale = self.model.create(path, mode, *_caller())
+        self._new_bytes_files = True            # entities/ gets a name: the next fsync syncs it
         self.kernel.carry_out(stale)
         if self.queries.wants_bytes(path):
             return self.queries.stage(path, eid)
@@ -457,15 +459,21 @@ class HKOperations(Operations):
         else:
             os.fsync(h.fd)
         self._sync(h)
-        self.store.sync()
+        self._durable()
         return 0
 
     @overrides(Operations)
     @mapped
     def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
         """A directory's names are catalog rows: make every commit durable."""
-        self.store.sync()
+        self._durable()
         return 0
+
+    def _durable(self) -> None:
+        """Store.sync, skipping the fsync of entities/ when no bytes file was made or moved
+        there through this mount since the last one."""
+        self.store.sync(entities=self._new_bytes_files)
+        self._new_bytes_files = False
 
     @overrides(Operations)
     @mapped
@@ -487,6 +495,8 @@ class HKOperations(Operations):
         if self.queries.owns(fh):
             return self.queries.release(fh)
         h = self.files.pop(fh)
+        if h is not None and h.eid not in self.files.counts:
+            self.removed.closed(h.eid)
         if h is not None:
             try:
                 self._sync(h)
@@ -500,6 +510,7 @@ class HKOperations(Operations):
     @mapped
     def symlink(self, target: str, source: str) -> int:
         """`ln -s source target`: an entity holding the link text."""
+        self._new_bytes_files = True
         self.kernel.carry_out(self.model.symlink(target, source, *_caller()))
         return 0
 
@@ -507,6 +518,7 @@ class HKOperations(Operations):
     @mapped
     def mknod(self, path: str, mode: int, dev: int) -> int:
         """mkfifo, mknod, bind(2) of a unix socket (MountModel.mknod)."""
+        self._new_bytes_files = True
         self.kernel.carry_out(self.model.mknod(path, mode, dev, *_caller()))
         return 0
 
@@ -520,7 +532,7 @@ class HKOperations(Operations):
     @overrides(Operations)
     @mapped
     def unlink(self, path: str) -> int:
-        if self._hidden.pop(path.rpartition("/")[2], None) is not None:
+        if self.removed.forget_name(path):
             return 0          # libfuse's last close of a file removed while open: removed already
         self.kernel.carry_out(self.model.unlink(path))
         return 0
@@ -530,13 +542,14 @@ class HKOperations(Operations):
         a `.fuse_hidden` name: here that is the removal itself (nothing is listed under the
         hidden name, nothing is retagged), and the name is remembered so that fstat of the
         open file is answered. False: not such a rename (the file is not open)."""
-        if not hidden.startswith(HIDDEN_PREFIX):
+        if not self.removed.is_hidden_name(hidden):
             return False
         eid = getattr(self.model.resolve(old), "eid", None)
         if eid is None or eid not in self.files.counts:
             return False
+        info = self.model.reads.entity(eid)
         self.kernel.carry_out(self.model.unlink(old))
-        self._hidden[hidden] = eid
+        self.removed.hide(hidden, eid, info.mode, info.uid, info.gid)
         return True
 
     @overrides(Operations)
@@ -562,6 +575,7 @@ class HKOperations(Operations):
         stale = self.model.rename(old, new, noreplace=bool(flags & RENAME_NOREPLACE))
         if stale.merged is not None:            # an editor save: the temp's handles write the saved file
             self.files.merged(*stale.merged)
+            self._new_bytes_files = True        # a bytes file was renamed in entities/
         self.kernel.carry_out(stale)
         return 0
 

@@ -25,6 +25,7 @@ from ..core.changes import ChangeFeed
 from ..core.errors import InvalidArgument
 from ..core.naming import HK
 from ..mount.paths import COMMA, listed_name
+from ..mount.views import view_children_of
 from .embeddings import EmbeddingCatalog
 from .queryfiles import Hit, Query
 
@@ -162,7 +163,8 @@ class QueryService:
             shared = {n for n, cnt in counts.items() if cnt > 1}
             if sc.counts is None:        # per scope (and files_gen): child keywords, shared names
                 sc.counts = {}
-                sc.kids = set(self.store.keyword_children(sc.ns, hks[-1] if hks else ()))
+                kw = view_children_of(hks)     # operator views list their keyword's children
+                sc.kids = set(self.store.keyword_children(sc.ns, kw)) if kw is not None else set()
             for e in new:
                 name = names.get(e)
                 if name is None:
