@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hkfs.fuse import mountinfo
-from hkfs.fuse.mountinfo import find_mount, fsname_for, hk_mounts, mount_path_to_location
+from hkfs.fuse.mountinfo import find_mount, fsname_for, hk_mounts
 
 PROC = """\
 /dev/vda / ext4 rw,relatime 0 0
@@ -37,10 +37,3 @@ def test_hk_mounts_and_find(proc: Path) -> None:
     assert find_mount("/home/u/hk/inner/x") == (Path("/home/u/hk/inner"), Path("/data/my store"))
     assert find_mount("/home/u/hkx") is None
     assert find_mount("/home/u/remote/a") is None
-
-
-def test_mount_path_to_location(proc: Path) -> None:
-    mnt, store, rel, mp = mount_path_to_location("/home/u/hk/work/,/@/c")  # type: ignore[misc]
-    assert (mnt, store, rel) == (Path("/home/u/hk"), Path("/data/store"), "/work/,/@/c")
-    assert mp.dir_parts == ("work",) and mp.relative and mp.hks == (("c",),)
-    assert mount_path_to_location("/home/u/hk")[2] == "/"  # type: ignore[index]

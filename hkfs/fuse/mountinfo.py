@@ -11,9 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from ..mount.paths import MountPath, parse
-
-__all__ = ["FSNAME_PREFIX", "SUBTYPE", "PID_NAME", "fsname_for", "hk_mounts", "find_mount", "mount_path_to_location"]
+__all__ = ["FSNAME_PREFIX", "SUBTYPE", "PID_NAME", "fsname_for", "hk_mounts", "find_mount"]
 
 FSNAME_PREFIX = "hkfs:"
 SUBTYPE = "hkfs"
@@ -64,17 +62,3 @@ def find_mount(path: str | os.PathLike[str]) -> tuple[Path, Path] | None:
         if (p == m or p.startswith(m.rstrip("/") + "/")) and (best is None or len(m) >= len(str(best[0]))):
             best = (mnt, store)
     return best
-
-
-def mount_path_to_location(path: str | os.PathLike[str]) -> tuple[Path, Path, str, MountPath] | None:
-    """For a path inside an hkfs mount: (mountpoint, store, path inside the mount, parsed MountPath).
-
-    The CLI uses it to tell which ordinary directory or view a cwd is; it
-    resolves the MountPath against the store with hkfs.mount.views.Resolver.
-    """
-    found = find_mount(path)
-    if found is None:
-        return None
-    mnt, store = found
-    rel = os.path.abspath(path)[len(str(mnt).rstrip("/")):] or "/"
-    return mnt, store, rel, parse(rel)
