@@ -249,9 +249,9 @@ def operator_rows(store: Store, ns: int, lvl: dict[int, list[HK]], one: list[HK]
     found: dict[str, list[int]] = {}
     for _ in range(reps):
         for label, q in queries:
-            t, found[label] = timed(lambda q=q: store.resolve_ids(ns, q), 1)
+            t, found[label] = timed(lambda q=q: store.match_ids(ns, q), 1)
             t_ids[label].append(t)
-            t_list[label].append(timed(lambda q=q: store.resolve_stats(ns, q), 1)[0])
+            t_list[label].append(timed(lambda q=q: store.match_stats(ns, q), 1)[0])
     rows = []
     for label, q in queries:
         py = sorted(e for e, h in per_file.items() if list_matches(q, h))

@@ -173,3 +173,25 @@ def test_fsck_does_not_offer_repair_for_what_repair_leaves(store: Path) -> None:
     r = CliRunner().invoke(cli, ["fsck", str(store), "--repair"])
     assert r.exit_code == 1
     assert r.output.rstrip().endswith("(move it out of the store by hand)")
+
+
+def test_stale_tags_string_found_and_rewritten(store: Path) -> None:
+    """The tags string (what views match on) is derived from the keywords; fsck finds a stale
+    one and --repair rewrites it, so the file shows in its views again."""
+    raw(store, "UPDATE entity_keywords SET tags = ',/zzz/,' WHERE entity = 2")
+    with Store.open(store) as s:
+        probs = check(s)
+        assert [(p.kind, p.ids) for p in probs] == [("stale-tags", (2,))]
+        done = repair(s, probs)
+        assert any("tags string of entity 2" in line for line in done)
+        assert check(s) == []
+
+
+def test_broken_reference_elsewhere_is_reported_and_left(store: Path) -> None:
+    """A table no specific check covers (a device number of a missing entity): reported from
+    SQLite's foreign_key_check, left alone by --repair (which says so)."""
+    raw(store, "INSERT INTO devices(entity, rdev) VALUES (999, 0)")
+    with Store.open(store) as s:
+        probs = check(s)
+        assert [(p.kind, p.ids[0]) for p in probs] == [("broken-reference", "devices")]
+        assert any("left devices row" in line for line in repair(s, probs))

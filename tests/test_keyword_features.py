@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from hkfs.cli.main import cli
 from hkfs.core.errors import AlreadyExists, HKSyntaxError, InvalidArgument, NotFound
+from hkfs.core.fsck import check
 from hkfs.core.naming import compile_query, format_spec, list_matches, parse_hk, parse_spec
 from hkfs.core.store import Store
 
@@ -45,7 +46,7 @@ def test_move_keyword_keeps_children_files_and_dkls(st: Store) -> None:
     assert st.dir(d).dkl == (("pet",), ("pet", "dog", "poodle"), ("animal",))
     assert [e.name for e in st.match(ns, ["//pet/dog"])] == ["f.jpg", "p.jpg"]
     assert st.match(ns, ["//animal"]) == []
-    assert st.check() == []
+    assert check(st) == []
     assert kid is not None
 
 
@@ -83,7 +84,7 @@ def test_merge_keyword_merges_namesake_children(st: Store) -> None:
     assert st.entity(both).hks == (("photo",),)
     assert st.entity(tabby).hks == (("photo", "cats"), ("photo", "cats", "tabby"))
     assert st.entity(dog).hks == (("photo", "dogs"),)
-    assert st.check() == []
+    assert check(st) == []
 
 
 def test_replace_empty_and_namespaces(st: Store) -> None:

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 from hkfs.core import migrations
+from hkfs.core.fsck import check
 from hkfs.core.store import Store
 
 
@@ -24,7 +25,7 @@ def test_special_files_keep_their_type_and_device_number(tmp_path: Path) -> None
         s.unlink(root, "null")                                 # its device row goes with it
         with s.catalog.read() as c:
             assert c.execute("SELECT count(*) FROM devices").fetchone()[0] == 0
-        assert s.check() == []
+        assert check(s) == []
 
 
 def test_migration_v4_adds_the_devices_table(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 The store's transactions keep it consistent; this is for what they cannot
 prevent (a disk restored from backup, a file deleted by hand, a catalog edited
 with foreign keys off, a crash between writing bytes and committing their row).
-`check` is read-only. `repair` never deletes bytes that no row names: orphan
+`check` is the store's one consistency check (tests use it too); it is read-only. `repair` never deletes bytes that no row names: orphan
 bytes become a new entity in lost+found, so nothing a user wrote is lost.
 
 Checks are SQL over the store's own catalog connection; repairs use the public
@@ -37,6 +37,9 @@ KINDS = {
     "unknown-dkl": "a directory keyword list naming a missing keyword",
     "orphan-dir": "a directory whose parent directory is missing",
     "stale-size": "an entity whose recorded size differs from its bytes file (a crash while writing)",
+    "stale-tags": "an entity whose derived tags string (what views match on) disagrees with its keywords",
+    "broken-reference": "a catalog row referring to a row that is missing (SQLite's foreign_key_check) "
+                        "in a table no other check covers",
     "shared-bytes": "entities whose bytes files are one file (hard links: a crash during an editor save); "
                     "a write to one would change the other",
 }
@@ -44,7 +47,10 @@ KINDS = {
 
 # What `repair` leaves for a person (it cannot know what the file is): fsck must not
 # tell the user to run --repair for these.
-REPORT_ONLY = frozenset({"stray-file"})
+REPORT_ONLY = frozenset({"stray-file", "broken-reference"})
+
+# Tables whose broken references the specific checks above report (and repair) themselves.
+_COVERED_TABLES = frozenset({"links", "entity_keywords", "keywords", "dir_keywords", "dirs"})
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,16 @@ def check(store: Store) -> list[Problem]:
             if not c.execute("SELECT 1 FROM keywords WHERE ns = ? AND path = ?", (dns, path)).fetchone():
                 out.append(Problem("unknown-dkl", f"directory {d} lists {hk_text}, which does not exist",
                                    (d, hk_text)))
+        for (eid,) in c.execute(
+                "SELECT DISTINCT x.entity FROM entity_keywords x JOIN keywords k ON k.id = x.keyword "
+                "WHERE instr(x.tags, ',' || k.path || ',') = 0 OR x.tags != "
+                "(SELECT y.tags FROM entity_keywords y WHERE y.entity = x.entity LIMIT 1) ORDER BY x.entity"):
+            out.append(Problem("stale-tags", f"entity {eid} ({names.get(eid, '?')!r}) has a stale tags string",
+                               (eid,)))
+        for table, rowid, parent, _fk in c.execute("PRAGMA foreign_key_check"):
+            if table not in _COVERED_TABLES:
+                out.append(Problem("broken-reference", f"{table} row {rowid} refers to a missing {parent} row",
+                                   (table, rowid)))
         for d, name, parent in c.execute("SELECT id, name, parent FROM dirs WHERE parent IS NOT NULL AND "
                                          "parent NOT IN (SELECT id FROM dirs) ORDER BY id"):
             out.append(Problem("orphan-dir", f"directory {d} ({name!r}) has missing parent {parent}", (d,)))
@@ -213,7 +229,9 @@ def repair(store: Store, problems: list[Problem]) -> list[str]:
                 c.execute("DELETE FROM entity_keywords WHERE keyword = ? AND entity = ?", p.ids)
                 done.append(f"removed the tag of entity {p.ids[1]} with missing keyword/entity {p.ids[0]}")
     # Let the store rewrite whatever it derives from an entity's tags (set_hks with what is left).
-    for eid in sorted({p.ids[1] for p in problems if p.kind == "dangling-tag"}):
+    retag = {p.ids[1] for p in problems if p.kind == "dangling-tag"}
+    retag |= {p.ids[0] for p in problems if p.kind == "stale-tags"}
+    for eid in sorted(retag):
         with store.catalog.read() as c:
             if not c.execute("SELECT 1 FROM entities WHERE id = ?", (eid,)).fetchone():
                 continue
@@ -221,6 +239,8 @@ def repair(store: Store, problems: list[Problem]) -> list[str]:
                 "SELECT k.path FROM entity_keywords x JOIN keywords k ON k.id = x.keyword WHERE x.entity = ?",
                 (eid,))]
         store.set_hks(eid, left)
+        if any(p.kind == "stale-tags" and p.ids[0] == eid for p in problems):
+            done.append(f"rewrote the tags string of entity {eid} from its keywords")
     for p in problems:
         if p.kind == "orphan-keyword":
             kid, ns, hk = p.ids
@@ -277,6 +297,8 @@ def repair(store: Store, problems: list[Problem]) -> list[str]:
             done.append(f"entities {', '.join(map(str, p.ids))} now have bytes files of their own (copies)")
         elif p.kind == "stray-file":
             done.append(f"left entities/{p.ids[0]} alone (not an entity; move it away by hand)")
+        elif p.kind == "broken-reference":
+            done.append(f"left {p.ids[0]} row {p.ids[1]} alone (a broken reference fsck has no repair for)")
     done += repair_sizes(store, [p for p in problems if p.kind == "stale-size" and p.ids[0] not in removed])
     for line in done:
         log.info("fsck: %s", line)

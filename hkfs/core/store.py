@@ -1003,7 +1003,7 @@ class Store:
 
         if q.untagged and name is None:
             # an entity with no keyword always has a directory link (lost+found at least:
-            # _settle; Store.check reports any other), so the links drive, not all entities
+            # _settle; fsck.check reports any other), so the links drive, not all entities
             tagcol = ", ''" if with_tags else ""
             return (f"SELECT DISTINCT l.entity{tagcol} FROM links l "
                     "JOIN entities e ON e.id = l.entity WHERE e.ns = ? AND NOT EXISTS "
@@ -1493,32 +1493,3 @@ class Store:
             self._need_object(c, kind, id)
             return [r[0] for r in c.execute(
                 "SELECT name FROM xattrs WHERE kind = ? AND id = ? ORDER BY name", (kind, id))]
-
-    # ------------------------------------------------------------ consistency
-
-    def check(self) -> list[str]:
-        """Read-only consistency report (for fsck and tests): rows without bytes, bytes
-        without rows, unreachable entities, broken references. Empty when consistent."""
-        problems: list[str] = []
-        with self.catalog.read() as c:
-            ids = {r[0] for r in c.execute("SELECT id FROM entities")}
-            for r in c.execute("PRAGMA foreign_key_check"):
-                problems.append(f"broken reference in {r[0]} rowid {r[1]} -> {r[2]}")
-            for (eid,) in c.execute(
-                    "SELECT id FROM entities e WHERE NOT EXISTS (SELECT 1 FROM entity_keywords x WHERE x.entity = e.id) "
-                    "AND NOT EXISTS (SELECT 1 FROM links l WHERE l.entity = e.id)"):
-                problems.append(f"entity {eid} has no keyword and no link")
-            for (eid,) in c.execute(
-                    "SELECT DISTINCT x.entity FROM entity_keywords x JOIN keywords k ON k.id = x.keyword "
-                    "WHERE instr(x.tags, ',' || k.path || ',') = 0 OR x.tags != "
-                    "(SELECT y.tags FROM entity_keywords y WHERE y.entity = x.entity LIMIT 1)"):
-                problems.append(f"entity {eid} has a stale tags string")
-        files = set()
-        for p in self.entities_dir.iterdir():
-            if p.name.isdigit():
-                files.add(int(p.name))
-            else:
-                problems.append(f"stray file entities/{p.name}")
-        problems += [f"entity {i} has no bytes file" for i in sorted(ids - files)]
-        problems += [f"orphan bytes file entities/{i}" for i in sorted(files - ids)]
-        return problems
