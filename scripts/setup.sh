@@ -37,9 +37,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$BASE_PY" -m venv --system-site-packages "$VENV"
 fi
 PY="$VENV/bin/python"
-extras=${HKFS_EXTRAS:-test}
+extras=${HKFS_EXTRAS:-test,fast}   # fast: numba, the compiled vecindex search (optional)
 # The modules each extra must make importable (a missing one reinstalls).
 need_mods="vecindex, mfusepy, sklearn, click, tqdm, pytest, hypothesis, pytest_timeout, memory_profiler"
+case ",$extras," in *,fast,*) need_mods+=", numba" ;; esac
 case ",$extras," in *,dev,*) need_mods+=", ruff" ;; esac
 here=$(pwd -P)
 where=$("$PY" -c 'import hkfs, os; print(os.path.dirname(os.path.dirname(os.path.realpath(hkfs.__file__))))' 2>/dev/null || true)

@@ -301,3 +301,49 @@ def test_probe_set_is_the_probe_ranking_as_a_set(tmp_path) -> None:
             for npb in (1, 7, 128, 500):
                 assert np.array_equal(qz.probe_set(qv, npb), np.unique(qz.probe(qv[None, :], npb)[0]))
         idx.close()
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch, capsys) -> None:
+    """Bars go to stderr, only on a tty, and only for phases longer than PROGRESS_DELAY_S."""
+    import vecindex.ivf as ivf
+
+    x = np.random.default_rng(0).standard_normal((20_000, 8)).astype(np.float32)
+    IVFIndex.build(tmp_path / "a", x, nlist=32, progress=True).close()  # pytest's stderr: no tty
+    assert capsys.readouterr().err == ""
+
+    class Tty:
+        def __init__(self) -> None:
+            self.text = []
+
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, s: str) -> int:
+            self.text.append(s)
+            return len(s)
+
+        def flush(self) -> None:
+            pass
+
+    tty = Tty()
+    monkeypatch.setattr(ivf.sys, "stderr", tty)
+    monkeypatch.setattr(ivf, "PROGRESS_DELAY_S", 0.0)
+    IVFIndex.build(tmp_path / "b", x, nlist=32, progress=True).close()
+    shown = "".join(tty.text)
+    assert "train" in shown and "assign" in shown and "write lists" in shown
+    tty.text.clear()
+    IVFIndex.build(tmp_path / "c", x, nlist=32, progress=False).close()
+    assert "".join(tty.text) == ""
+
+
+def test_calibrated_default_nprobe_reaches_its_recall(tmp_path) -> None:
+    xq = clustered(20_100, 16, seed=4, centers=40)  # held-out queries from the same clusters
+    x, q = xq[:20_000], xq[20_000:]
+    ix = IVFIndex.build(tmp_path / "ix", x, metric="l2", nlist=64, progress=False)
+    info = ix.info()
+    assert info["nlist"] == 64 and "calibrated" in info["default_nprobe_chosen_by"]
+    want, _ = brute(x, q, 10, "l2")
+    _, got = ix.search(q, 10)  # the default nprobe
+    assert recall(got, want) >= 0.95
+    given = IVFIndex.build(tmp_path / "g", x, metric="l2", nlist=64, nprobe=5, progress=False)
+    assert given.info()["default_nprobe"] == 5 and given.info()["default_nprobe_chosen_by"] == "given at build"

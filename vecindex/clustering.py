@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,8 +50,16 @@ class Quantizer:
             s -= sq
         return s
 
-    def assign(self, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
-        """The list of every row (int32), nearest centroid by the quantizer's rule."""
+    def assign(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        """The list of every row (int32), nearest centroid by the quantizer's rule.
+
+        Rows go in chunks whose score block (chunk x nlist float32) stays near 16 MiB,
+        so the assignment never holds a large matrix (it used to dominate build RSS).
+        """
+        if chunk is None:  # the widest score block: all lists, or the coarse cells and one cell's lists
+            width = len(self.centroids) if self.coarse is None else max(
+                len(self.coarse), int(np.diff(self.coarse_offsets).max()))
+            chunk = int(min(65536, max(1024, (16 << 20) // (4 * max(width, 1)))))
         out = np.empty(len(x), dtype=np.int32)
         for a in range(0, len(x), chunk):
             xb = x[a : a + chunk]
@@ -161,6 +170,7 @@ def kmeans(
     iters: int = 12,
     seed: int = 0,
     method: str = "numpy",
+    bar: Any = None,
 ) -> np.ndarray:
     """Train k centroids on x (already normalized for cosine) and return them as float32.
 
@@ -212,6 +222,8 @@ def kmeans(
         if empty.any():
             c[empty] = x[rng.choice(n, int(empty.sum()), replace=False)]
         log.debug("k-means k=%d iter %d, %d empty", k, it, int(empty.sum()))
+        if bar is not None:
+            bar.update(1)
     log.debug("numpy k-means k=%d n=%d: %.2fs", k, n, time.perf_counter() - t0)
     return _maybe_normalize(c.astype(np.float32), metric)
 
@@ -230,15 +242,20 @@ def train_quantizer(
     method: str = "numpy",
     iters: int = 12,
     two_level: bool | None = None,
+    bar: Any = None,
 ) -> Quantizer:
-    """Train one level, or two when `nlist` is large (coarse cells of about sqrt(nlist) lists)."""
+    """Train one level, or two when `nlist` is large (coarse cells of about sqrt(nlist) lists).
+
+    `bar` (a tqdm bar, total `train_steps(...)`) advances once per k-means iteration
+    of the single level or of the coarse level, and once per coarse cell.
+    """
     amet = "ip" if metric == "ip" else ("cosine" if metric == "cosine" else "l2")
     if two_level is None:
         two_level = nlist >= TWO_LEVEL_MIN_NLIST
     if not two_level or len(sample) < 4 * nlist:
-        return Quantizer(kmeans(sample, nlist, amet, iters, seed, method), metric)
+        return Quantizer(kmeans(sample, nlist, amet, iters, seed, method, bar=bar), metric)
     ncoarse = int(round(np.sqrt(nlist)))
-    coarse = kmeans(sample, ncoarse, amet, iters, seed, method)
+    coarse = kmeans(sample, ncoarse, amet, iters, seed, method, bar=bar)
     cq = Quantizer(coarse, metric)
     lab = cq.assign(sample)
     counts = np.bincount(lab, minlength=ncoarse)
@@ -255,5 +272,16 @@ def train_quantizer(
     for c in range(ncoarse):
         xs = sample[order[starts[c] : starts[c + 1]]]
         cents.append(kmeans(xs, int(per[c]), amet, iters, seed + 1 + c, method))
+        if bar is not None:
+            bar.update(1)
     offsets = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
     return Quantizer(np.concatenate(cents).astype(np.float32), metric, coarse, offsets)
+
+
+def train_steps(n_sample: int, nlist: int, iters: int = 12, two_level: bool | None = None) -> int:
+    """How many times `train_quantizer` advances its bar (for the bar's total)."""
+    if two_level is None:
+        two_level = nlist >= TWO_LEVEL_MIN_NLIST
+    if not two_level or n_sample < 4 * nlist:
+        return iters
+    return iters + int(round(np.sqrt(nlist)))

@@ -32,6 +32,10 @@ class VecIndexError(Exception):
     """Base of the errors vecindex raises on purpose."""
 
 
+class IndexExistsError(VecIndexError):
+    """Building over an existing index without overwrite."""
+
+
 class IndexFormatError(VecIndexError, ValueError):
     """A missing, truncated, corrupted or incompatible index or vector file."""
 

@@ -28,7 +28,15 @@ def open_vectors(path: str | os.PathLike[str], dim: int | None = None) -> np.nda
         raise FileNotFoundError(f"no such vector file: {p}")
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        arr = np.load(p, mmap_mode="r")
+        with open(p, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY":
+            raise IndexFormatError(f"{p}: not a NumPy .npy file (no .npy header; use .fvecs, or raw "
+                                   "float32 with another extension and --dim)")
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:  # object arrays, bad header: numpy's message mentions pickles
+            raise IndexFormatError(f"{p}: not a float .npy array ({e})") from e
         if arr.ndim != 2:
             raise IndexFormatError(f"{p}: expected a 2-D array, got shape {arr.shape}")
         if arr.dtype != np.float32:

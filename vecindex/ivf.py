@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import shutil
 import sys
@@ -35,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from vecindex import _kernels
 from vecindex import format as fmt
-from vecindex.clustering import Quantizer, top_k_set, train_quantizer
-from vecindex.format import IndexFormatError, VecIndexError
+from vecindex.clustering import FLAT_PROBE_MAX_NLIST, Quantizer, top_k_set, train_quantizer, train_steps
+from vecindex.format import IndexExistsError, IndexFormatError, VecIndexError
 from vecindex.io import as_rows, open_vectors
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,13 @@ def default_nlist(n: int) -> int:
     return int(2 ** round(np.log2(np.sqrt(n))))
 
 
+def auto_scan(n: int, d: int) -> str:
+    """scan="auto": the int8 copy when the compiled kernels are there (its scan is then about 4x
+    cheaper than float32 at any size); without numba only once the float32 rows exceed 128 MiB
+    (below that numpy's int8-to-float32 conversion costs more than the smaller reads save)."""
+    return "int8" if _kernels.HAVE_NUMBA or n * d * 4 > SCAN_INT8_MIN_BYTES else "none"
+
+
 def default_nprobe(nlist: int) -> int:
     """Probe about 1/16 of the lists (at least 8): recall@10 around 0.95 on clustered data."""
     return max(1, min(nlist, max(8, nlist // 16)))
@@ -71,11 +80,17 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return (x / n).astype(np.float32, copy=False)
 
 
+#: a build phase shows its bar only once it has run this long (tqdm's `delay`)
+PROGRESS_DELAY_S = 2.0
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar on stderr, shown only when asked, on a terminal, after PROGRESS_DELAY_S."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="row", unit_scale=True, disable=not enabled,
-                leave=False)
+    on = enabled and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="row", unit_scale=True, disable=not on,
+                leave=False, delay=PROGRESS_DELAY_S, file=sys.stderr)
 
 
 class _Buffers(threading.local):
@@ -87,6 +102,17 @@ class _Buffers(threading.local):
         self.rows = 0
         self.scores = np.empty(MAX_BUF_ROWS, dtype=np.float32)
         self.sq = np.empty(MAX_BUF_ROWS, dtype=np.float32)
+
+    def ensure_kernel(self, d: int, int8_scan: bool) -> None:
+        """Buffers of the compiled path: the unused scan buffer is one row."""
+        if getattr(self, "k_key", None) != (d, int8_scan):
+            rows = int(min(MAX_BUF_ROWS, max(256, BUF_BYTES // (d * (1 if int8_scan else 4)))))
+            self.k8 = np.empty((rows if int8_scan else 1, d), np.int8)
+            self.kf = np.empty((1 if int8_scan else rows, d), np.float32)
+            self.ksq = np.empty(rows, np.float32)
+            self.krow = np.empty((256, d), np.float32)  # re-rank spans (RERANK_GAP, _numba_search)
+            self.kid = np.empty(256, np.int64)  # id spans
+            self.k_key = (d, int8_scan)
 
     def ensure(self, d: int, dtype: type) -> None:
         if self.codes is None or self.codes.shape[1] != d or self.codes.dtype != dtype:
@@ -109,6 +135,7 @@ class IVFIndex:
         self._lock = threading.RLock()
         self._bufs = _Buffers()
         self._fds: dict[str, int] = {}
+        self._numpy_only = False  # set while a build calibrates (see _calibrate_nprobe)
         self._load(header)
 
     # ------------------------------------------------------------------ opening
@@ -221,6 +248,11 @@ class IVFIndex:
             "rows": len(self), "main_rows": self.n_main, "tail_rows": self.n_tail,
             "deleted": len(self.deleted), "scan": self.scan,
             "default_nprobe": int(h.get("default_nprobe", 1)),
+            "default_nprobe_chosen_by": (
+                "calibrated at build: the smallest nprobe of a 1.5x ladder at which {queries} held-out "
+                "sample rows reach recall@10 >= {target} ({recall_at_10})".format(**h["nprobe_calibration"])
+                if h.get("nprobe_calibration") else
+                ("given at build" if h.get("nprobe_given") else "rule: nlist/16, at least 8")),
             "list_size_max": int(sizes.max()) if len(sizes) else 0,
             "list_size_mean": float(sizes.mean()) if len(sizes) else 0.0,
             "bytes_on_disk": sum(e["bytes"] for e in h["files"].values()),
@@ -272,8 +304,8 @@ class IVFIndex:
             ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
             if len(ids_arr) != n:
                 raise ValueError(f"{len(ids_arr)} ids for {n} vectors")
-        if scan == "auto":  # the int8 copy pays off once the float32 rows outgrow the caches
-            scan = "int8" if n * d * 4 > SCAN_INT8_MIN_BYTES else "none"
+        if scan == "auto":
+            scan = auto_scan(n, d)
         owns = path is None
         p = Path(tempfile.mkdtemp(prefix="vecindex-")) if owns else Path(path)
         _prepare_dir(p, overwrite)
@@ -284,39 +316,68 @@ class IVFIndex:
         nl = min(nl, n) if n else 0
         rng = np.random.default_rng(seed)
 
+        mm = getattr(x, "_mmap", None)
+        chunk = build_chunk_rows(d)
+
         def rows(idx: np.ndarray | slice) -> np.ndarray:
-            r = np.asarray(x[idx], dtype=np.float32)
+            r = np.array(x[idx], dtype=np.float32)  # a copy: the map's pages are dropped next
+            _drop_pages(mm)
             return _normalize(r) if metric == "cosine" else r
 
         quant: Quantizer | None = None
+        cal: _Calibration | None = None
         if nl:
             m = min(n, sample_size or max(min(64 * nl, 1_000_000), min(n, 10_000)))
             samp = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
-            sample = rows(samp)
+            sample = _gather_sorted(rows, samp, chunk)
             tk = time.perf_counter()
-            quant = train_quantizer(sample, nl, metric, seed, kmeans_method, kmeans_iters, two_level)
+            with _progress(train_steps(m, nl, kmeans_iters, two_level), "train", progress) as bar:
+                quant = train_quantizer(sample, nl, metric, seed, kmeans_method, kmeans_iters, two_level,
+                                        bar=bar)
             log.info("trained %d lists (%s) on %d rows in %.1fs", nl,
                      "two-level" if quant.coarse is not None else "flat", m, time.perf_counter() - tk)
+            cal_n = min(CALIBRATE_QUERIES, n // 50) if nprobe is None and nl > 1 else 0
+            if cal_n:  # rows outside the training sample when there are any: held-out queries
+                rest = np.setdiff1d(np.arange(n), samp, assume_unique=True) if m < n else samp
+                cpos = np.sort(rng.choice(rest, min(cal_n, len(rest)), replace=False))
+                cal = _Calibration(_gather_sorted(rows, cpos, chunk), cpos, metric)
             del sample
         labels = np.empty(n, dtype=np.int32)
-        chunk = 262144
-        with _progress(n, "assign", progress and n > 1_000_000) as bar:
+        lo = np.zeros(d, np.float32) if not n else None
+        hi = np.zeros(d, np.float32) if not n else None
+        with _progress(n, "assign", progress) as bar:
             for a in range(0, n, chunk):
                 xb = rows(slice(a, a + chunk))
                 labels[a : a + len(xb)] = quant.assign(xb) if quant is not None else 0
+                if cal is not None:
+                    cal.update(a, xb)
+                lo = xb.min(0) if lo is None else np.minimum(lo, xb.min(0))
+                hi = xb.max(0) if hi is None else np.maximum(hi, xb.max(0))
                 bar.update(len(xb))
         gen = _old_gen(p) + 1  # a rebuild in place never reuses a published file name
         header = {"dim": d, "metric": metric, "nlist": nl, "gen": gen, "tail_epoch": gen,
                   "n_tail": 0, "scan": scan, "files": {},
                   "default_nprobe": int(nprobe or (default_nprobe(nl) if nl else 1)),
                   "build": {"kmeans": kmeans_method, "seed": seed}}
+        if nprobe:
+            header["nprobe_given"] = True
         if quant is not None:
             _write_quantizer(p, header, quant)
-        _write_lists(p, header, rows, ids_arr, labels, nl, progress)
+        _write_lists(p, header, rows, ids_arr, labels, nl, progress, lo=lo, hi=hi)
         fmt.write_header(p, header)
         fmt.remove_unreferenced(p, header)
+        ix = cls(p, fmt.read_header(p), owns_dir=owns)
+        if cal is not None:
+            tc = time.perf_counter()
+            c = _calibrate_nprobe(ix, cal, ids_arr)
+            h = _copy_header(ix._h)
+            h["default_nprobe"] = c["nprobe"]
+            h["nprobe_calibration"] = c
+            ix._publish(h)
+            log.info("default nprobe %d: recall@10 %.3f on %d sample rows (%.1fs)", c["nprobe"],
+                     c["recall_at_10"], c["queries"], time.perf_counter() - tc)
         log.info("built %s: %d rows, %d lists in %.1fs", p, n, nl, time.perf_counter() - t0)
-        return cls(p, fmt.read_header(p), owns_dir=owns)
+        return ix
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> IVFIndex:
         """Copy the index to `path` (files first, header last) and return it opened there."""
@@ -454,6 +515,8 @@ class IVFIndex:
                 inm = g < self.n_main
                 out[inm] = vec_main[g[inm]]
                 out[~inm] = vec_tail[g[~inm] - self.n_main]
+                _drop_pages(getattr(vec_main, "_mmap", None))
+                _drop_pages(getattr(vec_tail, "_mmap", None))
                 return out
 
             h = _copy_header(self._h)
@@ -469,7 +532,7 @@ class IVFIndex:
                     rng = np.random.default_rng(self._h["build"].get("seed", 0))
                     m = min(live, max(min(64 * nl, 1_000_000), min(live, 10_000)))
                     samp = np.sort(rng.choice(live, m, replace=False))
-                    quant = train_quantizer(rows(samp), nl, self.metric)
+                    quant = train_quantizer(_gather_sorted(rows, samp, 262144), nl, self.metric)
                     for k in ("centroids", "coarse", "coarse_offsets"):
                         h["files"].pop(k, None)
                     _write_quantizer(self.path, h, quant, h["gen"])
@@ -506,7 +569,7 @@ class IVFIndex:
         """Top-k for each query: (scores, ids), each (nq, k).
 
         `rerank` is how many int8-scan candidates are re-scored exactly (default
-        max(8k, 128)). `allowed_ids` restricts hits to those ids: when at most
+        max(4k, 40)). `allowed_ids` restricts hits to those ids: when at most
         `exact_limit` of them are in the index they are scored exactly, else the
         IVF scan skips the others and falls back to exact when fewer than k are found.
         `threads` > 1 splits a batch over a thread pool.
@@ -516,18 +579,25 @@ class IVFIndex:
         k = int(k)
         if k <= 0:
             raise ValueError("k must be positive")
-        if self.metric == "cosine":
-            q = _normalize(q)
         nprobe = int(nprobe or self._h.get("default_nprobe", 1))
-        rerank = int(rerank or max(8 * k, 128))
+        rerank = int(rerank or max(4 * k, 40))
         allowed_pos = None
         if allowed_ids is not None:
             allowed_pos = self.positions_of(np.asarray(allowed_ids, dtype=np.int64).reshape(-1))
         scores = np.full((nq, k), np.inf if self.metric == "l2" else -np.inf, dtype=np.float32)
         out_ids = np.full((nq, k), -1, dtype=np.int64)
 
+        exact_only = allowed_pos is not None and len(allowed_pos) <= exact_limit
+        if (_kernels.HAVE_NUMBA and not self._numpy_only and not exact_only and self.n_main
+                and self.quantizer is not None):
+            with self._lock:  # q as given: the kernel normalizes (cosine)
+                self._search_compiled(q, k, nprobe, rerank, allowed_pos, threads, scores, out_ids)
+            return scores, out_ids
+        if self.metric == "cosine":
+            q = _normalize(q)
+
         def one(i: int) -> None:
-            if allowed_pos is not None and len(allowed_pos) <= exact_limit:
+            if exact_only:
                 s, pos = self._exact_positions(q[i], allowed_pos, k)
             else:
                 s, pos = self._search_one(q[i], k, nprobe, rerank, allowed_pos)
@@ -548,6 +618,68 @@ class IVFIndex:
                 for i in range(nq):
                     one(i)
         return scores, out_ids
+
+    def _search_compiled(
+        self, q: np.ndarray, k: int, nprobe: int, rerank: int, allowed_pos: np.ndarray | None,
+        threads: int, scores: np.ndarray, out_ids: np.ndarray,
+    ) -> None:
+        """The compiled path (numba, no GIL): a batch per call, split over `threads` workers."""
+        nq, d = q.shape
+        int8_scan = self.scan != "none"
+        l2 = self.metric == "l2"
+        quant = self.quantizer
+        assert quant is not None
+        nprobe = max(1, min(nprobe, self.nlist))
+        cosine = self.metric == "cosine"
+        probes = np.zeros((nq, 0), np.int64)
+        if quant.coarse is not None and self.nlist > FLAT_PROBE_MAX_NLIST:
+            probes = quant.probe(_normalize(q) if cosine else q, nprobe)
+        qmin = self.q_min if int8_scan else np.zeros(d, np.float32)
+        qstep = self.q_step if int8_scan else np.zeros(d, np.float32)
+        keep = max(rerank, k) if int8_scan else k
+        allowed = allowed_pos if allowed_pos is not None else np.zeros(0, np.int64)
+        csq = quant._sq if quant._sq is not None else np.zeros(0, np.float32)
+        s_int = np.empty((nq, k), np.float32)
+        pos = np.empty((nq, k), np.int64)
+        fds = self._fds
+
+        def run(a: int, b: int) -> None:
+            bufs = self._bufs
+            bufs.ensure_kernel(d, int8_scan)
+            rc = _kernels.search_batch(
+                fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1),
+                fds["ids"], int8_scan, l2, cosine, self.offsets, quant.centroids, csq, probes[a:b], nprobe,
+                q[a:b], qmin, qstep, keep, k, self.deleted, allowed, allowed_pos is not None,
+                bufs.k8, bufs.kf, bufs.ksq, bufs.krow, bufs.kid, s_int[a:b], pos[a:b], out_ids[a:b])
+            if rc != 0:
+                raise IndexFormatError(f"{self.path}: index file shorter than its header says "
+                                       "(truncated while open?)")
+
+        if threads > 1 and nq > 1:
+            step = max(1, -(-nq // (4 * threads)))
+            with ThreadPoolExecutor(threads) as ex:
+                list(ex.map(lambda a: run(a, min(nq, a + step)), range(0, nq, step)))
+        else:
+            run(0, nq)
+        if not self.n_tail and allowed_pos is None:
+            valid = pos >= 0
+            scores[valid] = (-s_int if l2 else s_int)[valid]
+            return
+        if cosine:
+            q = _normalize(q)
+        for i in range(nq):
+            m = int((pos[i] >= 0).sum())
+            s, p = s_int[i, :m], pos[i, :m]
+            if self.n_tail:
+                ts, tp = self._scan_tail(q[i], k, allowed_pos)
+                s, p = _merge_topk(s, p, ts, tp, k)
+            if allowed_pos is not None and len(p) < min(k, len(allowed_pos)):
+                s, p = self._exact_positions(q[i], allowed_pos, k)
+            if self.n_tail or allowed_pos is not None:
+                m = len(p)
+                out_ids[i, :m] = self._ids_at(p)
+                out_ids[i, m:] = -1
+            scores[i, :m] = -s if l2 else s
 
     # Internally every score is "higher is better": l2 uses -|q-x|^2.
     def _exact(self, qv: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -746,6 +878,77 @@ class IVFIndex:
         return best_s, best_p
 
 
+#: `default_nprobe` is calibrated at build time to reach this recall@10 on held-out sample rows
+#: (a margin over the 0.95 promised: 200 queries measure recall to about +-0.01)
+CALIBRATE_RECALL = 0.965
+CALIBRATE_QUERIES = 200
+CALIBRATE_K = 10
+
+
+class _Calibration:
+    """Exact neighbours of a few sample rows, gathered during the build's pass over the data.
+
+    The queries are rows of the data itself; each one's own row is left out of its
+    neighbours (it would be found trivially), so they stand in for held-out queries.
+    """
+
+    def __init__(self, q: np.ndarray, pos: np.ndarray, metric: str) -> None:
+        self.q, self.pos, self.l2 = q, pos, metric == "l2"
+        kk = CALIBRATE_K + 1
+        self.best_s = np.full((len(q), kk), -np.inf, np.float32)
+        self.best_p = np.full((len(q), kk), -1, np.int64)
+
+    def update(self, a: int, xb: np.ndarray) -> None:
+        for b in range(0, len(xb), 8192):  # score blocks of 200 x 8192: a few MiB
+            self._update(a + b, xb[b : b + 8192])
+
+    def _update(self, a: int, xb: np.ndarray) -> None:
+        s = self.q @ xb.T
+        if self.l2:
+            s = 2 * s - np.einsum("ij,ij->i", xb, xb)[None, :]
+        s = np.concatenate([self.best_s, s], 1)
+        p = np.concatenate([self.best_p, np.broadcast_to(np.arange(a, a + len(xb)), (len(s), len(xb)))], 1)
+        part = np.argpartition(-s, self.best_s.shape[1] - 1, axis=1)[:, : self.best_s.shape[1]]
+        self.best_s = np.take_along_axis(s, part, 1)
+        self.best_p = np.take_along_axis(p, part, 1)
+
+    def truth(self) -> list[set[int]]:
+        """Positions of each query's CALIBRATE_K nearest rows other than itself."""
+        out = []
+        for i in range(len(self.q)):
+            o = np.argsort(-self.best_s[i], kind="stable")
+            ps = [int(v) for v in self.best_p[i][o] if v != self.pos[i] and v >= 0]
+            out.append(set(ps[:CALIBRATE_K]))
+        return out
+
+
+def _calibrate_nprobe(ix: IVFIndex, cal: _Calibration, ids: np.ndarray) -> dict[str, Any]:
+    """The smallest nprobe (from a geometric ladder) whose recall@10 on the sample reaches the target."""
+    truth = [{int(ids[p]) for p in t} for t in cal.truth()]
+    own = ids[cal.pos]
+    ladder = sorted({v for v in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+                                 768, 1024, 1536, 2048, 3072, 4096) if v < ix.nlist} | {ix.nlist})
+
+    def rec_at(npb: int) -> float:
+        _, got = ix.search(cal.q, CALIBRATE_K + 1, nprobe=npb)
+        hits = [[int(v) for v in row if v != o and v >= 0][:CALIBRATE_K] for row, o in zip(got, own, strict=True)]
+        return float(np.mean([len(set(h) & t) / max(len(t), 1) for h, t in zip(hits, truth, strict=True)]))
+
+    # a build process that has not searched yet does not load numba just for this (~130 MiB RSS)
+    ix._numpy_only = "vecindex._numba_search" not in sys.modules
+    try:
+        i = 0
+        final = rec_at(ladder[0])
+        while i < len(ladder) - 1 and final < CALIBRATE_RECALL:
+            i += 1
+            final = rec_at(ladder[i])
+        npb = ladder[i]
+    finally:
+        ix._numpy_only = False
+    return {"nprobe": int(npb), "recall_at_10": round(final, 4), "target": CALIBRATE_RECALL,
+            "queries": len(cal.q)}
+
+
 # ---------------------------------------------------------------------- helpers
 _EXT = {"vectors": "f32", "codes": "i8", "ids": "i64", "sqnorms": "f32", "offsets": "i64",
         "tail_vectors": "f32", "tail_ids": "i64", "tail_labels": "i32", "quant": "f32",
@@ -771,7 +974,7 @@ def _prepare_dir(p: Path, overwrite: bool) -> None:
             raise VecIndexError(f"{p} exists and is not a directory")
         if any(p.iterdir()):
             if not overwrite and (p / fmt.HEADER).exists():
-                raise VecIndexError(f"{p} already holds an index (pass overwrite=True)")
+                raise IndexExistsError(f"{p} already holds an index (pass overwrite=True to replace it)")
             if not (p / fmt.HEADER).exists() and any(
                     not c.name.startswith(("d-", ".tmp-")) for c in p.iterdir()):
                 raise VecIndexError(f"{p} is a non-empty directory that is not an index")
@@ -788,65 +991,122 @@ def _write_quantizer(p: Path, h: dict[str, Any], q: Quantizer, gen: int | None =
         h["files"]["coarse_offsets"] = fmt.write_array(p, f"d-coarse_offsets-{g}.i64", q.coarse_offsets)
 
 
+def build_chunk_rows(d: int) -> int:
+    """Rows a build reads and writes at a time: 32 MiB of float32 (a chunk is held about 4 times
+    over while it is sorted and encoded, so this bounds the build's working set near 150 MiB)."""
+    return max(4096, (32 << 20) // (4 * max(d, 1)))
+
+
+def _drop_pages(mm: Any) -> None:
+    """Unmap the touched pages of a read-only memory map (they stay in the page cache).
+
+    Reading a big input through a memory map would otherwise count every page read
+    in the build's RSS (10M x 64 float32 = 2.5 GB).
+    """
+    if mm is not None:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (AttributeError, ValueError, OSError):  # not a mmap, or the platform lacks it
+            pass
+
+
+def _gather_sorted(rows: Callable[[Any], np.ndarray], idx: np.ndarray, chunk: int) -> np.ndarray:
+    """rows(idx) for sorted positions, read one source chunk at a time."""
+    parts = []
+    hi = int(idx[-1]) + 1 if len(idx) else 0
+    for a in range(0, hi, chunk):
+        i0, i1 = np.searchsorted(idx, [a, a + chunk])
+        if i1 > i0:
+            parts.append(rows(idx[i0:i1]))
+    return np.concatenate(parts) if parts else rows(idx)
+
+
+def _row_range(rows: Callable[[Any], np.ndarray], n: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension minimum and maximum of all rows (one streamed pass)."""
+    lo = hi = None
+    for a in range(0, n, chunk):
+        xb = rows(slice(a, min(n, a + chunk)))
+        lo = xb.min(0) if lo is None else np.minimum(lo, xb.min(0))
+        hi = xb.max(0) if hi is None else np.maximum(hi, xb.max(0))
+    return lo, hi
+
+
 def _write_lists(
     p: Path, h: dict[str, Any], rows: Callable[[Any], np.ndarray], ids: np.ndarray,
     labels: np.ndarray, nlist: int, progress: bool, gen: int | None = None,
+    lo: np.ndarray | None = None, hi: np.ndarray | None = None,
 ) -> None:
-    """Write rows in list order: float32, ids, int8 codes (and |x|^2 for l2); fill header entries."""
+    """Write rows in list order: float32, ids, int8 codes (and |x|^2 for l2); fill header entries.
+
+    Streamed: the source is read in row order, one chunk at a time; each chunk's rows
+    are sorted by list and written at their lists' write cursors (pwrite), so nothing
+    but the labels and one chunk is held. `lo`/`hi` (the int8 range) are computed in a
+    first pass when not given.
+    """
     g = h["gen"] if gen is None else gen
     n = len(labels)
     d = h["dim"]
-    counts = np.bincount(labels, minlength=max(nlist, 1))[: max(nlist, 1)] if n else np.zeros(max(nlist, 1), np.int64)
+    nl1 = max(nlist, 1)
+    counts = np.bincount(labels, minlength=nl1)[:nl1] if n else np.zeros(nl1, np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64) if nlist else np.zeros(1, np.int64)
-    order = np.argsort(labels, kind="stable") if n else np.zeros(0, np.int64)
     names = {k: f"d-{k}-{g}.{_EXT[k]}" for k in ("vectors", "codes", "ids", "sqnorms", "offsets", "quant")}
     tmp = {k: p / f".tmp-{v}" for k, v in names.items()}
-    lo = np.full(d, np.inf, np.float32)
-    hi = np.full(d, -np.inf, np.float32)
-    chunk = 262144
+    chunk = build_chunk_rows(d)
     l2 = h["metric"] == "l2"
-    with open(tmp["vectors"], "wb") as fv, open(tmp["ids"], "wb") as fi, open(tmp["sqnorms"], "wb") as fs:
-        with _progress(n, "write lists", progress and n > 1_000_000) as bar:
-            for a in range(0, n, chunk):
-                sel = order[a : a + chunk]
-                srt = np.argsort(sel)
-                xs = np.empty((len(sel), d), np.float32)
-                xs[srt] = rows(sel[srt])  # read the source in increasing row order
-                xs.tofile(fv)
-                ids[sel].astype(np.int64).tofile(fi)
-                if l2:
-                    np.einsum("ij,ij->i", xs, xs).astype(np.float32).tofile(fs)
-                np.minimum(lo, xs.min(0), out=lo)
-                np.maximum(hi, xs.max(0), out=hi)
-                bar.update(len(sel))
-        for f in (fv, fi, fs):
-            f.flush()
-            os.fsync(f.fileno())
-    if not n:
-        lo[:] = 0
-        hi[:] = 0
+    int8 = h["scan"] == "int8"
+    if lo is None or hi is None:
+        lo, hi = _row_range(rows, n, chunk) if n else (np.zeros(d, np.float32), np.zeros(d, np.float32))
+    lo = np.asarray(lo, np.float32)
+    hi = np.asarray(hi, np.float32)
     step = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
-    quant = np.stack([lo, step]).astype(np.float32)
-    if h["scan"] == "int8":
-        src = np.memmap(tmp["vectors"], np.float32, "r", shape=(n, d)) if n else np.zeros((0, d), np.float32)
-        with open(tmp["codes"], "wb") as fc:
+    want = {"vectors": 4 * d, "ids": 8}
+    if int8:
+        want["codes"] = d
+    if l2:
+        want["sqnorms"] = 4
+    fds = {k: os.open(tmp[k], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644) for k in want}
+    try:
+        for k, rb in want.items():
+            os.ftruncate(fds[k], n * rb)
+        cursor = offsets[:-1].copy() if nlist else np.zeros(1, np.int64)
+        with _progress(n, "write lists", progress) as bar:
             for a in range(0, n, chunk):
-                c = np.rint((src[a : a + chunk] - lo) / step) - 128
-                np.clip(c, -128, 127, out=c)
-                c.astype(np.int8).tofile(fc)
-            fc.flush()
-            os.fsync(fc.fileno())
-        del src
+                xb = rows(slice(a, min(n, a + chunk)))
+                lab = labels[a : a + len(xb)]
+                order = np.argsort(lab, kind="stable")
+                cols = {"vectors": xb[order], "ids": np.ascontiguousarray(ids[a : a + len(xb)][order], np.int64)}
+                if int8:
+                    c = cols["vectors"] - lo  # one float temporary, updated in place
+                    c /= step
+                    np.rint(c, out=c)
+                    c -= 128
+                    np.clip(c, -128, 127, out=c)
+                    cols["codes"] = c.astype(np.int8)
+                    del c
+                if l2:
+                    cols["sqnorms"] = np.einsum("ij,ij->i", cols["vectors"], cols["vectors"]).astype(np.float32)
+                ls, st, cn = np.unique(lab[order], return_index=True, return_counts=True)
+                for li, s0, c0 in zip(ls.tolist(), st.tolist(), cn.tolist(), strict=True):
+                    dst = int(cursor[li])
+                    for k, rb in want.items():
+                        mv = memoryview(cols[k][s0 : s0 + c0]).cast("B")
+                        if os.pwrite(fds[k], mv, dst * rb) != len(mv):
+                            raise OSError(f"short write to {tmp[k]}")
+                    cursor[li] += c0
+                bar.update(len(xb))
+        for fd in fds.values():
+            os.fsync(fd)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    quant = np.stack([lo, step]).astype(np.float32)
     with open(tmp["offsets"], "wb") as f:
         offsets.tofile(f)
     with open(tmp["quant"], "wb") as f:
         quant.tofile(f)
     for k in ("vectors", "codes", "ids", "sqnorms", "offsets", "quant"):
         h["files"].pop(k, None)
-        if k == "codes" and h["scan"] != "int8":
-            tmp[k].unlink(missing_ok=True)
-            continue
-        if k == "sqnorms" and not l2:
+        if k in ("codes", "sqnorms") and k not in want:
             tmp[k].unlink(missing_ok=True)
             continue
         os.replace(tmp[k], p / names[k])

@@ -146,5 +146,5 @@ class VecDB:
         nlist = default_nlist(n)
         IVFIndex.build(
             self.index_path, data, metric="cosine", nlist=nlist, nprobe=vecdb_nprobe(nlist),
-            overwrite=True, progress=n > 1_000_000,
+            overwrite=True, progress=True,
         ).close()
