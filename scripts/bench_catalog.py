@@ -4,7 +4,7 @@
 Synthetic data: N files (default 1M), ~10k keywords in a hierarchy of depth 5
 (branching 10, 6, 5, 5, 6), each file tagged with 3 random keywords. Measures
 bulk insert (Store.bulk_create, one transaction per chunk), then the median
-time of Store.resolve_ids / resolve / name_counts for a 1-HK, a 2-HK (~1% of
+time of Store.match_ids / match / name_counts for a 1-HK, a 2-HK (~1% of
 the files) and a 3-HK list, against two baselines in the same run: the same
 query as one plain SQL statement that visits every file (no use of the
 keyword-path range), and a naive Python filter over all (file, HK) pairs.
@@ -116,7 +116,7 @@ def main() -> None:
         for b in lvl[1]:
             if b == a[:1]:
                 continue
-            n = len(store.resolve_ids(ns, [a, b]))
+            n = len(store.match_ids(ns, [a, b]))
             if best is None or abs(n - args.files / 100) < abs(best[0] - args.files / 100):
                 best = (n, [a, b])
     two = best[1]  # type: ignore[index]
@@ -133,8 +133,8 @@ def main() -> None:
 
     rows = []
     for label, q in queries:
-        t_ids, ids = timed(lambda q=q: store.resolve_ids(ns, q), args.reps)
-        t_full, _ = timed(lambda q=q: store.resolve(ns, q), max(3, args.reps // 2))
+        t_ids, ids = timed(lambda q=q: store.match_ids(ns, q), args.reps)
+        t_full, _ = timed(lambda q=q: store.match(ns, q), max(3, args.reps // 2))
         t_nc, _ = timed(lambda q=q: store.name_counts(ns, q), args.reps)
         t_scan, scan = timed(lambda q=q: sql_scan(store, ns, q), 1 if args.files > 200_000 else 3)
         t_py, py = timed(lambda q=q: sorted(e for e, h in per_file.items() if list_matches(q, h)), 1)
@@ -144,15 +144,15 @@ def main() -> None:
     op_rows = operator_rows(store, ns, lvl, one, per_file, rnd, args.reps)
     # hk mvkw / mergekw of a level-2 keyword (~5% of the files), last: they change the data
     moved = lvl[2][1]
-    n_moved = len(store.resolve_ids(ns, [moved]))
-    parent_ids = store.resolve_ids(ns, [moved[:1]])
+    n_moved = len(store.match_ids(ns, [moved]))
+    parent_ids = store.match_ids(ns, [moved[:1]])
     t0 = time.perf_counter()
     store.move_keyword(ns, moved, ("moved",) + moved[-1:], parents=True)
     t_move = time.perf_counter() - t0
     t0 = time.perf_counter()
     store.move_keyword(ns, ("moved",) + moved[-1:], moved[:1], merge=True)
     t_merge = time.perf_counter() - t0
-    assert store.resolve_ids(ns, [moved[:1]]) == parent_ids and not store.keyword_exists(ns, moved)
+    assert store.match_ids(ns, [moved[:1]]) == parent_ids and not store.keyword_exists(ns, moved)
 
     store.close()
     tmp.cleanup()
@@ -180,13 +180,13 @@ def main() -> None:
         "",
         "## Resolving HK lists (median)",
         "",
-        "`resolve_ids` and `name_counts` are the indexed path: the most selective HK's subtree is a range "
+        "`match_ids` and `name_counts` are the indexed path: the most selective HK's subtree is a range "
         "scan of keywords.path joined to the (keyword, entity) key, and the other HKs are tested on that "
         "row's tags string; `resolve` also builds an EntityInfo (HKs, link count) per file. "
         "Baselines answer the same list: *SQL scan* is one plain statement visiting every file; "
         f"*Python scan* filters all (file, HK) pairs held in memory (loading them took {t_load:.1f} s, not counted).",
         "",
-        "| list | HKs | files | resolve_ids | resolve | name_counts | SQL scan | Python scan | speed-up vs SQL scan |",
+        "| list | HKs | files | match_ids | match | name_counts | SQL scan | Python scan | speed-up vs SQL scan |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, q, n, t_ids, t_full, t_nc, t_scan, t_py in rows:
@@ -200,11 +200,11 @@ def main() -> None:
         "",
         "Lists with operators (issue 13) against the 1-HK AND list above, in the same run, timed in "
         "interleaved rounds (medians): *listing* is "
-        "`resolve_stats`, what `ls -l` of the view asks the catalog (one row per file). Goal: a listing "
+        "`match_stats`, what `ls -l` of the view asks the catalog (one row per file). Goal: a listing "
         "costs at most 2x the AND view's of the same size (compare the per-file column too, since the "
         "sizes differ a little). Checked against naming.list_matches over all files.",
         "",
-        "| list | HKs | files | resolve_ids | listing | per 1k files | listing vs AND |",
+        "| list | HKs | files | match_ids | listing | per 1k files | listing vs AND |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     move_lines = [
@@ -249,9 +249,9 @@ def operator_rows(store: Store, ns: int, lvl: dict[int, list[HK]], one: list[HK]
     found: dict[str, list[int]] = {}
     for _ in range(reps):
         for label, q in queries:
-            t, found[label] = timed(lambda q=q: store.resolve_ids(ns, q), 1)
+            t, found[label] = timed(lambda q=q: store.match_ids(ns, q), 1)
             t_ids[label].append(t)
-            t_list[label].append(timed(lambda q=q: store.resolve_stats(ns, q), 1)[0])
+            t_list[label].append(timed(lambda q=q: store.match_stats(ns, q), 1)[0])
     rows = []
     for label, q in queries:
         py = sorted(e for e, h in per_file.items() if list_matches(q, h))

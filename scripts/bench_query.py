@@ -220,7 +220,7 @@ def _own_vectors(store: Path, ns: int, n: int) -> list[tuple[int, str, np.ndarra
     """n files of //bench (spread over the store) with their own embedding: (id, name, vector)."""
     from hkfs.query.embeddings import parse_embedding
     with Store.open(store) as st:
-        ids = st.resolve_ids(ns, ["//bench"])
+        ids = st.match_ids(ns, ["//bench"])
         pick = np.random.default_rng(11).choice(len(ids), size=min(n, len(ids)), replace=False)
         got = []
         for i in pick:
@@ -334,7 +334,7 @@ def main() -> None:
             ns, builds[f"{n:,} files"] = fill_files(s, n)
             print(f"  index built in {builds[f'{n:,} files']:.1f}s", flush=True)
             with Store.open(s) as st:
-                _NAMES.update({e.id: e.name for e in st.resolve(ns, ["//bench"])})
+                _NAMES.update({e.id: e.name for e in st.match(ns, ["//bench"])})
             results.append(run_case(f"{n:,} files with own embedding", s, m, ns, a.queries, a.rounds,
                                     files=True))
             print(results[-1], flush=True)

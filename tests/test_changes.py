@@ -102,8 +102,8 @@ def test_scope_kept_across_unrelated_commits(st: Store, monkeypatch: pytest.Monk
         ids.append(eid)
     svc = QueryService(st)
     scans: list[object] = []
-    real = st.resolve_ids
-    monkeypatch.setattr(st, "resolve_ids", lambda *a, **k: scans.append(a) or real(*a, **k))
+    real = st.match_ids
+    monkeypatch.setattr(st, "match_ids", lambda *a, **k: scans.append(a) or real(*a, **k))
     q = Query(np.ones(4, np.float32), k=3)
     sc = svc.view_scope(ns, (("photo",),), "@/photo/")
     assert len(svc.run(sc, q, exclude=ids[0])) == 3

@@ -157,7 +157,7 @@ def test_scope_exclude_and_k_guaranteed(st: Store, data) -> None:
     cat = EmbeddingCatalog(st)
     cat.refresh(ns)
     cat.rebuild(ns, D)
-    dogs = sorted_ids(st.resolve_ids(ns, ["//animal/dog"]))
+    dogs = sorted_ids(st.match_ids(ns, ["//animal/dog"]))
     inscope = {kk: v for kk, v in items.items() if kk[0] in set(dogs.tolist())}
     q = rng.normal(size=D).astype(np.float32)
     hits = cat.search(ns, q, 30, scope=dogs, scope_token="dogs")
@@ -184,7 +184,7 @@ def test_changes_show_in_next_search(st: Store, data, monkeypatch, dead_by_mask)
     v = rng.normal(size=D).astype(np.float32)
     st.set_xattr("file", own_ids[0], EMBEDDING_ATTR, v.astype("<f4").tobytes())
     items[(own_ids[0], None)] = v
-    a_id = st.resolve_ids(ns, [], "a.npy")[0]
+    a_id = st.match_ids(ns, [], "a.npy")[0]
     st.rme(a_id)
     items = {kk: x for kk, x in items.items() if kk[0] != a_id}
     cat.refresh(ns)
@@ -193,7 +193,7 @@ def test_changes_show_in_next_search(st: Store, data, monkeypatch, dead_by_mask)
         assert got(cat.search(ns, q, 20)) == brute(q, items, 20)
     st.dtkw(e_new, ["//photo"])
     st.atkw(e_new, ["//doc"])
-    docs = sorted_ids(st.resolve_ids(ns, ["//doc"]))
+    docs = sorted_ids(st.match_ids(ns, ["//doc"]))
     q = new[1]
     hits = cat.search(ns, q, 2, scope=docs, scope_token=("doc", 2))
     assert (hits[0].eid, hits[0].row) == (e_new, 1)
@@ -305,7 +305,7 @@ def test_queryfs_paths_scope_and_clash_names(st: Store, data) -> None:
     st.set_dkl(d, ["//doc"])
     sc = qfs.scope("/d")
     out = qfs.service.run(sc, Query(np.ones(D, np.float32), k=100))
-    doc_ids = set(st.resolve_ids(ns, ["//doc"])) | {y}
+    doc_ids = set(st.match_ids(ns, ["//doc"])) | {y}
     assert {h.path.split("#")[0] for h in out} == {"d/y.npy"} | {
         "d/,/" + st.entity(e).name for e in doc_ids - {y} if (e, None) in items or (e, 0) in items}
     with pytest.raises(InvalidArgument, match="dimension 3"):

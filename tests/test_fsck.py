@@ -103,7 +103,7 @@ def test_dangling_links_tags_dkl_and_keyword_parents(store: Path) -> None:
         ns = s.namespace_id(os.geteuid())
         assert s.keyword_exists(ns, ("a",)) and s.keyword_children(ns, ("a",)) == ["b"]
         assert [e.name for e in s.listdir(2)] == ["f0.txt"]
-        assert len(s.resolve(ns, [("a", "b")])) == 3
+        assert len(s.match(ns, [("a", "b")])) == 3
 
 
 def test_stale_size_is_recorded_from_the_bytes(store: Path) -> None:

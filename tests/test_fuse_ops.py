@@ -131,7 +131,7 @@ def test_symlinks(ops: HKOperations) -> None:
     assert ops.readlink("/d/l") == "../target"
     assert stat.S_ISLNK(ops.getattr("/d/l")["st_mode"])
     assert err(ops.symlink, "/d/l", "x") == errno.EEXIST
-    eid = ops.store.lookup(ops.loc("/d").dirid, "l").id
+    eid = ops.store.lookup(ops.model.resolve("/d").dirid, "l").id
     assert ops.store.entity(eid).mode == stat.S_IFLNK | 0o777      # the type lives in the store
     assert ops.store.list_xattrs("file", eid) == []
     ops.release("/d/f", ops.create("/d/f", stat.S_IFREG | 0o640, os.O_WRONLY))
@@ -177,5 +177,5 @@ def test_truncate_utimens_chmod(ops: HKOperations) -> None:
     assert ops.getattr("/d/f")["st_mtime"] == 1_000_000_001_000_000_000
     ops.chmod("/d/f", 0o600)
     assert ops.getattr("/d/f")["st_mode"] & 0o7777 == 0o600
-    assert ops.store.entity(ops.resolver.resolve("/d/f").eid).size == 4  # type: ignore[union-attr]
+    assert ops.store.entity(ops.model.resolve("/d/f").eid).size == 4  # type: ignore[union-attr]
     assert ops.statfs("/")["f_namemax"] == 255

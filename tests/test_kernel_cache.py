@@ -321,7 +321,7 @@ def _api_change(m: Mount, tag: str) -> None:
     from hkfs.core.store import Store
     with Store.open(m.store) as st:
         ns = st.namespace_id(os.getuid())
-        eid = st.resolve(ns, [("v",)], "f")[0].id
+        eid = st.match(ns, [("v",)], "f")[0].id
         with st.catalog.write():      # one commit: the check follows its poke within a millisecond
             st.mkkw(ns, ("w",))
             st.atkw(eid, [("w",)])

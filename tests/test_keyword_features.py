@@ -44,8 +44,8 @@ def test_move_keyword_keeps_children_files_and_dkls(st: Store) -> None:
     assert st.entity(f).hks == (("pet",), ("pet", "dog"))
     assert st.entity(p).hks == (("pet", "dog", "poodle"),)
     assert st.dir(d).dkl == (("pet",), ("pet", "dog", "poodle"), ("animal",))
-    assert [e.name for e in st.resolve(ns, ["//pet/dog"])] == ["f.jpg", "p.jpg"]
-    assert st.resolve(ns, ["//animal"]) == []
+    assert [e.name for e in st.match(ns, ["//pet/dog"])] == ["f.jpg", "p.jpg"]
+    assert st.match(ns, ["//animal"]) == []
     assert check(st) == []
     assert kid is not None
 
@@ -148,10 +148,10 @@ def test_query_matches_the_reference_on_random_files(st: Store) -> None:
         spec = parse_spec(text)
         want = sorted(i for i in ids if list_matches(spec.hks, hks[i])
                       and (spec.name is None or st.entity(i).name == spec.name))
-        assert st.resolve_ids(ns, spec.hks, spec.name) == want, text
-        assert [e.id for e in st.resolve(ns, spec.hks, spec.name)] == want, text
+        assert st.match_ids(ns, spec.hks, spec.name) == want, text
+        assert [e.id for e in st.match(ns, spec.hks, spec.name)] == want, text
         if spec.name is None:
-            assert [e.id for e in st.resolve_stats(ns, spec.hks)] == want, text
+            assert [e.id for e in st.match_stats(ns, spec.hks)] == want, text
     assert compile_query(parse_spec("//a//@not/b").hks).none_of[0].hk == ("b",)
 
 

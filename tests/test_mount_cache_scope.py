@@ -4,7 +4,7 @@ A change to a file reached only through its one directory link (never through a 
 the last invalidation) drops nothing: the kernel updates the one inode it holds. These tests
 prime the kernel's caches through every other kind of path first (a `,` view, a keyword view,
 a second hard link, a clash, a keyword shadowing a file) and check that the very next command
-sees the change there. See hkfs.fuse.operations.HKOperations._entity_changed.
+sees the change there. See hkfs.mount.model.MountModel.entity_stale and hkfs.fuse.kernel_cache.KernelCache.carry_out.
 """
 
 from __future__ import annotations

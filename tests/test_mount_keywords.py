@@ -169,7 +169,7 @@ from hkfs.core.store import Store
 st = Store.open("$S")
 ns = st.namespace_id(0)
 st.mkkw(ns, ("later",))
-eid = st.resolve(ns, [("seen",)])[0].id
+eid = st.match(ns, [("seen",)])[0].id
 st.atkw(eid, [("later",)])
 st.chfn(eid, "g")
 st.close()

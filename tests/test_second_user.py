@@ -126,3 +126,16 @@ def test_a_shared_directory_behaves_as_on_ext4(shared: Mount, second_uid: int) -
     """, user=second_uid)
     assert (shared.root / "tmp" / "roots").read_text() == "root\nmore\n"
     assert sorted(os.listdir(shared.root / "tmp")) == ["roots"]
+
+
+def test_a_rename_over_a_users_file_keeps_the_source_owner_and_mode(shared: Mount, second_uid: int) -> None:
+    """Issue 11 item 3: root's 0600 file renamed by the second user over that user's own file
+    is root's file there (owner and mode), not the user's inode holding root's bytes."""
+    shared.run("mkdir s; chmod 777 s; echo secret > s/rootfile; chmod 600 s/rootfile")
+    shared.run("""
+        echo mine > s/mine
+        mv s/rootfile s/mine
+        test "$(stat -c %u:%a s/mine)" = 0:600
+        not cat s/mine 2>/dev/null
+    """, user=second_uid)
+    assert (shared.root / "s" / "mine").read_text() == "secret\n"

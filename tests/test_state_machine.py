@@ -194,8 +194,6 @@ class SideBySide(RuleBasedStateMachine):
 
     @rule(a=paths, b=paths)
     def rename(self, a: str, b: str) -> None:
-        if self._rename_over_linked_file(a, b):
-            return        # issue 11 item 3 (the `model` branch): see test_rename_over_a_file_with_other_links
         self.both("rename", a, b)
 
     @precondition(lambda self: FUSE3)        # libfuse 2 passes no renameat2 flags (EINVAL)
@@ -235,17 +233,6 @@ class SideBySide(RuleBasedStateMachine):
     def mkfifo(self, p: str) -> None:
         self.both("mkfifo", p)
 
-    def _rename_over_linked_file(self, a: str, b: str) -> bool:
-        """Renaming a regular file over a different regular file that has other links: the
-        mount keeps the destination's inode (its other links get the new bytes)."""
-        root = self.roots[1]
-        try:
-            sa, sb = os.lstat(root / a), os.lstat(root / b)
-        except OSError:
-            return False
-        return (stat.S_ISREG(sa.st_mode) and stat.S_ISREG(sb.st_mode) and sa.st_ino != sb.st_ino
-                and sb.st_nlink > 1)
-
     @invariant()
     def same_open_files(self) -> None:
         """What fstat and read say of every held descriptor (also of files removed while open)."""
@@ -269,8 +256,6 @@ def test_random_operations_match_ext4(mount: Mount, tmp_path: Path) -> None:
                                                             deadline=None))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 3 (the `model` branch): rename over a file with "
-                   "other hard links keeps the destination's inode, so its other links get the new bytes")
 def test_rename_over_a_file_with_other_links(mount: Mount, tmp_path: Path) -> None:
     for root in (mount.root, tmp_path):
         (root / "new").write_bytes(b"new")

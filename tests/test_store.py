@@ -63,7 +63,7 @@ def test_open_reopen_and_missing(tmp_path) -> None:
     eid = s.create(ns, "f.txt", hks=[("a",)])
     s.close()
     s = Store.open(tmp_path / "s", create=False)
-    assert s.resolve(ns, [("a",)])[0].id == eid
+    assert s.match(ns, [("a",)])[0].id == eid
     assert s.entity_path(eid) == tmp_path / "s" / "entities" / str(eid)
     with sqlite3.connect(tmp_path / "s" / "catalog.sqlite") as c:
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -130,7 +130,7 @@ def test_namespaces_are_separate(store, ns) -> None:
     assert store.root_dir(ns) != store.root_dir(other)
     assert store.root_dir(ns) == store.root_dir(ns)
     with pytest.raises(NotFound):
-        store.resolve(other, [("photo",)])
+        store.match(other, [("photo",)])
 
 
 def test_mkkw_rmkw(store, ns) -> None:
@@ -184,11 +184,11 @@ def test_create_resolve_atkw_dtkw(store, ns) -> None:
     assert (info.name, info.mode, info.uid, info.gid, info.size, info.nlinks) == ("fig1.jpg", 0o600, 5, 6, 0, 0)
     assert info.hks == (("animal", "dog", "poodle"), ("photo",))
     assert store.entity_path(e1).exists()
-    assert [e.id for e in store.resolve(ns, [("animal",)])] == [e1]
-    assert [e.id for e in store.resolve(ns, [("animal",), ("photo",)])] == [e1]
-    assert store.resolve(ns, [("animal",), ("sports",)]) == []
-    assert [e.id for e in store.resolve(ns, [], "fig1.jpg")] == [e1, e2]
-    assert store.resolve_ids(ns, [("sports",)], "fig1.jpg") == [e2]
+    assert [e.id for e in store.match(ns, [("animal",)])] == [e1]
+    assert [e.id for e in store.match(ns, [("animal",), ("photo",)])] == [e1]
+    assert store.match(ns, [("animal",), ("sports",)]) == []
+    assert [e.id for e in store.match(ns, [], "fig1.jpg")] == [e1, e2]
+    assert store.match_ids(ns, [("sports",)], "fig1.jpg") == [e2]
     assert store.name_counts(ns, []) == {"fig1.jpg": 2}
     with pytest.raises(NotFound):
         store.atkw(e1, [("nope",)])
@@ -230,7 +230,7 @@ def test_file_type_bits_in_mode(store, ns) -> None:
         with pytest.raises(InvalidArgument):
             store.set_attrs(f, mode=bad)
     assert store.bulk_create(ns, [("b", [("photo",)])], mode=stat.S_IFREG | 0o644)
-    assert store.entity(store.resolve_ids(ns, [("photo",)], "b")[0]).mode == 0o644
+    assert store.entity(store.match_ids(ns, [("photo",)], "b")[0]).mode == 0o644
 
 
 def test_entity_ids_are_never_reused(store, ns) -> None:
@@ -448,7 +448,7 @@ def test_bulk_create(store, ns) -> None:
     ids = store.bulk_create(ns, [(f"f{i}", [("photo",), ("animal", "cat")] if i % 2 else [("photo",)])
                                  for i in range(100)])
     assert len(ids) == 100 and all(store.entity_path(i).exists() for i in ids)
-    assert len(store.resolve_ids(ns, [("animal",)])) == 50
+    assert len(store.match_ids(ns, [("animal",)])) == 50
     with pytest.raises(NotFound):
         store.bulk_create(ns, [("x", [("nope",)])])
     assert store.bulk_create(ns, [("y", ["//new/kw"])], create_keywords=True)
@@ -507,12 +507,12 @@ def test_resolve_vs_naive(tmp_path_factory, files, query, name) -> None:
         known = all(s.keyword_exists(ns, h) for h in query)
         if not known:
             with pytest.raises(NotFound):
-                s.resolve(ns, query, name)
+                s.match(ns, query, name)
             return
         expect = sorted(e for e, (n, hks) in carried.items()
                         if list_matches(query, hks) and (name is None or n == name))
-        assert [e.id for e in s.resolve(ns, query, name)] == expect
-        assert s.resolve_ids(ns, query, name) == expect
+        assert [e.id for e in s.match(ns, query, name)] == expect
+        assert s.match_ids(ns, query, name) == expect
         if name is None:
             counts: dict[str, int] = {}
             for e in expect:
@@ -535,7 +535,7 @@ def test_many_threads(store, ns) -> None:
                 eid = store.create(ns, f"f{i}", hks=[("photo",)], directory=d)
                 store.atkw(eid, [("animal", "cat")])
                 assert store.entity(eid).nlinks == 1
-                store.resolve_ids(ns, [("animal",)])
+                store.match_ids(ns, [("animal",)])
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -545,7 +545,7 @@ def test_many_threads(store, ns) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert len(store.resolve_ids(ns, [("photo",), ("animal", "cat")])) == 180
+    assert len(store.match_ids(ns, [("photo",), ("animal", "cat")])) == 180
     assert check(store) == []
 
 
@@ -689,3 +689,13 @@ def test_sigkill_mid_way_leaves_a_consistent_store(tmp_path, seed) -> None:
         s.create(ns, "after", hks=[("k",)])
     finally:
         s.close()
+
+
+def test_names_of_and_name_counts_in_ns(store, ns) -> None:
+    store.mkkw(ns, ("a",))
+    e1 = store.create(ns, "x.txt", hks=[("a",)])
+    e2 = store.create(ns, "x.txt", hks=[("a",)])
+    e3 = store.create(ns, "y.txt", hks=[("a",)])
+    assert store.names_of([e1, e3, 999]) == {e1: "x.txt", e3: "y.txt"}
+    assert store.name_counts_in_ns(ns, ["x.txt", "y.txt", "z"]) == {"x.txt": 2, "y.txt": 1}
+    assert store.names_of([]) == {} and store.name_counts_in_ns(ns, []) == {} and e2

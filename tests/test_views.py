@@ -1,4 +1,4 @@
-"""The mount path grammar (hkfs/mount/views.py) without FUSE: parsing, clash names, resolution on a fake store."""
+"""The mount path grammar (hkfs/mount/paths.py, views.py) without FUSE: parsing, clash names, resolution on a fake store."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ import pytest
 
 from hkfs.core.errors import NotADirectory, NotFound
 from hkfs.core.naming import list_matches
+from hkfs.mount.paths import MountPath, clash_name, listed_name, parse, split_clash_name
 from hkfs.mount.views import (
     DirLoc,
     KeySpaceLoc,
     LinkLoc,
-    MountPath,
     NewKeyLoc,
     Resolver,
     ViewFileLoc,
     ViewLoc,
     attach_set,
-    clash_name,
     detach_set,
-    parse,
-    split_clash_name,
 )
 
 
@@ -131,7 +128,7 @@ class FakeStore:
     def keyword_exists(self, ns: int, hk: tuple) -> bool:
         return hk in self.kws
 
-    def resolve(self, ns: int, hks, name=None) -> list[FEnt]:
+    def match(self, ns: int, hks, name=None) -> list[FEnt]:
         return [e for e in self.ents.values()
                 if list_matches(hks, e.hks) and (name is None or e.name == name)]
 
@@ -187,3 +184,9 @@ def test_resolve_comma_views(res: Resolver) -> None:
     assert res.resolve("/work/,/2000") == ViewLoc(1, (("photo", "2000"),), 11, keyword=True)
     assert res.resolve("/work/,fig1.jpg").eid == 1              # type: ignore[union-attr]
     assert res.resolve("/work/,/@/animal") == ViewLoc(1, (("photo",), ("animal",)), 11, keyword=True)
+
+
+def test_listed_name_rule() -> None:
+    assert listed_name("main.tex", 12, shared=True, keyword=True) == "main~12.tex"    # a clash wins
+    assert listed_name("sub", 3, shared=False, keyword=True) == ",sub"
+    assert listed_name("main.tex", 12, shared=False, keyword=False) == "main.tex"

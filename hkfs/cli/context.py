@@ -216,7 +216,7 @@ class Here:
             for h in hl:
                 if not self.store.keyword_exists(self.ns, h):
                     raise NotFound(f"no keyword {format_hk(h)}")
-            found = [FileRef(i) for i in self.store.resolve(self.ns, hl, name)]
+            found = [FileRef(i) for i in self.store.match(self.ns, hl, name)]
             if not found:
                 raise NotFound(f"{arg}: no file matches")
         else:

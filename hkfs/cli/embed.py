@@ -15,6 +15,7 @@ import click
 
 from ..core.errors import InvalidArgument, NotFound
 from ..core.naming import term_keyword
+from ..mount.paths import view_prefix
 from .context import here, parse_spec_arg, store_options
 from .main import cli
 
@@ -157,7 +158,7 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
     """
     from ..mount.queryfs import NO_HITS
     from ..query.queryfiles import Query, format_results, parse_vector
-    from ..query.service import QueryService, view_prefix
+    from ..query.service import QueryService
 
     if show is not None:
         if spec or vector is not None or like is not None:

@@ -20,8 +20,8 @@ import click
 
 from ..core.completion import complete_word, split_word  # noqa: F401 (split_word: re-exported)
 from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
-from ..core.naming import HK, format_hk, format_hk_list, term_keyword
-from ..mount.views import clash_name
+from ..core.naming import format_hk, format_hk_list, term_keyword
+from ..mount.paths import COMMA, clash_name, listed_name, view_path
 from .context import FileRef, Here, here, parse_spec_arg, store_options
 from .main import cli
 
@@ -32,10 +32,6 @@ SHELLS = ("bash", "zsh")
 
 
 # ---------------------------------------------------------------------- path
-
-def _view_path(hks: tuple[HK, ...]) -> str:
-    return "".join("/@/" + "/".join(h) for h in hks)
-
 
 def spec_to_paths(h: Here, spec: str) -> list[str]:
     """Mount paths for a spec: one, or one per file when several share the name (their clash names)."""
@@ -50,9 +46,9 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
             raise NotFound(f"no keyword {format_hk(k)}")
     if relative:
         if h.dirid is not None:
-            base = cwd + "/," + _view_path(hl)         # a directory's ',' is its CKL's view
+            base = cwd + "/," + view_path(hl)         # a directory's ',' is its CKL's view
         elif h.view and not h.keyspace:
-            base = cwd + _view_path(hl)                # a view is its own CKL's view (as `hk ls ,`)
+            base = cwd + view_path(hl)                # a view is its own CKL's view (as `hk ls ,`)
         else:
             raise InvalidArgument("',' needs a directory or a keyword view as the current directory")
         full = tuple(h.ckl) + hl
@@ -60,18 +56,19 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
         anchor = str(h.mount).rstrip("/")
         if h.dirid is not None and h.ns != h.mount_ns:
             anchor = cwd          # chns: this directory's '@' is the other namespace's keyword space
-        base = anchor + _view_path(hl)
+        base = anchor + view_path(hl)
         full = hl
     if name is None:
         return [base]
-    matches = h.store.resolve(h.ns, full, name)
+    matches = h.store.match(h.ns, full, name)
     if len(matches) > 1:
         return [f"{base}/{clash_name(name, m.id)}" for m in matches]
     if relative and not hl and h.dirid is not None:
-        return [cwd + "/," + name]
+        return [cwd + "/" + COMMA + name]
     kw = term_keyword(full[-1]) if full else ()      # a term with operators: its keyword's children
     children = h.store.keyword_children(h.ns, kw) if kw else []
-    return [base + ("/," if name in children else "/") + name]
+    return [base + "/" + listed_name(name, matches[0].id if matches else 0, shared=False,
+                                     keyword=name in children)]
 
 
 @cli.command("path")

@@ -87,6 +87,30 @@ class StoreVersionError(HKError):
     errno = _errno.EPROTO
 
 
+class NoAttribute(NotFound):
+    """No such extended attribute (ENODATA, the errno getxattr(2) gives)."""
+
+    errno = getattr(_errno, "ENOATTR", _errno.ENODATA)
+
+
+class Busy(NotPermitted):
+    """The root, '@' and ',' cannot be removed or moved."""
+
+    errno = _errno.EBUSY
+
+
+class CrossDevice(NotPermitted):
+    """A directory cannot move into a view."""
+
+    errno = _errno.EXDEV
+
+
+class NotSupported(NotPermitted):
+    """An attribute this file system does not keep (system.*, trusted.*, on a view)."""
+
+    errno = _errno.ENOTSUP
+
+
 class CatalogDamaged(HKError):
     """The catalog lacks part of its schema (a table dropped by hand or by a broken tool)."""
 

@@ -27,6 +27,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from ..mount.paths import clash_name
 from .catalog import Catalog
 from .changes import run_commit_hooks
 from .errors import (
@@ -281,6 +282,18 @@ class Store:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def sync(self, *, entities: bool = True) -> None:
+        """What an fsync promises beyond a file's bytes: its name and attributes (catalog rows)
+        and (`entities`: when files were made or moved there since the last sync) its bytes
+        file's name in entities/ survive a power loss."""
+        if entities:
+            fd = os.open(self.entities_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.catalog.sync()
 
     def entity_path(self, eid: int) -> Path:
         """STORE/entities/<eid>, opened directly by the mount for read/write."""
@@ -776,6 +789,16 @@ class Store:
             c.execute(f"UPDATE entities SET {', '.join(k + ' = ?' for k in sets)} WHERE id = ?",
                       (*sets.values(), eid))
 
+    def replace_entity(self, src: int, dst: int, *, size: int, mtime_ns: int) -> None:
+        """Step 2 of hkfs.core.bytes.replace_bytes (an editor save), in one transaction: entity
+        dst gets src's permissions and the size and mtime of its bytes (already moved); src goes."""
+        with self.catalog.write() as c:
+            self._need_entity(c, dst)
+            mode = self._entity(c, src).mode
+            c.execute("UPDATE entities SET size = ?, mode = ?, mtime_ns = ?, ctime_ns = ? WHERE id = ?",
+                      (size, _entity_mode(mode & 0o7777, self._entity(c, dst).mode), mtime_ns, _now(), dst))
+            self._delete_entity(c, src)
+
     def set_rdev(self, eid: int, rdev: int) -> None:
         """The device number of a character or block device entity (mknod)."""
         with self.catalog.write() as c:
@@ -854,8 +877,7 @@ class Store:
         ns, name = c.execute("SELECT ns, name FROM entities WHERE id = ?", (eid,)).fetchone()
         lf = self._lost_found(c, ns)
         if self._entry(c, lf, name) is not None:
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}~{eid}.{ext}" if dot and stem else f"{name}~{eid}"
+            name = clash_name(name, eid)
             if self._entry(c, lf, name) is not None:
                 name = f"{eid}"
         c.execute("INSERT INTO links(dir, name, entity) VALUES (?, ?, ?)", (lf, name, eid))
@@ -1020,7 +1042,7 @@ class Store:
             parts[0] = parts[0].replace("SELECT x.entity", "SELECT DISTINCT x.entity", 1)
         return " UNION ".join(parts), params
 
-    def resolve(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[EntityInfo]:
+    def match(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[EntityInfo]:
         """Files of namespace ns matching the list (with descendants), by id; unknown HK: NotFound."""
         with self.catalog.read() as c:
             sel, params = self._match(c, ns, hks, name, with_tags=True)
@@ -1035,8 +1057,8 @@ class Store:
                 f"FROM entities e WHERE e.id IN ({ids}) ORDER BY e.id", params).fetchall()
         return [EntityInfo(*r, nlinks=nlinks.get(r[0], 0), hks=_sorted_hks(tags[r[0]])) for r in rows]
 
-    def resolve_stats(self, ns: int, hks: Sequence[HK | str]) -> list[EntityStat]:
-        """Like resolve without the HKs, in one query: what `ls -l` of a view needs."""
+    def match_stats(self, ns: int, hks: Sequence[HK | str]) -> list[EntityStat]:
+        """Like match without the HKs, in one query: what `ls -l` of a view needs."""
         with self.catalog.read() as c:
             ids, params = self._match(c, ns, hks, None)
             rows = c.execute(
@@ -1045,7 +1067,7 @@ class Store:
                 f"FROM entities e WHERE e.id IN ({ids}) ORDER BY e.id", params).fetchall()
         return list(map(EntityStat._make, rows))
 
-    def resolve_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
+    def match_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
         """Like resolve, ids only (cheap: for counting and large views)."""
         with self.catalog.read() as c:
             sel, params = self._match(c, ns, hks, name)
@@ -1057,6 +1079,22 @@ class Store:
             sel, params = self._match(c, ns, hks, None)
             return dict(c.execute(f"SELECT e.name, count(*) FROM entities e WHERE e.id IN ({sel}) "
                                   "GROUP BY e.name ORDER BY e.name", params))
+
+    def names_of(self, eids: Sequence[int]) -> dict[int, str]:
+        """The file names of these entities (missing ones left out): a search's hits."""
+        if not eids:
+            return {}
+        with self.catalog.read() as c:
+            return dict(c.execute(f"SELECT id, name FROM entities WHERE id IN ({','.join('?' * len(eids))})",
+                                  list(eids)))
+
+    def name_counts_in_ns(self, ns: int, names: Sequence[str]) -> dict[str, int]:
+        """How many entities of namespace ns bear each of these names (names no one bears left out)."""
+        if not names:
+            return {}
+        with self.catalog.read() as c:
+            return dict(c.execute("SELECT name, count(*) FROM entities WHERE ns = ? AND name IN "
+                                  f"({','.join('?' * len(names))}) GROUP BY name", (ns, *names)))
 
     # ------------------------------------------------------------ directories
 

@@ -60,7 +60,7 @@ def fill_demo_embeddings(store: Store, user: str | int | None = None) -> int:
     done = 0
     for name, feats in PHOTO_FEATURES.items():
         v = _vec(feats, rng)
-        for info in store.resolve(ns, [], name):
+        for info in store.match(ns, [], name):
             try:
                 store.get_xattr("file", info.id, EMBEDDING_ATTR)
                 continue
@@ -69,7 +69,7 @@ def fill_demo_embeddings(store: Store, user: str | int | None = None) -> int:
             store.set_xattr("file", info.id, EMBEDDING_ATTR,
                             (" ".join(f"{x:.6g}" for x in v) + "\n").encode())
             done += 1
-    if not store.resolve(ns, [], "words.npy") and store.keyword_exists(ns, ("doc",)):
+    if not store.match(ns, [], "words.npy") and store.keyword_exists(ns, ("doc",)):
         rows = np.stack([_vec(f, rng) for f in WORDS.values()])
         eid = store.create(ns, "words.npy", hks=[("doc",)], uid=os.getuid(), gid=os.getgid())
         with open(store.entity_path(eid), "wb") as f:

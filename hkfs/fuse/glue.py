@@ -36,7 +36,7 @@ __all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "DirEntryAttrs", "BUF_API", "FUS
 log = logging.getLogger(__name__)
 
 FUSE_READDIR_PLUS, FUSE_FILL_DIR_PLUS = 1 << 0, 1 << 1         # fuse.h (libfuse 3)
-# A file's attributes as a tuple in this order (_entity_values; StatPacker.pack_values)
+# A file's attributes as a tuple in this order (hkfs.mount.model.Attrs; StatPacker.pack_values)
 STAT_KEYS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks",
              "st_atime", "st_mtime", "st_ctime")
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14                            # fuse_common.h (libfuse 3)
@@ -215,10 +215,10 @@ class HKFuse(FUSE):
                 if attrs is None:
                     st.st_mode, st.st_ino = mode, ino
                 else:
-                    if type(attrs) is tuple:
+                    if isinstance(attrs, tuple):
                         attrs = dict(zip(STAT_KEYS, attrs, strict=True))
                     mfusepy.set_st_attrs(st, attrs, use_ns=True)
-            elif type(attrs) is tuple:
+            elif isinstance(attrs, tuple):      # Attrs, or a bare tuple in its order
                 packer.pack_values(st, attrs)
             else:
                 packer.pack(st, attrs)

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.changes import ChangeFeed
+from ..mount.model import Stale
 
 __all__ = ["KernelCache", "CACHE_TIMEOUT"]
 
@@ -140,6 +141,13 @@ class KernelCache:
             self.epochs += 1
         except OSError as exc:             # unmounted meanwhile: nothing is cached any more
             log.debug("epoch notification failed: %s", exc)
+
+    def carry_out(self, stale: Stale) -> None:
+        """Drop what a change left stale (hkfs.mount.model.Stale): every entry, or nothing when
+        only one entity changed that the kernel can hold under the changed path alone (one
+        directory link, not reached through a view since the last invalidation)."""
+        if stale.everything or (stale.eid is not None and (stale.shared or self.was_viewed(stale.eid))):
+            self.invalidate()
 
     def note_viewed(self, eid: int) -> None:
         """The kernel is being given entity eid under a view path (no-op while caches are off)."""

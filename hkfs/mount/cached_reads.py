@@ -129,7 +129,7 @@ class CachedReads:
         found = memo.get(key)
         if found is None:
             found = {}
-            for e in self.store.resolve_stats(ns, hks):
+            for e in self.store.match_stats(ns, hks):
                 had = found.setdefault(e.name, e)
                 if had is not e:
                     if type(had) is list:
@@ -139,11 +139,11 @@ class CachedReads:
             memo[key] = found
         return found
 
-    def resolve(self, ns: int, hks: Any, name: str | None = None) -> list[EntityInfo] | list[EntityStat]:
+    def match(self, ns: int, hks: Any, name: str | None = None) -> list[EntityInfo] | list[EntityStat]:
         memo = self.memo()
         hks = tuple(hks)
         view = memo.get(("view", ns, hks))
         if view is not None and name is not None:
             got = view.get(name)
             return [] if got is None else list(got) if type(got) is list else [got]
-        return self._get(("resolve", ns, hks, name), lambda: self.store.resolve(ns, hks, name))
+        return self._get(("match", ns, hks, name), lambda: self.store.match(ns, hks, name))

@@ -38,7 +38,8 @@ from ..core.errors import InvalidArgument, NotFound, PermissionDenied
 from ..query.embeddings import DIM_ATTR, EMBEDDING_ATTR, parse_dim, parse_embedding
 from ..query.queryfiles import DEFAULT_K, Query, format_body, format_results, is_text, parse_query
 from ..query.service import QueryService, Scope
-from .views import AT, COMMA, DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
+from .paths import AT, COMMA
+from .views import DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
 
 __all__ = ["QueryFS", "SUFFIX", "QUERY_ATTR", "is_query_name"]
 

@@ -1,179 +1,33 @@
-"""The mount path grammar: which store object a path inside the mount names.
+"""Locations: which store object a mount path names (`Resolver`), and the view set rules.
 
-The kernel folds '//' into '/', so the paper's HK lists are spelled with '@'
-components (docs/mount.md has the table):
-
-    /a/b/c                 ordinary directories (and, last, a file link)
-    D/@                    keyword space of D's namespace: lists top-level keywords
-    D/@/photo/2000         the view //photo/2000: child keywords, then matching files
-    D/@/photo/@/animal/dog the view //photo//animal/dog ('@' adds another HK)
-    D/,                    the view of D's DKL (the CKL); D/,/@/c adds //c to it
-    D/,main.tex  V/,NAME   a file among the list's matches (V/,NAME also when a child
-                           keyword has the same name)
-    V/STEM~ID.EXT          file ID while several files named STEM.EXT share the view
-
-Parsing (`parse`) is pure: it cannot tell a child keyword from a file name,
-so the last keyword component of a view path stays a *candidate*. `Resolver`
-asks the store and returns a `Location`; it knows nothing of FUSE.
+The grammar is hkfs.mount.paths; `Resolver` asks the store (or the read memo)
+and returns a `Location`. It knows nothing of FUSE.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..core.errors import InvalidArgument, NotADirectory, NotFound, NotPermitted
-from ..core.naming import HK, has_operators, list_matches, term_keyword
+from ..core.errors import NotADirectory, NotFound, NotPermitted
+from ..core.naming import HK, has_operators, hk_matches, list_matches, term_keyword
+from .paths import COMMA, MountPath, parse, split_clash_name
 
 __all__ = [
-    "MountPath", "parse", "clash_name", "split_clash_name", "Resolver", "DirLoc", "LinkLoc",
-    "KeySpaceLoc", "ViewLoc", "ViewFileLoc", "NewKeyLoc", "Location", "check_new_name", "detach_set", "attach_set",
+    "Resolver", "DirLoc", "LinkLoc", "KeySpaceLoc", "ViewLoc", "ViewFileLoc", "NewKeyLoc", "Location",
+    "detach_set", "attach_set", "view_children_of", "check_writable_view",
 ]
-
-AT = "@"
-COMMA = ","
-
-
-@dataclass(frozen=True)
-class MountPath:
-    """A mount path taken apart by syntax alone.
-
-    `dir_parts` are the ordinary directory names walked from the root (for a
-    path with no '@' or ',' the last one may be a file link). When `special`
-    is False nothing else is set. Otherwise the path enters keyword land from
-    the directory `dir_parts`:
-
-    - `relative`: it went through ',' (the list starts from that directory's DKL);
-      `ext` are components after ',' that extend the DKL's last HK.
-    - `hks`: HKs started by '@' (each a tuple of components).
-    - `adding`: the path ends with '@' (keyword space: the next component starts an HK).
-    - `name`: an explicit ',NAME' file; `tail_ambiguous`: the last component was written
-      as a keyword component and may name a file of the view instead.
-    """
-
-    dir_parts: tuple[str, ...] = ()
-    special: bool = False
-    relative: bool = False
-    ext: tuple[str, ...] = ()
-    hks: tuple[HK, ...] = ()
-    adding: bool = False
-    name: str | None = None
-    tail_ambiguous: bool = False
-
-    @property
-    def last(self) -> str | None:
-        """The last keyword component written (the candidate file name)."""
-        if self.hks:
-            return self.hks[-1][-1]
-        if self.ext:
-            return self.ext[-1]
-        return None
-
-    def without_tail(self) -> MountPath:
-        """The same path with its last keyword component dropped (the view a candidate file is in)."""
-        if self.hks:
-            last = self.hks[-1][:-1]
-            hks = self.hks[:-1] + ((last,) if last else ())
-            return MountPath(self.dir_parts, True, self.relative, self.ext, hks,
-                             adding=not last, name=None, tail_ambiguous=False)
-        return MountPath(self.dir_parts, True, self.relative, self.ext[:-1], (), False, None, False)
-
-
-def _components(path: str) -> list[str]:
-    return [p for p in path.split("/") if p and p != "."]
-
-
-def parse(path: str) -> MountPath:
-    """Take a mount path ('/a/@/b/,c') apart; errors are ENOENT/ENOTDIR as the kernel would give.
-
-    Raises NotFound for paths that can never name anything ('@' right after '@',
-    a ',' inside a keyword list) and NotADirectory for components after ',NAME'.
-    """
-    parts = _components(path)
-    dir_parts: list[str] = []
-    i = 0
-    n = len(parts)
-    while i < n and parts[i] != AT and not parts[i].startswith(COMMA):
-        dir_parts.append(parts[i])
-        i += 1
-    if i == n:
-        return MountPath(tuple(dir_parts))
-    relative = False
-    ext: list[str] = []
-    hks: list[list[str]] = []
-    adding = False
-    name: str | None = None
-    p = parts[i]
-    if p == AT:
-        adding = True
-    elif p == COMMA:
-        relative = True
-    else:  # ',NAME' right under the directory: a file of the CKL
-        relative = True
-        name = p[1:]
-    i += 1
-    if name is not None and i < n:
-        raise NotADirectory(f"{path}: ',{name}' is a file")
-    while i < n:
-        p = parts[i]
-        if p == AT:
-            if adding:
-                raise NotFound(f"{path}: '@' right after '@'")
-            adding = True
-        elif p.startswith(COMMA):
-            if adding or p == COMMA:
-                raise NotFound(f"{path}: ',' must follow a view")
-            name = p[1:]
-            if i + 1 < n:
-                raise NotADirectory(f"{path}: ',{name}' is a file")
-        elif adding:
-            hks.append([p])
-            adding = False
-        elif hks:
-            hks[-1].append(p)
-        else:  # after ',' before any '@': extends the DKL's last HK
-            ext.append(p)
-        i += 1
-    last = parts[-1]
-    ambiguous = name is None and last not in (AT, COMMA) and not last.startswith(COMMA)
-    return MountPath(tuple(dir_parts), True, relative, tuple(ext), tuple(tuple(h) for h in hks),
-                     adding, name, ambiguous)
-
-
-_CLASH = re.compile(r"^(?P<stem>.*)~(?P<id>[1-9][0-9]*)(?P<ext>(?:\.[^.]*)?)$", re.S)
-
-
-def clash_name(name: str, eid: int) -> str:
-    """'main.tex', 12 -> 'main~12.tex': the listed name of a file whose name is shared in a view."""
-    stem, ext = os.path.splitext(name)
-    return f"{stem}~{eid}{ext}"
-
-
-def split_clash_name(listed: str) -> tuple[str, int] | None:
-    """'main~12.tex' -> ('main.tex', 12), or None if `listed` cannot be a clash name."""
-    m = _CLASH.match(listed)
-    if not m:
-        return None
-    name = m.group("stem") + m.group("ext")
-    eid = int(m.group("id"))
-    if not name or clash_name(name, eid) != listed:
-        return None
-    return name, eid
 
 
 def detach_set(carried: Sequence[HK], view: Sequence[HK]) -> list[HK]:
     """The HKs `rm` in a view takes off a file: each carried HK that some HK of the view matches."""
-    from ..core.naming import hk_matches
     check_writable_view(view)
     return [h for h in carried if any(hk_matches(q, h) for q in view)]
 
 
 def attach_set(carried: Sequence[HK], view: Sequence[HK]) -> list[HK]:
     """The HKs `ln`/`mv` into a view attach: each view HK the file does not already satisfy."""
-    from ..core.naming import hk_matches
     check_writable_view(view)
     return [q for q in view if not any(hk_matches(q, h) for h in carried)]
 
@@ -290,7 +144,7 @@ class StoreLike(Protocol):
     def dir(self, dirid: int): ...
     def lookup(self, dirid: int, name: str): ...
     def keyword_exists(self, ns: int, hk: HK) -> bool: ...
-    def resolve(self, ns: int, hks: Sequence[HK], name: str | None = None) -> list: ...
+    def match(self, ns: int, hks: Sequence[HK], name: str | None = None) -> list: ...
     def entity(self, eid: int): ...
 
 
@@ -376,7 +230,7 @@ class Resolver:
     def file_in(self, view: ViewLoc, name: str, listed: str = "") -> ViewFileLoc:
         """The file `name` (or clash name) among the view's matches; eid None when there is none."""
         listed = listed or name
-        found = self.store.resolve(view.ns, view.hks, name)
+        found = self.store.match(view.ns, view.hks, name)
         if len(found) == 1:
             return ViewFileLoc(view, name, found[0].id, listed)
         if len(found) > 1:
@@ -397,7 +251,6 @@ class Resolver:
                 return ViewFileLoc(view, real, eid, listed)
         return ViewFileLoc(view, name, None, listed)
 
-
     def _own_file(self, view: ViewLoc, found: Sequence) -> int | None:
         """Among files sharing a name in a view, the one carrying the view's HKs themselves (not
         only descendants), when there is exactly one: a tree exported from the view and copied
@@ -407,9 +260,3 @@ class Resolver:
             return None
         own = [f.id for f in found if all(h in self.store.entity(f.id).hks for h in view.hks)]
         return own[0] if len(own) == 1 else None
-
-
-def check_new_name(name: str) -> None:
-    """Refuse names an ordinary directory or a view cannot hold ('@', ',NAME' are path syntax)."""
-    if name == AT or name.startswith(COMMA):
-        raise InvalidArgument(f"{name!r} is mount path syntax, not a file name")

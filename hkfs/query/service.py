@@ -24,19 +24,15 @@ import numpy as np
 from ..core.changes import ChangeFeed
 from ..core.errors import InvalidArgument
 from ..core.naming import HK
-from ..mount.views import COMMA, clash_name, view_children_of
+from ..mount.paths import COMMA, listed_name
+from ..mount.views import view_children_of
 from .embeddings import EmbeddingCatalog
 from .queryfiles import Hit, Query
 
-__all__ = ["QueryService", "Scope", "view_prefix"]
+__all__ = ["QueryService", "Scope"]
 
 SCOPES_MAX = 64          # scopes kept ...
 SCOPE_IDS_MAX = 4_000_000  # ... holding at most this many ids in all (8 bytes each: 32 MB)
-
-
-def view_prefix(hks: tuple[HK, ...]) -> str:
-    """The mount path of a view given as an HK list ('@/photo/@/animal/dog/')."""
-    return "".join("@/" + "/".join(hk) + "/" for hk in hks)
 
 
 @dataclass
@@ -114,7 +110,7 @@ class QueryService:
 
     def _fill(self, sc: Scope) -> None:
         if sc.view is not None:
-            sc.ids = np.asarray(self.store.resolve_ids(sc.ns, sc.view), np.int64)
+            sc.ids = np.asarray(self.store.match_ids(sc.ns, sc.view), np.int64)
             return
         assert sc.dirid is not None
         names: dict[int, str] = {}
@@ -123,7 +119,7 @@ class QueryService:
                 names.setdefault(e.id, e.name)
         ids = np.fromiter(names, np.int64, len(names))
         if sc.dkl:
-            ids = np.concatenate([ids, np.asarray(self.store.resolve_ids(sc.ns, sc.dkl), np.int64)])
+            ids = np.concatenate([ids, np.asarray(self.store.match_ids(sc.ns, sc.dkl), np.int64)])
         sc.names = names
         sc.ids = np.unique(ids)
 
@@ -162,13 +158,9 @@ class QueryService:
         new = [e for e in dict.fromkeys(eids) if e not in sc.names]
         if new:
             hks = sc.view if sc.view is not None else sc.dkl
-            with self.store.catalog.read() as c:     # read-only SQL: docs/dev/requests.md
-                names = dict(c.execute(
-                    f"SELECT id, name FROM entities WHERE id IN ({','.join('?' * len(new))})", new))
-                distinct = sorted(set(names.values()))
-                shared = {n for n, cnt in c.execute(
-                    "SELECT name, count(*) FROM entities WHERE ns = ? AND name IN "
-                    f"({','.join('?' * len(distinct))}) GROUP BY name", (sc.ns, *distinct)) if cnt > 1}
+            names = self.store.names_of(new)
+            counts = self.store.name_counts_in_ns(sc.ns, sorted(set(names.values())))
+            shared = {n for n, cnt in counts.items() if cnt > 1}
             if sc.counts is None:        # per scope (and files_gen): child keywords, shared names
                 sc.counts = {}
                 kw = view_children_of(hks)     # operator views list their keyword's children
@@ -180,12 +172,8 @@ class QueryService:
                 n = 1
                 if name in shared:
                     n = sc.counts.get(name) or sc.counts.setdefault(
-                        name, len(self.store.resolve_ids(sc.ns, hks, name)))
-                listed = name
-                if n > 1:
-                    listed = clash_name(name, e)
-                elif name in sc.kids:
-                    listed = COMMA + name
+                        name, len(self.store.match_ids(sc.ns, hks, name)))
+                listed = listed_name(name, e, shared=n > 1, keyword=name in sc.kids)
                 if sc.view is None:       # a DKL match without a link in the directory
                     listed = COMMA + "/" + listed
                 sc.names[e] = listed
