@@ -16,7 +16,7 @@ from typing import Any
 HAVE_NUMBA = os.environ.get("VECINDEX_NUMBA", "1") != "0" and importlib.util.find_spec("numba") is not None
 
 
-def search_batch(*args: Any) -> int:
+def search_batch(*args: Any) -> int:  # noqa: F811 (rebound to the compiled kernel on first use)
     """vecindex._numba_search.search_batch (see there), imported on first use."""
     global search_batch
     from vecindex._numba_search import search_batch as compiled

@@ -38,7 +38,13 @@ import numpy as np
 
 from vecindex import _kernels
 from vecindex import format as fmt
-from vecindex.clustering import FLAT_PROBE_MAX_NLIST, Quantizer, top_k_set, train_quantizer, train_steps
+from vecindex.clustering import (
+    FLAT_PROBE_MAX_NLIST,
+    Quantizer,
+    top_k_set,
+    train_quantizer,
+    train_steps,
+)
 from vecindex.format import IndexExistsError, IndexFormatError, VecIndexError
 from vecindex.io import as_rows, open_vectors
 
