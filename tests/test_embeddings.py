@@ -387,7 +387,7 @@ def test_sources_cache_reused_when_nothing_changed(st: Store, data, monkeypatch)
     cat, reads = fresh_reader(st, ns, monkeypatch)
     assert reads == []                                   # no full read of the sources
     assert cat.stats()[f"ns{ns}-d{D}"]["pending_rows"] == 1
-    assert cat.nrows(ns, st.resolve_ids(ns, [], "a.npy")[0]) == 40
+    assert cat.nrows(ns, st.match_ids(ns, [], "a.npy")[0]) == 40
     check_all(cat, ns, items, rng)
     hit = cat.search(ns, v, 1)[0]
     assert (hit.eid, hit.row) == (e, None)
@@ -412,7 +412,7 @@ def test_sources_cache_stale_after_embedding_change_and_rename(st: Store, data, 
     check_all(cat, ns, items, rng)
     cat.stop()
     # renaming an entry file to a plain name takes its rows out; a plain file to an entry name adds them
-    a_id = st.resolve_ids(ns, [], "a.npy")[0]
+    a_id = st.match_ids(ns, [], "a.npy")[0]
     st.chfn(a_id, "a.txt")
     items = {kk: x for kk, x in items.items() if kk[0] != a_id}
     rows = rng.normal(size=(3, D)).astype(np.float32)
@@ -460,7 +460,7 @@ def v1_keys(st: Store, ns: int) -> list:
     """The keys of every source as a version-1 manifest listed them: [entity, own, fingerprint, rows]."""
     import zlib
     out = []
-    for e in st.resolve(ns, []):
+    for e in st.match(ns, []):
         own = st.get_xattr("file", e.id, EMBEDDING_ATTR) if e.name.startswith("f") else None
         if own is not None:
             out.append([e.id, True, ["own", len(own), zlib.crc32(own)], 1])
