@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -116,6 +117,10 @@ class HKOperations(Operations):
         self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
         self.removed = RemovedWhileOpen()        # libfuse's hidden names (hkfs/fuse/removed.py)
         self._new_bytes_files = True             # entities/ changed since its last fsync (fsync)
+        # fstat + record of a written size, one at a time: two descriptors of one file closing
+        # together must not commit their sizes out of order (the older, smaller size last
+        # would make the kernel read the file short and append over its end).
+        self._record_lock = threading.Lock()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -224,8 +229,10 @@ class HKOperations(Operations):
         if not h.written:
             return
         h.written = False
-        st = os.fstat(h.fd)
-        self.kernel.carry_out(self.model.written(h.eid, st.st_size, st.st_mtime_ns))
+        with self._record_lock:
+            st = os.fstat(h.fd)
+            stale = self.model.written(h.eid, st.st_size, st.st_mtime_ns)
+        self.kernel.carry_out(stale)
 
     # ---------------------------------------------------------------- attributes
 
@@ -494,13 +501,15 @@ class HKOperations(Operations):
     def release(self, path: str, fh: int) -> int:
         if self.queries.owns(fh):
             return self.queries.release(fh)
-        h = self.files.pop(fh)
-        if h is not None and h.eid not in self.files.counts:
-            self.removed.closed(h.eid)
-        if h is not None:
-            try:
-                self._sync(h)
-            finally:
+        h = self.files.get(fh)
+        try:
+            if h is not None:
+                self._sync(h)      # while still counted open: until the size is recorded, attributes
+        finally:                   # of the file must come from its bytes file, not the catalog
+            h = self.files.pop(fh)
+            if h is not None:
+                if h.eid not in self.files.counts:
+                    self.removed.closed(h.eid)
                 os.close(h.fd)
         return 0
 
