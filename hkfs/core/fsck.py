@@ -19,7 +19,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from .naming import HK
+from .naming import HK, clash_name
 from .store import LOST_FOUND, Store
 
 __all__ = ["Problem", "check", "repair", "stale_sizes", "repair_sizes", "KINDS", "REPORT_ONLY"]
@@ -201,8 +201,7 @@ def _lost_found(store: Store, ns: int) -> int:
 def _free_name(store: Store, dirid: int, name: str, eid: int) -> str:
     if store.lookup(dirid, name) is None:
         return name
-    stem, dot, ext = name.rpartition(".")
-    alt = f"{stem}~{eid}.{ext}" if dot and stem else f"{name}~{eid}"
+    alt = clash_name(name, eid)
     return alt if store.lookup(dirid, alt) is None else f"{name}~{eid}~fsck"
 
 

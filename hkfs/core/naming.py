@@ -9,6 +9,8 @@ Nothing here knows of SQLite or FUSE.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -235,6 +237,32 @@ def resolve_relative(spec: FileSpec, ckl: Sequence[HK]) -> FileSpec:
     if not spec.relative:
         return spec
     return FileSpec(False, tuple(ckl) + spec.hks, spec.name, False)
+
+
+# ------------------------------------------------------------ clash names
+# The listed-name rule: a file whose name is shared by several matches of a view is listed
+# as STEM~ID.EXT (its entity id before the extension). The mount lists with it
+# (hkfs/mount/paths.listed_name); the store and fsck name lost+found entries with it.
+
+_CLASH = re.compile(r"^(?P<stem>.*)~(?P<id>[1-9][0-9]*)(?P<ext>(?:\.[^.]*)?)$", re.S)
+
+
+def clash_name(name: str, eid: int) -> str:
+    """'main.tex', 12 -> 'main~12.tex': the listed name of a file whose name is shared in a view."""
+    stem, ext = os.path.splitext(name)
+    return f"{stem}~{eid}{ext}"
+
+
+def split_clash_name(listed: str) -> tuple[str, int] | None:
+    """'main~12.tex' -> ('main.tex', 12), or None if `listed` cannot be a clash name."""
+    m = _CLASH.match(listed)
+    if not m:
+        return None
+    name = m.group("stem") + m.group("ext")
+    eid = int(m.group("id"))
+    if not name or clash_name(name, eid) != listed:
+        return None
+    return name, eid
 
 
 def hk_matches(query: HK, carried: HK) -> bool:

@@ -27,7 +27,6 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from ..mount.paths import clash_name
 from .catalog import Catalog
 from .changes import run_commit_hooks
 from .errors import (
@@ -46,6 +45,7 @@ from .errors import (
 from .naming import (
     HK,
     Atom,
+    clash_name,
     compile_query,
     format_hk,
     has_operators,

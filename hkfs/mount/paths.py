@@ -1,7 +1,8 @@
 """Mount paths: their grammar (parse), their spelling (format) and the listed-name rule.
 
-The only copy of each: the mount, its `.query` layer, the CLI and the store's
-lost+found all name files through here.
+The only copy of each: the mount, its `.query` layer and the CLI name files through here.
+The clash-name spelling itself (STEM~ID.EXT) lives in hkfs.core.naming, because the
+store and fsck name lost+found entries with it too and the core imports nothing of the mount.
 
 The kernel folds '//' into '/', so the paper's HK lists are spelled with '@'
 components (docs/mount.md has the table):
@@ -22,13 +23,11 @@ asks the store.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..core.errors import InvalidArgument, NotADirectory, NotFound
-from ..core.naming import HK
+from ..core.naming import HK, clash_name, split_clash_name
 
 __all__ = [
     "AT", "COMMA", "MountPath", "parse", "view_path", "clash_name", "split_clash_name", "listed_name",
@@ -143,27 +142,6 @@ def parse(path: str) -> MountPath:
     ambiguous = name is None and last not in (AT, COMMA) and not last.startswith(COMMA)
     return MountPath(tuple(dir_parts), True, relative, tuple(ext), tuple(tuple(h) for h in hks),
                      adding, name, ambiguous)
-
-
-_CLASH = re.compile(r"^(?P<stem>.*)~(?P<id>[1-9][0-9]*)(?P<ext>(?:\.[^.]*)?)$", re.S)
-
-
-def clash_name(name: str, eid: int) -> str:
-    """'main.tex', 12 -> 'main~12.tex': the listed name of a file whose name is shared in a view."""
-    stem, ext = os.path.splitext(name)
-    return f"{stem}~{eid}{ext}"
-
-
-def split_clash_name(listed: str) -> tuple[str, int] | None:
-    """'main~12.tex' -> ('main.tex', 12), or None if `listed` cannot be a clash name."""
-    m = _CLASH.match(listed)
-    if not m:
-        return None
-    name = m.group("stem") + m.group("ext")
-    eid = int(m.group("id"))
-    if not name or clash_name(name, eid) != listed:
-        return None
-    return name, eid
 
 
 def listed_name(name: str, eid: int, *, shared: bool, keyword: bool) -> str:
