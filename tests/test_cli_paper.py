@@ -14,11 +14,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from hkfs.cli.context import parse_hk_arg
 from hkfs.cli.main import cli
 from hkfs.cli.paper import format_columns
 from hkfs.core.errors import HKSyntaxError, InvalidArgument
-from hkfs.core.naming import parse_hk
+from hkfs.core.naming import (
+    parse_hk,
+    parse_typed_hk_list,
+)
 from hkfs.core.store import Store
 
 TEX = ["main.aux", "main.dvi", "main.log", "main.tex"]
@@ -176,14 +178,14 @@ def test_every_command_has_help_with_an_example() -> None:
 
 
 def test_parse_hk_arg() -> None:
-    assert parse_hk_arg("//SIG/DPS,//workshop") == (("SIG", "DPS"), ("workshop",))
-    assert parse_hk_arg("//a//b") == (("a",), ("b",))
-    assert parse_hk_arg(",//c", [("a",)]) == (("a",), ("c",))
-    assert parse_hk_arg(",", [("a",)]) == (("a",),)
+    assert parse_typed_hk_list("//SIG/DPS,//workshop") == (("SIG", "DPS"), ("workshop",))
+    assert parse_typed_hk_list("//a//b") == (("a",), ("b",))
+    assert parse_typed_hk_list(",//c", [("a",)]) == (("a",), ("c",))
+    assert parse_typed_hk_list(",", [("a",)]) == (("a",),)
     with pytest.raises(InvalidArgument):
-        parse_hk_arg("a")
+        parse_typed_hk_list("a")
     with pytest.raises(HKSyntaxError):
-        parse_hk_arg("//a,b")
+        parse_typed_hk_list("//a,b")
 
 
 def test_format_columns_like_ls() -> None:

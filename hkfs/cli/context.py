@@ -29,14 +29,20 @@ from ..core.errors import (
     NotFound,
     PermissionDenied,
 )
-from ..core.naming import HK, format_hk, parse_hk, parse_hk_list, parse_spec, resolve_relative
+from ..core.naming import (
+    HK,
+    format_hk,
+    parse_hk,
+    parse_spec,
+    parse_typed_hk_lists,
+    parse_typed_spec,
+)
 from ..core.store import EntityInfo, Store
 from ..fuse.mountinfo import find_mount
 from ..mount.views import DirLoc, KeySpaceLoc, LinkLoc, Location, Resolver, ViewFileLoc, ViewLoc
 
 __all__ = [
-    "Here", "here", "store_options", "parse_hk_arg", "parse_hk_args", "parse_spec_arg",
-    "mount_owner_uid", "FileRef",
+    "Here", "here", "store_options", "mount_owner_uid", "FileRef",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,38 +74,6 @@ def mount_owner_uid(mountpoint: Path, proc_mounts: str = "/proc/self/mounts") ->
     except (OSError, ValueError):
         pass
     return None
-
-
-def parse_hk_arg(text: str, ckl: Sequence[HK] = ()) -> tuple[HK, ...]:
-    """An HK list argument as the paper's users typed it.
-
-    Accepts '//a//b', the paper's '//SIG/DPS,//workshop' (',' between HKs, Fig. 1),
-    and ',' / ',//c' meaning the CKL (plus //c).
-    """
-    if text.startswith(","):
-        rest = text[1:]
-        return tuple(ckl) + (parse_hk_arg(rest) if rest else ())
-    if not text.startswith("//"):
-        raise InvalidArgument(f"{text!r}: a keyword starts with '//' (e.g. //{text.lstrip('/')})")
-    return parse_hk_list(text.replace(",//", "//"))
-
-
-def parse_spec_arg(text: str, ckl: Sequence[HK] = ()) -> tuple[tuple[HK, ...], str | None]:
-    """A spec argument ('//a//b,name', ',//c', ',name', the paper's '//a,//b') -> (HK list, name)."""
-    rel = text.startswith(",")
-    body = text[1:] if rel else text
-    body = body.replace(",//", "//")
-    spec = resolve_relative(parse_spec(("," if rel else "") + body), ckl)
-    return spec.hks, spec.name
-
-
-def parse_hk_args(texts: Sequence[str], ckl: Sequence[HK] = ()) -> tuple[HK, ...]:
-    out: list[HK] = []
-    for t in texts:
-        for h in parse_hk_arg(t, ckl):
-            if h not in out:
-                out.append(h)
-    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -164,7 +138,7 @@ class Here:
 
     def hks(self, texts: Sequence[str]) -> tuple[HK, ...]:
         """HK list arguments (',' means the CKL), checked to exist in this namespace."""
-        hl = parse_hk_args(texts, self.ckl)
+        hl = parse_typed_hk_lists(texts, self.ckl)
         for h in hl:
             if not self.store.keyword_exists(self.ns, h):
                 raise NotFound(f"no keyword {format_hk(h)}")
@@ -212,7 +186,7 @@ class Here:
         many=False exactly one file must match (else an error ending with `too_many`).
         """
         if arg.startswith(",") or arg.startswith("//"):
-            hl, name = parse_spec_arg(arg, self.ckl)
+            hl, name = parse_typed_spec(arg, self.ckl)
             for h in hl:
                 if not self.store.keyword_exists(self.ns, h):
                     raise NotFound(f"no keyword {format_hk(h)}")

@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING
 import click
 
 from ..core.errors import InvalidArgument, NotFound
-from ..core.naming import term_keyword
+from ..core.naming import (
+    parse_typed_spec,
+    term_keyword,
+)
 from ..mount.paths import view_prefix
-from .context import here, parse_spec_arg, store_options
+from .context import here, store_options
 from .main import cli
 
 if TYPE_CHECKING:
@@ -171,7 +174,7 @@ def query_cmd(spec: str | None, vector: str | None, like: str | None, k: int, np
         svc = QueryService(h.store, writable=False)
         try:
             if spec:
-                hks, name = parse_spec_arg(spec, h.ckl)      # operators too: //photo//@not/animal
+                hks, name = parse_typed_spec(spec, h.ckl)      # operators too: //photo//@not/animal
                 if name is not None:
                     raise InvalidArgument(f"{spec}: SPEC names a view, not a file (--like FILE)")
                 for term in hks:

@@ -18,14 +18,12 @@ from collections.abc import Sequence
 import click
 
 from ..core.errors import InvalidArgument, NameClash, NotFound, PermissionDenied
-from ..core.naming import HK, format_hk, format_hk_list
+from ..core.naming import HK, format_hk, format_hk_list, parse_typed_hk_list, parse_typed_spec
 from ..mount.views import DirLoc, KeySpaceLoc, ViewLoc, detach_set
 from .context import (
     FileRef,
     Here,
     here,
-    parse_hk_arg,
-    parse_spec_arg,
     store_options,
 )
 from .main import cli
@@ -139,7 +137,7 @@ def atkw_cmd(hklist: str, files: tuple[str, ...], create: bool, store: str | Non
     Example (paper Fig. 1): hk atkw //SIG/DPS,//workshop *
     """
     with here(store, user) as h:
-        hl = parse_hk_arg(hklist, h.ckl)
+        hl = parse_typed_hk_list(hklist, h.ckl)
         if not create:
             _need_keywords(h, h.ns, hl)
         for r in _file_refs(h, files):
@@ -158,7 +156,7 @@ def dtkw_cmd(hklist: str, files: tuple[str, ...], store: str | None, user: str |
     Example: hk dtkw //workshop main.log
     """
     with here(store, user) as h:
-        hl = parse_hk_arg(hklist, h.ckl)
+        hl = parse_typed_hk_list(hklist, h.ckl)
         _need_keywords(h, h.ns, hl)
         for r in _file_refs(h, files):
             h.store.dtkw(r.info.id, hl)
@@ -183,7 +181,7 @@ def akl_cmd(hks: tuple[str, ...], store: str | None, user: str | None) -> None:
     with here(store, user) as h:
         dirid = h.need_dir("akl")
         _require_dir_writable(h, dirid)
-        hl = [h2 for t in hks for h2 in parse_hk_arg(t)]
+        hl = [h2 for t in hks for h2 in parse_typed_hk_list(t)]
         _need_keywords(h, h.ns, hl)
         h.store.akl(dirid, hl)
 
@@ -199,7 +197,7 @@ def rkl_cmd(hks: tuple[str, ...], store: str | None, user: str | None) -> None:
     with here(store, user) as h:
         dirid = h.need_dir("rkl")
         _require_dir_writable(h, dirid)
-        h.store.rkl(dirid, [h2 for t in hks for h2 in parse_hk_arg(t)])
+        h.store.rkl(dirid, [h2 for t in hks for h2 in parse_typed_hk_list(t)])
 
 
 @cli.command("chns")
@@ -239,7 +237,7 @@ def ldf_cmd(spec: str | None, store: str | None, user: str | None) -> None:
         if spec is not None:
             if not (spec.startswith(",") or spec.startswith("//")):
                 raise InvalidArgument(f"{spec!r}: ldf takes a spec (',', ',//c', '//a//b,name')")
-            hl, name = parse_spec_arg(spec, h.ckl)
+            hl, name = parse_typed_spec(spec, h.ckl)
         try:
             h.store.ldf(dirid, hl, name)
         except NameClash as exc:
@@ -274,7 +272,7 @@ def _ls_one(h: Here, spec: str) -> list[str]:
             return h.store.keyword_children(h.ns, ())
         return _counted(h.store.name_counts(h.ns, h.view or ()))
     if spec.startswith(",") or spec.startswith("//"):
-        hl, name = parse_spec_arg(spec, h.ckl)
+        hl, name = parse_typed_spec(spec, h.ckl)
         _need_keywords(h, h.ns, hl)
         counts = h.store.name_counts(h.ns, hl)
         if name is not None:

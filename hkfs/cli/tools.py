@@ -20,9 +20,14 @@ import click
 
 from ..core.completion import complete_word, split_word  # noqa: F401 (split_word: re-exported)
 from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
-from ..core.naming import format_hk, format_hk_list, term_keyword
+from ..core.naming import (
+    format_hk,
+    format_hk_list,
+    parse_typed_spec,
+    term_keyword,
+)
 from ..mount.paths import COMMA, clash_name, listed_name, view_path
-from .context import FileRef, Here, here, parse_spec_arg, store_options
+from .context import FileRef, Here, here, store_options
 from .main import cli
 
 log = logging.getLogger(__name__)
@@ -40,7 +45,7 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
     if not (spec.startswith(",") or spec.startswith("//")):
         return [os.path.normpath(os.path.join(cwd or "/", spec))]
     relative = spec.startswith(",")
-    hl, name = parse_spec_arg(spec, ())
+    hl, name = parse_typed_spec(spec, ())
     for k in hl:
         if not h.store.keyword_exists(h.ns, k):
             raise NotFound(f"no keyword {format_hk(k)}")

@@ -14,10 +14,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .errors import HKError, HKSyntaxError, NameTooLong
+from .errors import HKError, HKSyntaxError, InvalidArgument, NameTooLong
 
 __all__ = [
-    "HK", "HKSyntaxError", "HKNameTooLong", "FileSpec", "parse_hk", "parse_hk_list", "format_hk",
+    "HK", "HKSyntaxError", "parse_typed_hk_list", "parse_typed_hk_lists", "parse_typed_spec", "HKNameTooLong", "FileSpec", "parse_hk", "parse_hk_list", "format_hk",
     "format_hk_list", "validate_component", "validate_name", "parse_spec", "format_spec",
     "resolve_relative", "hk_matches", "list_matches", "MAX_NAME_BYTES",
     "OR", "NOT", "ONLY", "UNTAGGED", "OPERATORS", "Atom", "Query", "split_term", "term_keyword",
@@ -263,6 +263,42 @@ def split_clash_name(listed: str) -> tuple[str, int] | None:
     if not name or clash_name(name, eid) != listed:
         return None
     return name, eid
+
+
+# ------------------------------------------------------------ as typed
+# The paper's users wrote HK lists with ',' between HKs ('//SIG/DPS,//workshop', Fig. 1)
+# and ',' for the current keyword list; the `hk` commands take them as typed.
+
+def parse_typed_hk_list(text: str, ckl: Sequence[HK] = ()) -> tuple[HK, ...]:
+    """An HK list as the paper's users typed it (the `hk` commands' arguments).
+
+    Accepts '//a//b', the paper's '//SIG/DPS,//workshop' (',' between HKs, Fig. 1),
+    and ',' / ',//c' meaning the CKL (plus //c).
+    """
+    if text.startswith(","):
+        rest = text[1:]
+        return tuple(ckl) + (parse_typed_hk_list(rest) if rest else ())
+    if not text.startswith("//"):
+        raise InvalidArgument(f"{text!r}: a keyword starts with '//' (e.g. //{text.lstrip('/')})")
+    return parse_hk_list(text.replace(",//", "//"))
+
+
+def parse_typed_spec(text: str, ckl: Sequence[HK] = ()) -> tuple[tuple[HK, ...], str | None]:
+    """A spec argument ('//a//b,name', ',//c', ',name', the paper's '//a,//b') -> (HK list, name)."""
+    rel = text.startswith(",")
+    body = text[1:] if rel else text
+    body = body.replace(",//", "//")
+    spec = resolve_relative(parse_spec(("," if rel else "") + body), ckl)
+    return spec.hks, spec.name
+
+
+def parse_typed_hk_lists(texts: Sequence[str], ckl: Sequence[HK] = ()) -> tuple[HK, ...]:
+    out: list[HK] = []
+    for t in texts:
+        for h in parse_typed_hk_list(t, ckl):
+            if h not in out:
+                out.append(h)
+    return tuple(out)
 
 
 def hk_matches(query: HK, carried: HK) -> bool:
