@@ -138,7 +138,7 @@ def test_editor_saves_keep_identity(mount: Mount) -> None:
 
 @pytest.mark.xfail(strict=True, reason="vim's rename save (backupcopy=auto/no) in a view splits the file: "
                    "the original goes on as NAME~ (directory links, other keywords, xattrs), the view gets "
-                   "a new entity; vim's 4913 probe is left in lost+found (QA report, 2026-12-01)")
+                   "a new entity (QA report, 2026-12-01)")
 @pytest.mark.parametrize("bkc", ["auto", "no"])
 def test_vim_saves_in_a_view_keep_identity(mount: Mount, bkc: str) -> None:
     """vim as users run it (nocompatible: backupcopy=auto) renames the original to NAME~, writes
@@ -157,6 +157,26 @@ def test_vim_saves_in_a_view_keep_identity(mount: Mount, bkc: str) -> None:
         test "$(stat -c %i @/doc/memo/m.txt)" = "$ino"
         test "$(ls d)" = m.txt
         test -z "$(ls lost+found 2>/dev/null)"
+    """)
+
+
+def test_scratch_files_made_in_a_view_leave_nothing_in_lost_found(mount: Mount) -> None:
+    """Issue 11 item 6: vim's swap files and write probe, and rsync's temp files, made in a
+    view are deleted when the tool removes them (they used to pile up in lost+found)."""
+    if mount.run("command -v vim", check=False).returncode != 0:
+        pytest.skip("vim not installed")
+    mount.run("""
+        mkdir @/doc
+        printf 'one\\ntwo\\n' > @/doc/m.txt
+        # vim with its swap file in the view and the write probe (4913); backupcopy=yes writes in place
+        vim -N -es -u NONE -c 'set backupskip= backupcopy=yes directory=. swapfile' -c '%s/two/TWO/' -c wq @/doc/m.txt
+        test "$(tail -1 @/doc/m.txt)" = TWO
+        touch @/doc/.m.txt.swx @/doc/m.txt~ @/doc/.rsync.Ab12Cd
+        rm @/doc/.m.txt.swx @/doc/m.txt~ @/doc/.rsync.Ab12Cd
+        test "$(ls -A @/doc)" = m.txt
+        test -z "$(ls -A lost+found 2>/dev/null)"
+        echo keep > @/doc/notes.txt; rm @/doc/notes.txt     # an ordinary name: kept, as before
+        test "$(ls -A lost+found)" = notes.txt
     """)
 
 

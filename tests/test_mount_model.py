@@ -128,6 +128,33 @@ def test_ln_attaches_and_rm_detaches(model: MountModel) -> None:
         model.store.entity(eid)
 
 
+def test_scratch_files_made_in_a_view_go_when_removed(model: MountModel, clock: Clock) -> None:
+    """Issue 11 item 6: vim's .X.swp and 4913 probe, rsync's .NAME.XXXXXX, backups NAME~
+    made in a view and removed from it again are deleted, not kept in lost+found; a file
+    of an ordinary name, or a scratch file given another home, still only leaves the view."""
+    model.mkdir("/@/a", 0o755, UID, GID)
+    model.mkdir("/@/b", 0o755, UID, GID)
+    lost = lambda: names(model, "/lost+found") if "lost+found" in names(model, "/") else []  # noqa: E731
+    scratch = [new(model, f"/@/a/{n}", b"s") for n in (".f.swp", "4913", ".f.x1Ab2C", "f~")]
+    old(clock)                                      # long-lived (vim keeps its swap file open)
+    for eid, n in zip(scratch, (".f.swp", "4913", ".f.x1Ab2C", "f~")):
+        model.unlink(f"/@/a/{n}")
+        with pytest.raises(NotFound):
+            model.store.entity(eid)
+    assert lost() == []
+    kept = new(model, "/@/a/notes.txt", b"n")       # an ordinary name: rm detaches, bytes kept
+    model.unlink("/@/a/notes.txt")
+    assert model.store.entity(kept).hks == () and lost() == ["notes.txt"]
+    two = new(model, "/@/a/.both", b"2")            # a scratch name with another keyword:
+    model.link("/@/a/.both", "/@/b/.both")          # linked, so no longer scratch; rm detaches
+    model.unlink("/@/a/.both")
+    assert hks(model, "/@/b/.both") == "//b"
+    moved = new(model, "/@/a/.tmp", b"m")           # renamed to its real name (rsync): a file
+    model.rename("/@/a/.tmp", "/@/a/real")
+    model.unlink("/@/a/real")
+    assert model.store.entity(moved).hks == () and "real" in lost()
+
+
 def test_mkdir_and_rmdir_under_at(model: MountModel) -> None:
     model.mkdir("/@/paper", 0o755, UID, GID)
     new(model, "/@/paper/os", b"file")

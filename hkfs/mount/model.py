@@ -84,6 +84,15 @@ XATTR_CREATE, XATTR_REPLACE = 1, 2
 MAX_NAME = 255
 # How long after its creation a temp file renamed over another counts as an editor save.
 EDITOR_SAVE_SECONDS = 30.0
+SCRATCH_MAX = 4096       # scratch files remembered (the oldest are forgotten first)
+
+
+def is_scratch_name(name: str) -> bool:
+    """A name tools give their working files: dot-files (vim's .X.swp/.swx, rsync's
+    .NAME.XXXXXX, emacs' .#NAME), backups ending in '~', and vim's numeric write probe
+    ('4913'). Made in a view and removed from it again, such a file is deleted, not kept
+    in lost+found (docs/mount.md, "Scratch files made in a view")."""
+    return name.startswith(".") or name.endswith("~") or name.isdigit()
 BLKSIZE = 131072
 
 
@@ -191,6 +200,8 @@ class MountModel:
         self._clock = clock
         self._fresh: dict[int, float] = {}        # entity -> when created through this mount
         self._fresh_lock = threading.Lock()
+        # scratch files created in a view through this mount, never renamed or linked since
+        self._scratch: dict[int, None] = {}
 
     def close(self) -> None:
         self.reads.close()
@@ -406,6 +417,8 @@ class MountModel:
             ns = loc.view.ns
             eid = self.store.create(ns, loc.name, hks=loc.view.hks, mode=perm, uid=uid, gid=gid)
             self.on_view(eid)
+            if is_scratch_name(loc.name):
+                self._note_scratch(eid)
         elif isinstance(loc, NewKeyLoc):
             raise NotFound("a file in the keyword space needs a keyword: create it in a view")
         else:
@@ -442,14 +455,24 @@ class MountModel:
         the file leaves the view (`leave_view`)."""
         loc = self.resolve(path)
         eid = self.eid_of(loc)
+        scratch = self._is_scratch(eid)
         self._forget_fresh(eid)
         if isinstance(loc, LinkLoc):
             shared = self.reads.entity(eid).nlinks > 1
             self.store.unlink(loc.dirid, loc.name)
             return Stale(eid=eid, shared=shared)
         assert isinstance(loc, ViewFileLoc)
+        if scratch and self._homeless_after_leaving(eid, loc.view):
+            self.store.rme(eid)          # a tool's working file: gone, as on any file system
+            return EVERYTHING
         self.leave_view(eid, loc.view)
         return EVERYTHING
+
+    def _homeless_after_leaving(self, eid: int, view: ViewLoc) -> bool:
+        """Whether `rm` of eid in `view` would leave it with no HK and no directory link."""
+        info = self.store.entity(eid)
+        return not info.nlinks and bool(view.hks) and \
+            set(detach_set(info.hks, view.hks)) == set(info.hks)
 
     def leave_view(self, eid: int, view: ViewLoc) -> None:
         """rm in a view: detach the file's HKs that the view's HKs match (it never deletes bytes)."""
@@ -666,8 +689,20 @@ class MountModel:
             self._fresh[eid] = now
 
     def _forget_fresh(self, eid: int) -> None:
+        """eid was renamed, linked or removed: it is no longer a fresh temp, nor scratch."""
         with self._fresh_lock:
             self._fresh.pop(eid, None)
+            self._scratch.pop(eid, None)
+
+    def _note_scratch(self, eid: int) -> None:
+        with self._fresh_lock:
+            self._scratch[eid] = None
+            while len(self._scratch) > SCRATCH_MAX:
+                del self._scratch[next(iter(self._scratch))]
+
+    def _is_scratch(self, eid: int) -> bool:
+        with self._fresh_lock:
+            return eid in self._scratch
 
     # ------------------------------------------------------------ directories and keywords
 
