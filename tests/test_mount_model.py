@@ -135,9 +135,10 @@ def test_scratch_files_made_in_a_view_go_when_removed(model: MountModel, clock: 
     model.mkdir("/@/a", 0o755, UID, GID)
     model.mkdir("/@/b", 0o755, UID, GID)
     lost = lambda: names(model, "/lost+found") if "lost+found" in names(model, "/") else []  # noqa: E731
-    scratch = [new(model, f"/@/a/{n}", b"s") for n in (".f.swp", "4913", ".f.x1Ab2C", "f~")]
+    scratch_names = (".f.swp", "4913", ".f.x1Ab2C", "f~")
+    scratch = [new(model, f"/@/a/{n}", b"s") for n in scratch_names]
     old(clock)                                      # long-lived (vim keeps its swap file open)
-    for eid, n in zip(scratch, (".f.swp", "4913", ".f.x1Ab2C", "f~")):
+    for eid, n in zip(scratch, scratch_names, strict=True):
         model.unlink(f"/@/a/{n}")
         with pytest.raises(NotFound):
             model.store.entity(eid)
@@ -145,7 +146,7 @@ def test_scratch_files_made_in_a_view_go_when_removed(model: MountModel, clock: 
     kept = new(model, "/@/a/notes.txt", b"n")       # an ordinary name: rm detaches, bytes kept
     model.unlink("/@/a/notes.txt")
     assert model.store.entity(kept).hks == () and lost() == ["notes.txt"]
-    two = new(model, "/@/a/.both", b"2")            # a scratch name with another keyword:
+    new(model, "/@/a/.both", b"2")                  # a scratch name with another keyword:
     model.link("/@/a/.both", "/@/b/.both")          # linked, so no longer scratch; rm detaches
     model.unlink("/@/a/.both")
     assert hks(model, "/@/b/.both") == "//b"
