@@ -21,7 +21,7 @@ from ptyterm import PtyProcess
 from test_transcripts_shell import hk_bin
 
 from hkfs.cli.main import cli
-from hkfs.cli.tools import split_word
+from hkfs.core.completion import split_word
 from hkfs.core.store import Store
 
 COMP = r'''

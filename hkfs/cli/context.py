@@ -224,13 +224,6 @@ def _open_store(path: Path) -> Store:
     return Store.open(path, create=False)
 
 
-def _known_user(st: Store, user: str) -> bool:
-    """--user names a user of the system or one with a namespace in the store (as chns asks):
-    a mistyped name must not make a new, empty namespace. The store's own check (private
-    while store.py is being restructured: make it public there)."""
-    with st.catalog.read() as c:
-        return st._known_user(c, user)
-
 
 @contextmanager
 def here(store: Path | None = None, user: str | None = None, *, cwd: str | None = None) -> Iterator[Here]:
@@ -239,7 +232,7 @@ def here(store: Path | None = None, user: str | None = None, *, cwd: str | None 
     if store is not None:
         st = _open_store(Path(store).absolute())
         try:
-            if user is not None and not _known_user(st, user):
+            if user is not None and not st.known_user(user):
                 raise InvalidArgument(f"no such user {user!r}")
             ns = st.namespace_id(user if user is not None else os.geteuid())
             yield Here(st, ns, None, ns, st.root_dir(ns), None, "/")

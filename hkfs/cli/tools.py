@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from ..core.completion import complete_word, split_word  # noqa: F401 (split_word: re-exported)
+from ..core.completion import complete_word
 from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
 from ..core.naming import (
     format_hk,

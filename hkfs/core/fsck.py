@@ -71,8 +71,8 @@ def check(store: Store) -> list[Problem]:
     """Every inconsistency found, read-only; empty when the store is consistent."""
     out: list[Problem] = []
     with store.catalog.read() as c:
-        ids = {r[0] for r in c.execute("SELECT id FROM entities")}
         names = dict(c.execute("SELECT id, name FROM entities"))
+        ids = set(names)
         for d, name, e in c.execute(
                 "SELECT l.dir, l.name, l.entity FROM links l WHERE l.entity NOT IN (SELECT id FROM entities) "
                 "OR l.dir NOT IN (SELECT id FROM dirs) ORDER BY l.dir, l.name"):

@@ -329,6 +329,12 @@ class Store:
                 return user, int(user), int(user)
             return user, os.getuid(), os.getgid()
 
+    def known_user(self, user: str | int) -> bool:
+        """A user of this system (passwd) or one that already has a namespace here: what
+        chns and the CLI's --user accept (a mistyped name must not make a new namespace)."""
+        with self.catalog.read() as c:
+            return self._known_user(c, user)
+
     def _known_user(self, c: sqlite3.Connection, user: str | int) -> bool:
         """A user of this system (passwd) or one that already has a namespace here."""
         name = self._user(user)[0]

@@ -462,24 +462,20 @@ class MountModel:
             self.store.unlink(loc.dirid, loc.name)
             return Stale(eid=eid, shared=shared)
         assert isinstance(loc, ViewFileLoc)
-        if scratch and self._homeless_after_leaving(eid, loc.view):
-            self.store.rme(eid)          # a tool's working file: gone, as on any file system
-            return EVERYTHING
-        self.leave_view(eid, loc.view)
+        self.leave_view(eid, loc.view, scratch=scratch)
         return EVERYTHING
 
-    def _homeless_after_leaving(self, eid: int, view: ViewLoc) -> bool:
-        """Whether `rm` of eid in `view` would leave it with no HK and no directory link."""
-        info = self.store.entity(eid)
-        return not info.nlinks and bool(view.hks) and \
-            set(detach_set(info.hks, view.hks)) == set(info.hks)
-
-    def leave_view(self, eid: int, view: ViewLoc) -> None:
-        """rm in a view: detach the file's HKs that the view's HKs match (it never deletes bytes)."""
+    def leave_view(self, eid: int, view: ViewLoc, *, scratch: bool = False) -> None:
+        """rm in a view: detach the file's HKs that the view's HKs match (it never deletes
+        bytes), except a `scratch` file this would leave with no HK and no directory link:
+        a tool's working file, deleted as on any file system (is_scratch_name)."""
         if not view.hks:
             raise NotPermitted("this view has no keyword to detach; use hk rme to delete a file")
-        gone = detach_set(self.store.entity(eid).hks, view.hks)
-        if gone:
+        info = self.store.entity(eid)
+        gone = detach_set(info.hks, view.hks)
+        if scratch and not info.nlinks and set(gone) == set(info.hks):
+            self.store.rme(eid)
+        elif gone:
             self.store.dtkw(eid, gone)
 
     def link(self, source: str, target: str) -> Stale:
