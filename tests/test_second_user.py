@@ -139,3 +139,152 @@ def test_a_rename_over_a_users_file_keeps_the_source_owner_and_mode(shared: Moun
         not cat s/mine 2>/dev/null
     """, user=second_uid)
     assert (shared.root / "s" / "mine").read_text() == "secret\n"
+
+
+# ---------------------------------------------------------------------- hk as the second user
+
+def hk_as(uid: int, cwd: Path, *args: str) -> tuple[int, str, str]:
+    """Run `hk ARGS` in-process as user `uid` in `cwd`: exit status, stdout, stderr.
+
+    The interpreter lives below a 0700 directory, so another user cannot exec it: a forked
+    child drops to the user and runs the click CLI. Every module the commands import lazily
+    is imported first (the child could not read it)."""
+    import json
+
+    from click.testing import CliRunner
+
+    import hkfs.cli.through_mount  # noqa: F401
+    import hkfs.mount.queryfs  # noqa: F401
+    import hkfs.query.embeddings  # noqa: F401
+    import hkfs.query.queryfiles  # noqa: F401
+    from hkfs.cli.main import cli
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # the child: never returns into pytest
+        code = 70
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.chdir(cwd)
+            res = CliRunner().invoke(cli, list(args), prog_name="hk")
+            err = res.stderr
+            if res.exception is not None and not isinstance(res.exception, SystemExit):
+                import traceback
+                err += "".join(traceback.format_exception(res.exception))
+            with os.fdopen(w, "w") as f:
+                json.dump([res.exit_code, res.stdout, err], f)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    code, out, err = json.loads(data)
+    return code, out, err
+
+
+def hk_ok(uid: int, cwd: Path, *args: str) -> str:
+    code, out, err = hk_as(uid, cwd, *args)
+    assert code == 0 and "Traceback" not in err, f"hk {' '.join(args)} as {uid}: {code}\n{out}\n{err}"
+    return out
+
+
+def hk_fails(uid: int, cwd: Path, *args: str) -> str:
+    code, out, err = hk_as(uid, cwd, *args)
+    assert code == 1 and "Traceback" not in err and err.count("\n") == 1, \
+        f"hk {' '.join(args)} as {uid}: {code}\n{out}\n{err}"
+    return err
+
+
+@pytest.fixture
+def tagged(shared: Mount) -> Mount:
+    """root's files tagged //k: one only in root's 0700 directory, one in a searchable one,
+    one linked in both, one with keywords only; pub's DKL is //k."""
+    shared.run("""
+        mkdir -p @/k/sub priv pub; chmod 700 priv; chmod 755 pub
+        echo secret > priv/secret; chmod 644 priv/secret; ln priv/secret @/k/
+        echo open > pub/open; chmod 644 pub/open; ln pub/open @/k/
+        echo tagged > @/k/loose; chmod 644 @/k/loose
+        echo both > priv/both; chmod 644 priv/both; ln priv/both pub/both; ln priv/both @/k/
+        echo mine > pub/notes; chmod 600 pub/notes
+        setfattr -n user.hk.dkl -v //k pub
+    """)
+    return shared
+
+
+def test_hk_read_commands_answer_other_users_through_the_mount(tagged: Mount, second_uid: int) -> None:
+    """The second user cannot open the store; hk ls/path/kw/info/prompt/completion answer what
+    the mount shows that user: root's file reachable only through root's 0700 directory is
+    not there (root's own hk, straight from the store, shows it)."""
+    m, uid = tagged, second_uid
+    k, pub = m.root / "@" / "k", m.root / "pub"
+    assert hk_ok(0, k, "ls") == "both loose open secret\n"
+    assert hk_ok(uid, k, "ls") == hk_ok(uid, k, "ls", "-1").replace("\n", " ").strip() + "\n"
+    assert hk_ok(uid, k, "ls", "-1").split() == ["both", "loose", "open"]
+    assert hk_ok(uid, pub, "ls", ",").split() == ["both", "loose", "open"]
+    assert hk_ok(uid, m.root, "ls", "//k").split() == ["both", "loose", "open"]
+    assert hk_ok(uid, m.root, "ls", "//k,open").split() == ["open"]
+    assert "no file matches" in hk_fails(uid, m.root, "ls", "//k,secret")
+    assert hk_ok(uid, pub, "ls").split() == sorted(os.listdir(pub)) == ["both", "notes", "open"]
+    assert hk_ok(uid, m.root, "ls") == hk_ok(0, m.root, "ls") == "priv pub\n"
+    seen = m.run("ls @/k", user=uid).stdout.split()
+    assert [n for n in seen if n != "sub"] == ["both", "loose", "open"]
+
+    assert hk_ok(uid, pub, "path", "//k,open", ",both", "notes") == \
+        f"{m.root}/@/k/open\n{m.root}/pub/,both\n{m.root}/pub/notes\n"
+    assert hk_ok(uid, pub, "path", "//k,open") == hk_ok(0, pub, "path", "//k,open")
+    assert "no keyword //nope" in hk_fails(uid, pub, "path", "//nope,x")
+
+    assert hk_ok(0, m.root, "kw") == "//k (4)\n  /sub (0)\n"
+    assert hk_ok(uid, m.root, "kw") == "//k (3)\n  /sub (0)\n"
+    assert hk_ok(uid, m.root, "kw", "//k/sub") == "//k/sub (0)\n"
+
+    mine = hk_ok(uid, pub, "info", "open")
+    assert mine == hk_ok(0, pub, "info", "open")
+    assert "keywords:  //k\n" in mine and f"links:     {m.root}/pub/open\n" in mine
+    both_root, both_user = hk_ok(0, pub, "info", "both"), hk_ok(uid, pub, "info", "both")
+    assert f"{m.root}/priv/both" in both_root and f"{m.root}/pub/both" in both_root
+    assert f"{m.root}/priv/both" not in both_user and f"links:     {m.root}/pub/both\n" in both_user
+    assert hk_ok(uid, m.root, "info", "//k,loose") == hk_ok(0, m.root, "info", "//k,loose")
+    assert "secret" not in hk_ok(uid, m.root, "info", "//k")
+    assert "no file matches" in hk_fails(uid, m.root, "info", "//k,secret")
+    assert "permission denied" in hk_fails(uid, m.root, "info", "priv/secret")
+    assert "permission denied" in hk_fails(uid, pub, "info", "notes")        # 0600: not readable
+
+    assert hk_ok(uid, pub, "prompt") == "//k\n"
+    assert hk_ok(uid, k / "sub", "prompt") == "//k/sub\n"
+    assert hk_ok(uid, pub, "complete", "//") == hk_ok(0, pub, "complete", "//") == "//k\n"
+
+
+def test_hk_query_answers_other_users_through_the_mount(tagged: Mount, second_uid: int) -> None:
+    m, uid = tagged, second_uid
+    m.run("""
+        setfattr -n user.hk.embedding -v "1 0" @/k/open
+        setfattr -n user.hk.embedding -v "1 0.1" @/k/loose
+        printf '1 0\\nk=2\\n' > @/k/near.query; chmod 644 @/k/near.query
+    """)
+    k = m.root / "@" / "k"
+    assert hk_ok(uid, k, "query", "--show", "near.query") == "1 0\nk=2\n" == hk_ok(0, k, "query", "--show", "near.query")
+    assert hk_ok(uid, k, "query", "--like", "open") == hk_ok(0, k, "query", "--like", "open")
+    assert "@/k/loose" in hk_ok(uid, k, "query", "--like", "open")
+    assert "--like" in hk_fails(uid, k, "query", "--vector", "1 0")
+    assert hk_ok(uid, k, "embed", "open", "--show") == hk_ok(0, k, "embed", "open", "--show")
+
+
+def test_hk_write_commands_tell_other_users_what_works(tagged: Mount, second_uid: int) -> None:
+    m, uid = tagged, second_uid
+    pub = m.root / "pub"
+    for args in (["mkkw", "//x"], ["atkw", "//k", "open"], ["akl", "//k"], ["rme", "open"],
+                 ["embed", "open", "--vector", "1 0"], ["mvkw", "//k", "//y"], ["ldf"]):
+        err = hk_fails(uid, pub, *args)
+        assert f"hk {args[0]} changes the store, which is root's alone" in err, err
+        assert "hk ls, path, kw, info, query" in err
+    assert "rm FILE in an ordinary directory of the mount" in hk_fails(uid, pub, "rm", "open")
+    assert "--user needs the store" in hk_fails(uid, pub, "ls", "--store", str(m.store), "--user", "root")
+    assert hk_ok(uid, Path("/"), "ls", "--store", str(m.store)) == "priv pub\n"
+    assert (pub / "open").read_text() == "open\n"
+    assert m.run("getfattr --only-values -n user.hk.keywords pub/open").stdout == "//k"

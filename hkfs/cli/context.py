@@ -38,11 +38,11 @@ from ..core.naming import (
     parse_typed_spec,
 )
 from ..core.store import EntityInfo, Store
-from ..fuse.mountinfo import find_mount
+from ..fuse.mountinfo import find_mount, hk_mounts
 from ..mount.views import DirLoc, KeySpaceLoc, LinkLoc, Location, Resolver, ViewFileLoc, ViewLoc
 
 __all__ = [
-    "Here", "here", "store_options", "mount_owner_uid", "FileRef",
+    "Here", "here", "store_options", "mount_owner_uid", "FileRef", "ThroughMount",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,12 +212,39 @@ class Here:
         return out
 
 
+class ThroughMount(Exception):
+    """The store behind the mount this command runs in (or names) is private to its owner:
+    read commands answer through the mount instead, with the caller's own rights
+    (hkfs.cli.through_mount; the `hk` group catches this and hands the command over)."""
+
+    def __init__(self, mount: Path, cwd: str, user: str | None) -> None:
+        super().__init__(f"the store behind {mount} is private to its owner")
+        self.mount, self.cwd, self.user = mount, cwd, user
+        self.ctx = click.get_current_context(silent=True)    # the command and its arguments
+
+
+def _through(store_path: Path, cwd: str, user: str | None) -> ThroughMount | None:
+    """A ThroughMount when a private store is mounted: run from inside the mount, or through
+    its mount point when the command named the store (--store) from elsewhere."""
+    found = find_mount(cwd)
+    if found is not None and found[1] == store_path:
+        return ThroughMount(found[0], os.path.abspath(cwd), user)
+    for mnt, st in hk_mounts():
+        if st == store_path:
+            return ThroughMount(mnt, str(mnt), user)
+    return None
+
+
 def _open_store(path: Path) -> Store:
-    if path.is_dir() and not os.access(path, os.X_OK):
-        # a store is private to its owner (docs/mount.md, "Users apart"); not "no store here"
-        raise PermissionDenied(f"permission denied: the store {path} is private to its owner; other users "
-                               "use the mount with ordinary tools (ls, cat, getfattr -n user.hk.keywords)")
-    if not (path / "catalog.sqlite").exists():
+    private = PermissionDenied(f"permission denied: the store {path} is private to its owner; other users "
+                               "use its mount (hk's read commands, ls, cat, getfattr -n user.hk.keywords)")
+    try:
+        if path.is_dir() and not os.access(path, os.X_OK):
+            raise private   # a store is private to its owner (docs/mount.md, "Users apart"); not "no store here"
+        found = (path / "catalog.sqlite").exists()
+    except PermissionError:           # a directory on the way is not searchable
+        raise private from None
+    if not found:
         raise NotFound(f"no hkfs store at {path}")
     if not os.access(path / "catalog.sqlite", os.R_OK | os.W_OK):
         raise PermissionDenied(f"permission denied: cannot open the store {path}")
@@ -230,7 +257,13 @@ def here(store: Path | None = None, user: str | None = None, *, cwd: str | None 
     """The cwd's Here (closed on exit). Outside a mount without --store: a clear error."""
     cwd = cwd or os.getcwd()
     if store is not None:
-        st = _open_store(Path(store).absolute())
+        try:
+            st = _open_store(Path(store).absolute())
+        except PermissionDenied:
+            through = _through(Path(store).absolute(), cwd, user)
+            if through is None:
+                raise
+            raise through from None
         try:
             if user is not None and not st.known_user(user):
                 raise InvalidArgument(f"no such user {user!r}")
@@ -243,7 +276,10 @@ def here(store: Path | None = None, user: str | None = None, *, cwd: str | None 
     if found is None:
         raise click.ClickException("not inside an hkfs mount (cd into one, or give --store STORE)")
     mnt, store_path = found
-    st = _open_store(store_path)
+    try:
+        st = _open_store(store_path)
+    except PermissionDenied:
+        raise ThroughMount(mnt, os.path.abspath(cwd), None) from None
     try:
         uid = mount_owner_uid(mnt)
         mount_ns = st.namespace_id(uid if uid is not None else os.geteuid())

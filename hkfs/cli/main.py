@@ -14,6 +14,7 @@ from typing import IO, Any
 import click
 
 from ..core.errors import HKError
+from .context import ThroughMount
 
 
 class OneLineUsageError(click.UsageError):
@@ -62,6 +63,12 @@ class HKGroup(click.Group):
             raise _one_line(exc) from None
         except (HKError, PermissionError, sqlite3.Error) as exc:
             raise user_error(exc) from exc
+        except ThroughMount as tm:                   # another user's hk in a shared mount
+            from .through_mount import answer
+            try:
+                return answer(tm)
+            except (HKError, PermissionError) as exc:
+                raise user_error(exc) from exc
 
 
 @click.group(cls=HKGroup, context_settings={"help_option_names": ["-h", "--help"]})

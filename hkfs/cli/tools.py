@@ -13,6 +13,8 @@ import os
 import pwd
 import stat
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -21,13 +23,14 @@ import click
 from ..core.completion import complete_word
 from ..core.errors import HKError, InvalidArgument, NotFound, StoreLocked
 from ..core.naming import (
+    HK,
     format_hk,
     format_hk_list,
     parse_typed_spec,
     term_keyword,
 )
 from ..mount.paths import COMMA, clash_name, listed_name, view_path
-from .context import FileRef, Here, here, store_options
+from .context import FileRef, Here, ThroughMount, here, store_options
 from .main import cli
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,22 @@ SHELLS = ("bash", "zsh")
 
 
 # ---------------------------------------------------------------------- path
+
+def spec_base(hl: tuple[HK, ...], relative: bool, *, cwd: str, mount: str, in_dir: bool, in_view: bool,
+              other_ns: bool) -> str:
+    """The mount path of the view a spec's HK list `hl` names (`relative`: written after ',').
+
+    `cwd` is the current directory's path, `in_view` a view with a list of its own, `other_ns`
+    a directory whose ',' and '@' are another namespace's (chns)."""
+    if relative:
+        if in_dir:
+            return cwd + "/," + view_path(hl)        # a directory's ',' is its CKL's view
+        if in_view:
+            return cwd + view_path(hl)               # a view is its own CKL's view (as `hk ls ,`)
+        raise InvalidArgument("',' needs a directory or a keyword view as the current directory")
+    anchor = cwd if in_dir and other_ns else mount.rstrip("/")   # chns: this directory's '@'
+    return anchor + view_path(hl)
+
 
 def spec_to_paths(h: Here, spec: str) -> list[str]:
     """Mount paths for a spec: one, or one per file when several share the name (their clash names)."""
@@ -49,20 +68,9 @@ def spec_to_paths(h: Here, spec: str) -> list[str]:
     for k in hl:
         if not h.store.keyword_exists(h.ns, k):
             raise NotFound(f"no keyword {format_hk(k)}")
-    if relative:
-        if h.dirid is not None:
-            base = cwd + "/," + view_path(hl)         # a directory's ',' is its CKL's view
-        elif h.view and not h.keyspace:
-            base = cwd + view_path(hl)                # a view is its own CKL's view (as `hk ls ,`)
-        else:
-            raise InvalidArgument("',' needs a directory or a keyword view as the current directory")
-        full = tuple(h.ckl) + hl
-    else:
-        anchor = str(h.mount).rstrip("/")
-        if h.dirid is not None and h.ns != h.mount_ns:
-            anchor = cwd          # chns: this directory's '@' is the other namespace's keyword space
-        base = anchor + view_path(hl)
-        full = hl
+    base = spec_base(hl, relative, cwd=cwd, mount=str(h.mount), in_dir=h.dirid is not None,
+                     in_view=bool(h.view) and not h.keyspace, other_ns=h.ns != h.mount_ns)
+    full = tuple(h.ckl) + hl if relative else hl
     if name is None:
         return [base]
     matches = h.store.match(h.ns, full, name)
@@ -106,11 +114,16 @@ def kw_cmd(hk: str | None, store: str | None, user: str | None) -> None:
     """
     with here(store, user) as h:
         root = h.keyword(hk) if hk else ()
-        for k, n in h.store.keyword_counts(h.ns, root):
-            top = len(root) if root else 1
-            depth = len(k) - top
-            label = format_hk(k) if depth == 0 else "/" + k[-1]
-            click.echo(f"{'  ' * depth}{label} ({n})")
+        print_keyword_counts(h.store.keyword_counts(h.ns, root), root)
+
+
+def print_keyword_counts(counts: Sequence[tuple[HK, int]], root: HK) -> None:
+    """`hk kw`'s tree: each keyword below `root` indented by depth, with its number of files."""
+    for k, n in counts:
+        top = len(root) if root else 1
+        depth = len(k) - top
+        label = format_hk(k) if depth == 0 else "/" + k[-1]
+        click.echo(f"{'  ' * depth}{label} ({n})")
 
 
 # ---------------------------------------------------------------------- info
@@ -154,17 +167,35 @@ def info_cmd(files: tuple[str, ...], store: str | None, user: str | None) -> Non
             e = ref.info
             if i:
                 click.echo()
-            click.echo(f"entity:    {e.id}")
-            click.echo(f"name:      {e.name}")
-            click.echo(f"keywords:  {format_hk_list(e.hks) or '(none)'}")
-            links = _link_paths(h, ref)
-            click.echo(f"links:     {links[0] if links else '(none)'}")
-            for extra in links[1:]:
-                click.echo(f"           {extra}")
-            click.echo(f"owner:     {_user_name(e.uid)} (uid {e.uid}, gid {e.gid}); "
-                       f"namespace {h.store.namespace_user(e.ns)}")
-            click.echo(f"mode:      {_mode_text(e.mode)}")
-            click.echo(f"size:      {e.size}")
+            print_info(FileFacts(e.id, e.name, format_hk_list(e.hks), _link_paths(h, ref), e.uid, e.gid,
+                                 h.store.namespace_user(e.ns), e.mode, e.size))
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What `hk info` prints of one file (from the store, or through the mount)."""
+
+    id: int
+    name: str
+    keywords: str
+    links: list[str]
+    uid: int
+    gid: int
+    namespace: str
+    mode: int
+    size: int
+
+
+def print_info(f: FileFacts) -> None:
+    click.echo(f"entity:    {f.id}")
+    click.echo(f"name:      {f.name}")
+    click.echo(f"keywords:  {f.keywords or '(none)'}")
+    click.echo(f"links:     {f.links[0] if f.links else '(none)'}")
+    for extra in f.links[1:]:
+        click.echo(f"           {extra}")
+    click.echo(f"owner:     {_user_name(f.uid)} (uid {f.uid}, gid {f.gid}); namespace {f.namespace}")
+    click.echo(f"mode:      {_mode_text(f.mode)}")
+    click.echo(f"size:      {f.size}")
 
 
 # ---------------------------------------------------------------------- fsck
@@ -236,6 +267,8 @@ def prompt_cmd() -> None:
     try:
         with here() as h:
             click.echo(format_hk_list(h.ckl))
+    except ThroughMount:
+        raise                       # answered through the mount (hkfs.cli.through_mount)
     except (click.ClickException, HKError, OSError, Exception):   # a prompt never fails
         return
 
@@ -248,6 +281,8 @@ def complete_cmd(word: str, store: str | None, user: str | None) -> None:
     try:
         with here(store, user) as h:
             keywords = h.store.keywords(h.ns)
+    except ThroughMount:
+        raise
     except Exception as exc:   # noqa: BLE001 - completion must never print an error into the command line
         log.debug("no completions for %r: %s", word, exc, exc_info=True)   # `hk -vv complete WORD` shows why
         return

@@ -29,6 +29,7 @@ Semantics that are choices (docs/mount.md explains them to users):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import threading
@@ -77,9 +78,12 @@ from .views import (
 )
 
 __all__ = ["MountModel", "Attrs", "Stale", "NOTHING", "EVERYTHING", "Entry", "EDITOR_SAVE_SECONDS",
-           "KEYWORDS_ATTR", "DKL_ATTR", "NS_ATTR", "MAX_NAME"]
+           "KEYWORDS_ATTR", "DKL_ATTR", "NS_ATTR", "INFO_ATTR", "MAX_NAME"]
 
 KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
+# what `hk info` shows of a file, for users who cannot open the store (hkfs.cli.through_mount);
+# answered, never listed (cp -a would copy it)
+INFO_ATTR = "user.hk.info"
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 MAX_NAME = 255
 # How long after its creation a temp file renamed over another counts as an editor save.
@@ -232,16 +236,28 @@ class MountModel:
     def _unreachable(self) -> set[int] | frozenset[int]:
         """Entities the calling user may not reach through a view on a shared mount: every
         directory link of theirs is below a directory the caller cannot search (hkfs.mount.access)."""
+        blocked = self._blocked()
+        if not blocked:
+            return frozenset()
+        memo = self.reads.memo()
+        key = ("unreachable", blocked)
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = self.store.linked_only_in(blocked)
+        return found
+
+    def _blocked(self) -> frozenset[int]:
+        """Directories the calling user cannot search down to on a shared mount (hkfs.mount.access)."""
         who = self.caller()
-        if who is None or who[0] == 0:
+        if not self.shared or who is None or who[0] == 0:
             return frozenset()
         uid, gid, pid = who
         groups = caller_groups(pid, gid)
         memo = self.reads.memo()
-        key = ("unreachable", uid, groups)
+        key = ("blocked", uid, groups)
         found = memo.get(key)
         if found is None:
-            found = memo[key] = self.store.linked_only_in(blocked_dirs(self.store.dir_perms(), uid, groups))
+            found = memo[key] = frozenset(blocked_dirs(self.store.dir_perms(), uid, groups))
         return found
 
     def eid_of(self, loc: Location) -> int:
@@ -804,6 +820,8 @@ class MountModel:
         kind, ident = self._xattr_target(path)
         if kind == "file" and name == KEYWORDS_ATTR:
             return format_hk_list(self.store.entity(ident).hks).encode()
+        if kind == "file" and name == INFO_ATTR:
+            return self.info_text(ident)
         if kind == "file" and (body := self.read_file_attr(ident, name)) is not None:
             return body                 # user.hk.query
         if kind == "dir" and name == DKL_ATTR:
@@ -816,6 +834,22 @@ class MountModel:
             return self.store.get_xattr(kind, ident, name)
         except NotFound:
             raise NoAttribute(name) from None
+
+    def info_text(self, eid: int) -> bytes:
+        """`hk info` through the mount, as JSON: the file's entity id, name and namespace, and
+        its directory links the caller can reach ([path, None] in the mount's tree, [path,
+        user] in another namespace's); links below a directory it cannot search are left out."""
+        info = self.store.entity(eid)
+        blocked = self._blocked()
+        links = []
+        for dirid, name in self.store.links(eid):
+            if dirid in blocked:
+                continue
+            d = self.store.dir(dirid)
+            tree = None if d.owner_ns == self.ns else self.store.namespace_user(d.owner_ns)
+            links.append([self.store.dir_path(dirid).rstrip("/") + "/" + name, tree])
+        return json.dumps({"id": eid, "name": info.name, "namespace": self.store.namespace_user(info.ns),
+                           "links": links}).encode()
 
     def listxattr(self, path: str) -> list[str]:
         kind, ident = self._xattr_target(path)

@@ -16,7 +16,7 @@ from .paths import COMMA, MountPath, parse, split_clash_name
 
 __all__ = [
     "Resolver", "DirLoc", "LinkLoc", "KeySpaceLoc", "ViewLoc", "ViewFileLoc", "NewKeyLoc", "Location",
-    "detach_set", "attach_set", "view_children_of", "check_writable_view",
+    "detach_set", "attach_set", "view_children_of", "check_writable_view", "view_list",
 ]
 
 
@@ -148,6 +148,16 @@ class StoreLike(Protocol):
     def entity(self, eid: int): ...
 
 
+def view_list(mp: MountPath, dkl: Sequence[HK]) -> tuple[HK, ...]:
+    """The HK list a special mount path names, given the DKL of the directory it starts from."""
+    hks: tuple[HK, ...] = ()
+    if mp.relative:
+        hks = tuple(dkl)
+        if mp.ext:
+            hks = hks[:-1] + ((hks[-1] if hks else ()) + mp.ext,)
+    return hks + mp.hks
+
+
 class Resolver:
     """Maps mount paths to Locations by asking the store; holds no state between calls."""
 
@@ -212,12 +222,7 @@ class Resolver:
 
     @staticmethod
     def _list_of(mp: MountPath, ns: int, dkl: tuple[HK, ...]) -> tuple[HK, ...]:
-        hks: tuple[HK, ...] = ()
-        if mp.relative:
-            hks = tuple(dkl)
-            if mp.ext:
-                hks = hks[:-1] + ((hks[-1] if hks else ()) + mp.ext,)
-        return hks + mp.hks
+        return view_list(mp, dkl)
 
     def _keywords_exist(self, ns: int, hks: tuple[HK, ...], mp: MountPath) -> bool:
         # Only the HKs written in the path need checking; the DKL was checked when it was set.
