@@ -261,18 +261,24 @@ def test_hk_read_commands_answer_other_users_through_the_mount(tagged: Mount, se
 
 
 def test_hk_query_answers_other_users_through_the_mount(tagged: Mount, second_uid: int) -> None:
+    """hk query --like / --show and hk embed --show through the mount; neither they nor the
+    `.query` files they read name root's file that only root's 0700 directory reaches."""
     m, uid = tagged, second_uid
     m.run("""
         setfattr -n user.hk.embedding -v "1 0" @/k/open
         setfattr -n user.hk.embedding -v "1 0.1" @/k/loose
-        printf '1 0\\nk=2\\n' > @/k/near.query; chmod 644 @/k/near.query
+        setfattr -n user.hk.embedding -v "1 0.05" priv/secret
+        printf '1 0\\nk=5\\n' > @/k/near.query; chmod 644 @/k/near.query
     """)
     k = m.root / "@" / "k"
-    assert hk_ok(uid, k, "query", "--show", "near.query") == "1 0\nk=2\n" == hk_ok(0, k, "query", "--show", "near.query")
-    assert hk_ok(uid, k, "query", "--like", "open") == hk_ok(0, k, "query", "--like", "open")
-    assert "@/k/loose" in hk_ok(uid, k, "query", "--like", "open")
+    assert hk_ok(uid, k, "query", "--show", "near.query") == "1 0\nk=5\n" == hk_ok(0, k, "query", "--show", "near.query")
+    assert hk_ok(0, k, "query", "--like", "open").split()[1::2] == ["@/k/secret", "@/k/loose"]
+    assert hk_ok(uid, k, "query", "--like", "open").split()[1::2] == ["@/k/loose"]
+    assert m.run("cat @/k/near.query", user=uid).stdout.split()[1::2] == ["@/k/open", "@/k/loose"]
+    assert "@/k/secret" in m.run("cat @/k/near.query").stdout
+    m.run("not cat @/k/secret.query 2>/dev/null; test -n \"$(cat @/k/loose.query)\"", user=uid)
     assert "--like" in hk_fails(uid, k, "query", "--vector", "1 0")
-    assert hk_ok(uid, k, "embed", "open", "--show") == hk_ok(0, k, "embed", "open", "--show")
+    assert hk_ok(uid, k, "embed", "open", "--show") == hk_ok(0, k, "embed", "open", "--show") == "1 0\n"
 
 
 def test_hk_write_commands_tell_other_users_what_works(tagged: Mount, second_uid: int) -> None:

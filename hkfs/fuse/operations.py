@@ -108,6 +108,7 @@ class HKOperations(Operations):
         self.queries = QueryFS(store, self.model.resolver,   # the .query layer (hkfs/mount/queryfs.py)
                                QueryService(store, reads=self.reads, changes=self.changes))
         self.queries.changed = self._entity_changed_at
+        self.queries.hidden = self.model.unreachable      # a shared mount: per caller (hkfs.mount.access)
         self.model.claim_file_attr = self.queries.set_file_attr
         self.model.caller = _caller_context
         self.model.read_file_attr = self.queries.get_file_attr

@@ -221,7 +221,7 @@ class MountModel:
             _check_path(path)
             found = memo[key] = self.resolver.resolve(path)
         if type(found) is ViewFileLoc and found.eid is not None:
-            if self.shared and found.eid in self._unreachable():
+            if self.shared and found.eid in self.unreachable():
                 raise NotFound("no such file")      # only through directories the caller cannot search
             self.on_view(found.eid)      # outside the memo: told after every invalidation
         return found
@@ -233,7 +233,7 @@ class MountModel:
             return loc.eid is not None
         return not isinstance(loc, NewKeyLoc)
 
-    def _unreachable(self) -> set[int] | frozenset[int]:
+    def unreachable(self) -> frozenset[int]:
         """Entities the calling user may not reach through a view on a shared mount: every
         directory link of theirs is below a directory the caller cannot search (hkfs.mount.access)."""
         blocked = self._blocked()
@@ -243,13 +243,15 @@ class MountModel:
         key = ("unreachable", blocked)
         found = memo.get(key)
         if found is None:
-            found = memo[key] = self.store.linked_only_in(blocked)
+            found = memo[key] = frozenset(self.store.linked_only_in(blocked))
         return found
 
     def _blocked(self) -> frozenset[int]:
         """Directories the calling user cannot search down to on a shared mount (hkfs.mount.access)."""
+        if not self.shared:
+            return frozenset()
         who = self.caller()
-        if not self.shared or who is None or who[0] == 0:
+        if who is None or who[0] == 0:
             return frozenset()
         uid, gid, pid = who
         groups = caller_groups(pid, gid)
@@ -381,7 +383,7 @@ class MountModel:
         """Append a view's files (paths.listed_name: STEM~ID.EXT, ',NAME'). One pass, no call
         per file for the common name: a view may hold 100k files."""
         attrs, reg, add, q, dev = self._viewed_values, stat.S_IFREG, out.append, QUERY_SUFFIX, is_device
-        hide = self._unreachable() if self.shared else ()
+        hide = self.unreachable() if self.shared else ()
         for name, e in self.reads.listing(view.ns, tuple(view.hks)).items():
             if hide and (e.id in hide if type(e) is not list else any(x.id in hide for x in e)):
                 if type(e) is not list:

@@ -23,6 +23,7 @@ generation and path (docs/query.md).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -33,6 +34,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..core.errors import InvalidArgument, NotFound, PermissionDenied
 from ..query.embeddings import DIM_ATTR, EMBEDDING_ATTR, parse_dim, parse_embedding
@@ -82,6 +85,13 @@ class _Target:
     vec: Any = None          # virtual: the file's vector (targets are kept per vectors_gen)
 
 
+def _without(sc: Scope, hidden: frozenset[int]) -> Scope:
+    """A scope less the entities the caller may not reach (a set of its own for the index's caches)."""
+    assert sc.ids is not None
+    ids = sc.ids[~np.isin(sc.ids, np.fromiter(hidden, np.int64, len(hidden)))]
+    return dataclasses.replace(sc, ids=ids, key=(sc.key, "hidden", hidden))
+
+
 class QueryFS:
     """Answers the `.query` paths of a mount; everything else is left to the caller (None)."""
 
@@ -103,6 +113,9 @@ class QueryFS:
         self._read_results: OrderedDict[bytes, bytes] = OrderedDict()
         # set by the mount: a stored query's body changed through `path` (kernel caches)
         self.changed: Callable[[int, str], None] | None = None
+        # set by a shared mount: the entities the calling user may not reach (hkfs.mount.access);
+        # they are neither hits nor the subject of a query for that user
+        self.hidden: Callable[[], frozenset[int]] = frozenset
         self.start_ns = time.time_ns()
 
     def start(self) -> None:
@@ -146,14 +159,15 @@ class QueryFS:
             return None                     # every other path of the mount: no catalog look at all
         ck = (path, *self._gens())
         try:
-            return self._targets[ck]
+            t = self._targets[ck]
         except KeyError:
-            pass
-        t = self._find_target(path)
-        with self._lock:
-            if len(self._targets) > 1024:
-                self._targets.clear()
-            self._targets[ck] = t
+            t = self._find_target(path)
+            with self._lock:
+                if len(self._targets) > 1024:
+                    self._targets.clear()
+                self._targets[ck] = t
+        if t is not None and t.eid is not None and t.eid in self.hidden():
+            return None                     # the caller may not reach that file (as in views)
         return t
 
     def _find_target(self, path: str) -> _Target | None:
@@ -199,7 +213,9 @@ class QueryFS:
         it; so each open evaluates afresh, at most once."""
         # a stored query's body is bytes (no generation counts them): any commit; a virtual one's
         # result depends on names, scopes and vectors only
+        hidden = self.hidden()
         ck = (t.path, self.service.changes.version()) if t.stored else (t.path, *self._gens())
+        ck += (hidden,) if hidden else ()
         with self._lock:
             hit = self._results.get(ck) if keep else self._results.pop(ck, None)
         if hit is not None:
@@ -215,7 +231,7 @@ class QueryFS:
             query, exclude = Query(t.vec, DEFAULT_K), t.eid
             body = format_body(query)
         # t.scope is current: targets are kept per files_gen, as scopes are
-        out = format_results(self.service.run(t.scope, query, exclude))
+        out = format_results(self.service.run(_without(t.scope, hidden) if hidden else t.scope, query, exclude))
         log.debug("evaluated %s (%d bytes)", t.path, len(out))
         if not out:        # a read of nothing, exit status 0: the log says why
             log.info("%s reads empty: %s", t.path, NO_HITS)
