@@ -231,6 +231,10 @@ def test_hk_read_commands_answer_other_users_through_the_mount(tagged: Mount, se
     assert "no file matches" in hk_fails(uid, m.root, "ls", "//k,secret")
     assert hk_ok(uid, pub, "ls").split() == sorted(os.listdir(pub)) == ["both", "notes", "open"]
     assert hk_ok(uid, m.root, "ls") == hk_ok(0, m.root, "ls") == "priv pub\n"
+    for args in (["pub"], ["pub/open"], ["@"]):
+        assert hk_ok(uid, m.root, "ls", *args) == hk_ok(0, m.root, "ls", *args)
+    assert hk_ok(uid, m.root, "ls", "@/k") == "both loose open\n"
+    assert hk_ok(uid, m.root / "@", "ls") == "k\n"
     seen = m.run("ls @/k", user=uid).stdout.split()
     assert [n for n in seen if n != "sub"] == ["both", "loose", "open"]
 
