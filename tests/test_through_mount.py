@@ -57,3 +57,14 @@ def test_counted_names_as_hk_ls_shows_them() -> None:
     files = [Listed("main~3.tex", "main.tex", 3), Listed("main~5.tex", "main.tex", 5), Listed(",a", "a", 7),
              Listed("b", "b", 8)]
     assert counted(files) == ["a", "b", "main.tex(2)"]
+
+
+def test_the_attribute_names_are_the_mounts() -> None:
+    from hkfs.cli import through_mount as t
+    from hkfs.mount import model, queryfs
+    from hkfs.query import embeddings
+
+    assert (t.KEYWORDS_ATTR, t.DKL_ATTR, t.NS_ATTR, t.INFO_ATTR) == \
+        (model.KEYWORDS_ATTR, model.DKL_ATTR, model.NS_ATTR, model.INFO_ATTR)
+    assert (t.QUERY_ATTR, t.QUERY_SUFFIX, t.EMBEDDING_ATTR) == \
+        (queryfs.QUERY_ATTR, queryfs.SUFFIX, embeddings.EMBEDDING_ATTR)

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -49,9 +49,14 @@ from ..mount.paths import AT, COMMA, MountPath, parse
 from ..mount.views import view_list
 from .context import ThroughMount, mount_owner_uid
 
+if TYPE_CHECKING:
+    from .tools import FileFacts
+
 __all__ = ["answer", "MountCwd", "READ_COMMANDS"]
 
-KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"   # = hkfs.mount.model
+# = hkfs.mount.model's, hkfs.mount.queryfs's, hkfs.query.embeddings' (tests check): importing
+# those would load numpy into every `hk` command
+KEYWORDS_ATTR, DKL_ATTR, NS_ATTR = "user.hk.keywords", "user.hk.dkl", "user.hk.ns"
 INFO_ATTR, QUERY_ATTR, EMBEDDING_ATTR = "user.hk.info", "user.hk.query", "user.hk.embedding"
 QUERY_SUFFIX = ".query"
 
@@ -289,7 +294,7 @@ def _lstat(path: str, what: str) -> os.stat_result:
         raise _failed(what, exc) from None
 
 
-def _facts(w: MountCwd, path: str, what: str, st: os.stat_result) -> Any:
+def _facts(w: MountCwd, path: str, what: str, st: os.stat_result) -> FileFacts:
     """`hk info`'s facts of one file: its inode, and the daemon's user.hk.info and keywords."""
     from .tools import FileFacts
 
@@ -336,9 +341,11 @@ def _query(w: MountCwd, spec: str | None, vector: str | None, like: str | None, 
             f"through the mount (the store is {_owner(w)}'s), hk query answers --like NAME (a file of "
             f"the current directory or of SPEC's view, k={DEFAULT_K}) and --show NAME.query; for other "
             "queries write a NAME.query file in a directory of yours and cat it")
-    where = w.spec_view(spec)[0] if spec else w.cwd
-    if spec and w.spec_view(spec)[2] is not None:
-        raise InvalidArgument(f"{spec}: SPEC names a view, not a file (--like FILE)")
+    where = w.cwd
+    if spec:
+        where, _hl, name = w.spec_view(spec)
+        if name is not None:
+            raise InvalidArgument(f"{spec}: SPEC names a view, not a file (--like FILE)")
     try:
         with open(f"{where}/{like}{QUERY_SUFFIX}", "rb") as fh:
             out = fh.read()
@@ -361,7 +368,7 @@ def _one(w: MountCwd, arg: str) -> list[str]:
     return found
 
 
-def _embed(w: MountCwd, file: str, show: bool, **params: Any) -> None:
+def _embed(w: MountCwd, file: str, show: bool, **_: Any) -> None:
     from ..query.embeddings import parse_embedding
     from ..query.queryfiles import format_vector
 
