@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hkfs.cli.through_mount import Listed, MountCwd, counted
+from hkfs.core.errors import InvalidArgument
 from hkfs.core.store import Store
 from hkfs.mount.model import INFO_ATTR, MountModel
 
@@ -51,6 +52,8 @@ def test_the_cwd_through_the_mount() -> None:
     assert MountCwd("/mnt", "/d/@").keyspace
     assert MountCwd("/mnt", "/").keyword_path(("a", "b")) == "/mnt/@/a/b"
     assert MountCwd("/mnt", "/d").path_of("../x") == "/mnt/x"
+    with pytest.raises(InvalidArgument, match="not inside the mount"):
+        MountCwd("/mnt", "/d").path_of("../../tmp")
 
 
 def test_counted_names_as_hk_ls_shows_them() -> None:

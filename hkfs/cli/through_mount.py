@@ -184,8 +184,11 @@ class MountCwd:
                 raise NotFound(f"no keyword {format_hk(term)}")
 
     def path_of(self, arg: str) -> str:
-        """A bare name or a path, from the cwd."""
-        return os.path.normpath(os.path.join(self.cwd or "/", arg))
+        """A bare name or a path, from the cwd (inside the mount)."""
+        full = os.path.normpath(os.path.join(self.cwd or "/", arg))
+        if full != self.mount and not full.startswith(self.mount + "/"):
+            raise InvalidArgument(f"{arg!r} is not inside the mount {self.mount}")
+        return full
 
     def spec_view(self, spec: str) -> tuple[str, tuple[HK, ...], str | None]:
         """The view path a spec names, its HKs as written (checked to exist), its name."""
@@ -201,7 +204,7 @@ class MountCwd:
     def spec_paths(self, spec: str) -> list[str]:
         """`hk path`: the mount paths of a spec (one per file while several share the name)."""
         if not spec.startswith((COMMA, "//")):
-            return [self.path_of(spec)]
+            return [os.path.normpath(os.path.join(self.cwd or "/", spec))]     # as the owner's hk path
         base, hl, name = self.spec_view(spec)
         if name is None:
             return [base]
