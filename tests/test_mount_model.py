@@ -384,6 +384,30 @@ def test_xattrs_symlinks_and_errors(model: MountModel) -> None:
         model.resolve("/nope/x")
 
 
+def test_link_counts_name_keywords_too(model: MountModel) -> None:
+    """st_nlink: directory links plus HKs, at least 2 once a file carries an HK (tools then
+    write it in place, not by rename); untagged files as on ext4. Listings say the same."""
+    model.mkdir("/d", 0o755, UID, GID)
+    model.mkdir("/@/a", 0o755, UID, GID)
+    model.mkdir("/@/a/b", 0o755, UID, GID)
+    model.mkdir("/@/c", 0o755, UID, GID)
+    plain = new(model, "/d/p", b"")
+    assert model.attrs("/d/p").nlink == 1
+    model.link("/d/p", "/d/q")
+    assert model.attrs("/d/p").nlink == 2
+    new(model, "/@/a/b/f", b"")
+    assert model.attrs("/@/a/f").nlink == 2                      # one HK, no link: still 2
+    model.link("/@/a/f", "/@/c/f")
+    model.link("/@/a/f", "/d/f")
+    assert model.attrs("/@/c/f").nlink == model.attrs("/d/f").nlink == 3
+    listed = {n: attrs_of(key)[1] for n, _t, _i, attrs_of, key in model.listdir("/@/a")[2:] if attrs_of}
+    assert listed == {"b": 2, "f": 3}                            # b: the child keyword
+    listed = {n: attrs_of(key)[1] for n, _t, _i, attrs_of, key in model.listdir("/d")[2:]}
+    assert listed == {"f": 3, "p": 2, "q": 2}
+    model.unlink("/d/q")
+    assert model.attrs("/d/p").nlink == 1 and model.store.entity(plain).nlinks == 1
+
+
 def test_listing_attrs_come_without_a_call_per_file(model: MountModel) -> None:
     model.mkdir("/@/v", 0o755, UID, GID)
     for i in range(3):

@@ -99,6 +99,7 @@ class EntityStat(NamedTuple):
     mtime_ns: int
     ctime_ns: int
     nlinks: int
+    nhks: int                 # number of HKs carried
 
 
 @dataclass(frozen=True)
@@ -1069,7 +1070,8 @@ class Store:
             ids, params = self._match(c, ns, hks, None)
             rows = c.execute(
                 "SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
-                "(SELECT count(*) FROM links l WHERE l.entity = e.id) "
+                "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
+                "(SELECT count(*) FROM entity_keywords x WHERE x.entity = e.id) "
                 f"FROM entities e WHERE e.id IN ({ids}) ORDER BY e.id", params).fetchall()
         return list(map(EntityStat._make, rows))
 

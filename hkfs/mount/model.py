@@ -59,7 +59,7 @@ from ..core.store import EntityInfo, EntityStat, Store
 from ..query.embeddings import entry_kind
 from .access import blocked_dirs, caller_groups
 from .cached_reads import CachedReads
-from .paths import AT, check_new_name, clash_name, listed_name
+from .paths import AT, check_new_name, clash_name, link_count, listed_name
 from .queryfs import SUFFIX as QUERY_SUFFIX
 from .views import (
     DirLoc,
@@ -287,7 +287,8 @@ class MountModel:
             except FileNotFoundError:
                 pass
         mode = info.mode
-        return ((info.id << 2) | 1, info.nlinks or 1, mode if mode & 0o170000 else mode | stat.S_IFREG,
+        hks = len(info.hks) if isinstance(info, EntityInfo) else info.nhks
+        return ((info.id << 2) | 1, link_count(info.nlinks, hks) or 1, mode if mode & 0o170000 else mode | stat.S_IFREG,
                 info.uid, info.gid, size, BLKSIZE, (size + 511) // 512, info.atime_ns, mtime, ctime)
 
     def rdev(self, eid: int) -> int:
