@@ -213,6 +213,26 @@ def test_scratch_files_made_in_a_view_leave_nothing_in_lost_found(mount: Mount) 
     """)
 
 
+def test_keyword_directories_have_their_own_mode_and_owner(mount: Mount) -> None:
+    """mkdir -m under '@' and in a view, chmod/chown of a keyword through any view path ending
+    in it, seen at once under every other such path (the kernel's cached attributes go)."""
+    mount.run("""
+        mkdir -m 700 @/a; mkdir @/b; mkdir -m 751 @/b/@/a/c     # //a/c, made in the view //b//a
+        test "$(stat -c %a @/a)" = 700
+        test "$(stat -c %a @/a/c @/b/@/a/c)" = "$(printf '751\\n751')"
+        stat @/a @/b/@/a @/@or/a >/dev/null                    # cached under three paths
+        chmod 705 @/b/@/a
+        test "$(stat -c %a @/a @/b/@/a @/@or/a | tr '\\n' ' ')" = "705 705 705 "
+        chown 3:4 @/a
+        test "$(stat -c %u:%g @/b/@/a)" = 3:4
+        mv @/a @/z                                              # a renamed keyword keeps them
+        test "$(stat -c %a:%u @/z)" = 705:3
+        rmdir @/z/c; rmdir @/z; mkdir @/z                       # made again: mkdir's mode, owner
+        test "$(stat -c %a:%u @/z)" = "755:$(id -u)"
+        not chmod 700 @ 2>/dev/null; not chmod 700 @/@or 2>/dev/null   # no mode of their own
+    """)
+
+
 def test_changes_by_other_processes_are_visible_at_once(mount: Mount) -> None:
     mount.run("""
         mkdir @/seen

@@ -170,6 +170,37 @@ def test_mkdir_and_rmdir_under_at(model: MountModel) -> None:
     assert model.rmdir("/d") == NOTHING
 
 
+def test_keyword_directories_have_their_own_mode_and_owner(model: MountModel) -> None:
+    """mkdir under '@' or in a view keeps its mode and owner; chmod/chown of a view set its
+    last keyword's; '@' and operator directories keep the default (the same value is fine)."""
+    assert model.mkdir("/@/a", 0o700, 5, 6) == EVERYTHING
+    model.mkdir("/@/a/b", 0o750, UID, GID)
+    model.store.mkkw(model.ns, ("c",))                        # made by hk mkkw: the default
+    a = model.attrs("/@/a")
+    assert (a.mode, a.uid, a.gid) == (stat.S_IFDIR | 0o700, 5, 6)
+    assert model.attrs("/@/a/b").mode & 0o7777 == 0o750
+    c = model.attrs("/@/c")
+    assert (c.mode & 0o7777, c.uid, c.gid) == (0o755, model.uid, model.gid)
+    assert model.chmod("/@/c/@/a/b", 0o711) == EVERYTHING     # the view //c//a/b is //a/b's directory
+    assert model.attrs("/@/a/b").mode & 0o7777 == 0o711
+    assert model.chown("/@/@or/a", 7, None) == EVERYTHING     # //a under an operator
+    assert (model.attrs("/@/a").uid, model.attrs("/@/a").gid) == (7, 6)
+    listed = {n: attrs_of(key)[2] & 0o7777 for n, _t, _i, attrs_of, key in model.listdir("/@")[2:]}
+    assert listed == {"a": 0o700, "c": 0o755}
+    model.mkdir("/d", 0o755, UID, GID)
+    model.setxattr("/d", "user.hk.dkl", b"//a")
+    assert model.attrs("/d/,").mode & 0o7777 == 0o700        # d's ',' is the view //a
+    for path in ("/@", "/@/@or", "/@/a/@"):
+        with pytest.raises(NotPermitted):
+            model.chmod(path, 0o700)
+        with pytest.raises(NotPermitted):
+            model.chown(path, 99, None)
+        assert model.chmod(path, 0o755) == NOTHING            # its own mode: tar x, cp -a
+        assert model.chown(path, model.uid, model.gid) == NOTHING
+    model.rename("/@/a/b", "/@/e")                            # mv keeps them
+    assert model.attrs("/@/e").mode & 0o7777 == 0o711
+
+
 def test_mv_between_views_retags_and_within_a_view_renames(model: MountModel) -> None:
     for k in ("/@/photo", "/@/animal", "/@/animal/dog", "/@/sports"):
         model.mkdir(k, 0o755, UID, GID)

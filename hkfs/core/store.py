@@ -441,12 +441,41 @@ class Store:
         assert parent is not None
         return parent
 
-    def mkkw(self, ns: int, hk: HK | str, *, parents: bool = False) -> int:
-        """Make an HK. Its parent must exist unless parents=True (which also accepts an existing hk)."""
+    def mkkw(self, ns: int, hk: HK | str, *, parents: bool = False, mode: int | None = None,
+             uid: int | None = None, gid: int | None = None) -> int:
+        """Make an HK. Its parent must exist unless parents=True (which also accepts an existing hk).
+        mode/uid/gid: the keyword directory's in the mount (`mkdir`); None keeps the default."""
         hk = _hks([hk])[0]
         with self.catalog.write() as c:
             self._check_ns(c, ns)
-            return self._mkkw(c, ns, hk, parents)
+            kid = self._mkkw(c, ns, hk, parents)
+            if (mode, uid, gid) != (None, None, None):
+                self._set_keyword_attrs(c, kid, mode, uid, gid)
+            return kid
+
+    def keyword_attrs(self, ns: int, hk: HK | str) -> tuple[int | None, int | None, int | None]:
+        """A keyword directory's mode (permission bits), uid and gid in the mount; None where
+        it has none of its own (the mount's default: 0755, the mounting user)."""
+        hk = _hks([hk])[0]
+        with self.catalog.read() as c:
+            r = c.execute("SELECT mode, uid, gid FROM keywords WHERE ns = ? AND path = ?",
+                          (ns, _path(hk))).fetchone()
+        if r is None:
+            raise NotFound(f"no keyword {format_hk(hk)}")
+        return r[0], r[1], r[2]
+
+    def set_keyword_attrs(self, ns: int, hk: HK | str, *, mode: int | None = None, uid: int | None = None,
+                          gid: int | None = None) -> None:
+        """chmod / chown of a keyword directory: None keeps a value."""
+        hk = _hks([hk])[0]
+        with self.catalog.write() as c:
+            self._set_keyword_attrs(c, self._need_kw(c, ns, hk), mode, uid, gid)
+
+    @staticmethod
+    def _set_keyword_attrs(c: sqlite3.Connection, kid: int, mode: int | None, uid: int | None,
+                           gid: int | None) -> None:
+        c.execute("UPDATE keywords SET mode = coalesce(?, mode), uid = coalesce(?, uid), gid = coalesce(?, gid) "
+                  "WHERE id = ?", (None if mode is None else mode & 0o7777, uid, gid, kid))
 
     @staticmethod
     def _check_ns(c: sqlite3.Connection, ns: int) -> None:

@@ -54,7 +54,7 @@ from ..core.errors import (
     NotPermitted,
     NotSupported,
 )
-from ..core.naming import format_hk_list, hk_matches, parse_hk_list
+from ..core.naming import HK, format_hk_list, hk_matches, parse_hk_list, term_keyword
 from ..core.store import EntityInfo, EntityStat, Store
 from ..query.embeddings import entry_kind
 from .access import blocked_dirs, caller_groups
@@ -316,8 +316,36 @@ class MountModel:
         return _ino(3, h & ((1 << 58) - 1))
 
     def virtual_attrs(self, loc: KeySpaceLoc | ViewLoc) -> Attrs:
+        """A view's attributes: its last keyword's mode and owner (`own_keyword`), which mkdir,
+        chmod and chown set; '@', operator views and what a keyword leaves unset get 0755
+        and the mounting user. Times are the mount's start."""
         t = self.start_ns
-        return Attrs(self.virtual_ino(loc), 2, stat.S_IFDIR | 0o755, self.uid, self.gid, 4096, 4096, 8, t, t, t)
+        mode, uid, gid = 0o755, self.uid, self.gid
+        kw = self.own_keyword(loc)
+        if kw is not None:
+            m, u, g = self._keyword_attrs(loc.ns, kw)
+            mode, uid, gid = (mode if m is None else m), (uid if u is None else u), (gid if g is None else g)
+        return Attrs(self.virtual_ino(loc), 2, stat.S_IFDIR | mode, uid, gid, 4096, 4096, 8, t, t, t)
+
+    @staticmethod
+    def own_keyword(loc: KeySpaceLoc | ViewLoc) -> HK | None:
+        """The keyword whose directory a view is: its last HK's (`@/photo/2000` is //photo/2000,
+        `@/photo/@/animal` and `@/@or/animal` are //animal); None for '@' and the operator
+        directories themselves (`@or`, `@untagged`, ...), which have no mode of their own."""
+        if isinstance(loc, KeySpaceLoc) or not loc.hks:
+            return None
+        return term_keyword(loc.hks[-1]) or None
+
+    def _keyword_attrs(self, ns: int, kw: HK) -> tuple[int | None, int | None, int | None]:
+        memo = self.reads.memo()
+        key = ("kwattrs", ns, kw)
+        found = memo.get(key)
+        if found is None:
+            try:
+                found = memo[key] = self.store.keyword_attrs(ns, kw)
+            except NotFound:          # removed meanwhile: the default
+                found = (None, None, None)
+        return found
 
     # ------------------------------------------------------------ listings
 
@@ -713,13 +741,14 @@ class MountModel:
             check_new_name(loc.name)
             self.store.mkdir(loc.dirid, loc.name, mode=mode & 0o7777, uid=uid, gid=gid)
             return NOTHING
+        # a keyword directory keeps the mode (umask applied by the kernel) and owner it is made with
         if isinstance(loc, NewKeyLoc):
-            self.store.mkkw(loc.parent.ns, loc.parent.child_hk(loc.name))
+            self.store.mkkw(loc.parent.ns, loc.parent.child_hk(loc.name), mode=mode & 0o7777, uid=uid, gid=gid)
             return EVERYTHING            # a keyword shadows files of that name in its parent's views
         if isinstance(loc, ViewFileLoc):
             check_new_name(loc.name)
             _check_home(loc)
-            self.store.mkkw(loc.view.ns, loc.view.child_hk(loc.name))
+            self.store.mkkw(loc.view.ns, loc.view.child_hk(loc.name), mode=mode & 0o7777, uid=uid, gid=gid)
             return EVERYTHING
         raise AlreadyExists("file exists")
 
@@ -745,8 +774,12 @@ class MountModel:
             self.store.set_dir_attrs(loc.dirid, mode=mode & 0o7777)
             return NOTHING
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
+            kw = self.own_keyword(loc)
+            if kw is not None:
+                self.store.set_keyword_attrs(loc.ns, kw, mode=mode & 0o7777)
+                return EVERYTHING         # shown under every view path that ends in that keyword
             if mode & 0o7777 != self.virtual_attrs(loc).mode & 0o7777:
-                raise NotPermitted("views have no mode of their own")   # the same mode: tar x, cp -a
+                raise NotPermitted("'@' and operator views have no mode of their own")   # same mode: tar x
             return NOTHING
         eid = self.eid_of(loc)
         self.store.set_attrs(eid, mode=mode & 0o7777)
@@ -758,8 +791,12 @@ class MountModel:
             self.store.set_dir_attrs(loc.dirid, uid=uid, gid=gid)
             return NOTHING
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
+            kw = self.own_keyword(loc)
+            if kw is not None:
+                self.store.set_keyword_attrs(loc.ns, kw, uid=uid, gid=gid)
+                return EVERYTHING
             if uid not in (None, self.uid) or gid not in (None, self.gid):
-                raise NotPermitted("views have no owner of their own")  # the same owner: tar x, cp -a
+                raise NotPermitted("'@' and operator views have no owner of their own")  # same owner: tar x
             return NOTHING
         eid = self.eid_of(loc)
         self.store.set_attrs(eid, uid=uid, gid=gid)
