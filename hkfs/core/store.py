@@ -512,6 +512,20 @@ class Store:
         are materialized, so the subtree's paths get their prefix rewritten, and so do the
         affected files' tags strings (a merge may fold two paths into one)."""
         src, dst = _hks([src])[0], _hks([dst])[0]
+        self._move_keyword(ns, src, dst, merge=merge, parents=parents, replace_empty=replace_empty)
+
+    def rename_invalid_keyword(self, ns: int, hk: HK, name: str) -> HK:
+        """fsck --repair: rename keyword hk, whose own name today's rules refuse (made before
+        they did, e.g. '@x', so no hk command can name it), to `name` among its siblings (as
+        move_keyword: its files and DKLs follow); its parents must be valid. Returns the new HK."""
+        validate_component(name)
+        dst = tuple(hk[:-1]) + (name,)
+        _hks([dst])
+        self._move_keyword(ns, tuple(hk), dst)
+        return dst
+
+    def _move_keyword(self, ns: int, src: HK, dst: HK, *, merge: bool = False, parents: bool = False,
+                      replace_empty: bool = False) -> None:
         if hk_matches(src, dst):
             raise InvalidArgument(f"cannot move {format_hk(src)} onto or under itself ({format_hk(dst)})")
         with self.catalog.write() as c:
@@ -1403,7 +1417,9 @@ class Store:
 
     @staticmethod
     def _dkl(c: sqlite3.Connection, dirid: int) -> tuple[HK, ...]:
-        return tuple(parse_hk(r[0]) for r in
+        """Split, not parsed: the store wrote each '//a/b' from a checked HK, and one naming a
+        keyword made under older rules ('//@x', until fsck --repair renames it) must still read."""
+        return tuple(tuple(r[0][2:].split("/")) for r in
                      c.execute("SELECT hk FROM dir_keywords WHERE dir = ? ORDER BY pos", (dirid,)))
 
     def _need_dkl_keywords(self, c: sqlite3.Connection, dirid: int, hks: Sequence[HK]) -> None:
