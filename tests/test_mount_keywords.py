@@ -97,13 +97,17 @@ def test_xattrs(mount: Mount) -> None:
         echo x > @/a/f
         setfattr -n user.hk.keywords -v //a//b @/a/f
         test "$(getfattr --only-values -n user.hk.keywords @/b/f)" = //a//b
+        ctime() { "$PY" -c 'import os, sys; print(os.stat(sys.argv[1]).st_ctime_ns)' "$1"; }
+        c0=$(ctime @/a/f); d0=$(ctime d)
         setfattr -n user.color -v blue @/a/f
         test "$(getfattr --only-values -n user.color @/b/f)" = blue
+        test "$(ctime @/b/f)" -gt "$c0"                         # POSIX: setxattr changes ctime
         getfattr -d @/a/f | grep -q 'user.color="blue"'
         setfattr -x user.color @/a/f
         not getfattr -n user.color @/a/f 2>/dev/null
         setfattr -n user.tag -v t d
         getfattr -d d | grep -q user.tag
+        test "$(ctime d)" -gt "$d0"
         not setfattr -n user.hk.keywords -v '//a/..' @/a/f 2>/dev/null   # EINVAL
         not setfattr -n user.hk.keywords -v 'nope' @/a/f 2>/dev/null
         not setfattr -n trusted.x -v 1 @/a/f 2>/dev/null

@@ -727,3 +727,22 @@ def test_keyword_attrs_and_migration_v6(tmp_path) -> None:
     with pytest.raises(NotFound):
         s.set_keyword_attrs(ns, "//nope", mode=0o700)
     s.close()
+
+
+def test_xattr_changes_bump_ctime(store, ns) -> None:
+    """POSIX: setxattr and removexattr change the ctime of a file or directory (not its mtime)."""
+    eid = store.create(ns, "f", hks=[])
+    d = store.mkdir(store.root_dir(ns), "d")
+    with store.catalog.write() as c:
+        c.execute("UPDATE entities SET ctime_ns = 1, mtime_ns = 1 WHERE id = ?", (eid,))
+        c.execute("UPDATE dirs SET ctime_ns = 1, mtime_ns = 1 WHERE id = ?", (d,))
+    store.set_xattr("file", eid, "user.a", b"1")
+    store.set_xattr("dir", d, "user.a", b"1")
+    assert (store.entity(eid).ctime_ns > 1, store.entity(eid).mtime_ns) == (True, 1)
+    assert (store.dir(d).ctime_ns > 1, store.dir(d).mtime_ns) == (True, 1)
+    with store.catalog.write() as c:
+        c.execute("UPDATE entities SET ctime_ns = 1 WHERE id = ?", (eid,))
+        c.execute("UPDATE dirs SET ctime_ns = 1 WHERE id = ?", (d,))
+    store.remove_xattr("file", eid, "user.a")
+    store.remove_xattr("dir", d, "user.a")
+    assert store.entity(eid).ctime_ns > 1 and store.dir(d).ctime_ns > 1

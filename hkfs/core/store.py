@@ -1533,6 +1533,12 @@ class Store:
             self._need_object(c, kind, id)
             c.execute("INSERT OR REPLACE INTO xattrs(kind, id, name, value) VALUES (?, ?, ?, ?)",
                       (kind, id, name, bytes(value)))
+            self._xattr_changed(c, kind, id)
+
+    @staticmethod
+    def _xattr_changed(c: sqlite3.Connection, kind: str, id: int) -> None:
+        """setxattr and removexattr change the inode's ctime (POSIX), not its mtime."""
+        c.execute(f"UPDATE {'entities' if kind == 'file' else 'dirs'} SET ctime_ns = ? WHERE id = ?", (_now(), id))
 
     def remove_xattr(self, kind: str, id: int, name: str) -> None:
         with self.catalog.write() as c:
@@ -1540,6 +1546,7 @@ class Store:
             if not c.execute("DELETE FROM xattrs WHERE kind = ? AND id = ? AND name = ?",
                              (kind, id, name)).rowcount:
                 raise NotFound(f"no attribute {name}")
+            self._xattr_changed(c, kind, id)
 
     def list_xattrs(self, kind: str, id: int) -> list[str]:
         with self.catalog.read() as c:
