@@ -720,6 +720,8 @@ def test_keyword_attrs_and_migration_v6(tmp_path) -> None:
     s.set_keyword_attrs(ns, "//a", mode=0o750)
     s.set_keyword_attrs(ns, "//a", gid=9)
     assert s.keyword_attrs(ns, "//a") == (0o750, None, 9)
+    assert s.child_keyword_attrs(ns, "//a") == {"b": (0o700, 5, 6)}
+    assert s.child_keyword_attrs(ns) == {"a": (0o750, None, 9)}
     s.move_keyword(ns, "//a/b", "//c")                                  # the attrs go with it
     assert s.keyword_attrs(ns, "//c") == (0o700, 5, 6)
     with pytest.raises(NotFound):

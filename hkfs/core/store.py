@@ -464,6 +464,18 @@ class Store:
             raise NotFound(f"no keyword {format_hk(hk)}")
         return r[0], r[1], r[2]
 
+    def child_keyword_attrs(self, ns: int, hk: HK | str = ()) -> dict[str, tuple[int | None, int | None, int | None]]:
+        """keyword_attrs of each child of hk (() : the top-level keywords) in one query, by name
+        (a listing of '@' or of a view shows them all)."""
+        hk = _hks([hk])[0] if hk else ()
+        with self.catalog.read() as c:
+            if hk:
+                rows = c.execute("SELECT name, mode, uid, gid FROM keywords WHERE parent = ?",
+                                 (self._need_kw(c, ns, hk),))
+            else:
+                rows = c.execute("SELECT name, mode, uid, gid FROM keywords WHERE ns = ? AND parent IS NULL", (ns,))
+            return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
     def set_keyword_attrs(self, ns: int, hk: HK | str, *, mode: int | None = None, uid: int | None = None,
                           gid: int | None = None) -> None:
         """chmod / chown of a keyword directory: None keeps a value."""

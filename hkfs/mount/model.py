@@ -336,6 +336,19 @@ class MountModel:
             return None
         return term_keyword(loc.hks[-1]) or None
 
+    def _fetch_keyword_attrs(self, ns: int, parent: HK) -> None:
+        """Memoise the attributes of parent's child keywords with one query (a listing's)."""
+        memo = self.reads.memo()
+        if ("kwattrs-of", ns, parent) in memo:
+            return
+        try:
+            got = self.store.child_keyword_attrs(ns, parent)
+        except NotFound:
+            got = {}
+        for name, attrs in got.items():
+            memo[("kwattrs", ns, parent + (name,))] = attrs
+        memo[("kwattrs-of", ns, parent)] = True
+
     def _keyword_attrs(self, ns: int, kw: HK) -> tuple[int | None, int | None, int | None]:
         memo = self.reads.memo()
         key = ("kwattrs", ns, kw)
@@ -375,6 +388,8 @@ class MountModel:
             return out
         last = view_children_of(loc.hks) if isinstance(loc, ViewLoc) else ()
         kids = self.reads.keyword_children(loc.ns, tuple(last)) if last is not None else {}
+        if kids:
+            self._fetch_keyword_attrs(loc.ns, tuple(last))
         for k in kids:
             kid = ViewLoc(loc.ns, loc.with_child(k), loc.anchor)
             out.append((k, stat.S_IFDIR, self.virtual_ino(kid), self.virtual_attrs, kid))
