@@ -118,13 +118,22 @@ def test_xattrs(mount: Mount) -> None:
     assert r.returncode != 0 and "Invalid argument" in r.stderr
 
 
-def test_editor_saves_keep_identity(mount: Mount) -> None:
+def need_vim(mount: Mount) -> None:
     if mount.run("command -v vim", check=False).returncode != 0:
         pytest.skip("vim not installed")
-    mount.run("""
+
+
+# a document tagged //doc/memo with a directory link d/m.txt
+DOC_TWO_NAMES = """
         mkdir @/doc @/doc/memo d
         printf 'one\\ntwo\\n' > @/doc/memo/m.txt
         ln @/doc/memo/m.txt d/m.txt
+"""
+
+
+def test_editor_saves_keep_identity(mount: Mount) -> None:
+    need_vim(mount)
+    mount.run(DOC_TWO_NAMES + """
         setfattr -n user.note -v keep @/doc/m.txt
         ino=$(stat -c %i @/doc/m.txt)
         sed -i 's/one/ONE/' @/doc/memo/m.txt                   # temp file + rename over
@@ -147,14 +156,10 @@ def test_vim_saves_in_a_view_keep_identity(mount: Mount) -> None:
     tagged file, so vim writes in place: same inode, keywords, links and xattrs.
     'backupskip' is emptied: its default (/tmp/*) skips the backup for a mount under /tmp,
     as the tests' mounts are, and vim then writes in place whatever st_nlink says."""
-    if mount.run("command -v vim", check=False).returncode != 0:
-        pytest.skip("vim not installed")
-    mount.run("""
+    need_vim(mount)
+    mount.run(DOC_TWO_NAMES + """
         vi() { vim -N -es -u NONE -c 'set backupskip= backupcopy=auto' -c "$1" -c wq "$2"; }
-        mkdir @/doc @/doc/memo d
-        printf 'one\\ntwo\\n' > @/doc/memo/m.txt
-        ln @/doc/memo/m.txt d/m.txt                            # a directory link and one HK
-        test "$(stat -c %h @/doc/m.txt)" = 2
+        test "$(stat -c %h @/doc/m.txt)" = 2                    # a directory link and one HK
         ino=$(stat -c %i @/doc/m.txt)
         vi '%s/two/TWO/' @/doc/memo/m.txt
         test "$(tail -1 d/m.txt)" = TWO
@@ -178,12 +183,8 @@ def test_vim_backupcopy_no_in_a_view_makes_a_new_file(mount: Mount) -> None:
     new NAME, rm NAME~): as on ext4 the saved file is a new inode carrying the view's HKs,
     and nothing is lost: the old file keeps its other names, but a rename in a view renames
     the file (chfn), so its directory link is now NAME~ (docs/mount.md, "Link counts")."""
-    if mount.run("command -v vim", check=False).returncode != 0:
-        pytest.skip("vim not installed")
-    mount.run("""
-        mkdir @/doc @/doc/memo d
-        printf 'one\\ntwo\\n' > @/doc/memo/m.txt
-        ln @/doc/memo/m.txt d/m.txt
+    need_vim(mount)
+    mount.run(DOC_TWO_NAMES + """
         ino=$(stat -c %i @/doc/m.txt)
         vim -N -es -u NONE -c 'set backupskip= backupcopy=no' -c '%s/two/TWO/' -c wq @/doc/memo/m.txt
         test "$(tail -1 @/doc/memo/m.txt)" = TWO
@@ -200,8 +201,7 @@ def test_vim_backupcopy_no_in_a_view_makes_a_new_file(mount: Mount) -> None:
 def test_scratch_files_made_in_a_view_leave_nothing_in_lost_found(mount: Mount) -> None:
     """Issue 11 item 6: vim's swap files and write probe, and rsync's temp files, made in a
     view are deleted when the tool removes them (they used to pile up in lost+found)."""
-    if mount.run("command -v vim", check=False).returncode != 0:
-        pytest.skip("vim not installed")
+    need_vim(mount)
     mount.run("""
         mkdir @/doc
         printf 'one\\ntwo\\n' > @/doc/m.txt
