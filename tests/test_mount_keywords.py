@@ -178,6 +178,34 @@ def test_vim_saves_in_a_view_keep_identity(mount: Mount) -> None:
     """)
 
 
+def test_tree_tools_see_a_tagged_file_once_per_inode(mount: Mount, tmp_path) -> None:
+    """A tagged file reports st_nlink > 1 and appears under several view paths (@/doc/m.txt,
+    @/doc/memo/m.txt): tar, cp -a and rsync -aH copy it once and hard-link the other name, du
+    counts it once, find -links sees the count; untagged files stay at 1 (as on ext4)."""
+    out = tmp_path / "out"
+    mount.run(DOC_TWO_NAMES + f"""
+        echo plain > d/plain
+        test "$(stat -c %h d/plain)" = 1
+        test "$(find @/doc -name m.txt -links 2 | wc -l)" = 2      # one directory link, one HK
+        mkdir -p {out}/tar {out}/cp {out}/rsync
+        (cd @/doc && tar cf - .) | (cd {out}/tar && tar xf -)
+        cp -a @/doc/. {out}/cp/
+        rsync -aH @/doc/ {out}/rsync/
+        for t in tar cp rsync; do
+            test "$(cat {out}/$t/m.txt {out}/$t/memo/m.txt)" = "$(printf 'one\\ntwo\\none\\ntwo')"
+            test "$(stat -c %i {out}/$t/m.txt)" = "$(stat -c %i {out}/$t/memo/m.txt)"
+        done
+        test "$(du -sb @/doc | cut -f1)" -lt "$(du -sbl @/doc | cut -f1)"   # -l: count it twice
+        mkdir @/copy; cp -R --preserve=mode,links @/doc/. @/copy/     # into a view: one new file, two HKs
+        test "$(getfattr --only-values -n user.hk.keywords @/copy/m.txt)" = //copy//copy/memo
+        test "$(stat -c %i @/copy/m.txt)" = "$(stat -c %i @/copy/memo/m.txt)"
+        test "$(stat -c %i @/copy/m.txt)" != "$(stat -c %i @/doc/m.txt)"
+        chmod 600 d/plain; cp -a d/plain @/copy/                  # an untagged file: no keyword list
+        test "$(stat -c %a @/copy/plain)" = 600                   # to copy, so it stays in the view
+        test -z "$(ls lost+found 2>/dev/null)"
+    """)
+
+
 def test_vim_backupcopy_no_in_a_view_makes_a_new_file(mount: Mount) -> None:
     """backupcopy=no asks vim to rename whatever the link count (rename NAME NAME~, write a
     new NAME, rm NAME~): as on ext4 the saved file is a new inode carrying the view's HKs,

@@ -402,6 +402,10 @@ def test_xattrs_symlinks_and_errors(model: MountModel) -> None:
     model.mkdir("/d", 0o755, UID, GID)
     new(model, "/d/f", b"x")
     assert model.setxattr("/d/f", "user.a", b"1") == EVERYTHING
+    assert model.listxattr("/d/f") == ["user.a"]                 # no HK: user.hk.keywords not listed
+    assert model.getxattr("/d/f", "user.hk.keywords") == b""      # (but readable)
+    model.mkdir("/@/k", 0o755, UID, GID)
+    model.link("/d/f", "/@/k/f")
     assert model.listxattr("/d/f") == ["user.hk.keywords", "user.a"]
     with pytest.raises(AlreadyExists):
         model.setxattr("/d/f", "user.a", b"2", 1)

@@ -874,7 +874,12 @@ class MountModel:
         kind, ident = self._xattr_target(path)
         if kind == "view":
             return []
-        own = [KEYWORDS_ATTR] if kind == "file" else [DKL_ATTR, NS_ATTR]
+        # user.hk.keywords is listed only when the file carries an HK: copying "no keyword"
+        # (cp -a, rsync -X of an untagged file into a view) would untag the copy into lost+found
+        if kind == "file":
+            own = [KEYWORDS_ATTR] if self.reads.entity(ident).hks else []
+        else:
+            own = [DKL_ATTR, NS_ATTR]
         return own + [n for n in self.store.list_xattrs(kind, ident) if n.startswith("user.")]
 
     def setxattr(self, path: str, name: str, value: bytes, options: int = 0) -> Stale:
