@@ -195,3 +195,33 @@ def test_broken_reference_elsewhere_is_reported_and_left(store: Path) -> None:
         probs = check(s)
         assert [(p.kind, p.ids[0]) for p in probs] == [("broken-reference", "devices")]
         assert any("left devices row" in line for line in repair(s, probs))
+
+
+def test_keywords_hk_cannot_name_are_found_and_renamed(store: Path) -> None:
+    """Keywords made before '@' names were forbidden (//@x, //@x/@y): check reports each, and
+    --repair renames them, parents first, clear of a sibling with the wanted name ('_@x')."""
+    with Store.open(store) as s:
+        ns = s.namespace_id(os.geteuid())
+        s.mkkw(ns, parse_hk("//x/y"), parents=True)
+        s.mkkw(ns, parse_hk("//_@x"))
+        eid = s.create(ns, "old.txt", hks=[parse_hk("//x/y")], directory=s.root_dir(ns))
+        d = s.mkdir(s.root_dir(ns), "legacy")
+        s.akl(d, [parse_hk("//x/y")])
+    raw(store,      # what an older hkfs made: the same tree named //@x/@y
+        "UPDATE keywords SET path = '/@x/' || substr(path, 4) WHERE path >= '/x/' AND path < '/x0'",
+        "UPDATE keywords SET path = '/@x/@y/' WHERE path = '/@x/y/'",
+        "UPDATE keywords SET name = '@' || name WHERE path IN ('/@x/', '/@x/@y/')",
+        "UPDATE entity_keywords SET tags = replace(tags, ',/x/y/,', ',/@x/@y/,')",
+        "UPDATE dir_keywords SET hk = '//@x/@y' WHERE hk = '//x/y'")
+    with Store.open(store) as s:
+        probs = check(s)
+        assert sorted(p.kind for p in probs) == ["invalid-keyword", "invalid-keyword"]
+        kid = probs[0].ids[0]
+        done = repair(s, probs)
+        assert len(done) == 2 and "renamed keyword //@x to //_@x~" in done[0]
+        assert check(s) == []
+        ns = s.namespace_id(os.geteuid())
+        new = (f"_@x~{kid}", "_@y")
+        assert [e.id for e in s.match(ns, [new])] == [eid]
+        assert s.dir(d).dkl == (new,)
+        assert s.keyword_exists(ns, ("_@x",)) and s.keyword_children(ns, ("_@x",)) == []

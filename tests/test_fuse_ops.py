@@ -105,7 +105,7 @@ def test_errnos(ops: HKOperations) -> None:
     assert err(ops.rename, "/@/k", "/d/k") == errno.EPERM       # a keyword into a directory (not EXDEV)
     assert err(ops.rename, "/@/k", "/@/k/sub") == errno.EINVAL   # under itself
     assert err(ops.rename, "/@", "/x") == errno.EPERM
-    assert err(ops.chmod, "/@/k", 0o700) == errno.EPERM
+    assert err(ops.chmod, "/@", 0o700) == errno.EPERM             # '@' has no mode of its own
     assert err(ops.setxattr, "/@/k/f", "trusted.x", b"1", 0) == errno.ENOTSUP
     assert err(ops.setxattr, "/@/k/f", "user.hk.keywords", b"//k/..", 0) == errno.EINVAL
     assert err(ops.setxattr, "/@/k/f", "user.hk.keywords", b"//nokw", 0) == errno.ENOENT

@@ -58,10 +58,10 @@ def test_unlink_of_a_viewed_file_with_two_links(mount: Mount) -> None:
     mount.run("""
         mkdir d e @/k && printf 1 > d/f && ln d/f e/f
         setfattr -n user.hk.keywords -v //k d/f
-        test "$(stat -c %h @/k/f)" = 2
+        test "$(stat -c %h @/k/f)" = 3                  # two links and one HK
         rm e/f
-        test "$(stat -c %h @/k/f)" = 1
-        test "$(stat -c %h d/f)" = 1
+        test "$(stat -c %h @/k/f)" = 2
+        test "$(stat -c %h d/f)" = 2
     """)
 
 

@@ -97,13 +97,17 @@ def test_xattrs(mount: Mount) -> None:
         echo x > @/a/f
         setfattr -n user.hk.keywords -v //a//b @/a/f
         test "$(getfattr --only-values -n user.hk.keywords @/b/f)" = //a//b
+        ctime() { "$PY" -c 'import os, sys; print(os.stat(sys.argv[1]).st_ctime_ns)' "$1"; }
+        c0=$(ctime @/a/f); d0=$(ctime d)
         setfattr -n user.color -v blue @/a/f
         test "$(getfattr --only-values -n user.color @/b/f)" = blue
+        test "$(ctime @/b/f)" -gt "$c0"                         # POSIX: setxattr changes ctime
         getfattr -d @/a/f | grep -q 'user.color="blue"'
         setfattr -x user.color @/a/f
         not getfattr -n user.color @/a/f 2>/dev/null
         setfattr -n user.tag -v t d
         getfattr -d d | grep -q user.tag
+        test "$(ctime d)" -gt "$d0"
         not setfattr -n user.hk.keywords -v '//a/..' @/a/f 2>/dev/null   # EINVAL
         not setfattr -n user.hk.keywords -v 'nope' @/a/f 2>/dev/null
         not setfattr -n trusted.x -v 1 @/a/f 2>/dev/null
@@ -114,13 +118,22 @@ def test_xattrs(mount: Mount) -> None:
     assert r.returncode != 0 and "Invalid argument" in r.stderr
 
 
-def test_editor_saves_keep_identity(mount: Mount) -> None:
+def need_vim(mount: Mount) -> None:
     if mount.run("command -v vim", check=False).returncode != 0:
         pytest.skip("vim not installed")
-    mount.run("""
+
+
+# a document tagged //doc/memo with a directory link d/m.txt
+DOC_TWO_NAMES = """
         mkdir @/doc @/doc/memo d
         printf 'one\\ntwo\\n' > @/doc/memo/m.txt
         ln @/doc/memo/m.txt d/m.txt
+"""
+
+
+def test_editor_saves_keep_identity(mount: Mount) -> None:
+    need_vim(mount)
+    mount.run(DOC_TWO_NAMES + """
         setfattr -n user.note -v keep @/doc/m.txt
         ino=$(stat -c %i @/doc/m.txt)
         sed -i 's/one/ONE/' @/doc/memo/m.txt                   # temp file + rename over
@@ -136,35 +149,87 @@ def test_editor_saves_keep_identity(mount: Mount) -> None:
     """)
 
 
-@pytest.mark.xfail(strict=True, reason="vim's rename save (backupcopy=auto/no) in a view splits the file: "
-                   "the original goes on as NAME~ (directory links, other keywords, xattrs), the view gets "
-                   "a new entity (QA report, 2026-12-01)")
-@pytest.mark.parametrize("bkc", ["auto", "no"])
-def test_vim_saves_in_a_view_keep_identity(mount: Mount, bkc: str) -> None:
-    """vim as users run it (nocompatible: backupcopy=auto) renames the original to NAME~, writes
-    a new NAME and deletes NAME~, unless the file has several links. 'backupskip' is emptied:
-    its default (/tmp/*) skips the backup for a mount under /tmp, as the tests' mounts are,
-    and vim then writes in place, which hides the rename."""
-    if mount.run("command -v vim", check=False).returncode != 0:
-        pytest.skip("vim not installed")
-    mount.run(f"""
-        mkdir @/doc @/doc/memo d
-        printf 'one\\ntwo\\n' > @/doc/memo/m.txt
-        ln @/doc/memo/m.txt d/m.txt
+def test_vim_saves_in_a_view_keep_identity(mount: Mount) -> None:
+    """vim as users run it (nocompatible: backupcopy=auto) renames the original to NAME~,
+    writes a new NAME and deletes NAME~ when the file has one link, which in a view would
+    split the file (issue 11). st_nlink counts a file's HKs too and is at least 2 for a
+    tagged file, so vim writes in place: same inode, keywords, links and xattrs.
+    'backupskip' is emptied: its default (/tmp/*) skips the backup for a mount under /tmp,
+    as the tests' mounts are, and vim then writes in place whatever st_nlink says."""
+    need_vim(mount)
+    mount.run(DOC_TWO_NAMES + """
+        vi() { vim -N -es -u NONE -c 'set backupskip= backupcopy=auto' -c "$1" -c wq "$2"; }
+        test "$(stat -c %h @/doc/m.txt)" = 2                    # a directory link and one HK
         ino=$(stat -c %i @/doc/m.txt)
-        vim -N -es -u NONE -c 'set backupskip= backupcopy={bkc}' -c '%s/two/TWO/' -c wq @/doc/memo/m.txt
+        vi '%s/two/TWO/' @/doc/memo/m.txt
         test "$(tail -1 d/m.txt)" = TWO
         test "$(stat -c %i @/doc/memo/m.txt)" = "$ino"
         test "$(ls d)" = m.txt
+        printf 'a\\nb\\n' > @/doc/memo/only.txt                # one HK, no directory link
+        setfattr -n user.note -v keep @/doc/memo/only.txt
+        ino=$(stat -c %i @/doc/only.txt)
+        vi '%s/b/B/' @/doc/only.txt                             # edited through the parent view
+        test "$(tail -1 @/doc/memo/only.txt)" = B
+        test "$(stat -c %i @/doc/memo/only.txt)" = "$ino"
+        test "$(getfattr --only-values -n user.hk.keywords @/doc/only.txt)" = //doc/memo
+        test "$(getfattr --only-values -n user.note @/doc/only.txt)" = keep
+        test "$(ls @/doc)" = "$(printf 'm.txt\\nmemo\\nonly.txt')"
         test -z "$(ls lost+found 2>/dev/null)"
+    """)
+
+
+def test_tree_tools_see_a_tagged_file_once_per_inode(mount: Mount, tmp_path) -> None:
+    """A tagged file reports st_nlink > 1 and appears under several view paths (@/doc/m.txt,
+    @/doc/memo/m.txt): tar, cp -a and rsync -aH copy it once and hard-link the other name, du
+    counts it once, find -links sees the count; untagged files stay at 1 (as on ext4)."""
+    out = tmp_path / "out"
+    mount.run(DOC_TWO_NAMES + f"""
+        echo plain > d/plain
+        test "$(stat -c %h d/plain)" = 1
+        test "$(find @/doc -name m.txt -links 2 | wc -l)" = 2      # one directory link, one HK
+        mkdir -p {out}/tar {out}/cp {out}/rsync
+        (cd @/doc && tar cf - .) | (cd {out}/tar && tar xf -)
+        cp -a @/doc/. {out}/cp/
+        rsync -aH @/doc/ {out}/rsync/
+        for t in tar cp rsync; do
+            test "$(cat {out}/$t/m.txt {out}/$t/memo/m.txt)" = "$(printf 'one\\ntwo\\none\\ntwo')"
+            test "$(stat -c %i {out}/$t/m.txt)" = "$(stat -c %i {out}/$t/memo/m.txt)"
+        done
+        test "$(du -sb @/doc | cut -f1)" -lt "$(du -sbl @/doc | cut -f1)"   # -l: count it twice
+        mkdir @/copy; cp -R --preserve=mode,links @/doc/. @/copy/     # into a view: one new file, two HKs
+        test "$(getfattr --only-values -n user.hk.keywords @/copy/m.txt)" = //copy//copy/memo
+        test "$(stat -c %i @/copy/m.txt)" = "$(stat -c %i @/copy/memo/m.txt)"
+        test "$(stat -c %i @/copy/m.txt)" != "$(stat -c %i @/doc/m.txt)"
+        chmod 600 d/plain; cp -a d/plain @/copy/                  # an untagged file: no keyword list
+        test "$(stat -c %a @/copy/plain)" = 600                   # to copy, so it stays in the view
+        test -z "$(ls lost+found 2>/dev/null)"
+    """)
+
+
+def test_vim_backupcopy_no_in_a_view_makes_a_new_file(mount: Mount) -> None:
+    """backupcopy=no asks vim to rename whatever the link count (rename NAME NAME~, write a
+    new NAME, rm NAME~): as on ext4 the saved file is a new inode carrying the view's HKs,
+    and nothing is lost: the old file keeps its other names, but a rename in a view renames
+    the file (chfn), so its directory link is now NAME~ (docs/mount.md, "Link counts")."""
+    need_vim(mount)
+    mount.run(DOC_TWO_NAMES + """
+        ino=$(stat -c %i @/doc/m.txt)
+        vim -N -es -u NONE -c 'set backupskip= backupcopy=no' -c '%s/two/TWO/' -c wq @/doc/memo/m.txt
+        test "$(tail -1 @/doc/memo/m.txt)" = TWO
+        test "$(stat -c %i @/doc/memo/m.txt)" != "$ino"
+        test "$(getfattr --only-values -n user.hk.keywords @/doc/memo/m.txt)" = //doc/memo
+        test "$(ls d)" = 'm.txt~'
+        test "$(tail -1 'd/m.txt~')" = two
+        test "$(stat -c %i 'd/m.txt~')" = "$ino"
+        test -z "$(getfattr --only-values -n user.hk.keywords 'd/m.txt~')"
+        test "$(ls @/doc/memo)" = m.txt
     """)
 
 
 def test_scratch_files_made_in_a_view_leave_nothing_in_lost_found(mount: Mount) -> None:
     """Issue 11 item 6: vim's swap files and write probe, and rsync's temp files, made in a
     view are deleted when the tool removes them (they used to pile up in lost+found)."""
-    if mount.run("command -v vim", check=False).returncode != 0:
-        pytest.skip("vim not installed")
+    need_vim(mount)
     mount.run("""
         mkdir @/doc
         printf 'one\\ntwo\\n' > @/doc/m.txt
@@ -177,6 +242,26 @@ def test_scratch_files_made_in_a_view_leave_nothing_in_lost_found(mount: Mount) 
         test -z "$(ls -A lost+found 2>/dev/null)"
         echo keep > @/doc/notes.txt; rm @/doc/notes.txt     # an ordinary name: kept, as before
         test "$(ls -A lost+found)" = notes.txt
+    """)
+
+
+def test_keyword_directories_have_their_own_mode_and_owner(mount: Mount) -> None:
+    """mkdir -m under '@' and in a view, chmod/chown of a keyword through any view path ending
+    in it, seen at once under every other such path (the kernel's cached attributes go)."""
+    mount.run("""
+        mkdir -m 700 @/a; mkdir @/b; mkdir -m 751 @/b/@/a/c     # //a/c, made in the view //b//a
+        test "$(stat -c %a @/a)" = 700
+        test "$(stat -c %a @/a/c @/b/@/a/c)" = "$(printf '751\\n751')"
+        stat @/a @/b/@/a @/@or/a >/dev/null                    # cached under three paths
+        chmod 705 @/b/@/a
+        test "$(stat -c %a @/a @/b/@/a @/@or/a | tr '\\n' ' ')" = "705 705 705 "
+        chown 3:4 @/a
+        test "$(stat -c %u:%g @/b/@/a)" = 3:4
+        mv @/a @/z                                              # a renamed keyword keeps them
+        test "$(stat -c %a:%u @/z)" = 705:3
+        rmdir @/z/c; rmdir @/z; mkdir @/z                       # made again: mkdir's mode, owner
+        test "$(stat -c %a:%u @/z)" = "755:$(id -u)"
+        not chmod 700 @ 2>/dev/null; not chmod 700 @/@or 2>/dev/null   # no mode of their own
     """)
 
 

@@ -170,6 +170,37 @@ def test_mkdir_and_rmdir_under_at(model: MountModel) -> None:
     assert model.rmdir("/d") == NOTHING
 
 
+def test_keyword_directories_have_their_own_mode_and_owner(model: MountModel) -> None:
+    """mkdir under '@' or in a view keeps its mode and owner; chmod/chown of a view set its
+    last keyword's; '@' and operator directories keep the default (the same value is fine)."""
+    assert model.mkdir("/@/a", 0o700, 5, 6) == EVERYTHING
+    model.mkdir("/@/a/b", 0o750, UID, GID)
+    model.store.mkkw(model.ns, ("c",))                        # made by hk mkkw: the default
+    a = model.attrs("/@/a")
+    assert (a.mode, a.uid, a.gid) == (stat.S_IFDIR | 0o700, 5, 6)
+    assert model.attrs("/@/a/b").mode & 0o7777 == 0o750
+    c = model.attrs("/@/c")
+    assert (c.mode & 0o7777, c.uid, c.gid) == (0o755, model.uid, model.gid)
+    assert model.chmod("/@/c/@/a/b", 0o711) == EVERYTHING     # the view //c//a/b is //a/b's directory
+    assert model.attrs("/@/a/b").mode & 0o7777 == 0o711
+    assert model.chown("/@/@or/a", 7, None) == EVERYTHING     # //a under an operator
+    assert (model.attrs("/@/a").uid, model.attrs("/@/a").gid) == (7, 6)
+    listed = {n: attrs_of(key)[2] & 0o7777 for n, _t, _i, attrs_of, key in model.listdir("/@")[2:]}
+    assert listed == {"a": 0o700, "c": 0o755}
+    model.mkdir("/d", 0o755, UID, GID)
+    model.setxattr("/d", "user.hk.dkl", b"//a")
+    assert model.attrs("/d/,").mode & 0o7777 == 0o700        # d's ',' is the view //a
+    for path in ("/@", "/@/@or", "/@/a/@"):
+        with pytest.raises(NotPermitted):
+            model.chmod(path, 0o700)
+        with pytest.raises(NotPermitted):
+            model.chown(path, 99, None)
+        assert model.chmod(path, 0o755) == NOTHING            # its own mode: tar x, cp -a
+        assert model.chown(path, model.uid, model.gid) == NOTHING
+    model.rename("/@/a/b", "/@/e")                            # mv keeps them
+    assert model.attrs("/@/e").mode & 0o7777 == 0o711
+
+
 def test_mv_between_views_retags_and_within_a_view_renames(model: MountModel) -> None:
     for k in ("/@/photo", "/@/animal", "/@/animal/dog", "/@/sports"):
         model.mkdir(k, 0o755, UID, GID)
@@ -371,6 +402,10 @@ def test_xattrs_symlinks_and_errors(model: MountModel) -> None:
     model.mkdir("/d", 0o755, UID, GID)
     new(model, "/d/f", b"x")
     assert model.setxattr("/d/f", "user.a", b"1") == EVERYTHING
+    assert model.listxattr("/d/f") == ["user.a"]                 # no HK: user.hk.keywords not listed
+    assert model.getxattr("/d/f", "user.hk.keywords") == b""      # (but readable)
+    model.mkdir("/@/k", 0o755, UID, GID)
+    model.link("/d/f", "/@/k/f")
     assert model.listxattr("/d/f") == ["user.hk.keywords", "user.a"]
     with pytest.raises(AlreadyExists):
         model.setxattr("/d/f", "user.a", b"2", 1)
@@ -382,6 +417,30 @@ def test_xattrs_symlinks_and_errors(model: MountModel) -> None:
     assert isinstance(model.resolve("/d"), DirLoc) and isinstance(model.resolve("/d/f"), LinkLoc)
     with pytest.raises(NotFound):
         model.resolve("/nope/x")
+
+
+def test_link_counts_name_keywords_too(model: MountModel) -> None:
+    """st_nlink: directory links plus HKs, at least 2 once a file carries an HK (tools then
+    write it in place, not by rename); untagged files as on ext4. Listings say the same."""
+    model.mkdir("/d", 0o755, UID, GID)
+    model.mkdir("/@/a", 0o755, UID, GID)
+    model.mkdir("/@/a/b", 0o755, UID, GID)
+    model.mkdir("/@/c", 0o755, UID, GID)
+    plain = new(model, "/d/p", b"")
+    assert model.attrs("/d/p").nlink == 1
+    model.link("/d/p", "/d/q")
+    assert model.attrs("/d/p").nlink == 2
+    new(model, "/@/a/b/f", b"")
+    assert model.attrs("/@/a/f").nlink == 2                      # one HK, no link: still 2
+    model.link("/@/a/f", "/@/c/f")
+    model.link("/@/a/f", "/d/f")
+    assert model.attrs("/@/c/f").nlink == model.attrs("/d/f").nlink == 3
+    listed = {n: attrs_of(key)[1] for n, _t, _i, attrs_of, key in model.listdir("/@/a")[2:] if attrs_of}
+    assert listed == {"b": 2, "f": 3}                            # b: the child keyword
+    listed = {n: attrs_of(key)[1] for n, _t, _i, attrs_of, key in model.listdir("/d")[2:]}
+    assert listed == {"f": 3, "p": 2, "q": 2}
+    model.unlink("/d/q")
+    assert model.attrs("/d/p").nlink == 1 and model.store.entity(plain).nlinks == 1
 
 
 def test_listing_attrs_come_without_a_call_per_file(model: MountModel) -> None:

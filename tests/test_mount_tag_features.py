@@ -102,12 +102,20 @@ def test_rsync_exports_once_and_reimports_idempotently(mount: Mount, tmp_path) -
 def test_tar_x_and_cp_a_into_a_view(mount: Mount, tmp_path) -> None:
     src = tmp_path / "src"
     mount.run(f"""
-        mkdir -p {src}/dog {src}/cat; chmod 755 {src} {src}/dog {src}/cat
+        mkdir -p {src}/dog {src}/cat; chmod 755 {src} {src}/cat; chmod 700 {src}/dog
         echo d > {src}/dog/d.txt; echo c > {src}/cat/c.txt
         mkdir @/animal
         (cd {src} && tar cf - .) | (cd @/animal && tar xf -)
         test "$(cat @/animal/dog/d.txt)" = d
-        cp -a {src}/. @/animal/
-        test "$(cat @/animal/cat/c.txt)" = c
-        not chmod 700 @/animal 2>/dev/null                    # another mode: still EPERM
+        test "$(stat -c %a @/animal/dog)" = 700                # keyword directories keep their modes
+        test "$(stat -c %a @/animal/cat)" = 755
+        mkdir @/zoo
+        cp -a {src}/. @/zoo/
+        test "$(cat @/zoo/cat/c.txt)" = c
+        test "$(stat -c %a @/zoo/dog)" = 700
+        chown 12:34 @/zoo/dog                                   # owner of a keyword directory
+        test "$(stat -c %u:%g @/zoo/dog @/animal/@/zoo/dog)" = "$(printf '12:34\n12:34')"
+        test "$(stat -c %u:%g @/zoo)" = "$(id -u):$(id -g)"
+        not chmod 700 @ 2>/dev/null                             # '@' has no mode of its own: EPERM
+        chmod 755 @                                             # its own mode: fine (tar x, cp -a)
     """)

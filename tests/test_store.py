@@ -699,3 +699,52 @@ def test_names_of_and_name_counts_in_ns(store, ns) -> None:
     assert store.names_of([e1, e3, 999]) == {e1: "x.txt", e3: "y.txt"}
     assert store.name_counts_in_ns(ns, ["x.txt", "y.txt", "z"]) == {"x.txt": 2, "y.txt": 1}
     assert store.names_of([]) == {} and store.name_counts_in_ns(ns, []) == {} and e2
+
+
+def test_keyword_attrs_and_migration_v6(tmp_path) -> None:
+    """A keyword directory's own mode and owner (the mount's chmod/chown/mkdir of keywords):
+    NULL until set; a v5 catalog gains the columns, its keywords keep the default."""
+    s = Store.open(tmp_path / "s")
+    ns = s.namespace_id("erin")
+    s.mkkw(ns, "//a")
+    s.close()
+    with sqlite3.connect(tmp_path / "s" / "catalog.sqlite") as c:     # a v5 catalog
+        for col in ("mode", "uid", "gid"):
+            c.execute(f"ALTER TABLE keywords DROP COLUMN {col}")
+        c.execute("PRAGMA user_version = 5")
+    s = Store.open(tmp_path / "s")
+    assert migrations.user_version(s.catalog.connection()) == migrations.SCHEMA_VERSION >= 6
+    assert s.keyword_attrs(ns, "//a") == (None, None, None)
+    s.mkkw(ns, "//a/b", mode=0o40700, uid=5, gid=6)
+    assert s.keyword_attrs(ns, "//a/b") == (0o700, 5, 6)
+    s.set_keyword_attrs(ns, "//a", mode=0o750)
+    s.set_keyword_attrs(ns, "//a", gid=9)
+    assert s.keyword_attrs(ns, "//a") == (0o750, None, 9)
+    assert s.child_keyword_attrs(ns, "//a") == {"b": (0o700, 5, 6)}
+    assert s.child_keyword_attrs(ns) == {"a": (0o750, None, 9)}
+    s.move_keyword(ns, "//a/b", "//c")                                  # the attrs go with it
+    assert s.keyword_attrs(ns, "//c") == (0o700, 5, 6)
+    with pytest.raises(NotFound):
+        s.keyword_attrs(ns, "//a/b")
+    with pytest.raises(NotFound):
+        s.set_keyword_attrs(ns, "//nope", mode=0o700)
+    s.close()
+
+
+def test_xattr_changes_bump_ctime(store, ns) -> None:
+    """POSIX: setxattr and removexattr change the ctime of a file or directory (not its mtime)."""
+    eid = store.create(ns, "f", hks=[])
+    d = store.mkdir(store.root_dir(ns), "d")
+    with store.catalog.write() as c:
+        c.execute("UPDATE entities SET ctime_ns = 1, mtime_ns = 1 WHERE id = ?", (eid,))
+        c.execute("UPDATE dirs SET ctime_ns = 1, mtime_ns = 1 WHERE id = ?", (d,))
+    store.set_xattr("file", eid, "user.a", b"1")
+    store.set_xattr("dir", d, "user.a", b"1")
+    assert (store.entity(eid).ctime_ns > 1, store.entity(eid).mtime_ns) == (True, 1)
+    assert (store.dir(d).ctime_ns > 1, store.dir(d).mtime_ns) == (True, 1)
+    with store.catalog.write() as c:
+        c.execute("UPDATE entities SET ctime_ns = 1 WHERE id = ?", (eid,))
+        c.execute("UPDATE dirs SET ctime_ns = 1 WHERE id = ?", (d,))
+    store.remove_xattr("file", eid, "user.a")
+    store.remove_xattr("dir", d, "user.a")
+    assert store.entity(eid).ctime_ns > 1 and store.dir(d).ctime_ns > 1

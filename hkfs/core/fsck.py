@@ -19,7 +19,8 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from .naming import HK, clash_name
+from .errors import HKSyntaxError
+from .naming import HK, clash_name, validate_component
 from .store import LOST_FOUND, Store
 
 __all__ = ["Problem", "check", "repair", "stale_sizes", "repair_sizes", "KINDS", "REPORT_ONLY"]
@@ -33,6 +34,8 @@ KINDS = {
     "dangling-link": "a directory link to a missing entity or directory",
     "dangling-tag": "a keyword attachment to a missing entity or keyword",
     "orphan-keyword": "a keyword whose parent keyword is missing or wrong",
+    "invalid-keyword": "a keyword whose name today's rules refuse (made before they did, e.g. '@x'): "
+                       "no hk command can name it",
     "unreachable": "an entity with no keyword and no directory link",
     "unknown-dkl": "a directory keyword list naming a missing keyword",
     "orphan-dir": "a directory whose parent directory is missing",
@@ -91,6 +94,11 @@ def check(store: Store) -> list[Problem]:
                 r = c.execute("SELECT id FROM keywords WHERE ns = ? AND path = ?",
                               (ns, "/" + "/".join(hk[:-1]) + "/")).fetchone()
                 want = r[0] if r else None
+            try:
+                validate_component(hk[-1])
+            except HKSyntaxError as exc:
+                out.append(Problem("invalid-keyword", f"keyword {'//' + '/'.join(hk)} (id {kid}): {exc}",
+                                   (kid, ns)))
             if parent != want or (len(hk) > 1 and want is None):
                 out.append(Problem("orphan-keyword", f"keyword {'//' + '/'.join(hk)} (id {kid}) has parent "
                                    f"{parent}, expected {want if want is not None else 'a missing keyword'}",
@@ -215,6 +223,41 @@ def _owner_ns(store: Store, path: os.PathLike[str] | str) -> int:
     return r[0] if r else store.namespace_id(uid)
 
 
+def _valid_name(name: str) -> str:
+    """A name today's rules accept, close to `name`: '_' before a leading '@' or a reserved
+    name, '_' for each character a keyword component may not hold."""
+    fixed = "".join(ch if ch.isprintable() and ch not in "/," else "_" for ch in name)
+    if not fixed or fixed.startswith("@") or fixed in (".", ".."):
+        fixed = "_" + fixed
+    return fixed
+
+
+def _rename_invalid_keywords(store: Store, problems: list[Problem]) -> list[str]:
+    """Rename each keyword hk cannot name to a valid name free among its siblings ('@x' ->
+    '_@x', else '_@x~ID'), parents first, so each rename finds its parents valid."""
+    done: list[str] = []
+    todo = []
+    for p in problems:
+        kid, ns = p.ids
+        with store.catalog.read() as c:
+            r = c.execute("SELECT path FROM keywords WHERE id = ?", (kid,)).fetchone()
+        if r is not None:
+            todo.append((r[0].count("/"), kid, ns))
+    for _depth, kid, ns in sorted(todo):
+        with store.catalog.read() as c:
+            hk = _hk(c.execute("SELECT path FROM keywords WHERE id = ?", (kid,)).fetchone()[0])
+        want = _valid_name(hk[-1])
+        taken = set(store.keyword_children(ns, hk[:-1]))
+        name = want if want not in taken else f"{want}~{kid}"
+        try:
+            validate_component(name)
+        except HKSyntaxError:
+            name = f"_keyword~{kid}"          # e.g. over 255 bytes once fixed
+        new = store.rename_invalid_keyword(ns, hk, name)
+        done.append(f"renamed keyword {'//' + '/'.join(hk)} to {'//' + '/'.join(new)} (hk could not name it)")
+    return done
+
+
 def repair(store: Store, problems: list[Problem]) -> list[str]:
     """Fix what `check` found; returns one line per action taken (what a user must know)."""
     done: list[str] = []
@@ -259,6 +302,7 @@ def repair(store: Store, problems: list[Problem]) -> list[str]:
             with store.catalog.write() as c:
                 c.execute("UPDATE dirs SET parent = ?, name = ? WHERE id = ?", (lf, new, d))
             done.append(f"moved directory {d} into {LOST_FOUND} as {new!r}")
+    done += _rename_invalid_keywords(store, [p for p in problems if p.kind == "invalid-keyword"])
     removed: set[int] = set()
     for p in problems:
         if p.kind == "missing-bytes":

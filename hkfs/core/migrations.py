@@ -21,7 +21,7 @@ from .errors import StoreVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -59,6 +59,8 @@ def _devices(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS[4] = ("devices: special files' device numbers", _devices)
+
+
 def _generations(conn: sqlite3.Connection) -> None:
     """v5: the files_gen / vectors_gen counters and their triggers (the statements of
     schema.sql that make them: one copy)."""
@@ -68,6 +70,17 @@ def _generations(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS[5] = ("generations: files_gen and vectors_gen counters kept by triggers", _generations)
+
+
+def _keyword_attrs(conn: sqlite3.Connection) -> None:
+    """v6: a keyword directory's own mode, uid and gid in the mount (NULL: the default)."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(keywords)")}
+    for col in ("mode", "uid", "gid"):
+        if col not in have:           # a catalog made from the latest schema.sql has them
+            conn.execute(f"ALTER TABLE keywords ADD COLUMN {col} INTEGER")
+
+
+MIGRATIONS[6] = ("keyword directories' mode and owner", _keyword_attrs)
 
 
 def schema_sql() -> str:

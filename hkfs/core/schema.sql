@@ -20,6 +20,9 @@ CREATE TABLE IF NOT EXISTS keywords (
     parent  INTEGER REFERENCES keywords(id),
     name    TEXT    NOT NULL,
     path    TEXT    NOT NULL,
+    mode    INTEGER,              -- the keyword directory's permission bits in the mount (v6)
+    uid     INTEGER,              -- and owner; NULL: the default (0755, the mounting user)
+    gid     INTEGER,
     UNIQUE (ns, path)
 );
 CREATE INDEX IF NOT EXISTS keywords_parent ON keywords(parent, name);

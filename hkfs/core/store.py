@@ -99,6 +99,7 @@ class EntityStat(NamedTuple):
     mtime_ns: int
     ctime_ns: int
     nlinks: int
+    nhks: int                 # number of HKs carried
 
 
 @dataclass(frozen=True)
@@ -440,12 +441,53 @@ class Store:
         assert parent is not None
         return parent
 
-    def mkkw(self, ns: int, hk: HK | str, *, parents: bool = False) -> int:
-        """Make an HK. Its parent must exist unless parents=True (which also accepts an existing hk)."""
+    def mkkw(self, ns: int, hk: HK | str, *, parents: bool = False, mode: int | None = None,
+             uid: int | None = None, gid: int | None = None) -> int:
+        """Make an HK. Its parent must exist unless parents=True (which also accepts an existing hk).
+        mode/uid/gid: the keyword directory's in the mount (`mkdir`); None keeps the default."""
         hk = _hks([hk])[0]
         with self.catalog.write() as c:
             self._check_ns(c, ns)
-            return self._mkkw(c, ns, hk, parents)
+            kid = self._mkkw(c, ns, hk, parents)
+            if (mode, uid, gid) != (None, None, None):
+                self._set_keyword_attrs(c, kid, mode, uid, gid)
+            return kid
+
+    def keyword_attrs(self, ns: int, hk: HK | str) -> tuple[int | None, int | None, int | None]:
+        """A keyword directory's mode (permission bits), uid and gid in the mount; None where
+        it has none of its own (the mount's default: 0755, the mounting user)."""
+        hk = _hks([hk])[0]
+        with self.catalog.read() as c:
+            r = c.execute("SELECT mode, uid, gid FROM keywords WHERE ns = ? AND path = ?",
+                          (ns, _path(hk))).fetchone()
+        if r is None:
+            raise NotFound(f"no keyword {format_hk(hk)}")
+        return r[0], r[1], r[2]
+
+    def child_keyword_attrs(self, ns: int, hk: HK | str = ()) -> dict[str, tuple[int | None, int | None, int | None]]:
+        """keyword_attrs of each child of hk (() : the top-level keywords) in one query, by name
+        (a listing of '@' or of a view shows them all)."""
+        hk = _hks([hk])[0] if hk else ()
+        with self.catalog.read() as c:
+            if hk:
+                rows = c.execute("SELECT name, mode, uid, gid FROM keywords WHERE parent = ?",
+                                 (self._need_kw(c, ns, hk),))
+            else:
+                rows = c.execute("SELECT name, mode, uid, gid FROM keywords WHERE ns = ? AND parent IS NULL", (ns,))
+            return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def set_keyword_attrs(self, ns: int, hk: HK | str, *, mode: int | None = None, uid: int | None = None,
+                          gid: int | None = None) -> None:
+        """chmod / chown of a keyword directory: None keeps a value."""
+        hk = _hks([hk])[0]
+        with self.catalog.write() as c:
+            self._set_keyword_attrs(c, self._need_kw(c, ns, hk), mode, uid, gid)
+
+    @staticmethod
+    def _set_keyword_attrs(c: sqlite3.Connection, kid: int, mode: int | None, uid: int | None,
+                           gid: int | None) -> None:
+        c.execute("UPDATE keywords SET mode = coalesce(?, mode), uid = coalesce(?, uid), gid = coalesce(?, gid) "
+                  "WHERE id = ?", (None if mode is None else mode & 0o7777, uid, gid, kid))
 
     @staticmethod
     def _check_ns(c: sqlite3.Connection, ns: int) -> None:
@@ -482,6 +524,20 @@ class Store:
         are materialized, so the subtree's paths get their prefix rewritten, and so do the
         affected files' tags strings (a merge may fold two paths into one)."""
         src, dst = _hks([src])[0], _hks([dst])[0]
+        self._move_keyword(ns, src, dst, merge=merge, parents=parents, replace_empty=replace_empty)
+
+    def rename_invalid_keyword(self, ns: int, hk: HK, name: str) -> HK:
+        """fsck --repair: rename keyword hk, whose own name today's rules refuse (made before
+        they did, e.g. '@x', so no hk command can name it), to `name` among its siblings (as
+        move_keyword: its files and DKLs follow); its parents must be valid. Returns the new HK."""
+        validate_component(name)
+        dst = tuple(hk[:-1]) + (name,)
+        _hks([dst])
+        self._move_keyword(ns, tuple(hk), dst)
+        return dst
+
+    def _move_keyword(self, ns: int, src: HK, dst: HK, *, merge: bool = False, parents: bool = False,
+                      replace_empty: bool = False) -> None:
         if hk_matches(src, dst):
             raise InvalidArgument(f"cannot move {format_hk(src)} onto or under itself ({format_hk(dst)})")
         with self.catalog.write() as c:
@@ -1069,7 +1125,8 @@ class Store:
             ids, params = self._match(c, ns, hks, None)
             rows = c.execute(
                 "SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
-                "(SELECT count(*) FROM links l WHERE l.entity = e.id) "
+                "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
+                "(SELECT count(*) FROM entity_keywords x WHERE x.entity = e.id) "
                 f"FROM entities e WHERE e.id IN ({ids}) ORDER BY e.id", params).fetchall()
         return list(map(EntityStat._make, rows))
 
@@ -1372,7 +1429,9 @@ class Store:
 
     @staticmethod
     def _dkl(c: sqlite3.Connection, dirid: int) -> tuple[HK, ...]:
-        return tuple(parse_hk(r[0]) for r in
+        """Split, not parsed: the store wrote each '//a/b' from a checked HK, and one naming a
+        keyword made under older rules ('//@x', until fsck --repair renames it) must still read."""
+        return tuple(tuple(r[0][2:].split("/")) for r in
                      c.execute("SELECT hk FROM dir_keywords WHERE dir = ? ORDER BY pos", (dirid,)))
 
     def _need_dkl_keywords(self, c: sqlite3.Connection, dirid: int, hks: Sequence[HK]) -> None:
@@ -1486,6 +1545,12 @@ class Store:
             self._need_object(c, kind, id)
             c.execute("INSERT OR REPLACE INTO xattrs(kind, id, name, value) VALUES (?, ?, ?, ?)",
                       (kind, id, name, bytes(value)))
+            self._xattr_changed(c, kind, id)
+
+    @staticmethod
+    def _xattr_changed(c: sqlite3.Connection, kind: str, id: int) -> None:
+        """setxattr and removexattr change the inode's ctime (POSIX), not its mtime."""
+        c.execute(f"UPDATE {'entities' if kind == 'file' else 'dirs'} SET ctime_ns = ? WHERE id = ?", (_now(), id))
 
     def remove_xattr(self, kind: str, id: int, name: str) -> None:
         with self.catalog.write() as c:
@@ -1493,6 +1558,7 @@ class Store:
             if not c.execute("DELETE FROM xattrs WHERE kind = ? AND id = ? AND name = ?",
                              (kind, id, name)).rowcount:
                 raise NotFound(f"no attribute {name}")
+            self._xattr_changed(c, kind, id)
 
     def list_xattrs(self, kind: str, id: int) -> list[str]:
         with self.catalog.read() as c:

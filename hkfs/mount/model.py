@@ -55,12 +55,12 @@ from ..core.errors import (
     NotPermitted,
     NotSupported,
 )
-from ..core.naming import format_hk_list, hk_matches, parse_hk_list
+from ..core.naming import HK, format_hk_list, hk_matches, parse_hk_list, term_keyword
 from ..core.store import EntityInfo, EntityStat, Store
 from ..query.embeddings import entry_kind
 from .access import blocked_dirs, caller_groups
 from .cached_reads import CachedReads
-from .paths import AT, check_new_name, clash_name, listed_name
+from .paths import AT, check_new_name, clash_name, link_count, listed_name
 from .queryfs import SUFFIX as QUERY_SUFFIX
 from .views import (
     DirLoc,
@@ -305,7 +305,8 @@ class MountModel:
             except FileNotFoundError:
                 pass
         mode = info.mode
-        return ((info.id << 2) | 1, info.nlinks or 1, mode if mode & 0o170000 else mode | stat.S_IFREG,
+        hks = len(info.hks) if isinstance(info, EntityInfo) else info.nhks
+        return ((info.id << 2) | 1, link_count(info.nlinks, hks) or 1, mode if mode & 0o170000 else mode | stat.S_IFREG,
                 info.uid, info.gid, size, BLKSIZE, (size + 511) // 512, info.atime_ns, mtime, ctime)
 
     def rdev(self, eid: int) -> int:
@@ -333,8 +334,49 @@ class MountModel:
         return _ino(3, h & ((1 << 58) - 1))
 
     def virtual_attrs(self, loc: KeySpaceLoc | ViewLoc) -> Attrs:
+        """A view's attributes: its last keyword's mode and owner (`own_keyword`), which mkdir,
+        chmod and chown set; '@', operator views and what a keyword leaves unset get 0755
+        and the mounting user. Times are the mount's start."""
         t = self.start_ns
-        return Attrs(self.virtual_ino(loc), 2, stat.S_IFDIR | 0o755, self.uid, self.gid, 4096, 4096, 8, t, t, t)
+        mode, uid, gid = 0o755, self.uid, self.gid
+        kw = self.own_keyword(loc)
+        if kw is not None:
+            m, u, g = self._keyword_attrs(loc.ns, kw)
+            mode, uid, gid = (mode if m is None else m), (uid if u is None else u), (gid if g is None else g)
+        return Attrs(self.virtual_ino(loc), 2, stat.S_IFDIR | mode, uid, gid, 4096, 4096, 8, t, t, t)
+
+    @staticmethod
+    def own_keyword(loc: KeySpaceLoc | ViewLoc) -> HK | None:
+        """The keyword whose directory a view is: its last HK's (`@/photo/2000` is //photo/2000,
+        `@/photo/@/animal` and `@/@or/animal` are //animal); None for '@' and the operator
+        directories themselves (`@or`, `@untagged`, ...), which have no mode of their own."""
+        if isinstance(loc, KeySpaceLoc) or not loc.hks:
+            return None
+        return term_keyword(loc.hks[-1]) or None
+
+    def _fetch_keyword_attrs(self, ns: int, parent: HK) -> None:
+        """Memoise the attributes of parent's child keywords with one query (a listing's)."""
+        memo = self.reads.memo()
+        if ("kwattrs-of", ns, parent) in memo:
+            return
+        try:
+            got = self.store.child_keyword_attrs(ns, parent)
+        except NotFound:
+            got = {}
+        for name, attrs in got.items():
+            memo[("kwattrs", ns, parent + (name,))] = attrs
+        memo[("kwattrs-of", ns, parent)] = True
+
+    def _keyword_attrs(self, ns: int, kw: HK) -> tuple[int | None, int | None, int | None]:
+        memo = self.reads.memo()
+        key = ("kwattrs", ns, kw)
+        found = memo.get(key)
+        if found is None:
+            try:
+                found = memo[key] = self.store.keyword_attrs(ns, kw)
+            except NotFound:          # removed meanwhile: the default
+                found = (None, None, None)
+        return found
 
     # ------------------------------------------------------------ listings
 
@@ -364,6 +406,8 @@ class MountModel:
             return out
         last = view_children_of(loc.hks) if isinstance(loc, ViewLoc) else ()
         kids = self.reads.keyword_children(loc.ns, tuple(last)) if last is not None else {}
+        if kids:
+            self._fetch_keyword_attrs(loc.ns, tuple(last))
         for k in kids:
             kid = ViewLoc(loc.ns, loc.with_child(k), loc.anchor)
             out.append((k, stat.S_IFDIR, self.virtual_ino(kid), self.virtual_attrs, kid))
@@ -730,13 +774,14 @@ class MountModel:
             check_new_name(loc.name)
             self.store.mkdir(loc.dirid, loc.name, mode=mode & 0o7777, uid=uid, gid=gid)
             return NOTHING
+        # a keyword directory keeps the mode (umask applied by the kernel) and owner it is made with
         if isinstance(loc, NewKeyLoc):
-            self.store.mkkw(loc.parent.ns, loc.parent.child_hk(loc.name))
+            self.store.mkkw(loc.parent.ns, loc.parent.child_hk(loc.name), mode=mode & 0o7777, uid=uid, gid=gid)
             return EVERYTHING            # a keyword shadows files of that name in its parent's views
         if isinstance(loc, ViewFileLoc):
             check_new_name(loc.name)
             _check_home(loc)
-            self.store.mkkw(loc.view.ns, loc.view.child_hk(loc.name))
+            self.store.mkkw(loc.view.ns, loc.view.child_hk(loc.name), mode=mode & 0o7777, uid=uid, gid=gid)
             return EVERYTHING
         raise AlreadyExists("file exists")
 
@@ -762,8 +807,12 @@ class MountModel:
             self.store.set_dir_attrs(loc.dirid, mode=mode & 0o7777)
             return NOTHING
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
+            kw = self.own_keyword(loc)
+            if kw is not None:
+                self.store.set_keyword_attrs(loc.ns, kw, mode=mode & 0o7777)
+                return EVERYTHING         # shown under every view path that ends in that keyword
             if mode & 0o7777 != self.virtual_attrs(loc).mode & 0o7777:
-                raise NotPermitted("views have no mode of their own")   # the same mode: tar x, cp -a
+                raise NotPermitted("'@' and operator views have no mode of their own")   # same mode: tar x
             return NOTHING
         eid = self.eid_of(loc)
         self.store.set_attrs(eid, mode=mode & 0o7777)
@@ -775,8 +824,12 @@ class MountModel:
             self.store.set_dir_attrs(loc.dirid, uid=uid, gid=gid)
             return NOTHING
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
+            kw = self.own_keyword(loc)
+            if kw is not None:
+                self.store.set_keyword_attrs(loc.ns, kw, uid=uid, gid=gid)
+                return EVERYTHING
             if uid not in (None, self.uid) or gid not in (None, self.gid):
-                raise NotPermitted("views have no owner of their own")  # the same owner: tar x, cp -a
+                raise NotPermitted("'@' and operator views have no owner of their own")  # same owner: tar x
             return NOTHING
         eid = self.eid_of(loc)
         self.store.set_attrs(eid, uid=uid, gid=gid)
@@ -857,7 +910,12 @@ class MountModel:
         kind, ident = self._xattr_target(path)
         if kind == "view":
             return []
-        own = [KEYWORDS_ATTR] if kind == "file" else [DKL_ATTR, NS_ATTR]
+        # user.hk.keywords is listed only when the file carries an HK: copying "no keyword"
+        # (cp -a, rsync -X of an untagged file into a view) would untag the copy into lost+found
+        if kind == "file":
+            own = [KEYWORDS_ATTR] if self.reads.entity(ident).hks else []
+        else:
+            own = [DKL_ATTR, NS_ATTR]
         return own + [n for n in self.store.list_xattrs(kind, ident) if n.startswith("user.")]
 
     def setxattr(self, path: str, name: str, value: bytes, options: int = 0) -> Stale:

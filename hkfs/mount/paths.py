@@ -31,7 +31,7 @@ from ..core.naming import HK, clash_name, split_clash_name
 
 __all__ = [
     "AT", "COMMA", "MountPath", "parse", "view_path", "clash_name", "split_clash_name", "listed_name",
-    "view_prefix", "check_new_name",
+    "view_prefix", "check_new_name", "link_count",
 ]
 
 AT = "@"
@@ -166,3 +166,14 @@ def check_new_name(name: str) -> None:
     """Refuse names an ordinary directory or a view cannot hold ('@', ',NAME' are path syntax)."""
     if name == AT or name.startswith(COMMA):
         raise InvalidArgument(f"{name!r} is mount path syntax, not a file name")
+
+
+def link_count(links: int, hks: int) -> int:
+    """A file's st_nlink: its directory links plus one per HK it carries (each keyword is a
+    name it is reached by: the views of that keyword), and at least 2 once it carries one.
+
+    Tools rewrite a file with one link by writing a new file and renaming it over (vim's
+    backupcopy=auto, ...); a file in a view must be written in place instead, because a new
+    file made there would carry only that view's HKs (docs/mount.md, "Link counts").
+    Untagged files count their directory links only, as on ext4."""
+    return links + hks if not hks else max(2, links + hks)

@@ -41,7 +41,7 @@ from ..core.errors import InvalidArgument, NotFound, PermissionDenied
 from ..query.embeddings import DIM_ATTR, EMBEDDING_ATTR, parse_dim, parse_embedding
 from ..query.queryfiles import DEFAULT_K, Query, format_body, format_results, is_text, parse_query
 from ..query.service import QueryService, Scope
-from .paths import AT, COMMA
+from .paths import AT, COMMA, link_count
 from .views import DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
 
 __all__ = ["QueryFS", "SUFFIX", "QUERY_ATTR", "is_query_name"]
@@ -285,7 +285,7 @@ class QueryFS:
         if t is not None and t.stored and t.eid is not None:
             info = self.service.reads.entity(t.eid)
             return {"st_mode": stat.S_IFREG | (info.mode & 0o7777), "st_ino": (t.eid << 2) | 1,
-                    "st_nlink": max(1, info.nlinks), "st_uid": info.uid, "st_gid": info.gid,
+                    "st_nlink": link_count(info.nlinks, len(info.hks)) or 1, "st_uid": info.uid, "st_gid": info.gid,
                     "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 4096,
                     "st_atime": info.atime_ns, "st_mtime": info.mtime_ns, "st_ctime": info.ctime_ns}
         h = int.from_bytes(hashlib.blake2b(b"query:" + path.encode("utf-8", "surrogateescape"),
