@@ -206,6 +206,27 @@ def test_tree_tools_see_a_tagged_file_once_per_inode(mount: Mount, tmp_path) -> 
     """)
 
 
+def test_cp_a_of_a_tagged_file_into_a_view_keeps_both(mount: Mount) -> None:
+    """cp -a / rsync -X copy user.hk.keywords: onto a file just made in a view that list is
+    added to the view's keywords, so the copy stays in the view it was copied into, keeps its
+    mode and its source's keywords (docs/mount.md, "Extended attributes"); a later setfattr on
+    it sets exactly what it says, as on any file."""
+    mount.run("""
+        mkdir -p @/a @/b @/c
+        echo tama > @/a/tama.jpg; chmod 640 @/a/tama.jpg
+        cp -a @/a/tama.jpg @/b/                                  # cp used to fail here
+        test "$(getfattr --only-values -n user.hk.keywords @/b/tama.jpg)" = //a//b
+        test "$(stat -c %a @/b/tama.jpg)" = 640
+        test "$(cat @/b/tama.jpg)" = tama
+        test "$(ls @/a | wc -l)" = 2                             # the original and its copy
+        rsync -aX @/b/tama.jpg @/c/                              # rsync: a temp name, then rename
+        test "$(getfattr --only-values -n user.hk.keywords @/c/tama.jpg)" = //a//b//c
+        setfattr -n user.hk.keywords -v //c @/c/tama.jpg         # a second set is exact
+        test "$(getfattr --only-values -n user.hk.keywords @/c/tama.jpg)" = //c
+        test -z "$(ls lost+found 2>/dev/null)"
+    """)
+
+
 def test_vim_backupcopy_no_in_a_view_makes_a_new_file(mount: Mount) -> None:
     """backupcopy=no asks vim to rename whatever the link count (rename NAME NAME~, write a
     new NAME, rm NAME~): as on ext4 the saved file is a new inode carrying the view's HKs,

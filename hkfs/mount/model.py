@@ -206,6 +206,7 @@ class MountModel:
         self._fresh_lock = threading.Lock()
         # scratch files created in a view through this mount, never renamed or linked since
         self._scratch: dict[int, None] = {}
+        self._made_in_view: dict[int, None] = {}  # fresh files made in a view, keywords not yet set
 
     def close(self) -> None:
         self.reads.close()
@@ -480,7 +481,8 @@ class MountModel:
             eid = self.store.create(ns, loc.name, hks=loc.view.hks, mode=perm, uid=uid, gid=gid)
             self.on_view(eid)
             if is_scratch_name(loc.name):
-                self._note_scratch(eid)
+                self._remember(self._scratch, eid)
+            self._remember(self._made_in_view, eid)
         elif isinstance(loc, NewKeyLoc):
             raise NotFound("a file in the keyword space needs a keyword: create it in a view")
         else:
@@ -739,6 +741,20 @@ class MountModel:
             return False
         return all(h in src.view.hks or h in old.hks for h in info.hks)
 
+    def _copied_keywords(self, path: str, eid: int, hks: tuple[HK, ...]) -> tuple[HK, ...]:
+        """The HKs a file gets when user.hk.keywords is set on it: hks, plus the view's own the
+        first time it is set on a file just made in that view through this mount. That is
+        `cp -a`/`rsync -X`/`tar --xattrs` copying a file's keywords into a view: the copy keeps
+        its keywords and stays where it was made (docs/mount.md, "Extended attributes")."""
+        with self._fresh_lock:
+            born = self._fresh.get(eid)
+            first = self._made_in_view.pop(eid, 0) is None
+        if not first or born is None or self._clock() - born > EDITOR_SAVE_SECONDS:
+            return hks
+        if not isinstance(self.resolve(path), ViewFileLoc):
+            return hks
+        return tuple(dict.fromkeys((*self.store.entity(eid).hks, *hks)))
+
     def _note_fresh(self, eid: int) -> None:
         now = self._clock()
         with self._fresh_lock:
@@ -751,12 +767,14 @@ class MountModel:
         with self._fresh_lock:
             self._fresh.pop(eid, None)
             self._scratch.pop(eid, None)
+            self._made_in_view.pop(eid, None)
 
-    def _note_scratch(self, eid: int) -> None:
+    def _remember(self, marks: dict[int, None], eid: int) -> None:
+        """Mark eid in one of the bounded sets of this mount's own recent files."""
         with self._fresh_lock:
-            self._scratch[eid] = None
-            while len(self._scratch) > SCRATCH_MAX:
-                del self._scratch[next(iter(self._scratch))]
+            marks[eid] = None
+            while len(marks) > SCRATCH_MAX:
+                del marks[next(iter(marks))]
 
     def _is_scratch(self, eid: int) -> bool:
         with self._fresh_lock:
@@ -926,7 +944,8 @@ class MountModel:
             return EVERYTHING             # user.hk.embedding / user.hk.dim (raw float32 allowed)
         text = value.decode("utf-8", "strict").strip() if name.startswith("user.hk.") else ""
         if kind == "file" and name == KEYWORDS_ATTR:
-            self.store.set_hks(ident, parse_hk_list(text) if text else ())
+            hks = parse_hk_list(text) if text else ()
+            self.store.set_hks(ident, self._copied_keywords(path, ident, hks))
         elif kind == "dir" and name == DKL_ATTR:
             self.store.set_dkl(ident, parse_hk_list(text) if text else ())
         elif kind == "dir" and name == NS_ATTR:
