@@ -565,6 +565,75 @@ def test_large_view_listed_in_many_chunks(mount_factory: MountFactory) -> None:
     assert {r[-1]: int(r[4]) for r in rows} == want
 
 
+# ---------------------------------------------------------------- 6b. listings the kernel keeps
+
+def test_log_says_view_listings_are_cached(cmount: Mount) -> None:
+    cmount.run("ls @ >/dev/null")
+    assert "view listings cached by the kernel" in cmount.log.read_text()
+
+
+def _readdirs(err: Path, start: int) -> list[str]:
+    """The READDIRPLUS requests the daemon logged (-d) after byte `start`, by path."""
+    with open(err, "rb") as f:
+        f.seek(start)
+        return [p.decode() for p in re.findall(rb"^readdirplus\[\d+\] from 0\n", f.read(), re.M)]
+
+
+def test_second_listing_of_a_view_is_served_by_the_kernel(tmp_path: Path) -> None:
+    with own_daemon(tmp_path / "s", tmp_path / "m", debug=True) as m:
+        need_caches(m)
+        m.run("mkdir @/k d && printf 1 > @/k/a && printf 2 > d/b && ls -l @/k >/dev/null")
+        err = m.store / "daemon.stderr"
+        start = err.stat().st_size
+        assert m.run("ls @/k").stdout.split() == ["a"]
+        assert _readdirs(err, start) == []                  # from the kernel's copy
+        m.run('hk atkw //k "$M/d/b"')                      # another process: dropped
+        start = err.stat().st_size
+        assert m.run("ls @/k").stdout.split() == ["a", "b"]
+        assert len(_readdirs(err, start)) == 1
+
+
+def test_listing_of_the_working_directory_follows_the_hk_cli(cmount: Mount) -> None:
+    # the shell's cwd keeps the view's inode (and so its kept listing) across invalidations
+    cmount.run("""
+        mkdir @/k d && echo x > d/f
+        cd @/k
+        test -z "$(ls)" && test -z "$(ls)"
+        hk atkw //k "$M/d/f"
+        test "$(ls)" = f
+        hk chfn "$M/d/f" g
+        test "$(ls)" = g
+        hk dtkw //k "$M/d/g"
+        test -z "$(ls)"
+    """)
+
+
+def test_listing_of_the_working_directory_follows_changes_through_other_paths(cmount: Mount) -> None:
+    cmount.run("""
+        files() { ls -p | grep -v / | tr '\\n' ' '; }  # keywords are listed too: left out
+        mkdir @/k @/j d
+        cd d/,                                  # d's DKL is empty: every file of the namespace
+        test -z "$(files)" && test -z "$(files)"
+        printf 1 > "$M/d/f"                     # a unique name, made through d: no epoch
+        test "$(files)" = "f "
+        cd "$M/@/k"
+        test -z "$(files)" && test -z "$(files)"
+        echo y > "$M/@/j/g"
+        setfattr -n user.hk.keywords -v //j//k "$M/@/j/g"
+        test "$(files)" = "g "
+        mv "$M/@/j/g" "$M/@/j/h"
+        test "$(files)" = "h "
+        rm "$M/@/j/h"                            # detaches //j only
+        test "$(files)" = "h "
+        setfattr -n user.hk.keywords -v //j "$M/@/k/h"
+        test -z "$(files)"
+        cd "$M/d/,"
+        test "$(files)" = "f h "
+        rm "$M/d/f"                              # its only home: gone
+        test "$(files)" = "h "
+    """)
+
+
 # ---------------------------------------------------------------- 7. the sync counter
 
 def test_sync_xattr_counts_invalidations(cmount: Mount) -> None:

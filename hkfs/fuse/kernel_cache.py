@@ -32,6 +32,12 @@ the change is visible at once unless another writer holds that inode's pages.
 So the kernel may keep entries and attributes for CACHE_TIMEOUT seconds. Where the
 kernel lacks the message (EINVAL) or libfuse 2 is loaded (its session descriptor
 is not reachable through the high-level API), the timeouts stay 0 as before.
+
+With the caches on, the kernel also keeps view listings (hkfs.fuse.dir_cache): every
+invalidation drops them too (so the next listing is a READDIRPLUS that refreshes the
+entries the epoch made stale), and so does every change that adds, removes or renames
+a name without moving the epoch (`carry_out(..., listing=True)`): a file created in
+one view or in a directory with a DKL is listed in other views.
 """
 
 from __future__ import annotations
@@ -45,8 +51,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import mfusepy
+
 from ..core.changes import ChangeFeed
 from ..mount.model import Stale
+from .dir_cache import DirCache
 
 __all__ = ["KernelCache", "CACHE_TIMEOUT"]
 
@@ -99,6 +108,7 @@ class KernelCache:
         self.open_paths: Callable[[], list[str]] = list
         self._aliases: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = queue.SimpleQueue()
         self._alias_workers: list[threading.Thread] = []
+        self.dirs = DirCache()           # the view listings the kernel keeps
 
     def attach(self, libfuse: Any, config: Any | None, *, keep_timeouts: bool = False) -> bool:
         """From the init callback: find the session, try the message, then lengthen the timeouts.
@@ -121,6 +131,7 @@ class KernelCache:
             config.attr_timeout = self.timeout
         log.info("kernel caches on: entry/attr timeouts %.0fs, dropped on every change",
                  config.entry_timeout)
+        self.dirs.install(libfuse, fuse, fd, mfusepy.fuse_file_info)
         self.own_commit()
         self.changes.subscribe(self._changed)
         self.changes.start()
@@ -141,13 +152,20 @@ class KernelCache:
             self.epochs += 1
         except OSError as exc:             # unmounted meanwhile: nothing is cached any more
             log.debug("epoch notification failed: %s", exc)
+        self.dirs.drop()
 
-    def carry_out(self, stale: Stale) -> None:
+    def carry_out(self, stale: Stale, *, listing: bool = False) -> None:
         """Drop what a change left stale (hkfs.mount.model.Stale): every entry, or nothing when
         only one entity changed that the kernel can hold under the changed path alone (one
-        directory link, not reached through a view since the last invalidation)."""
+        directory link, not reached through a view since the last invalidation).
+
+        `listing`: the change added, removed or renamed a name, so view listings may differ
+        even when no entry is stale (a unique name created: views list it, and never looked
+        it up)."""
         if stale.everything or (stale.eid is not None and (stale.shared or self.was_viewed(stale.eid))):
             self.invalidate()
+        elif listing:
+            self.dirs.drop()
 
     def note_viewed(self, eid: int) -> None:
         """The kernel is being given entity eid under a view path (no-op while caches are off)."""
@@ -185,6 +203,7 @@ class KernelCache:
             done.wait(wait)
 
     def stop(self) -> None:
+        self.dirs.stop()
         self.changes.stop()
         for _ in self._alias_workers:
             self._aliases.put(None)
