@@ -200,16 +200,15 @@ class HKFuse(FUSE):
                        flags: int) -> int:
         if not flags & FUSE_READDIR_PLUS:
             return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
-        # Offsets (i + 1, or inode + 1: see HKOperations.listing_from) make libfuse register
+        # Offsets (HKOperations.listing_from gives one with each entry) make libfuse register
         # each node and encode its entry as it is filled (with offset 0 libfuse 3.14 buffers
         # the whole listing and drops the attributes).
         decoded = None if path is None else path.decode(self.encoding, self.errors)
-        entries, start, by_ino = self.operations.listing_from(decoded, fip.contents.fh, offset)
+        entries = self.operations.listing_from(decoded, fip.contents.fh, offset)
         st = mfusepy.c_stat()
         size = ctypes.sizeof(st)
         enc, errs, packer = self.encoding, self.errors, _PACKER
-        for i in range(start, len(entries)):
-            name, mode, ino, attrs_of, key = entries[i]
+        for (name, mode, ino, attrs_of, key), off in entries:
             attrs = None if attrs_of is None else attrs_of(key)
             if attrs is None or packer is None:
                 ctypes.memset(ctypes.byref(st), 0, size)
@@ -223,7 +222,7 @@ class HKFuse(FUSE):
                 packer.pack_values(st, attrs)
             else:
                 packer.pack(st, attrs)
-            if filler(buf, name.encode(enc, errs), st, ino + 1 if by_ino else i + 1,
+            if filler(buf, name.encode(enc, errs), st, off,
                       0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
                 break
         return 0

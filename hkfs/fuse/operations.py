@@ -21,12 +21,11 @@ import bisect
 import ctypes
 import errno
 import logging
-import operator
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from ..core.store import Store
 from ..mount.model import MAX_NAME, Attrs, MountModel, Stale, is_device
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
 from ..mount.queryfs import QueryFS
+from ..mount.view_listing import KEYWORDS, ViewListing, listing_for
 from ..mount.views import KeySpaceLoc, ViewLoc
 from ..query.service import QueryService
 from .callbacks import mapped, mapped_io, to_fuse_error
@@ -65,7 +65,6 @@ __all__ = ["HKOperations", "serve", "to_fuse_error"]
 
 log = logging.getLogger(__name__)
 
-_INO = operator.itemgetter(2)            # a listed entry's inode (DirEntryAttrs)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 FALLOC_FL_KEEP_SIZE = 0x01             # linux/falloc.h
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2   # linux/fs.h; other flags are refused
@@ -91,6 +90,26 @@ def _caller_context() -> tuple[int, int, int] | None:
         return mfusepy.fuse_get_context()
     except (ValueError, OSError, AttributeError):
         return None
+
+
+class _Listed:
+    """A directory's entries listed whole (MountModel.listdir), resumed by position; '@' and
+    views (shared mounts) by the offsets hkfs.mount.view_listing gives (see listing_from)."""
+
+    def __init__(self, entries: list[DirEntryAttrs], stable: bool) -> None:
+        self.offsets: list[int] | None = None
+        if stable:
+            offs = [i + 1 if i < 2 else KEYWORDS + (e[2] >> 2) if e[1] == stat.S_IFDIR else e[2] + 1
+                    for i, e in enumerate(entries)]
+            order = sorted(range(len(entries)), key=offs.__getitem__)
+            entries, self.offsets = [entries[i] for i in order], [offs[i] for i in order]
+        self.entries = entries
+
+    def entries_from(self, offset: int) -> Iterator[tuple[DirEntryAttrs, int]]:
+        if self.offsets is None:
+            return ((self.entries[i], i + 1) for i in range(offset, len(self.entries)))
+        start = bisect.bisect_right(self.offsets, offset)
+        return zip(self.entries[start:], self.offsets[start:], strict=True)
 
 
 class HKOperations(Operations):
@@ -119,7 +138,7 @@ class HKOperations(Operations):
         self.files = OpenFiles(store.entities_dir, self.model.open_counts)
         self.kernel.open_paths = self.files.paths
         self.kernel.dirs.on_drop = self._views_changed
-        self._listings: dict[int, tuple[list[DirEntryAttrs], bool]] = {}   # dir handle -> listing_from's
+        self._listings: dict[int, ViewListing | _Listed] = {}   # directory handle -> its listing
         self.removed = RemovedWhileOpen()        # libfuse's hidden names (hkfs/fuse/removed.py)
         self._new_bytes_files = True             # entities/ changed since its last fsync (fsync)
         # fstat + record of a written size, one at a time: two descriptors of one file closing
@@ -343,28 +362,25 @@ class HKOperations(Operations):
         return [(name, {"st_mode": mode, "st_ino": ino}, 0) for name, mode, ino, _, _ in self.model.listdir(path)]
 
     @mapped
-    def listing_from(self, path: str, fh: int, offset: int) -> tuple[list[DirEntryAttrs], int, bool]:
-        """A directory's entries for READDIRPLUS, where to resume at `offset`, and whether the
-        offsets are inode + 1 (else index + 1).
+    def listing_from(self, path: str, fh: int, offset: int) -> Iterator[tuple[DirEntryAttrs, int]]:
+        """A directory's entries for READDIRPLUS after `offset`, each with its own offset.
 
         The kernel asks for a big listing in buffer-sized pieces, resuming at the offset
         the last piece ended with; the entries stay those of the handle's first read, as
-        readdir(3) expects. A view's listing the kernel keeps (hkfs.fuse.dir_cache) is
-        resumed by a handle that read nothing itself when the kernel drops it midway: so
-        view listings are in inode order and their offsets name the inode to go on after,
-        which means the same in a listing made after a change (no name repeated or skipped
-        but the changed ones). Plain directories are never kept by the kernel."""
+        readdir(3) expects. A view is read a piece at a time (hkfs.mount.view_listing); its
+        offsets, and those of '@', do not depend on a position, because a listing the
+        kernel keeps (hkfs.fuse.dir_cache) is resumed by a handle that read nothing itself
+        when the kernel drops it midway: a listing made after a change then goes on after
+        the same name, repeating or skipping none but the changed ones. Plain directories,
+        never kept by the kernel, are listed whole and resumed by position."""
         got = self._listings.get(fh)
         if got is None or not offset:
-            entries = self.model.listdir(path)
-            by_ino = self._is_view(path)
-            if by_ino:
-                entries.sort(key=_INO)          # nearly sorted already: files come by id
-            got = self._listings[fh] = (entries, by_ino)
-        entries, by_ino = got
-        if not by_ino:
-            return entries, offset, False
-        return entries, bisect.bisect_left(entries, offset, key=_INO) if offset else 0, True
+            loc = self.model.resolve(path)
+            got = listing_for(self.model, loc)
+            if got is None:
+                got = _Listed(self.model.listdir(path), isinstance(loc, (KeySpaceLoc, ViewLoc)))
+            self._listings[fh] = got
+        return got.entries_from(offset)
 
     @overrides(Operations)
     @mapped
