@@ -801,3 +801,26 @@ def test_on_commit_once_per_outermost_write(tmp_path: Path) -> None:
     finally:
         cat.close()
 
+
+
+def test_viewed_entities_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past VIEWED_MAX entities noted as viewed (a big view listed), every entity counts as
+    viewed until two invalidations later: no set of a million ids, no change missed."""
+    from hkfs.core.changes import ChangeFeed
+    from hkfs.core.store import Store
+    from hkfs.fuse import kernel_cache
+
+    monkeypatch.setattr(kernel_cache, "VIEWED_MAX", 3)
+    with Store.open(tmp_path / "s") as st:
+        kc = kernel_cache.KernelCache(ChangeFeed(st.catalog.path))
+        kc._fd = -1                     # "caches on" without a mount: the epoch write fails, logged
+        for eid in range(1, 6):
+            kc.note_viewed(eid)
+        assert len(kc.viewed) == 0 and kc.was_viewed(999)
+        kc.invalidate()
+        assert kc.was_viewed(999)      # noted just before the invalidation: still counts
+        kc.invalidate()
+        assert not kc.was_viewed(999)
+        kc.note_viewed(7)
+        assert kc.was_viewed(7) and not kc.was_viewed(8)
+        kc.changes.close()

@@ -66,6 +66,17 @@ _INC_EPOCH = struct.pack("<IiQ", 16, FUSE_NOTIFY_INC_EPOCH, 0)   # fuse_out_head
 CACHE_TIMEOUT = 60.0     # seconds the kernel may keep an entry or attributes between changes
 ALIAS_WAIT = 0.05        # how long a request waits for open aliases' inodes to be dropped
 ALIAS_WORKERS = 4        # invalidations blocked on one inode's pages do not hold up the others
+VIEWED_MAX = 65536       # entities noted as viewed; past it, every entity counts as viewed
+
+
+class _All(set):   # type: ignore[type-arg]
+    """KernelCache.viewed once it outgrew VIEWED_MAX: holds nothing, means everything."""
+
+    def __contains__(self, eid: object) -> bool:
+        return True
+
+
+_ALL: set[int] = _All()
 
 
 def _session(libfuse: Any) -> tuple[ctypes.c_void_p, int]:
@@ -96,6 +107,9 @@ class KernelCache:
         # kernel updates itself: changing it needs no invalidation (see HKOperations).
         # The set of the generation before is kept too: an entry noted just before an
         # invalidation may reach the kernel just after it.
+        # Past VIEWED_MAX entities (a big view listed) the set becomes ALL: every entity
+        # counts as viewed until the next invalidation (memory stays bounded; a change to a
+        # file with one link then drops the caches, as a change to a viewed one does).
         self.viewed: set[int] = set()
         self._viewed_before: set[int] = set()
         self._fd: int | None = None
@@ -169,12 +183,15 @@ class KernelCache:
 
     def note_viewed(self, eid: int) -> None:
         """The kernel is being given entity eid under a view path (no-op while caches are off)."""
-        if self._fd is not None:
-            self.viewed.add(eid)
+        if self._fd is not None and self.viewed is not _ALL:
+            if len(self.viewed) >= VIEWED_MAX:
+                self.viewed = _ALL
+            else:
+                self.viewed.add(eid)
 
     def was_viewed(self, eid: int) -> bool:
         """Whether the kernel may hold entity eid under a view path (see `viewed`)."""
-        return eid in self.viewed or eid in self._viewed_before
+        return eid in self.viewed or eid in self._viewed_before     # _ALL contains every eid
 
     def invalidate_foreign(self) -> None:
         """Another process changed the catalog: drop every cached entry, and the inodes of the
