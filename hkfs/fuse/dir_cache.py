@@ -32,6 +32,7 @@ import ctypes
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -85,7 +86,9 @@ def find_opendir_slot(session: int, fd: int, userdata: int, code: tuple[int, int
 class DirCache:
     """Which directories the kernel may hold listings of, and dropping them."""
 
-    def __init__(self) -> None:
+    def __init__(self, fresh: float = 50.0) -> None:
+        self.fresh = fresh                       # seconds a listing's entries outlive it (see mark)
+        self._filled: dict[int, float] = {}      # node id -> when the daemon last listed it
         self._local = threading.local()
         self._lock = threading.Lock()
         self._marked: set[int] = set()          # node ids given the flags since the last drop
@@ -135,16 +138,30 @@ class DirCache:
         return True
 
     def mark(self, fh: int) -> None:
-        """From the high-level opendir of a directory whose listing the kernel may keep."""
+        """From the high-level opendir of a directory whose listing the kernel may keep.
+
+        When the daemon's last listing of it is older than `fresh`, the entries that listing
+        gave the kernel are about to time out, and a kept listing would be followed by a
+        LOOKUP per name: then the open drops the kept listing (no FOPEN_KEEP_CACHE) and the
+        kernel keeps the new one, a READDIRPLUS that refreshes them all."""
         call = getattr(self._local, "call", None)
         if call is None or self._session is None:
             return
         ino, fi = call
-        fi.contents.cache_readdir = 1
-        fi.contents.keep_cache = 1
         with self._lock:
-            self._marked.add(ino)
             self._open[fh] = ino
+            self._marked.add(ino)
+            filled = self._filled.get(ino)
+            keep = filled is None or time.monotonic() - filled <= self.fresh
+        fi.contents.cache_readdir = 1
+        fi.contents.keep_cache = int(keep)
+
+    def listed(self, fh: int) -> None:
+        """The daemon starts a listing for handle fh (READDIRPLUS at offset 0)."""
+        with self._lock:
+            ino = self._open.get(fh)
+            if ino is not None:
+                self._filled[ino] = time.monotonic()
 
     def released(self, fh: int) -> None:
         with self._lock:

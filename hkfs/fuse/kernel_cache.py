@@ -145,6 +145,7 @@ class KernelCache:
             config.attr_timeout = self.timeout
         log.info("kernel caches on: entry/attr timeouts %.0fs, dropped on every change",
                  config.entry_timeout)
+        self.dirs.fresh = config.entry_timeout * 5 / 6      # a kept listing outlives no entry
         self.dirs.install(libfuse, fuse, fd, mfusepy.fuse_file_info)
         self.own_commit()
         self.changes.subscribe(self._changed)

@@ -380,6 +380,7 @@ class HKOperations(Operations):
             if got is None:
                 got = _Listed(self.model.listdir(path), isinstance(loc, (KeySpaceLoc, ViewLoc)))
             self._listings[fh] = got
+            self.kernel.dirs.listed(fh)
         return got.entries_from(offset)
 
     @overrides(Operations)

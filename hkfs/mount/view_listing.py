@@ -19,6 +19,7 @@ are kept if they are in the view), a file named like a child keyword as ',NAME'.
 
 from __future__ import annotations
 
+import bisect
 import stat
 from collections.abc import Iterator
 from typing import Any
@@ -55,6 +56,7 @@ class ViewListing:
         self.kw: list[Entry] = sorted(kw, key=lambda e: e[2])
         self.ids: np.ndarray = model.reads.view_ids(view.ns, tuple(view.hks))
         self.shared: set[str] = model.reads.shared_names(view.ns)    # in the namespace
+        self._piece: tuple[int, list[Entry], list[int]] = (-1, [], [])   # the last piece read
 
     def __len__(self) -> int:
         return len(self.head) + len(self.ids) + len(self.kw)
@@ -66,8 +68,18 @@ class ViewListing:
                 yield e, i + 1
         if offset < KEYWORDS:
             first = int(np.searchsorted(self.ids, (max(offset, 2) + 2) >> 2))   # ino + 1 > offset
-            for i in range(first, len(self.ids), CHUNK):
-                yield from self._files(self.ids[i:i + CHUNK])
+            # A request takes a few dozen entries: pieces start at multiples of CHUNK and the
+            # last one is kept for the requests that follow.
+            i = first - first % CHUNK
+            while i < len(self.ids):
+                at, entries, offs = self._piece
+                if at != i:
+                    got = list(self._files(self.ids[i:i + CHUNK]))
+                    entries, offs = [e for e, _ in got], [off for _, off in got]
+                    self._piece = (i, entries, offs)
+                for j in range(bisect.bisect_right(offs, offset), len(offs)):
+                    yield entries[j], offs[j]
+                i += CHUNK
         for e in self.kw:
             off = KEYWORDS + (e[2] >> 2)
             if off > offset:
