@@ -634,6 +634,25 @@ def test_listing_of_the_working_directory_follows_changes_through_other_paths(cm
     """)
 
 
+def test_query_results_are_closed_without_a_flush(tmp_path: Path) -> None:
+    """A read-only `.query` handle is opened FOPEN_NOFLUSH: its close costs no FLUSH request
+    (a stored query's body written through a handle is still checked at close)."""
+    with own_daemon(tmp_path / "s", tmp_path / "m", debug=True) as m:
+        m.run("""
+            mkdir @/b && for i in 1 2 3; do echo $i > @/b/f$i; setfattr -n user.hk.embedding -v "$i 1 0" @/b/f$i; done
+            printf '1 0 0\nk=2\n' > @/b/near.query
+        """)
+        err = m.store / "daemon.stderr"
+        start = err.stat().st_size
+        assert len(m.run("cat @/b/f1.query @/b/near.query").stdout.splitlines()) >= 3
+        with open(err, "rb") as f:
+            f.seek(start)
+            ops = re.findall(rb"opcode: ([A-Z_]+)", f.read())
+        assert ops.count(b"OPEN") == 2 and b"FLUSH" not in ops
+        m.run("""fails_with "Invalid argument" bash -c 'printf "1 0 0\\nk=abc\\n" > @/b/near.query'""")
+        assert m.run("cat @/b/near.query").stdout.count("\t") >= 2
+
+
 # ---------------------------------------------------------------- 7. the sync counter
 
 def test_sync_xattr_counts_invalidations(cmount: Mount) -> None:
