@@ -706,7 +706,14 @@ EXPLAIN = [
     "**Listings.** On libfuse 3 a listing is READDIRPLUS: each name comes with its attributes "
     "and the kernel registers the entry, so `ls -l` costs no LOOKUP or GETATTR per file "
     "(with libfuse 2 and timeouts 0 it is two requests per file). Plain `ls` reads the same "
-    "READDIRPLUS listing (READDIRPLUS_AUTO is off) and so costs about the same as `ls -l`.",
+    "READDIRPLUS listing (READDIRPLUS_AUTO is off) and so costs about the same as `ls -l`. "
+    "The kernel keeps the listing of `@` and of every view (FOPEN_CACHE_DIR, "
+    "hkfs/fuse/dir_cache.py) until a change drops it, so a second listing within the entry "
+    "timeout costs the daemon one OPENDIR (the \"again\" rows: daemon CPU ~0); the "
+    "first one reads the view a piece at a time (hkfs/mount/view_listing.py), keeping 8 bytes "
+    "a file. The memory the daemon keeps after listing a big view is mostly libfuse's own: "
+    "the high-level API holds a node (~150 bytes and its name) for every inode the kernel "
+    "keeps, i.e. for every listed file, until the kernel forgets it.",
     "",
     "**The worst case.** The utime-then-stat row changes the file through one view "
     "(`@/alt/f000001`) and stats it through another (`@/bench/f000001`) each time: every "
