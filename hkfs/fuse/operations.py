@@ -338,8 +338,10 @@ class HKOperations(Operations):
     @mapped
     def opendir(self, path: str) -> int:
         fh = self.files.next_id()
-        if self.kernel.dirs.active and self._is_view(path):
-            self.kernel.dirs.mark(fh)       # the kernel keeps the listing until a change drops it
+        # The kernel keeps the listing until a change drops it; not on a shared mount, where
+        # a view lists only what the calling user may reach (one kept listing is everyone's).
+        if self.kernel.dirs.active and not self.model.shared and self._is_view(path):
+            self.kernel.dirs.mark(fh)
         return fh
 
     def _is_view(self, path: str) -> bool:
