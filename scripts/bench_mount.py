@@ -445,12 +445,13 @@ def big_rows(base: Path, args: argparse.Namespace) -> list[Row]:
     for i in range(n):
         (disk / f"f{i:07d}").touch()
     rows: list[Row] = []
+    d_ls = ls(disk, "-l")        # before: between the two listings it would age the kept one
     with mounted(store, mnt) as pid:
         rss0 = proc_mem(pid)
         for what in ("first after mount", "again"):
             with Cpu(pid, n) as c:
                 t = ls(mnt / "@" / "bench", "-l")
-            rows.append((f"ls -l of a {n}-file view, {what}", "s", t, ls(disk, "-l"),
+            rows.append((f"ls -l of a {n}-file view, {what}", "s", t, d_ls,
                          f"daemon CPU {c.s:.2f} s; {c.mem}; RSS after mount {rss0[0]:.0f} MiB"))
         with Cpu(pid, n) as c:
             t = timed(lambda: subprocess.run(["find", str(mnt / "@")], stdout=subprocess.DEVNULL, check=True))
