@@ -683,6 +683,11 @@ def goals(rows: list[Row], args: argparse.Namespace) -> list[str]:
     return out
 
 
+KEPT_NOTE = ("A kept listing is page cache of the directory: `drop_caches` (the cold-read rows of any "
+             "bench_mount run on the machine do it) or memory pressure drops it, and the next listing "
+             "is the daemon's again; so do 50 s (5/6 of the entry timeout) since the daemon last "
+             "listed the view, whose entries are then about to time out.")
+
 EXPLAIN = [
     "",
     "## Reading the figures",
@@ -714,7 +719,7 @@ EXPLAIN = [
     "first one reads the view a piece at a time (hkfs/mount/view_listing.py), keeping 8 bytes "
     "a file. The memory the daemon keeps after listing a big view is mostly libfuse's own: "
     "the high-level API holds a node (~150 bytes and its name) for every inode the kernel "
-    "keeps, i.e. for every listed file, until the kernel forgets it.",
+    "keeps, i.e. for every listed file, until the kernel forgets it. " + KEPT_NOTE,
     "",
     "**The worst case.** The utime-then-stat row changes the file through one view "
     "(`@/alt/f000001`) and stats it through another (`@/bench/f000001`) each time: every "
