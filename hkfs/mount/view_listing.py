@@ -74,8 +74,8 @@ class ViewListing:
             while i < len(self.ids):
                 at, entries, offs = self._piece
                 if at != i:
-                    got = list(self._files(self.ids[i:i + CHUNK]))
-                    entries, offs = [e for e, _ in got], [off for _, off in got]
+                    entries = self._files(self.ids[i:i + CHUNK])
+                    offs = [e[2] + 1 for e in entries]          # a file's offset: its inode + 1
                     self._piece = (i, entries, offs)
                 for j in range(bisect.bisect_right(offs, offset), len(offs)):
                     yield entries[j], offs[j]
@@ -85,26 +85,31 @@ class ViewListing:
             if off > offset:
                 yield e, off
 
-    def _files(self, ids: np.ndarray) -> Iterator[tuple[Entry, int]]:
+    def _files(self, ids: np.ndarray) -> list[Entry]:
+        """The entries of these files of the view (sorted ids), in id order."""
         store = self.model.store
         lo, hi = int(ids[0]), int(ids[-1])
-        if hi - lo < 2 * len(ids):           # dense: one range scan, the others left out
+        if hi - lo + 1 == len(ids):          # consecutive ids: every row of the range is listed
+            stats = store.entity_stats_between(lo, hi)
+        elif hi - lo < 2 * len(ids):         # dense: one range scan, the others left out
             want = set(ids.tolist())
             stats = [s for s in store.entity_stats_between(lo, hi) if s.id in want]
         else:
             stats = store.entity_stats(ids.tolist())     # in id order; gone ones left out
         maybe = {s.name for s in stats if s.name in self.shared} if self.shared else ()
         shared = self._shared_names(maybe) if maybe else ()
-        reg, q, dev, kws = stat.S_IFREG, QUERY_SUFFIX, is_device, self.keywords
+        reg, q, dev, kws, attrs = stat.S_IFREG, QUERY_SUFFIX, is_device, self.keywords, self._attrs
+        out: list[Entry] = []
+        add = out.append
         for s in stats:
             name = s.name
             if name in shared:
                 name = clash_name(name, s.id)
             elif name in kws:
                 name = listed_name(name, s.id, shared=False, keyword=True)
-            ino = (s.id << 2) | 1
-            yield (name, s.mode & 0o170000 or reg, ino, None if name.endswith(q) or dev(s.mode) else self._attrs,
-                   s), ino + 1
+            add((name, s.mode & 0o170000 or reg, (s.id << 2) | 1,
+                 None if name.endswith(q) or dev(s.mode) else attrs, s))
+        return out
 
     def _shared_names(self, names: set[str]) -> set[str]:
         """Which of these names (each borne by several files of the namespace) more than one
