@@ -330,17 +330,57 @@ def test_k_hits_even_when_probed_lists_hold_fewer(st: Store) -> None:
 
 def test_background_look_backs_off_when_it_is_slow(st: Store, monkeypatch) -> None:
     """A look that takes t seconds makes the worker wait t / POLL_CPU_SHARE before the next
-    (never less than POLL_S), so a big, busy store does not keep a core re-reading attributes."""
+    (whatever the change feed reports), so a big, busy store does not keep a core re-reading
+    attributes."""
     import time as _time
 
     from hkfs.query import embeddings
 
     cat = EmbeddingCatalog(st)
     cat._watched.add(st.namespace_id("alice"))
-    for took, want in ((0.0, embeddings.POLL_S), (0.25, 0.25 / embeddings.POLL_CPU_SHARE)):
+    for took in (0.0, 0.25):
         monkeypatch.setattr(cat, "refresh", lambda ns, took=took: _time.sleep(took))
         cat._poll()
-        assert cat._poll_wait == pytest.approx(want, rel=0.3)
+        want = took / embeddings.POLL_CPU_SHARE
+        assert cat._poll_wait == pytest.approx(want, rel=0.3, abs=0.05)
+        assert cat._look_after - _time.monotonic() == pytest.approx(want, rel=0.3, abs=0.05)
+
+
+def _looked(cat: EmbeddingCatalog, ns: int, deadline: float = 30.0) -> bool:
+    """Whether the worker's background look reaches the catalog's current vectors_gen."""
+    import time as _time
+    end = _time.monotonic() + deadline
+    while _time.monotonic() < end:
+        with cat._lock:
+            if cat._seen.get(ns) == cat.generation():
+                return True
+        _time.sleep(0.01)
+    return False
+
+
+def test_worker_looks_when_the_change_feed_reports_a_commit(st: Store, data, monkeypatch) -> None:
+    """The worker subscribes to the store's change feed: an embedding change is loaded in the
+    background at once, not at the next timed look (made an hour here)."""
+    from hkfs.core.changes import ChangeFeed
+    from hkfs.query import embeddings
+
+    monkeypatch.setattr(embeddings, "POLL_S", 3600.0)
+    ns, items, rng = data
+    feed = ChangeFeed(st.catalog.path)
+    cat = EmbeddingCatalog(st, changes=feed)
+    cat.watch(ns)
+    cat.start()
+    try:
+        assert _looked(cat, ns)                       # the first look, at start
+        before = len(cat._sources[ns].code)
+        put(st, ns, "late.npy", rng.normal(size=(3, D)).astype(np.float32))
+        assert _looked(cat, ns), "the worker did not look after a reported commit"
+        assert len(cat._sources[ns].code) == before + 1
+        st.set_xattr("file", 1, "user.note", b"not an embedding")   # vectors_gen stays: no look
+        assert _looked(cat, ns, deadline=0.2)
+    finally:
+        cat.stop()
+        feed.close()
 
 
 # ------------------------------------------------------------------ sources cache

@@ -565,6 +565,94 @@ def test_large_view_listed_in_many_chunks(mount_factory: MountFactory) -> None:
     assert {r[-1]: int(r[4]) for r in rows} == want
 
 
+# ---------------------------------------------------------------- 6b. listings the kernel keeps
+
+def test_log_says_view_listings_are_cached(cmount: Mount) -> None:
+    cmount.run("ls @ >/dev/null")
+    assert "view listings cached by the kernel" in cmount.log.read_text()
+
+
+def _readdirs(err: Path, start: int) -> list[str]:
+    """The READDIRPLUS requests the daemon logged (-d) after byte `start`, by path."""
+    with open(err, "rb") as f:
+        f.seek(start)
+        return [p.decode() for p in re.findall(rb"^readdirplus\[\d+\] from 0\n", f.read(), re.M)]
+
+
+def test_second_listing_of_a_view_is_served_by_the_kernel(tmp_path: Path) -> None:
+    with own_daemon(tmp_path / "s", tmp_path / "m", debug=True) as m:
+        need_caches(m)
+        m.run("mkdir @/k d && printf 1 > @/k/a && printf 2 > d/b && ls -l @/k >/dev/null")
+        err = m.store / "daemon.stderr"
+        start = err.stat().st_size
+        assert m.run("ls @/k").stdout.split() == ["a"]
+        assert _readdirs(err, start) == []                  # from the kernel's copy
+        m.run('hk atkw //k "$M/d/b"')                      # another process: dropped
+        start = err.stat().st_size
+        assert m.run("ls @/k").stdout.split() == ["a", "b"]
+        assert len(_readdirs(err, start)) == 1
+
+
+def test_listing_of_the_working_directory_follows_the_hk_cli(cmount: Mount) -> None:
+    # the shell's cwd keeps the view's inode (and so its kept listing) across invalidations
+    cmount.run("""
+        mkdir @/k d && echo x > d/f
+        cd @/k
+        test -z "$(ls)" && test -z "$(ls)"
+        hk atkw //k "$M/d/f"
+        test "$(ls)" = f
+        hk chfn "$M/d/f" g
+        test "$(ls)" = g
+        hk dtkw //k "$M/d/g"
+        test -z "$(ls)"
+    """)
+
+
+def test_listing_of_the_working_directory_follows_changes_through_other_paths(cmount: Mount) -> None:
+    cmount.run("""
+        files() { ls -p | grep -v / | tr '\\n' ' '; }  # keywords are listed too: left out
+        mkdir @/k @/j d
+        cd d/,                                  # d's DKL is empty: every file of the namespace
+        test -z "$(files)" && test -z "$(files)"
+        printf 1 > "$M/d/f"                     # a unique name, made through d: no epoch
+        test "$(files)" = "f "
+        cd "$M/@/k"
+        test -z "$(files)" && test -z "$(files)"
+        echo y > "$M/@/j/g"
+        setfattr -n user.hk.keywords -v //j//k "$M/@/j/g"
+        test "$(files)" = "g "
+        mv "$M/@/j/g" "$M/@/j/h"
+        test "$(files)" = "h "
+        rm "$M/@/j/h"                            # detaches //j only
+        test "$(files)" = "h "
+        setfattr -n user.hk.keywords -v //j "$M/@/k/h"
+        test -z "$(files)"
+        cd "$M/d/,"
+        test "$(files)" = "f h "
+        rm "$M/d/f"                              # its only home: gone
+        test "$(files)" = "h "
+    """)
+
+
+def test_query_results_are_closed_without_a_flush(tmp_path: Path) -> None:
+    """A read-only `.query` handle is opened FOPEN_NOFLUSH: its close costs no FLUSH request
+    (a stored query's body written through a handle is still checked at close)."""
+    with own_daemon(tmp_path / "s", tmp_path / "m", debug=True) as m:
+        m.run("""
+            mkdir @/b && for i in 1 2 3; do echo $i > @/b/f$i; setfattr -n user.hk.embedding -v "$i 1 0" @/b/f$i; done
+            printf '1 0 0\nk=2\n' > @/b/near.query
+        """)
+        err = m.store / "daemon.stderr"
+        start = err.stat().st_size
+        assert len(m.run("cat @/b/f1.query @/b/near.query").stdout.splitlines()) >= 3
+        with open(err, "rb") as f:
+            f.seek(start)
+            ops = re.findall(rb"opcode: ([A-Z_]+)", f.read())
+        assert ops.count(b"OPEN") == 2 and b"FLUSH" not in ops
+        m.run("""fails_with "Invalid argument" bash -c 'printf "1 0 0\\nk=abc\\n" > @/b/near.query'""")
+        assert m.run("cat @/b/near.query").stdout.count("\t") >= 2
+
+
 # ---------------------------------------------------------------- 7. the sync counter
 
 def test_sync_xattr_counts_invalidations(cmount: Mount) -> None:
@@ -732,3 +820,26 @@ def test_on_commit_once_per_outermost_write(tmp_path: Path) -> None:
     finally:
         cat.close()
 
+
+
+def test_viewed_entities_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past VIEWED_MAX entities noted as viewed (a big view listed), every entity counts as
+    viewed until two invalidations later: no set of a million ids, no change missed."""
+    from hkfs.core.changes import ChangeFeed
+    from hkfs.core.store import Store
+    from hkfs.fuse import kernel_cache
+
+    monkeypatch.setattr(kernel_cache, "VIEWED_MAX", 3)
+    with Store.open(tmp_path / "s") as st:
+        kc = kernel_cache.KernelCache(ChangeFeed(st.catalog.path))
+        kc._fd = -1                     # "caches on" without a mount: the epoch write fails, logged
+        for eid in range(1, 6):
+            kc.note_viewed(eid)
+        assert len(kc.viewed) == 0 and kc.was_viewed(999)
+        kc.invalidate()
+        assert kc.was_viewed(999)      # noted just before the invalidation: still counts
+        kc.invalidate()
+        assert not kc.was_viewed(999)
+        kc.note_viewed(7)
+        assert kc.was_viewed(7) and not kc.was_viewed(8)
+        kc.changes.close()

@@ -1130,6 +1130,42 @@ class Store:
                 f"FROM entities e WHERE e.id IN ({ids}) ORDER BY e.id", params).fetchall()
         return list(map(EntityStat._make, rows))
 
+    def entity_stats(self, eids: Sequence[int]) -> list[EntityStat]:
+        """match_stats for given entities (a piece of a view's listing), in id order; gone ones
+        left out."""
+        if not eids:
+            return []
+        with self.catalog.read() as c:
+            rows = c.execute(
+                "SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
+                "(SELECT count(*) FROM links l WHERE l.entity = e.id) "
+                f"FROM entities e WHERE e.id IN ({','.join('?' * len(eids))}) ORDER BY e.id", list(eids)).fetchall()
+        return list(map(EntityStat._make, rows))
+
+    def entity_stats_between(self, lo: int, hi: int) -> list[EntityStat]:
+        """match_stats of every entity with lo <= id <= hi, in id order (one range scan: a
+        dense piece of a view's listing, which the caller filters)."""
+        with self.catalog.read() as c:
+            rows = c.execute(
+                "SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
+                "(SELECT count(*) FROM links l WHERE l.entity = e.id) "
+                "FROM entities e WHERE e.id BETWEEN ? AND ? ORDER BY e.id", (lo, hi)).fetchall()
+        return list(map(EntityStat._make, rows))
+
+    def shared_names(self, ns: int) -> set[str]:
+        """The names that more than one entity of namespace ns bears (one scan of its name index)."""
+        with self.catalog.read() as c:
+            return {r[0] for r in c.execute(
+                "SELECT name FROM entities WHERE ns = ? GROUP BY name HAVING count(*) > 1", (ns,))}
+
+    def ids_named(self, ns: int, names: Sequence[str]) -> list[tuple[str, int]]:
+        """(name, id) of every entity of namespace ns bearing one of these names."""
+        if not names:
+            return []
+        with self.catalog.read() as c:
+            return c.execute(f"SELECT name, id FROM entities WHERE ns = ? AND name IN ({','.join('?' * len(names))})",
+                             (ns, *names)).fetchall()
+
     def match_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
         """Like resolve, ids only (cheap: for counting and large views)."""
         with self.catalog.read() as c:

@@ -191,7 +191,8 @@ class HKFuse(FUSE):
       listed name with a LOOKUP; here each entry carries its attributes (FUSE_FILL_DIR_PLUS)
       and libfuse registers the node, so `ls -l` of a view needs no request per file.
     - `.query` handles are opened direct_io: their size is the result's, evaluated at open,
-      and reads must not stop at a size the kernel cached from an earlier evaluation.
+      and reads must not stop at a size the kernel cached from an earlier evaluation; a
+      read-only one also FOPEN_NOFLUSH (Linux 5.16+; nothing to flush: one request less).
     """
 
     operations: HKOperations
@@ -200,15 +201,15 @@ class HKFuse(FUSE):
                        flags: int) -> int:
         if not flags & FUSE_READDIR_PLUS:
             return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
-        # Offsets (i + 1) make libfuse register each node and encode its entry as it is filled
-        # (with offset 0 libfuse 3.14 buffers the whole listing and drops the attributes).
+        # Offsets (HKOperations.listing_from gives one with each entry) make libfuse register
+        # each node and encode its entry as it is filled (with offset 0 libfuse 3.14 buffers
+        # the whole listing and drops the attributes).
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         entries = self.operations.listing_from(decoded, fip.contents.fh, offset)
         st = mfusepy.c_stat()
         size = ctypes.sizeof(st)
         enc, errs, packer = self.encoding, self.errors, _PACKER
-        for i in range(offset, len(entries)):
-            name, mode, ino, attrs_of, key = entries[i]
+        for (name, mode, ino, attrs_of, key), off in entries:
             attrs = None if attrs_of is None else attrs_of(key)
             if attrs is None or packer is None:
                 ctypes.memset(ctypes.byref(st), 0, size)
@@ -222,7 +223,7 @@ class HKFuse(FUSE):
                 packer.pack_values(st, attrs)
             else:
                 packer.pack(st, attrs)
-            if filler(buf, name.encode(enc, errs), st, i + 1,
+            if filler(buf, name.encode(enc, errs), st, off,
                       0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
                 break
         return 0
@@ -270,4 +271,6 @@ class HKFuse(FUSE):
         result = super().open(path, fip)
         if self.operations.queries.owns(fip.contents.fh):
             fip.contents.direct_io = 1
+            if fip.contents.flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY:
+                fip.contents.noflush = 1     # an evaluated result: close() needs no FLUSH round trip
         return result

@@ -32,6 +32,12 @@ the change is visible at once unless another writer holds that inode's pages.
 So the kernel may keep entries and attributes for CACHE_TIMEOUT seconds. Where the
 kernel lacks the message (EINVAL) or libfuse 2 is loaded (its session descriptor
 is not reachable through the high-level API), the timeouts stay 0 as before.
+
+With the caches on, the kernel also keeps view listings (hkfs.fuse.dir_cache): every
+invalidation drops them too (so the next listing is a READDIRPLUS that refreshes the
+entries the epoch made stale), and so does every change that adds, removes or renames
+a name without moving the epoch (`carry_out(..., listing=True)`): a file created in
+one view or in a directory with a DKL is listed in other views.
 """
 
 from __future__ import annotations
@@ -45,8 +51,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import mfusepy
+
 from ..core.changes import ChangeFeed
 from ..mount.model import Stale
+from .dir_cache import DirCache
 
 __all__ = ["KernelCache", "CACHE_TIMEOUT"]
 
@@ -57,6 +66,17 @@ _INC_EPOCH = struct.pack("<IiQ", 16, FUSE_NOTIFY_INC_EPOCH, 0)   # fuse_out_head
 CACHE_TIMEOUT = 60.0     # seconds the kernel may keep an entry or attributes between changes
 ALIAS_WAIT = 0.05        # how long a request waits for open aliases' inodes to be dropped
 ALIAS_WORKERS = 4        # invalidations blocked on one inode's pages do not hold up the others
+VIEWED_MAX = 65536       # entities noted as viewed; past it, every entity counts as viewed
+
+
+class _All(set):   # type: ignore[type-arg]
+    """KernelCache.viewed once it outgrew VIEWED_MAX: holds nothing, means everything."""
+
+    def __contains__(self, eid: object) -> bool:
+        return True
+
+
+_ALL: set[int] = _All()
 
 
 def _session(libfuse: Any) -> tuple[ctypes.c_void_p, int]:
@@ -87,6 +107,9 @@ class KernelCache:
         # kernel updates itself: changing it needs no invalidation (see HKOperations).
         # The set of the generation before is kept too: an entry noted just before an
         # invalidation may reach the kernel just after it.
+        # Past VIEWED_MAX entities (a big view listed) the set becomes ALL: every entity
+        # counts as viewed until the next invalidation (memory stays bounded; a change to a
+        # file with one link then drops the caches, as a change to a viewed one does).
         self.viewed: set[int] = set()
         self._viewed_before: set[int] = set()
         self._fd: int | None = None
@@ -99,6 +122,7 @@ class KernelCache:
         self.open_paths: Callable[[], list[str]] = list
         self._aliases: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = queue.SimpleQueue()
         self._alias_workers: list[threading.Thread] = []
+        self.dirs = DirCache()           # the view listings the kernel keeps
 
     def attach(self, libfuse: Any, config: Any | None, *, keep_timeouts: bool = False) -> bool:
         """From the init callback: find the session, try the message, then lengthen the timeouts.
@@ -121,6 +145,8 @@ class KernelCache:
             config.attr_timeout = self.timeout
         log.info("kernel caches on: entry/attr timeouts %.0fs, dropped on every change",
                  config.entry_timeout)
+        self.dirs.fresh = config.entry_timeout * 5 / 6      # a kept listing outlives no entry
+        self.dirs.install(libfuse, fuse, fd, mfusepy.fuse_file_info)
         self.own_commit()
         self.changes.subscribe(self._changed)
         self.changes.start()
@@ -141,22 +167,32 @@ class KernelCache:
             self.epochs += 1
         except OSError as exc:             # unmounted meanwhile: nothing is cached any more
             log.debug("epoch notification failed: %s", exc)
+        self.dirs.drop()
 
-    def carry_out(self, stale: Stale) -> None:
+    def carry_out(self, stale: Stale, *, listing: bool = False) -> None:
         """Drop what a change left stale (hkfs.mount.model.Stale): every entry, or nothing when
         only one entity changed that the kernel can hold under the changed path alone (one
-        directory link, not reached through a view since the last invalidation)."""
+        directory link, not reached through a view since the last invalidation).
+
+        `listing`: the change added, removed or renamed a name, so view listings may differ
+        even when no entry is stale (a unique name created: views list it, and never looked
+        it up)."""
         if stale.everything or (stale.eid is not None and (stale.shared or self.was_viewed(stale.eid))):
             self.invalidate()
+        elif listing:
+            self.dirs.drop()
 
     def note_viewed(self, eid: int) -> None:
         """The kernel is being given entity eid under a view path (no-op while caches are off)."""
-        if self._fd is not None:
-            self.viewed.add(eid)
+        if self._fd is not None and self.viewed is not _ALL:
+            if len(self.viewed) >= VIEWED_MAX:
+                self.viewed = _ALL
+            else:
+                self.viewed.add(eid)
 
     def was_viewed(self, eid: int) -> bool:
         """Whether the kernel may hold entity eid under a view path (see `viewed`)."""
-        return eid in self.viewed or eid in self._viewed_before
+        return eid in self.viewed or eid in self._viewed_before     # _ALL contains every eid
 
     def invalidate_foreign(self) -> None:
         """Another process changed the catalog: drop every cached entry, and the inodes of the
@@ -185,6 +221,7 @@ class KernelCache:
             done.wait(wait)
 
     def stop(self) -> None:
+        self.dirs.stop()
         self.changes.stop()
         for _ in self._alias_workers:
             self._aliases.put(None)

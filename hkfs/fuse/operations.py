@@ -17,6 +17,7 @@ through any path is visible to the very next call.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import errno
 import logging
@@ -24,7 +25,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,13 @@ import mfusepy
 from mfusepy import FuseOSError, Operations, overrides
 
 from ..core.changes import ChangeFeed
-from ..core.errors import InvalidArgument, NotFound
+from ..core.errors import HKError, InvalidArgument, NotFound
 from ..core.store import Store
 from ..mount.model import MAX_NAME, Attrs, MountModel, Stale, is_device
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
 from ..mount.queryfs import QueryFS
+from ..mount.view_listing import KEYWORDS, ViewListing, listing_for
+from ..mount.views import KeySpaceLoc, ViewLoc
 from ..query.service import QueryService
 from .callbacks import mapped, mapped_io, to_fuse_error
 from .daemon_notify import SYNC_ATTR
@@ -89,6 +92,26 @@ def _caller_context() -> tuple[int, int, int] | None:
         return None
 
 
+class _Listed:
+    """A directory's entries listed whole (MountModel.listdir), resumed by position; '@' and
+    views (shared mounts) by the offsets hkfs.mount.view_listing gives (see listing_from)."""
+
+    def __init__(self, entries: list[DirEntryAttrs], stable: bool) -> None:
+        self.offsets: list[int] | None = None
+        if stable:
+            offs = [i + 1 if i < 2 else KEYWORDS + (e[2] >> 2) if e[1] == stat.S_IFDIR else e[2] + 1
+                    for i, e in enumerate(entries)]
+            order = sorted(range(len(entries)), key=offs.__getitem__)
+            entries, self.offsets = [entries[i] for i in order], [offs[i] for i in order]
+        self.entries = entries
+
+    def entries_from(self, offset: int) -> Iterator[tuple[DirEntryAttrs, int]]:
+        if self.offsets is None:
+            return ((self.entries[i], i + 1) for i in range(offset, len(self.entries)))
+        start = bisect.bisect_right(self.offsets, offset)
+        return zip(self.entries[start:], self.offsets[start:], strict=True)
+
+
 class HKOperations(Operations):
     """Operations over a Store; the mount root is the mounting user's namespace root directory."""
 
@@ -115,7 +138,8 @@ class HKOperations(Operations):
         self.on_ready = on_ready
         self.files = OpenFiles(store.entities_dir, self.model.open_counts)
         self.kernel.open_paths = self.files.paths
-        self._listings: dict[int, list[DirEntryAttrs]] = {}   # directory handle -> its entries
+        self.kernel.dirs.on_drop = self._views_changed
+        self._listings: dict[int, ViewListing | _Listed] = {}   # directory handle -> its listing
         self.removed = RemovedWhileOpen()        # libfuse's hidden names (hkfs/fuse/removed.py)
         self._new_bytes_files = True             # entities/ changed since its last fsync (fsync)
         # fstat + record of a written size, one at a time: two descriptors of one file closing
@@ -195,6 +219,11 @@ class HKOperations(Operations):
             return False
         self.removed.change(where, os.fstat(h.fd), mode, uid, gid)
         return True
+
+    def _views_changed(self) -> None:
+        """View listings are being dropped: their mtime moves, so that the kernel also throws
+        away a listing that reached its cache just after the drop (hkfs.fuse.dir_cache)."""
+        self.model.start_ns = time.time_ns()
 
     def _entity_changed_at(self, eid: int, path: str | None) -> None:
         """The .query layer changed a stored query's body through `path`."""
@@ -307,12 +336,26 @@ class HKOperations(Operations):
     # ---------------------------------------------------------------- directories
 
     @overrides(Operations)
+    @mapped
     def opendir(self, path: str) -> int:
-        return self.files.next_id()
+        fh = self.files.next_id()
+        # The kernel keeps the listing until a change drops it; not on a shared mount, where
+        # a view lists only what the calling user may reach (one kept listing is everyone's).
+        if self.kernel.dirs.active and not self.model.shared and self._is_view(path):
+            self.kernel.dirs.mark(fh)
+        return fh
+
+    def _is_view(self, path: str) -> bool:
+        """Whether path is '@' or a view: listings the kernel may keep (hkfs.fuse.dir_cache)."""
+        try:
+            return isinstance(self.model.resolve(path), (KeySpaceLoc, ViewLoc))
+        except HKError:
+            return False         # gone meanwhile: the listing will say so
 
     @overrides(Operations)
     def releasedir(self, path: str, fh: int) -> int:
         self._listings.pop(fh, None)
+        self.kernel.dirs.released(fh)
         return 0
 
     @overrides(Operations)
@@ -322,27 +365,37 @@ class HKOperations(Operations):
         return [(name, {"st_mode": mode, "st_ino": ino}, 0) for name, mode, ino, _, _ in self.model.listdir(path)]
 
     @mapped
-    def listing_from(self, path: str, fh: int, offset: int) -> list[DirEntryAttrs]:
-        """A directory's entries for READDIRPLUS, computed at offset 0 and kept for the handle.
+    def listing_from(self, path: str, fh: int, offset: int) -> Iterator[tuple[DirEntryAttrs, int]]:
+        """A directory's entries for READDIRPLUS after `offset`, each with its own offset.
 
         The kernel asks for a big listing in buffer-sized pieces, resuming at the offset
-        the last piece ended with; the entries stay those of the opendir's first read,
-        as readdir(3) expects."""
-        got = self._listings.get(fh) if offset else None
-        if got is None:
-            got = self._listings[fh] = self.model.listdir(path)
-        return got
+        the last piece ended with; the entries stay those of the handle's first read, as
+        readdir(3) expects. A view is read a piece at a time (hkfs.mount.view_listing); its
+        offsets, and those of '@', do not depend on a position, because a listing the
+        kernel keeps (hkfs.fuse.dir_cache) is resumed by a handle that read nothing itself
+        when the kernel drops it midway: a listing made after a change then goes on after
+        the same name, repeating or skipping none but the changed ones. Plain directories,
+        never kept by the kernel, are listed whole and resumed by position."""
+        got = self._listings.get(fh)
+        if got is None or not offset:
+            loc = self.model.resolve(path)
+            got = listing_for(self.model, loc)
+            if got is None:
+                got = _Listed(self.model.listdir(path), isinstance(loc, (KeySpaceLoc, ViewLoc)))
+            self._listings[fh] = got
+            self.kernel.dirs.listed(fh)
+        return got.entries_from(offset)
 
     @overrides(Operations)
     @mapped
     def mkdir(self, path: str, mode: int) -> int:
-        self.kernel.carry_out(self.model.mkdir(path, mode, *_caller()))
+        self.kernel.carry_out(self.model.mkdir(path, mode, *_caller()), listing=True)
         return 0
 
     @overrides(Operations)
     @mapped
     def rmdir(self, path: str) -> int:
-        self.kernel.carry_out(self.model.rmdir(path))
+        self.kernel.carry_out(self.model.rmdir(path), listing=True)
         return 0
 
     # ---------------------------------------------------------------- files
@@ -362,7 +415,7 @@ class HKOperations(Operations):
             return fh
         eid, stale = self.model.create(path, mode, *_caller())
         self._new_bytes_files = True            # entities/ gets a name: the next fsync syncs it
-        self.kernel.carry_out(stale)
+        self.kernel.carry_out(stale, listing=True)
         if self.queries.wants_bytes(path):
             return self.queries.stage(path, eid)
         return self.files.open(eid, flags, path=path)
@@ -521,7 +574,7 @@ class HKOperations(Operations):
     def symlink(self, target: str, source: str) -> int:
         """`ln -s source target`: an entity holding the link text."""
         self._new_bytes_files = True
-        self.kernel.carry_out(self.model.symlink(target, source, *_caller()))
+        self.kernel.carry_out(self.model.symlink(target, source, *_caller()), listing=True)
         return 0
 
     @overrides(Operations)
@@ -529,7 +582,7 @@ class HKOperations(Operations):
     def mknod(self, path: str, mode: int, dev: int) -> int:
         """mkfifo, mknod, bind(2) of a unix socket (MountModel.mknod)."""
         self._new_bytes_files = True
-        self.kernel.carry_out(self.model.mknod(path, mode, dev, *_caller()))
+        self.kernel.carry_out(self.model.mknod(path, mode, dev, *_caller()), listing=True)
         return 0
 
     @overrides(Operations)
@@ -544,7 +597,7 @@ class HKOperations(Operations):
     def unlink(self, path: str) -> int:
         if self.removed.forget_name(path):
             return 0          # libfuse's last close of a file removed while open: removed already
-        self.kernel.carry_out(self.model.unlink(path))
+        self.kernel.carry_out(self.model.unlink(path), listing=True)
         return 0
 
     def _hide(self, old: str, hidden: str) -> bool:
@@ -558,7 +611,7 @@ class HKOperations(Operations):
         if eid is None or eid not in self.files.counts:
             return False
         info = self.model.reads.entity(eid)
-        self.kernel.carry_out(self.model.unlink(old))
+        self.kernel.carry_out(self.model.unlink(old), listing=True)
         self.removed.hide(hidden, eid, info.mode, info.uid, info.gid)
         return True
 
@@ -566,14 +619,14 @@ class HKOperations(Operations):
     @mapped
     def link(self, target: str, source: str) -> int:
         """`ln source target`: another directory link, or (into a view) the view's HKs attached."""
-        self.kernel.carry_out(self.model.link(source, target))
+        self.kernel.carry_out(self.model.link(source, target), listing=True)
         return 0
 
     @overrides(Operations)
     @mapped
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         if flags == RENAME_EXCHANGE:
-            self.kernel.carry_out(self.model.exchange(old, new))
+            self.kernel.carry_out(self.model.exchange(old, new), listing=True)
             return 0
         if flags & ~RENAME_NOREPLACE:
             # any flag not known here is refused, never done as a plain rename (an exchange done
@@ -586,7 +639,7 @@ class HKOperations(Operations):
         if stale.merged is not None:            # an editor save: the temp's handles write the saved file
             self.files.merged(*stale.merged)
             self._new_bytes_files = True        # a bytes file was renamed in entities/
-        self.kernel.carry_out(stale)
+        self.kernel.carry_out(stale, listing=True)
         return 0
 
     # ---------------------------------------------------------------- extended attributes

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ..core.changes import ChangeFeed
 from ..core.errors import NotFound
 from ..core.naming import HK
@@ -115,6 +117,14 @@ class CachedReads:
             except NotFound:
                 return {}
         return self._get(("kids", ns, hk), fetch)
+
+    def view_ids(self, ns: int, hks: tuple[HK, ...]) -> np.ndarray:
+        """The sorted ids of a view's files (8 bytes each: hkfs.mount.view_listing)."""
+        return self._get(("ids", ns, hks), lambda: np.array(self.store.match_ids(ns, hks), np.int64))
+
+    def shared_names(self, ns: int) -> set[str]:
+        """The names more than one file of namespace ns bears (clash names in views)."""
+        return self._get(("shared", ns), lambda: self.store.shared_names(ns))
 
     def entity(self, eid: int) -> EntityInfo:
         return self._get(("ent", eid), lambda: self.store.entity(eid))

@@ -190,7 +190,7 @@ class MountModel:
         self.resolver = Resolver(self.reads, ns)
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
-        self.start_ns = time.time_ns()
+        self.start_ns = time.time_ns()    # views' times (the adapter moves it when listings change)
         self.open_counts: dict[int, int] = {}
         self.on_view: Callable[[int], None] = lambda eid: None
         # a shared (allow_other) mount: views hide from each caller what its directories do

@@ -19,8 +19,8 @@ suffix, size, mtime; the xattr bytes) and applies the difference. Other commits
 (bytes of other files, tags, times) cost nothing here. A shard is a persisted *base* index plus *pending*
 sources (added or changed since the base was built; searched exactly, so an
 addition is searchable at once) and *dead* keys (in the base but removed or
-changed; filtered out). A background worker (started by the daemon's init())
-rebuilds, that is retrains, a shard's base when enough has changed, into a new
+changed; filtered out). A background worker (started by the daemon's init()) looks
+when the change feed reports a commit that moved `vectors_gen`, and rebuilds, that is retrains, a shard's base when enough has changed, into a new
 directory, and swaps it in atomically under the lock; queries meanwhile use the
 previous base. Retags need no index change at all: the scope of a query (the
 entity ids a directory or view matches) is applied at search time.
@@ -74,8 +74,8 @@ METRIC = "cosine"
 # Rebuild a shard's base when pending + dead rows exceed this share of it (or this many rows).
 REBUILD_SHARE = 0.05
 REBUILD_ROWS = 50_000
-POLL_S = 1.0        # the worker looks for changes this often, so a query rarely has to load them
-POLL_CPU_SHARE = 0.1
+POLL_S = 30.0       # a look when the change feed reported nothing for this long (a safety net)
+POLL_CPU_SHARE = 0.1   # looks take at most this share of a core: a look of t s waits t / share
 EXCLUDE_BY_MASK = 256  # an excluded file with more rows than this is left out by the allowed set
 DEAD_BY_MASK = 256     # as many dead base rows as this are dropped from the hits, more by the allowed set
 ALLOWED_MAX = 4        # allowed-id arrays kept (one per scope and index version; 8 bytes a row)  # ...or less often: a look that took t seconds waits t / share before the next
@@ -314,7 +314,11 @@ class EmbeddingCatalog:
         self._conn_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._wake = threading.Condition(threading.Lock())
-        self._poll_wait = POLL_S
+        self._poll_wait = 0.0        # after a look of t seconds: t / POLL_CPU_SHARE
+        self._look_after = 0.0       # time.monotonic() before which the worker does not look
+        self._kick = True            # the feed reported an embedding change (and the first look)
+        self._kicked_gen: int | None = None
+        self._subscribed = False
         self._todo: list[tuple[int, int]] = []
         self._stop = False
         self._busy = 0
@@ -330,8 +334,13 @@ class EmbeddingCatalog:
         if self._worker is not None or not self.writable:
             return
         self._stop = False
+        self._kick = True
         self._worker = threading.Thread(target=self._run, name="hkfs-embeddings", daemon=True)
         self._worker.start()
+        if not self._subscribed:
+            self._subscribed = True
+            self.changes.subscribe(self._committed)
+        self.changes.start()          # the daemon's feed runs already when the kernel caches are on
         with self._lock:
             for key, sh in self._shards.items():
                 if self._needs_rebuild(sh):
@@ -822,16 +831,32 @@ class EmbeddingCatalog:
             if release is not None:
                 release()          # this thread's catalog connection ends with it
 
+    def _committed(self, version: int) -> None:
+        """The change feed saw a commit (its watcher thread): wake the worker if it may have
+        changed an embedding source (vectors_gen moved)."""
+        if self._worker is None:
+            return
+        gen = self.generation()
+        with self._wake:
+            if gen != self._kicked_gen:
+                self._kicked_gen, self._kick = gen, True
+                self._wake.notify_all()
+
     def _work(self) -> None:
         while True:
             with self._wake:
-                if not self._todo and not self._stop:
-                    self._wake.wait(self._poll_wait)
+                while not self._todo and not self._stop:
+                    wait = self._look_after + (0.0 if self._kick else POLL_S) - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._wake.wait(wait)
                 if self._stop:
                     return
                 key = self._todo.pop(0) if self._todo else None
                 if key is not None:
                     self._busy += 1
+                else:
+                    self._kick = False
             if key is None:
                 self._poll()
                 continue
@@ -849,7 +874,8 @@ class EmbeddingCatalog:
 
         A look re-reads the namespace's entry files and embedding attributes (~50 ms per 100k
         files): in a big store that changes all the time it would take a core, so the next
-        look waits long enough to keep it to POLL_CPU_SHARE (a query still looks itself)."""
+        look waits long enough to keep it to POLL_CPU_SHARE (a query still looks itself). Looks
+        follow the change feed's reports of an embedding change, else one every POLL_S."""
         with self._lock:
             spaces = self._watched | {ns for ns, _d in self._shards}
         t = time.monotonic()
@@ -858,7 +884,9 @@ class EmbeddingCatalog:
                 self.refresh(ns)
             except Exception:   # noqa: BLE001 - e.g. the store closing under us; queries refresh too
                 log.debug("background refresh of namespace %d failed", ns, exc_info=True)
-        self._poll_wait = max(POLL_S, (time.monotonic() - t) / POLL_CPU_SHARE)
+        end = time.monotonic()
+        self._poll_wait = (end - t) / POLL_CPU_SHARE
+        self._look_after = end + self._poll_wait
 
     def rebuild(self, ns: int, dim: int) -> None:
         """Build a new base for shard (ns, dim) from its live sources and swap it in atomically."""
