@@ -25,6 +25,7 @@ def model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MountMode
     ns = st.namespace_id(os.getuid())
     for hk in ("//v", "//v/x", "//v/sub", "//w"):
         st.mkkw(ns, hk, parents=True)
+    st.set_keyword_attrs(ns, "//v/sub", mode=0o700, uid=1234, gid=1234)   # its own mode and owner
     st.bulk_create(ns, [(f"f{i:02d}", [("v",)]) for i in range(13)])
     for name, hks in (("dup", ["//v"]), ("dup", ["//v"]), ("dup", ["//w"]), ("x", ["//v"]),
                       ("near.query", ["//v"]), ("only-w", ["//w"]), ("once", ["//w"]), ("once", ["//v"])):
@@ -43,16 +44,21 @@ def streamed(m: MountModel, path: str, offset: int = 0) -> list[tuple[tuple, int
 
 
 def test_pieces_list_what_listdir_lists(model: MountModel) -> None:
+    def seen(entries) -> set[tuple]:
+        return {(n, mode, ino, None if a is None else tuple(a(k))) for n, mode, ino, a, k in entries}
+
     for path in ("/@/v", "/@/w", "/,"):
-        whole = {(n, mode, ino, a is None) for n, mode, ino, a, _k in model.listdir(path)}
+        whole = seen(model.listdir(path))
         pieces = streamed(model, path)
-        assert {(n, mode, ino, a is None) for (n, mode, ino, a, _k), _off in pieces} == whole
+        assert seen(e for e, _off in pieces) == whole
         offs = [off for _e, off in pieces]
         assert offs == sorted(offs) and len(set(offs)) == len(offs)
     names = [e[0] for e, _ in streamed(model, "/@/v")]
     assert sum(n.startswith("dup~") for n in names) == 2      # two in //v clash, //w's is elsewhere
     assert ",x" in names and "x" in names                      # the file, and the keyword x
     assert "once" in names                                     # shared in the namespace, not in //v
+    sub = next(e for e, _off in streamed(model, "/@/v") if e[0] == "sub")
+    assert stat.S_IMODE(sub[3](sub[4])[2]) == 0o700             # the keyword's own mode
     for (name, mode, _ino, attrs_of, key), _off in streamed(model, "/@/v"):
         if attrs_of is not None and mode != stat.S_IFDIR:
             assert model.entity_values(key) == attrs_of(key), name

@@ -102,6 +102,12 @@ class EntityStat(NamedTuple):
     nhks: int                 # number of HKs carried
 
 
+# The columns of an EntityStat, in its order, for the queries that list a view's files.
+_STAT_SELECT = ("SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
+                "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
+                "(SELECT count(*) FROM entity_keywords x WHERE x.entity = e.id) FROM entities e")
+
+
 @dataclass(frozen=True)
 class DirInfo:
     """An ordinary directory; `ns` is the namespace its ',' refers to (chns), `owner_ns` where it lives."""
@@ -1124,10 +1130,7 @@ class Store:
         with self.catalog.read() as c:
             ids, params = self._match(c, ns, hks, None)
             rows = c.execute(
-                "SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
-                "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
-                "(SELECT count(*) FROM entity_keywords x WHERE x.entity = e.id) "
-                f"FROM entities e WHERE e.id IN ({ids}) ORDER BY e.id", params).fetchall()
+                f"{_STAT_SELECT} WHERE e.id IN ({ids}) ORDER BY e.id", params).fetchall()
         return list(map(EntityStat._make, rows))
 
     def entity_stats(self, eids: Sequence[int]) -> list[EntityStat]:
@@ -1137,9 +1140,7 @@ class Store:
             return []
         with self.catalog.read() as c:
             rows = c.execute(
-                "SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
-                "(SELECT count(*) FROM links l WHERE l.entity = e.id) "
-                f"FROM entities e WHERE e.id IN ({','.join('?' * len(eids))}) ORDER BY e.id", list(eids)).fetchall()
+                f"{_STAT_SELECT} WHERE e.id IN ({','.join('?' * len(eids))}) ORDER BY e.id", list(eids)).fetchall()
         return list(map(EntityStat._make, rows))
 
     def entity_stats_between(self, lo: int, hi: int) -> list[EntityStat]:
@@ -1147,9 +1148,7 @@ class Store:
         dense piece of a view's listing, which the caller filters)."""
         with self.catalog.read() as c:
             rows = c.execute(
-                "SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
-                "(SELECT count(*) FROM links l WHERE l.entity = e.id) "
-                "FROM entities e WHERE e.id BETWEEN ? AND ? ORDER BY e.id", (lo, hi)).fetchall()
+                f"{_STAT_SELECT} WHERE e.id BETWEEN ? AND ? ORDER BY e.id", (lo, hi)).fetchall()
         return list(map(EntityStat._make, rows))
 
     def shared_names(self, ns: int) -> set[str]:

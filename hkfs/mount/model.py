@@ -355,7 +355,7 @@ class MountModel:
             return None
         return term_keyword(loc.hks[-1]) or None
 
-    def _fetch_keyword_attrs(self, ns: int, parent: HK) -> None:
+    def fetch_keyword_attrs(self, ns: int, parent: HK) -> None:
         """Memoise the attributes of parent's child keywords with one query (a listing's)."""
         memo = self.reads.memo()
         if ("kwattrs-of", ns, parent) in memo:
@@ -408,7 +408,7 @@ class MountModel:
         last = view_children_of(loc.hks) if isinstance(loc, ViewLoc) else ()
         kids = self.reads.keyword_children(loc.ns, tuple(last)) if last is not None else {}
         if kids:
-            self._fetch_keyword_attrs(loc.ns, tuple(last))
+            self.fetch_keyword_attrs(loc.ns, tuple(last))
         for k in kids:
             kid = ViewLoc(loc.ns, loc.with_child(k), loc.anchor)
             out.append((k, stat.S_IFDIR, self.virtual_ino(kid), self.virtual_attrs, kid))
@@ -419,7 +419,7 @@ class MountModel:
     def _linked_values(self, eid: int) -> tuple[int, ...]:
         return self.entity_values(self.reads.entity(eid))
 
-    def _viewed_values(self, info: EntityStat) -> tuple[int, ...]:
+    def viewed_values(self, info: EntityStat) -> tuple[int, ...]:
         """A view's file as a listing hands it out: now known under a view path."""
         self.on_view(info.id)
         return self.entity_values(info)
@@ -427,7 +427,7 @@ class MountModel:
     def _view_files(self, view: ViewLoc, keywords: dict[str, None], out: list[Entry]) -> None:
         """Append a view's files (paths.listed_name: STEM~ID.EXT, ',NAME'). One pass, no call
         per file for the common name: a view may hold 100k files."""
-        attrs, reg, add, q, dev = self._viewed_values, stat.S_IFREG, out.append, QUERY_SUFFIX, is_device
+        attrs, reg, add, q, dev = self.viewed_values, stat.S_IFREG, out.append, QUERY_SUFFIX, is_device
         hide = self.unreachable() if self.shared else ()
         for name, e in self.reads.listing(view.ns, tuple(view.hks)).items():
             if hide and (e.id in hide if type(e) is not list else any(x.id in hide for x in e)):

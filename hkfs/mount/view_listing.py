@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from ..core.store import EntityStat
 from .model import Entry, MountModel, is_device
 from .paths import clash_name, listed_name
 from .queryfs import SUFFIX as QUERY_SUFFIX
@@ -48,6 +47,8 @@ class ViewListing:
         self.head: list[Entry] = [(".", stat.S_IFDIR, me, None, None), ("..", stat.S_IFDIR, root, None, None)]
         last = view_children_of(view.hks)
         kids = model.reads.keyword_children(view.ns, tuple(last)) if last is not None else {}
+        if kids:
+            model.fetch_keyword_attrs(view.ns, tuple(last))       # their modes, in one query
         self.keywords = set(kids)
         kw = []
         for k in kids:
@@ -98,7 +99,7 @@ class ViewListing:
             stats = store.entity_stats(ids.tolist())     # in id order; gone ones left out
         maybe = {s.name for s in stats if s.name in self.shared} if self.shared else ()
         shared = self._shared_names(maybe) if maybe else ()
-        reg, q, dev, kws, attrs = stat.S_IFREG, QUERY_SUFFIX, is_device, self.keywords, self._attrs
+        reg, q, dev, kws, attrs = stat.S_IFREG, QUERY_SUFFIX, is_device, self.keywords, self.model.viewed_values
         out: list[Entry] = []
         add = out.append
         for s in stats:
@@ -122,11 +123,6 @@ class ViewListing:
             if inside:
                 seen[name] = seen.get(name, 0) + 1
         return {n for n, c in seen.items() if c > 1}
-
-    def _attrs(self, info: EntityStat) -> tuple[int, ...]:
-        """A listed file's attributes, as MountModel's listing hands them out (now known under a view path)."""
-        self.model.on_view(info.id)
-        return self.model.entity_values(info)
 
 
 def listing_for(model: MountModel, loc: Any) -> ViewListing | None:
