@@ -69,10 +69,10 @@ def default_nlist(n: int) -> int:
 
 
 def auto_scan(n: int, d: int) -> str:
-    """scan="auto": the int8 copy when the compiled kernels are there (its scan is then about 4x
-    cheaper than float32 at any size); without numba only once the float32 rows exceed 128 MiB
+    """scan="auto": the int8 copy when a compiled kernel is there (its scan is then about 4x
+    cheaper than float32 at any size); on the numpy path only once the float32 rows exceed 128 MiB
     (below that numpy's int8-to-float32 conversion costs more than the smaller reads save)."""
-    return "int8" if _kernels.HAVE_NUMBA or n * d * 4 > SCAN_INT8_MIN_BYTES else "none"
+    return "int8" if _kernels.KERNEL != "numpy" or n * d * 4 > SCAN_INT8_MIN_BYTES else "none"
 
 
 def default_nprobe(nlist: int) -> int:
@@ -202,6 +202,7 @@ class IVFIndex:
                 raise IndexFormatError(f"{self.path}: inconsistent coarse offsets (corrupted)")
         else:
             self.quantizer = None
+        self._cent_t: np.ndarray | None = None  # the centroids transposed, for the C kernel
         q = self._small("quant", np.float32, (2, d)) if "quant" in files else None
         self.q_min, self.q_step = (q[0], q[1]) if q is not None else (None, None)
         self.deleted = np.sort(self._small("deleted", np.int64))
@@ -594,8 +595,8 @@ class IVFIndex:
         out_ids = np.full((nq, k), -1, dtype=np.int64)
 
         exact_only = allowed_pos is not None and len(allowed_pos) <= exact_limit
-        if (_kernels.HAVE_NUMBA and not self._numpy_only and not exact_only and self.n_main
-                and self.quantizer is not None):
+        if (_kernels.KERNEL != "numpy" and not (self._numpy_only and _kernels.KERNEL == "numba")
+                and not exact_only and self.n_main and self.quantizer is not None):
             with self._lock:  # q as given: the kernel normalizes (cosine)
                 self._search_compiled(q, k, nprobe, rerank, allowed_pos, threads, scores, out_ids)
             return scores, out_ids
@@ -629,7 +630,7 @@ class IVFIndex:
         self, q: np.ndarray, k: int, nprobe: int, rerank: int, allowed_pos: np.ndarray | None,
         threads: int, scores: np.ndarray, out_ids: np.ndarray,
     ) -> None:
-        """The compiled path (numba, no GIL): a batch per call, split over `threads` workers."""
+        """The compiled path (C or numba, no GIL): a batch per call, split over `threads` workers."""
         nq, d = q.shape
         int8_scan = self.scan != "none"
         l2 = self.metric == "l2"
@@ -649,17 +650,34 @@ class IVFIndex:
         pos = np.empty((nq, k), np.int64)
         fds = self._fds
 
-        def run(a: int, b: int) -> None:
-            bufs = self._bufs
-            bufs.ensure_kernel(d, int8_scan)
-            rc = _kernels.search_batch(
-                fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1),
-                fds["ids"], int8_scan, l2, cosine, self.offsets, quant.centroids, csq, probes[a:b], nprobe,
-                q[a:b], qmin, qstep, keep, k, self.deleted, allowed, allowed_pos is not None,
-                bufs.k8, bufs.kf, bufs.ksq, bufs.krow, bufs.kid, s_int[a:b], pos[a:b], out_ids[a:b])
+        def _check_rc(rc: int) -> None:
             if rc != 0:
                 raise IndexFormatError(f"{self.path}: index file shorter than its header says "
                                        "(truncated while open?)")
+
+        if _kernels.KERNEL == "c":
+            from vecindex._csearch import search_batch
+
+            if self._cent_t is None:
+                self._cent_t = np.ascontiguousarray(quant.centroids.T)
+            flags = int8_scan | l2 << 1 | cosine << 2 | (allowed_pos is not None) << 3
+            args = (fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1),
+                    fds["ids"], flags, self.offsets, self._cent_t, csq)
+
+            def run(a: int, b: int) -> None:
+                rc = search_batch(*args, probes[a:b], nprobe, q[a:b], qmin, qstep, keep, k,
+                                  self.deleted, allowed, s_int[a:b], pos[a:b], out_ids[a:b])
+                _check_rc(rc)
+        else:
+            def run(a: int, b: int) -> None:
+                bufs = self._bufs
+                bufs.ensure_kernel(d, int8_scan)
+                rc = _kernels.numba_search_batch(
+                    fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1),
+                    fds["ids"], int8_scan, l2, cosine, self.offsets, quant.centroids, csq, probes[a:b],
+                    nprobe, q[a:b], qmin, qstep, keep, k, self.deleted, allowed, allowed_pos is not None,
+                    bufs.k8, bufs.kf, bufs.ksq, bufs.krow, bufs.kid, s_int[a:b], pos[a:b], out_ids[a:b])
+                _check_rc(rc)
 
         if threads > 1 and nq > 1:
             step = max(1, -(-nq // (4 * threads)))
@@ -940,7 +958,8 @@ def _calibrate_nprobe(ix: IVFIndex, cal: _Calibration, ids: np.ndarray) -> dict[
         hits = [[int(v) for v in row if v != o and v >= 0][:CALIBRATE_K] for row, o in zip(got, own, strict=True)]
         return float(np.mean([len(set(h) & t) / max(len(t), 1) for h, t in zip(hits, truth, strict=True)]))
 
-    # a build process that has not searched yet does not load numba just for this (~130 MiB RSS)
+    # a build process that has not searched yet does not load numba just for this (~130 MiB RSS);
+    # the C kernel costs nothing to load and is used
     ix._numpy_only = "vecindex._numba_search" not in sys.modules
     try:
         i = 0
