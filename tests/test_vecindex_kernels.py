@@ -37,11 +37,12 @@ def test_the_c_kernel_is_built_where_a_compiler_is() -> None:
 @pytest.mark.parametrize("kernel", COMPILED)
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
 @pytest.mark.parametrize("scan", ["int8", "none"])
-def test_compiled_matches_numpy(tmp_path, monkeypatch, kernel: str, metric: str, scan: str) -> None:
+@pytest.mark.parametrize("d", [13, 16])  # 13: the vector loops' partial last group
+def test_compiled_matches_numpy(tmp_path, monkeypatch, kernel: str, metric: str, scan: str, d: int) -> None:
     rng = np.random.default_rng(5)
-    c = rng.standard_normal((12, 16)) * 3
-    x = (c[rng.integers(0, 12, 4000)] + rng.standard_normal((4000, 16))).astype(np.float32)
-    q = (c[rng.integers(0, 12, 20)] + rng.standard_normal((20, 16))).astype(np.float32)
+    c = rng.standard_normal((12, d)) * 3
+    x = (c[rng.integers(0, 12, 4000)] + rng.standard_normal((4000, d))).astype(np.float32)
+    q = (c[rng.integers(0, 12, 20)] + rng.standard_normal((20, d))).astype(np.float32)
     ix = IVFIndex.build(tmp_path / "ix", x, metric=metric, nlist=16, scan=scan, progress=False)
     ix.remove(np.arange(0, 4000, 7))  # deleted rows are skipped
     cases = ({"k": 7, "nprobe": 4}, {"k": 3, "nprobe": 16, "threads": 2},
@@ -100,20 +101,18 @@ def test_c_kernel_checks_buffer_sizes() -> None:
 
     d, nlist, k = 4, 2, 3
     f = np.zeros
-    args = [0, 0, -1, 0, 0, np.array([0, 0, 0], np.int64), f((d, nlist), np.float32), f(0, np.float32),
-            f((1, 0), np.int64), 1, f((1, d), np.float32), f(d, np.float32), f(d, np.float32), k, k,
-            f(0, np.int64), f(0, np.int64), f((1, k), np.float32), f((1, k), np.int64), f((1, k), np.int64)]
+    args = [0, 0, 0, -1, 0, np.array([0, 0, 0], np.int64), f((d, nlist), np.float32), f(0, np.float32),
+            f(d, np.float32), f(d, np.float32), f(0, np.int64), f((1, 0), np.int64), 1,
+            f((1, d), np.float32), k, k, f(0, np.int64), f((1, k), np.float32), f((1, k), np.int64),
+            f((1, k), np.int64)]
     assert search_batch(*args) == 0  # empty lists: no hits
     assert (args[-1] == -1).all()
+    for i, shape, match in ((18, (1, k - 1), "out_p"), (6, (d, nlist + 1), "centT"), (13, (2, d - 1), "Q")):
+        bad = list(args)
+        bad[i] = f(shape, bad[i].dtype)
+        with pytest.raises(ValueError, match=match):
+            search_batch(*bad)
     bad = list(args)
-    bad[-2] = f((1, k - 1), np.int64)
-    with pytest.raises(ValueError, match="out_p"):
-        search_batch(*bad)
-    bad = list(args)
-    bad[6] = f((d, nlist + 1), np.float32)
-    with pytest.raises(ValueError, match="centT"):
-        search_batch(*bad)
-    bad = list(args)
-    bad[8] = np.array([[5]], np.int64)
+    bad[11] = np.array([[5]], np.int64)
     with pytest.raises(ValueError, match="probe"):
         search_batch(*bad)

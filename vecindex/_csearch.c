@@ -22,23 +22,24 @@
 #include <string.h>
 #include <unistd.h>
 
-/* The hot loops get an AVX2+FMA clone on x86-64 (picked at load time by the CPU), so one
- * build runs on any x86-64 machine and uses the vector unit where there is one. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef HOT
-#define HOT
+/* The hot loops have a plain C version (vectorized by the compiler for the baseline CPU)
+ * and, on x86-64, an AVX2+FMA version written with intrinsics, picked once at import by
+ * what the CPU supports: one build runs on any x86-64 machine. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2,fma")))
 #endif
 
-#define RERANK_GAP 16  /* candidates at most this many rows apart share one read of their span */
-#define SPAN_ROWS 256  /* the longest such span (rows) */
+/* Rows to read at scattered positions (re-rank candidates, ids) that lie at most GAP_BYTES
+ * apart share one pread of their span, up to SPAN_BYTES: a syscall costs about as much as
+ * copying 4 KiB from the page cache. */
+#define GAP_BYTES 4096
+#define SPAN_BYTES (64 << 10)
 #define MAX_BUF_ROWS 32768
 #define BUF_BYTES (512 << 10)
 
-enum { F_INT8 = 1, F_L2 = 2, F_COSINE = 4, F_ALLOWED = 8 };
+enum { F_INT8 = 1, F_L2 = 2, F_COSINE = 4, F_ALLOWED = 8, F_FINAL = 16 };
 
 static int read_full(int fd, void *buf, size_t nbytes, int64_t offset)
 {
@@ -93,8 +94,8 @@ static inline int64_t heap_push(float *hs, int64_t *hp, int64_t n, int64_t cap, 
 }
 
 /* out[c] = q . cent_c for nlist centroids stored transposed (d rows of nlist). */
-HOT static void score_transposed(const float *restrict q, const float *restrict ct, int64_t d,
-                                 int64_t nlist, float *restrict out)
+static void score_transposed_c(const float *restrict q, const float *restrict ct, int64_t d,
+                               int64_t nlist, float *restrict out)
 {
     for (int64_t c = 0; c < nlist; c++)
         out[c] = 0.0f;
@@ -107,8 +108,8 @@ HOT static void score_transposed(const float *restrict q, const float *restrict 
 }
 
 /* out[r] = qs . codes_r + cst for m int8 rows. */
-HOT static void score_i8(const float *restrict qs, const int8_t *restrict codes, int64_t m,
-                         int64_t d, float cst, float *restrict out)
+static void score_i8_c(const float *restrict qs, const int8_t *restrict codes, int64_t m,
+                       int64_t d, float cst, float *restrict out)
 {
     for (int64_t r = 0; r < m; r++) {
         const int8_t *restrict x = codes + r * d;
@@ -120,29 +121,137 @@ HOT static void score_i8(const float *restrict qs, const int8_t *restrict codes,
 }
 
 /* out[r] = q . x_r (ip, cosine) or -|q - x_r|^2 (l2) for m float32 rows. */
-HOT static void score_f32(const float *restrict q, const float *restrict xs, int64_t m, int64_t d,
-                          int l2, float *restrict out)
+static void score_f32_c(const float *restrict q, const float *restrict xs, int64_t m, int64_t d,
+                        int l2, float *restrict out)
 {
-    if (l2) {
-        for (int64_t r = 0; r < m; r++) {
-            const float *restrict x = xs + r * d;
-            float acc = 0.0f;
+    for (int64_t r = 0; r < m; r++) {
+        const float *restrict x = xs + r * d;
+        float acc = 0.0f;
+        if (l2) {
             for (int64_t j = 0; j < d; j++) {
                 float t = x[j] - q[j];
                 acc += t * t;
             }
             out[r] = -acc;
-        }
-    } else {
-        for (int64_t r = 0; r < m; r++) {
-            const float *restrict x = xs + r * d;
-            float acc = 0.0f;
+        } else {
             for (int64_t j = 0; j < d; j++)
                 acc += q[j] * x[j];
             out[r] = acc;
         }
     }
 }
+
+#ifdef HAVE_AVX2_PATH
+AVX2 static inline float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The lanes of the last, partial group of 8 (d % 8 of them, or all 8 when d % 8 == 0). */
+AVX2 static inline __m256i tail_mask(int64_t d)
+{
+    int64_t r = d & 7;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(r ? (int)r : 8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+AVX2 static void score_transposed_avx2(const float *restrict q, const float *restrict ct, int64_t d,
+                                       int64_t nlist, float *restrict out)
+{
+    int64_t c0 = 0;
+    for (; c0 + 32 <= nlist; c0 += 32) {  /* 32 centroids in 4 registers, over all d */
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = 0; j < d; j++) {
+            const float *row = ct + j * nlist + c0;
+            __m256 qj = _mm256_set1_ps(q[j]);
+            a0 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row), a0);
+            a1 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row + 8), a1);
+            a2 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row + 16), a2);
+            a3 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row + 24), a3);
+        }
+        _mm256_storeu_ps(out + c0, a0);
+        _mm256_storeu_ps(out + c0 + 8, a1);
+        _mm256_storeu_ps(out + c0 + 16, a2);
+        _mm256_storeu_ps(out + c0 + 24, a3);
+    }
+    for (int64_t c = c0; c < nlist; c++) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < d; j++)
+            acc += q[j] * ct[j * nlist + c];
+        out[c] = acc;
+    }
+}
+
+/* qs must be zero beyond d up to a multiple of 8; rows are read 8 bytes at a time, so the last
+ * group may read up to 7 bytes past a row (the buffer has that slack; they meet zeros in qs). */
+AVX2 static void score_i8_avx2(const float *restrict qs, const int8_t *restrict codes, int64_t m,
+                               int64_t d, float cst, float *restrict out)
+{
+    const int64_t g = (d + 7) >> 3;
+    for (int64_t r = 0; r < m; r++) {
+        const int8_t *x = codes + r * d;
+        __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
+        int64_t t = 0;
+        for (; t + 2 <= g; t += 2) {
+            __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + 8 * t))));
+            __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + 8 * t + 8))));
+            acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(qs + 8 * t), acc);
+            acc2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(qs + 8 * t + 8), acc2);
+        }
+        if (t < g) {
+            __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + 8 * t))));
+            acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(qs + 8 * t), acc);
+        }
+        out[r] = hsum256(_mm256_add_ps(acc, acc2)) + cst;
+    }
+}
+
+AVX2 static void score_f32_avx2(const float *restrict q, const float *restrict xs, int64_t m, int64_t d,
+                                int l2, float *restrict out)
+{
+    const int64_t d8 = d & ~(int64_t)7;
+    const __m256i mask = tail_mask(d);
+    const __m256 qt = _mm256_maskload_ps(q + d8, mask);
+    for (int64_t r = 0; r < m; r++) {
+        const float *x = xs + r * d;
+        __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
+        int64_t j = 0;
+        if (l2) {
+            for (; j + 16 <= d8; j += 16) {
+                __m256 t = _mm256_sub_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(q + j));
+                __m256 u = _mm256_sub_ps(_mm256_loadu_ps(x + j + 8), _mm256_loadu_ps(q + j + 8));
+                acc = _mm256_fmadd_ps(t, t, acc);
+                acc2 = _mm256_fmadd_ps(u, u, acc2);
+            }
+            for (; j < d8; j += 8) {
+                __m256 t = _mm256_sub_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(q + j));
+                acc = _mm256_fmadd_ps(t, t, acc);
+            }
+            if (d8 < d) {
+                __m256 t = _mm256_sub_ps(_mm256_maskload_ps(x + d8, mask), qt);
+                acc = _mm256_fmadd_ps(t, t, acc);
+            }
+            out[r] = -hsum256(_mm256_add_ps(acc, acc2));
+        } else {
+            for (; j + 16 <= d8; j += 16) {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(q + j), acc);
+                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 8), _mm256_loadu_ps(q + j + 8), acc2);
+            }
+            for (; j < d8; j += 8)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(q + j), acc);
+            if (d8 < d)
+                acc = _mm256_fmadd_ps(_mm256_maskload_ps(x + d8, mask), qt, acc);
+            out[r] = hsum256(_mm256_add_ps(acc, acc2));
+        }
+    }
+}
+#endif
+
+static void (*score_transposed)(const float *, const float *, int64_t, int64_t, float *) = score_transposed_c;
+static void (*score_i8)(const float *, const int8_t *, int64_t, int64_t, float, float *) = score_i8_c;
+static void (*score_f32)(const float *, const float *, int64_t, int64_t, int, float *) = score_f32_c;
 
 typedef struct {
     int64_t p, i;
@@ -211,19 +320,19 @@ static int scratch_alloc(Scratch *w, const Job *j)
     int64_t nl = j->nprobe > j->P ? j->nprobe : j->P;
     memset(w, 0, sizeof *w);
     w->cap = cap;
-    w->buf8 = int8 ? malloc((size_t)(cap * j->d)) : NULL;
+    w->buf8 = int8 ? malloc((size_t)(cap * j->d) + 8) : NULL;  /* slack: score_i8_avx2 */
     w->buff = int8 ? NULL : malloc((size_t)(cap * j->d) * sizeof(float));
     w->sq = malloc((size_t)cap * sizeof(float));
     w->sc = malloc((size_t)cap * sizeof(float));
     w->cs = malloc((size_t)(j->nlist > 0 ? j->nlist : 1) * sizeof(float));
-    w->rowbuf = malloc((size_t)(SPAN_ROWS * j->d) * sizeof(float));
+    w->rowbuf = malloc(SPAN_BYTES > 4 * j->d ? SPAN_BYTES : (size_t)(4 * j->d));
     w->qv = malloc((size_t)j->d * sizeof(float));
-    w->qs = malloc((size_t)j->d * sizeof(float));
+    w->qs = calloc((size_t)j->d + 8, sizeof(float));  /* zeros past d: score_i8_avx2 */
     w->hs = malloc((size_t)hcap * sizeof(float));
     w->hp = malloc((size_t)hcap * sizeof(int64_t));
     w->lists = malloc((size_t)(nl > 0 ? nl : 1) * sizeof(int64_t));
     w->cp = malloc((size_t)hcap * sizeof(int64_t));
-    w->idbuf = malloc(SPAN_ROWS * sizeof(int64_t));
+    w->idbuf = malloc(SPAN_BYTES);
     w->order = malloc((size_t)j->k * sizeof(int64_t));
     w->pi = malloc((size_t)j->k * sizeof(PosIdx));
     if ((int8 ? !w->buf8 : !w->buff) || !w->sq || !w->sc || !w->cs || !w->rowbuf || !w->qv
@@ -339,9 +448,10 @@ static int search_one(const Job *j, Scratch *w, int64_t qi)
         memcpy(cp, hp, (size_t)nc * sizeof(int64_t));
         qsort(cp, (size_t)nc, sizeof(int64_t), cmp_i64);
         n = 0;
+        const int64_t gap = GAP_BYTES / (4 * d), span_max = SPAN_BYTES / (4 * d);
         for (int64_t a = 0; a < nc;) {
             int64_t b = a + 1;
-            while (b < nc && cp[b] - cp[b - 1] <= RERANK_GAP && cp[b] - cp[a] < SPAN_ROWS)
+            while (b < nc && cp[b] - cp[b - 1] <= gap && cp[b] - cp[a] < span_max)
                 b++;
             int64_t span = cp[b - 1] - cp[a] + 1;
             if (!read_full(j->fd_vec, w->rowbuf, (size_t)(span * 4 * d), cp[a] * 4 * d))
@@ -371,7 +481,7 @@ static int search_one(const Job *j, Scratch *w, int64_t qi)
     int64_t *op = j->out_p + qi * k, *oi = j->out_ids + qi * k;
     for (int64_t i = 0; i < k; i++) {
         if (i < n) {
-            os[i] = hs[order[i]];
+            os[i] = (j->flags & F_FINAL) && l2 ? -hs[order[i]] : hs[order[i]];
             op[i] = hp[order[i]];
         } else {
             op[i] = -1;
@@ -387,7 +497,7 @@ static int search_one(const Job *j, Scratch *w, int64_t qi)
     qsort(pi, (size_t)n, sizeof *pi, cmp_posidx);
     for (int64_t a = 0; a < n;) {
         int64_t b = a + 1;
-        while (b < n && pi[b].p - pi[b - 1].p <= RERANK_GAP && pi[b].p - pi[a].p < SPAN_ROWS)
+        while (b < n && pi[b].p - pi[b - 1].p <= GAP_BYTES / 8 && pi[b].p - pi[a].p < SPAN_BYTES / 8)
             b++;
         int64_t span = pi[b - 1].p - pi[a].p + 1;
         if (!read_full(j->fd_ids, w->idbuf, (size_t)span * 8, pi[a].p * 8))
@@ -411,23 +521,24 @@ static int need(const Py_buffer *b, Py_ssize_t want, const char *name)
 }
 
 PyDoc_STRVAR(search_batch_doc,
-"search_batch(fd_scan, fd_vec, fd_sq, fd_ids, flags, offsets, centT, csq, probes, nprobe,\n"
-"             Q, qmin, qstep, keep, k, deleted, allowed, out_s, out_p, out_ids) -> int\n\n"
+"search_batch(flags, fd_scan, fd_vec, fd_sq, fd_ids, offsets, centT, csq, qmin, qstep, deleted,\n"
+"             probes, nprobe, Q, keep, k, allowed, out_s, out_p, out_ids) -> int\n\n"
 "Search each row of Q (nq x d float32) over the main lists; see vecindex/_csearch.c.\n"
-"flags: 1 int8 scan, 2 l2, 4 cosine (Q normalized here), 8 allowed positions only.\n"
+"flags: 1 int8 scan, 2 l2, 4 cosine (Q normalized here), 8 allowed positions only,\n"
+"16 out_s gets the caller's scores (l2: distances) instead of internal ones (higher is better).\n"
 "centT: the centroids transposed (d x nlist); probes (nq x P int64) gives the lists when P > 0.\n"
-"Writes out_s (internal scores, higher is better), out_p (positions) and out_ids\n"
-"(-1 where fewer than k rows are in scope). Returns 0, or -1 when a file is short.");
+"Writes out_s, out_p (positions) and out_ids; where fewer than k rows are in scope, position\n"
+"and id -1 and out_s untouched. Returns 0, or -1 when a file is shorter than expected.");
 
 static PyObject *search_batch(PyObject *self, PyObject *args)
 {
     (void)self;
     Job j;
     Py_buffer b_off, b_ct, b_csq, b_pr, b_Q, b_qmin, b_qstep, b_del, b_all, b_os, b_op, b_oi;
-    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*y*Ly*y*y*LLy*y*w*w*w*:search_batch", &j.fd_scan,
-                          &j.fd_vec, &j.fd_sq, &j.fd_ids, &j.flags, &b_off, &b_ct, &b_csq, &b_pr,
-                          &j.nprobe, &b_Q, &b_qmin, &b_qstep, &j.keep, &j.k, &b_del, &b_all, &b_os,
-                          &b_op, &b_oi))
+    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*y*y*y*y*Ly*LLy*w*w*w*:search_batch", &j.flags,
+                          &j.fd_scan, &j.fd_vec, &j.fd_sq, &j.fd_ids, &b_off, &b_ct, &b_csq,
+                          &b_qmin, &b_qstep, &b_del, &b_pr, &j.nprobe, &b_Q, &j.keep, &j.k, &b_all,
+                          &b_os, &b_op, &b_oi))
         return NULL;
     Py_buffer *all[] = {&b_off, &b_ct, &b_csq, &b_pr, &b_Q, &b_qmin, &b_qstep, &b_del, &b_all,
                         &b_os, &b_op, &b_oi};
@@ -488,5 +599,20 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__csearch(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    const char *isa = "c";
+#ifdef HAVE_AVX2_PATH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("VECINDEX_NO_AVX2")) {
+        score_transposed = score_transposed_avx2;
+        score_i8 = score_i8_avx2;
+        score_f32 = score_f32_avx2;
+        isa = "avx2";
+    }
+#endif
+    if (m && PyModule_AddStringConstant(m, "ISA", isa) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -51,6 +51,8 @@ from vecindex.io import as_rows, open_vectors
 log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "ip", "l2")
+_NO_PROBES = np.zeros((1, 0), np.int64)  # kernel argument: no lists given, score the centroids
+_NO_POS = np.zeros(0, np.int64)  # kernel argument: no deleted / allowed positions
 BUF_BYTES = int(os.environ.get("VECINDEX_BUF_BYTES", 512 << 10))  # one buffer fill: stays in L2
 MAX_BUF_ROWS = 32768
 BLOCK_ROWS = 4096  # rows converted to float32 at a time (stays in cache)
@@ -202,7 +204,7 @@ class IVFIndex:
                 raise IndexFormatError(f"{self.path}: inconsistent coarse offsets (corrupted)")
         else:
             self.quantizer = None
-        self._cent_t: np.ndarray | None = None  # the centroids transposed, for the C kernel
+        self._c_args: tuple | None = None  # the C kernel's per-index arguments (_c_const)
         q = self._small("quant", np.float32, (2, d)) if "quant" in files else None
         self.q_min, self.q_step = (q[0], q[1]) if q is not None else (None, None)
         self.deleted = np.sort(self._small("deleted", np.int64))
@@ -593,6 +595,12 @@ class IVFIndex:
             allowed_pos = self.positions_of(np.asarray(allowed_ids, dtype=np.int64).reshape(-1))
         scores = np.full((nq, k), np.inf if self.metric == "l2" else -np.inf, dtype=np.float32)
         out_ids = np.full((nq, k), -1, dtype=np.int64)
+        if (allowed_pos is None and not self.n_tail and _kernels.KERNEL == "c" and self.n_main
+                and self.quantizer is not None and not self._two_level_probe()):
+            # the common case in one C call: no tail to merge, no id filter, flat probing;
+            # the kernel writes the final scores (few Python steps: the per-call cost)
+            self._search_c(q, k, nprobe, rerank, threads, scores, out_ids)
+            return scores, out_ids
 
         exact_only = allowed_pos is not None and len(allowed_pos) <= exact_limit
         if (_kernels.KERNEL != "numpy" and not (self._numpy_only and _kernels.KERNEL == "numba")
@@ -626,11 +634,75 @@ class IVFIndex:
                     one(i)
         return scores, out_ids
 
+    def _two_level_probe(self) -> bool:
+        """Lists are picked in Python by the two-level quantizer (else the kernel scores every centroid)."""
+        quant = self.quantizer
+        return quant is not None and quant.coarse is not None and self.nlist > FLAT_PROBE_MAX_NLIST
+
+    def _c_const(self) -> tuple:
+        """The C kernel's per-index arguments (files, offsets, centroids transposed, quantization,
+        deleted positions), made once per load: building them per call was half its cost."""
+        if self._c_args is None:
+            quant = self.quantizer
+            assert quant is not None
+            d = self.dim
+            int8_scan = self.scan != "none"
+            fds = self._fds
+            zeros = np.zeros(d, np.float32)
+            self._c_args = (
+                fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1), fds["ids"],
+                self.offsets, np.ascontiguousarray(quant.centroids.T),
+                quant._sq if quant._sq is not None else np.zeros(0, np.float32),
+                self.q_min if int8_scan else zeros, self.q_step if int8_scan else zeros, self.deleted)
+        return self._c_args
+
+    def _c_flags(self) -> int:
+        return (self.scan != "none") | (self.metric == "l2") << 1 | (self.metric == "cosine") << 2
+
+    def _run_batches(self, run: Callable[[int, int], None], nq: int, threads: int) -> None:
+        """run(a, b) over the batch, split over `threads` workers (the kernels release the GIL)."""
+        if threads > 1 and nq > 1:
+            step = max(1, -(-nq // (4 * threads)))
+            with ThreadPoolExecutor(threads) as ex:
+                list(ex.map(lambda a: run(a, min(nq, a + step)), range(0, nq, step)))
+        else:
+            run(0, nq)
+
+    def _check_rc(self, rc: int) -> None:
+        if rc != 0:
+            raise IndexFormatError(f"{self.path}: index file shorter than its header says "
+                                   "(truncated while open?)")
+
+    def _search_c(self, q: np.ndarray, k: int, nprobe: int, rerank: int, threads: int,
+                  scores: np.ndarray, out_ids: np.ndarray) -> None:
+        """The C kernel alone: final scores and ids straight into the caller's arrays."""
+        from vecindex._csearch import search_batch
+
+        nq = len(q)
+        const = self._c_const()
+        flags = self._c_flags() | 16  # 16: final scores
+        keep = max(rerank, k) if self.scan != "none" else k
+        nprobe = max(1, min(nprobe, self.nlist))
+        pos = np.empty((nq, k), np.int64)
+        if nq == 1 or threads <= 1:
+            with self._lock:
+                self._check_rc(search_batch(flags, *const, _NO_PROBES, nprobe, q, keep, k, _NO_POS,
+                                            scores, pos, out_ids))
+            return
+
+        def run(a: int, b: int) -> None:
+            self._check_rc(search_batch(flags, *const, _NO_PROBES, nprobe, q[a:b], keep, k, _NO_POS,
+                                        scores[a:b], pos[a:b], out_ids[a:b]))
+
+        with self._lock:
+            self._run_batches(run, nq, threads)
+
     def _search_compiled(
         self, q: np.ndarray, k: int, nprobe: int, rerank: int, allowed_pos: np.ndarray | None,
         threads: int, scores: np.ndarray, out_ids: np.ndarray,
     ) -> None:
-        """The compiled path (C or numba, no GIL): a batch per call, split over `threads` workers."""
+        """The compiled path (C or numba, no GIL) with a tail or an id filter or two-level probes:
+        a batch per call, split over `threads` workers, then the tail merged in Python."""
         nq, d = q.shape
         int8_scan = self.scan != "none"
         l2 = self.metric == "l2"
@@ -638,53 +710,39 @@ class IVFIndex:
         assert quant is not None
         nprobe = max(1, min(nprobe, self.nlist))
         cosine = self.metric == "cosine"
-        probes = np.zeros((nq, 0), np.int64)
-        if quant.coarse is not None and self.nlist > FLAT_PROBE_MAX_NLIST:
+        probes = _NO_PROBES
+        if self._two_level_probe():
             probes = quant.probe(_normalize(q) if cosine else q, nprobe)
-        qmin = self.q_min if int8_scan else np.zeros(d, np.float32)
-        qstep = self.q_step if int8_scan else np.zeros(d, np.float32)
         keep = max(rerank, k) if int8_scan else k
-        allowed = allowed_pos if allowed_pos is not None else np.zeros(0, np.int64)
-        csq = quant._sq if quant._sq is not None else np.zeros(0, np.float32)
+        allowed = allowed_pos if allowed_pos is not None else _NO_POS
         s_int = np.empty((nq, k), np.float32)
         pos = np.empty((nq, k), np.int64)
-        fds = self._fds
-
-        def _check_rc(rc: int) -> None:
-            if rc != 0:
-                raise IndexFormatError(f"{self.path}: index file shorter than its header says "
-                                       "(truncated while open?)")
 
         if _kernels.KERNEL == "c":
             from vecindex._csearch import search_batch
 
-            if self._cent_t is None:
-                self._cent_t = np.ascontiguousarray(quant.centroids.T)
-            flags = int8_scan | l2 << 1 | cosine << 2 | (allowed_pos is not None) << 3
-            args = (fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1),
-                    fds["ids"], flags, self.offsets, self._cent_t, csq)
+            const = self._c_const()
+            flags = self._c_flags() | (allowed_pos is not None) << 3
 
             def run(a: int, b: int) -> None:
-                rc = search_batch(*args, probes[a:b], nprobe, q[a:b], qmin, qstep, keep, k,
-                                  self.deleted, allowed, s_int[a:b], pos[a:b], out_ids[a:b])
-                _check_rc(rc)
+                self._check_rc(search_batch(flags, *const, probes[a:b], nprobe, q[a:b], keep, k, allowed,
+                                            s_int[a:b], pos[a:b], out_ids[a:b]))
         else:
+            fds = self._fds
+            qmin = self.q_min if int8_scan else np.zeros(d, np.float32)
+            qstep = self.q_step if int8_scan else np.zeros(d, np.float32)
+            csq = quant._sq if quant._sq is not None else np.zeros(0, np.float32)
+
             def run(a: int, b: int) -> None:
                 bufs = self._bufs
                 bufs.ensure_kernel(d, int8_scan)
-                rc = _kernels.numba_search_batch(
+                self._check_rc(_kernels.numba_search_batch(
                     fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1),
                     fds["ids"], int8_scan, l2, cosine, self.offsets, quant.centroids, csq, probes[a:b],
                     nprobe, q[a:b], qmin, qstep, keep, k, self.deleted, allowed, allowed_pos is not None,
-                    bufs.k8, bufs.kf, bufs.ksq, bufs.krow, bufs.kid, s_int[a:b], pos[a:b], out_ids[a:b])
-                _check_rc(rc)
+                    bufs.k8, bufs.kf, bufs.ksq, bufs.krow, bufs.kid, s_int[a:b], pos[a:b], out_ids[a:b]))
 
-        if threads > 1 and nq > 1:
-            step = max(1, -(-nq // (4 * threads)))
-            with ThreadPoolExecutor(threads) as ex:
-                list(ex.map(lambda a: run(a, min(nq, a + step)), range(0, nq, step)))
-        else:
-            run(0, nq)
+        self._run_batches(run, nq, threads)
         if not self.n_tail and allowed_pos is None:
             valid = pos >= 0
             scores[valid] = (-s_int if l2 else s_int)[valid]
