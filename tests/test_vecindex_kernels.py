@@ -135,3 +135,34 @@ def test_c_kernel_checks_buffer_sizes() -> None:
     bad[11] = np.array([[5]], np.int64)
     with pytest.raises(ValueError, match="probe"):
         search_batch(*bad)
+
+
+def test_c_kernel_plain_c_loops_match_numpy(tmp_path) -> None:
+    """The portable loops (a CPU without AVX2, forced by VECINDEX_NO_AVX2 at import) give the same
+    hits; in a child process because the choice is made once, when the module loads."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np
+from vecindex import IVFIndex, _kernels, _csearch
+assert _csearch.ISA == "c", _csearch.ISA
+rng = np.random.default_rng(3)
+x = rng.standard_normal((3000, 13)).astype(np.float32)
+for metric in ("cosine", "l2"):
+    for scan in ("int8", "none"):
+        ix = IVFIndex.build({str(tmp_path)!r} + "/" + metric + scan, x, metric=metric, nlist=16, scan=scan,
+                            progress=False)
+        _kernels.KERNEL = "c"
+        got = ix.search(x[:20] + 0.1, k=8, nprobe=4)
+        _kernels.KERNEL = "numpy"
+        want = ix.search(x[:20] + 0.1, k=8, nprobe=4)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-3)
+        assert (got[1] == want[1]).mean() > 0.99, metric + scan
+print("ok")
+"""
+    env = dict(os.environ, VECINDEX_NO_AVX2="1")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
