@@ -184,27 +184,50 @@ AVX2 static void score_transposed_avx2(const float *restrict q, const float *res
     }
 }
 
-/* qs must be zero beyond d up to a multiple of 8; rows are read 8 bytes at a time, so the last
- * group may read up to 7 bytes past a row (the buffer has that slack; they meet zeros in qs). */
+/* Integer dot products: the query, scaled so its largest |value| is 32767 and rounded to int16
+ * (a relative error of ~2e-5, far below the codes' own 1/255), times the int8 codes with
+ * vpmaddwd: 16 dimensions in 3 instructions against 6 for int8 -> float32 -> FMA. The int32
+ * sums cannot overflow for d <= MAX_I16_DIM (2 * 32767 * 128 per pair of dimensions). Rows are
+ * read 16 bytes at a time, so the last group may read up to 15 bytes past a row (the buffer
+ * has that slack; they meet zeros in the query). */
+#define MAX_I16_DIM 4096
+
 AVX2 static void score_i8_avx2(const float *restrict qs, const int8_t *restrict codes, int64_t m,
                                int64_t d, float cst, float *restrict out)
 {
-    const int64_t g = (d + 7) >> 3;
+    if (d > MAX_I16_DIM) {
+        score_i8_c(qs, codes, m, d, cst, out);
+        return;
+    }
+    const int64_t g = (d + 15) >> 4;
+    int16_t qi[MAX_I16_DIM + 16] __attribute__((aligned(32)));
+    float mx = 0.0f;
+    for (int64_t t = 0; t < d; t++)
+        mx = fabsf(qs[t]) > mx ? fabsf(qs[t]) : mx;
+    const float scale = mx > 0 ? 32767.0f / mx : 1.0f, inv = 1.0f / scale;
+    for (int64_t t = 0; t < d; t++)
+        qi[t] = (int16_t)lrintf(qs[t] * scale);
+    for (int64_t t = d; t < 16 * g; t++)
+        qi[t] = 0;
     for (int64_t r = 0; r < m; r++) {
         const int8_t *x = codes + r * d;
-        __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
+        __m256i acc = _mm256_setzero_si256(), acc2 = _mm256_setzero_si256();
         int64_t t = 0;
         for (; t + 2 <= g; t += 2) {
-            __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + 8 * t))));
-            __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + 8 * t + 8))));
-            acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(qs + 8 * t), acc);
-            acc2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(qs + 8 * t + 8), acc2);
+            __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * t)));
+            __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * t + 16)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(v, _mm256_load_si256((const __m256i *)(qi + 16 * t))));
+            acc2 = _mm256_add_epi32(acc2, _mm256_madd_epi16(w, _mm256_load_si256((const __m256i *)(qi + 16 * t + 16))));
         }
         if (t < g) {
-            __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + 8 * t))));
-            acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(qs + 8 * t), acc);
+            __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * t)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(v, _mm256_load_si256((const __m256i *)(qi + 16 * t))));
         }
-        out[r] = hsum256(_mm256_add_ps(acc, acc2)) + cst;
+        acc = _mm256_add_epi32(acc, acc2);
+        __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+        out[r] = (float)_mm_cvtsi128_si32(h) * inv + cst;
     }
 }
 
@@ -320,14 +343,14 @@ static int scratch_alloc(Scratch *w, const Job *j)
     int64_t nl = j->nprobe > j->P ? j->nprobe : j->P;
     memset(w, 0, sizeof *w);
     w->cap = cap;
-    w->buf8 = int8 ? malloc((size_t)(cap * j->d) + 8) : NULL;  /* slack: score_i8_avx2 */
+    w->buf8 = int8 ? malloc((size_t)(cap * j->d) + 16) : NULL;  /* slack: score_i8_avx2 */
     w->buff = int8 ? NULL : malloc((size_t)(cap * j->d) * sizeof(float));
     w->sq = malloc((size_t)cap * sizeof(float));
     w->sc = malloc((size_t)cap * sizeof(float));
     w->cs = malloc((size_t)(j->nlist > 0 ? j->nlist : 1) * sizeof(float));
     w->rowbuf = malloc(SPAN_BYTES > 4 * j->d ? SPAN_BYTES : (size_t)(4 * j->d));
     w->qv = malloc((size_t)j->d * sizeof(float));
-    w->qs = calloc((size_t)j->d + 8, sizeof(float));  /* zeros past d: score_i8_avx2 */
+    w->qs = malloc((size_t)j->d * sizeof(float));
     w->hs = malloc((size_t)hcap * sizeof(float));
     w->hp = malloc((size_t)hcap * sizeof(int64_t));
     w->lists = malloc((size_t)(nl > 0 ? nl : 1) * sizeof(int64_t));
