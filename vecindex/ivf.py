@@ -112,7 +112,7 @@ class _Buffers(threading.local):
         self.sq = np.empty(MAX_BUF_ROWS, dtype=np.float32)
 
     def ensure_kernel(self, d: int, int8_scan: bool) -> None:
-        """Buffers of the compiled path: the unused scan buffer is one row."""
+        """Buffers of the numba kernel (the C kernel allocates its own): the unused scan buffer is one row."""
         if getattr(self, "k_key", None) != (d, int8_scan):
             rows = int(min(MAX_BUF_ROWS, max(256, BUF_BYTES // (d * (1 if int8_scan else 4)))))
             self.k8 = np.empty((rows if int8_scan else 1, d), np.int8)
@@ -657,6 +657,7 @@ class IVFIndex:
         return self._c_args
 
     def _c_flags(self) -> int:
+        """The kernel's mode bits: 1 int8 scan, 2 l2, 4 cosine (see _csearch.c)."""
         return (self.scan != "none") | (self.metric == "l2") << 1 | (self.metric == "cosine") << 2
 
     def _run_batches(self, run: Callable[[int, int], None], nq: int, threads: int) -> None:
