@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vecindex import IVFIndex, _kernels
-from vecindex.format import IndexFormatError
+from vecindex.format import IndexFormatError, VecIndexError
 
 COMPILED = [k for k in _kernels.available() if k != "numpy"]
 
@@ -166,3 +166,22 @@ print("ok")
     env = dict(os.environ, VECINDEX_NO_AVX2="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.parametrize("kernel", [*COMPILED, "numpy"])
+def test_search_after_close_never_reads_another_file(tmp_path, monkeypatch, kernel: str) -> None:
+    """A search after close() is a clear error: the C kernel's cached arguments hold descriptor
+    numbers, and reading through them would read whatever file reused those numbers."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    ix = IVFIndex.build(tmp_path / "ix", x, metric="l2", nlist=4, progress=False)
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    ix.search(x[:1], k=3)
+    ix.close()
+    fds = [os.open(tmp_path / "ix" / "header.json", os.O_RDONLY) for _ in range(8)]  # reuse the numbers
+    try:
+        with pytest.raises(VecIndexError, match="closed"):
+            ix.search(x[:1], k=3)
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -223,6 +223,7 @@ class IVFIndex:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+        self._c_args = None  # it holds the closed descriptors' numbers
         if self._owns_dir:
             shutil.rmtree(self.path, ignore_errors=True)
             self._owns_dir = False
@@ -588,6 +589,8 @@ class IVFIndex:
         k = int(k)
         if k <= 0:
             raise ValueError("k must be positive")
+        if not self._fds and self.n_main:
+            raise VecIndexError(f"{self.path}: the index is closed")
         nprobe = int(nprobe or self._h.get("default_nprobe", 1))
         rerank = int(rerank or max(4 * k, 40))
         allowed_pos = None
