@@ -216,6 +216,27 @@ def notebook_eval(db, queries, query_dummy, actual_ids) -> dict:
     return {"score": score, "s_per_query": t, "ram_mb": mem}
 
 
+def kernel_name() -> str:
+    """The search kernel vecindex uses in this process (vecindex._kernels), with the C kernel's ISA."""
+    from vecindex import _kernels
+
+    if _kernels.KERNEL == "c":
+        from vecindex import _csearch
+
+        return f"c ({_csearch.ISA})"
+    return _kernels.KERNEL
+
+
+def per_query(retrieve, queries: np.ndarray) -> tuple[float, float]:
+    """Wall seconds and CPU ms (this thread's, `time.thread_time`) per retrieve(q, 5) call:
+    wall time on a loaded 2-core machine mostly measures the scheduler (see median_ms)."""
+    t, c = time.perf_counter(), time.thread_time()
+    for q in queries:
+        retrieve(q, 5)
+    n = len(queries)
+    return (time.perf_counter() - t) / n, (time.thread_time() - c) / n * 1e3
+
+
 def notebook_score_many(retrieve, queries: np.ndarray, top16: np.ndarray) -> float:
     """Fraction of queries whose top-5 all lie within the true top-16 (the notebook's score 0)."""
     ok = [set(retrieve(q.reshape(1, -1), 5)) <= set(t.tolist()) for q, t in zip(queries, top16, strict=True)]
@@ -251,13 +272,12 @@ def section_notebook(sizes: list[int], extra_queries: int) -> dict:
         nlist = default_nlist(n)
         nprobe = vecdb_nprobe(nlist)
         r: dict = {"rows": n, "nlist": nlist, "nprobe": nprobe, "generate_s": gen_t, "gt_s": gt_t,
-                   "load": loadavg()}
+                   "load": loadavg(), "kernel": kernel_name()}
         with one_thread():
             r["vecindex"] = notebook_eval(db, queries, query_dummy, actual)
             r["vecindex"]["build_s"] = build_t
             r["vecindex"]["ok_fraction"] = notebook_score_many(db.retrieve, extra, top16)
-            _, tt = timed(lambda d=db, e=extra: [d.retrieve(q, 5) for q in e])
-            r["vecindex"]["s_per_query_many"] = tt / len(extra)
+            r["vecindex"]["s_per_query_many"], r["vecindex"]["cpu_ms_many"] = per_query(db.retrieve, extra)
             log.info("vecindex %s: %s", name, r["vecindex"])
             bdb = BruteDB(path, n)
             r["brute"] = notebook_eval(bdb, queries, query_dummy, actual)
@@ -271,8 +291,7 @@ def section_notebook(sizes: list[int], extra_queries: int) -> dict:
                 r["faiss"] = notebook_eval(fdb, queries, query_dummy, actual)
                 r["faiss"]["build_s"] = fb
                 r["faiss"]["ok_fraction"] = notebook_score_many(fdb.retrieve, extra, top16)
-                _, tt = timed(lambda d=fdb, e=extra: [d.retrieve(q, 5) for q in e])
-                r["faiss"]["s_per_query_many"] = tt / len(extra)
+                r["faiss"]["s_per_query_many"], r["faiss"]["cpu_ms_many"] = per_query(fdb.retrieve, extra)
                 r["faiss"]["resident_mb"] = n * 64 * 4 / 2**20
             log.info("faiss %s: %s", name, r["faiss"])
             del fidx, fdb
@@ -354,6 +373,7 @@ def compare(name: str, base: np.ndarray, q: np.ndarray, metric: str, nlist: int,
     ours, r["build_s"] = timed(IVFIndex.build, ipath, base, metric=metric, nlist=nlist, overwrite=True,
                                progress=False)
     r["scan"] = ours.scan
+    r["kernel"] = kernel_name()
     sample = min(n, max(min(64 * nlist, 1_000_000), min(n, 10_000)))  # vecindex's rule
     fidx, r["faiss_build_s"] = timed(faiss_ivf, base, nlist, metric, sample)
     fpath = DATA / f"{name}.faiss"
@@ -407,8 +427,10 @@ def compare(name: str, base: np.ndarray, q: np.ndarray, metric: str, nlist: int,
     spec = {"metric": metric, "nlist": nlist, "dim": base.shape[1], "queries": str(qf)}
     r["rss"] = {
         "ours_query": rss_of(dict(spec, kind="ours-query", path=str(ipath), nprobe=o95["nprobe"])),
+        "ours_query_numba": rss_of(dict(spec, kind="ours-query", path=str(ipath), nprobe=o95["nprobe"]),
+                                   {"VECINDEX_KERNEL": "numba"}),
         "ours_query_numpy": rss_of(dict(spec, kind="ours-query", path=str(ipath), nprobe=o95["nprobe"]),
-                                   {"VECINDEX_NUMBA": "0"}),
+                                   {"VECINDEX_KERNEL": "numpy"}),
         "faiss_query": rss_of(dict(spec, kind="faiss-query", path=str(fpath), nprobe=f95["nprobe"])),
         "ours_build": rss_of(dict(spec, kind="ours-build", data=str(data_path), path=str(DATA / f"{name}_rssb"))),
         "faiss_build": rss_of(dict(spec, kind="faiss-build", data=str(data_path))),
@@ -570,7 +592,8 @@ def compare_md(key: str, r: dict, allr_now: dict) -> list[str]:
         key, f"Zipf-sized anisotropic clusters ({r['rows']} x {r['dim']}, l2)")
     L = [f"## {title}", "",
          f"Run {r['when']}; command `{r['command']}`; seeds: {r['seeds']}. {r['queries']} held-out queries, "
-         f"k=10, nlist {r['nlist']} for both; vecindex scan `{r['scan']}`. Load average (1/5/15 min) "
+         f"k=10, nlist {r['nlist']} for both; vecindex scan `{r['scan']}`, search kernel "
+         f"`{r.get('kernel', 'numba')}`. Load average (1/5/15 min) "
          f"{_load(r['load_start'])} at the start, {_load(r['load_end'])} at the end. Build: vecindex "
          f"{r['build_s']:.1f} s, faiss {r['faiss_build_s']:.1f} s (in-process, load-dependent).", "",
          "Single-thread cost per single-query call: CPU ms (the calling thread's user + system time,"
@@ -608,10 +631,13 @@ def compare_md(key: str, r: dict, allr_now: dict) -> list[str]:
           "the 0.95 nprobe; build: load the data as the benchmark does, then build; `imports` is the "
           "VmHWM before any work):", "",
           "| run | VmHWM | imports | load 1 min |", "|---|---|---|---|"]
-    for k2, label in (("ours_query", "vecindex query (numba path)"),
-                      ("ours_query_numpy", "vecindex query (VECINDEX_NUMBA=0)"),
+    for k2, label in (("ours_query", f"vecindex query (default kernel: {r.get('kernel', 'numba')})"),
+                      ("ours_query_numba", "vecindex query (VECINDEX_KERNEL=numba)"),
+                      ("ours_query_numpy", "vecindex query (VECINDEX_KERNEL=numpy)"),
                       ("faiss_query", "faiss query"), ("ours_build", "vecindex build"),
                       ("faiss_build", "faiss build")):
+        if k2 not in rs:
+            continue
         v = rs[k2]
         L.append(f"| {label} | {v['hwm_mib']:.0f} | {v['after_imports_mib']:.0f} | {v['load'][0]:.1f} |")
     L.append("")
@@ -641,9 +667,12 @@ def write_docs(allr: dict) -> None:
          "(faiss-cpu " + (faiss.__version__ if faiss else "not installed") + ") with the same nlist and",
          "training-sample size; latencies are single-threaded (threadpoolctl limits,",
          "`faiss.omp_set_num_threads(1)`), one query per call for every engine.", "",
-         "Sections not rerun since the search/build changes of issue 12 (the notebook protocol at 100k and",
-         "10M, clustered 10M x 64, k-means) keep their 2026-11-23 figures in",
-         "[vecindex-2026-11-23.md](vecindex-2026-11-23.md), marked there as not rerun.", ""]
+         "Sections not rerun since the search/build changes of issue 12 (the notebook protocol at 100k,",
+         "clustered 10M x 64, k-means) keep their 2026-11-23 figures in",
+         "[vecindex-2026-11-23.md](vecindex-2026-11-23.md), marked there as not rerun. The figures of the",
+         "numba kernel (2026-12-01 morning: hnswlib on GloVe, the 10M x 64 build peak RSS, GloVe build RSS",
+         "alone) are in [vecindex-2026-12-01-numba.md](vecindex-2026-12-01-numba.md); searches have not",
+         "changed what a build does.", ""]
     for key in ["glove", *sorted(k for k in allr if k.startswith("zipf-"))]:
         if key in allr and "sweep" in allr[key]:
             L += compare_md(key, allr[key], allr)
@@ -665,8 +694,10 @@ def write_docs(allr: dict) -> None:
               "`run_queries` / `evaluate_result` / `memory_usage_run_queries` (3 queries; RAM is the",
               "memory_profiler delta during the queries). `ok (N q)` is the share of N further queries",
               "(`default_rng(11)`) whose 5 hits all lie in the true top-16, i.e. score 0.", "",
-              "| rows | engine | nlist/nprobe | score | s/query | RAM MB | ok (N q) | s/query (N q) | build s | run, load |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "`CPU ms (N q)` is the calling thread's CPU time per further query (user + system, the",
+              "preads included; a peer measured right after, so the ratio to faiss is the figure to quote).", "",
+              "| rows | engine | kernel | nlist/nprobe | score | s/query | RAM MB | ok (N q) | s/query (N q) | CPU ms (N q) | build s | run, load |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for k in nbs:
             r = allr[k]
             for eng in ("vecindex", "faiss", "brute"):
@@ -677,8 +708,12 @@ def write_docs(allr: dict) -> None:
                 ok = f"{e['ok_fraction']:.2f}" if "ok_fraction" in e else "-"
                 many = f"{e['s_per_query_many']:.4f}" if "s_per_query_many" in e else "-"
                 b = f"{e['build_s']:.1f}" if "build_s" in e else "-"
-                L.append(f"| {fmt_size(r['rows'])} | {eng} | {npl} | {e['score']} | {e['s_per_query']:.4f} | "
-                         f"{e['ram_mb']:.2f} | {ok} | {many} | {b} | {r['when']}, {_load(r.get('load', []))} |")
+                cpu = f"{e['cpu_ms_many']:.2f}" if "cpu_ms_many" in e else "-"
+                if eng == "faiss" and "cpu_ms_many" in e and "cpu_ms_many" in r.get("vecindex", {}):
+                    cpu += f" (vecindex {r['vecindex']['cpu_ms_many'] / e['cpu_ms_many']:.2f}x)"
+                kern = r.get("kernel", "-") if eng == "vecindex" else "-"
+                L.append(f"| {fmt_size(r['rows'])} | {eng} | {kern} | {npl} | {e['score']} | {e['s_per_query']:.4f} | "
+                         f"{e['ram_mb']:.2f} | {ok} | {many} | {cpu} | {b} | {r['when']}, {_load(r.get('load', []))} |")
         L += ["", "Command: `python scripts/bench_vecindex.py --sections notebook --sizes SIZE`. faiss holds its",
               "whole index in RAM (rows x 256 bytes) before the queries start; the notebook's delta does not see it.", ""]
     L += ["![recall vs latency](vecindex.png)", ""]

@@ -15,6 +15,7 @@ command -v getfattr >/dev/null 2>&1 || need_apt+=(attr)
 command -v vim >/dev/null 2>&1 || need_apt+=(vim-tiny)
 command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)          # hk shell-init zsh is tested
 command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)      # tests only: exports from views (docs/mount.md)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)  # vecindex's C search kernel (optional build, setup.py)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt-get" >&2
@@ -42,9 +43,16 @@ extras=${HKFS_EXTRAS:-test,fast}   # fast: numba, the compiled vecindex search (
 need_mods="vecindex, mfusepy, sklearn, click, tqdm, pytest, hypothesis, pytest_timeout, memory_profiler"
 case ",$extras," in *,fast,*) need_mods+=", numba" ;; esac
 case ",$extras," in *,dev,*) need_mods+=", ruff" ;; esac
+# The C kernel is built by pip (setup.py); rebuild when its source is newer than the library
+# (a checkout that pulled a kernel change) or when a compiler is there and it was never built.
+stale_kernel=0
+if command -v cc >/dev/null 2>&1; then
+    so=$(ls vecindex/_csearch*.so 2>/dev/null | head -n1 || true)
+    if [ -z "$so" ] || [ vecindex/_csearch.c -nt "$so" ]; then stale_kernel=1; fi
+fi
 here=$(pwd -P)
 where=$("$PY" -c 'import hkfs, os; print(os.path.dirname(os.path.dirname(os.path.realpath(hkfs.__file__))))' 2>/dev/null || true)
-if [ "$where" != "$here" ] || [ "${HKFS_REINSTALL:-0}" = 1 ] \
+if [ "$where" != "$here" ] || [ "${HKFS_REINSTALL:-0}" = 1 ] || [ "$stale_kernel" = 1 ] \
    || ! "$PY" -c "import $need_mods" >/dev/null 2>&1; then
     "$PY" -m pip install -q --disable-pip-version-check -e ".[$extras]"
 fi

@@ -1,37 +1,187 @@
-"""The compiled search path (numba) against the pure-numpy one: same hits, same order."""
+"""Every search kernel this install has (C, numba, numpy) returns the same hits in the same order."""
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import numpy as np
 import pytest
 
 from vecindex import IVFIndex, _kernels
+from vecindex.format import IndexFormatError, VecIndexError
 
-pytestmark = pytest.mark.skipif(not _kernels.HAVE_NUMBA, reason="numba not installed or VECINDEX_NUMBA=0 (numpy path only)")
-
-
-def _both(monkeypatch, ix: IVFIndex, q: np.ndarray, **kw):
-    got = ix.search(q, **kw)
-    monkeypatch.setattr(_kernels, "HAVE_NUMBA", False)
-    want = ix.search(q, **kw)
-    monkeypatch.setattr(_kernels, "HAVE_NUMBA", True)
-    return got, want
+COMPILED = [k for k in _kernels.available() if k != "numpy"]
 
 
+def _with(monkeypatch, kernel: str, ix: IVFIndex, q: np.ndarray, **kw):
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    return ix.search(q, **kw)
+
+
+def assert_same_hits(gs, gi, ws, wi, tie: float = 1e-5) -> None:
+    """Same scores, and the same ids in the same order except where two hits tie within `tie`
+    (summation order differs between BLAS and a compiled loop, so near-ties may swap)."""
+    np.testing.assert_allclose(gs, ws, rtol=1e-4, atol=1e-3)
+    for i, j in np.argwhere(gi != wi):
+        near = np.flatnonzero(np.abs(ws[i] - ws[i, j]) <= tie)
+        assert gi[i, j] in wi[i, near], f"query {i} rank {j}: id {gi[i, j]} not tied with {wi[i, j]}"
+
+
+def test_the_c_kernel_is_built_where_a_compiler_is() -> None:
+    """setup.py builds vecindex._csearch (optional): where a C compiler is (CI, `make setup`
+    installs one) it must be there and be the default, else the speed goals silently go."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: this install searches with numba or numpy")
+    assert "c" in _kernels.available()
+    if not os.environ.get("VECINDEX_KERNEL"):
+        assert _kernels.KERNEL == "c"
+
+
+def test_kernel_choice(monkeypatch) -> None:
+    """VECINDEX_KERNEL picks a kernel; an unavailable one falls back in order, a bad name warns."""
+    monkeypatch.setattr(_kernels, "available", lambda: ["numba", "numpy"])
+    monkeypatch.setenv("VECINDEX_KERNEL", "c")
+    assert _kernels._choose() == "numba"
+    monkeypatch.setenv("VECINDEX_KERNEL", "numpy")
+    assert _kernels._choose() == "numpy"
+    monkeypatch.setenv("VECINDEX_KERNEL", "fortran")
+    with pytest.warns(UserWarning, match="fortran"):
+        assert _kernels._choose() == "numba"
+    monkeypatch.undo()  # the real available()
+    monkeypatch.setenv("VECINDEX_NUMBA", "0")
+    assert "numba" not in _kernels.available()
+
+
+@pytest.mark.parametrize("kernel", COMPILED)
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
 @pytest.mark.parametrize("scan", ["int8", "none"])
-def test_compiled_matches_numpy(tmp_path, monkeypatch, metric: str, scan: str) -> None:
+@pytest.mark.parametrize("d", [13, 16])  # 13: the vector loops' partial last group
+def test_compiled_matches_numpy(tmp_path, monkeypatch, kernel: str, metric: str, scan: str, d: int) -> None:
     rng = np.random.default_rng(5)
-    c = rng.standard_normal((12, 16)) * 3
-    x = (c[rng.integers(0, 12, 4000)] + rng.standard_normal((4000, 16))).astype(np.float32)
-    q = (c[rng.integers(0, 12, 20)] + rng.standard_normal((20, 16))).astype(np.float32)
+    c = rng.standard_normal((12, d)) * 3
+    x = (c[rng.integers(0, 12, 4000)] + rng.standard_normal((4000, d))).astype(np.float32)
+    q = (c[rng.integers(0, 12, 20)] + rng.standard_normal((20, d))).astype(np.float32)
     ix = IVFIndex.build(tmp_path / "ix", x, metric=metric, nlist=16, scan=scan, progress=False)
     ix.remove(np.arange(0, 4000, 7))  # deleted rows are skipped
-    ix.add(x[:300] + 0.01, np.arange(10_000, 10_300))  # the tail is merged in
-    for kw in ({"k": 7, "nprobe": 4}, {"k": 3, "nprobe": 16, "threads": 2},
-               {"k": 5, "nprobe": 2, "allowed_ids": np.arange(1, 4000, 3), "exact_limit": 10},
-               {"k": 5000, "nprobe": 1}):  # more hits than rows in scope: id -1
-        (gs, gi), (ws, wi) = _both(monkeypatch, ix, q, **kw)
-        np.testing.assert_array_equal(gi, wi)
-        np.testing.assert_allclose(gs, ws, rtol=1e-4, atol=1e-3)
+    cases = ({"k": 7, "nprobe": 4}, {"k": 3, "nprobe": 16, "threads": 2},
+             {"k": 5, "nprobe": 2, "allowed_ids": np.arange(1, 4000, 3), "exact_limit": 10},
+             {"k": 5000, "nprobe": 1})  # more hits than rows in scope: id -1
+    for tail in (False, True):
+        if tail:
+            ix.add(x[:300] + 0.01, np.arange(10_000, 10_300))  # the tail is merged in
+        for kw in cases:
+            gs, gi = _with(monkeypatch, kernel, ix, q, **kw)
+            ws, wi = _with(monkeypatch, "numpy", ix, q, **kw)
+            assert_same_hits(gs, gi, ws, wi)
     ix.close()
+
+
+@pytest.mark.parametrize("kernel", COMPILED)
+def test_compiled_two_level_quantizer(tmp_path, monkeypatch, kernel: str) -> None:
+    """Lists chosen in Python and passed in (a two-level quantizer's probes) give the same hits."""
+    import vecindex.ivf as ivf
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3000, 8)).astype(np.float32)
+    ix = IVFIndex.build(tmp_path / "ix", x, metric="l2", nlist=64, progress=False)
+    # as if two-level: ivf hands the kernel Quantizer.probe's lists (here still the exact ones)
+    monkeypatch.setattr(ivf, "FLAT_PROBE_MAX_NLIST", 8)
+    monkeypatch.setattr(ix.quantizer, "coarse", np.zeros((1, 8), np.float32))
+    calls = []
+    real = type(ix.quantizer).probe
+    monkeypatch.setattr(type(ix.quantizer), "probe", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q = rng.standard_normal((10, 8)).astype(np.float32)
+    got = _with(monkeypatch, kernel, ix, q, k=5, nprobe=6)
+    assert calls  # the kernel was given the lists
+    want = _with(monkeypatch, "numpy", ix, q, k=5, nprobe=6)
+    assert_same_hits(*got, *want)
+    ix.close()
+
+
+@pytest.mark.parametrize("kernel", COMPILED)
+def test_compiled_truncated_file_is_an_error(tmp_path, monkeypatch, kernel: str) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2000, 8)).astype(np.float32)
+    ix = IVFIndex.build(tmp_path / "ix", x, metric="ip", nlist=8, scan="int8", progress=False)
+    codes = ix._file("codes")
+    os.truncate(codes, codes.stat().st_size // 2)
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    with pytest.raises(IndexFormatError, match="shorter"):
+        ix.search(x[:3], k=5, nprobe=8)
+    ix.close()
+
+
+def test_c_kernel_checks_buffer_sizes() -> None:
+    """A wrong-sized array is a ValueError, never a read past its end."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    from vecindex._csearch import search_batch
+
+    d, nlist, k = 4, 2, 3
+    f = np.zeros
+    args = [0, 0, 0, -1, 0, np.array([0, 0, 0], np.int64), f((d, nlist), np.float32), f(0, np.float32),
+            f(d, np.float32), f(d, np.float32), f(0, np.int64), f((1, 0), np.int64), 1,
+            f((1, d), np.float32), k, k, f(0, np.int64), f((1, k), np.float32), f((1, k), np.int64),
+            f((1, k), np.int64)]
+    assert search_batch(*args) == 0  # empty lists: no hits
+    assert (args[-1] == -1).all()
+    for i, shape, match in ((18, (1, k - 1), "out_p"), (6, (d, nlist + 1), "centT"), (13, (2, d - 1), "Q")):
+        bad = list(args)
+        bad[i] = f(shape, bad[i].dtype)
+        with pytest.raises(ValueError, match=match):
+            search_batch(*bad)
+    bad = list(args)
+    bad[11] = np.array([[5]], np.int64)
+    with pytest.raises(ValueError, match="probe"):
+        search_batch(*bad)
+
+
+def test_c_kernel_plain_c_loops_match_numpy(tmp_path) -> None:
+    """The portable loops (a CPU without AVX2, forced by VECINDEX_NO_AVX2 at import) give the same
+    hits; in a child process because the choice is made once, when the module loads."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np
+from vecindex import IVFIndex, _kernels, _csearch
+assert _csearch.ISA == "c", _csearch.ISA
+rng = np.random.default_rng(3)
+x = rng.standard_normal((3000, 13)).astype(np.float32)
+for metric in ("cosine", "l2"):
+    for scan in ("int8", "none"):
+        ix = IVFIndex.build({str(tmp_path)!r} + "/" + metric + scan, x, metric=metric, nlist=16, scan=scan,
+                            progress=False)
+        _kernels.KERNEL = "c"
+        got = ix.search(x[:20] + 0.1, k=8, nprobe=4)
+        _kernels.KERNEL = "numpy"
+        want = ix.search(x[:20] + 0.1, k=8, nprobe=4)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-3)
+        assert (got[1] == want[1]).mean() > 0.99, metric + scan
+print("ok")
+"""
+    env = dict(os.environ, VECINDEX_NO_AVX2="1")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.parametrize("kernel", [*COMPILED, "numpy"])
+def test_search_after_close_never_reads_another_file(tmp_path, monkeypatch, kernel: str) -> None:
+    """A search after close() is a clear error: the C kernel's cached arguments hold descriptor
+    numbers, and reading through them would read whatever file reused those numbers."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    ix = IVFIndex.build(tmp_path / "ix", x, metric="l2", nlist=4, progress=False)
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    ix.search(x[:1], k=3)
+    ix.close()
+    fds = [os.open(tmp_path / "ix" / "header.json", os.O_RDONLY) for _ in range(8)]  # reuse the numbers
+    try:
+        with pytest.raises(VecIndexError, match="closed"):
+            ix.search(x[:1], k=3)
+    finally:
+        for fd in fds:
+            os.close(fd)

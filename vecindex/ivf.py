@@ -51,6 +51,8 @@ from vecindex.io import as_rows, open_vectors
 log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "ip", "l2")
+_NO_PROBES = np.zeros((1, 0), np.int64)  # kernel argument: no lists given, score the centroids
+_NO_POS = np.zeros(0, np.int64)  # kernel argument: no deleted / allowed positions
 BUF_BYTES = int(os.environ.get("VECINDEX_BUF_BYTES", 512 << 10))  # one buffer fill: stays in L2
 MAX_BUF_ROWS = 32768
 BLOCK_ROWS = 4096  # rows converted to float32 at a time (stays in cache)
@@ -69,10 +71,10 @@ def default_nlist(n: int) -> int:
 
 
 def auto_scan(n: int, d: int) -> str:
-    """scan="auto": the int8 copy when the compiled kernels are there (its scan is then about 4x
-    cheaper than float32 at any size); without numba only once the float32 rows exceed 128 MiB
+    """scan="auto": the int8 copy when a compiled kernel is there (its scan is then about 4x
+    cheaper than float32 at any size); on the numpy path only once the float32 rows exceed 128 MiB
     (below that numpy's int8-to-float32 conversion costs more than the smaller reads save)."""
-    return "int8" if _kernels.HAVE_NUMBA or n * d * 4 > SCAN_INT8_MIN_BYTES else "none"
+    return "int8" if _kernels.KERNEL != "numpy" or n * d * 4 > SCAN_INT8_MIN_BYTES else "none"
 
 
 def default_nprobe(nlist: int) -> int:
@@ -110,7 +112,7 @@ class _Buffers(threading.local):
         self.sq = np.empty(MAX_BUF_ROWS, dtype=np.float32)
 
     def ensure_kernel(self, d: int, int8_scan: bool) -> None:
-        """Buffers of the compiled path: the unused scan buffer is one row."""
+        """Buffers of the numba kernel (the C kernel allocates its own): the unused scan buffer is one row."""
         if getattr(self, "k_key", None) != (d, int8_scan):
             rows = int(min(MAX_BUF_ROWS, max(256, BUF_BYTES // (d * (1 if int8_scan else 4)))))
             self.k8 = np.empty((rows if int8_scan else 1, d), np.int8)
@@ -202,6 +204,7 @@ class IVFIndex:
                 raise IndexFormatError(f"{self.path}: inconsistent coarse offsets (corrupted)")
         else:
             self.quantizer = None
+        self._c_args: tuple | None = None  # the C kernel's per-index arguments (_c_const)
         q = self._small("quant", np.float32, (2, d)) if "quant" in files else None
         self.q_min, self.q_step = (q[0], q[1]) if q is not None else (None, None)
         self.deleted = np.sort(self._small("deleted", np.int64))
@@ -220,6 +223,7 @@ class IVFIndex:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+        self._c_args = None  # it holds the closed descriptors' numbers
         if self._owns_dir:
             shutil.rmtree(self.path, ignore_errors=True)
             self._owns_dir = False
@@ -585,6 +589,8 @@ class IVFIndex:
         k = int(k)
         if k <= 0:
             raise ValueError("k must be positive")
+        if not self._fds and self.n_main:
+            raise VecIndexError(f"{self.path}: the index is closed")
         nprobe = int(nprobe or self._h.get("default_nprobe", 1))
         rerank = int(rerank or max(4 * k, 40))
         allowed_pos = None
@@ -592,10 +598,16 @@ class IVFIndex:
             allowed_pos = self.positions_of(np.asarray(allowed_ids, dtype=np.int64).reshape(-1))
         scores = np.full((nq, k), np.inf if self.metric == "l2" else -np.inf, dtype=np.float32)
         out_ids = np.full((nq, k), -1, dtype=np.int64)
+        if (allowed_pos is None and not self.n_tail and _kernels.KERNEL == "c" and self.n_main
+                and self.quantizer is not None and not self._two_level_probe()):
+            # the common case in one C call: no tail to merge, no id filter, flat probing;
+            # the kernel writes the final scores (few Python steps: the per-call cost)
+            self._search_c(q, k, nprobe, rerank, threads, scores, out_ids)
+            return scores, out_ids
 
         exact_only = allowed_pos is not None and len(allowed_pos) <= exact_limit
-        if (_kernels.HAVE_NUMBA and not self._numpy_only and not exact_only and self.n_main
-                and self.quantizer is not None):
+        if (_kernels.KERNEL != "numpy" and not (self._numpy_only and _kernels.KERNEL == "numba")
+                and not exact_only and self.n_main and self.quantizer is not None):
             with self._lock:  # q as given: the kernel normalizes (cosine)
                 self._search_compiled(q, k, nprobe, rerank, allowed_pos, threads, scores, out_ids)
             return scores, out_ids
@@ -625,11 +637,76 @@ class IVFIndex:
                     one(i)
         return scores, out_ids
 
+    def _two_level_probe(self) -> bool:
+        """Lists are picked in Python by the two-level quantizer (else the kernel scores every centroid)."""
+        quant = self.quantizer
+        return quant is not None and quant.coarse is not None and self.nlist > FLAT_PROBE_MAX_NLIST
+
+    def _c_const(self) -> tuple:
+        """The C kernel's per-index arguments (files, offsets, centroids transposed, quantization,
+        deleted positions), made once per load: building them per call was half its cost."""
+        if self._c_args is None:
+            quant = self.quantizer
+            assert quant is not None
+            d = self.dim
+            int8_scan = self.scan != "none"
+            fds = self._fds
+            zeros = np.zeros(d, np.float32)
+            self._c_args = (
+                fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1), fds["ids"],
+                self.offsets, np.ascontiguousarray(quant.centroids.T),
+                quant._sq if quant._sq is not None else np.zeros(0, np.float32),
+                self.q_min if int8_scan else zeros, self.q_step if int8_scan else zeros, self.deleted)
+        return self._c_args
+
+    def _c_flags(self) -> int:
+        """The kernel's mode bits: 1 int8 scan, 2 l2, 4 cosine (see _csearch.c)."""
+        return (self.scan != "none") | (self.metric == "l2") << 1 | (self.metric == "cosine") << 2
+
+    def _run_batches(self, run: Callable[[int, int], None], nq: int, threads: int) -> None:
+        """run(a, b) over the batch, split over `threads` workers (the kernels release the GIL)."""
+        if threads > 1 and nq > 1:
+            step = max(1, -(-nq // (4 * threads)))
+            with ThreadPoolExecutor(threads) as ex:
+                list(ex.map(lambda a: run(a, min(nq, a + step)), range(0, nq, step)))
+        else:
+            run(0, nq)
+
+    def _check_rc(self, rc: int) -> None:
+        if rc != 0:
+            raise IndexFormatError(f"{self.path}: index file shorter than its header says "
+                                   "(truncated while open?)")
+
+    def _search_c(self, q: np.ndarray, k: int, nprobe: int, rerank: int, threads: int,
+                  scores: np.ndarray, out_ids: np.ndarray) -> None:
+        """The C kernel alone: final scores and ids straight into the caller's arrays."""
+        from vecindex._csearch import search_batch
+
+        nq = len(q)
+        const = self._c_const()
+        flags = self._c_flags() | 16  # 16: final scores
+        keep = max(rerank, k) if self.scan != "none" else k
+        nprobe = max(1, min(nprobe, self.nlist))
+        pos = np.empty((nq, k), np.int64)
+        if nq == 1 or threads <= 1:
+            with self._lock:
+                self._check_rc(search_batch(flags, *const, _NO_PROBES, nprobe, q, keep, k, _NO_POS,
+                                            scores, pos, out_ids))
+            return
+
+        def run(a: int, b: int) -> None:
+            self._check_rc(search_batch(flags, *const, _NO_PROBES, nprobe, q[a:b], keep, k, _NO_POS,
+                                        scores[a:b], pos[a:b], out_ids[a:b]))
+
+        with self._lock:
+            self._run_batches(run, nq, threads)
+
     def _search_compiled(
         self, q: np.ndarray, k: int, nprobe: int, rerank: int, allowed_pos: np.ndarray | None,
         threads: int, scores: np.ndarray, out_ids: np.ndarray,
     ) -> None:
-        """The compiled path (numba, no GIL): a batch per call, split over `threads` workers."""
+        """The compiled path (C or numba, no GIL) with a tail or an id filter or two-level probes:
+        a batch per call, split over `threads` workers, then the tail merged in Python."""
         nq, d = q.shape
         int8_scan = self.scan != "none"
         l2 = self.metric == "l2"
@@ -637,36 +714,39 @@ class IVFIndex:
         assert quant is not None
         nprobe = max(1, min(nprobe, self.nlist))
         cosine = self.metric == "cosine"
-        probes = np.zeros((nq, 0), np.int64)
-        if quant.coarse is not None and self.nlist > FLAT_PROBE_MAX_NLIST:
+        probes = _NO_PROBES
+        if self._two_level_probe():
             probes = quant.probe(_normalize(q) if cosine else q, nprobe)
-        qmin = self.q_min if int8_scan else np.zeros(d, np.float32)
-        qstep = self.q_step if int8_scan else np.zeros(d, np.float32)
         keep = max(rerank, k) if int8_scan else k
-        allowed = allowed_pos if allowed_pos is not None else np.zeros(0, np.int64)
-        csq = quant._sq if quant._sq is not None else np.zeros(0, np.float32)
+        allowed = allowed_pos if allowed_pos is not None else _NO_POS
         s_int = np.empty((nq, k), np.float32)
         pos = np.empty((nq, k), np.int64)
-        fds = self._fds
 
-        def run(a: int, b: int) -> None:
-            bufs = self._bufs
-            bufs.ensure_kernel(d, int8_scan)
-            rc = _kernels.search_batch(
-                fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1),
-                fds["ids"], int8_scan, l2, cosine, self.offsets, quant.centroids, csq, probes[a:b], nprobe,
-                q[a:b], qmin, qstep, keep, k, self.deleted, allowed, allowed_pos is not None,
-                bufs.k8, bufs.kf, bufs.ksq, bufs.krow, bufs.kid, s_int[a:b], pos[a:b], out_ids[a:b])
-            if rc != 0:
-                raise IndexFormatError(f"{self.path}: index file shorter than its header says "
-                                       "(truncated while open?)")
+        if _kernels.KERNEL == "c":
+            from vecindex._csearch import search_batch
 
-        if threads > 1 and nq > 1:
-            step = max(1, -(-nq // (4 * threads)))
-            with ThreadPoolExecutor(threads) as ex:
-                list(ex.map(lambda a: run(a, min(nq, a + step)), range(0, nq, step)))
+            const = self._c_const()
+            flags = self._c_flags() | (allowed_pos is not None) << 3
+
+            def run(a: int, b: int) -> None:
+                self._check_rc(search_batch(flags, *const, probes[a:b], nprobe, q[a:b], keep, k, allowed,
+                                            s_int[a:b], pos[a:b], out_ids[a:b]))
         else:
-            run(0, nq)
+            fds = self._fds
+            qmin = self.q_min if int8_scan else np.zeros(d, np.float32)
+            qstep = self.q_step if int8_scan else np.zeros(d, np.float32)
+            csq = quant._sq if quant._sq is not None else np.zeros(0, np.float32)
+
+            def run(a: int, b: int) -> None:
+                bufs = self._bufs
+                bufs.ensure_kernel(d, int8_scan)
+                self._check_rc(_kernels.numba_search_batch(
+                    fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1),
+                    fds["ids"], int8_scan, l2, cosine, self.offsets, quant.centroids, csq, probes[a:b],
+                    nprobe, q[a:b], qmin, qstep, keep, k, self.deleted, allowed, allowed_pos is not None,
+                    bufs.k8, bufs.kf, bufs.ksq, bufs.krow, bufs.kid, s_int[a:b], pos[a:b], out_ids[a:b]))
+
+        self._run_batches(run, nq, threads)
         if not self.n_tail and allowed_pos is None:
             valid = pos >= 0
             scores[valid] = (-s_int if l2 else s_int)[valid]
@@ -940,7 +1020,8 @@ def _calibrate_nprobe(ix: IVFIndex, cal: _Calibration, ids: np.ndarray) -> dict[
         hits = [[int(v) for v in row if v != o and v >= 0][:CALIBRATE_K] for row, o in zip(got, own, strict=True)]
         return float(np.mean([len(set(h) & t) / max(len(t), 1) for h, t in zip(hits, truth, strict=True)]))
 
-    # a build process that has not searched yet does not load numba just for this (~130 MiB RSS)
+    # a build process that has not searched yet does not load numba just for this (~130 MiB RSS);
+    # the C kernel costs nothing to load and is used
     ix._numpy_only = "vecindex._numba_search" not in sys.modules
     try:
         i = 0

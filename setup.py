@@ -1,0 +1,16 @@
+"""The optional C search kernel of vecindex (everything else is in pyproject.toml).
+
+`optional=True`: on a machine without a C compiler or Python headers the build of
+vecindex._csearch fails with a warning and the install goes on; vecindex then searches
+with numba (extra `fast`) or numpy (docs/vecindex.md, "Kernels").
+"""
+
+from setuptools import Extension, setup
+
+# The reassociation flags let gcc vectorize the dot-product sums (as numpy's BLAS does);
+# no -ffast-math: inf/nan keep their meaning. The AVX2 clone is chosen at run time.
+FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+         "-std=c11", "-Wall"]
+
+setup(ext_modules=[Extension("vecindex._csearch", ["vecindex/_csearch.c"], optional=True,
+                             extra_compile_args=FLAGS)])
