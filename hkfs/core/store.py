@@ -1482,10 +1482,12 @@ class Store:
         return bytes(r[0])
 
     def set_xattr(self, kind: str, id: int, name: str, value: bytes) -> None:
+        """Set an attribute; like any inode change it moves the object's ctime (as on ext4)."""
         with self.catalog.write() as c:
             self._need_object(c, kind, id)
             c.execute("INSERT OR REPLACE INTO xattrs(kind, id, name, value) VALUES (?, ?, ?, ?)",
                       (kind, id, name, bytes(value)))
+            self._touch_object(c, kind, id)
 
     def remove_xattr(self, kind: str, id: int, name: str) -> None:
         with self.catalog.write() as c:
@@ -1493,6 +1495,13 @@ class Store:
             if not c.execute("DELETE FROM xattrs WHERE kind = ? AND id = ? AND name = ?",
                              (kind, id, name)).rowcount:
                 raise NotFound(f"no attribute {name}")
+            self._touch_object(c, kind, id)
+
+    def _touch_object(self, c: sqlite3.Connection, kind: str, id: int) -> None:
+        if kind == "file":
+            self._touch_entity(c, id)
+        else:
+            c.execute("UPDATE dirs SET ctime_ns = ? WHERE id = ?", (_now(), id))
 
     def list_xattrs(self, kind: str, id: int) -> list[str]:
         with self.catalog.read() as c:

@@ -72,6 +72,16 @@ def _is_query_path(path: str | None) -> bool:
     return bool(path) and path.endswith(QUERY_SUFFIX)  # type: ignore[union-attr]
 
 
+XATTR_PREFIXES = ("user.", "trusted.", "security.", "system.")
+
+
+def _check_xattr_name(name: str) -> None:
+    """A name that is only a namespace prefix ("user.") names no attribute: EINVAL, as on
+    ext4 (the kernel leaves that check to FUSE file systems)."""
+    if name in XATTR_PREFIXES:
+        raise FuseOSError(errno.EINVAL)
+
+
 def _caller() -> tuple[int, int]:
     """(uid, gid) of the process making the call; the daemon's own outside a FUSE request."""
     try:
@@ -597,6 +607,7 @@ class HKOperations(Operations):
             # before it goes on (hkfs.fuse.daemon_notify); answered once they are dropped
             self.kernel.invalidate_foreign()
             return str(self.kernel.epochs).encode()
+        _check_xattr_name(name)
         if not name.startswith("user."):
             # ENOTSUP (not ENODATA) for system.* / security.*: `ls -l` then stops asking
             # for ACLs on this file system instead of asking once per file. Answered
@@ -616,12 +627,14 @@ class HKOperations(Operations):
     @overrides(Operations)
     @mapped
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        _check_xattr_name(name)
         self.kernel.carry_out(self.model.setxattr(path, name, bytes(value), options))
         return 0
 
     @overrides(Operations)
     @mapped
     def removexattr(self, path: str, name: str) -> int:
+        _check_xattr_name(name)
         self.kernel.carry_out(self.model.removexattr(path, name))
         return 0
 
