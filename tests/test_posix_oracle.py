@@ -912,6 +912,121 @@ def chmod_setgid_by_a_user_outside_the_group(c: Ctx) -> Obs:
     return out
 
 
+@case(USER_CASES)
+def times_by_a_user_with_write_permission(c: Ctx) -> Obs:
+    """utimensat: a non-owner who may write can set both times to now, nothing else (EPERM)."""
+    _user_dir(c, 0o755)
+    write(c / "w")
+    os.chmod(c / "w", 0o666)
+
+    def user() -> object:
+        return [E(os.utime, c / "w"), E(utimensat, c / "w", (0, UTIME_NOW), (0, UTIME_NOW)),
+                E(utimensat, c / "w", (0, UTIME_OMIT), (0, UTIME_NOW)), E(os.utime, c / "w", ns=(1, 1)),
+                E(os.chmod, c / "w", 0o600), E(os.truncate, c / "w", 0), E(os.setxattr, c / "w", "user.a", b"1")]
+    return [c.as_user(user), st(c / "w"), user_xattrs(c / "w")]
+
+
+@case(USER_CASES)
+def renames_needing_write_permission(c: Ctx) -> Obs:
+    """Moving a directory to another parent needs write permission on it (its `..` changes);
+    renaming within a parent does not; a read-only parent refuses both."""
+    _user_dir(c, 0o777)
+    os.mkdir(c / "a", 0o777)
+    os.chmod(c / "a", 0o777)
+    os.mkdir(c / "b", 0o777)
+    os.chmod(c / "b", 0o777)
+    os.mkdir(c / "a/rootdir", 0o755)
+    os.mkdir(c / "ro", 0o755)
+    write(c / "ro/f")
+    write(c / "a/rootfile")
+
+    def user() -> object:
+        return [E(os.rename, c / "a/rootdir", c / "b/rootdir"), E(os.rename, c / "a/rootdir", c / "a/renamed"),
+                E(os.rename, c / "ro/f", c / "a/f"), E(os.rename, c / "a/rootfile", c / "ro/x"),
+                E(os.rename, c / "a/rootfile", c / "b/rootfile"), E(os.mknod, c / "a/dev", stat.S_IFCHR | 0o600, 0),
+                E(os.symlink, "x", c / "ro/l"), E(os.link, c / "a/rootfile", c / "ro/h")]
+    return [c.as_user(user), sorted(os.listdir(c / "a")), sorted(os.listdir(c / "b"))]
+
+
+@case(USER_CASES)
+def xattrs_of_a_sticky_directory(c: Ctx) -> Obs:
+    """user.* attributes of a sticky directory (and of files in it) are its owner's to set:
+    EPERM for another user even with write permission (Linux's xattr_permission)."""
+    _user_dir(c, 0o1777)
+    write(c / "f")
+    os.chmod(c / "f", 0o666)
+
+    def user() -> object:
+        return [E(os.setxattr, c.d, "user.a", b"1"), E(os.setxattr, c / "f", "user.b", b"2"),
+                E(os.getxattr, c.d, "user.a"), user_xattrs(c.d)]
+    return c.as_user(user)
+
+
+@case(ROOT_CASES)
+def access_as_root(c: Ctx) -> Obs:
+    """Root reads and writes any file, but executes only one with some execute bit."""
+    out = []
+    for mode in (0, 0o644, 0o100, 0o001, 0o010):
+        p = c / f"f{mode:o}"
+        write(p, b"#!/bin/sh\n")
+        os.chmod(p, mode)
+        out.append([os.access(p, m) for m in (os.R_OK, os.W_OK, os.X_OK)] + [E(lambda p=p: read(p))])
+    os.mkdir(c / "d", 0)
+    out.append([os.access(c / "d", m) for m in (os.R_OK, os.W_OK, os.X_OK)] + [E(os.listdir, c / "d")])
+    return out
+
+
+@case(ROOT_CASES)
+def st_blocks_follow_the_size(c: Ctx) -> Obs:
+    """st_blocks (hkfs computes it from the size, docs/mount.md): 0 for an empty file, enough
+    512-byte blocks for the bytes of a written one (what du and cp --sparse need)."""
+    out = []
+    for n in (0, 1, 4096, 100000):
+        write(c / f"f{n}", b"x" * n)
+        s = os.stat(c / f"f{n}")
+        out.append((s.st_blocks == 0, s.st_blocks * 512 >= n, s.st_blksize >= 512))
+    return out
+
+
+@case(ROOT_CASES)
+def open_descriptors_across_renames_and_chmod(c: Ctx) -> Obs:
+    """An open descriptor follows its file: through a rename of it and of its directory, a
+    chmod to 0 (the descriptor keeps its access) and an unlink."""
+    os.mkdir(c / "d")
+    write(c / "d/f", b"abc")
+    fd = os.open(c / "d/f", os.O_RDWR)
+    try:
+        os.rename(c / "d/f", c / "d/g")
+        os.rename(c / "d", c / "e")
+        os.chmod(c / "e/g", 0)
+        os.pwrite(fd, b"Z", 1)
+        os.unlink(c / "e/g")
+        s = os.fstat(fd)
+        return [os.pread(fd, 10, 0), s.st_nlink, oct(stat.S_IMODE(s.st_mode)), sorted(os.listdir(c / "e"))]
+    finally:
+        os.close(fd)
+
+
+@case(ROOT_CASES)
+def directory_link_counts(c: Ctx) -> Obs:
+    """st_nlink of a directory: 2 + its subdirectories, through mkdir, rename across parents,
+    rename over an empty directory, rmdir."""
+    os.makedirs(c / "a/x")
+    os.makedirs(c / "a/y")
+    os.mkdir(c / "b")
+    os.mkdir(c / "b/z")
+    out = [st(c / "a")[2], st(c / "b")[2], st(c.d)[2]]
+    os.rename(c / "a/x", c / "b/x")
+    out += [st(c / "a")[2], st(c / "b")[2]]
+    os.rename(c / "a/y", c / "b/z")          # over an empty directory
+    out += [st(c / "a")[2], st(c / "b")[2]]
+    os.rename(c / "b", c / "a/b")
+    out += [st(c / "a")[2], st(c.d)[2]]
+    os.rmdir(c / "a/b/x")
+    out += [st(c / "a/b")[2]]
+    return out
+
+
 # ====================================================================== the runner
 
 @pytest.fixture(scope="module")
