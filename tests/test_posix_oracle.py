@@ -1027,6 +1027,56 @@ def directory_link_counts(c: Ctx) -> Obs:
     return out
 
 
+@case(ROOT_CASES)
+def removed_directory_in_use(c: Ctx) -> Obs:
+    """A directory removed while open or the working directory: empty, nothing can be made in it."""
+    os.mkdir(c / "d")
+    fd = os.open(c / "d", os.O_RDONLY | os.O_DIRECTORY)
+    cwd = os.getcwd()
+    try:
+        os.chdir(c / "d")
+        os.rmdir(c / "d")
+        return [E(os.mkdir, "x"), E(write, "f"), E(os.symlink, "t", "l"), E(os.mkfifo, "p")]
+    finally:
+        os.chdir(cwd)
+        os.close(fd)
+
+
+@case(ROOT_CASES, xfail="fstat and readdir of a directory removed while open (and stat of a removed "
+                        "working directory) are ESTALE: libfuse's high-level API has no path left "
+                        "for it (hard_remove=False hides only files); ext4 answers nlink 0 and [] ")
+def fstat_of_a_removed_directory(c: Ctx) -> Obs:
+    os.mkdir(c / "d")
+    fd = os.open(c / "d", os.O_RDONLY | os.O_DIRECTORY)
+    cwd = os.getcwd()
+    try:
+        os.chdir(c / "d")
+        os.rmdir(c / "d")
+        return [E(lambda: os.fstat(fd).st_nlink), E(lambda: os.stat(".").st_nlink), E(os.listdir, fd)]
+    finally:
+        os.chdir(cwd)
+        os.close(fd)
+
+
+@case(ROOT_CASES)
+def running_executable(c: Ctx) -> Obs:
+    """A program running from the file system: writing its file is ETXTBSY (or allowed, as the
+    kernel decides); removing or renaming its name is fine."""
+    import subprocess
+    exe = c / "sleeper"
+    with open("/bin/sleep", "rb") as src:
+        write(exe, src.read(), mode=0o755)
+    os.chmod(exe, 0o755)
+    proc = subprocess.Popen([exe, "30"])
+    try:
+        time.sleep(0.2)          # only so that the exec has happened: both sides wait alike
+        return [E(lambda: os.close(os.open(exe, os.O_WRONLY))),
+                E(os.truncate, exe, 0), E(os.rename, exe, c / "moved"), E(os.unlink, c / "moved")]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # ====================================================================== the runner
 
 @pytest.fixture(scope="module")
