@@ -1079,16 +1079,14 @@ def running_executable(c: Ctx) -> Obs:
 
 # ====================================================================== the runner
 
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """One mount for the module (allow_other,default_permissions when root, so a second user
-    can use it) and one plain directory, both under a 0755 directory in /tmp."""
+def _roots(tmp_path_factory: pytest.TempPathFactory, options: str) -> Iterator[tuple[Path, Path]]:
+    """A mount and a plain directory, both under a 0755 directory in /tmp (a second user
+    must reach them: pytest's tmp_path is private)."""
     if not fuse_usable():
         pytest.skip("FUSE is not available")
     base = Path(tempfile.mkdtemp(prefix="hkfs-oracle-", dir="/tmp"))
     base.chmod(0o755)
-    m = start_mount(tmp_path_factory.mktemp("oracle") / "store", base / "mnt",
-                    "allow_other,default_permissions" if os.geteuid() == 0 else "")
+    m = start_mount(tmp_path_factory.mktemp("oracle") / "store", base / "mnt", options)
     m.root.chmod(0o755)
     plain = base / "plain"
     plain.mkdir(mode=0o755)
@@ -1099,6 +1097,21 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
         shutil.rmtree(base, ignore_errors=True)
         problems = m.log_problems()
         assert not problems, "\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def private_roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """`hk mount` as it is by default: no options (the daemon checks no permissions; only
+    the mounting user reaches the mount)."""
+    yield from _roots(tmp_path_factory, "")
+
+
+@pytest.fixture(scope="module")
+def shared_roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """A shared mount: allow_other,default_permissions (the kernel checks every access)."""
+    if os.geteuid() != 0:
+        pytest.skip("allow_other needs root here")
+    yield from _roots(tmp_path_factory, "allow_other,default_permissions")
 
 
 def _params(table: dict[str, Case]) -> list:
@@ -1117,15 +1130,29 @@ def _compare(table: dict[str, Case], name: str, roots: tuple[Path, Path], uid: i
 
 
 @pytest.mark.parametrize("name", _params(ROOT_CASES))
-def test_as_root(name: str, roots: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("mount_kind", ["private", "shared"])
+def test_as_root(name: str, mount_kind: str, request: pytest.FixtureRequest) -> None:
     if os.geteuid() != 0:
         pytest.skip("the table's root cases chown and chmod to any owner")
-    _compare(ROOT_CASES, name, roots, None)
+    _compare(ROOT_CASES, name, request.getfixturevalue(f"{mount_kind}_roots"), None)
 
 
 @pytest.mark.parametrize("name", _params(USER_CASES))
-def test_as_a_second_user(name: str, roots: tuple[Path, Path], second_uid: int) -> None:  # noqa: F811
-    _compare(USER_CASES, name, roots, second_uid)
+def test_as_a_second_user(name: str, shared_roots: tuple[Path, Path], second_uid: int) -> None:  # noqa: F811
+    _compare(USER_CASES, name, shared_roots, second_uid)
+
+
+def test_permitted_follows_the_kernels_rules() -> None:
+    """hkfs.mount.access.permitted, which answers access(2) on a mount without
+    default_permissions (private_roots' access_as_root checks it through a mount)."""
+    from hkfs.mount.access import permitted
+    f, d, none = stat.S_IFREG, stat.S_IFDIR, frozenset[int]()
+    assert permitted(f | 0o644, 5, 5, 0, none, os.R_OK | os.W_OK) and not permitted(f | 0o644, 5, 5, 0, none, os.X_OK)
+    assert permitted(f | 0o001, 5, 5, 0, none, os.X_OK) and permitted(d, 5, 5, 0, none, os.X_OK)
+    assert permitted(f | 0o600, 7, 8, 7, none, os.R_OK | os.W_OK) and not permitted(f | 0o600, 7, 8, 7, none, os.X_OK)
+    assert not permitted(f | 0o077, 7, 8, 7, frozenset({8}), os.R_OK)       # the owner's bits only
+    assert permitted(f | 0o040, 7, 8, 9, frozenset({8}), os.R_OK) and not permitted(f | 0o040, 7, 8, 9, none, os.R_OK)
+    assert permitted(f | 0o004, 7, 8, 9, none, os.R_OK) and not permitted(f | 0o006, 7, 8, 9, none, os.R_OK | os.X_OK)
 
 
 from test_second_user import second_uid  # noqa: E402,F401 - the session fixture (useradd)

@@ -34,6 +34,7 @@ from mfusepy import FuseOSError, Operations, overrides
 from ..core.changes import ChangeFeed
 from ..core.errors import InvalidArgument, NotFound
 from ..core.store import Store
+from ..mount.access import caller_groups, permitted
 from ..mount.model import MAX_NAME, Attrs, MountModel, Stale, is_device
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
 from ..mount.queryfs import QueryFS
@@ -302,6 +303,19 @@ class HKOperations(Operations):
         if h is None and path is not None:
             self.queries.check_truncate(path, self.model.file(path), length)   # a stored query stays valid
         self._changed(self.model.truncate(where, length, h.fd if h is not None else None), path)
+        return 0
+
+    @overrides(Operations)
+    @mapped
+    def access(self, path: str, amode: int) -> int:
+        """access(2), faccessat(2) and chdir, asked only without default_permissions (with it
+        the kernel answers from the attributes): the mode bits against the caller, as on ext4.
+        Unanswered (ENOSYS: "allowed" for the kernel) `test -x` took every file for executable."""
+        st = self.getattr(path)
+        who = _caller_context()
+        uid, gid, pid = who if who is not None else (os.getuid(), os.getgid(), os.getpid())
+        if amode and not permitted(st["st_mode"], st["st_uid"], st["st_gid"], uid, caller_groups(pid, gid), amode):
+            raise FuseOSError(errno.EACCES)
         return 0
 
     @overrides(Operations)
