@@ -14,6 +14,7 @@ sequences over a few names rarely reach (open flags, long names, times, xattrs, 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import pickle
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from conftest import daemon_loads_libfuse3, fuse_usable, start_mount, stop_mount
-from test_posix import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
+from test_posix import RENAME_EXCHANGE, RENAME_NOREPLACE, _libc, renameat2
 
 pytestmark = pytest.mark.mount
 FUSE3 = daemon_loads_libfuse3()
@@ -609,10 +610,6 @@ UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 def utimensat(p: Path, atime: tuple[int, int], mtime: tuple[int, int], nofollow: bool = False) -> None:
     """utimensat(2) with raw timespecs (os.utime cannot pass UTIME_NOW/UTIME_OMIT)."""
-    import ctypes
-
-    from test_posix import _libc
-
     class Timespec(ctypes.Structure):
         _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
     ts = (Timespec * 2)(Timespec(*atime), Timespec(*mtime))
@@ -1075,6 +1072,75 @@ def running_executable(c: Ctx) -> Obs:
     finally:
         proc.kill()
         proc.wait()
+
+
+# ====================================================================== paths, tmpfiles, data paths
+
+@case(ROOT_CASES)
+def trailing_slashes(c: Ctx) -> Obs:
+    write(c / "f")
+    os.mkdir(c / "d")
+    return [E(os.stat, c / "f/"), E(os.open, c / "d/", os.O_CREAT | os.O_WRONLY), E(os.mkdir, c / "x/"),
+            E(os.rename, c / "f", c / "g/"), E(os.symlink, "t", c / "l/"), E(os.link, c / "f", c / "h/"),
+            E(os.unlink, c / "f/"), E(os.rmdir, c / "x/"), E(os.rename, c / "d/", c / "e"),
+            E(os.rename, c / "e", c / "d2/"), E(os.mkfifo, c / "p/"), sorted(os.listdir(c.d))]
+
+
+@case(ROOT_CASES)
+def data_paths(c: Ctx) -> Obs:
+    """copy_file_range, SEEK_DATA/SEEK_HOLE of a file without holes, a shared mmap, flock."""
+    import fcntl
+    import mmap
+    write(c / "src", b"0123456789" * 100)
+    write(c / "dst", b"")
+    out = []
+    s_fd, d_fd = os.open(c / "src", os.O_RDONLY), os.open(c / "dst", os.O_RDWR)
+    try:
+        n = 0
+        while n < 1000:
+            got = os.copy_file_range(s_fd, d_fd, 1000 - n)
+            if not got:
+                break
+            n += got
+        out += [n, os.pread(d_fd, 2000, 0) == read(c / "src"),
+                os.lseek(s_fd, 0, os.SEEK_DATA), os.lseek(s_fd, 0, os.SEEK_HOLE), E(os.lseek, s_fd, 1000, os.SEEK_DATA)]
+        m = mmap.mmap(d_fd, 1000)
+        m[0:5] = b"HELLO"
+        m.flush()
+        m.close()
+    finally:
+        os.close(s_fd)
+        os.close(d_fd)
+    out.append(read(c / "dst")[:12])
+    a, b = os.open(c / "src", os.O_RDONLY), os.open(c / "src", os.O_RDONLY)
+    try:
+        fcntl.flock(a, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        out.append(E(fcntl.flock, b, fcntl.LOCK_EX | fcntl.LOCK_NB))
+        fcntl.flock(a, fcntl.LOCK_UN)
+        out.append(E(fcntl.flock, b, fcntl.LOCK_SH | fcntl.LOCK_NB))
+    finally:
+        os.close(a)
+        os.close(b)
+    return out
+
+
+@case(ROOT_CASES, xfail="open(O_TMPFILE) is EOPNOTSUPP: libfuse's high-level API has no tmpfile "
+                        "operation (tools fall back to a named temp file, as on any file system "
+                        "without O_TMPFILE)")
+def o_tmpfile(c: Ctx) -> Obs:
+    """open(dir, O_TMPFILE): an unnamed file, linked in later with linkat (AT_EMPTY_PATH through /proc)."""
+    try:
+        fd = os.open(c.d, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    try:
+        os.write(fd, b"tmp")
+        # os.link calls link(2), which does not follow /proc's link
+        if _libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, os.fsencode(c / "named"), 0x400) != 0:
+            return ["linkat", errno.errorcode[ctypes.get_errno()]]
+        return [read(c / "named"), sorted(os.listdir(c.d))]
+    finally:
+        os.close(fd)
 
 
 # ====================================================================== the runner
