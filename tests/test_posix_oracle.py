@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import pickle
 import shutil
 import socket
 import stat
@@ -29,6 +28,7 @@ from pathlib import Path
 import pytest
 from conftest import daemon_loads_libfuse3, fuse_usable, start_mount, stop_mount
 from test_posix import RENAME_EXCHANGE, RENAME_NOREPLACE, _libc, renameat2
+from test_second_user import run_as
 
 pytestmark = pytest.mark.mount
 FUSE3 = daemon_loads_libfuse3()
@@ -122,29 +122,7 @@ class Ctx:
 
     def as_user(self, fn: Callable[[], object]) -> object:
         assert self.uid is not None
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:                          # the child: never returns into pytest
-            try:
-                os.close(r)
-                os.setgroups([])
-                os.setgid(self.uid)
-                os.setuid(self.uid)
-                res: tuple = ("ok", fn())
-            except BaseException as exc:      # noqa: BLE001 - reported to the parent
-                res = ("error", repr(exc))
-            try:
-                with os.fdopen(w, "wb") as f:
-                    pickle.dump(res, f)
-            finally:
-                os._exit(0)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            got = f.read()
-        os.waitpid(pid, 0)
-        status, val = pickle.loads(got)
-        assert status == "ok", f"as the second user: {val}"
-        return val
+        return run_as(self.uid, fn)
 
 
 # ====================================================================== open

@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import pickle
 import shutil
 import stat
 import tempfile
@@ -37,6 +36,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from test_second_user import run_as
 
 pytestmark = pytest.mark.mount
 
@@ -179,31 +179,9 @@ class SideBySide(RuleBasedStateMachine):
         return results
 
     def as_user(self, op: str, *args: object) -> None:
-        """Apply op to both trees as the second user: in a forked child that drops to its uid
-        (after every import), which reports both errnos back through a pipe."""
+        """Apply op to both trees as the second user (test_second_user.run_as)."""
         assert self.uid is not None
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:              # the child: never returns into pytest
-            try:
-                os.close(r)
-                os.setgroups([])
-                os.setgid(self.uid)
-                os.setuid(self.uid)
-                res: object = self._apply(op, args)
-            except BaseException as exc:          # noqa: BLE001 - reported to the parent
-                res = repr(exc)
-            try:
-                with os.fdopen(w, "wb") as f:
-                    pickle.dump(res, f)
-            finally:
-                os._exit(0)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            got = pickle.loads(f.read())
-        os.waitpid(pid, 0)
-        assert isinstance(got, list), f"{op}{args} as the second user: {got}"
-        hk, plain = got
+        hk, plain = run_as(self.uid, lambda: self._apply(op, args))
         assert hk == plain, f"{op}{args} as uid {self.uid}: mount {errname(hk)}, ext4 {errname(plain)}"
 
     # ---- the operations, on one root
