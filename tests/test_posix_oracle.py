@@ -849,7 +849,8 @@ def owner_chmod_and_chown_rules(c: Ctx) -> Obs:
         os.mkdir(c / "mydir")
         return [E(os.chmod, c / "mine", 0o4755), st(c / "mine"), E(os.chmod, c / "mine", 0o2755), st(c / "mine"),
                 E(os.chmod, c / "mydir", 0o3777), st(c / "mydir"), E(os.chown, c / "mine", 0, -1),
-                E(os.chown, c / "mine", -1, 0), E(os.chown, c / "mine", c.uid, c.uid),
+                E(os.chown, c / "mine", -1, 0), E(os.chmod, c / "mine", 0o6755), st(c / "mine"),
+                E(os.chown, c / "mine", c.uid, c.uid), st(c / "mine"),
                 E(os.chown, c / "mine", -1, -1), E(os.utime, c / "mine", ns=(5, 6)),
                 os.stat(c / "mine").st_mtime_ns, E(os.setxattr, c / "mine", "user.m", b"m"),
                 E(os.getxattr, c / "mine", "user.m"), E(os.mkfifo, c / "myfifo"), st(c / "myfifo")]
