@@ -102,11 +102,16 @@ class SideBySide(RuleBasedStateMachine):
             if self.uid is not None:
                 r.chmod(0o1777)   # a shared scratch directory: both users make files in it
             # not empty at the start: most random steps then meet something (from an empty
-            # tree a fixed CI sample could miss a whole rule's effect, e.g. chown's group)
-            (r / "a").write_bytes(b"hello")
+            # tree a fixed CI sample could miss a whole rule's effect, e.g. chown's group);
+            # with two users "b" is a sticky directory holding root's writable file, and the
+            # other top names are left free for the second user
             (r / "b").mkdir()
             (r / "b" / "a").write_bytes(b"in b")
-            (r / "c").symlink_to("a")
+            if self.uid is None:
+                (r / "a").write_bytes(b"hello")
+            else:
+                (r / "b").chmod(0o1777)
+                (r / "b" / "a").chmod(0o666)
         self.held: list[tuple[int, int]] = []     # descriptors open on both sides (mount, ext4)
 
     def teardown(self) -> None:
