@@ -1122,6 +1122,42 @@ def o_tmpfile(c: Ctx) -> Obs:
         os.close(fd)
 
 
+# ====================================================================== files removed while open
+
+@case(ROOT_CASES)
+def ftruncate_of_a_file_removed_while_open(c: Ctx) -> Obs:
+    """ftruncate through a descriptor of a removed file, with and without an fchmod first
+    (ENOENT once, with the bytes truncated all the same)."""
+    out = []
+    for pre in (None, 0o600, 0):
+        write(c / "f", b"hello")
+        fd = os.open(c / "f", os.O_RDWR)
+        try:
+            os.unlink(c / "f")
+            if pre is not None:
+                os.fchmod(fd, pre)
+            out.append([E(os.ftruncate, fd, 2), os.fstat(fd).st_size, os.pread(fd, 9, 0), E(os.ftruncate, fd, 7),
+                        os.pread(fd, 9, 0)])
+        finally:
+            os.close(fd)
+    return out
+
+
+@case(ROOT_CASES, xfail="fstat of a file removed while open that still has another hard link says "
+                        "st_nlink 0 (ext4: 1): the removed-while-open path answers as if the last "
+                        "link went (hkfs/fuse/removed.py, HKOperations._hide)")
+def fstat_of_an_open_file_unlinked_beside_another_link(c: Ctx) -> Obs:
+    write(c / "g", b"hello")
+    os.link(c / "g", c / "h")
+    fd = os.open(c / "g", os.O_RDWR)
+    try:
+        os.unlink(c / "g")
+        os.pwrite(fd, b"J", 0)
+        return [os.fstat(fd).st_nlink, os.stat(c / "h").st_nlink, read(c / "h")]
+    finally:
+        os.close(fd)
+
+
 # ====================================================================== the runner
 
 def _roots(tmp_path_factory: pytest.TempPathFactory, options: str) -> Iterator[tuple[Path, Path]]:

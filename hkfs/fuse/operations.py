@@ -189,21 +189,24 @@ class HKOperations(Operations):
         except NotFound:
             return self._removed_attrs(h)
 
+    def _removed_handle(self, where: str | int) -> Handle | None:
+        """An open handle of `where` if it is a file removed while open (no catalog row left)."""
+        if not isinstance(where, int) or where not in self.files.counts:
+            return None
+        try:
+            self.model.entity_attrs(where)
+            return None
+        except NotFound:
+            return self.files.of_entity(where)
+
     def _removed_set(self, where: str | int, mode: int | None = None, uid: int | None = None,
                      gid: int | None = None) -> bool:
         """fchmod/fchown of a file removed while open: no catalog row is left to change, so its
         kept attributes change (see _removed_attrs). False if it has a row (or is no open file)."""
-        if not isinstance(where, int) or where not in self.files.counts:
-            return False
-        try:
-            self.model.entity_attrs(where)
-            return False
-        except NotFound:
-            pass
-        h = self.files.of_entity(where)
+        h = self._removed_handle(where)
         if h is None:
             return False
-        self.removed.change(where, os.fstat(h.fd), mode, uid, gid)
+        self.removed.change(h.eid, os.fstat(h.fd), mode, uid, gid)
         return True
 
     def _entity_changed_at(self, eid: int, path: str | None) -> None:
@@ -300,6 +303,10 @@ class HKOperations(Operations):
             return self.queries.truncate(fh, length)      # type: ignore[arg-type]
         h = self.files.get(fh)
         where = h.eid if h is not None else self._where(path, None)
+        gone = self._removed_handle(where)
+        if gone is not None:                 # ftruncate of a file removed while open: its bytes only
+            os.ftruncate(gone.fd, length)
+            return 0
         if h is None and path is not None:
             self.queries.check_truncate(path, self.model.file(path), length)   # a stored query stays valid
         self._changed(self.model.truncate(where, length, h.fd if h is not None else None), path)
