@@ -596,7 +596,8 @@ def utimensat(p: Path, atime: tuple[int, int], mtime: tuple[int, int], nofollow:
         raise OSError(e, os.strerror(e), str(p))
 
 
-@case(ROOT_CASES)
+@case(ROOT_CASES, xfail=None if FUSE3 else "libfuse 2 (the fallback) hands UTIME_OMIT and UTIME_NOW "
+                                              "to the file system as times: one omitted time changes the other")
 def utimensat_cases(c: Ctx) -> Obs:
     write(c / "f")
     os.symlink("f", c / "l")
@@ -1144,8 +1145,10 @@ def ftruncate_of_a_file_removed_while_open(c: Ctx) -> Obs:
 
 
 @case(ROOT_CASES, xfail="fstat of a file removed while open that still has another hard link says "
-                        "st_nlink 0 (ext4: 1): the removed-while-open path answers as if the last "
-                        "link went (hkfs/fuse/removed.py, HKOperations._hide)")
+                        "st_nlink 0 (ext4: 1), on libfuse 3 and 2 alike; reads and writes are right. "
+                        "libfuse's high-level API gives each name its own kernel inode; where the 0 "
+                        "comes from (the kernel's own decrement or the hidden name's answer) is not "
+                        "found yet")
 def fstat_of_an_open_file_unlinked_beside_another_link(c: Ctx) -> Obs:
     write(c / "g", b"hello")
     os.link(c / "g", c / "h")
