@@ -6,12 +6,14 @@ Skipped only where a user cannot be made (not root, no useradd/setpriv, no FUSE)
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from conftest import Mount, fuse_usable, start_mount, stop_mount
@@ -19,6 +21,7 @@ from conftest import Mount, fuse_usable, start_mount, stop_mount
 pytestmark = pytest.mark.mount
 
 USER = "hkfs-second"
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +39,34 @@ def second_uid() -> Iterator[int]:
     finally:
         if made.returncode == 0:
             subprocess.run(["userdel", "-f", USER], capture_output=True)
+
+
+def run_as(uid: int, fn: Callable[[], T]) -> T:
+    """fn() as user uid (and its group, no others), in a forked child that drops to it after
+    every import; the result comes back pickled, an exception as a failed assertion."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                              # the child: never returns into pytest
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            res: tuple = ("ok", fn())
+        except BaseException as exc:          # noqa: BLE001 - reported to the parent
+            res = ("error", repr(exc))
+        try:
+            with os.fdopen(w, "wb") as f:
+                pickle.dump(res, f)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    status, val = pickle.loads(got)
+    assert status == "ok", f"as uid {uid}: {val}"
+    return val
 
 
 def _shared_mount(tmp_path: Path, options: str) -> Iterator[Mount]:

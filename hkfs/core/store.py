@@ -1576,6 +1576,7 @@ class Store:
         return bytes(r[0])
 
     def set_xattr(self, kind: str, id: int, name: str, value: bytes) -> None:
+        """Set an attribute; like any inode change it moves the object's ctime (as on ext4)."""
         with self.catalog.write() as c:
             self._need_object(c, kind, id)
             c.execute("INSERT OR REPLACE INTO xattrs(kind, id, name, value) VALUES (?, ?, ?, ?)",

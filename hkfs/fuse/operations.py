@@ -35,6 +35,7 @@ from mfusepy import FuseOSError, Operations, overrides
 from ..core.changes import ChangeFeed
 from ..core.errors import HKError, InvalidArgument, NotFound
 from ..core.store import Store
+from ..mount.access import caller_groups, permitted
 from ..mount.model import MAX_NAME, Attrs, MountModel, Stale, is_device
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
 from ..mount.queryfs import QueryFS
@@ -73,6 +74,16 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2   # linux/fs.h; other flags are refused
 def _is_query_path(path: str | None) -> bool:
     """Cheap pre-check before asking the .query layer (most paths are not queries)."""
     return bool(path) and path.endswith(QUERY_SUFFIX)  # type: ignore[union-attr]
+
+
+XATTR_PREFIXES = ("user.", "trusted.", "security.", "system.")
+
+
+def _check_xattr_name(name: str) -> None:
+    """A name that is only a namespace prefix ("user.") names no attribute: EINVAL, as on
+    ext4 (the kernel leaves that check to FUSE file systems)."""
+    if name in XATTR_PREFIXES:
+        raise FuseOSError(errno.EINVAL)
 
 
 def _caller() -> tuple[int, int]:
@@ -203,21 +214,24 @@ class HKOperations(Operations):
         except NotFound:
             return self._removed_attrs(h)
 
+    def _removed_handle(self, where: str | int) -> Handle | None:
+        """An open handle of `where` if it is a file removed while open (no catalog row left)."""
+        if not isinstance(where, int) or where not in self.files.counts:
+            return None
+        try:
+            self.model.entity_attrs(where)
+            return None
+        except NotFound:
+            return self.files.of_entity(where)
+
     def _removed_set(self, where: str | int, mode: int | None = None, uid: int | None = None,
                      gid: int | None = None) -> bool:
         """fchmod/fchown of a file removed while open: no catalog row is left to change, so its
         kept attributes change (see _removed_attrs). False if it has a row (or is no open file)."""
-        if not isinstance(where, int) or where not in self.files.counts:
-            return False
-        try:
-            self.model.entity_attrs(where)
-            return False
-        except NotFound:
-            pass
-        h = self.files.of_entity(where)
+        h = self._removed_handle(where)
         if h is None:
             return False
-        self.removed.change(where, os.fstat(h.fd), mode, uid, gid)
+        self.removed.change(h.eid, os.fstat(h.fd), mode, uid, gid)
         return True
 
     def _views_changed(self) -> None:
@@ -319,9 +333,26 @@ class HKOperations(Operations):
             return self.queries.truncate(fh, length)      # type: ignore[arg-type]
         h = self.files.get(fh)
         where = h.eid if h is not None else self._where(path, None)
+        gone = self._removed_handle(where)
+        if gone is not None:                 # ftruncate of a file removed while open: its bytes only
+            os.ftruncate(gone.fd, length)
+            return 0
         if h is None and path is not None:
             self.queries.check_truncate(path, self.model.file(path), length)   # a stored query stays valid
         self._changed(self.model.truncate(where, length, h.fd if h is not None else None), path)
+        return 0
+
+    @overrides(Operations)
+    @mapped
+    def access(self, path: str, amode: int) -> int:
+        """access(2), faccessat(2) and chdir, asked only without default_permissions (with it
+        the kernel answers from the attributes): the mode bits against the caller, as on ext4.
+        Unanswered (ENOSYS: "allowed" for the kernel) `test -x` took every file for executable."""
+        st = self.getattr(path)
+        who = _caller_context()
+        uid, gid, pid = who if who is not None else (os.getuid(), os.getgid(), os.getpid())
+        if amode and not permitted(st["st_mode"], st["st_uid"], st["st_gid"], uid, caller_groups(pid, gid), amode):
+            raise FuseOSError(errno.EACCES)
         return 0
 
     @overrides(Operations)
@@ -651,6 +682,7 @@ class HKOperations(Operations):
             # before it goes on (hkfs.fuse.daemon_notify); answered once they are dropped
             self.kernel.invalidate_foreign()
             return str(self.kernel.epochs).encode()
+        _check_xattr_name(name)
         if not name.startswith("user."):
             # ENOTSUP (not ENODATA) for system.* / security.*: `ls -l` then stops asking
             # for ACLs on this file system instead of asking once per file. Answered
@@ -670,12 +702,14 @@ class HKOperations(Operations):
     @overrides(Operations)
     @mapped
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        _check_xattr_name(name)
         self.kernel.carry_out(self.model.setxattr(path, name, bytes(value), options))
         return 0
 
     @overrides(Operations)
     @mapped
     def removexattr(self, path: str, name: str) -> int:
+        _check_xattr_name(name)
         self.kernel.carry_out(self.model.removexattr(path, name))
         return 0
 

@@ -9,22 +9,28 @@ The rule is computed per caller from the directories' modes; it is pure, the mou
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable
 
-__all__ = ["DirPerm", "blocked_dirs", "caller_groups"]
+__all__ = ["DirPerm", "blocked_dirs", "caller_groups", "permitted"]
 
 # (directory id, parent id or None, mode, uid, gid), as Store.dir_perms gives them
 DirPerm = tuple[int, "int | None", int, int, int]
 
 
-def _searchable(mode: int, uid: int, gid: int, caller: int, groups: frozenset[int]) -> bool:
+def permitted(mode: int, uid: int, gid: int, caller: int, groups: frozenset[int], want: int) -> bool:
+    """Whether the caller may do `want` (R_OK 4 | W_OK 2 | X_OK 1) to an inode of that mode
+    and owner, as the kernel's generic_permission decides: root may read and write anything
+    and execute a file with any execute bit (search any directory); others by the owner's,
+    the group's or the other bits, whichever class they fall in first."""
     if caller == 0:
-        return True
-    if caller == uid:
-        return bool(mode & 0o100)
-    if gid in groups:
-        return bool(mode & 0o010)
-    return bool(mode & 0o001)
+        return not want & 1 or stat.S_ISDIR(mode) or bool(mode & 0o111)
+    bits = mode >> 6 if caller == uid else mode >> 3 if gid in groups else mode
+    return want & bits & 7 == want
+
+
+def _searchable(mode: int, uid: int, gid: int, caller: int, groups: frozenset[int]) -> bool:
+    return permitted(stat.S_IFDIR | mode, uid, gid, caller, groups, 1)
 
 
 def blocked_dirs(dirs: Iterable[DirPerm], caller: int, groups: frozenset[int]) -> set[int]:
