@@ -327,13 +327,7 @@ def rmdir_errors_and_counts(c: Ctx) -> Obs:
     return [errs, t, st(c / "d")]
 
 
-SETGID_DIR = ("a file or directory made in a setgid directory takes the caller's group, not the "
-              "directory's, and a directory made there lacks S_ISGID: MountModel.create/mkdir "
-              "store the caller's gid as the kernel passes it (a FUSE file system must apply "
-              "the BSD group rule itself)")
-
-
-@case(ROOT_CASES, xfail=SETGID_DIR)
+@case(ROOT_CASES)
 def setgid_directory_inherits_group(c: Ctx) -> Obs:
     os.mkdir(c / "g")
     os.chown(c / "g", 0, 4321)
@@ -858,7 +852,7 @@ def owner_chmod_and_chown_rules(c: Ctx) -> Obs:
     return c.as_user(user)
 
 
-@case(USER_CASES, xfail=SETGID_DIR)
+@case(USER_CASES)
 def setgid_directory_as_a_user(c: Ctx) -> Obs:
     _user_dir(c, 0o777)
     os.mkdir(c / "g")

@@ -240,10 +240,6 @@ class SideBySide(RuleBasedStateMachine):
 
     @staticmethod
     def _chmod(root: Path, p: str, mode: int) -> None:
-        if os.path.isdir(root / p):
-            # no setgid directories: what is made in one keeps the caller's group on the
-            # mount (pinned: test_posix_oracle's setgid_directory_* strict xfails)
-            mode &= ~stat.S_ISGID
         os.chmod(root / p, mode, follow_symlinks=True)
 
     @staticmethod

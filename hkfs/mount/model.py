@@ -471,7 +471,9 @@ class MountModel:
         perm = stat.S_IFMT(mode) | (mode & 0o7777)
         if isinstance(loc, LinkLoc) and loc.eid is None:
             check_new_name(loc.name)
-            ns = self.store.dir(loc.dirid).owner_ns
+            d = self.store.dir(loc.dirid)
+            ns = d.owner_ns
+            gid = d.gid if d.mode & stat.S_ISGID else gid        # the BSD group rule of setgid dirs
             eid = self.store.create(ns, loc.name, directory=loc.dirid, mode=perm, uid=uid, gid=gid)
         elif isinstance(loc, ViewFileLoc) and loc.eid is None:
             check_new_name(loc.name)
@@ -790,6 +792,9 @@ class MountModel:
             if loc.eid is not None:
                 raise AlreadyExists("file exists")
             check_new_name(loc.name)
+            parent = self.store.dir(loc.dirid)
+            if parent.mode & stat.S_ISGID:      # a setgid directory's group and bit go down (as ext4)
+                gid, mode = parent.gid, mode | stat.S_ISGID
             self.store.mkdir(loc.dirid, loc.name, mode=mode & 0o7777, uid=uid, gid=gid)
             return NOTHING
         # a keyword directory keeps the mode (umask applied by the kernel) and owner it is made with
