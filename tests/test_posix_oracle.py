@@ -1138,11 +1138,7 @@ def ftruncate_of_a_file_removed_while_open(c: Ctx) -> Obs:
     return out
 
 
-@case(ROOT_CASES, xfail="fstat of a file removed while open that still has another hard link says "
-                        "st_nlink 0 (ext4: 1), on libfuse 3 and 2 alike; reads and writes are right. "
-                        "libfuse's high-level API gives each name its own kernel inode; where the 0 "
-                        "comes from (the kernel's own decrement or the hidden name's answer) is not "
-                        "found yet")
+@case(ROOT_CASES)
 def fstat_of_an_open_file_unlinked_beside_another_link(c: Ctx) -> Obs:
     write(c / "g", b"hello")
     os.link(c / "g", c / "h")

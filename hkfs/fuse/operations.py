@@ -288,15 +288,19 @@ class HKOperations(Operations):
             if q is not None:
                 return q
         h = self.files.get(fh)
-        if h is not None:
-            return self._open_attrs(h)
         hidden = self.removed.eid_of(path)
-        if hidden is not None:          # fstat of a file removed while open: no handle is passed
+        if h is None and hidden is not None:    # fstat of a file removed while open: no handle is passed
             h = self.files.of_entity(hidden)
             if h is None:
                 raise NotFound("no such file")
-            return self._open_attrs(h)
-        return self._stat(self.model.attrs(path))
+        if h is None:
+            return self._stat(self.model.attrs(path))
+        st = self._open_attrs(h)
+        if st["st_nlink"] and self.removed.hides(h.eid):
+            # libfuse's getattr takes one off a hidden node's count (its hidden name is a link
+            # it made); the daemon never made that link (the hide is the removal): add it back
+            st["st_nlink"] += 1
+        return st
 
     @overrides(Operations)
     @mapped

@@ -34,6 +34,10 @@ class RemovedWhileOpen:
             return None
         return self._names.get(path.rpartition("/")[2])
 
+    def hides(self, eid: int) -> bool:
+        """Whether libfuse holds eid under a hidden name (an open file removed by one of its names)."""
+        return bool(self._names) and eid in self._names.values()
+
     def hide(self, name: str, eid: int, mode: int, uid: int, gid: int) -> None:
         self._names[name] = eid
         self._kept[eid] = (mode & 0o7777, uid, gid)
