@@ -305,7 +305,9 @@ def test_temp_and_rename_is_an_editor_save(model: MountModel) -> None:
     model.setxattr("/@/doc/m.txt", "user.note", b"keep")
     tmp = new(model, "/@/doc/.goutputstream-X1", b"new")
     model.chmod("/@/doc/.goutputstream-X1", 0o640)
+    model.chown("/@/doc/.goutputstream-X1", None, GID + 7)      # the temp's group wins, as in rename(2)
     assert model.rename("/@/doc/.goutputstream-X1", "/@/doc/m.txt") == Stale(everything=True, merged=(tmp, doc))
+    assert model.attrs("/d/m.txt").gid == GID + 7
     assert model.file("/@/doc/m.txt") == doc and read(model, "/d/m.txt") == b"new"
     assert model.getxattr("/d/m.txt", "user.note") == b"keep" and hks(model, "/d/m.txt") == "//doc"
     assert model.attrs("/d/m.txt").mode & 0o7777 == 0o640 and model.attrs("/d/m.txt").size == 3

@@ -859,12 +859,14 @@ class Store:
 
     def replace_entity(self, src: int, dst: int, *, size: int, mtime_ns: int) -> None:
         """Step 2 of hkfs.core.bytes.replace_bytes (an editor save), in one transaction: entity
-        dst gets src's permissions and the size and mtime of its bytes (already moved); src goes."""
+        dst gets src's permissions and group (what rename(2) would leave; editors set them on the
+        temp file) and the size and mtime of its bytes (already moved); src goes."""
         with self.catalog.write() as c:
             self._need_entity(c, dst)
-            mode = self._entity(c, src).mode
-            c.execute("UPDATE entities SET size = ?, mode = ?, mtime_ns = ?, ctime_ns = ? WHERE id = ?",
-                      (size, _entity_mode(mode & 0o7777, self._entity(c, dst).mode), mtime_ns, _now(), dst))
+            new = self._entity(c, src)
+            c.execute("UPDATE entities SET size = ?, mode = ?, gid = ?, mtime_ns = ?, ctime_ns = ? WHERE id = ?",
+                      (size, _entity_mode(new.mode & 0o7777, self._entity(c, dst).mode), new.gid, mtime_ns,
+                       _now(), dst))
             self._delete_entity(c, src)
 
     def set_rdev(self, eid: int, rdev: int) -> None:
