@@ -38,7 +38,7 @@ def model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MountMode
 
 
 def streamed(m: MountModel, path: str, offset: int = 0) -> list[tuple[tuple, int]]:
-    got = listing_for(m, m.resolve(path))
+    got = listing_for(m, m.resolve(path), path)
     assert isinstance(got, ViewListing)
     return list(got.entries_from(offset))
 

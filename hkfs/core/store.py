@@ -1585,10 +1585,12 @@ class Store:
                       (kind, id, name, bytes(value)))
             self._xattr_changed(c, kind, id)
 
-    @staticmethod
-    def _xattr_changed(c: sqlite3.Connection, kind: str, id: int) -> None:
+    def _xattr_changed(self, c: sqlite3.Connection, kind: str, id: int) -> None:
         """setxattr and removexattr change the inode's ctime (POSIX), not its mtime."""
-        c.execute(f"UPDATE {'entities' if kind == 'file' else 'dirs'} SET ctime_ns = ? WHERE id = ?", (_now(), id))
+        if kind == "file":
+            self._touch_entity(c, id)
+        else:
+            c.execute("UPDATE dirs SET ctime_ns = ? WHERE id = ?", (_now(), id))
 
     def remove_xattr(self, kind: str, id: int, name: str) -> None:
         with self.catalog.write() as c:

@@ -17,7 +17,6 @@ through any path is visible to the very next call.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import errno
 import logging
@@ -39,7 +38,7 @@ from ..mount.access import caller_groups, permitted
 from ..mount.model import MAX_NAME, Attrs, MountModel, Stale, is_device
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
 from ..mount.queryfs import QueryFS
-from ..mount.view_listing import KEYWORDS, ViewListing, listing_for
+from ..mount.view_listing import ViewListing, WholeListing, listing_for
 from ..mount.views import KeySpaceLoc, ViewLoc
 from ..query.service import QueryService
 from .callbacks import mapped, mapped_io, to_fuse_error
@@ -103,26 +102,6 @@ def _caller_context() -> tuple[int, int, int] | None:
         return None
 
 
-class _Listed:
-    """A directory's entries listed whole (MountModel.listdir), resumed by position; '@' and
-    views (shared mounts) by the offsets hkfs.mount.view_listing gives (see listing_from)."""
-
-    def __init__(self, entries: list[DirEntryAttrs], stable: bool) -> None:
-        self.offsets: list[int] | None = None
-        if stable:
-            offs = [i + 1 if i < 2 else KEYWORDS + (e[2] >> 2) if e[1] == stat.S_IFDIR else e[2] + 1
-                    for i, e in enumerate(entries)]
-            order = sorted(range(len(entries)), key=offs.__getitem__)
-            entries, self.offsets = [entries[i] for i in order], [offs[i] for i in order]
-        self.entries = entries
-
-    def entries_from(self, offset: int) -> Iterator[tuple[DirEntryAttrs, int]]:
-        if self.offsets is None:
-            return ((self.entries[i], i + 1) for i in range(offset, len(self.entries)))
-        start = bisect.bisect_right(self.offsets, offset)
-        return zip(self.entries[start:], self.offsets[start:], strict=True)
-
-
 class HKOperations(Operations):
     """Operations over a Store; the mount root is the mounting user's namespace root directory."""
 
@@ -150,7 +129,7 @@ class HKOperations(Operations):
         self.files = OpenFiles(store.entities_dir, self.model.open_counts)
         self.kernel.open_paths = self.files.paths
         self.kernel.dirs.on_drop = self._views_changed
-        self._listings: dict[int, ViewListing | _Listed] = {}   # directory handle -> its listing
+        self._listings: dict[int, ViewListing | WholeListing] = {}   # directory handle -> its listing
         self.removed = RemovedWhileOpen()        # libfuse's hidden names (hkfs/fuse/removed.py)
         self._new_bytes_files = True             # entities/ changed since its last fsync (fsync)
         # fstat + record of a written size, one at a time: two descriptors of one file closing
@@ -413,11 +392,7 @@ class HKOperations(Operations):
         never kept by the kernel, are listed whole and resumed by position."""
         got = self._listings.get(fh)
         if got is None or not offset:
-            loc = self.model.resolve(path)
-            got = listing_for(self.model, loc)
-            if got is None:
-                got = _Listed(self.model.listdir(path), isinstance(loc, (KeySpaceLoc, ViewLoc)))
-            self._listings[fh] = got
+            got = self._listings[fh] = listing_for(self.model, self.model.resolve(path), path)
             self.kernel.dirs.listed(fh)
         return got.entries_from(offset)
 

@@ -727,9 +727,7 @@ class MountModel:
         other link; in a view, no HK beyond the view's and the destination's); it has the
         destination's owner; both are regular files; and a destination in an ordinary directory
         has no other hard link (those keep the old bytes, as rename(2) leaves them)."""
-        with self._fresh_lock:
-            born = self._fresh.get(eid)
-        if born is None or self._clock() - born > EDITOR_SAVE_SECONDS:
+        if not self._is_fresh(eid):
             return False
         assert dst.eid is not None
         info, old = self.store.entity(eid), self.store.entity(dst.eid)
@@ -749,13 +747,18 @@ class MountModel:
         `cp -a`/`rsync -X`/`tar --xattrs` copying a file's keywords into a view: the copy keeps
         its keywords and stays where it was made (docs/mount.md, "Extended attributes")."""
         with self._fresh_lock:
-            born = self._fresh.get(eid)
             first = self._made_in_view.pop(eid, 0) is None
-        if not first or born is None or self._clock() - born > EDITOR_SAVE_SECONDS:
+        if not first or not self._is_fresh(eid):
             return hks
         if not isinstance(self.resolve(path), ViewFileLoc):
             return hks
         return tuple(dict.fromkeys((*self.store.entity(eid).hks, *hks)))
+
+    def _is_fresh(self, eid: int) -> bool:
+        """eid was created through this mount under EDITOR_SAVE_SECONDS ago, never renamed or linked."""
+        with self._fresh_lock:
+            born = self._fresh.get(eid)
+        return born is not None and self._clock() - born <= EDITOR_SAVE_SECONDS
 
     def _note_fresh(self, eid: int) -> None:
         now = self._clock()

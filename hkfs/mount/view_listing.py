@@ -22,19 +22,27 @@ from __future__ import annotations
 import bisect
 import stat
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 
 from .model import Entry, MountModel, is_device
 from .paths import clash_name, listed_name
 from .queryfs import SUFFIX as QUERY_SUFFIX
-from .views import ViewLoc, view_children_of
+from .views import KeySpaceLoc, Location, ViewLoc, view_children_of
 
-__all__ = ["ViewListing", "CHUNK", "KEYWORDS"]
+__all__ = ["ViewListing", "WholeListing", "listing_for", "stable_offset", "CHUNK", "KEYWORDS"]
 
 CHUNK = 1024                 # files fetched per catalog read
 KEYWORDS = 1 << 62           # offsets of child keywords start here (inodes >> 2 are < 2**58)
+
+
+def stable_offset(position: int, entry: Entry) -> int:
+    """An entry's offset that does not depend on its position in the listing (the module doc):
+    '.' and '..' (positions 0 and 1) are 1 and 2, a child keyword KEYWORDS + its inode >> 2,
+    a file its inode + 1."""
+    if position < 2:
+        return position + 1
+    return KEYWORDS + (entry[2] >> 2) if entry[1] == stat.S_IFDIR else entry[2] + 1
 
 
 class ViewListing:
@@ -65,8 +73,8 @@ class ViewListing:
     def entries_from(self, offset: int) -> Iterator[tuple[Entry, int]]:
         """(entry, its offset) of every entry whose offset is above `offset`, in order."""
         for i, e in enumerate(self.head):
-            if i + 1 > offset:
-                yield e, i + 1
+            if stable_offset(i, e) > offset:
+                yield e, stable_offset(i, e)
         if offset < KEYWORDS:
             first = int(np.searchsorted(self.ids, (max(offset, 2) + 2) >> 2))   # ino + 1 > offset
             # A request takes a few dozen entries: pieces start at multiples of CHUNK and the
@@ -76,13 +84,13 @@ class ViewListing:
                 at, entries, offs = self._piece
                 if at != i:
                     entries = self._files(self.ids[i:i + CHUNK])
-                    offs = [e[2] + 1 for e in entries]          # a file's offset: its inode + 1
+                    offs = [e[2] + 1 for e in entries]          # a file's stable_offset: its inode + 1
                     self._piece = (i, entries, offs)
                 for j in range(bisect.bisect_right(offs, offset), len(offs)):
                     yield entries[j], offs[j]
                 i += CHUNK
         for e in self.kw:
-            off = KEYWORDS + (e[2] >> 2)
+            off = stable_offset(2, e)
             if off > offset:
                 yield e, off
 
@@ -125,8 +133,29 @@ class ViewListing:
         return {n for n, c in seen.items() if c > 1}
 
 
-def listing_for(model: MountModel, loc: Any) -> ViewListing | None:
-    """A ViewListing for a view location (None: list it whole, as MountModel.listdir does)."""
+class WholeListing:
+    """A directory's entries listed whole (MountModel.listdir): plain directories, resumed by
+    position, and '@' and the views of a shared mount, by their stable offsets (a listing the
+    kernel keeps may be resumed by another handle: hkfs.fuse.dir_cache)."""
+
+    def __init__(self, entries: list[Entry], stable: bool) -> None:
+        self.offsets: list[int] | None = None
+        if stable:
+            offs = [stable_offset(i, e) for i, e in enumerate(entries)]
+            order = sorted(range(len(entries)), key=offs.__getitem__)
+            entries, self.offsets = [entries[i] for i in order], [offs[i] for i in order]
+        self.entries = entries
+
+    def entries_from(self, offset: int) -> Iterator[tuple[Entry, int]]:
+        if self.offsets is None:
+            return ((self.entries[i], i + 1) for i in range(offset, len(self.entries)))
+        start = bisect.bisect_right(self.offsets, offset)
+        return zip(self.entries[start:], self.offsets[start:], strict=True)
+
+
+def listing_for(model: MountModel, loc: Location, path: str) -> ViewListing | WholeListing:
+    """The listing of `path` (at `loc`): a view of a private mount a piece at a time, anything
+    else whole."""
     if type(loc) is ViewLoc and not model.shared:
         return ViewListing(model, loc)
-    return None
+    return WholeListing(model.listdir(path), isinstance(loc, (KeySpaceLoc, ViewLoc)))
