@@ -20,8 +20,8 @@ suffix, size, mtime; the xattr bytes) and applies the difference. Other commits
 sources (added or changed since the base was built; searched exactly, so an
 addition is searchable at once) and *dead* keys (in the base but removed or
 changed; filtered out). A background worker (started by the daemon's init()) looks
-when the change feed reports a commit that moved `vectors_gen`, and rebuilds, that is retrains, a shard's base when enough has changed, into a new
-directory, and swaps it in atomically under the lock; queries meanwhile use the
+when the change feed reports a commit that moved `vectors_gen`, and rebuilds, that is
+retrains, a shard's base when enough has changed, into a new directory, and swaps it in atomically under the lock; queries meanwhile use the
 previous base. Retags need no index change at all: the scope of a query (the
 entity ids a directory or view matches) is applied at search time.
 
@@ -78,7 +78,7 @@ POLL_S = 30.0       # a look when the change feed reported nothing for this long
 POLL_CPU_SHARE = 0.1   # looks take at most this share of a core: a look of t s waits t / share
 EXCLUDE_BY_MASK = 256  # an excluded file with more rows than this is left out by the allowed set
 DEAD_BY_MASK = 256     # as many dead base rows as this are dropped from the hits, more by the allowed set
-ALLOWED_MAX = 4        # allowed-id arrays kept (one per scope and index version; 8 bytes a row)  # ...or less often: a look that took t seconds waits t / share before the next
+ALLOWED_MAX = 4        # allowed-id arrays kept (one per scope and index version; 8 bytes a row)
 
 CACHE_FORMAT = 1       # STORE/vectors/sources-ns<NS>.npz (docs/query.md); another is ignored
 MANIFEST_FORMAT = 2    # manifest.json + gen-<N>/keys.npy; another is ignored (rebuilt)
