@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,9 +20,15 @@ from ..core.errors import NotFound
 from ..core.naming import HK
 from ..core.store import EntityInfo, EntityStat, Store
 
-__all__ = ["CachedReads", "MEMO_MAX"]
+__all__ = ["CachedReads", "MEMO_MAX", "Matched"]
 
 MEMO_MAX = 500_000   # memo entries kept while nothing commits (~2-3 per file of an ls -l'd view)
+
+
+class Matched(NamedTuple):
+    """A file a name matched in a view, by id (what `views.Resolver.file_in` uses)."""
+
+    id: int
 
 
 class CachedReads:
@@ -149,11 +155,19 @@ class CachedReads:
             memo[key] = found
         return found
 
-    def match(self, ns: int, hks: Any, name: str | None = None) -> list[EntityInfo] | list[EntityStat]:
+    def match(self, ns: int, hks: Any, name: str | None = None) -> list[EntityInfo] | list[EntityStat] | list[Matched]:
+        """A view's files (by `name`): what the resolver asks of a name (it needs only the ids).
+
+        With a name and no listing kept, ids only (`Store.match_ids`: one statement, against
+        three for whole entities): a lookup of one name in a view that was never listed (a
+        first `cat VIEW/FILE.query` asks for two)."""
         memo = self.memo()
         hks = tuple(hks)
         view = memo.get(("view", ns, hks))
         if view is not None and name is not None:
             got = view.get(name)
             return [] if got is None else list(got) if type(got) is list else [got]
+        if name is not None:
+            return self._get(("match", ns, hks, name),
+                             lambda: [Matched(i) for i in self.store.match_ids(ns, hks, name)])
         return self._get(("match", ns, hks, name), lambda: self.store.match(ns, hks, name))

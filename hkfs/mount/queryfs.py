@@ -272,14 +272,15 @@ class QueryFS:
             got = self._handles.get(fh)
             if got is not None:
                 return self._attrs(path, got[1], self._handle_target.get(fh))
-        t = self._target(path)
-        if t is None:
-            return None
-        try:
-            size = len(self.evaluate(t, keep=True))
-        except InvalidArgument:
-            size = self.store.entity_path(t.eid).stat().st_size if t.stored and t.eid else 0
-        return self._attrs(path, size, t)
+        with self.service.changes.held():      # one generations read for the whole request
+            t = self._target(path)
+            if t is None:
+                return None
+            try:
+                size = len(self.evaluate(t, keep=True))
+            except InvalidArgument:
+                size = self.store.entity_path(t.eid).stat().st_size if t.stored and t.eid else 0
+            return self._attrs(path, size, t)
 
     def _attrs(self, path: str, size: int, t: _Target | None) -> dict[str, Any]:
         if t is not None and t.stored and t.eid is not None:
@@ -302,16 +303,17 @@ class QueryFS:
         Read-only: the evaluated result. A write open of a stored query: a staging
         handle (its body, or nothing with O_TRUNC); the body changes only when a
         complete, valid body is closed (see flush), so a refused write keeps the old one."""
-        t = self._target(path)
-        if t is None:
-            return None
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            if t.stored:
-                assert t.eid is not None
-                return self.stage(path, t.eid, truncate=bool(flags & os.O_TRUNC),
-                                  append=bool(flags & os.O_APPEND))
-            raise PermissionDenied(f"{path}: a virtual .query file is read-only")
-        return self._memfd_handle(t, self.evaluate(t))
+        with self.service.changes.held():      # one generations read for the whole request
+            t = self._target(path)
+            if t is None:
+                return None
+            if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+                if t.stored:
+                    assert t.eid is not None
+                    return self.stage(path, t.eid, truncate=bool(flags & os.O_TRUNC),
+                                      append=bool(flags & os.O_APPEND))
+                raise PermissionDenied(f"{path}: a virtual .query file is read-only")
+            return self._memfd_handle(t, self.evaluate(t))
 
     @staticmethod
     def _memfd(name: str, data: bytes) -> int:

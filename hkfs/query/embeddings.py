@@ -679,7 +679,8 @@ class EmbeddingCatalog:
         eid, own = key
         try:
             if own:
-                return parse_embedding(self.store.get_xattr("file", eid, EMBEDDING_ATTR)).reshape(1, -1)
+                value = self._values([eid]).get(eid)       # one statement: a first FILE.query read
+                return None if value is None else parse_embedding(value).reshape(1, -1)
             info = self.store.entity(eid)
             dim = None
             if entry_kind(info.name) == ".f32":
