@@ -7,7 +7,7 @@
   (mfusepy fills names only), packed into `struct stat` by `StatPacker`.
 - f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
   operations the file handle instead.
-- `.query` handles are opened direct_io.
+- `.query` handles are opened direct_io (page-cached when the kernel holds the result's size).
 - rename's renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE) reach the operations.
 The operations themselves (paths -> store calls) are hkfs.fuse.operations.HKOperations.
 """
@@ -191,8 +191,10 @@ class HKFuse(FUSE):
       listed name with a LOOKUP; here each entry carries its attributes (FUSE_FILL_DIR_PLUS)
       and libfuse registers the node, so `ls -l` of a view needs no request per file.
     - `.query` handles are opened direct_io: their size is the result's, evaluated at open,
-      and reads must not stop at a size the kernel cached from an earlier evaluation; a
-      read-only one also FOPEN_NOFLUSH (Linux 5.16+; nothing to flush: one request less).
+      and reads must not stop at a size the kernel cached from an earlier evaluation; unless
+      the kernel holds that very size (`QueryFS.cached`: then the kernel answers the read at
+      EOF itself); a read-only one also FOPEN_NOFLUSH (Linux 5.16+; nothing to flush: one
+      request less).
     """
 
     operations: HKOperations
@@ -270,7 +272,8 @@ class HKFuse(FUSE):
     def open(self, path: bytes, fip: Any) -> int:
         result = super().open(path, fip)
         if self.operations.queries.owns(fip.contents.fh):
-            fip.contents.direct_io = 1
+            # page-cached only when the kernel holds the result's very size (QueryFS.cached)
+            fip.contents.direct_io = 0 if self.operations.queries.cached(fip.contents.fh) else 1
             if fip.contents.flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY:
                 fip.contents.noflush = 1     # an evaluated result: close() needs no FLUSH round trip
         return result

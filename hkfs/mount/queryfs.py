@@ -19,6 +19,14 @@ scopes, searches, hit paths; shared with `hk query`).
 Sizes: getattr reports the size of the evaluated result (kept for the handle,
 so getattr/read of one open file agree), evaluated at most once per catalog
 generation and path (docs/query.md).
+
+Reads through the kernel's page cache when it is safe (`cached`): a read-only handle
+whose result has exactly the size the kernel was last told for that path (by this
+layer's getattr, not while another getattr of the path was under way) and no other
+handle of the path open is served like an ordinary file, so the kernel answers the
+read at EOF itself (one request less per `cat`; it drops the pages at every open).
+Any other handle is direct_io: its reads reach the daemon whatever size the kernel
+holds, so a result that grew since the last lookup is never cut to the old size.
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ MAX_BODY = 1 << 24
 PARENTS_MAX = 256                # directory paths whose scope is kept
 REMEMBER_RESULTS = 64            # results read, kept to recognise them written back (cp, editors)
 REMEMBER_MAX_BYTES = 1 << 16     # (so at most 4 MiB kept)
+SIZES_MAX = 4096                 # paths whose size the kernel was told, kept to open them page-cached
+UNSURE = -1                      # getattrs of a path overlapped: which size the kernel kept is unknown
 
 
 NO_HITS = "no other file in its scope has an embedding"
@@ -108,6 +118,13 @@ class QueryFS:
         self._handle_target: dict[int, _Target] = {}
         self._by_path: dict[str, int] = {}        # path -> its latest open handle (getattr without fh)
         self._staged: dict[int, _Staged] = {}
+        # path -> the size the kernel was last told (getattr; UNSURE); getattrs under way per path;
+        # open result handles per path; the handles opened page-cached (see the module doc)
+        self._told: OrderedDict[str, int] = OrderedDict()
+        self._asking: dict[str, int] = {}
+        self._overlapped: set[str] = set()
+        self._open_paths: dict[str, int] = {}
+        self._page_cached: set[int] = set()
         self._parents: dict[tuple[str, bool], Scope] = {}     # (directory path, comma) -> its scope     # fh -> a stored query's body being written
         # result bytes read from this mount -> the body that made them (`cp a.query b.query`)
         self._read_results: OrderedDict[bytes, bytes] = OrderedDict()
@@ -263,6 +280,31 @@ class QueryFS:
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any] | None:
         """Attributes of a `.query` path (size = the result's), or None when it is not one."""
+        with self._lock:
+            if self._asking.get(path):
+                self._overlapped.add(path)      # the replies may reach the kernel in either order
+            self._asking[path] = self._asking.get(path, 0) + 1
+        size: int | None = None
+        try:
+            got = self._getattr(path, fh)
+            size = None if got is None else got["st_size"]
+            return got
+        finally:
+            with self._lock:
+                left = self._asking.pop(path) - 1
+                if left:
+                    self._asking[path] = left
+                else:
+                    self._told.pop(path, None)
+                    if path in self._overlapped:
+                        self._overlapped.discard(path)
+                        size = UNSURE
+                    if size is not None:
+                        self._told[path] = size
+                        while len(self._told) > SIZES_MAX:
+                            self._told.popitem(last=False)
+
+    def _getattr(self, path: str, fh: int | None) -> dict[str, Any] | None:
         if fh is not None and fh in self._staged:
             st = self._staged[fh]
             return self._attrs(path, os.fstat(st.fd).st_size, _Target(path, None, st.eid, True))  # type: ignore[arg-type]
@@ -335,7 +377,16 @@ class QueryFS:
             self._handles[fh] = (fd, len(data))
             self._handle_target[fh] = t
             self._by_path[t.path] = fh
+            opened = self._open_paths.get(t.path, 0)
+            self._open_paths[t.path] = opened + 1
+            if not opened and not self._asking.get(t.path) and self._told.get(t.path) == len(data):
+                self._page_cached.add(fh)
         return fh
+
+    def cached(self, fh: int) -> bool:
+        """Whether handle fh may be read through the kernel's page cache (see the module doc);
+        else the mount opens it direct_io."""
+        return fh in self._page_cached
 
     def stage(self, path: str, eid: int, *, truncate: bool = False, append: bool = False) -> int:
         """A write handle on stored query `eid`'s body: writes go to a staging copy, which
@@ -414,6 +465,11 @@ class QueryFS:
             t = self._handle_target.pop(fh, None)
             if t is not None and self._by_path.get(t.path) == fh:
                 del self._by_path[t.path]
+            if got is not None and t is not None:
+                left = self._open_paths.pop(t.path, 1) - 1
+                if left:
+                    self._open_paths[t.path] = left
+            self._page_cached.discard(fh)
         if got is not None:
             os.close(got[0])
         if st is not None:
