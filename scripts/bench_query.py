@@ -21,6 +21,12 @@ the mount returns the same hits as the in-process search. Writes docs/bench/quer
     python scripts/bench_query.py                 # 1M-row entry, 100k and 1M files
     python scripts/bench_query.py --rows 0 --files 100000
     python scripts/bench_query.py --quick         # 100k rows / 10k files, a minute or two
+    python scripts/bench_query.py --rows 0 --files 100000 --stores /tmp/bq --baseline ../main
+        # the same stores (kept in /tmp/bq, reused by the next run) served by another checkout's
+        # daemon first, then by this one's, back to back: an A/B in one run
+
+With --baseline, only the daemon (and `hk query`) run the other checkout's code (PYTHONPATH);
+this process (filling stores, the raw search) runs this checkout's.
 """
 
 from __future__ import annotations
@@ -100,9 +106,13 @@ def build(st: Store, ns: int) -> float:
     return time.perf_counter() - t
 
 
+# The environment of the daemon and `hk query` (--baseline: PYTHONPATH of another checkout).
+CHILD_ENV: dict[str, str] | None = None
+
+
 def mount(store: Path, mnt: Path) -> subprocess.Popen:
     mnt.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(HK + ["mount", "-f", str(store), str(mnt)],
+    proc = subprocess.Popen(HK + ["mount", "-f", str(store), str(mnt)], env=CHILD_ENV, cwd="/",
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     end = time.monotonic() + 60
     while not os.path.ismount(mnt):
@@ -283,7 +293,7 @@ def hk_query(mnt: Path, own: list[tuple[int, str, np.ndarray]]) -> tuple[tuple[f
     ts, peak = [], 0.0
     for _eid, fname, _v in own:
         t = time.perf_counter()
-        p = subprocess.run(HK_PEAK + ["query", "--like", fname], cwd=mnt / "@" / "bench",
+        p = subprocess.run(HK_PEAK + ["query", "--like", fname], cwd=mnt / "@" / "bench", env=CHILD_ENV,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True, text=True)
         ts.append(time.perf_counter() - t)
         peak = max(peak, int(p.stderr.split()[-1]) / 1024)
@@ -315,31 +325,60 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="Where the stores go (default: a temp dir)")
     ap.add_argument("--no-write", action="store_true", help="Do not write docs/bench/query.md")
     ap.add_argument("--out", type=Path, default=DOCS / "query.md", help="Where the report goes")
+    ap.add_argument("--stores", type=Path, default=None,
+                    help="Keep the stores here and reuse them when present (same sizes and seeds)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="Another checkout (e.g. main's): each case is also served by its daemon, first")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="With --baseline: serve each case this many times by each code, alternating")
     a = ap.parse_args()
     if a.quick:
         a.rows, a.files, a.queries = 100_000, [10_000], 30
     work = Path(tempfile.mkdtemp(prefix="bench-query-", dir=a.work))
+    keep = a.stores
+    codes: list[tuple[str, dict[str, str] | None]] = [("this", None)]
+    if a.baseline is not None:
+        base_env = dict(os.environ, PYTHONPATH=str(a.baseline.resolve()))
+        codes.insert(0, (f"baseline ({_head(a.baseline)})", base_env))
+        codes[1] = (f"this ({_head(ROOT)})", None)
+        codes *= max(1, a.repeat)
+    global CHILD_ENV
     results, builds = [], {}
+
+    def serve(name: str, store: Path, mnt: Path, ns: int, files: bool) -> None:
+        global CHILD_ENV
+        for code, env in codes:
+            CHILD_ENV = env
+            r = run_case(name, store, mnt, ns, a.queries, a.rounds, files=files)
+            r["code"] = code
+            results.append(r)
+            print(r, flush=True)
+        CHILD_ENV = None
+
     try:
         if a.rows:
             print(f"entry: {a.rows} rows x {DIM} in one .npy", flush=True)
-            ns, builds["entry"] = fill_entry(work / "s1", a.rows)
+            s = (keep / f"entry{a.rows}") if keep else work / "s1"
+            ns, builds["entry"] = _reuse(s) or fill_entry(s, a.rows)
             print(f"  index built in {builds['entry']:.1f}s", flush=True)
-            results.append(run_case("one .npy entry", work / "s1", work / "m1", ns, a.queries, a.rounds))
-            print(results[-1], flush=True)
-            shutil.rmtree(work / "s1", ignore_errors=True)
+            serve("one .npy entry", s, work / "m1", ns, False)
+            if not keep:
+                shutil.rmtree(s, ignore_errors=True)
+            elif not (s / "built").exists():
+                (s / "built").write_text(f"{ns} {builds['entry']:.1f}\n")
         for n in a.files:
             print(f"files: {n} files with their own embedding", flush=True)
-            s, m = work / f"f{n}", work / f"m{n}"
-            ns, builds[f"{n:,} files"] = fill_files(s, n)
+            s, m = (keep / f"files{n}") if keep else work / f"f{n}", work / f"m{n}"
+            ns, builds[f"{n:,} files"] = _reuse(s) or fill_files(s, n)
             print(f"  index built in {builds[f'{n:,} files']:.1f}s", flush=True)
             with Store.open(s) as st:
                 _NAMES.update({e.id: e.name for e in st.match(ns, ["//bench"])})
-            results.append(run_case(f"{n:,} files with own embedding", s, m, ns, a.queries, a.rounds,
-                                    files=True))
-            print(results[-1], flush=True)
+            serve(f"{n:,} files with own embedding", s, m, ns, True)
             _NAMES.clear()
-            shutil.rmtree(s, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(s, ignore_errors=True)
+            elif not (s / "built").exists():
+                (s / "built").write_text(f"{ns} {builds[f'{n:,} files']:.1f}\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = render(results, builds, a)
@@ -350,6 +389,25 @@ def main() -> None:
         print(f"wrote {a.out}")
 
 
+def _reuse(store: Path) -> tuple[int, float] | None:
+    """(namespace, build seconds) of a store kept by an earlier --stores run, else None."""
+    try:
+        ns, secs = (store / "built").read_text().split()
+        return int(ns), float(secs)
+    except (OSError, ValueError):
+        shutil.rmtree(store, ignore_errors=True)      # half-made: made again
+        return None
+
+
+def _head(tree: Path) -> str:
+    """The checkout's branch and commit, for the report."""
+    got = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h"], capture_output=True, text=True)
+    br = subprocess.run(["git", "-C", str(tree), "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True, text=True)
+    if got.returncode:                 # not a git checkout (an exported tree): its directory
+        return tree.resolve().name
+    return f"{br.stdout.strip()} {got.stdout.strip()}"
+
+
 def _cell(x: tuple[float, float]) -> str:
     return f"{x[0]:.2f} ({x[1]:.2f})"
 
@@ -357,6 +415,7 @@ def _cell(x: tuple[float, float]) -> str:
 def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace) -> str:
     cmd = "python scripts/bench_query.py" + (" --quick" if a.quick else
                                               f" --rows {a.rows} --files {' '.join(map(str, a.files))}")
+    cmd += f" --baseline {a.baseline}" if a.baseline is not None else ""
     lines = [
         "# `.query` latency: through the mount vs in-process vecindex",
         "",
@@ -392,26 +451,26 @@ def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace)
         "- **daemon RSS**: the daemon's resident memory after all the reads of the case, and its "
         "peak (VmRSS, VmHWM).",
         "",
-        "| case | embeddings | nlist | nprobe | raw search | stored read | goal | met | daemon CPU "
+        "| case | code | embeddings | nlist | nprobe | raw search | stored read | goal | met | daemon CPU "
         "| plain file | cat | same hits | daemon RSS (peak), MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         goal = 2 * r["in"][0] + 1
         lines.append(
-            f"| {r['case']} | {r['rows']:,} | {r['nlist']} | {r['nprobe']} | {_cell(r['in'])} | "
+            f"| {r['case']} | {r.get('code', 'this')} | {r['rows']:,} | {r['nlist']} | {r['nprobe']} | {_cell(r['in'])} | "
             f"{_cell(r['mnt'])} | {goal:.2f} | {'yes' if r['mnt'][0] <= goal else 'NO'} | "
             f"{r['cpu']:.2f} | {r['plain'][0]:.2f} | {r['cat'][0]:.2f} | {100 * r['agree']:.0f}% | "
             f"{r['mem'][0]:.0f} ({r['mem'][1]:.0f}) |")
     files = [r for r in results if "first" in r]
     if files:
-        lines += ["", "| case | raw search (k=11) | FILE.query first | repeat | after commit | goal | met "
+        lines += ["", "| case | code | raw search (k=11) | FILE.query first | repeat | after commit | goal | met "
                   "| raw search CPU | daemon CPU per read | CPU goal | met | hk query | hk query peak RSS, MiB |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|"]
+                  "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|"]
         for r in files:
             goal = 2 * r["raw"][0] + 1
             met = all(r[x][0] <= goal for x in ("first", "repeat", "after"))
-            lines.append(f"| {r['case']} | {_cell(r['raw'])} | {_cell(r['first'])} | {_cell(r['repeat'])} | "
+            lines.append(f"| {r['case']} | {r.get('code', 'this')} | {_cell(r['raw'])} | {_cell(r['first'])} | {_cell(r['repeat'])} | "
                          f"{_cell(r['after'])} | {goal:.2f} | {'yes' if met else 'NO'} | {r['raw_cpu']:.2f} | "
                          f"{r['file_cpu']:.2f} | {2 * r['raw_cpu'] + 1:.2f} | "
                          f"{'yes' if r['file_cpu'] <= 2 * r['raw_cpu'] + 1 else 'NO'} | {r['hk'][0]:.0f} | "
