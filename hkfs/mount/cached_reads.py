@@ -31,7 +31,7 @@ from ..core.store import EntityInfo, EntityStat, Store
 
 __all__ = ["CachedReads", "MEMO_MAX", "Matched"]
 
-MEMO_MAX = 500_000   # entries kept per memo while nothing commits (~2-3 per file of an ls -l'd view)
+MEMO_MAX = 500_000   # entries kept in both memos (~2-3 per file of an ls -l'd view); past it, both dropped
 
 
 class Matched(NamedTuple):
@@ -94,9 +94,10 @@ class CachedReads:
     def _current(self) -> Memos:
         with self._lock:
             g = self.changes.generations()
-            if g.version != self._version or len(self._memo) > MEMO_MAX:
+            full = len(self._memo) + len(self._structure) > MEMO_MAX    # one bound for both
+            if g.version != self._version or full:
                 self._version, self._memo = g.version, {}
-            if g.files != self._files or len(self._structure) > MEMO_MAX:
+            if g.files != self._files or full:
                 self._files, self._structure = g.files, {}
             return self._memo, self._structure
 

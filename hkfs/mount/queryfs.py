@@ -127,7 +127,8 @@ class QueryFS:
         self._page_cached: set[int] = set()
         self._parents: dict[tuple[str, bool], Scope] = {}     # (directory path, comma) -> its scope     # fh -> a stored query's body being written
         # result bytes read from this mount -> the body that made them (`cp a.query b.query`)
-        self._read_results: OrderedDict[bytes, bytes] = OrderedDict()
+        # (a virtual query's body is kept as its Query and written out only when asked for)
+        self._read_results: OrderedDict[bytes, bytes | Query] = OrderedDict()
         # set by the mount: a stored query's body changed through `path` (kernel caches)
         self.changed: Callable[[int, str], None] | None = None
         # set by a shared mount: the entities the calling user may not reach (hkfs.mount.access);
@@ -246,7 +247,7 @@ class QueryFS:
         else:
             assert t.eid is not None
             query, exclude = Query(t.vec, DEFAULT_K), t.eid
-            body = format_body(query)
+            body = query              # its text (65 numbers) only if written back (_known_result)
         # t.scope is current: targets are kept per files_gen, as scopes are
         out = format_results(self.service.run(_without(t.scope, hidden) if hidden else t.scope, query, exclude))
         log.debug("evaluated %s (%d bytes)", t.path, len(out))
@@ -482,7 +483,7 @@ class QueryFS:
         with self._lock:
             for result, body in reversed(self._read_results.items()):
                 if result == content or (prefix and result.startswith(content)):
-                    return body
+                    return format_body(body) if isinstance(body, Query) else body
         return None
 
     def _checked_body(self, content: bytes, path: str, eid: int) -> bytes:
