@@ -11,7 +11,8 @@ store is mounted with `hk mount -f`, and --queries stored queries `qN.query` (k=
 are written into @/bench. Then, in one run:
   in-process   vecindex.IVFIndex.open(<that index>).search(q, k=10)  (same index, same nprobe)
   mount read   open + read-to-EOF + close of @/bench/qN.query from this process (FUSE round trips:
-               lookup, open, read, flush, release; the query is evaluated afresh on open)
+               lookup, open, read, release; the query is evaluated afresh on open; the read
+               at EOF is the kernel's when it holds the result's size, hkfs/mount/queryfs.py)
   cat          `cat @/bench/qN.query` as a subprocess (adds fork+exec of cat, for reference)
 and for the files cases: FILE.query (first read of each file, a repeat, a first read after an
 unrelated commit by another process) beside the raw search of the file's vector, and
@@ -229,8 +230,10 @@ def run_case(name: str, store: Path, mnt: Path, ns: int, nq: int, rounds: int, *
 def _own_vectors(store: Path, ns: int, n: int) -> list[tuple[int, str, np.ndarray]]:
     """n files of //bench (spread over the store) with their own embedding: (id, name, vector)."""
     from hkfs.query.embeddings import parse_embedding
-    with Store.open(store) as st:
-        ids = st.match_ids(ns, ["//bench"])
+    with Store.open(store) as st, st.catalog.read() as c:
+        # the files fill_files made (a kept store's view also holds the bench's qN.query, plain.txt)
+        ids = [r[0] for r in c.execute("SELECT id FROM entities WHERE ns = ? AND name GLOB "
+                                       "'f[0-9][0-9][0-9][0-9][0-9][0-9].txt' ORDER BY id", (ns,))]
         pick = np.random.default_rng(11).choice(len(ids), size=min(n, len(ids)), replace=False)
         got = []
         for i in pick:
@@ -431,7 +434,8 @@ def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace)
         "- **raw search**: `IVFIndex.search` on the very index the daemon uses (same nprobe), in this "
         "process: the peer every goal is measured against.",
         "- **stored read**: open + read to EOF + close of `@/bench/qN.query` (FUSE lookup, open "
-        "(the query is evaluated here, afresh), read, flush, release).",
+        "(the query is evaluated here, afresh), read, release; the read at EOF is answered by the kernel "
+        "when it holds the result's size).",
         "- **FILE.query first**: the first read of `@/bench/FILE.query` for each of --queries files "
         "(never read before); **repeat**: the same file again; **after commit**: the first read of "
         "another file right after another process committed an unrelated change (a `user.note` "
