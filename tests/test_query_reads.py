@@ -144,3 +144,34 @@ def test_overlapping_getattrs_leave_the_size_unknown(ops: HKOperations,
     fh = q.open(path, os.O_RDONLY)
     assert fh is not None and q.cached(fh)
     q.release(fh)
+
+
+def test_a_body_written_leaves_the_size_untold(ops: HKOperations) -> None:
+    """Writes through a stored query's staging handle move the kernel's size: no result handle
+    is page-cached while one is open, nor after it, until a lookup tells the size again."""
+    q = ops.queries
+    path = "/@/b/near.query"
+    fh = ops.create(path, 0o644, os.O_WRONLY)
+    ops.write(path, b"1 0 0 0\nk=3\n", 0, fh)
+    ops.flush(path, fh)
+    ops.release(path, fh)
+    q.getattr(path)
+    fh = q.open(path, os.O_RDONLY)
+    assert fh is not None and q.cached(fh)
+    q.release(fh)
+    writer = q.open(path, os.O_WRONLY | os.O_TRUNC)
+    assert writer is not None
+    q.getattr(path)                                   # while a body is being written
+    fh = q.open(path, os.O_RDONLY)
+    assert fh is not None and not q.cached(fh)
+    q.release(fh)
+    q.write(writer, b"0 1 0 0\nk=3\n", 0)
+    q.flush(writer)
+    q.release(writer)
+    fh = q.open(path, os.O_RDONLY)
+    assert fh is not None and not q.cached(fh)        # not told since the write
+    q.release(fh)
+    q.getattr(path)
+    fh = q.open(path, os.O_RDONLY)
+    assert fh is not None and q.cached(fh)
+    q.release(fh)

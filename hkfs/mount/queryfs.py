@@ -22,8 +22,9 @@ generation and path (docs/query.md).
 
 Reads through the kernel's page cache when it is safe (`cached`): a read-only handle
 whose result has exactly the size the kernel was last told for that path (by this
-layer's getattr, not while another getattr of the path was under way) and no other
-handle of the path open is served like an ordinary file, so the kernel answers the
+layer's getattr, not while another getattr of the path was under way, nor since a
+body was written through it) and no other handle of the path open is served like an
+ordinary file, so the kernel answers the
 read at EOF itself (one request less per `cat`; it drops the pages at every open).
 Any other handle is direct_io: its reads reach the daemon whatever size the kernel
 holds, so a result that grew since the last lookup is never cut to the old size.
@@ -122,6 +123,7 @@ class QueryFS:
         # open result handles per path; the handles opened page-cached (see the module doc)
         self._told: OrderedDict[str, int] = OrderedDict()
         self._asking: dict[str, int] = {}
+        self._writers: dict[str, int] = {}       # path -> open staging handles (a body being written)
         self._overlapped: set[str] = set()
         self._open_paths: dict[str, int] = {}
         self._page_cached: set[int] = set()
@@ -300,7 +302,7 @@ class QueryFS:
                     if path in self._overlapped:
                         self._overlapped.discard(path)
                         size = UNSURE
-                    if size is not None:
+                    if size is not None and not self._writers.get(path):
                         self._told[path] = size
                         while len(self._told) > SIZES_MAX:
                             self._told.popitem(last=False)
@@ -380,7 +382,8 @@ class QueryFS:
             self._by_path[t.path] = fh
             opened = self._open_paths.get(t.path, 0)
             self._open_paths[t.path] = opened + 1
-            if not opened and not self._asking.get(t.path) and self._told.get(t.path) == len(data):
+            if not opened and not self._asking.get(t.path) and not self._writers.get(t.path) \
+                    and self._told.get(t.path) == len(data):
                 self._page_cached.add(fh)
         return fh
 
@@ -397,6 +400,9 @@ class QueryFS:
             fh = self._next
             self._next += 1
             self._staged[fh] = _Staged(fd, eid, path, dirty=truncate, append=append)
+            # its writes move the kernel's size: nothing told holds until a lookup after the close
+            self._writers[path] = self._writers.get(path, 0) + 1
+            self._told.pop(path, None)
         return fh
 
     def fd(self, fh: int) -> int:
@@ -470,6 +476,11 @@ class QueryFS:
                 left = self._open_paths.pop(t.path, 1) - 1
                 if left:
                     self._open_paths[t.path] = left
+            if st is not None:
+                left = self._writers.pop(st.path, 1) - 1
+                if left:
+                    self._writers[st.path] = left
+                self._told.pop(st.path, None)
             self._page_cached.discard(fh)
         if got is not None:
             os.close(got[0])
