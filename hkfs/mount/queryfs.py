@@ -71,6 +71,14 @@ UNSURE = -1                      # getattrs of a path overlapped: which size the
 NO_HITS = "no other file in its scope has an embedding"
 
 
+def _less(counts: dict[str, int], key: str) -> int:
+    """One fewer of `key` in counts (its entry goes at 0): how many are left."""
+    left = counts.pop(key, 1) - 1
+    if left:
+        counts[key] = left
+    return left
+
+
 def is_query_name(name: str) -> bool:
     return name.endswith(SUFFIX) and len(name) > len(SUFFIX)
 
@@ -294,10 +302,7 @@ class QueryFS:
             return got
         finally:
             with self._lock:
-                left = self._asking.pop(path) - 1
-                if left:
-                    self._asking[path] = left
-                else:
+                if not _less(self._asking, path):
                     self._told.pop(path, None)
                     if path in self._overlapped:
                         self._overlapped.discard(path)
@@ -473,13 +478,9 @@ class QueryFS:
             if t is not None and self._by_path.get(t.path) == fh:
                 del self._by_path[t.path]
             if got is not None and t is not None:
-                left = self._open_paths.pop(t.path, 1) - 1
-                if left:
-                    self._open_paths[t.path] = left
+                _less(self._open_paths, t.path)
             if st is not None:
-                left = self._writers.pop(st.path, 1) - 1
-                if left:
-                    self._writers[st.path] = left
+                _less(self._writers, st.path)
                 self._told.pop(st.path, None)
             self._page_cached.discard(fh)
         if got is not None:
