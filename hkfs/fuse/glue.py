@@ -239,6 +239,20 @@ class HKFuse(FUSE):
     def _fh(fip: Any) -> int | None:
         return fip.contents.fh if fip else None
 
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        """Every LOOKUP and GETATTR: the attributes packed by `StatPacker` (one pack_into)
+        instead of mfusepy's set_st_attrs (an attribute and a timespec object per field,
+        ~15-50 us a call here); a device file's st_rdev, which the packer has no field for,
+        still goes through set_st_attrs."""
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        fh = fip.contents.fh if fip else None
+        attrs = self.operations.getattr(self._str(path), fh)    # type: ignore[arg-type]
+        if _PACKER is None or "st_rdev" in attrs:
+            mfusepy.set_st_attrs(buf.contents, attrs, use_ns=True)
+        else:
+            _PACKER.pack(buf.contents, attrs)
+        return 0
+
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         """renameat2's flags reach the operations (mfusepy's glue drops them: an exchange
         would have been done as a plain overwrite, losing the destination's bytes)."""
