@@ -8,6 +8,7 @@
 - f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
   operations the file handle instead.
 - `.query` handles are opened direct_io (page-cached when the kernel holds the result's size).
+- getattr (every LOOKUP and GETATTR) packs its attributes with `StatPacker` too.
 - rename's renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE) reach the operations.
 The operations themselves (paths -> store calls) are hkfs.fuse.operations.HKOperations.
 """
