@@ -7,7 +7,8 @@
   (mfusepy fills names only), packed into `struct stat` by `StatPacker`.
 - f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
   operations the file handle instead.
-- `.query` handles are opened direct_io.
+- `.query` handles are opened direct_io (page-cached when the kernel holds the result's size).
+- getattr (every LOOKUP and GETATTR) packs its attributes with `StatPacker` too.
 - rename's renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE) reach the operations.
 The operations themselves (paths -> store calls) are hkfs.fuse.operations.HKOperations.
 """
@@ -191,8 +192,10 @@ class HKFuse(FUSE):
       listed name with a LOOKUP; here each entry carries its attributes (FUSE_FILL_DIR_PLUS)
       and libfuse registers the node, so `ls -l` of a view needs no request per file.
     - `.query` handles are opened direct_io: their size is the result's, evaluated at open,
-      and reads must not stop at a size the kernel cached from an earlier evaluation; a
-      read-only one also FOPEN_NOFLUSH (Linux 5.16+; nothing to flush: one request less).
+      and reads must not stop at a size the kernel cached from an earlier evaluation; unless
+      the kernel holds that very size (`QueryFS.cached`: then the kernel answers the read at
+      EOF itself); a read-only one also FOPEN_NOFLUSH (Linux 5.16+; nothing to flush: one
+      request less).
     """
 
     operations: HKOperations
@@ -237,6 +240,20 @@ class HKFuse(FUSE):
     def _fh(fip: Any) -> int | None:
         return fip.contents.fh if fip else None
 
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        """Every LOOKUP and GETATTR: the attributes packed by `StatPacker` (one pack_into)
+        instead of mfusepy's set_st_attrs (an attribute and a timespec object per field,
+        ~15-50 us a call here); a device file's st_rdev, which the packer has no field for,
+        still goes through set_st_attrs."""
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        fh = fip.contents.fh if fip else None
+        attrs = self.operations.getattr(self._str(path), fh)    # type: ignore[arg-type]
+        if _PACKER is None or "st_rdev" in attrs:
+            mfusepy.set_st_attrs(buf.contents, attrs, use_ns=True)
+        else:
+            _PACKER.pack(buf.contents, attrs)
+        return 0
+
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         """renameat2's flags reach the operations (mfusepy's glue drops them: an exchange
         would have been done as a plain overwrite, losing the destination's bytes)."""
@@ -270,7 +287,8 @@ class HKFuse(FUSE):
     def open(self, path: bytes, fip: Any) -> int:
         result = super().open(path, fip)
         if self.operations.queries.owns(fip.contents.fh):
-            fip.contents.direct_io = 1
+            # page-cached only when the kernel holds the result's very size (QueryFS.cached)
+            fip.contents.direct_io = 0 if self.operations.queries.cached(fip.contents.fh) else 1
             if fip.contents.flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY:
                 fip.contents.noflush = 1     # an evaluated result: close() needs no FLUSH round trip
         return result
