@@ -185,3 +185,53 @@ def test_search_after_close_never_reads_another_file(tmp_path, monkeypatch, kern
     finally:
         for fd in fds:
             os.close(fd)
+
+
+@pytest.mark.parametrize("kernel", COMPILED)
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_a_batch_gives_each_query_what_it_gets_alone(tmp_path, monkeypatch, kernel: str, metric: str) -> None:
+    """The C kernel scans lists once for all the queries of a batch that probe them, split over
+    threads in whatever order they finish: the hits must still be exactly those of each query
+    searched alone, exact ties (duplicate rows) included, over several rounds of queries (a huge
+    rerank makes a round a few queries), with deleted rows and an id filter."""
+    rng = np.random.default_rng(12)
+    c = rng.standard_normal((6, 12)) * 2
+    x = (c[rng.integers(0, 6, 3000)] + rng.standard_normal((3000, 12))).astype(np.float32)
+    x[1500:2000] = x[1000:1500]  # duplicates: equal scores, ranked by position
+    q = np.concatenate([x[1000:1010] + 0.001, (c[rng.integers(0, 6, 30)] + rng.standard_normal((30, 12)))])
+    q = q.astype(np.float32)
+    ix = IVFIndex.build(tmp_path / "ix", x, metric=metric, nlist=16, scan="int8", progress=False)
+    ix.remove(np.arange(0, 3000, 11))
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    for kw in ({"k": 10, "nprobe": 5}, {"k": 4, "nprobe": 16, "rerank": 200_000},
+               {"k": 6, "nprobe": 3, "allowed_ids": np.arange(0, 3000, 2), "exact_limit": 10}):
+        alone = [ix.search(q[i : i + 1], **kw) for i in range(len(q))]
+        want_s = np.concatenate([a[0] for a in alone])
+        want_i = np.concatenate([a[1] for a in alone])
+        for threads in (1, 2, 3):
+            got_s, got_i = ix.search(q, threads=threads, **kw)
+            np.testing.assert_array_equal(got_i, want_i)
+            np.testing.assert_array_equal(got_s, want_s)
+    ix.close()
+
+
+@pytest.mark.parametrize("kernel", COMPILED)
+@pytest.mark.parametrize("scan", ["int8", "none"])
+def test_ties_across_lists_rank_by_position_in_a_batch(tmp_path, monkeypatch, kernel: str, scan: str) -> None:
+    """Rows of many lists with exactly equal scores (the query looks at one dimension, whose values
+    repeat): the kept hits are the lowest positions, whichever thread or block offered them first."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((4000, 8)) * 3).astype(np.float32)
+    x[:, 0] = rng.integers(0, 3, 4000)  # three values: hundreds of rows tie, in every list
+    q = np.zeros((24, 8), np.float32)
+    q[:, 0] = 1.0
+    q[12:, 1] = rng.standard_normal(12).astype(np.float32) * 1e-3  # near-ties too
+    ix = IVFIndex.build(tmp_path / "ix", x, metric="ip", nlist=32, scan=scan, progress=False)
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    want_s, want_i = _with(monkeypatch, "numpy", ix, q, k=15, nprobe=32)
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    for threads in (1, 2):
+        got_s, got_i = ix.search(q, k=15, nprobe=32, threads=threads)
+        np.testing.assert_array_equal(got_i[:12], want_i[:12])
+        assert_same_hits(got_s, got_i, want_s, want_i)
+    ix.close()

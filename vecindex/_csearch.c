@@ -65,8 +65,9 @@ static inline int worse(float sa, int64_t pa, float sb, int64_t pb)
     return sa < sb || (sa == sb && pa > pb);
 }
 
-/* Keep the `cap` best (score, position) pairs in a min-heap; returns the new size.
- * Equal scores do not replace: of tied rows the first scanned (lowest position) stays. */
+/* Keep the `cap` best (score, position) pairs in a min-heap; returns the new size. The order is
+ * total (a higher score, then a lower position), so the kept set does not depend on the order of
+ * the offers: the batch path scans blocks in any order and merges threads' heaps. */
 static inline int64_t heap_push(float *hs, int64_t *hp, int64_t n, int64_t cap, float s, int64_t p)
 {
     int64_t i;
@@ -77,7 +78,7 @@ static inline int64_t heap_push(float *hs, int64_t *hp, int64_t n, int64_t cap, 
             hp[i] = hp[(i - 1) >> 1];
             i = (i - 1) >> 1;
         }
-    } else if (s > hs[0]) {
+    } else if (worse(hs[0], hp[0], s, p)) {
         i = 0;
         while (2 * i + 1 < n) {
             int64_t c = 2 * i + 1;
