@@ -120,13 +120,13 @@ def test_c_kernel_checks_buffer_sizes() -> None:
 
     d, nlist, k = 4, 2, 3
     f = np.zeros
-    args = [0, 0, 0, -1, 0, np.array([0, 0, 0], np.int64), f((d, nlist), np.float32), f(0, np.float32),
+    args = [0, 0, 0, -1, 0, np.array([0, 0, 0], np.int64), f((1, d, 64), np.float32), f(0, np.float32),
             f(d, np.float32), f(d, np.float32), f(0, np.int64), f((1, 0), np.int64), 1,
             f((1, d), np.float32), k, k, f(0, np.int64), f((1, k), np.float32), f((1, k), np.int64),
             f((1, k), np.int64)]
     assert search_batch(*args) == 0  # empty lists: no hits
     assert (args[-1] == -1).all()
-    for i, shape, match in ((18, (1, k - 1), "out_p"), (6, (d, nlist + 1), "centT"), (13, (2, d - 1), "Q")):
+    for i, shape, match in ((18, (1, k - 1), "out_p"), (6, (1, d, 65), "cpanels"), (13, (2, d - 1), "Q")):
         bad = list(args)
         bad[i] = f(shape, bad[i].dtype)
         with pytest.raises(ValueError, match=match):

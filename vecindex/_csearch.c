@@ -1,11 +1,11 @@
 /* vecindex._csearch: the compiled IVF search kernel (a CPython extension, plain C).
  *
- * One call searches a batch of queries end to end with the GIL released: score the
- * centroids (transposed, so the scores of 8 lists come from one vector multiply-add),
- * pick the nprobe best lists, read each list with pread(2) into a reused buffer (so RSS
- * does not grow with the bytes scanned), score the rows of a buffer into a score block,
- * keep the best in a bounded min-heap, re-rank int8 candidates exactly from the float32
- * rows, and read the k ids. Same results as the numpy path in ivf.py and the numba
+ * One call searches a batch of queries end to end with the GIL released, on as many threads as
+ * asked: score the centroids (in panels, so the scores of 8 lists come from one vector
+ * multiply-add), pick the nprobe best lists, read each probed list once per batch with pread(2)
+ * into a reused buffer (so RSS does not grow with the bytes scanned) and score it for every
+ * query probing it (list-major, see "The batch engine"), keep each query's best in a bounded
+ * min-heap, re-rank int8 candidates exactly from the float32 rows, and read the k ids. Same results as the numpy path in ivf.py and the numba
  * kernel in _numba_search.py (tests/test_vecindex_kernels.py compares them).
  *
  * Why C and not numba: importing numba/llvmlite costs ~130 MiB of RSS and its dispatch of
@@ -98,17 +98,29 @@ static inline int64_t heap_push(float *hs, int64_t *hp, int64_t n, int64_t cap, 
     return n;
 }
 
-/* out[c] = q . cent_c for nlist centroids stored transposed (d rows of nlist). */
-static void score_transposed_c(const float *restrict q, const float *restrict ct, int64_t d,
-                               int64_t nlist, float *restrict out)
+/* The centroids are stored in panels of PANEL: panel p holds, for each dimension j, the j-th
+ * values of centroids p * PANEL .. p * PANEL + PANEL - 1 (zeros past nlist), so scoring a panel
+ * reads one contiguous d x PANEL block and keeps PANEL sums in registers (8 AVX2 accumulators:
+ * enough independent FMAs to keep both FMA units busy). ivf.py builds them (_c_const). */
+#define PANEL 64
+
+static int64_t panels(int64_t nlist)
 {
-    for (int64_t c = 0; c < nlist; c++)
-        out[c] = 0.0f;
-    for (int64_t j = 0; j < d; j++) {
-        const float qj = q[j];
-        const float *restrict row = ct + j * nlist;
-        for (int64_t c = 0; c < nlist; c++)
-            out[c] += qj * row[c];
+    return (nlist + PANEL - 1) / PANEL;
+}
+
+/* out[c] = q . cent_c for the nlist centroids in panels. */
+static void score_panels_c(const float *restrict q, const float *restrict cp, int64_t d, int64_t nlist,
+                           float *restrict out)
+{
+    for (int64_t p = 0; p < panels(nlist); p++) {
+        float acc[PANEL] = {0};
+        const float *restrict blk = cp + p * d * PANEL;
+        for (int64_t j = 0; j < d; j++)
+            for (int e = 0; e < PANEL; e++)
+                acc[e] += q[j] * blk[j * PANEL + e];
+        int64_t m = nlist - p * PANEL < PANEL ? nlist - p * PANEL : PANEL;
+        memcpy(out + p * PANEL, acc, (size_t)m * sizeof(float));
     }
 }
 
@@ -172,30 +184,29 @@ AVX2 static inline __m256i tail_mask(int64_t d)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(r ? (int)r : 8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-AVX2 static void score_transposed_avx2(const float *restrict q, const float *restrict ct, int64_t d,
-                                       int64_t nlist, float *restrict out)
+AVX2 static void score_panels_avx2(const float *restrict q, const float *restrict cp, int64_t d,
+                                  int64_t nlist, float *restrict out)
 {
-    int64_t c0 = 0;
-    for (; c0 + 32 <= nlist; c0 += 32) {  /* 32 centroids in 4 registers, over all d */
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t p = 0; p < panels(nlist); p++) {
+        __m256 a[PANEL / 8];
+        for (int e = 0; e < PANEL / 8; e++)
+            a[e] = _mm256_setzero_ps();
+        const float *blk = cp + p * d * PANEL;
         for (int64_t j = 0; j < d; j++) {
-            const float *row = ct + j * nlist + c0;
             __m256 qj = _mm256_set1_ps(q[j]);
-            a0 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row), a0);
-            a1 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row + 8), a1);
-            a2 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row + 16), a2);
-            a3 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row + 24), a3);
+            for (int e = 0; e < PANEL / 8; e++)
+                a[e] = _mm256_fmadd_ps(qj, _mm256_loadu_ps(blk + j * PANEL + 8 * e), a[e]);
         }
-        _mm256_storeu_ps(out + c0, a0);
-        _mm256_storeu_ps(out + c0 + 8, a1);
-        _mm256_storeu_ps(out + c0 + 16, a2);
-        _mm256_storeu_ps(out + c0 + 24, a3);
-    }
-    for (int64_t c = c0; c < nlist; c++) {
-        float acc = 0.0f;
-        for (int64_t j = 0; j < d; j++)
-            acc += q[j] * ct[j * nlist + c];
-        out[c] = acc;
+        int64_t m = nlist - p * PANEL;
+        if (m >= PANEL) {
+            for (int e = 0; e < PANEL / 8; e++)
+                _mm256_storeu_ps(out + p * PANEL + 8 * e, a[e]);
+        } else {
+            float tmp[PANEL];
+            for (int e = 0; e < PANEL / 8; e++)
+                _mm256_storeu_ps(tmp + 8 * e, a[e]);
+            memcpy(out + p * PANEL, tmp, (size_t)m * sizeof(float));
+        }
     }
 }
 
@@ -324,7 +335,7 @@ static void score_i8_x2_c(const QI8 *qa, const QI8 *qb, const int8_t *codes, int
     score_i8_c(qb, codes, m, d, outb);
 }
 
-static void (*score_transposed)(const float *, const float *, int64_t, int64_t, float *) = score_transposed_c;
+static void (*score_panels)(const float *, const float *, int64_t, int64_t, float *) = score_panels_c;
 static void (*score_i8)(const QI8 *, const int8_t *, int64_t, int64_t, float *) = score_i8_c;
 static void (*score_i8_x2)(const QI8 *, const QI8 *, const int8_t *, int64_t, int64_t, float *,
                            float *) = score_i8_x2_c;
@@ -481,7 +492,7 @@ typedef struct {
     int fd_scan, fd_vec, fd_sq, fd_ids, flags, nthreads;
     int64_t d, dpad, nlist, nprobe, keep, k, nq, P, ndel, nallowed, hcap, cap, R;
     const int64_t *offsets, *probes, *deleted, *allowed;
-    const float *centT, *csq, *Q, *qmin, *qstep;
+    const float *cpan, *csq, *Q, *qmin, *qstep;
     float *out_s;
     int64_t *out_p, *out_ids;
     /* the round */
@@ -588,7 +599,7 @@ static void prepare_query(Job *j, Scratch *w, int64_t i)
     } else {
         float *cs = SB(w, S_CS, float), *hs = SB(w, S_PHS, float);
         int64_t *hp = SB(w, S_PHP, int64_t);
-        score_transposed(qv, j->centT, d, j->nlist, cs);
+        score_panels(qv, j->cpan, d, j->nlist, cs);
         if (j->flags & F_L2)
             for (int64_t c = 0; c < j->nlist; c++)
                 cs[c] = 2 * cs[c] - j->csq[c];
@@ -925,12 +936,12 @@ static int need(const Py_buffer *b, Py_ssize_t want, const char *name)
 }
 
 PyDoc_STRVAR(search_batch_doc,
-"search_batch(flags, fd_scan, fd_vec, fd_sq, fd_ids, offsets, centT, csq, qmin, qstep, deleted,\n"
+"search_batch(flags, fd_scan, fd_vec, fd_sq, fd_ids, offsets, cpanels, csq, qmin, qstep, deleted,\n"
 "             probes, nprobe, Q, keep, k, allowed, out_s, out_p, out_ids, threads=1) -> int\n\n"
 "Search each row of Q (nq x d float32) over the main lists; see vecindex/_csearch.c.\n"
 "flags: 1 int8 scan, 2 l2, 4 cosine (Q normalized here), 8 allowed positions only,\n"
 "16 out_s gets the caller's scores (l2: distances) instead of internal ones (higher is better).\n"
-"centT: the centroids transposed (d x nlist); probes (nq x P int64, P <= nprobe) gives the lists\n"
+"cpanels: the centroids in panels (ceil(nlist / PANEL) x d x PANEL, see PANEL); probes (nq x P int64, P <= nprobe) gives the lists\n"
 "when P > 0. threads: threads of this call (the caller's own included), all with the GIL released.\n"
 "Writes out_s, out_p (positions) and out_ids; where fewer than k rows are in scope, position\n"
 "and id -1, and out_s inf (l2) or -inf with flag 16, else untouched. Returns 0, or -1 when a\n"
@@ -967,12 +978,12 @@ static PyObject *search_batch(PyObject *self, PyObject *args)
         goto done;
     }
     if (!need(&b_Q, j.nq * j.d * 4, "Q") || !need(&b_qstep, j.d * 4, "qstep")
-        || !need(&b_ct, j.nlist * j.d * 4, "centT") || !need(&b_pr, j.nq * j.P * 8, "probes")
+        || !need(&b_ct, panels(j.nlist) * j.d * PANEL * 4, "cpanels") || !need(&b_pr, j.nq * j.P * 8, "probes")
         || !need(&b_os, j.nq * j.k * 4, "out_s") || !need(&b_op, j.nq * j.k * 8, "out_p")
         || !need(&b_oi, j.nq * j.k * 8, "out_ids")
         || ((j.flags & F_L2) && !need(&b_csq, j.nlist * 4, "csq")))
         goto done;
-    j.offsets = b_off.buf; j.centT = b_ct.buf; j.csq = b_csq.buf; j.probes = b_pr.buf;
+    j.offsets = b_off.buf; j.cpan = b_ct.buf; j.csq = b_csq.buf; j.probes = b_pr.buf;
     j.Q = b_Q.buf; j.qmin = b_qmin.buf; j.qstep = b_qstep.buf; j.deleted = b_del.buf;
     j.allowed = b_all.buf; j.out_s = b_os.buf; j.out_p = b_op.buf; j.out_ids = b_oi.buf;
     for (int64_t i = 0; i < j.P * j.nq; i++)
@@ -1015,14 +1026,15 @@ PyMODINIT_FUNC PyInit__csearch(void)
 #ifdef HAVE_AVX2_PATH
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("VECINDEX_NO_AVX2")) {
-        score_transposed = score_transposed_avx2;
+        score_panels = score_panels_avx2;
         score_i8 = score_i8_avx2;
         score_i8_x2 = score_i8_avx2_x2;
         score_f32 = score_f32_avx2;
         isa = "avx2";
     }
 #endif
-    if (m && PyModule_AddStringConstant(m, "ISA", isa) < 0) {
+    if (m && (PyModule_AddStringConstant(m, "ISA", isa) < 0
+              || PyModule_AddIntConstant(m, "PANEL", PANEL) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

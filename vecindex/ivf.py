@@ -659,7 +659,7 @@ class IVFIndex:
             zeros = np.zeros(d, np.float32)
             self._c_args = (
                 fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1), fds["ids"],
-                self.offsets, np.ascontiguousarray(quant.centroids.T),
+                self.offsets, _centroid_panels(quant.centroids),
                 quant._sq if quant._sq is not None else np.zeros(0, np.float32),
                 self.q_min if int8_scan else zeros, self.q_step if int8_scan else zeros, self.deleted)
         return self._c_args
@@ -1195,6 +1195,17 @@ def _write_lists(
         h["files"][k] = fmt.file_entry(p, names[k], full_crc=True)
     h["n_main"] = n
     h["nlist"] = nlist
+
+
+def _centroid_panels(cents: np.ndarray) -> np.ndarray:
+    """The centroids as the C kernel reads them: panels of PANEL centroids, each d x PANEL
+    (zeros past the last), so one panel's scores come from one contiguous block."""
+    from vecindex._csearch import PANEL
+
+    nlist, d = cents.shape
+    padded = np.zeros((-(-nlist // PANEL) * PANEL, d), np.float32)
+    padded[:nlist] = cents
+    return np.ascontiguousarray(padded.reshape(-1, PANEL, d).transpose(0, 2, 1))
 
 
 def _pread_into(fd: int, arr: np.ndarray, offset: int) -> None:
