@@ -446,7 +446,7 @@ static void *grow(Buf *b, size_t want)
 }
 
 /* One thread's scratch. */
-enum { S_BLOCK, S_SQ, S_SC, S_SC2, S_CS, S_ROW, S_PHS, S_PHP, S_MS, S_MP, S_CP, S_ID, S_ORD, S_PI,
+enum { S_BLOCK, S_SQ, S_SC, S_SC2, S_CS, S_ROW, S_PHS, S_PHP, S_MS, S_MP, S_CP, S_ID, S_ORD, S_PI, S_OP,
        S_HEAPS, S_HEAPP, S_HEAPN, S_COUNT };
 typedef struct {
     Buf b[S_COUNT];
@@ -522,6 +522,7 @@ static int scratch_ready(const Job *j, Scratch *w)
         [S_MS] = (size_t)hc * sizeof(float), [S_MP] = (size_t)hc * sizeof(int64_t),
         [S_CP] = (size_t)hc * sizeof(int64_t), [S_ID] = SPAN_BYTES,
         [S_ORD] = (size_t)j->k * sizeof(int64_t), [S_PI] = (size_t)j->k * sizeof(PosIdx),
+        [S_OP] = (size_t)j->k * sizeof(int64_t),
         [S_HEAPS] = (size_t)(j->R * hc) * sizeof(float), [S_HEAPP] = (size_t)(j->R * hc) * sizeof(int64_t),
         [S_HEAPN] = (size_t)j->R * sizeof(int64_t),
     };
@@ -778,7 +779,8 @@ static int finish_query(Job *j, Scratch *w, int64_t i)
         }
     }
     float *os = j->out_s + qg * k;
-    int64_t *op = j->out_p + qg * k, *oi = j->out_ids + qg * k;
+    /* positions: the caller's array, or scratch when it did not ask for them */
+    int64_t *op = j->out_p ? j->out_p + qg * k : SB(w, S_OP, int64_t), *oi = j->out_ids + qg * k;
     for (int64_t t = 0; t < k; t++) {
         if (t < n) {
             os[t] = (j->flags & F_FINAL) && l2 ? -hs[order[t]] : hs[order[t]];
@@ -943,7 +945,7 @@ PyDoc_STRVAR(search_batch_doc,
 "16 out_s gets the caller's scores (l2: distances) instead of internal ones (higher is better).\n"
 "cpanels: the centroids in panels (ceil(nlist / PANEL) x d x PANEL, see PANEL); probes (nq x P int64, P <= nprobe) gives the lists\n"
 "when P > 0. threads: threads of this call (the caller's own included), all with the GIL released.\n"
-"Writes out_s, out_p (positions) and out_ids; where fewer than k rows are in scope, position\n"
+"Writes out_s, out_p (positions; an empty out_p: not wanted) and out_ids; where fewer than k rows are in scope, position\n"
 "and id -1, and out_s inf (l2) or -inf with flag 16, else untouched. Returns 0, or -1 when a\n"
 "file is shorter than expected.");
 
@@ -979,13 +981,13 @@ static PyObject *search_batch(PyObject *self, PyObject *args)
     }
     if (!need(&b_Q, j.nq * j.d * 4, "Q") || !need(&b_qstep, j.d * 4, "qstep")
         || !need(&b_ct, panels(j.nlist) * j.d * PANEL * 4, "cpanels") || !need(&b_pr, j.nq * j.P * 8, "probes")
-        || !need(&b_os, j.nq * j.k * 4, "out_s") || !need(&b_op, j.nq * j.k * 8, "out_p")
+        || !need(&b_os, j.nq * j.k * 4, "out_s") || (b_op.len && !need(&b_op, j.nq * j.k * 8, "out_p"))
         || !need(&b_oi, j.nq * j.k * 8, "out_ids")
         || ((j.flags & F_L2) && !need(&b_csq, j.nlist * 4, "csq")))
         goto done;
     j.offsets = b_off.buf; j.cpan = b_ct.buf; j.csq = b_csq.buf; j.probes = b_pr.buf;
     j.Q = b_Q.buf; j.qmin = b_qmin.buf; j.qstep = b_qstep.buf; j.deleted = b_del.buf;
-    j.allowed = b_all.buf; j.out_s = b_os.buf; j.out_p = b_op.buf; j.out_ids = b_oi.buf;
+    j.allowed = b_all.buf; j.out_s = b_os.buf; j.out_p = b_op.len ? b_op.buf : NULL; j.out_ids = b_oi.buf;
     for (int64_t i = 0; i < j.P * j.nq; i++)
         if (j.probes[i] < 0 || j.probes[i] >= j.nlist) {
             PyErr_SetString(PyExc_ValueError, "search_batch: probe list out of range");

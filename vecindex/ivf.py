@@ -693,10 +693,9 @@ class IVFIndex:
         nprobe = max(1, min(nprobe, self.nlist))
         scores = np.empty((nq, k), np.float32)
         out_ids = np.empty((nq, k), np.int64)
-        pos = np.empty((nq, k), np.int64)
         with self._lock:  # one call; the kernel runs `threads` threads itself, without the GIL
             self._check_rc(_c_search_batch(flags, *const, _NO_PROBES, nprobe, q, keep, k, _NO_POS,
-                                           scores, pos, out_ids, min(max(1, threads), 64)))
+                                           scores, _NO_POS, out_ids, min(max(1, threads), 64)))
         return scores, out_ids
 
     def _search_compiled(
