@@ -496,7 +496,7 @@ typedef struct {
     float *out_s;
     int64_t *out_p, *out_ids;
     /* the round */
-    int64_t q0, nr, nunits;
+    int64_t q0, nr, nunits, work;
     float *qv, *qs;     /* nr x d: normalized queries, and times the int8 step */
     int16_t *qi;        /* nr x dpad: the int16 queries of the AVX2 int8 scan */
     float *qp;          /* nr x 2: inverse int16 scale, constant term */
@@ -643,6 +643,9 @@ static void plan_round(Job *j)
     if (nu > 1)
         qsort(j->units, (size_t)nu, sizeof(Unit), cmp_unit_cost);
     j->nunits = nu;
+    j->work = 0;
+    for (int64_t u = 0; u < nu; u++)
+        j->work += j->units[u].cost;
 }
 
 /* Offer scores sc[0:m] of rows p0.. to heap (hs, hp, *hn), skipping deleted and not-allowed rows. */
@@ -850,20 +853,26 @@ static void *helper_main(void *arg)
     return NULL;
 }
 
-/* Run one phase on the caller's thread and nthreads - 1 helpers. Items are handed out
- * dynamically, so a helper that cannot be started only leaves more to the others. */
-static void run_phase(Job *j, void (*fn)(Job *, Scratch *))
+/* Below this much work (row scores, or queries x lists) a phase runs on the caller's thread
+ * alone: starting and joining a thread costs some 20-50 us, a phase this small less. */
+#define MIN_THREADED_WORK 32768
+
+/* Run one phase of `items` items (`work` in all) on the caller's thread and up to nthreads - 1
+ * helpers. Items are handed out dynamically, so a helper that cannot be started only leaves
+ * more to the others. */
+static void run_phase(Job *j, void (*fn)(Job *, Scratch *), int64_t items, int64_t work)
 {
     Helper h[MAX_THREADS];
     pthread_t th[MAX_THREADS];
     int up[MAX_THREADS] = {0};
+    const int64_t n = work < MIN_THREADED_WORK ? 1 : items < j->nthreads ? items : j->nthreads;
     atomic_store(&j->next, 0);
-    for (int t = 1; t < j->nthreads; t++) {
+    for (int t = 1; t < n; t++) {
         h[t] = (Helper){j, t, fn};
         up[t] = pthread_create(&th[t], NULL, helper_main, &h[t]) == 0;
     }
     fn(j, j->ws[0]);
-    for (int t = 1; t < j->nthreads; t++)
+    for (int t = 1; t < n; t++)
         if (up[t])
             pthread_join(th[t], NULL);
 }
@@ -913,10 +922,10 @@ static int run_job(Job *j)
         j->nr = j->nq - q0 < j->R ? j->nq - q0 : j->R;
         for (int t = 0; t < j->nthreads; t++)
             memset(ws[t]->b[S_HEAPN].p, 0, (size_t)j->nr * sizeof(int64_t));
-        run_phase(j, phase_prepare);
+        run_phase(j, phase_prepare, j->nr, j->nr * j->nlist);
         plan_round(j);
-        run_phase(j, phase_scan);
-        run_phase(j, phase_finish);
+        run_phase(j, phase_scan, j->nunits, j->work);
+        run_phase(j, phase_finish, j->nr, j->nr * j->hcap * 64);
     }
     rc = atomic_load(&j->rc);
 out:
