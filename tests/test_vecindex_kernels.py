@@ -116,17 +116,19 @@ def test_c_kernel_checks_buffer_sizes() -> None:
     """A wrong-sized array is a ValueError, never a read past its end."""
     if "c" not in _kernels.available():
         pytest.skip("no C kernel in this install")
-    from vecindex._csearch import search_batch
+    from vecindex._csearch import PANEL, search_batch
 
     d, nlist, k = 4, 2, 3
     f = np.zeros
-    args = [0, 0, 0, -1, 0, np.array([0, 0, 0], np.int64), f((1, d, 64), np.float32), f(0, np.float32),
-            f(d, np.float32), f(d, np.float32), f(0, np.int64), f((1, 0), np.int64), 1,
+    panels = -(-nlist // PANEL)  # the centroids in panels of PANEL (ivf._centroid_panels)
+    args = [0, 0, 0, -1, 0, np.array([0] * (nlist + 1), np.int64), f((panels, d, PANEL), np.float32),
+            f(0, np.float32), f(d, np.float32), f(d, np.float32), f(0, np.int64), f((1, 0), np.int64), 1,
             f((1, d), np.float32), k, k, f(0, np.int64), f((1, k), np.float32), f((1, k), np.int64),
             f((1, k), np.int64)]
     assert search_batch(*args) == 0  # empty lists: no hits
     assert (args[-1] == -1).all()
-    for i, shape, match in ((18, (1, k - 1), "out_p"), (6, (1, d, 65), "cpanels"), (13, (2, d - 1), "Q")):
+    for i, shape, match in ((18, (1, k - 1), "out_p"), (6, (panels, d, PANEL + 1), "cpanels"),
+                            (13, (2, d - 1), "Q")):
         bad = list(args)
         bad[i] = f(shape, bad[i].dtype)
         with pytest.raises(ValueError, match=match):
@@ -235,3 +237,26 @@ def test_ties_across_lists_rank_by_position_in_a_batch(tmp_path, monkeypatch, ke
         np.testing.assert_array_equal(got_i[:12], want_i[:12])
         assert_same_hits(got_s, got_i, want_s, want_i)
     ix.close()
+
+
+def test_without_the_c_kernel_vecindex_falls_back(tmp_path) -> None:
+    """An install whose optional C build failed (no compiler) has no vecindex._csearch: vecindex
+    imports, builds and searches with numba or numpy. In a child process, with the module made
+    unimportable before vecindex is imported."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+sys.modules["vecindex._csearch"] = None  # as if setup.py's optional build had failed
+import numpy as np
+from vecindex import IVFIndex, _kernels
+assert "c" not in _kernels.available() and _kernels.KERNEL != "c", _kernels.KERNEL
+x = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
+ix = IVFIndex.build({str(tmp_path)!r} + "/ix", x, metric="l2", nlist=16, progress=False)
+s, i = ix.search(x[:5], 5, nprobe=16, threads=2)
+assert (i[:, 0] == np.arange(5)).all(), i
+print("ok", _kernels.KERNEL)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
