@@ -227,6 +227,24 @@ AVX2 static inline int32_t hsum_epi32(__m256i acc)
 }
 
 #define LOAD16(p) _mm256_loadu_si256((const __m256i *)(p))
+
+/* The 4 horizontal sums of a[0..3], as the lanes of one vector. */
+AVX2 static inline __m128i hsum4_epi32(const __m256i *a)
+{
+    __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+    return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+
+/* The 8 horizontal sums of a[0..7], as lanes 0..7 of one vector. */
+AVX2 static inline __m256i hsum8_epi32(const __m256i *a)
+{
+    __m256i s01 = _mm256_hadd_epi32(a[0], a[1]), s23 = _mm256_hadd_epi32(a[2], a[3]);
+    __m256i s45 = _mm256_hadd_epi32(a[4], a[5]), s67 = _mm256_hadd_epi32(a[6], a[7]);
+    __m256i s03 = _mm256_hadd_epi32(s01, s23), s47 = _mm256_hadd_epi32(s45, s67);
+    /* s03 = [rows 0-3 of the low halves | rows 0-3 of the high halves], s47 likewise */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s03, s47, 0x20),
+                            _mm256_permute2x128_si256(s03, s47, 0x31));
+}
 #define CODES16(x, t) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((x) + 16 * (t))))
 
 AVX2 static void score_i8_avx2(const QI8 *q, const int8_t *restrict codes, int64_t m, int64_t d,
@@ -238,7 +256,24 @@ AVX2 static void score_i8_avx2(const QI8 *q, const int8_t *restrict codes, int64
     }
     const int64_t g = (d + 15) >> 4;
     const int16_t *qi = q->qi;
-    for (int64_t r = 0; r < m; r++) {
+    int64_t r = 0;
+    /* 8 rows a step: their 8 integer sums are reduced together (a few instructions for all 8,
+     * against ~6 for each row alone); exact integer sums, then the same float steps as row by row
+     * (multiply, then add: no FMA), so the same scores */
+    const __m256 inv8 = _mm256_set1_ps(q->inv), cst8 = _mm256_set1_ps(q->cst);
+    for (; r + 8 <= m; r += 8) {
+        __m256i a[8];
+        for (int e = 0; e < 8; e++)
+            a[e] = _mm256_setzero_si256();
+        for (int64_t t = 0; t < g; t++) {
+            const __m256i w = LOAD16(qi + 16 * t);
+            for (int e = 0; e < 8; e++)
+                a[e] = _mm256_add_epi32(a[e], _mm256_madd_epi16(CODES16(codes + (r + e) * d, t), w));
+        }
+        __m256i s = hsum8_epi32(a);
+        _mm256_storeu_ps(out + r, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), inv8), cst8));
+    }
+    for (; r < m; r++) {
         const int8_t *x = codes + r * d;
         __m256i acc = _mm256_setzero_si256(), acc2 = _mm256_setzero_si256();
         int64_t t = 0;
@@ -265,7 +300,26 @@ AVX2 static void score_i8_avx2_x2(const QI8 *qa, const QI8 *qb, const int8_t *re
     }
     const int64_t g = (d + 15) >> 4;
     const int16_t *a = qa->qi, *b = qb->qi;
-    for (int64_t r = 0; r < m; r++) {
+    int64_t r = 0;
+    /* 4 rows a step for both queries (8 accumulators), reduced 4 at a time as in score_i8_avx2 */
+    const __m128 ia = _mm_set1_ps(qa->inv), ca = _mm_set1_ps(qa->cst);
+    const __m128 ib = _mm_set1_ps(qb->inv), cb = _mm_set1_ps(qb->cst);
+    for (; r + 4 <= m; r += 4) {
+        __m256i sa[4], sb[4];
+        for (int e = 0; e < 4; e++)
+            sa[e] = sb[e] = _mm256_setzero_si256();
+        for (int64_t t = 0; t < g; t++) {
+            const __m256i wa = LOAD16(a + 16 * t), wb = LOAD16(b + 16 * t);
+            for (int e = 0; e < 4; e++) {
+                __m256i v = CODES16(codes + (r + e) * d, t);
+                sa[e] = _mm256_add_epi32(sa[e], _mm256_madd_epi16(v, wa));
+                sb[e] = _mm256_add_epi32(sb[e], _mm256_madd_epi16(v, wb));
+            }
+        }
+        _mm_storeu_ps(outa + r, _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(hsum4_epi32(sa)), ia), ca));
+        _mm_storeu_ps(outb + r, _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(hsum4_epi32(sb)), ib), cb));
+    }
+    for (; r < m; r++) {
         const int8_t *x = codes + r * d;
         __m256i sa = _mm256_setzero_si256(), sb = _mm256_setzero_si256();
         __m256i sa2 = _mm256_setzero_si256(), sb2 = _mm256_setzero_si256();
