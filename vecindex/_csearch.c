@@ -415,7 +415,7 @@ static int cmp_i64(const void *a, const void *b)
  * qsort beyond. */
 static void sort_i64(int64_t *a, int64_t n)
 {
-    if (n > 64) {
+    if (n > 128) {
         qsort(a, (size_t)n, sizeof(int64_t), cmp_i64);
         return;
     }
@@ -694,7 +694,7 @@ static void plan_round(Job *j)
     for (int64_t i = 0; i < j->nr; i++)  /* queries in order within each list */
         for (int64_t t = 0; t < j->pn[i]; t++)
             lq[lstart[j->plist[i * np + t]]++] = i;
-    if (nu > 1)
+    if (nu > 1 && j->nthreads > 1)  /* the order only balances threads */
         qsort(j->units, (size_t)nu, sizeof(Unit), cmp_unit_cost);
     j->nunits = nu;
     j->work = 0;
