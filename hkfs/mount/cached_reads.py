@@ -22,7 +22,10 @@ from ..core.store import EntityInfo, EntityStat, Store
 
 __all__ = ["CachedReads", "MEMO_MAX"]
 
-MEMO_MAX = 500_000   # memo entries kept while nothing commits (~2-3 per file of an ls -l'd view)
+# Memo entries kept while nothing commits. Listings (READDIRPLUS) do not go through it; a
+# LOOKUP per name does (~2 entries, ~1 KiB of Python objects a name): at 500k the memo alone
+# grew the daemon by ~150 MiB when `ls -l` looked up a million names (docs/bench/mount.md).
+MEMO_MAX = 16_384
 
 
 class CachedReads:
