@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sqlite3
 from pathlib import Path
 
@@ -49,15 +50,26 @@ def _shared_sqlite() -> ctypes.CDLL | None:
     return lib
 
 
-def bound(sqlite_mib: int = SQLITE_HEAP_MIB, arenas: int = MALLOC_ARENAS) -> None:
-    """Set both bounds for this process (the daemon, before its threads start)."""
+def sqlite_mib_from_env(default: int = SQLITE_HEAP_MIB) -> int:
+    """HKFS_SQLITE_HEAP_MIB (0: no limit) when set, else `default`."""
+    raw = os.environ.get("HKFS_SQLITE_HEAP_MIB", "").strip()
+    return max(0, int(raw)) if raw.isdigit() else default
+
+
+def bound(sqlite_mib: int | None = None, arenas: int = MALLOC_ARENAS) -> None:
+    """Set both bounds for this process (the daemon, before its threads start); sqlite_mib
+    None: HKFS_SQLITE_HEAP_MIB or SQLITE_HEAP_MIB, 0: no limit."""
     global _libc
+    if sqlite_mib is None:
+        sqlite_mib = sqlite_mib_from_env()
     try:
-        lib = _shared_sqlite()
+        lib = _shared_sqlite() if sqlite_mib else None
     except OSError as exc:
         lib = None
         log.info("SQLite heap unbounded: %s", exc)
-    if lib is not None:
+    if not sqlite_mib:
+        log.info("SQLite heap unbounded (HKFS_SQLITE_HEAP_MIB=0)")
+    elif lib is not None:
         lib.sqlite3_soft_heap_limit64(sqlite_mib << 20)
         log.info("SQLite %s heap limited to %d MiB (all connections)", sqlite3.sqlite_version, sqlite_mib)
     else:

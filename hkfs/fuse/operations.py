@@ -41,6 +41,7 @@ from ..mount.queryfs import QueryFS
 from ..mount.view_listing import ViewListing, WholeListing, listing_for
 from ..mount.views import KeySpaceLoc, ViewLoc
 from ..query.service import QueryService
+from . import memstats
 from .callbacks import mapped, mapped_io, to_fuse_error
 from .daemon_notify import SYNC_ATTR
 from .glue import (
@@ -57,7 +58,6 @@ from .glue import (
     fill_fd_bufvec,
     voidpp,
 )
-from . import memstats
 from .handles import Handle, OpenFiles
 from .kernel_cache import ALIAS_WAIT, KernelCache
 from .removed import RemovedWhileOpen
