@@ -795,9 +795,10 @@ EXPLAIN = [
     "hkfs/fuse/dir_cache.py) until a change drops it, so a second listing within the entry "
     "timeout costs the daemon one OPENDIR (the \"again\" rows: daemon CPU ~0); the "
     "first one reads the view a piece at a time (hkfs/mount/view_listing.py), keeping 8 bytes "
-    "a file. The memory the daemon keeps after listing a big view is mostly libfuse's own: "
-    "the high-level API holds a node (~150 bytes and its name) for every inode the kernel "
-    "keeps, i.e. for every listed file, until the kernel forgets it. " + KEPT_NOTE,
+    "a file. libfuse's high-level API holds a node (~140 bytes) for every inode the kernel "
+    "keeps, i.e. for every listed file, until the kernel forgets it; the daemon drops the "
+    "oldest entries past 200k listed files (hkfs/fuse/node_budget.py), so a view bigger than "
+    "that is looked up name by name on `ls -l` (the 1M rows' daemon CPU). " + KEPT_NOTE,
     "",
     "**The worst case.** The utime-then-stat row changes the file through one view "
     "(`@/alt/f000001`) and stats it through another (`@/bench/f000001`) each time: every "
