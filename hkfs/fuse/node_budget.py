@@ -1,10 +1,10 @@
 """A bound on the files the kernel (and so libfuse) holds entries for: the daemon's memory.
 
 Every file a listing hands the kernel with its attributes (READDIRPLUS) becomes a dentry
-and an inode in the kernel, and libfuse's high-level API keeps a node for it (~160 bytes
-and two hash slots; hkfs.fuse.glue) until the kernel sends FORGET. With memory to spare
+and an inode in the kernel, and libfuse's high-level API keeps a node for it (~140 bytes
+with its hash slots; hkfs.fuse.glue) until the kernel sends FORGET. With memory to spare
 the kernel forgets nothing, so after `ls -l` or `find` of a million-file store the daemon
-held a million nodes (~190 MiB, measured in docs/bench/mount.md) and never gave them back.
+held a million nodes (~130-150 MiB, measured in docs/bench/mount.md) for good.
 
 `NodeBudget` remembers the file names listings handed out, newest last, per (directory
 node, request offset): a view listed again refreshes its pieces instead of adding to
@@ -19,7 +19,10 @@ From a worker, never from a request: the kernel takes the directory's inode lock
 message, which a listing of that directory holds while it waits for the daemon. The
 message also moves the directory's version, so a view whose entries are dropped loses
 the listing the kernel kept of it (hkfs.fuse.dir_cache) and is read from the daemon on
-its next listing, which hands its entries out again.
+its next listing, which hands its entries out again. The drops fall behind a big
+listing of the same directory (that lock again), so past half a budget of drops to do new
+entries are not kept until they catch up (`_pause`); names listed meanwhile are counted
+too, since `ls -l` looks them up, maybe once entries are kept again.
 
 Entries a LOOKUP creates (a path walked without a listing) are not counted: nothing in
 a LOOKUP tells the daemon whether the name is a file, and the bulk is listings.
@@ -47,8 +50,8 @@ __all__ = ["NodeBudget", "NODE_BUDGET", "READDIRPLUS_SLOT", "libfuse_nodes"]
 
 log = logging.getLogger(__name__)
 
-# ~50 MiB of libfuse nodes (and ~300 MB of kernel inodes and dentries); a 100k-file view
-# listed twice stays whole, so its second listing is still the kernel's (docs/mount.md).
+# ~30 MiB of libfuse nodes (and ~200 MB of kernel inodes and dentries); a 100k-file view,
+# however often listed, stays whole, so its second listing is still the kernel's (docs/mount.md).
 NODE_BUDGET = 200_000
 TRIM_AFTER = 1.0             # seconds without drops after which freed memory is handed back
 READDIRPLUS_SLOT = 41        # readdirplus's index in struct fuse_lowlevel_ops (fuse_lowlevel.h, 3.0 on)
