@@ -194,3 +194,4 @@ def test_budget_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert budget_from_env(123) == 0
     monkeypatch.setenv("HKFS_NODE_BUDGET", "many")
     assert budget_from_env(123) == 123
+

@@ -20,12 +20,13 @@ from ..core.errors import NotFound
 from ..core.naming import HK
 from ..core.store import EntityInfo, EntityStat, Store
 
-__all__ = ["CachedReads", "MEMO_MAX"]
+__all__ = ["CachedReads", "MEMO_MAX", "KEPT"]
 
 # Memo entries kept while nothing commits. Listings (READDIRPLUS) do not go through it; a
 # LOOKUP per name does (~2 entries, ~1 KiB of Python objects a name): at 500k the memo alone
 # grew the daemon by ~150 MiB when `ls -l` looked up a million names (docs/bench/mount.md).
 MEMO_MAX = 16_384
+KEPT = frozenset(("view", "kids", "ids", "shared", "root"))   # kept past MEMO_MAX: few, and costly
 
 
 class CachedReads:
@@ -70,8 +71,12 @@ class CachedReads:
     def _current(self) -> dict[tuple, Any]:
         with self._lock:
             v = self.changes.version()
-            if v != self._version or len(self._memo) > MEMO_MAX:
+            if v != self._version:
                 self._version, self._memo = v, {}
+            elif len(self._memo) > MEMO_MAX:
+                # the per-name answers go; what one query per view or namespace made stays
+                # (a view's whole listing, which the lookups after a plain readdir use)
+                self._memo = {k: x for k, x in self._memo.items() if k[0] in KEPT}
             return self._memo
 
     def _get(self, key: tuple, fetch: Callable[[], Any]) -> Any:
