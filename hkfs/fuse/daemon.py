@@ -243,8 +243,10 @@ def run_daemon(store: Path, mountpoint: Path, user_options: dict[str, object], *
     """
     # The store before FUSE: a locked store fails without touching the mount point.
     from ..core.store import Store
+    from .native_memory import bound
 
     report = ready or (lambda _msg: None)
+    bound()       # SQLite's caches and malloc's arenas, before any thread starts
     try:
         st = Store.open(store, create=True)
     except HKError as exc:

@@ -98,10 +98,19 @@ class DirCache:
         self._keep: list[Any] = []               # the ctypes callbacks must outlive the mount
         self.on_drop: Callable[[], None] = lambda: None
         self.drops = 0                            # listings dropped (tests)
+        # the session's struct fuse_lowlevel_ops and libfuse's code range once installed
+        # (hkfs.fuse.node_budget wraps another slot of the same table)
+        self.ops_table: int | None = None
+        self.code: tuple[int, int] | None = None
 
     @property
     def active(self) -> bool:
         return self._session is not None
+
+    @property
+    def session(self) -> int | None:
+        """The session's `struct fuse_session *` once installed."""
+        return self._session
 
     def install(self, libfuse: Any, fuse: ctypes.c_void_p, fd: int, file_info: type[ctypes.Structure]) -> bool:
         """Wrap the session's low-level opendir (from the init callback, before any OPENDIR)."""
@@ -133,6 +142,7 @@ class DirCache:
         inval.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64]
         inval.restype = ctypes.c_int
         self._inval, self._session = inval, session
+        self.ops_table, self.code = slot - 8 * OPENDIR_SLOT, code
         pointer.value = ctypes.cast(wrapper, ctypes.c_void_p).value
         log.info("view listings cached by the kernel, dropped on every change")
         return True

@@ -21,6 +21,7 @@ import functools
 import logging
 import operator
 import os
+import stat
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -212,8 +213,11 @@ class HKFuse(FUSE):
         st = mfusepy.c_stat()
         size = ctypes.sizeof(st)
         enc, errs, packer = self.encoding, self.errors, _PACKER
+        files: list[str] = []          # the kernel keeps them, or looks them up and keeps them (node_budget)
+        budget = self.operations.kernel.budget
+        plus = budget.keeping()        # else names only: the kernel would not keep the entries
         for (name, mode, ino, attrs_of, key), off in entries:
-            attrs = None if attrs_of is None else attrs_of(key)
+            attrs = None if attrs_of is None or not plus else attrs_of(key)
             if attrs is None or packer is None:
                 ctypes.memset(ctypes.byref(st), 0, size)
                 if attrs is None:
@@ -229,6 +233,9 @@ class HKFuse(FUSE):
             if filler(buf, name.encode(enc, errs), st, off,
                       0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
                 break
+            if attrs_of is not None and mode != stat.S_IFDIR:
+                files.append(name)
+        budget.listed(files, enc, errs)
         return 0
 
     # libfuse 3 passes no path for a file removed while open; mfusepy's glue for these either

@@ -56,6 +56,7 @@ import mfusepy
 from ..core.changes import ChangeFeed
 from ..mount.model import Stale
 from .dir_cache import DirCache
+from .node_budget import NodeBudget, budget_from_env
 
 __all__ = ["KernelCache", "CACHE_TIMEOUT"]
 
@@ -123,6 +124,7 @@ class KernelCache:
         self._aliases: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = queue.SimpleQueue()
         self._alias_workers: list[threading.Thread] = []
         self.dirs = DirCache()           # the view listings the kernel keeps
+        self.budget = NodeBudget(budget_from_env())   # the listed files the kernel keeps
 
     def attach(self, libfuse: Any, config: Any | None, *, keep_timeouts: bool = False) -> bool:
         """From the init callback: find the session, try the message, then lengthen the timeouts.
@@ -147,6 +149,7 @@ class KernelCache:
                  config.entry_timeout)
         self.dirs.fresh = config.entry_timeout * 5 / 6      # a kept listing outlives no entry
         self.dirs.install(libfuse, fuse, fd, mfusepy.fuse_file_info)
+        self.budget.install(libfuse, config, self.dirs.session, self.dirs.ops_table, self.dirs.code)
         self.own_commit()
         self.changes.subscribe(self._changed)
         self.changes.start()
@@ -221,6 +224,7 @@ class KernelCache:
             done.wait(wait)
 
     def stop(self) -> None:
+        self.budget.stop()
         self.dirs.stop()
         self.changes.stop()
         for _ in self._alias_workers:

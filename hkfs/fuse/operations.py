@@ -41,6 +41,7 @@ from ..mount.queryfs import QueryFS
 from ..mount.view_listing import ViewListing, WholeListing, listing_for
 from ..mount.views import KeySpaceLoc, ViewLoc
 from ..query.service import QueryService
+from . import memstats
 from .callbacks import mapped, mapped_io, to_fuse_error
 from .daemon_notify import SYNC_ATTR
 from .glue import (
@@ -700,6 +701,8 @@ def serve(store: Store, mountpoint: str | os.PathLike[str], options: dict[str, o
 
     Unless keep_timeouts (the user chose entry_timeout or attr_timeout), the kernel caches
     are turned on once the kernel is found able to drop them on demand (hkfs.fuse.kernel_cache)."""
+    # `kill -USR2 PID` writes the daemon's memory report (the main thread; `ops` is read when asked)
+    memstats.install(Path(store.root) / memstats.MEMSTATS_NAME, lambda: memstats.daemon_caches(ops))
     ops = HKOperations(store, on_ready=on_ready, keep_timeouts=keep_timeouts)
     ops.model.shared = bool(options.get("allow_other"))
     HKFuse(ops, str(Path(mountpoint)), foreground=True, nothreads=False, debug=debug, **options)

@@ -29,9 +29,14 @@ from ..core.errors import NotFound
 from ..core.naming import HK
 from ..core.store import EntityInfo, EntityStat, Store
 
-__all__ = ["CachedReads", "MEMO_MAX", "Matched"]
+__all__ = ["CachedReads", "MEMO_MAX", "KEPT", "Matched"]
 
-MEMO_MAX = 500_000   # entries kept in both memos (~2-3 per file of an ls -l'd view); past it, both dropped
+# Entries kept in both memos together while nothing commits. Listings (READDIRPLUS) do not go
+# through them; a LOOKUP per name does (~2 entries, ~1 KiB of Python objects a name): at 500k
+# the memo alone grew the daemon by ~150 MiB when `ls -l` looked up a million names
+# (docs/bench/mount.md).
+MEMO_MAX = 16_384
+KEPT = frozenset(("view", "kids", "ids", "shared", "root"))   # kept past MEMO_MAX: few, and costly
 
 
 class Matched(NamedTuple):
@@ -94,11 +99,14 @@ class CachedReads:
     def _current(self) -> Memos:
         with self._lock:
             g = self.changes.generations()
-            full = len(self._memo) + len(self._structure) > MEMO_MAX    # one bound for both
-            if g.version != self._version or full:
+            if g.version != self._version:
                 self._version, self._memo = g.version, {}
-            if g.files != self._files or full:
+            if g.files != self._files:
                 self._files, self._structure = g.files, {}
+            if len(self._memo) + len(self._structure) > MEMO_MAX:
+                # the per-name answers go; what one query per view or namespace made stays
+                # (a view's whole listing, which the lookups after a plain readdir use)
+                self._memo, self._structure = _kept(self._memo), _kept(self._structure)
             return self._memo, self._structure
 
     def _get(self, key: tuple, fetch: Callable[[], Any]) -> Any:
@@ -201,3 +209,8 @@ class CachedReads:
             return self._sget(("match", ns, hks, name),
                               lambda: [Matched(i) for i in self.store.match_ids(ns, hks, name)])
         return self._get(("match", ns, hks, name), lambda: self.store.match(ns, hks, name))
+
+
+def _kept(memo: dict[tuple, Any]) -> dict[tuple, Any]:
+    """The entries of `memo` that stay past MEMO_MAX (one query per view or namespace made them)."""
+    return {k: x for k, x in memo.items() if k[0] in KEPT}

@@ -1,0 +1,89 @@
+"""Bounds on the daemon's memory outside Python: SQLite's page caches and glibc's free lists.
+
+Measured on a 1M-file store (docs/bench/mount.md): after `ls -l`, `find` and 150
+FILE.query reads the daemon held ~210 MiB of SQLite page cache, because every thread
+that reads the catalog has its own connection (hkfs.core.catalog) with a 64 MiB cache,
+and libfuse runs up to ten worker threads; and glibc kept ~50-80 MiB of freed memory
+spread over per-thread arenas.
+
+- SQLite: one soft heap limit for the whole process (sqlite3_soft_heap_limit64): past
+  it, a connection recycles its own least recently used pages instead of growing. The
+  catalog's pages stay in the kernel's page cache, so a page recycled here costs a
+  copy from there when read again, not a disk read.
+- glibc: at most MALLOC_ARENAS arenas (each thread otherwise may get its own, whose
+  free chunks no other thread reuses), and `trim()` hands freed pages back after big
+  frees (the node budget calls it after dropping entries).
+
+The library must be the one Python's sqlite3 module uses; when sqlite3 is linked into
+the interpreter instead, nothing is set (and the log says so).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+__all__ = ["bound", "trim", "SQLITE_HEAP_MIB", "MALLOC_ARENAS"]
+
+log = logging.getLogger(__name__)
+
+SQLITE_HEAP_MIB = 16      # SQLite's page caches and statements, all connections together
+MALLOC_ARENAS = 2         # glibc arenas (default 8 per core)
+_M_ARENA_MAX = -8         # malloc.h
+
+_libc: ctypes.CDLL | None = None
+
+
+def _shared_sqlite() -> ctypes.CDLL | None:
+    """The libsqlite3 Python's sqlite3 module runs on, if it is a shared library of this process."""
+    with open("/proc/self/maps") as f:
+        path = next((line.split()[-1] for line in f if "/libsqlite3.so" in line), None)
+    if path is None or not Path(path).exists():
+        return None
+    lib = ctypes.CDLL(path)
+    lib.sqlite3_soft_heap_limit64.restype = ctypes.c_int64
+    lib.sqlite3_soft_heap_limit64.argtypes = [ctypes.c_int64]
+    return lib
+
+
+def sqlite_mib_from_env(default: int = SQLITE_HEAP_MIB) -> int:
+    """HKFS_SQLITE_HEAP_MIB (0: no limit) when set, else `default`."""
+    raw = os.environ.get("HKFS_SQLITE_HEAP_MIB", "").strip()
+    return max(0, int(raw)) if raw.isdigit() else default
+
+
+def bound(sqlite_mib: int | None = None, arenas: int = MALLOC_ARENAS) -> None:
+    """Set both bounds for this process (the daemon, before its threads start); sqlite_mib
+    None: HKFS_SQLITE_HEAP_MIB or SQLITE_HEAP_MIB, 0: no limit."""
+    global _libc
+    if sqlite_mib is None:
+        sqlite_mib = sqlite_mib_from_env()
+    try:
+        lib = _shared_sqlite() if sqlite_mib else None
+    except OSError as exc:
+        lib = None
+        log.info("SQLite heap unbounded: %s", exc)
+    if not sqlite_mib:
+        log.info("SQLite heap unbounded (HKFS_SQLITE_HEAP_MIB=0)")
+    elif lib is not None:
+        lib.sqlite3_soft_heap_limit64(sqlite_mib << 20)
+        log.info("SQLite %s heap limited to %d MiB (all connections)", sqlite3.sqlite_version, sqlite_mib)
+    else:
+        log.info("SQLite heap unbounded: sqlite3 is not a shared library here")
+    try:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _libc.mallopt(_M_ARENA_MAX, arenas)
+        _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError) as exc:   # not glibc
+        _libc = None
+        log.info("malloc arenas not bounded: %s", exc)
+
+
+def trim() -> None:
+    """Give glibc's free pages back to the system (no-op unless bound() found glibc)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
