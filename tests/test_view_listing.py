@@ -38,19 +38,21 @@ def model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MountMode
 
 
 def streamed(m: MountModel, path: str, offset: int = 0) -> list[tuple[tuple, int]]:
+    """(name, inode, attributes or None) and offset of each entry the listing gives after offset."""
     got = listing_for(m, m.resolve(path), path)
     assert isinstance(got, ViewListing)
-    return list(got.entries_from(offset))
+    return [((name, ino, attrs), off) for piece, start in got.pieces_from(offset)
+            for name, ino, attrs, off in list(piece.entries())[start:]]
 
 
 def test_pieces_list_what_listdir_lists(model: MountModel) -> None:
     def seen(entries) -> set[tuple]:
-        return {(n, mode, ino, None if a is None else tuple(a(k))) for n, mode, ino, a, k in entries}
+        return {(n, ino, None if a is None else tuple(a(k))) for n, _mode, ino, a, k in entries}
 
     for path in ("/@/v", "/@/w", "/,"):
         whole = seen(model.listdir(path))
         pieces = streamed(model, path)
-        assert seen(e for e, _off in pieces) == whole
+        assert {e for e, _off in pieces} == whole
         offs = [off for _e, off in pieces]
         assert offs == sorted(offs) and len(set(offs)) == len(offs)
     names = [e[0] for e, _ in streamed(model, "/@/v")]
@@ -58,15 +60,37 @@ def test_pieces_list_what_listdir_lists(model: MountModel) -> None:
     assert ",x" in names and "x" in names                      # the file, and the keyword x
     assert "once" in names                                     # shared in the namespace, not in //v
     sub = next(e for e, _off in streamed(model, "/@/v") if e[0] == "sub")
-    assert stat.S_IMODE(sub[3](sub[4])[2]) == 0o700             # the keyword's own mode
-    for (name, mode, _ino, attrs_of, key), _off in streamed(model, "/@/v"):
-        if attrs_of is not None and mode != stat.S_IFDIR:
-            assert model.entity_values(key) == attrs_of(key), name
+    assert stat.S_IMODE(sub[2][2]) == 0o700                    # the keyword's own mode
+    bare = {e[0] for e, _off in streamed(model, "/@/v") if e[2] is None}
+    assert bare == {".", "..", "near.query", "tty"}            # the kernel looks these up
+
+
+def test_piece_columns_are_entity_values(model: MountModel, tmp_path: Path) -> None:
+    """The columns a piece computes for its files (numpy, one pass) equal what
+    MountModel.entity_values gives one file at a time: link counts, regular-file bits, an
+    open file's size and times from its bytes file."""
+    store = model.store
+    eids = store.match_ids(model.ns, [("v",)])
+    for name in ("linked", "linked-too"):                               # two directory links too
+        store.link(eids[0], store.root_dir(model.ns), name)
+    store.atkw(eids[1], ["//w", "//v/sub"])                             # three HKs
+    open_eid = eids[2]
+    model.open_counts[open_eid] = 1
+    with open(store.entities_dir / str(open_eid), "wb") as f:          # grows while open
+        f.write(b"x" * 1000)
+    want = {s.id: model.entity_values(s) for s in store.entity_stats(eids)}
+    got = {ino >> 2: attrs for (_n, ino, attrs), _off in streamed(model, "/@/v") if attrs and ino & 3 == 1}
+    tty = store.match_ids(model.ns, [("v",)], "tty")[0]
+    assert set(got) == set(want) - {tty, *store.match_ids(model.ns, [("v",)], "near.query")}
+    for eid, attrs in got.items():
+        assert attrs == want[eid], eid
+    assert got[open_eid][5] == 1000
+    assert got[eids[0]][1] == 3 and got[eids[1]][1] == 3 and got[eids[3]][1] == 2
 
 
 def test_offsets_resume_after_the_same_name_in_a_later_listing(model: MountModel) -> None:
     first = streamed(model, "/@/v")
-    (gone, _m, _i, _a, _k), _ = first[6]
+    (gone, _i, _a), _ = first[6]
     (last, *_), at = first[5]
     model.unlink(f"/@/v/{gone}")                               # leaves the view
     model.create("/@/v/zz-new", stat.S_IFREG | 0o644, 0, 0)      # a higher id: listed after

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from .catalog import Catalog
 from .changes import run_commit_hooks
@@ -1138,20 +1138,26 @@ class Store:
     def entity_stats(self, eids: Sequence[int]) -> list[EntityStat]:
         """match_stats for given entities (a piece of a view's listing), in id order; gone ones
         left out."""
-        if not eids:
-            return []
-        with self.catalog.read() as c:
-            rows = c.execute(
-                f"{_STAT_SELECT} WHERE e.id IN ({','.join('?' * len(eids))}) ORDER BY e.id", list(eids)).fetchall()
-        return list(map(EntityStat._make, rows))
+        return list(map(EntityStat._make, self.entity_stat_rows(eids)))
 
     def entity_stats_between(self, lo: int, hi: int) -> list[EntityStat]:
         """match_stats of every entity with lo <= id <= hi, in id order (one range scan: a
         dense piece of a view's listing, which the caller filters)."""
+        return list(map(EntityStat._make, self.entity_stat_rows_between(lo, hi)))
+
+    def entity_stat_rows(self, eids: Sequence[int]) -> list[tuple[Any, ...]]:
+        """entity_stats as bare tuples in EntityStat's field order (a listing turns them into
+        columns: no object per row)."""
+        if not eids:
+            return []
         with self.catalog.read() as c:
-            rows = c.execute(
-                f"{_STAT_SELECT} WHERE e.id BETWEEN ? AND ? ORDER BY e.id", (lo, hi)).fetchall()
-        return list(map(EntityStat._make, rows))
+            return c.execute(
+                f"{_STAT_SELECT} WHERE e.id IN ({','.join('?' * len(eids))}) ORDER BY e.id", list(eids)).fetchall()
+
+    def entity_stat_rows_between(self, lo: int, hi: int) -> list[tuple[Any, ...]]:
+        """entity_stats_between as bare tuples in EntityStat's field order."""
+        with self.catalog.read() as c:
+            return c.execute(f"{_STAT_SELECT} WHERE e.id BETWEEN ? AND ? ORDER BY e.id", (lo, hi)).fetchall()
 
     def shared_names(self, ns: int) -> set[str]:
         """The names that more than one entity of namespace ns bears (one scan of its name index)."""

@@ -4,7 +4,9 @@
   entity file's descriptor, so file data never passes through Python (mfusepy declares
   the struct wrong: `buf` is an inline array in fuse_common.h).
 - READDIRPLUS: `HKFuse` sends every listed entry with its attributes and an offset
-  (mfusepy fills names only), packed into `struct stat` by `StatPacker`.
+  (mfusepy fills names only); a listing comes in pieces of columns
+  (hkfs.mount.view_listing.Piece) whose attributes `StatPacker` packs into an array of
+  `struct stat` at once.
 - f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
   operations the file handle instead.
 - `.query` handles are opened direct_io.
@@ -18,19 +20,20 @@ import ctypes
 import ctypes.util
 import functools
 import logging
-import operator
 import os
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import mfusepy
+import numpy as np
 from mfusepy import FUSE
 
 if TYPE_CHECKING:
+    from ..mount.view_listing import Piece
     from .operations import HKOperations
 
-__all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "DirEntryAttrs", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
+__all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "Wire", "wire", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
            "fd_bufvec", "fill_fd_bufvec", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp", "fallocate"]
 
 log = logging.getLogger(__name__)
@@ -124,64 +127,86 @@ def fd_bufvec(fd: int, pos: int, size: int) -> FuseBufvec:
     return v
 
 
-# One listed name: (name, file-type bits, inode, attrs_of, key). Its full attributes
-# (READDIRPLUS) are attrs_of(key) (a dict, or a tuple in STAT_KEYS order), computed only
-# when sent; attrs_of None for '.', '..' and stored NAME.query files (whose size is their
-# result's: the kernel looks them up). A plain tuple: a 100k-file view makes 100k per listing.
-DirEntryAttrs = tuple[str, int, int, Callable[[Any], "dict[str, Any] | tuple[int, ...]"] | None, Any]
-
-
 class StatPacker:
-    """Fills mfusepy's c_stat from an attribute dict with one struct.pack_into (~1 us).
+    """Packs a listing piece's attributes (hkfs.mount.view_listing.Piece.attrs, Attrs order)
+    into an array of the platform's `struct stat`, numpy column by column (no call per entry).
 
     READDIRPLUS sends attributes for every listed file; mfusepy's set_st_attrs spends
     several microseconds per entry on setattr and timespec objects. The layout is read
-    from c_stat's own field offsets, so it follows the platform's struct stat."""
+    from mfusepy's c_stat field offsets, so it follows the platform's struct stat."""
 
     INTS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks")
     TIMES = ("st_atime", "st_mtime", "st_ctime")
 
     def __init__(self, c_stat: type[ctypes.Structure]) -> None:
-        fields = sorted([(getattr(c_stat, n).offset, getattr(c_stat, n).size, n) for n in self.INTS] +
-                        [(getattr(c_stat, n + "spec").offset, getattr(c_stat, n + "spec").size, n)
-                         for n in self.TIMES])
-        if [n for _, _, n in fields[-3:]] != list(self.TIMES) or any(size != 16 for _, size, _ in fields[-3:]):
-            raise ValueError("c_stat does not end with atime, mtime, ctime timespecs")
-        fmt, pos = "=", 0
-        for offset, size, _name in fields:
-            if offset < pos:
-                raise ValueError("c_stat fields overlap")
-            fmt += "x" * (offset - pos) + ({8: "q", 4: "I", 16: "qq"}[size])
-            pos = offset + size
-        order = [n for _, _, n in fields[:-3]]
-        self._ints = operator.itemgetter(*order)
-        self._pack_into = struct.Struct(fmt).pack_into
-        # STAT_KEYS positions of the integer fields in struct order (None: the same order)
-        perm = [STAT_KEYS.index(n) for n in order]
-        self._perm = None if perm == list(range(len(perm))) else operator.itemgetter(*perm)
+        names, formats, offsets = [], [], []
+        for n in self.INTS:
+            field = getattr(c_stat, n)
+            if field.size not in (4, 8):
+                raise ValueError(f"c_stat.{n} is {field.size} bytes")
+            names.append(n)
+            formats.append("<u4" if field.size == 4 else "<i8")
+            offsets.append(field.offset)
+        for n in self.TIMES:
+            field = getattr(c_stat, n + "spec")
+            if field.size != 16:
+                raise ValueError(f"c_stat.{n}spec is not two 64-bit words")
+            names += [n, n + "_nsec"]
+            formats += ["<i8", "<i8"]
+            offsets += [field.offset, field.offset + 8]
+        self.size = ctypes.sizeof(c_stat)
+        self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": self.size})
 
-    def pack_values(self, st: ctypes.Structure, v: tuple[int, ...]) -> None:
-        """Fill st from a tuple in STAT_KEYS order (no dict: the listing's hot path)."""
-        a, m, c = v[8], v[9], v[10]
-        ints = v[:8] if self._perm is None else self._perm(v)
-        self._pack_into(st, 0, *ints, a // 1_000_000_000, a % 1_000_000_000,    # type: ignore[arg-type]
-                        m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
-
-    def pack(self, st: ctypes.Structure, attrs: dict[str, Any]) -> None:
-        a, m, c = attrs["st_atime"], attrs["st_mtime"], attrs["st_ctime"]
-        self._pack_into(st, 0, *self._ints(attrs), a // 1_000_000_000, a % 1_000_000_000,    # type: ignore[arg-type]
-                        m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
+    def pack_rows(self, attrs: np.ndarray) -> np.ndarray:
+        """len(attrs) struct stats, contiguous (fields not in STAT_KEYS zero)."""
+        out = np.zeros(len(attrs), self.dtype)
+        for j, name in enumerate(self.INTS):
+            out[name] = attrs[:, j]
+        for j, name in enumerate(self.TIMES, len(self.INTS)):
+            out[name], out[name + "_nsec"] = np.divmod(attrs[:, j], 1_000_000_000)
+        return out
 
 
 def _stat_packer() -> StatPacker | None:
     try:
         return StatPacker(mfusepy.c_stat)
-    except (AttributeError, KeyError, ValueError) as exc:
+    except (AttributeError, ValueError) as exc:
         log.info("READDIRPLUS attributes through mfusepy.set_st_attrs: %s", exc)
         return None
 
 
 _PACKER = _stat_packer()
+# libfuse's fuse_fill_dir_t with the stat as an address: the stats of a piece are one array
+_FILL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64,
+                         ctypes.c_int)
+
+
+class Wire(NamedTuple):
+    """A listing piece as libfuse's filler takes it (made once per piece, which several
+    requests read)."""
+
+    stats: Any                # the packed struct stats (kept alive here)
+    base: int                 # address of the first
+    names: list[bytes]
+    offsets: list[int]
+    flags: list[int]          # FUSE_FILL_DIR_PLUS, or 0 for an entry sent without attributes
+
+
+def wire(piece: Piece, encoding: str, errors: str) -> Wire:
+    """Encode a piece for the filler: names in the mount's encoding, attributes packed."""
+    if _PACKER is not None:
+        stats: Any = _PACKER.pack_rows(piece.attrs)
+        base = stats.ctypes.data
+    else:
+        stats = (mfusepy.c_stat * len(piece))()
+        for st, row, plus in zip(stats, piece.attrs.tolist(), piece.plus.tolist(), strict=True):
+            if plus:
+                mfusepy.set_st_attrs(st, dict(zip(STAT_KEYS, row, strict=True)), use_ns=True)
+            else:
+                st.st_ino, st.st_mode = row[0], row[2]
+        base = ctypes.addressof(stats)
+    return Wire(stats, base, [n.encode(encoding, errors) for n in piece.names], piece.offsets.tolist(),
+                np.where(piece.plus, FUSE_FILL_DIR_PLUS, 0).tolist())
 
 
 class HKFuse(FUSE):
@@ -205,27 +230,16 @@ class HKFuse(FUSE):
         # each node and encode its entry as it is filled (with offset 0 libfuse 3.14 buffers
         # the whole listing and drops the attributes).
         decoded = None if path is None else path.decode(self.encoding, self.errors)
-        entries = self.operations.listing_from(decoded, fip.contents.fh, offset)
-        st = mfusepy.c_stat()
-        size = ctypes.sizeof(st)
-        enc, errs, packer = self.encoding, self.errors, _PACKER
-        for (name, mode, ino, attrs_of, key), off in entries:
-            attrs = None if attrs_of is None else attrs_of(key)
-            if attrs is None or packer is None:
-                ctypes.memset(ctypes.byref(st), 0, size)
-                if attrs is None:
-                    st.st_mode, st.st_ino = mode, ino
-                else:
-                    if isinstance(attrs, tuple):
-                        attrs = dict(zip(STAT_KEYS, attrs, strict=True))
-                    mfusepy.set_st_attrs(st, attrs, use_ns=True)
-            elif isinstance(attrs, tuple):      # Attrs, or a bare tuple in its order
-                packer.pack_values(st, attrs)
-            else:
-                packer.pack(st, attrs)
-            if filler(buf, name.encode(enc, errs), st, off,
-                      0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
-                break
+        fill = _FILL(ctypes.cast(filler, ctypes.c_void_p).value)
+        size = _PACKER.size if _PACKER is not None else ctypes.sizeof(mfusepy.c_stat)
+        for piece, start in self.operations.listing_from(decoded, fip.contents.fh, offset):
+            w = piece.wire
+            if w is None:
+                w = piece.wire = wire(piece, self.encoding, self.errors)
+            names, offs, fl, base = w.names, w.offsets, w.flags, w.base
+            for i in range(start, len(names)):
+                if fill(buf, names[i], base + i * size, offs[i], fl[i]):
+                    return 0            # the reply is full
         return 0
 
     # libfuse 3 passes no path for a file removed while open; mfusepy's glue for these either
