@@ -86,6 +86,13 @@ def test_piece_columns_are_entity_values(model: MountModel, tmp_path: Path) -> N
         assert attrs == want[eid], eid
     assert got[open_eid][5] == 1000
     assert got[eids[0]][1] == 3 and got[eids[1]][1] == 3 and got[eids[3]][1] == 2
+    # files with no HK (0 in the count columns): in a directory, listed by @untagged
+    for i in range(3):
+        model.create(f"/loose{i}", stat.S_IFREG | 0o600, 0, 0)
+    untagged = {ino >> 2: attrs for (n, ino, attrs), _off in streamed(model, "/@/@untagged") if n.startswith("loose")}
+    assert len(untagged) == 3
+    for s in store.entity_stats(sorted(untagged)):
+        assert untagged[s.id] == model.entity_values(s) and untagged[s.id][1] == 1
 
 
 def test_offsets_resume_after_the_same_name_in_a_later_listing(model: MountModel) -> None:

@@ -103,7 +103,8 @@ class EntityStat(NamedTuple):
 
 
 # The columns of an EntityStat, in its order, for the queries that list a view's files.
-_STAT_SELECT = ("SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
+_ROW_COLUMNS = "e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns"   # the first nine
+_STAT_SELECT = (f"SELECT {_ROW_COLUMNS}, "
                 "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
                 "(SELECT count(*) FROM entity_keywords x WHERE x.entity = e.id) FROM entities e")
 
@@ -1158,6 +1159,28 @@ class Store:
         """entity_stats_between as bare tuples in EntityStat's field order."""
         with self.catalog.read() as c:
             return c.execute(f"{_STAT_SELECT} WHERE e.id BETWEEN ? AND ? ORDER BY e.id", (lo, hi)).fetchall()
+
+    def entity_rows_between(self, lo: int, hi: int) -> tuple[list[tuple[Any, ...]], dict[int, int], dict[int, int]]:
+        """The entities with lo <= id <= hi in id order as bare tuples of EntityStat's first
+        nine fields (no counts), with, from the same snapshot, their HK counts that are not 1
+        and their directory-link counts that are not 0 (id -> count).
+
+        The counts come from range scans of the two entity indexes, not a lookup per row
+        (_STAT_SELECT's subqueries: half the catalog time of a dense piece of a view listing)."""
+        with self.catalog.read() as c:
+            rows = c.execute(f"SELECT {_ROW_COLUMNS} FROM entities e WHERE e.id BETWEEN ? AND ? ORDER BY e.id",
+                             (lo, hi)).fetchall()
+            hks = dict(c.execute("SELECT entity, count(*) FROM entity_keywords WHERE entity BETWEEN ? AND ? "
+                                 "GROUP BY entity HAVING count(*) != 1", (lo, hi)))
+            tagged = c.execute("SELECT count(DISTINCT entity) FROM entity_keywords WHERE entity BETWEEN ? AND ?",
+                               (lo, hi)).fetchone()[0]
+            if tagged < len(rows):           # some carry no HK at all
+                hks.update((r[0], 0) for r in c.execute(
+                    "SELECT e.id FROM entities e WHERE e.id BETWEEN ? AND ? AND NOT EXISTS "
+                    "(SELECT 1 FROM entity_keywords x WHERE x.entity = e.id)", (lo, hi)))
+            links = dict(c.execute("SELECT entity, count(*) FROM links WHERE entity BETWEEN ? AND ? GROUP BY entity",
+                                   (lo, hi)))
+        return rows, hks, links
 
     def shared_names(self, ns: int) -> set[str]:
         """The names that more than one entity of namespace ns bears (one scan of its name index)."""

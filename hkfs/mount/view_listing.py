@@ -39,6 +39,7 @@ KEYWORDS = 1 << 62           # offsets of child keywords start here (inodes >> 2
 NATTRS = 11                  # columns of Piece.attrs: hkfs.mount.model.Attrs's fields, in its order
 # A catalog row of Store.entity_stat_rows (EntityStat's fields) as numpy columns
 _ROW = np.dtype([(f, object if f == "name" else np.int64) for f in EntityStat._fields])
+_ROW9 = np.dtype(_ROW.descr[:9])          # Store.entity_rows_between's rows: no counts
 
 
 def stable_offset(position: int, entry: Entry) -> int:
@@ -94,15 +95,19 @@ class Piece:
             yield name, row[0], tuple(row) if plus else None, off
 
 
-def _stat_rows(model: MountModel, rows: list[tuple[Any, ...]]) -> tuple[np.ndarray, np.ndarray]:
-    """The ids and the Attrs rows of catalog rows (EntityStat's fields), as
-    MountModel.entity_values makes them one at a time: the same rule as numpy columns."""
-    cols = np.array(rows, _ROW)
-    eid, mode, size, hks = cols["id"], cols["mode"], cols["size"], cols["nhks"]
-    links = cols["nlinks"] + hks
+def _stat_rows(model: MountModel, rows: list[tuple[Any, ...]], nlinks: np.ndarray | None = None,
+               nhks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and the Attrs rows of catalog rows (EntityStat's fields; without its two
+    counts when they are given as columns), as MountModel.entity_values makes them one at a
+    time: the same rule as numpy columns."""
+    cols = np.array(rows, _ROW if nlinks is None else _ROW9)
+    if nlinks is None or nhks is None:
+        nlinks, nhks = cols["nlinks"], cols["nhks"]
+    eid, mode, size = cols["id"], cols["mode"], cols["size"]
+    links = nlinks + nhks
     attrs = np.empty((len(rows), NATTRS), np.int64)
     attrs[:, 0] = (eid << 2) | 1
-    attrs[:, 1] = np.where(hks > 0, np.maximum(links, 2), np.maximum(links, 1))   # paths.link_count, or 1
+    attrs[:, 1] = np.where(nhks > 0, np.maximum(links, 2), np.maximum(links, 1))   # paths.link_count, or 1
     attrs[:, 2] = np.where(mode & 0o170000, mode, mode | stat.S_IFREG)
     attrs[:, 3], attrs[:, 4], attrs[:, 5] = cols["uid"], cols["gid"], size
     attrs[:, 6], attrs[:, 7] = BLKSIZE, (size + 511) // 512
@@ -110,8 +115,19 @@ def _stat_rows(model: MountModel, rows: list[tuple[Any, ...]]) -> tuple[np.ndarr
     opened = model.open_counts
     if opened:           # an open file's size and times are its bytes file's
         for i in np.flatnonzero(np.isin(eid, list(opened))).tolist():
-            attrs[i] = model.entity_values(EntityStat._make(rows[i]))
+            attrs[i] = model.entity_values(EntityStat(*rows[i][:9], int(nlinks[i]), int(nhks[i])))
     return eid, attrs
+
+
+def _counts(eid: np.ndarray, default: int, given: dict[int, int]) -> np.ndarray:
+    """A count per id: `default`, or the one `given` for that id."""
+    out = np.full(len(eid), default, np.int64)
+    if given and len(eid):
+        keys = np.fromiter(given, np.int64, len(given))
+        at = np.minimum(np.searchsorted(eid, keys), len(eid) - 1)
+        hit = eid[at] == keys
+        out[at[hit]] = np.fromiter(given.values(), np.int64, len(given))[hit]
+    return out
 
 
 class ViewListing:
@@ -171,16 +187,19 @@ class ViewListing:
         """The piece of these files of the view (sorted ids), in id order."""
         store = self.model.store
         lo, hi = int(ids[0]), int(ids[-1])
-        if hi - lo + 1 == len(ids):          # consecutive ids: every row of the range is listed
-            rows = store.entity_stat_rows_between(lo, hi)
-        elif hi - lo < 2 * len(ids):         # dense: one range scan, the others left out
-            want = set(ids.tolist())
-            rows = [r for r in store.entity_stat_rows_between(lo, hi) if r[0] in want]
+        nlinks = nhks = None
+        if hi - lo < 2 * len(ids):           # dense: range scans, the rows of other files left out
+            rows, hks, links = store.entity_rows_between(lo, hi)
+            if hi - lo + 1 != len(ids):      # (consecutive ids: every row of the range is listed)
+                want = set(ids.tolist())
+                rows = [r for r in rows if r[0] in want]
+            got = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            nlinks, nhks = _counts(got, 0, links), _counts(got, 1, hks)
         else:
             rows = store.entity_stat_rows(ids.tolist())     # in id order; gone ones left out
         if not rows:
             return Piece([], np.zeros((0, NATTRS), np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
-        eid, attrs = _stat_rows(self.model, rows)
+        eid, attrs = _stat_rows(self.model, rows, nlinks, nhks)
         names: list[str] = [r[1] for r in rows]
         renamed = self._shared_names(self.shared.intersection(names)) if self.shared else set()
         if renamed or not self.keywords.isdisjoint(names):
