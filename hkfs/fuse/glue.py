@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..mount.view_listing import Piece
     from .operations import HKOperations
 
-__all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "Wire", "wire", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
+__all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "Wire", "wire", "fill_piece", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
            "fd_bufvec", "fill_fd_bufvec", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp", "fallocate"]
 
 log = logging.getLogger(__name__)
@@ -179,20 +179,28 @@ _PACKER = _stat_packer()
 # libfuse's fuse_fill_dir_t with the stat as an address: the stats of a piece are one array
 _FILL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64,
                          ctypes.c_int)
+# The fill loop in C (hkfs/fuse/_fill.c), optional: built without a C compiler, the loop is Python's
+try:
+    from . import _fill as _cfill
+except ImportError:
+    _cfill = None
 
 
 class Wire(NamedTuple):
     """A listing piece as libfuse's filler takes it (made once per piece, which several
-    requests read)."""
+    requests read). For the C loop (hkfs/fuse/_fill.c) `names` is one bytes object of
+    NUL-terminated names starting at `name_at`, and offsets and flags are int64 / int32
+    arrays; for the Python loop they are lists and `name_at` is None."""
 
     stats: Any                # the packed struct stats (kept alive here)
     base: int                 # address of the first
-    names: list[bytes]
-    offsets: list[int]
-    flags: list[int]          # FUSE_FILL_DIR_PLUS, or 0 for an entry sent without attributes
+    names: Any
+    name_at: np.ndarray | None
+    offsets: Any
+    flags: Any                # FUSE_FILL_DIR_PLUS, or 0 for an entry sent without attributes
 
 
-def wire(piece: Piece, encoding: str, errors: str) -> Wire:
+def wire(piece: Piece, encoding: str, errors: str, *, for_c: bool = _cfill is not None) -> Wire:
     """Encode a piece for the filler: names in the mount's encoding, attributes packed."""
     if _PACKER is not None:
         stats: Any = _PACKER.pack_rows(piece.attrs)
@@ -205,8 +213,29 @@ def wire(piece: Piece, encoding: str, errors: str) -> Wire:
             else:
                 st.st_ino, st.st_mode = row[0], row[2]
         base = ctypes.addressof(stats)
-    return Wire(stats, base, [n.encode(encoding, errors) for n in piece.names], piece.offsets.tolist(),
-                np.where(piece.plus, FUSE_FILL_DIR_PLUS, 0).tolist())
+    flags = np.where(piece.plus, FUSE_FILL_DIR_PLUS, 0).astype(np.int32)
+    if for_c:               # file names hold no NUL: it ends each
+        names = "\0".join(piece.names).encode(encoding, errors) + b"\0"
+        ends = np.flatnonzero(np.frombuffer(names, np.uint8) == 0)
+        name_at = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)[:len(piece)]
+        return Wire(stats, base, names, name_at, np.ascontiguousarray(piece.offsets, np.int64), flags)
+    return Wire(stats, base, [n.encode(encoding, errors) for n in piece.names], None, piece.offsets.tolist(),
+                flags.tolist())
+
+
+def fill_piece(filler: Any, buf: Any, w: Wire, size: int, start: int) -> int:
+    """Hand entries start.. of an encoded piece to libfuse's filler until the reply is full:
+    the index of the first one it refused (the piece's length if none)."""
+    if w.name_at is not None and _cfill is not None:
+        return int(_cfill.fill(ctypes.cast(filler, ctypes.c_void_p).value, buf or 0, w.names,
+                               w.name_at.ctypes.data, w.base, size, w.offsets.ctypes.data,
+                               w.flags.ctypes.data, start, len(w.offsets)))
+    fill = _FILL(ctypes.cast(filler, ctypes.c_void_p).value)
+    names, offs, fl, base = w.names, w.offsets, w.flags, w.base
+    for i in range(start, len(offs)):
+        if fill(buf, names[i], base + i * size, offs[i], fl[i]):
+            return i
+    return len(offs)
 
 
 class HKFuse(FUSE):
@@ -230,16 +259,13 @@ class HKFuse(FUSE):
         # each node and encode its entry as it is filled (with offset 0 libfuse 3.14 buffers
         # the whole listing and drops the attributes).
         decoded = None if path is None else path.decode(self.encoding, self.errors)
-        fill = _FILL(ctypes.cast(filler, ctypes.c_void_p).value)
         size = _PACKER.size if _PACKER is not None else ctypes.sizeof(mfusepy.c_stat)
         for piece, start in self.operations.listing_from(decoded, fip.contents.fh, offset):
             w = piece.wire
             if w is None:
                 w = piece.wire = wire(piece, self.encoding, self.errors)
-            names, offs, fl, base = w.names, w.offsets, w.flags, w.base
-            for i in range(start, len(names)):
-                if fill(buf, names[i], base + i * size, offs[i], fl[i]):
-                    return 0            # the reply is full
+            if fill_piece(filler, buf, w, size, start) < len(piece):
+                return 0            # the reply is full
         return 0
 
     # libfuse 3 passes no path for a file removed while open; mfusepy's glue for these either
