@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from .catalog import Catalog
 from .changes import run_commit_hooks
@@ -103,10 +103,14 @@ class EntityStat(NamedTuple):
 
 
 # The columns of an EntityStat, in its order, for the queries that list a view's files.
-_ROW_COLUMNS = "e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns"   # the first nine
-_STAT_SELECT = (f"SELECT {_ROW_COLUMNS}, "
+_STAT_SELECT = ("SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
                 "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
                 "(SELECT count(*) FROM entity_keywords x WHERE x.entity = e.id) FROM entities e")
+# The first nine of them as columns of text, for entities with ids in a range (entity_columns_between)
+_COLUMNS = EntityStat._fields[:9]
+_COLUMNS_SELECT = ("SELECT " + ", ".join(f"group_concat({f}, '/')" if f == "name" else f"group_concat({f})"
+                                         for f in _COLUMNS) +
+                   " FROM (SELECT * FROM entities WHERE id BETWEEN ? AND ? ORDER BY id)")
 
 
 @dataclass(frozen=True)
@@ -1139,48 +1143,38 @@ class Store:
     def entity_stats(self, eids: Sequence[int]) -> list[EntityStat]:
         """match_stats for given entities (a piece of a view's listing), in id order; gone ones
         left out."""
-        return list(map(EntityStat._make, self.entity_stat_rows(eids)))
-
-    def entity_stats_between(self, lo: int, hi: int) -> list[EntityStat]:
-        """match_stats of every entity with lo <= id <= hi, in id order (one range scan: a
-        dense piece of a view's listing, which the caller filters)."""
-        return list(map(EntityStat._make, self.entity_stat_rows_between(lo, hi)))
-
-    def entity_stat_rows(self, eids: Sequence[int]) -> list[tuple[Any, ...]]:
-        """entity_stats as bare tuples in EntityStat's field order (a listing turns them into
-        columns: no object per row)."""
         if not eids:
             return []
         with self.catalog.read() as c:
-            return c.execute(
+            rows = c.execute(
                 f"{_STAT_SELECT} WHERE e.id IN ({','.join('?' * len(eids))}) ORDER BY e.id", list(eids)).fetchall()
+        return list(map(EntityStat._make, rows))
 
-    def entity_stat_rows_between(self, lo: int, hi: int) -> list[tuple[Any, ...]]:
-        """entity_stats_between as bare tuples in EntityStat's field order."""
+    def entity_columns_between(self, lo: int, hi: int) -> tuple[dict[str, str], dict[int, int], dict[int, int]]:
+        """The entities with lo <= id <= hi as columns of text, and, from the same snapshot,
+        their HK counts that are not 1 and their directory-link counts that are not 0 (id -> count).
+
+        Columns: EntityStat's first nine fields by name, each the values in id order joined
+        by ',' (name by '/', which no file name holds); {} when there is no such entity. One
+        row for the lot, where fetching a row per entity cost Python objects and a GIL round
+        trip per row; the counts come from range scans of the two entity indexes, not a
+        lookup per entity (a dense piece of a view listing: hkfs.mount.view_listing)."""
         with self.catalog.read() as c:
-            return c.execute(f"{_STAT_SELECT} WHERE e.id BETWEEN ? AND ? ORDER BY e.id", (lo, hi)).fetchall()
-
-    def entity_rows_between(self, lo: int, hi: int) -> tuple[list[tuple[Any, ...]], dict[int, int], dict[int, int]]:
-        """The entities with lo <= id <= hi in id order as bare tuples of EntityStat's first
-        nine fields (no counts), with, from the same snapshot, their HK counts that are not 1
-        and their directory-link counts that are not 0 (id -> count).
-
-        The counts come from range scans of the two entity indexes, not a lookup per row
-        (_STAT_SELECT's subqueries: half the catalog time of a dense piece of a view listing)."""
-        with self.catalog.read() as c:
-            rows = c.execute(f"SELECT {_ROW_COLUMNS} FROM entities e WHERE e.id BETWEEN ? AND ? ORDER BY e.id",
-                             (lo, hi)).fetchall()
+            got = c.execute(_COLUMNS_SELECT, (lo, hi)).fetchone()
+            if got[0] is None:
+                return {}, {}, {}
+            cols = dict(zip(_COLUMNS, got, strict=True))
             hks = dict(c.execute("SELECT entity, count(*) FROM entity_keywords WHERE entity BETWEEN ? AND ? "
                                  "GROUP BY entity HAVING count(*) != 1", (lo, hi)))
             tagged = c.execute("SELECT count(DISTINCT entity) FROM entity_keywords WHERE entity BETWEEN ? AND ?",
                                (lo, hi)).fetchone()[0]
-            if tagged < len(rows):           # some carry no HK at all
+            if tagged < cols["id"].count(",") + 1:           # some carry no HK at all
                 hks.update((r[0], 0) for r in c.execute(
                     "SELECT e.id FROM entities e WHERE e.id BETWEEN ? AND ? AND NOT EXISTS "
                     "(SELECT 1 FROM entity_keywords x WHERE x.entity = e.id)", (lo, hi)))
             links = dict(c.execute("SELECT entity, count(*) FROM links WHERE entity BETWEEN ? AND ? GROUP BY entity",
                                    (lo, hi)))
-        return rows, hks, links
+        return cols, hks, links
 
     def shared_names(self, ns: int) -> set[str]:
         """The names that more than one entity of namespace ns bears (one scan of its name index)."""

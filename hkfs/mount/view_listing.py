@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import stat
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,11 @@ __all__ = ["Piece", "ViewListing", "WholeListing", "listing_for", "stable_offset
 CHUNK = 1024                 # files fetched per catalog read
 KEYWORDS = 1 << 62           # offsets of child keywords start here (inodes >> 2 are < 2**58)
 NATTRS = 11                  # columns of Piece.attrs: hkfs.mount.model.Attrs's fields, in its order
-# A catalog row of Store.entity_stat_rows (EntityStat's fields) as numpy columns
+# Store.entity_stats's rows (EntityStat's fields) as numpy columns
 _ROW = np.dtype([(f, object if f == "name" else np.int64) for f in EntityStat._fields])
-_ROW9 = np.dtype(_ROW.descr[:9])          # Store.entity_rows_between's rows: no counts
+# Reads the next piece of a view while the current one is sent: the catalog read overlaps
+# the kernel's work on the reply and libfuse's fill (hkfs/fuse/_fill.c, without the GIL).
+_AHEAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hkfs-listing")
 
 
 def stable_offset(position: int, entry: Entry) -> int:
@@ -95,17 +98,16 @@ class Piece:
             yield name, row[0], tuple(row) if plus else None, off
 
 
-def _stat_rows(model: MountModel, rows: list[tuple[Any, ...]], nlinks: np.ndarray | None = None,
-               nhks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ids and the Attrs rows of catalog rows (EntityStat's fields; without its two
-    counts when they are given as columns), as MountModel.entity_values makes them one at a
-    time: the same rule as numpy columns."""
-    cols = np.array(rows, _ROW if nlinks is None else _ROW9)
-    if nlinks is None or nhks is None:
-        nlinks, nhks = cols["nlinks"], cols["nhks"]
+_EMPTY = Piece([], np.zeros((0, NATTRS), np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
+
+
+def _attrs(model: MountModel, cols: dict[str, np.ndarray], names: list[str], nlinks: np.ndarray,
+           nhks: np.ndarray) -> np.ndarray:
+    """The Attrs rows of files given as columns (EntityStat's fields), as
+    MountModel.entity_values makes them one at a time: the same rule on numpy columns."""
     eid, mode, size = cols["id"], cols["mode"], cols["size"]
     links = nlinks + nhks
-    attrs = np.empty((len(rows), NATTRS), np.int64)
+    attrs = np.empty((len(eid), NATTRS), np.int64)
     attrs[:, 0] = (eid << 2) | 1
     attrs[:, 1] = np.where(nhks > 0, np.maximum(links, 2), np.maximum(links, 1))   # paths.link_count, or 1
     attrs[:, 2] = np.where(mode & 0o170000, mode, mode | stat.S_IFREG)
@@ -115,8 +117,10 @@ def _stat_rows(model: MountModel, rows: list[tuple[Any, ...]], nlinks: np.ndarra
     opened = model.open_counts
     if opened:           # an open file's size and times are its bytes file's
         for i in np.flatnonzero(np.isin(eid, list(opened))).tolist():
-            attrs[i] = model.entity_values(EntityStat(*rows[i][:9], int(nlinks[i]), int(nhks[i])))
-    return eid, attrs
+            info = EntityStat(*(names[i] if f == "name" else int(cols[f][i]) for f in EntityStat._fields[:9]),
+                              int(nlinks[i]), int(nhks[i]))
+            attrs[i] = model.entity_values(info)
+    return attrs
 
 
 def _counts(eid: np.ndarray, default: int, given: dict[int, int]) -> np.ndarray:
@@ -152,7 +156,8 @@ class ViewListing:
         self._kw_piece: Piece | None = None          # made when the listing gets there
         self.ids: np.ndarray = model.reads.view_ids(view.ns, tuple(view.hks))
         self.shared: set[str] = model.reads.shared_names(view.ns)    # in the namespace
-        self._piece: tuple[int, Piece | None] = (-1, None)            # the last piece of files read
+        self._piece: tuple[int, int, Piece | None] = (-1, 0, None)   # the last piece: index, catalog version
+        self._ahead: tuple[int, Future[tuple[int, Piece]]] | None = None     # the next one, being read
 
     def __len__(self) -> int:
         return len(self.head) + len(self.ids) + len(self.kw)
@@ -168,10 +173,7 @@ class ViewListing:
             # last one is kept for the requests that follow.
             i = first - first % CHUNK
             while i < len(self.ids):
-                at, piece = self._piece
-                if at != i or piece is None:
-                    piece = self._files(self.ids[i:i + CHUNK])
-                    self._piece = (i, piece)
+                piece = self._piece_at(i)
                 start = piece.after(offset)
                 if start < len(piece):
                     yield piece, start
@@ -183,24 +185,63 @@ class ViewListing:
             if start < len(self._kw_piece):
                 yield self._kw_piece, start
 
+    def _piece_at(self, i: int) -> Piece:
+        """The piece of the files from index i on: the one kept, or the one read ahead, if
+        nothing committed since it was read, else one read now; then the next is read ahead."""
+        version = self.model.reads.changes.version()
+        at, read_at, piece = self._piece
+        if at == i and read_at == version and piece is not None:
+            return piece
+        piece = None
+        ahead = self._ahead
+        # a read ahead not started yet (another listing's is running) is cancelled, not waited for
+        if ahead is not None and ahead[0] == i and (ahead[1].done() or not ahead[1].cancel()):
+            read_at, got = ahead[1].result()
+            if read_at == version:
+                piece = got
+        if piece is None:
+            piece = self._files(self.ids[i:i + CHUNK])
+        self._piece = (i, version, piece)
+        nxt = i + CHUNK
+        self._ahead = (nxt, _AHEAD.submit(self._read, nxt)) if nxt < len(self.ids) else None
+        return piece
+
+    def _read(self, i: int) -> tuple[int, Piece]:
+        """The piece from index i on, with the catalog version it was read at (read ahead)."""
+        version = self.model.reads.changes.version()
+        return version, self._files(self.ids[i:i + CHUNK])
+
     def _files(self, ids: np.ndarray) -> Piece:
         """The piece of these files of the view (sorted ids), in id order."""
         store = self.model.store
         lo, hi = int(ids[0]), int(ids[-1])
-        nlinks = nhks = None
-        if hi - lo < 2 * len(ids):           # dense: range scans, the rows of other files left out
-            rows, hks, links = store.entity_rows_between(lo, hi)
-            if hi - lo + 1 != len(ids):      # (consecutive ids: every row of the range is listed)
-                want = set(ids.tolist())
-                rows = [r for r in rows if r[0] in want]
-            got = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-            nlinks, nhks = _counts(got, 0, links), _counts(got, 1, hks)
+        text: dict[str, str] = {}
+        if hi - lo < 2 * len(ids):           # dense: one range read, the other files left out
+            text, hks, links = store.entity_columns_between(lo, hi)
+            if not text:
+                return _EMPTY
+            cols = {f: np.fromstring(t, np.int64, sep=",") for f, t in text.items() if f != "name"}
+            names = text["name"].split("/")
+            if len(names) != len(cols["id"]):
+                text = {}                    # a name with a '/' (which no file name holds): row by row
+        if text:
+            keep = np.isin(cols["id"], ids) if hi - lo + 1 != len(ids) else None   # consecutive: all listed
+            if keep is not None or np.any(cols["id"][1:] < cols["id"][:-1]):
+                order = np.flatnonzero(keep) if keep is not None else np.arange(len(names))
+                order = order[np.argsort(cols["id"][order], kind="stable")]
+                cols = {f: c[order] for f, c in cols.items()}
+                names = [names[i] for i in order.tolist()]
+            eid = cols["id"]
+            nlinks, nhks = _counts(eid, 0, links), _counts(eid, 1, hks)
         else:
-            rows = store.entity_stat_rows(ids.tolist())     # in id order; gone ones left out
-        if not rows:
-            return Piece([], np.zeros((0, NATTRS), np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
-        eid, attrs = _stat_rows(self.model, rows, nlinks, nhks)
-        names: list[str] = [r[1] for r in rows]
+            stats = store.entity_stats(ids.tolist())     # in id order; gone ones left out
+            if not stats:
+                return _EMPTY
+            rows = np.array(stats, _ROW)
+            cols = {f: rows[f] for f in EntityStat._fields if f != "name"}
+            names = rows["name"].tolist()
+            eid, nlinks, nhks = cols["id"], cols["nlinks"], cols["nhks"]
+        attrs = _attrs(self.model, cols, names, nlinks, nhks)
         renamed = self._shared_names(self.shared.intersection(names)) if self.shared else set()
         if renamed or not self.keywords.isdisjoint(names):
             kws = self.keywords
