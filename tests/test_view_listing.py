@@ -112,3 +112,23 @@ def test_offsets_resume_after_the_same_name_in_a_later_listing(model: MountModel
     assert last not in later and gone not in later
     assert [n for n in later if n != "zz-new"] == want
     assert "zz-new" in later
+
+
+def test_a_piece_read_before_a_commit_is_read_again(model: MountModel) -> None:
+    """The listing keeps its last piece for the requests that follow and reads the next one
+    ahead: after a commit neither is handed out, or the kernel would keep the attributes
+    they had before the change (a chmod between two requests of one `ls -l`)."""
+    got = listing_for(model, model.resolve("/@/v"), "/@/v")
+    pieces = got.pieces_from(0)
+    next(pieces)                                               # '.' and '..'
+    first, _start = next(pieces)                               # f00-f03; f04-f07 read ahead
+    assert first.names == ["f00", "f01", "f02", "f03"]
+    at = int(first.offsets[1])                                 # the reply ended after f01
+    assert isinstance(got, ViewListing) and got._ahead is not None
+    got._ahead[1].result()
+    for name in ("f02", "f05"):
+        model.chmod(f"/@/v/{name}", 0o600)
+    modes = {name: stat.S_IMODE(attrs[2]) for piece, start in got.pieces_from(at)
+             for name, _ino, attrs, _off in list(piece.entries())[start:] if attrs}
+    assert modes["f02"] == 0o600 and modes["f05"] == 0o600
+    assert modes["f03"] != 0o600
