@@ -10,6 +10,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hkfs.core.store import Store
@@ -132,3 +133,13 @@ def test_a_piece_read_before_a_commit_is_read_again(model: MountModel) -> None:
              for name, _ino, attrs, _off in list(piece.entries())[start:] if attrs}
     assert modes["f02"] == 0o600 and modes["f05"] == 0o600
     assert modes["f03"] != 0o600
+
+
+@pytest.mark.parametrize("path", ["/@/v", "/@/w", "/@/v/@/w", "/@/v/@/@or/w", "/@/@untagged", "/@/v/sub"])
+def test_view_ids_are_match_ids(model: MountModel, path: str) -> None:
+    """A view's ids, read as one string of text, are match_ids, sorted, each once."""
+    model.create("/loose", stat.S_IFREG | 0o600, 0, 0)
+    hks = model.resolve(path).hks
+    got = model.reads.view_ids(model.ns, tuple(hks))
+    assert got.dtype == np.int64
+    assert got.tolist() == sorted(set(model.store.match_ids(model.ns, hks)))

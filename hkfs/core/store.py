@@ -110,7 +110,7 @@ _STAT_SELECT = ("SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, 
 _COLUMNS = EntityStat._fields[:9]
 _COLUMNS_SELECT = ("SELECT " + ", ".join(f"group_concat({f}, '/')" if f == "name" else f"group_concat({f})"
                                          for f in _COLUMNS) +
-                   " FROM (SELECT * FROM entities WHERE id BETWEEN ? AND ? ORDER BY id)")
+                   " FROM entities WHERE id BETWEEN ? AND ?")
 
 
 @dataclass(frozen=True)
@@ -1154,8 +1154,9 @@ class Store:
         """The entities with lo <= id <= hi as columns of text, and, from the same snapshot,
         their HK counts that are not 1 and their directory-link counts that are not 0 (id -> count).
 
-        Columns: EntityStat's first nine fields by name, each the values in id order joined
-        by ',' (name by '/', which no file name holds); {} when there is no such entity. One
+        Columns: EntityStat's first nine fields by name, each the values joined by ',' (name
+        by '/', which no file name holds) in the order of the table's range scan, id order
+        (a caller that relies on it checks); {} when there is no such entity. One
         row for the lot, where fetching a row per entity cost Python objects and a GIL round
         trip per row; the counts come from range scans of the two entity indexes, not a
         lookup per entity (a dense piece of a view listing: hkfs.mount.view_listing)."""
@@ -1189,6 +1190,13 @@ class Store:
         with self.catalog.read() as c:
             return c.execute(f"SELECT name, id FROM entities WHERE ns = ? AND name IN ({','.join('?' * len(names))})",
                              (ns, *names)).fetchall()
+
+    def match_ids_text(self, ns: int, hks: Sequence[HK | str]) -> str:
+        """match_ids (unsorted) as one string, the ids joined by ',' ('' for none): a big view's
+        ids in one row, with no Python object per file (hkfs.mount.cached_reads.view_ids)."""
+        with self.catalog.read() as c:
+            sel, params = self._match(c, ns, hks, None)
+            return c.execute(f"WITH m(id) AS ({sel}) SELECT group_concat(id) FROM m", params).fetchone()[0] or ""
 
     def match_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
         """Like resolve, ids only (cheap: for counting and large views)."""
