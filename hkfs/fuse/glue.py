@@ -183,7 +183,7 @@ _FILL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.
 try:
     from . import _fill as _cfill
 except ImportError:
-    _cfill = None
+    _cfill = None  # type: ignore[assignment]
 
 
 class Wire(NamedTuple):
