@@ -143,3 +143,19 @@ def test_view_ids_are_match_ids(model: MountModel, path: str) -> None:
     got = model.reads.view_ids(model.ns, tuple(hks))
     assert got.dtype == np.int64
     assert got.tolist() == sorted(set(model.store.match_ids(model.ns, hks)))
+
+
+def test_read_ahead_works_in_a_forked_child() -> None:
+    """The daemon is forked from a process that may have listed views itself (the tests, a
+    caller of hkfs.fuse.daemon.mount): its read-ahead thread must be its own, or a piece read
+    ahead would never come."""
+    assert view_listing._AHEAD.submit(int).result(timeout=10) == 0      # the parent's thread runs
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = view_listing._AHEAD.submit(lambda: 7).result(timeout=10) == 7
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

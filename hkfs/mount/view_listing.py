@@ -6,6 +6,12 @@ listed. A `ViewListing` keeps only the view's ids (a sorted int64 array, 8 bytes
 file, fixed at the handle's first read as readdir(3) expects) and fetches names and
 attributes CHUNK files at a time, in id order, as the kernel asks for them.
 
+A piece is columns (`Piece`: names, an int64 array of attributes in Attrs order, offsets):
+read as one row of text per field (Store.entity_columns_between) and computed with numpy,
+it costs no Python object or call per file, and the adapter packs and sends it whole
+(hkfs.fuse.glue). The next piece is read on a worker thread while the current one is sent;
+a kept or read-ahead piece is handed out only if nothing committed since it was read.
+
 Offsets are stable, so a listing resumed by a handle that read nothing itself (the
 kernel switching from the listing it kept, hkfs.fuse.dir_cache, to the daemon midway)
 goes on after the last name it gave: '.' and '..' are 1 and 2, a file is its inode + 1
@@ -20,6 +26,7 @@ are kept if they are in the view), a file named like a child keyword as ',NAME'.
 from __future__ import annotations
 
 import bisect
+import os
 import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,9 +47,24 @@ KEYWORDS = 1 << 62           # offsets of child keywords start here (inodes >> 2
 NATTRS = 11                  # columns of Piece.attrs: hkfs.mount.model.Attrs's fields, in its order
 # Store.entity_stats's rows (EntityStat's fields) as numpy columns
 _ROW = np.dtype([(f, object if f == "name" else np.int64) for f in EntityStat._fields])
-# Reads the next piece of a view while the current one is sent: the catalog read overlaps
-# the kernel's work on the reply and libfuse's fill (hkfs/fuse/_fill.c, without the GIL).
-_AHEAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hkfs-listing")
+
+
+def _reader() -> ThreadPoolExecutor:
+    """The thread that reads the next piece of a view while the current one is sent: the
+    catalog read overlaps the kernel's work on the reply and libfuse's fill (hkfs/fuse/_fill.c,
+    without the GIL). A new one in a forked child (the daemon), which has no threads."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="hkfs-listing")
+
+
+_AHEAD = _reader()
+
+
+def _after_fork() -> None:
+    global _AHEAD
+    _AHEAD = _reader()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def stable_offset(position: int, entry: Entry) -> int:
