@@ -11,7 +11,8 @@ store is mounted with `hk mount -f`, and --queries stored queries `qN.query` (k=
 are written into @/bench. Then, in one run:
   in-process   vecindex.IVFIndex.open(<that index>).search(q, k=10)  (same index, same nprobe)
   mount read   open + read-to-EOF + close of @/bench/qN.query from this process (FUSE round trips:
-               lookup, open, read, flush, release; the query is evaluated afresh on open)
+               lookup, open, read, release; the query is evaluated afresh on open; the read
+               at EOF is the kernel's when it holds the result's size, hkfs/mount/queryfs.py)
   cat          `cat @/bench/qN.query` as a subprocess (adds fork+exec of cat, for reference)
 and for the files cases: FILE.query (first read of each file, a repeat, a first read after an
 unrelated commit by another process) beside the raw search of the file's vector, and
@@ -21,6 +22,12 @@ the mount returns the same hits as the in-process search. Writes docs/bench/quer
     python scripts/bench_query.py                 # 1M-row entry, 100k and 1M files
     python scripts/bench_query.py --rows 0 --files 100000
     python scripts/bench_query.py --quick         # 100k rows / 10k files, a minute or two
+    python scripts/bench_query.py --rows 0 --files 100000 --stores /tmp/bq --baseline ../main
+        # the same stores (kept in /tmp/bq, reused by the next run) served by another checkout's
+        # daemon first, then by this one's, back to back: an A/B in one run
+
+With --baseline, only the daemon (and `hk query`) run the other checkout's code (PYTHONPATH);
+this process (filling stores, the raw search) runs this checkout's.
 """
 
 from __future__ import annotations
@@ -100,9 +107,13 @@ def build(st: Store, ns: int) -> float:
     return time.perf_counter() - t
 
 
+# The environment of the daemon and `hk query` (--baseline: PYTHONPATH of another checkout).
+CHILD_ENV: dict[str, str] | None = None
+
+
 def mount(store: Path, mnt: Path) -> subprocess.Popen:
     mnt.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(HK + ["mount", "-f", str(store), str(mnt)],
+    proc = subprocess.Popen(HK + ["mount", "-f", str(store), str(mnt)], env=CHILD_ENV, cwd="/",
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     end = time.monotonic() + 60
     while not os.path.ismount(mnt):
@@ -219,8 +230,10 @@ def run_case(name: str, store: Path, mnt: Path, ns: int, nq: int, rounds: int, *
 def _own_vectors(store: Path, ns: int, n: int) -> list[tuple[int, str, np.ndarray]]:
     """n files of //bench (spread over the store) with their own embedding: (id, name, vector)."""
     from hkfs.query.embeddings import parse_embedding
-    with Store.open(store) as st:
-        ids = st.match_ids(ns, ["//bench"])
+    with Store.open(store) as st, st.catalog.read() as c:
+        # the files fill_files made (a kept store's view also holds the bench's qN.query, plain.txt)
+        ids = [r[0] for r in c.execute("SELECT id FROM entities WHERE ns = ? AND name GLOB "
+                                       "'f[0-9][0-9][0-9][0-9][0-9][0-9].txt' ORDER BY id", (ns,))]
         pick = np.random.default_rng(11).choice(len(ids), size=min(n, len(ids)), replace=False)
         got = []
         for i in pick:
@@ -243,28 +256,31 @@ def file_queries(store: Path, bench: Path, index: IVFIndex, ns: int,
         index.search(q, k=K + 1)                      # FILE.query asks for one more: itself
         t_raw.append(time.perf_counter() - t)
     raw_cpu = (time.thread_time() - c_raw) * 1e3 / len(t_raw)
-    c0 = cpu_ms(pid)
+    c_first, c_repeat, c_after = [], [], []      # the daemon's CPU per read, ms
     for _eid, fname, _v in groups[0]:
         p = str(bench / f"{fname}.query")
-        t = time.perf_counter()
-        read_all(p)
-        t_first.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        read_all(p)
-        t_repeat.append(time.perf_counter() - t)
-    cpu = (cpu_ms(pid) - c0) / (2 * len(groups[0]))
+        for times, cpus in ((t_first, c_first), (t_repeat, c_repeat)):
+            c = cpu_ms(pid)
+            t = time.perf_counter()
+            read_all(p)
+            times.append(time.perf_counter() - t)
+            cpus.append(cpu_ms(pid) - c)
+    cpu = (sum(c_first) + sum(c_repeat)) / (2 * len(groups[0]))
     with Store.open(store) as st:
         other = groups[2][0][0]
         for i, (_eid, fname, _v) in enumerate(groups[1]):
             # another process commits something unrelated (a note on another file); its commit
-            # hook pokes the daemon, which drops the kernel's caches
+            # hook pokes the daemon, which drops the kernel's caches (the poke's CPU is counted)
+            c = cpu_ms(pid)
             st.set_xattr("file", other, "user.note", str(i).encode())
             p = str(bench / f"{fname}.query")
             t = time.perf_counter()
             read_all(p)
             t_after.append(time.perf_counter() - t)
+            c_after.append(cpu_ms(pid) - c)
     return {"raw": ms(t_raw), "first": ms(t_first), "repeat": ms(t_repeat), "after": ms(t_after),
-            "file_cpu": cpu, "raw_cpu": raw_cpu}
+            "file_cpu": cpu, "raw_cpu": raw_cpu, "cpu_first": statistics.median(c_first),
+            "cpu_repeat": statistics.median(c_repeat), "cpu_after": statistics.median(c_after)}
 
 
 # `hk` that writes its own peak RSS (VmHWM, kB) last on stderr: wait4's ru_maxrss would count
@@ -283,7 +299,7 @@ def hk_query(mnt: Path, own: list[tuple[int, str, np.ndarray]]) -> tuple[tuple[f
     ts, peak = [], 0.0
     for _eid, fname, _v in own:
         t = time.perf_counter()
-        p = subprocess.run(HK_PEAK + ["query", "--like", fname], cwd=mnt / "@" / "bench",
+        p = subprocess.run(HK_PEAK + ["query", "--like", fname], cwd=mnt / "@" / "bench", env=CHILD_ENV,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True, text=True)
         ts.append(time.perf_counter() - t)
         peak = max(peak, int(p.stderr.split()[-1]) / 1024)
@@ -315,31 +331,60 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="Where the stores go (default: a temp dir)")
     ap.add_argument("--no-write", action="store_true", help="Do not write docs/bench/query.md")
     ap.add_argument("--out", type=Path, default=DOCS / "query.md", help="Where the report goes")
+    ap.add_argument("--stores", type=Path, default=None,
+                    help="Keep the stores here and reuse them when present (same sizes and seeds)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="Another checkout (e.g. main's): each case is also served by its daemon, first")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="With --baseline: serve each case this many times by each code, alternating")
     a = ap.parse_args()
     if a.quick:
         a.rows, a.files, a.queries = 100_000, [10_000], 30
     work = Path(tempfile.mkdtemp(prefix="bench-query-", dir=a.work))
+    keep = a.stores
+    codes: list[tuple[str, dict[str, str] | None]] = [("this", None)]
+    if a.baseline is not None:
+        base_env = dict(os.environ, PYTHONPATH=str(a.baseline.resolve()))
+        codes.insert(0, (f"baseline ({_head(a.baseline)})", base_env))
+        codes[1] = (f"this ({_head(ROOT)})", None)
+        codes *= max(1, a.repeat)
+    global CHILD_ENV
     results, builds = [], {}
+
+    def serve(name: str, store: Path, mnt: Path, ns: int, files: bool) -> None:
+        global CHILD_ENV
+        for code, env in codes:
+            CHILD_ENV = env
+            r = run_case(name, store, mnt, ns, a.queries, a.rounds, files=files)
+            r["code"] = code
+            results.append(r)
+            print(r, flush=True)
+        CHILD_ENV = None
+
     try:
         if a.rows:
             print(f"entry: {a.rows} rows x {DIM} in one .npy", flush=True)
-            ns, builds["entry"] = fill_entry(work / "s1", a.rows)
+            s = (keep / f"entry{a.rows}") if keep else work / "s1"
+            ns, builds["entry"] = _reuse(s) or fill_entry(s, a.rows)
             print(f"  index built in {builds['entry']:.1f}s", flush=True)
-            results.append(run_case("one .npy entry", work / "s1", work / "m1", ns, a.queries, a.rounds))
-            print(results[-1], flush=True)
-            shutil.rmtree(work / "s1", ignore_errors=True)
+            serve("one .npy entry", s, work / "m1", ns, False)
+            if not keep:
+                shutil.rmtree(s, ignore_errors=True)
+            elif not (s / "built").exists():
+                (s / "built").write_text(f"{ns} {builds['entry']:.1f}\n")
         for n in a.files:
             print(f"files: {n} files with their own embedding", flush=True)
-            s, m = work / f"f{n}", work / f"m{n}"
-            ns, builds[f"{n:,} files"] = fill_files(s, n)
+            s, m = (keep / f"files{n}") if keep else work / f"f{n}", work / f"m{n}"
+            ns, builds[f"{n:,} files"] = _reuse(s) or fill_files(s, n)
             print(f"  index built in {builds[f'{n:,} files']:.1f}s", flush=True)
             with Store.open(s) as st:
                 _NAMES.update({e.id: e.name for e in st.match(ns, ["//bench"])})
-            results.append(run_case(f"{n:,} files with own embedding", s, m, ns, a.queries, a.rounds,
-                                    files=True))
-            print(results[-1], flush=True)
+            serve(f"{n:,} files with own embedding", s, m, ns, True)
             _NAMES.clear()
-            shutil.rmtree(s, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(s, ignore_errors=True)
+            elif not (s / "built").exists():
+                (s / "built").write_text(f"{ns} {builds[f'{n:,} files']:.1f}\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = render(results, builds, a)
@@ -350,6 +395,25 @@ def main() -> None:
         print(f"wrote {a.out}")
 
 
+def _reuse(store: Path) -> tuple[int, float] | None:
+    """(namespace, build seconds) of a store kept by an earlier --stores run, else None."""
+    try:
+        ns, secs = (store / "built").read_text().split()
+        return int(ns), float(secs)
+    except (OSError, ValueError):
+        shutil.rmtree(store, ignore_errors=True)      # half-made: made again
+        return None
+
+
+def _head(tree: Path) -> str:
+    """The checkout's branch and commit, for the report."""
+    got = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h"], capture_output=True, text=True)
+    br = subprocess.run(["git", "-C", str(tree), "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True, text=True)
+    if got.returncode:                 # not a git checkout (an exported tree): its directory
+        return tree.resolve().name
+    return f"{br.stdout.strip()} {got.stdout.strip()}"
+
+
 def _cell(x: tuple[float, float]) -> str:
     return f"{x[0]:.2f} ({x[1]:.2f})"
 
@@ -357,6 +421,7 @@ def _cell(x: tuple[float, float]) -> str:
 def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace) -> str:
     cmd = "python scripts/bench_query.py" + (" --quick" if a.quick else
                                               f" --rows {a.rows} --files {' '.join(map(str, a.files))}")
+    cmd += f" --baseline {a.baseline}" if a.baseline is not None else ""
     lines = [
         "# `.query` latency: through the mount vs in-process vecindex",
         "",
@@ -369,7 +434,8 @@ def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace)
         "- **raw search**: `IVFIndex.search` on the very index the daemon uses (same nprobe), in this "
         "process: the peer every goal is measured against.",
         "- **stored read**: open + read to EOF + close of `@/bench/qN.query` (FUSE lookup, open "
-        "(the query is evaluated here, afresh), read, flush, release).",
+        "(the query is evaluated here, afresh), read, release; the read at EOF is answered by the kernel "
+        "when it holds the result's size).",
         "- **FILE.query first**: the first read of `@/bench/FILE.query` for each of --queries files "
         "(never read before); **repeat**: the same file again; **after commit**: the first read of "
         "another file right after another process committed an unrelated change (a `user.note` "
@@ -377,6 +443,8 @@ def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace)
         "The raw search beside it is the file's own vector, k=11.",
         "- **plain file**: open + read + close of an ordinary 400-byte file in the same view: the "
         "FUSE floor any read through this mount pays (Python daemon, kernel round trips).",
+        "- **daemon CPU: first / repeat / after**: the daemon's CPU per FILE.query read of each kind "
+        "(median of the reads; \"after\" includes answering the other process's poke).",
         "- **cat**: the stored read through `cat` in a subprocess (adds fork+exec); **hk query**: "
         "`hk query --like FILE` in the view, a fresh Python process each time (wall ms; its peak RSS "
         "is its own VmHWM).",
@@ -392,29 +460,31 @@ def render(results: list[dict], builds: dict[str, float], a: argparse.Namespace)
         "- **daemon RSS**: the daemon's resident memory after all the reads of the case, and its "
         "peak (VmRSS, VmHWM).",
         "",
-        "| case | embeddings | nlist | nprobe | raw search | stored read | goal | met | daemon CPU "
+        "| case | code | embeddings | nlist | nprobe | raw search | stored read | goal | met | daemon CPU "
         "| plain file | cat | same hits | daemon RSS (peak), MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         goal = 2 * r["in"][0] + 1
         lines.append(
-            f"| {r['case']} | {r['rows']:,} | {r['nlist']} | {r['nprobe']} | {_cell(r['in'])} | "
+            f"| {r['case']} | {r.get('code', 'this')} | {r['rows']:,} | {r['nlist']} | {r['nprobe']} | {_cell(r['in'])} | "
             f"{_cell(r['mnt'])} | {goal:.2f} | {'yes' if r['mnt'][0] <= goal else 'NO'} | "
             f"{r['cpu']:.2f} | {r['plain'][0]:.2f} | {r['cat'][0]:.2f} | {100 * r['agree']:.0f}% | "
             f"{r['mem'][0]:.0f} ({r['mem'][1]:.0f}) |")
     files = [r for r in results if "first" in r]
     if files:
-        lines += ["", "| case | raw search (k=11) | FILE.query first | repeat | after commit | goal | met "
-                  "| raw search CPU | daemon CPU per read | CPU goal | met | hk query | hk query peak RSS, MiB |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|"]
+        lines += ["", "| case | code | raw search (k=11) | FILE.query first | repeat | after commit | goal | met "
+                  "| raw search CPU | daemon CPU per read | CPU goal | met | daemon CPU: first / repeat / after "
+                  "| hk query | hk query peak RSS, MiB |",
+                  "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|"]
         for r in files:
             goal = 2 * r["raw"][0] + 1
             met = all(r[x][0] <= goal for x in ("first", "repeat", "after"))
-            lines.append(f"| {r['case']} | {_cell(r['raw'])} | {_cell(r['first'])} | {_cell(r['repeat'])} | "
+            lines.append(f"| {r['case']} | {r.get('code', 'this')} | {_cell(r['raw'])} | {_cell(r['first'])} | {_cell(r['repeat'])} | "
                          f"{_cell(r['after'])} | {goal:.2f} | {'yes' if met else 'NO'} | {r['raw_cpu']:.2f} | "
                          f"{r['file_cpu']:.2f} | {2 * r['raw_cpu'] + 1:.2f} | "
-                         f"{'yes' if r['file_cpu'] <= 2 * r['raw_cpu'] + 1 else 'NO'} | {r['hk'][0]:.0f} | "
+                         f"{'yes' if r['file_cpu'] <= 2 * r['raw_cpu'] + 1 else 'NO'} | "
+                         f"{r['cpu_first']:.2f} / {r['cpu_repeat']:.2f} / {r['cpu_after']:.2f} | {r['hk'][0]:.0f} | "
                          f"{r['hk_rss']:.0f} |")
     lines += ["", "Index build (read the embeddings, train the lists, write the index), done once by the "
               "daemon's background worker and persisted under STORE/vectors:", ""]

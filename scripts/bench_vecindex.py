@@ -16,8 +16,10 @@ latency of single-query calls (median of --reps passes), the first nprobe reachi
 every default, and peak RSS (VmHWM) of build and query runs in fresh processes
 (scripts/vecindex_rss_child.py); every figure carries the load average. Data and indexes are
 cached under ./bench-data/ (gitignored). Results are kept per section in
-bench-data/vecindex-results.json and docs/bench/vecindex.md (+ vecindex.png) is rewritten from
-all sections run so far, so a section can be rerun alone.
+docs/bench/vecindex-results.json (committed, so a fresh clone has them): a run replaces the
+results of the sections it ran, keeps the others, and rewrites docs/bench/vecindex.md
+(+ vecindex.png) from all of them. Each section keeps its own command, seeds, date and load
+averages; `--note` attaches a remark to the sections of this run (a rerun drops the old one).
 
     python scripts/bench_vecindex.py --sections glove,zipf
     python scripts/bench_vecindex.py --sections notebook --sizes 1M
@@ -55,7 +57,7 @@ from vecindex_rss_child import faiss_ivf, normalize  # noqa: E402  (one definiti
 
 DATA = ROOT / "bench-data"
 DOCS = ROOT / "docs" / "bench"
-RESULTS = DATA / "vecindex-results.json"
+RESULTS = DOCS / "vecindex-results.json"  # committed: the doc is rebuilt from every section
 log = logging.getLogger("bench_vecindex")
 
 try:
@@ -63,6 +65,8 @@ try:
 except ImportError:  # optional extra: pip install -e .[faiss]
     faiss = None
 SKIP_FAISS = False  # --skip-faiss: keep the faiss figures of the previous run of a section
+NO_HNSW = False  # --no-hnsw: keep the hnswlib figures of the previous run of the glove section
+NOTE = ""  # --note: a remark on this run's sections
 
 
 # ---------------------------------------------------------------- the notebook's code, verbatim
@@ -243,6 +247,9 @@ def notebook_score_many(retrieve, queries: np.ndarray, top16: np.ndarray) -> flo
     return float(np.mean(ok))
 
 
+NOTEBOOK_SEEDS = "data default_rng(42); queries default_rng(10), further queries default_rng(11); index seed 0"
+
+
 def section_notebook(sizes: list[int], extra_queries: int) -> dict:
     out = {}
     for n in sizes:
@@ -296,6 +303,9 @@ def section_notebook(sizes: list[int], extra_queries: int) -> dict:
             log.info("faiss %s: %s", name, r["faiss"])
             del fidx, fdb
             gc.collect()
+        r["command"] = (f"python scripts/bench_vecindex.py --sections notebook --sizes {name} "
+                        f"--extra-queries {extra_queries}")
+        r["seeds"] = NOTEBOOK_SEEDS
         out[name] = r
         save_section(f"notebook-{name}", r)
     return out
@@ -507,7 +517,8 @@ def section_glove(nq: int = 500, nlist: int = 2048, reps: int = 3, hnsw: bool = 
     np.save(data, base)
     r = compare("glove", base, q, "cosine", nlist, [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256],
                 data, reps, hnsw)
-    r["command"] = f"python scripts/bench_vecindex.py --sections glove --queries {nq} --glove-nlists {nlist}"
+    r["command"] = (f"python scripts/bench_vecindex.py --sections glove --queries {nq} --glove-nlists {nlist} "
+                    f"--reps {reps}" + ("" if hnsw else " --no-hnsw"))
     r["seeds"] = "held-out queries: default_rng(0).choice(400k, 500); index seed 0; faiss train sample seed 0"
     save_section("glove", r)
     return r
@@ -518,7 +529,8 @@ def section_zipf(n: int, nq: int = 500, reps: int = 3) -> dict:
     x = np.memmap(p, np.float32, "r", shape=(n, 128))
     nlist = default_nlist(n)
     r = compare(f"zipf_{fmt_size(n)}", x, q[:nq], "l2", nlist, [1, 2, 4, 8, 16, 32, 64, 128], p, reps)
-    r["command"] = f"python scripts/bench_vecindex.py --sections zipf --zipf-size {fmt_size(n)} --queries {nq}"
+    r["command"] = (f"python scripts/bench_vecindex.py --sections zipf --zipf-size {fmt_size(n)} --queries {nq} "
+                    f"--reps {reps}")
     r["seeds"] = "centers/scales/rotations default_rng(5), rows and queries default_rng(6); index seed 0"
     save_section(f"zipf-{fmt_size(n)}", r)
     return r
@@ -565,17 +577,33 @@ def section_kmeans(n: int = 1_000_000, nlist: int = 1024) -> dict:
     return r
 
 
-def save_section(key: str, r: dict) -> None:
-    allr = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    r = dict(r, when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+def load_results() -> dict:
+    """Every section's results so far (docs/bench/vecindex-results.json), keyed by section."""
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
+def merge_section(allr: dict, key: str, r: dict, when: str) -> dict:
+    """allr with section `key` replaced by this run's `r` (stamped `when`, with --note); the
+    other sections are kept as they are. --skip-faiss and --no-hnsw keep the previous run's
+    faiss or hnswlib figures of the same section, marked with their own date."""
+    r = dict(r, when=when)
+    r.pop("note", None)
+    if NOTE:
+        r["note"] = NOTE
     old = allr.get(key, {})
     if SKIP_FAISS and old.get("rows") == r.get("rows"):
         for k2, v in old.items():
             if k2.startswith("faiss") and k2 not in r:
                 r[k2] = v
         r["faiss_when"] = old.get("faiss_when", old.get("when"))
-    allr[key] = r
-    RESULTS.write_text(json.dumps(allr, indent=1))
+    if NO_HNSW and "hnsw" in old and "hnsw" not in r and old.get("rows") == r.get("rows"):
+        r["hnsw"] = dict(old["hnsw"], when=old["hnsw"].get("when", old.get("when")))
+    return {**allr, key: r}
+
+
+def save_section(key: str, r: dict) -> None:
+    allr = merge_section(load_results(), key, r, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    RESULTS.write_text(json.dumps(allr, indent=1) + "\n")
     write_docs(allr)
 
 
@@ -595,7 +623,8 @@ def compare_md(key: str, r: dict, allr_now: dict) -> list[str]:
          f"k=10, nlist {r['nlist']} for both; vecindex scan `{r['scan']}`, search kernel "
          f"`{r.get('kernel', 'numba')}`. Load average (1/5/15 min) "
          f"{_load(r['load_start'])} at the start, {_load(r['load_end'])} at the end. Build: vecindex "
-         f"{r['build_s']:.1f} s, faiss {r['faiss_build_s']:.1f} s (in-process, load-dependent).", "",
+         f"{r['build_s']:.1f} s, faiss {r['faiss_build_s']:.1f} s (in-process, load-dependent)."
+         + (f" faiss figures from the run of {r['faiss_when']} (--skip-faiss)." if r.get("faiss_when") else ""), "",
          "Single-thread cost per single-query call: CPU ms (the calling thread's user + system time,"
          " `time.thread_time`) and, in brackets, wall ms; median of "
          f"{r['reps']} passes over all queries; each row measures both engines back to back. "
@@ -649,12 +678,15 @@ def compare_md(key: str, r: dict, allr_now: dict) -> list[str]:
               f"{g['ours_build']['after_load_mib']:.0f} / {g['faiss_build']['after_load_mib']:.0f} MiB).", ""]
     if r.get("hnsw"):
         h = r["hnsw"]
-        L += [f"hnswlib (M {h['M']}, ef_construction {h['ef_construction']}, built with 2 threads in "
+        run = f"run {h['when']}, " if h.get("when") else ""
+        L += [f"hnswlib ({run}M {h['M']}, ef_construction {h['ef_construction']}, built with 2 threads in "
               f"{h['build_s']:.0f} s; queries single-threaded, single calls, CPU ms):", "",
               "| ef | recall@10 | ms | load 1 min |", "|---|---|---|---|"]
         for e in h["sweep"]:
             L.append(f"| {e['ef']} | {e['recall']:.3f} | {_ms(e['ms'])} | {e['load'][0]:.1f} |")
         L.append("")
+    if r.get("note"):
+        L += [r["note"], ""]
     return L
 
 
@@ -673,7 +705,7 @@ def write_docs(allr: dict) -> None:
          "numba kernel (2026-12-01 morning: hnswlib on GloVe, the 10M x 64 build peak RSS, GloVe build RSS",
          "alone) are in [vecindex-2026-12-01-numba.md](vecindex-2026-12-01-numba.md); searches have not",
          "changed what a build does.", ""]
-    for key in ["glove", *sorted(k for k in allr if k.startswith("zipf-"))]:
+    for key in ["glove", *sorted((k for k in allr if k.startswith("zipf-")), key=lambda k: allr[k]["rows"])]:
         if key in allr and "sweep" in allr[key]:
             L += compare_md(key, allr[key], allr)
     for key in sorted(k for k in allr if k.startswith("build-rss-")):
@@ -714,8 +746,13 @@ def write_docs(allr: dict) -> None:
                 kern = r.get("kernel", "-") if eng == "vecindex" else "-"
                 L.append(f"| {fmt_size(r['rows'])} | {eng} | {kern} | {npl} | {e['score']} | {e['s_per_query']:.4f} | "
                          f"{e['ram_mb']:.2f} | {ok} | {many} | {cpu} | {b} | {r['when']}, {_load(r.get('load', []))} |")
-        L += ["", "Command: `python scripts/bench_vecindex.py --sections notebook --sizes SIZE`. faiss holds its",
-              "whole index in RAM (rows x 256 bytes) before the queries start; the notebook's delta does not see it.", ""]
+        L += ["", "faiss holds its whole index in RAM (rows x 256 bytes) before the queries start; the notebook's",
+              "delta does not see it. Commands and seeds, per size:", ""]
+        for k in nbs:
+            r = allr[k]
+            L.append(f"- {fmt_size(r['rows'])}: `{r.get('command', 'python scripts/bench_vecindex.py --sections notebook --sizes ' + fmt_size(r['rows']))}`"
+                     f" ({r['when']}); seeds: {r.get('seeds', NOTEBOOK_SEEDS)}" + (f". {r['note']}" if r.get("note") else ""))
+        L.append("")
     L += ["![recall vs latency](vecindex.png)", ""]
     (DOCS / "vecindex.md").write_text("\n".join(L))
     plot(allr)
@@ -727,7 +764,7 @@ def plot(allr: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("glove", *sorted(k for k in allr if k.startswith("zipf-"))) if k in allr]
+    keys = [k for k in ("glove", *sorted((k for k in allr if k.startswith("zipf-")), key=lambda k: allr[k]["rows"])) if k in allr]
     if not keys:
         return
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
@@ -765,14 +802,16 @@ def main() -> None:
     ap.add_argument("--zipf-size", default="2M", help="rows of the Zipf-clustered 128-d set (section zipf)")
     ap.add_argument("--build-rss-size", default="10M", help="rows of the build-rss section (uniform x 64)")
     ap.add_argument("--reps", type=int, default=3, help="passes over the queries; medians are reported")
-    ap.add_argument("--no-hnsw", action="store_true", help="leave hnswlib out of the glove section")
+    ap.add_argument("--no-hnsw", action="store_true",
+                    help="leave hnswlib out of the glove section (its previous figures are kept)")
+    ap.add_argument("--note", default="", help="a remark printed under each section of this run")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if a.quick:
         a.sizes, a.zipf_size, a.queries = "100k,1M", "1M", 200
     DATA.mkdir(exist_ok=True)
-    global SKIP_FAISS
-    SKIP_FAISS = a.skip_faiss
+    global SKIP_FAISS, NO_HNSW, NOTE
+    SKIP_FAISS, NO_HNSW, NOTE = a.skip_faiss, a.no_hnsw, a.note
     secs = a.sections.split(",")
     if faiss is None:
         log.warning("faiss not installed (pip install -e .[faiss]): faiss columns left out")
@@ -788,7 +827,7 @@ def main() -> None:
         section_zipf(parse_size(a.zipf_size), a.queries, a.reps)
     if "notebook" in secs:
         section_notebook([parse_size(s) for s in a.sizes.split(",")], a.extra_queries)
-    write_docs(json.loads(RESULTS.read_text()))  # `--sections none` only rewrites the doc and plot
+    write_docs(load_results())  # `--sections none` only rewrites the doc and plot
     print((DOCS / "vecindex.md").read_text())
 
 

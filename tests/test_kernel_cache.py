@@ -653,6 +653,32 @@ def test_query_results_are_closed_without_a_flush(tmp_path: Path) -> None:
         assert m.run("cat @/b/near.query").stdout.count("\t") >= 2
 
 
+def test_query_result_read_at_eof_is_answered_by_the_kernel(tmp_path: Path) -> None:
+    """A `.query` result whose size the kernel was told at lookup is read through the page cache:
+    `cat` costs lookup, open, one READ, release (the read at EOF never reaches the daemon);
+    the same after a change elsewhere, which the next lookup tells the kernel."""
+    with own_daemon(tmp_path / "s", tmp_path / "m", debug=True) as m:
+        need_caches(m)
+        m.run("""
+            mkdir @/b && for i in 1 2 3 4; do echo $i > @/b/f$i; setfattr -n user.hk.embedding -v "$i 1 0" @/b/f$i; done
+        """)
+        err = m.store / "daemon.stderr"
+
+        def ops_of(script: str) -> list[bytes]:
+            start = err.stat().st_size
+            m.run(script)
+            with open(err, "rb") as f:
+                f.seek(start)
+                return re.findall(rb"opcode: ([A-Z_]+)", f.read())
+
+        for _ in range(2):                          # a first read, then a repeat
+            ops = ops_of("test $(cat @/b/f1.query | wc -l) = 3")
+            assert ops.count(b"OPEN") == 1 and ops.count(b"READ") == 1, ops
+        ops = ops_of('hk atkw //b "$M/@/b/f1" && echo 5 > @/b/f5 && setfattr -n user.hk.embedding -v "5 1 0" @/b/f5')
+        ops = ops_of("test $(cat @/b/f1.query | wc -l) = 4")   # grew: told at the lookup
+        assert ops.count(b"READ") == 1, ops
+
+
 # ---------------------------------------------------------------- 7. the sync counter
 
 def test_sync_xattr_counts_invalidations(cmount: Mount) -> None:
@@ -722,6 +748,14 @@ def test_stat_packer_equals_set_st_attrs(attrs: dict[str, int]) -> None:
     size = packed.itemsize
     assert raw[:size] == bytes(zero)
     assert raw[size:2 * size] == bytes(want) and raw[2 * size:] == bytes(want)
+    got = mfusepy.c_stat()                             # one stat from a dict (LOOKUP, GETATTR)
+    packer.pack(got, attrs)
+    assert bytes(got) == bytes(want)
+    # over a used buffer: every field up to ctime is rewritten
+    used = mfusepy.c_stat.from_buffer_copy(b"\xa5" * ctypes.sizeof(mfusepy.c_stat))
+    packer.pack(used, attrs)
+    end = mfusepy.c_stat.st_ctimespec.offset + mfusepy.c_stat.st_ctimespec.size
+    assert bytes(used)[:end] == bytes(want)[:end]
 
 
 def test_notify_daemon_without_a_daemon_does_nothing(tmp_path: Path,

@@ -337,3 +337,35 @@ def test_queries_in_views_with_operators(photos) -> None:
     out = mount.run("cat @/@only/photo/t2.txt.query").stdout      # every file carries //photo itself
     assert hits(out) == ["@/@only/photo/" + p for p in expected(me, {p: v for p, v in items.items()
                                                                       if p != "t2.txt"}, 10)]
+
+
+
+def test_file_query_grown_since_the_kernel_was_told_its_size_is_read_whole(mount) -> None:
+    """The kernel may open a `.query` path without looking it up again (a reopen through
+    /proc/self/fd; a commit the daemon has not seen yet), holding the size of an older result.
+    A result that grew since is read whole (its handle is direct_io), never cut to the old size."""
+    from hkfs.core.store import Store
+    m = mount.root
+    os.mkdir(m / "@/b")
+    for i in range(1, 4):
+        (m / f"@/b/f{i}").write_text(f"{i}\n")
+        set_embedding(m / f"@/b/f{i}", np.array([i, 1, 0], np.float32))
+    path = m / "@/b/f1.query"
+    assert len(hits(path.read_text())) == 2              # looked up: the kernel holds its size
+    held = os.open(path, os.O_PATH)                       # the inode, without a handle of ours
+    try:
+        long = "a-much-longer-name-than-any-other-file-here.txt"
+        with Store.open(mount.store) as st:               # another process adds a near twin
+            ns = st.namespace_id(os.getuid())
+            f1 = st.match_ids(ns, ["//b"], "f1")[0]
+            twin = st.create(ns, long, hks=["//b"], uid=os.getuid(), gid=os.getgid())
+            st.set_xattr("file", twin, "user.hk.embedding", st.get_xattr("file", f1, "user.hk.embedding"))
+        fd = os.open(f"/proc/self/fd/{held}", os.O_RDONLY)   # no lookup: the old size
+        try:       # os.read, no fstat (cat's and open()'s fstat would ask for the size again)
+            got = hits(b"".join(iter(lambda: os.read(fd, 1 << 16), b"")).decode())
+        finally:
+            os.close(fd)
+        assert got[0] == f"@/b/{long}" and len(got) == 3, got
+        assert hits(path.read_text()) == got              # looked up again: the same, page-cached
+    finally:
+        os.close(held)

@@ -116,17 +116,19 @@ def test_c_kernel_checks_buffer_sizes() -> None:
     """A wrong-sized array is a ValueError, never a read past its end."""
     if "c" not in _kernels.available():
         pytest.skip("no C kernel in this install")
-    from vecindex._csearch import search_batch
+    from vecindex._csearch import PANEL, search_batch
 
     d, nlist, k = 4, 2, 3
     f = np.zeros
-    args = [0, 0, 0, -1, 0, np.array([0, 0, 0], np.int64), f((d, nlist), np.float32), f(0, np.float32),
-            f(d, np.float32), f(d, np.float32), f(0, np.int64), f((1, 0), np.int64), 1,
+    panels = -(-nlist // PANEL)  # the centroids in panels of PANEL (ivf._centroid_panels)
+    args = [0, 0, 0, -1, 0, np.array([0] * (nlist + 1), np.int64), f((panels, d, PANEL), np.float32),
+            f(0, np.float32), f(d, np.float32), f(d, np.float32), f(0, np.int64), f((1, 0), np.int64), 1,
             f((1, d), np.float32), k, k, f(0, np.int64), f((1, k), np.float32), f((1, k), np.int64),
             f((1, k), np.int64)]
     assert search_batch(*args) == 0  # empty lists: no hits
     assert (args[-1] == -1).all()
-    for i, shape, match in ((18, (1, k - 1), "out_p"), (6, (d, nlist + 1), "centT"), (13, (2, d - 1), "Q")):
+    for i, shape, match in ((18, (1, k - 1), "out_p"), (6, (panels, d, PANEL + 1), "cpanels"),
+                            (13, (2, d - 1), "Q")):
         bad = list(args)
         bad[i] = f(shape, bad[i].dtype)
         with pytest.raises(ValueError, match=match):
@@ -185,3 +187,76 @@ def test_search_after_close_never_reads_another_file(tmp_path, monkeypatch, kern
     finally:
         for fd in fds:
             os.close(fd)
+
+
+@pytest.mark.parametrize("kernel", COMPILED)
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_a_batch_gives_each_query_what_it_gets_alone(tmp_path, monkeypatch, kernel: str, metric: str) -> None:
+    """The C kernel scans lists once for all the queries of a batch that probe them, split over
+    threads in whatever order they finish: the hits must still be exactly those of each query
+    searched alone, exact ties (duplicate rows) included, over several rounds of queries (a huge
+    rerank makes a round a few queries), with deleted rows and an id filter."""
+    rng = np.random.default_rng(12)
+    c = rng.standard_normal((6, 12)) * 2
+    x = (c[rng.integers(0, 6, 3000)] + rng.standard_normal((3000, 12))).astype(np.float32)
+    x[1500:2000] = x[1000:1500]  # duplicates: equal scores, ranked by position
+    q = np.concatenate([x[1000:1010] + 0.001, (c[rng.integers(0, 6, 30)] + rng.standard_normal((30, 12)))])
+    q = q.astype(np.float32)
+    ix = IVFIndex.build(tmp_path / "ix", x, metric=metric, nlist=16, scan="int8", progress=False)
+    ix.remove(np.arange(0, 3000, 11))
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    for kw in ({"k": 10, "nprobe": 5}, {"k": 4, "nprobe": 16, "rerank": 200_000},
+               {"k": 6, "nprobe": 3, "allowed_ids": np.arange(0, 3000, 2), "exact_limit": 10}):
+        alone = [ix.search(q[i : i + 1], **kw) for i in range(len(q))]
+        want_s = np.concatenate([a[0] for a in alone])
+        want_i = np.concatenate([a[1] for a in alone])
+        for threads in (1, 2, 3):
+            got_s, got_i = ix.search(q, threads=threads, **kw)
+            np.testing.assert_array_equal(got_i, want_i)
+            np.testing.assert_array_equal(got_s, want_s)
+    ix.close()
+
+
+@pytest.mark.parametrize("kernel", COMPILED)
+@pytest.mark.parametrize("scan", ["int8", "none"])
+def test_ties_across_lists_rank_by_position_in_a_batch(tmp_path, monkeypatch, kernel: str, scan: str) -> None:
+    """Rows of many lists with exactly equal scores (the query looks at one dimension, whose values
+    repeat): the kept hits are the lowest positions, whichever thread or block offered them first."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((4000, 8)) * 3).astype(np.float32)
+    x[:, 0] = rng.integers(0, 3, 4000)  # three values: hundreds of rows tie, in every list
+    q = np.zeros((24, 8), np.float32)
+    q[:, 0] = 1.0
+    q[12:, 1] = rng.standard_normal(12).astype(np.float32) * 1e-3  # near-ties too
+    ix = IVFIndex.build(tmp_path / "ix", x, metric="ip", nlist=32, scan=scan, progress=False)
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    want_s, want_i = _with(monkeypatch, "numpy", ix, q, k=15, nprobe=32)
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    for threads in (1, 2):
+        got_s, got_i = ix.search(q, k=15, nprobe=32, threads=threads)
+        np.testing.assert_array_equal(got_i[:12], want_i[:12])
+        assert_same_hits(got_s, got_i, want_s, want_i)
+    ix.close()
+
+
+def test_without_the_c_kernel_vecindex_falls_back(tmp_path) -> None:
+    """An install whose optional C build failed (no compiler) has no vecindex._csearch: vecindex
+    imports, builds and searches with numba or numpy. In a child process, with the module made
+    unimportable before vecindex is imported."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+sys.modules["vecindex._csearch"] = None  # as if setup.py's optional build had failed
+import numpy as np
+from vecindex import IVFIndex, _kernels
+assert "c" not in _kernels.available() and _kernels.KERNEL != "c", _kernels.KERNEL
+x = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
+ix = IVFIndex.build({str(tmp_path)!r} + "/ix", x, metric="l2", nlist=16, progress=False)
+s, i = ix.search(x[:5], 5, nprobe=16, threads=2)
+assert (i[:, 0] == np.arange(5)).all(), i
+print("ok", _kernels.KERNEL)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr

@@ -1,11 +1,11 @@
 /* vecindex._csearch: the compiled IVF search kernel (a CPython extension, plain C).
  *
- * One call searches a batch of queries end to end with the GIL released: score the
- * centroids (transposed, so the scores of 8 lists come from one vector multiply-add),
- * pick the nprobe best lists, read each list with pread(2) into a reused buffer (so RSS
- * does not grow with the bytes scanned), score the rows of a buffer into a score block,
- * keep the best in a bounded min-heap, re-rank int8 candidates exactly from the float32
- * rows, and read the k ids. Same results as the numpy path in ivf.py and the numba
+ * One call searches a batch of queries end to end with the GIL released, on as many threads as
+ * asked: score the centroids (in panels, so the scores of 8 lists come from one vector
+ * multiply-add), pick the nprobe best lists, read each probed list once per batch with pread(2)
+ * into a reused buffer (so RSS does not grow with the bytes scanned) and score it for every
+ * query probing it (list-major, see "The batch engine"), keep each query's best in a bounded
+ * min-heap, re-rank int8 candidates exactly from the float32 rows, and read the k ids. Same results as the numpy path in ivf.py and the numba
  * kernel in _numba_search.py (tests/test_vecindex_kernels.py compares them).
  *
  * Why C and not numba: importing numba/llvmlite costs ~130 MiB of RSS and its dispatch of
@@ -16,6 +16,8 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -38,6 +40,8 @@
 #define SPAN_BYTES (64 << 10)
 #define MAX_BUF_ROWS 32768
 #define BUF_BYTES (512 << 10)
+#define MAX_THREADS 64   /* threads of one call */
+#define MAX_ROUND 4096   /* queries of one round (see the batch engine) */
 
 enum { F_INT8 = 1, F_L2 = 2, F_COSINE = 4, F_ALLOWED = 8, F_FINAL = 16 };
 
@@ -61,8 +65,9 @@ static inline int worse(float sa, int64_t pa, float sb, int64_t pb)
     return sa < sb || (sa == sb && pa > pb);
 }
 
-/* Keep the `cap` best (score, position) pairs in a min-heap; returns the new size.
- * Equal scores do not replace: of tied rows the first scanned (lowest position) stays. */
+/* Keep the `cap` best (score, position) pairs in a min-heap; returns the new size. The order is
+ * total (a higher score, then a lower position), so the kept set does not depend on the order of
+ * the offers: the batch path scans blocks in any order and merges threads' heaps. */
 static inline int64_t heap_push(float *hs, int64_t *hp, int64_t n, int64_t cap, float s, int64_t p)
 {
     int64_t i;
@@ -73,7 +78,7 @@ static inline int64_t heap_push(float *hs, int64_t *hp, int64_t n, int64_t cap, 
             hp[i] = hp[(i - 1) >> 1];
             i = (i - 1) >> 1;
         }
-    } else if (s > hs[0]) {
+    } else if (worse(hs[0], hp[0], s, p)) {
         i = 0;
         while (2 * i + 1 < n) {
             int64_t c = 2 * i + 1;
@@ -93,30 +98,52 @@ static inline int64_t heap_push(float *hs, int64_t *hp, int64_t n, int64_t cap, 
     return n;
 }
 
-/* out[c] = q . cent_c for nlist centroids stored transposed (d rows of nlist). */
-static void score_transposed_c(const float *restrict q, const float *restrict ct, int64_t d,
-                               int64_t nlist, float *restrict out)
+/* The centroids are stored in panels of PANEL: panel p holds, for each dimension j, the j-th
+ * values of centroids p * PANEL .. p * PANEL + PANEL - 1 (zeros past nlist), so scoring a panel
+ * reads one contiguous d x PANEL block and keeps PANEL sums in registers (8 AVX2 accumulators:
+ * enough independent FMAs to keep both FMA units busy). ivf.py builds them (_c_const). */
+#define PANEL 64
+
+static int64_t panels(int64_t nlist)
 {
-    for (int64_t c = 0; c < nlist; c++)
-        out[c] = 0.0f;
-    for (int64_t j = 0; j < d; j++) {
-        const float qj = q[j];
-        const float *restrict row = ct + j * nlist;
-        for (int64_t c = 0; c < nlist; c++)
-            out[c] += qj * row[c];
+    return (nlist + PANEL - 1) / PANEL;
+}
+
+/* out[c] = q . cent_c for the nlist centroids in panels. */
+static void score_panels_c(const float *restrict q, const float *restrict cp, int64_t d, int64_t nlist,
+                           float *restrict out)
+{
+    for (int64_t p = 0; p < panels(nlist); p++) {
+        float acc[PANEL] = {0};
+        const float *restrict blk = cp + p * d * PANEL;
+        for (int64_t j = 0; j < d; j++)
+            for (int e = 0; e < PANEL; e++)
+                acc[e] += q[j] * blk[j * PANEL + e];
+        int64_t m = nlist - p * PANEL < PANEL ? nlist - p * PANEL : PANEL;
+        memcpy(out + p * PANEL, acc, (size_t)m * sizeof(float));
     }
 }
 
+/* A query prepared once for the int8 scan: qs = qv * step per dimension (the portable loop),
+ * the same scaled to int16 with the inverse scale (the AVX2 loop, see score_i8_avx2), and the
+ * constant term cst = qv . (min + 128 step). */
+typedef struct {
+    const float *qs;
+    const int16_t *qi;
+    float inv, cst;
+} QI8;
+
 /* out[r] = qs . codes_r + cst for m int8 rows. */
-static void score_i8_c(const float *restrict qs, const int8_t *restrict codes, int64_t m,
-                       int64_t d, float cst, float *restrict out)
+static void score_i8_c(const QI8 *q, const int8_t *restrict codes, int64_t m, int64_t d,
+                       float *restrict out)
 {
+    const float *restrict qs = q->qs;
     for (int64_t r = 0; r < m; r++) {
         const int8_t *restrict x = codes + r * d;
         float acc = 0.0f;
         for (int64_t j = 0; j < d; j++)
             acc += qs[j] * (float)x[j];
-        out[r] = acc + cst;
+        out[r] = acc + q->cst;
     }
 }
 
@@ -157,77 +184,160 @@ AVX2 static inline __m256i tail_mask(int64_t d)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(r ? (int)r : 8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-AVX2 static void score_transposed_avx2(const float *restrict q, const float *restrict ct, int64_t d,
-                                       int64_t nlist, float *restrict out)
+AVX2 static void score_panels_avx2(const float *restrict q, const float *restrict cp, int64_t d,
+                                  int64_t nlist, float *restrict out)
 {
-    int64_t c0 = 0;
-    for (; c0 + 32 <= nlist; c0 += 32) {  /* 32 centroids in 4 registers, over all d */
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t p = 0; p < panels(nlist); p++) {
+        __m256 a[PANEL / 8];
+        for (int e = 0; e < PANEL / 8; e++)
+            a[e] = _mm256_setzero_ps();
+        const float *blk = cp + p * d * PANEL;
         for (int64_t j = 0; j < d; j++) {
-            const float *row = ct + j * nlist + c0;
             __m256 qj = _mm256_set1_ps(q[j]);
-            a0 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row), a0);
-            a1 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row + 8), a1);
-            a2 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row + 16), a2);
-            a3 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(row + 24), a3);
+            for (int e = 0; e < PANEL / 8; e++)
+                a[e] = _mm256_fmadd_ps(qj, _mm256_loadu_ps(blk + j * PANEL + 8 * e), a[e]);
         }
-        _mm256_storeu_ps(out + c0, a0);
-        _mm256_storeu_ps(out + c0 + 8, a1);
-        _mm256_storeu_ps(out + c0 + 16, a2);
-        _mm256_storeu_ps(out + c0 + 24, a3);
-    }
-    for (int64_t c = c0; c < nlist; c++) {
-        float acc = 0.0f;
-        for (int64_t j = 0; j < d; j++)
-            acc += q[j] * ct[j * nlist + c];
-        out[c] = acc;
+        int64_t m = nlist - p * PANEL;
+        if (m >= PANEL) {
+            for (int e = 0; e < PANEL / 8; e++)
+                _mm256_storeu_ps(out + p * PANEL + 8 * e, a[e]);
+        } else {
+            float tmp[PANEL];
+            for (int e = 0; e < PANEL / 8; e++)
+                _mm256_storeu_ps(tmp + 8 * e, a[e]);
+            memcpy(out + p * PANEL, tmp, (size_t)m * sizeof(float));
+        }
     }
 }
 
 /* Integer dot products: the query, scaled so its largest |value| is 32767 and rounded to int16
- * (a relative error of ~2e-5, far below the codes' own 1/255), times the int8 codes with
- * vpmaddwd: 16 dimensions in 3 instructions against 6 for int8 -> float32 -> FMA. The int32
- * sums cannot overflow for d <= MAX_I16_DIM (2 * 32767 * 128 per pair of dimensions). Rows are
- * read 16 bytes at a time, so the last group may read up to 15 bytes past a row (the buffer
- * has that slack; they meet zeros in the query). */
+ * (a relative error of ~2e-5, far below the codes' own 1/255; done once per query by
+ * prepare_query), times the int8 codes with vpmaddwd: 16 dimensions in 3 instructions against 6
+ * for int8 -> float32 -> FMA. The int32 sums cannot overflow for d <= MAX_I16_DIM
+ * (2 * 32767 * 128 per pair of dimensions). Rows are read 16 bytes at a time, so the last group
+ * may read up to 15 bytes past a row (the buffer has that slack; they meet zeros in the query). */
 #define MAX_I16_DIM 4096
 
-AVX2 static void score_i8_avx2(const float *restrict qs, const int8_t *restrict codes, int64_t m,
-                               int64_t d, float cst, float *restrict out)
+AVX2 static inline int32_t hsum_epi32(__m256i acc)
+{
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(h);
+}
+
+#define LOAD16(p) _mm256_loadu_si256((const __m256i *)(p))
+
+/* The 4 horizontal sums of a[0..3], as the lanes of one vector. */
+AVX2 static inline __m128i hsum4_epi32(const __m256i *a)
+{
+    __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+    return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+
+/* The 8 horizontal sums of a[0..7], as lanes 0..7 of one vector. */
+AVX2 static inline __m256i hsum8_epi32(const __m256i *a)
+{
+    __m256i s01 = _mm256_hadd_epi32(a[0], a[1]), s23 = _mm256_hadd_epi32(a[2], a[3]);
+    __m256i s45 = _mm256_hadd_epi32(a[4], a[5]), s67 = _mm256_hadd_epi32(a[6], a[7]);
+    __m256i s03 = _mm256_hadd_epi32(s01, s23), s47 = _mm256_hadd_epi32(s45, s67);
+    /* s03 = [rows 0-3 of the low halves | rows 0-3 of the high halves], s47 likewise */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s03, s47, 0x20),
+                            _mm256_permute2x128_si256(s03, s47, 0x31));
+}
+#define CODES16(x, t) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((x) + 16 * (t))))
+
+AVX2 static void score_i8_avx2(const QI8 *q, const int8_t *restrict codes, int64_t m, int64_t d,
+                               float *restrict out)
 {
     if (d > MAX_I16_DIM) {
-        score_i8_c(qs, codes, m, d, cst, out);
+        score_i8_c(q, codes, m, d, out);
         return;
     }
     const int64_t g = (d + 15) >> 4;
-    int16_t qi[MAX_I16_DIM + 16] __attribute__((aligned(32)));
-    float mx = 0.0f;
-    for (int64_t t = 0; t < d; t++)
-        mx = fabsf(qs[t]) > mx ? fabsf(qs[t]) : mx;
-    const float scale = mx > 0 ? 32767.0f / mx : 1.0f, inv = 1.0f / scale;
-    for (int64_t t = 0; t < d; t++)
-        qi[t] = (int16_t)lrintf(qs[t] * scale);
-    for (int64_t t = d; t < 16 * g; t++)
-        qi[t] = 0;
-    for (int64_t r = 0; r < m; r++) {
+    const int16_t *qi = q->qi;
+    int64_t r = 0;
+    /* 8 rows a step: their 8 integer sums are reduced together (a few instructions for all 8,
+     * against ~6 for each row alone); exact integer sums, then the same float steps as row by row
+     * (multiply, then add: no FMA), so the same scores */
+    const __m256 inv8 = _mm256_set1_ps(q->inv), cst8 = _mm256_set1_ps(q->cst);
+    for (; r + 8 <= m; r += 8) {
+        __m256i a[8];
+        for (int e = 0; e < 8; e++)
+            a[e] = _mm256_setzero_si256();
+        for (int64_t t = 0; t < g; t++) {
+            const __m256i w = LOAD16(qi + 16 * t);
+            for (int e = 0; e < 8; e++)
+                a[e] = _mm256_add_epi32(a[e], _mm256_madd_epi16(CODES16(codes + (r + e) * d, t), w));
+        }
+        __m256i s = hsum8_epi32(a);
+        _mm256_storeu_ps(out + r, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), inv8), cst8));
+    }
+    for (; r < m; r++) {
         const int8_t *x = codes + r * d;
         __m256i acc = _mm256_setzero_si256(), acc2 = _mm256_setzero_si256();
         int64_t t = 0;
         for (; t + 2 <= g; t += 2) {
-            __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * t)));
-            __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * t + 16)));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(v, _mm256_load_si256((const __m256i *)(qi + 16 * t))));
-            acc2 = _mm256_add_epi32(acc2, _mm256_madd_epi16(w, _mm256_load_si256((const __m256i *)(qi + 16 * t + 16))));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(CODES16(x, t), LOAD16(qi + 16 * t)));
+            acc2 = _mm256_add_epi32(acc2, _mm256_madd_epi16(CODES16(x, t + 1), LOAD16(qi + 16 * t + 16)));
+        }
+        if (t < g)
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(CODES16(x, t), LOAD16(qi + 16 * t)));
+        out[r] = (float)hsum_epi32(_mm256_add_epi32(acc, acc2)) * q->inv + q->cst;
+    }
+}
+
+/* The same for two queries in one pass over the rows: each group of 16 codes is widened once
+ * and multiplied with both queries (the batch path scores a list block for every query that
+ * probes it, so the widening and the loads are shared). Same sums as score_i8_avx2. */
+AVX2 static void score_i8_avx2_x2(const QI8 *qa, const QI8 *qb, const int8_t *restrict codes, int64_t m,
+                                  int64_t d, float *restrict outa, float *restrict outb)
+{
+    if (d > MAX_I16_DIM) {
+        score_i8_c(qa, codes, m, d, outa);
+        score_i8_c(qb, codes, m, d, outb);
+        return;
+    }
+    const int64_t g = (d + 15) >> 4;
+    const int16_t *a = qa->qi, *b = qb->qi;
+    int64_t r = 0;
+    /* 4 rows a step for both queries (8 accumulators), reduced 4 at a time as in score_i8_avx2 */
+    const __m128 ia = _mm_set1_ps(qa->inv), ca = _mm_set1_ps(qa->cst);
+    const __m128 ib = _mm_set1_ps(qb->inv), cb = _mm_set1_ps(qb->cst);
+    for (; r + 4 <= m; r += 4) {
+        __m256i sa[4], sb[4];
+        for (int e = 0; e < 4; e++)
+            sa[e] = sb[e] = _mm256_setzero_si256();
+        for (int64_t t = 0; t < g; t++) {
+            const __m256i wa = LOAD16(a + 16 * t), wb = LOAD16(b + 16 * t);
+            for (int e = 0; e < 4; e++) {
+                __m256i v = CODES16(codes + (r + e) * d, t);
+                sa[e] = _mm256_add_epi32(sa[e], _mm256_madd_epi16(v, wa));
+                sb[e] = _mm256_add_epi32(sb[e], _mm256_madd_epi16(v, wb));
+            }
+        }
+        _mm_storeu_ps(outa + r, _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(hsum4_epi32(sa)), ia), ca));
+        _mm_storeu_ps(outb + r, _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(hsum4_epi32(sb)), ib), cb));
+    }
+    for (; r < m; r++) {
+        const int8_t *x = codes + r * d;
+        __m256i sa = _mm256_setzero_si256(), sb = _mm256_setzero_si256();
+        __m256i sa2 = _mm256_setzero_si256(), sb2 = _mm256_setzero_si256();
+        int64_t t = 0;
+        for (; t + 2 <= g; t += 2) {
+            __m256i v = CODES16(x, t), w = CODES16(x, t + 1);
+            sa = _mm256_add_epi32(sa, _mm256_madd_epi16(v, LOAD16(a + 16 * t)));
+            sb = _mm256_add_epi32(sb, _mm256_madd_epi16(v, LOAD16(b + 16 * t)));
+            sa2 = _mm256_add_epi32(sa2, _mm256_madd_epi16(w, LOAD16(a + 16 * t + 16)));
+            sb2 = _mm256_add_epi32(sb2, _mm256_madd_epi16(w, LOAD16(b + 16 * t + 16)));
         }
         if (t < g) {
-            __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * t)));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(v, _mm256_load_si256((const __m256i *)(qi + 16 * t))));
+            __m256i v = CODES16(x, t);
+            sa = _mm256_add_epi32(sa, _mm256_madd_epi16(v, LOAD16(a + 16 * t)));
+            sb = _mm256_add_epi32(sb, _mm256_madd_epi16(v, LOAD16(b + 16 * t)));
         }
-        acc = _mm256_add_epi32(acc, acc2);
-        __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
-        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
-        out[r] = (float)_mm_cvtsi128_si32(h) * inv + cst;
+        outa[r] = (float)hsum_epi32(_mm256_add_epi32(sa, sa2)) * qa->inv + qa->cst;
+        outb[r] = (float)hsum_epi32(_mm256_add_epi32(sb, sb2)) * qb->inv + qb->cst;
     }
 }
 
@@ -272,8 +382,17 @@ AVX2 static void score_f32_avx2(const float *restrict q, const float *restrict x
 }
 #endif
 
-static void (*score_transposed)(const float *, const float *, int64_t, int64_t, float *) = score_transposed_c;
-static void (*score_i8)(const float *, const int8_t *, int64_t, int64_t, float, float *) = score_i8_c;
+static void score_i8_x2_c(const QI8 *qa, const QI8 *qb, const int8_t *codes, int64_t m, int64_t d,
+                          float *outa, float *outb)
+{
+    score_i8_c(qa, codes, m, d, outa);
+    score_i8_c(qb, codes, m, d, outb);
+}
+
+static void (*score_panels)(const float *, const float *, int64_t, int64_t, float *) = score_panels_c;
+static void (*score_i8)(const QI8 *, const int8_t *, int64_t, int64_t, float *) = score_i8_c;
+static void (*score_i8_x2)(const QI8 *, const QI8 *, const int8_t *, int64_t, int64_t, float *,
+                           float *) = score_i8_x2_c;
 static void (*score_f32)(const float *, const float *, int64_t, int64_t, int, float *) = score_f32_c;
 
 typedef struct {
@@ -292,6 +411,37 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Sort n int64 ascending: insertion sort for the few items of one query (lists, candidates),
+ * qsort beyond. */
+static void sort_i64(int64_t *a, int64_t n)
+{
+    if (n > 128) {
+        qsort(a, (size_t)n, sizeof(int64_t), cmp_i64);
+        return;
+    }
+    for (int64_t i = 1; i < n; i++) {
+        int64_t v = a[i], t = i;
+        for (; t > 0 && a[t - 1] > v; t--)
+            a[t] = a[t - 1];
+        a[t] = v;
+    }
+}
+
+static void sort_posidx(PosIdx *a, int64_t n)
+{
+    if (n > 64) {
+        qsort(a, (size_t)n, sizeof(PosIdx), cmp_posidx);
+        return;
+    }
+    for (int64_t i = 1; i < n; i++) {
+        PosIdx v = a[i];
+        int64_t t = i;
+        for (; t > 0 && a[t - 1].p > v.p; t--)
+            a[t] = a[t - 1];
+        a[t] = v;
+    }
+}
+
 /* First index i of sorted a[0:n] with a[i] >= x. */
 static int64_t lower_bound(const int64_t *a, int64_t n, int64_t x)
 {
@@ -306,90 +456,166 @@ static int64_t lower_bound(const int64_t *a, int64_t n, int64_t x)
     return lo;
 }
 
-typedef struct {
-    int fd_scan, fd_vec, fd_sq, fd_ids, flags;
-    int64_t d, nlist, nprobe, keep, k, nq, P, ndel, nallowed;
-    const int64_t *offsets, *probes, *deleted, *allowed;
-    const float *centT, *csq, *Q, *qmin, *qstep;
-    float *out_s;
-    int64_t *out_p, *out_ids;
-} Job;
+/* ------------------------------------------------------------------------------------------
+ * The batch engine. A call searches its queries in rounds of at most `R` queries; a round has
+ * three phases, each shared by the call's threads (the caller's own thread is one of them):
+ *   A. per query: normalize, prepare the int8 query, score the centroids, pick its lists;
+ *   B. per block of a probed list (list-major): read the block once, score it for every query
+ *      of the round that probes the list, and keep each query's best in that thread's heap;
+ *   C. per query: merge the threads' heaps, re-rank int8 candidates exactly, read the ids.
+ * Reading a list once per round instead of once per query cuts the copies from the page cache
+ * (on clustered data the queries of a batch share most of their lists), and the block stays in
+ * cache while every query scores it. Heaps order (score, position) totally, so the kept set does
+ * not depend on the order in which blocks are scanned: the results are those of a query alone.
+ * ------------------------------------------------------------------------------------------ */
 
-/* Scratch of one call, freed at its end. */
+/* A block of a list to scan: rows p0 .. p0 + m, for queries lq[q0 .. q0 + nq] of the round. */
 typedef struct {
-    int8_t *buf8;
-    float *buff, *sq, *sc, *cs, *rowbuf, *qv, *qs, *hs;
-    int64_t *hp, *lists, *cp, *idbuf, *order;
-    PosIdx *pi;
-    int64_t cap;
-} Scratch;
+    int64_t p0, m, cost, q0, nq;
+} Unit;
 
-static void scratch_free(Scratch *w)
+static int cmp_unit_cost(const void *a, const void *b)
 {
-    free(w->buf8); free(w->buff); free(w->sq); free(w->sc); free(w->cs); free(w->rowbuf);
-    free(w->qv); free(w->qs); free(w->hs); free(w->hp); free(w->lists); free(w->cp);
-    free(w->idbuf); free(w->order); free(w->pi);
+    int64_t x = ((const Unit *)a)->cost, y = ((const Unit *)b)->cost;
+    return (x < y) - (x > y);  /* the costliest first: dynamic assignment then balances */
 }
 
-static int scratch_alloc(Scratch *w, const Job *j)
+/* A growable scratch buffer: kept between calls (see pool_get), so a small search allocates nothing. */
+typedef struct {
+    void *p;
+    size_t n;
+} Buf;
+
+static void *grow(Buf *b, size_t want)
 {
-    int int8 = j->flags & F_INT8;
-    int64_t rb = int8 ? j->d : 4 * j->d;
-    int64_t cap = BUF_BYTES / rb;
-    if (cap < 256) cap = 256;
-    if (cap > MAX_BUF_ROWS) cap = MAX_BUF_ROWS;
-    int64_t hcap = (int8 ? j->keep : j->k);
-    if (hcap < j->nprobe) hcap = j->nprobe;
-    int64_t nl = j->nprobe > j->P ? j->nprobe : j->P;
-    memset(w, 0, sizeof *w);
-    w->cap = cap;
-    w->buf8 = int8 ? malloc((size_t)(cap * j->d) + 16) : NULL;  /* slack: score_i8_avx2 */
-    w->buff = int8 ? NULL : malloc((size_t)(cap * j->d) * sizeof(float));
-    w->sq = malloc((size_t)cap * sizeof(float));
-    w->sc = malloc((size_t)cap * sizeof(float));
-    w->cs = malloc((size_t)(j->nlist > 0 ? j->nlist : 1) * sizeof(float));
-    w->rowbuf = malloc(SPAN_BYTES > 4 * j->d ? SPAN_BYTES : (size_t)(4 * j->d));
-    w->qv = malloc((size_t)j->d * sizeof(float));
-    w->qs = malloc((size_t)j->d * sizeof(float));
-    w->hs = malloc((size_t)hcap * sizeof(float));
-    w->hp = malloc((size_t)hcap * sizeof(int64_t));
-    w->lists = malloc((size_t)(nl > 0 ? nl : 1) * sizeof(int64_t));
-    w->cp = malloc((size_t)hcap * sizeof(int64_t));
-    w->idbuf = malloc(SPAN_BYTES);
-    w->order = malloc((size_t)j->k * sizeof(int64_t));
-    w->pi = malloc((size_t)j->k * sizeof(PosIdx));
-    if ((int8 ? !w->buf8 : !w->buff) || !w->sq || !w->sc || !w->cs || !w->rowbuf || !w->qv
-        || !w->qs || !w->hs || !w->hp || !w->lists || !w->cp || !w->idbuf || !w->order || !w->pi) {
-        scratch_free(w);
-        return 0;
+    if (want > b->n) {
+        void *q = malloc(want ? want : 1);
+        if (!q)
+            return NULL;
+        free(b->p);
+        b->p = q;
+        b->n = want;
     }
+    return b->p;
+}
+
+/* One thread's scratch. */
+enum { S_BLOCK, S_SQ, S_SC, S_SC2, S_CS, S_ROW, S_PHS, S_PHP, S_MS, S_MP, S_CP, S_ID, S_ORD, S_PI, S_OP,
+       S_HEAPS, S_HEAPP, S_HEAPN, S_COUNT };
+typedef struct {
+    Buf b[S_COUNT];
+} Scratch;
+
+/* The round's shared arrays (held by the calling thread's scratch set). */
+enum { R_QV, R_QS, R_QI, R_QP, R_PL, R_PN, R_LCNT, R_LSTART, R_LDIST, R_LQ, R_UNITS, R_COUNT };
+
+#define POOL_MAX 8
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static Scratch *pool[POOL_MAX];
+static int pool_n;
+
+static Scratch *pool_get(void)
+{
+    Scratch *w = NULL;
+    pthread_mutex_lock(&pool_mu);
+    if (pool_n > 0)
+        w = pool[--pool_n];
+    pthread_mutex_unlock(&pool_mu);
+    return w ? w : calloc(1, sizeof(Scratch));
+}
+
+static void pool_put(Scratch *w)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&pool_mu);
+    if (pool_n < POOL_MAX) {
+        pool[pool_n++] = w;
+        w = NULL;
+    }
+    pthread_mutex_unlock(&pool_mu);
+    if (w) {
+        for (int i = 0; i < S_COUNT; i++)
+            free(w->b[i].p);
+        free(w);
+    }
+}
+
+typedef struct {
+    /* the call */
+    int fd_scan, fd_vec, fd_sq, fd_ids, flags, nthreads;
+    int64_t d, dpad, nlist, nprobe, keep, k, nq, P, ndel, nallowed, hcap, cap, R;
+    const int64_t *offsets, *probes, *deleted, *allowed;
+    const float *cpan, *csq, *Q, *qmin, *qstep;
+    float *out_s;
+    int64_t *out_p, *out_ids;
+    /* the round */
+    int64_t q0, nr, nunits, work;
+    float *qv, *qs;     /* nr x d: normalized queries, and times the int8 step */
+    int16_t *qi;        /* nr x dpad: the int16 queries of the AVX2 int8 scan */
+    float *qp;          /* nr x 2: inverse int16 scale, constant term */
+    int64_t *plist, *pn; /* nr x nprobe: each query's lists (sorted, distinct); how many */
+    int64_t *lcnt, *lstart, *ldist, *lq; /* per probed list: queries, start in lq; the lists */
+    Unit *units;
+    Scratch **ws;       /* one per thread; heaps live in each */
+    atomic_long next;
+    atomic_int rc;
+} Job;
+
+/* Sizes of one thread's scratch; 0 when out of memory. */
+static int scratch_ready(const Job *j, Scratch *w)
+{
+    const int int8 = j->flags & F_INT8;
+    const int64_t d = j->d, cap = j->cap, hc = j->hcap, pc = j->nprobe > hc ? j->nprobe : hc;
+    size_t want[S_COUNT] = {
+        [S_BLOCK] = int8 ? (size_t)(cap * d) + 16 : (size_t)(cap * d) * sizeof(float),  /* slack: score_i8_avx2 */
+        [S_SQ] = (size_t)cap * sizeof(float), [S_SC] = (size_t)cap * sizeof(float),
+        [S_SC2] = (size_t)cap * sizeof(float), [S_CS] = (size_t)j->nlist * sizeof(float),
+        [S_ROW] = SPAN_BYTES > 4 * d ? SPAN_BYTES : (size_t)(4 * d),
+        [S_PHS] = (size_t)pc * sizeof(float), [S_PHP] = (size_t)pc * sizeof(int64_t),
+        [S_MS] = (size_t)hc * sizeof(float), [S_MP] = (size_t)hc * sizeof(int64_t),
+        [S_CP] = (size_t)hc * sizeof(int64_t), [S_ID] = SPAN_BYTES,
+        [S_ORD] = (size_t)j->k * sizeof(int64_t), [S_PI] = (size_t)j->k * sizeof(PosIdx),
+        [S_OP] = (size_t)j->k * sizeof(int64_t),
+        [S_HEAPS] = (size_t)(j->R * hc) * sizeof(float), [S_HEAPP] = (size_t)(j->R * hc) * sizeof(int64_t),
+        [S_HEAPN] = (size_t)j->R * sizeof(int64_t),
+    };
+    for (int i = 0; i < S_COUNT; i++)
+        if (!grow(&w->b[i], want[i]))
+            return 0;
     return 1;
 }
 
-/* The nprobe best lists of query qv, sorted by list number (= file order); returns how many. */
-static int64_t probe(const Job *j, Scratch *w, const float *qv)
+#define SB(w, i, T) ((T *)(w)->b[i].p)
+
+/* The nprobe best of nlist centroid scores into the heap (hs, hp); returns how many. Once the
+ * heap is full, a group of 8 scores none of which beats its worst is skipped with one compare
+ * (the common case: a few hundred groups for a handful of pushes). */
+static int64_t top_lists(const float *cs, int64_t nlist, int64_t nprobe, float *hs, int64_t *hp)
 {
-    score_transposed(qv, j->centT, j->d, j->nlist, w->cs);
-    int64_t n = 0;
-    for (int64_t c = 0; c < j->nlist; c++) {
-        float s = w->cs[c];
-        if (j->flags & F_L2)
-            s = 2 * s - j->csq[c];
-        n = heap_push(w->hs, w->hp, n, j->nprobe, s, c);
+    int64_t n = 0, c = 0;
+    for (; c < nlist && n < nprobe; c++)
+        n = heap_push(hs, hp, n, nprobe, cs[c], c);
+    for (; c + 8 <= nlist; c += 8) {
+        const float t = hs[0];
+        int any = 0;
+        for (int e = 0; e < 8; e++)
+            any |= cs[c + e] > t;
+        if (any)
+            for (int e = 0; e < 8; e++)
+                n = heap_push(hs, hp, n, nprobe, cs[c + e], c + e);
     }
-    memcpy(w->lists, w->hp, (size_t)n * sizeof(int64_t));
-    qsort(w->lists, (size_t)n, sizeof(int64_t), cmp_i64);
+    for (; c < nlist; c++)
+        n = heap_push(hs, hp, n, nprobe, cs[c], c);
     return n;
 }
 
-/* Search query qi; 0 on success, -1 when a file is shorter than the header says. */
-static int search_one(const Job *j, Scratch *w, int64_t qi)
+/* Phase A for query i of the round. */
+static void prepare_query(Job *j, Scratch *w, int64_t i)
 {
-    const int64_t d = j->d, k = j->k;
-    const int int8 = j->flags & F_INT8, l2 = j->flags & F_L2;
-    const float *q = j->Q + qi * d;
-    float *qv = w->qv, *qs = w->qs, *hs = w->hs;
-    int64_t *hp = w->hp;
+    const int64_t d = j->d;
+    const float *q = j->Q + (j->q0 + i) * d;
+    float *qv = j->qv + i * d, *qs = j->qs + i * d;
     float nrm = 1.0f;
     if (j->flags & F_COSINE) {
         float acc = 0.0f;
@@ -398,78 +624,187 @@ static int search_one(const Job *j, Scratch *w, int64_t qi)
         if (acc > 0)
             nrm = 1.0f / sqrtf(acc);
     }
-    float cst = 0.0f;
-    for (int64_t t = 0; t < d; t++) {
+    for (int64_t t = 0; t < d; t++)
         qv[t] = q[t] * nrm;
-        if (int8) {
+    if (j->flags & F_INT8) {
+        float cst = 0.0f, mx = 0.0f;
+        for (int64_t t = 0; t < d; t++) {
             qs[t] = qv[t] * j->qstep[t];
             cst += qv[t] * (j->qmin[t] + 128 * j->qstep[t]);
+            mx = fabsf(qs[t]) > mx ? fabsf(qs[t]) : mx;
         }
+        const float scale = mx > 0 ? 32767.0f / mx : 1.0f;
+        int16_t *qi = j->qi + i * j->dpad;
+        if (d <= MAX_I16_DIM)
+            for (int64_t t = 0; t < d; t++)
+                qi[t] = (int16_t)lrintf(qs[t] * scale);
+        for (int64_t t = d <= MAX_I16_DIM ? d : 0; t < j->dpad; t++)
+            qi[t] = 0;
+        j->qp[2 * i] = 1.0f / scale;
+        j->qp[2 * i + 1] = cst;
     }
-    int64_t nl;
+    int64_t *lists = j->plist + i * j->nprobe, n = 0;
     if (j->P > 0) {
-        nl = j->P;
-        memcpy(w->lists, j->probes + qi * j->P, (size_t)nl * sizeof(int64_t));
-        qsort(w->lists, (size_t)nl, sizeof(int64_t), cmp_i64);
+        int64_t *tmp = SB(w, S_PHP, int64_t);
+        memcpy(tmp, j->probes + (j->q0 + i) * j->P, (size_t)j->P * sizeof(int64_t));
+        sort_i64(tmp, j->P);
+        for (int64_t t = 0; t < j->P; t++)
+            if (n == 0 || tmp[t] != lists[n - 1])
+                lists[n++] = tmp[t];  /* P <= nprobe (checked at the call) */
     } else {
-        nl = probe(j, w, qv);
+        float *cs = SB(w, S_CS, float), *hs = SB(w, S_PHS, float);
+        int64_t *hp = SB(w, S_PHP, int64_t);
+        score_panels(qv, j->cpan, d, j->nlist, cs);
+        if (j->flags & F_L2)
+            for (int64_t c = 0; c < j->nlist; c++)
+                cs[c] = 2 * cs[c] - j->csq[c];
+        n = top_lists(cs, j->nlist, j->nprobe, hs, hp);
+        memcpy(lists, hp, (size_t)n * sizeof(int64_t));
+        sort_i64(lists, n);
     }
-    const int64_t rb = int8 ? d : 4 * d;
-    const int64_t heap_cap = int8 ? j->keep : k;
-    int64_t n = 0;
-    for (int64_t li = 0; li < nl; li++) {
-        int64_t lst = w->lists[li];
-        if (li > 0 && lst == w->lists[li - 1])
-            continue;
-        int64_t st = j->offsets[lst], ln = j->offsets[lst + 1] - st;
-        /* positions only grow within a list: walk the deleted/allowed sets with a cursor */
-        int64_t di = j->ndel ? lower_bound(j->deleted, j->ndel, st) : 0;
-        int64_t ai = (j->flags & F_ALLOWED) ? lower_bound(j->allowed, j->nallowed, st) : 0;
-        for (int64_t done = 0; done < ln;) {
-            int64_t m = ln - done < w->cap ? ln - done : w->cap;
-            int64_t p0 = st + done;
-            if (int8) {
-                if (!read_full(j->fd_scan, w->buf8, (size_t)(m * rb), p0 * rb))
-                    return -1;
-                if (l2 && !read_full(j->fd_sq, w->sq, (size_t)m * 4, p0 * 4))
-                    return -1;
-                score_i8(qs, w->buf8, m, d, cst, w->sc);
-                if (l2)
-                    for (int64_t r = 0; r < m; r++)
-                        w->sc[r] = 2 * w->sc[r] - w->sq[r];
+    j->pn[i] = n;
+}
+
+/* Between A and B (one thread): which queries probe each list, and the blocks to scan. Touches
+ * only the probed lists (a single query at nprobe 1 must not pay for all nlist). */
+static void plan_round(Job *j)
+{
+    int64_t *lcnt = j->lcnt, *lstart = j->lstart, *ld = j->ldist, *lq = j->lq, nd = 0, nu = 0;
+    const int64_t np = j->nprobe;
+    for (int64_t i = 0; i < j->nr; i++)
+        for (int64_t t = 0; t < j->pn[i]; t++)
+            lcnt[j->plist[i * np + t]] = 0;
+    for (int64_t i = 0; i < j->nr; i++)
+        for (int64_t t = 0; t < j->pn[i]; t++) {
+            int64_t l = j->plist[i * np + t];
+            if (lcnt[l]++ == 0)
+                ld[nd++] = l;
+        }
+    sort_i64(ld, nd);  /* list order = file order */
+    int64_t at = 0;
+    for (int64_t e = 0; e < nd; e++) {
+        int64_t l = ld[e], st = j->offsets[l], ln = j->offsets[l + 1] - st, nqs = lcnt[l];
+        for (int64_t done = 0; done < ln; done += j->cap) {
+            int64_t m = ln - done < j->cap ? ln - done : j->cap;
+            j->units[nu++] = (Unit){st + done, m, m * nqs, at, nqs};
+        }
+        lstart[l] = at;
+        at += nqs;
+    }
+    for (int64_t i = 0; i < j->nr; i++)  /* queries in order within each list */
+        for (int64_t t = 0; t < j->pn[i]; t++)
+            lq[lstart[j->plist[i * np + t]]++] = i;
+    if (nu > 1 && j->nthreads > 1)  /* the order only balances threads */
+        qsort(j->units, (size_t)nu, sizeof(Unit), cmp_unit_cost);
+    j->nunits = nu;
+    j->work = 0;
+    for (int64_t u = 0; u < nu; u++)
+        j->work += j->units[u].cost;
+}
+
+/* Offer scores sc[0:m] of rows p0.. to heap (hs, hp, *hn), skipping deleted and not-allowed rows. */
+static void offer_rows(const Job *j, const float *sc, int64_t m, int64_t p0, int64_t di, int64_t ai,
+                       float *hs, int64_t *hp, int64_t *hn)
+{
+    const int64_t cap = j->hcap;
+    int64_t n = *hn;
+    for (int64_t r = 0; r < m; r++) {
+        float s = sc[r];
+        int64_t pos = p0 + r;
+        if (n == cap && (s < hs[0] || (s == hs[0] && pos > hp[0])))
+            continue;  /* the common case: no better than the worst kept */
+        if (j->ndel) {
+            while (di < j->ndel && j->deleted[di] < pos)
+                di++;
+            if (di < j->ndel && j->deleted[di] == pos)
+                continue;
+        }
+        if (j->flags & F_ALLOWED) {
+            while (ai < j->nallowed && j->allowed[ai] < pos)
+                ai++;
+            if (!(ai < j->nallowed && j->allowed[ai] == pos))
+                continue;
+        }
+        n = heap_push(hs, hp, n, cap, s, pos);
+    }
+    *hn = n;
+}
+
+/* Phase B for one block: read it once, score it for each query of the round probing its list. */
+static int scan_unit(Job *j, Scratch *w, const Unit *u)
+{
+    const int64_t d = j->d, m = u->m, p0 = u->p0, hc = j->hcap;
+    const int int8 = j->flags & F_INT8, l2 = j->flags & F_L2;
+    float *sc = SB(w, S_SC, float), *sc2 = SB(w, S_SC2, float), *sq = SB(w, S_SQ, float);
+    float *hs = SB(w, S_HEAPS, float);
+    int64_t *hp = SB(w, S_HEAPP, int64_t), *hn = SB(w, S_HEAPN, int64_t);
+    if (int8) {
+        if (!read_full(j->fd_scan, w->b[S_BLOCK].p, (size_t)(m * d), p0 * d))
+            return -1;
+        if (l2 && !read_full(j->fd_sq, sq, (size_t)m * 4, p0 * 4))
+            return -1;
+    } else if (!read_full(j->fd_scan, w->b[S_BLOCK].p, (size_t)(m * d) * 4, p0 * 4 * d)) {
+        return -1;
+    }
+    const int64_t di = j->ndel ? lower_bound(j->deleted, j->ndel, p0) : 0;
+    const int64_t ai = (j->flags & F_ALLOWED) ? lower_bound(j->allowed, j->nallowed, p0) : 0;
+    const int64_t *qs = j->lq + u->q0, nqs = u->nq;
+    for (int64_t t = 0; t < nqs; t += 2) {
+        const int64_t a = qs[t], b = t + 1 < nqs ? qs[t + 1] : -1;
+        if (int8) {
+            QI8 qa = {j->qs + a * d, j->qi + a * j->dpad, j->qp[2 * a], j->qp[2 * a + 1]};
+            if (b >= 0) {
+                QI8 qb = {j->qs + b * d, j->qi + b * j->dpad, j->qp[2 * b], j->qp[2 * b + 1]};
+                score_i8_x2(&qa, &qb, w->b[S_BLOCK].p, m, d, sc, sc2);
             } else {
-                if (!read_full(j->fd_scan, w->buff, (size_t)(m * rb), p0 * rb))
-                    return -1;
-                score_f32(qv, w->buff, m, d, l2, w->sc);
+                score_i8(&qa, w->b[S_BLOCK].p, m, d, sc);
             }
-            for (int64_t r = 0; r < m; r++) {
-                float s = w->sc[r];
-                if (n == heap_cap && !(s > hs[0]))
-                    continue;  /* the common case: no better than the worst kept */
-                int64_t pos = p0 + r;
-                if (j->ndel) {
-                    while (di < j->ndel && j->deleted[di] < pos)
-                        di++;
-                    if (di < j->ndel && j->deleted[di] == pos)
-                        continue;
+            if (l2)
+                for (int64_t r = 0; r < m; r++) {
+                    sc[r] = 2 * sc[r] - sq[r];
+                    if (b >= 0)
+                        sc2[r] = 2 * sc2[r] - sq[r];
                 }
-                if (j->flags & F_ALLOWED) {
-                    while (ai < j->nallowed && j->allowed[ai] < pos)
-                        ai++;
-                    if (!(ai < j->nallowed && j->allowed[ai] == pos))
-                        continue;
-                }
-                n = heap_push(hs, hp, n, heap_cap, s, pos);
-            }
-            done += m;
+        } else {
+            score_f32(j->qv + a * d, w->b[S_BLOCK].p, m, d, l2, sc);
+            if (b >= 0)
+                score_f32(j->qv + b * d, w->b[S_BLOCK].p, m, d, l2, sc2);
+        }
+        offer_rows(j, sc, m, p0, di, ai, hs + a * hc, hp + a * hc, hn + a);
+        if (b >= 0)
+            offer_rows(j, sc2, m, p0, di, ai, hs + b * hc, hp + b * hc, hn + b);
+    }
+    return 0;
+}
+
+/* Phase C for query i: merge the threads' heaps, re-rank, order, write the outputs and ids. */
+static int finish_query(Job *j, Scratch *w, int64_t i)
+{
+    const int64_t d = j->d, k = j->k, hc = j->hcap, qg = j->q0 + i;
+    const int int8 = j->flags & F_INT8, l2 = j->flags & F_L2;
+    const float *qv = j->qv + i * d;
+    float *hs = SB(w, S_MS, float);
+    int64_t *hp = SB(w, S_MP, int64_t), n = 0;
+    for (int t = 0; t < j->nthreads; t++) {
+        Scratch *o = j->ws[t];
+        const float *os = SB(o, S_HEAPS, float) + i * hc;
+        const int64_t *opn = SB(o, S_HEAPP, int64_t) + i * hc, on = SB(o, S_HEAPN, int64_t)[i];
+        if (t == 0) {
+            memcpy(hs, os, (size_t)on * sizeof(float));
+            memcpy(hp, opn, (size_t)on * sizeof(int64_t));
+            n = on;
+        } else {
+            for (int64_t e = 0; e < on; e++)
+                n = heap_push(hs, hp, n, hc, os[e], opn[e]);
         }
     }
     if (int8 && n) {
         /* exact re-rank: read the candidates' float32 rows in position order; candidates
          * close together share one read of their span (a syscall costs more than a few KiB) */
-        int64_t nc = n, *cp = w->cp;
+        int64_t nc = n, *cp = SB(w, S_CP, int64_t);
+        float *rowbuf = SB(w, S_ROW, float);
         memcpy(cp, hp, (size_t)nc * sizeof(int64_t));
-        qsort(cp, (size_t)nc, sizeof(int64_t), cmp_i64);
+        sort_i64(cp, nc);
         n = 0;
         const int64_t gap = GAP_BYTES / (4 * d), span_max = SPAN_BYTES / (4 * d);
         for (int64_t a = 0; a < nc;) {
@@ -477,22 +812,22 @@ static int search_one(const Job *j, Scratch *w, int64_t qi)
             while (b < nc && cp[b] - cp[b - 1] <= gap && cp[b] - cp[a] < span_max)
                 b++;
             int64_t span = cp[b - 1] - cp[a] + 1;
-            if (!read_full(j->fd_vec, w->rowbuf, (size_t)(span * 4 * d), cp[a] * 4 * d))
+            if (!read_full(j->fd_vec, rowbuf, (size_t)(span * 4 * d), cp[a] * 4 * d))
                 return -1;
             for (int64_t t = a; t < b; t++) {
                 float s;
-                score_f32(qv, w->rowbuf + (cp[t] - cp[a]) * d, 1, d, l2, &s);
+                score_f32(qv, rowbuf + (cp[t] - cp[a]) * d, 1, d, l2, &s);
                 n = heap_push(hs, hp, n, k, s, cp[t]);
             }
             a = b;
         }
     }
     /* best first, ties by position (n <= k: an insertion sort) */
-    int64_t *order = w->order;
-    for (int64_t i = 0; i < n; i++)
-        order[i] = i;
-    for (int64_t i = 1; i < n; i++) {
-        for (int64_t t = i; t > 0; t--) {
+    int64_t *order = SB(w, S_ORD, int64_t);
+    for (int64_t t = 0; t < n; t++)
+        order[t] = t;
+    for (int64_t t0 = 1; t0 < n; t0++) {
+        for (int64_t t = t0; t > 0; t--) {
             int64_t a = order[t - 1], b = order[t];
             if (hs[a] > hs[b] || (hs[a] == hs[b] && hp[a] < hp[b]))
                 break;
@@ -500,36 +835,158 @@ static int search_one(const Job *j, Scratch *w, int64_t qi)
             order[t] = a;
         }
     }
-    float *os = j->out_s + qi * k;
-    int64_t *op = j->out_p + qi * k, *oi = j->out_ids + qi * k;
-    for (int64_t i = 0; i < k; i++) {
-        if (i < n) {
-            os[i] = (j->flags & F_FINAL) && l2 ? -hs[order[i]] : hs[order[i]];
-            op[i] = hp[order[i]];
+    float *os = j->out_s + qg * k;
+    /* positions: the caller's array, or scratch when it did not ask for them */
+    int64_t *op = j->out_p ? j->out_p + qg * k : SB(w, S_OP, int64_t), *oi = j->out_ids + qg * k;
+    for (int64_t t = 0; t < k; t++) {
+        if (t < n) {
+            os[t] = (j->flags & F_FINAL) && l2 ? -hs[order[t]] : hs[order[t]];
+            op[t] = hp[order[t]];
         } else {
-            op[i] = -1;
-            oi[i] = -1;
+            if (j->flags & F_FINAL)  /* the caller's arrays need no filling beforehand */
+                os[t] = l2 ? INFINITY : -INFINITY;
+            op[t] = -1;
+            oi[t] = -1;
         }
     }
     /* ids: positions close together share one read, as in the re-rank */
-    PosIdx *pi = w->pi;
-    for (int64_t i = 0; i < n; i++) {
-        pi[i].p = op[i];
-        pi[i].i = i;
+    PosIdx *pi = SB(w, S_PI, PosIdx);
+    int64_t *idbuf = SB(w, S_ID, int64_t);
+    for (int64_t t = 0; t < n; t++) {
+        pi[t].p = op[t];
+        pi[t].i = t;
     }
-    qsort(pi, (size_t)n, sizeof *pi, cmp_posidx);
+    sort_posidx(pi, n);
     for (int64_t a = 0; a < n;) {
         int64_t b = a + 1;
         while (b < n && pi[b].p - pi[b - 1].p <= GAP_BYTES / 8 && pi[b].p - pi[a].p < SPAN_BYTES / 8)
             b++;
         int64_t span = pi[b - 1].p - pi[a].p + 1;
-        if (!read_full(j->fd_ids, w->idbuf, (size_t)span * 8, pi[a].p * 8))
+        if (!read_full(j->fd_ids, idbuf, (size_t)span * 8, pi[a].p * 8))
             return -1;
         for (int64_t t = a; t < b; t++)
-            oi[pi[t].i] = w->idbuf[pi[t].p - pi[a].p];
+            oi[pi[t].i] = idbuf[pi[t].p - pi[a].p];
         a = b;
     }
     return 0;
+}
+
+/* Items 0..n-1 of a phase, handed out one at a time to whichever thread is free. */
+#define EACH(j, it, n) for (int64_t it; (it = atomic_fetch_add(&(j)->next, 1)) < (n);)
+
+static void phase_prepare(Job *j, Scratch *w)
+{
+    EACH(j, i, j->nr)
+        prepare_query(j, w, i);
+}
+
+static void phase_scan(Job *j, Scratch *w)
+{
+    EACH(j, u, j->nunits)
+        if (atomic_load(&j->rc) == 0 && scan_unit(j, w, &j->units[u]) != 0)
+            atomic_store(&j->rc, -1);
+}
+
+static void phase_finish(Job *j, Scratch *w)
+{
+    EACH(j, i, j->nr)
+        if (atomic_load(&j->rc) == 0 && finish_query(j, w, i) != 0)
+            atomic_store(&j->rc, -1);
+}
+
+typedef struct {
+    Job *j;
+    int tid;
+    void (*fn)(Job *, Scratch *);
+} Helper;
+
+static void *helper_main(void *arg)
+{
+    Helper *h = arg;
+    h->fn(h->j, h->j->ws[h->tid]);
+    return NULL;
+}
+
+/* Below this much work (row scores, or queries x lists) a phase runs on the caller's thread
+ * alone: starting and joining a thread costs some 20-50 us, a phase this small less. */
+#define MIN_THREADED_WORK 32768
+
+/* Run one phase of `items` items (`work` in all) on the caller's thread and up to nthreads - 1
+ * helpers. Items are handed out dynamically, so a helper that cannot be started only leaves
+ * more to the others. */
+static void run_phase(Job *j, void (*fn)(Job *, Scratch *), int64_t items, int64_t work)
+{
+    Helper h[MAX_THREADS];
+    pthread_t th[MAX_THREADS];
+    int up[MAX_THREADS] = {0};
+    const int64_t n = work < MIN_THREADED_WORK ? 1 : items < j->nthreads ? items : j->nthreads;
+    atomic_store(&j->next, 0);
+    for (int t = 1; t < n; t++) {
+        h[t] = (Helper){j, t, fn};
+        up[t] = pthread_create(&th[t], NULL, helper_main, &h[t]) == 0;
+    }
+    fn(j, j->ws[0]);
+    for (int t = 1; t < n; t++)
+        if (up[t])
+            pthread_join(th[t], NULL);
+}
+
+/* Run the job; 0, -1 (a file shorter than expected) or -2 (out of memory). */
+static int run_job(Job *j)
+{
+    Scratch *ws[MAX_THREADS] = {0}, *shared = NULL;
+    int rc = -2;
+    const int int8 = j->flags & F_INT8;
+    const int64_t rb = int8 ? j->d : 4 * j->d;
+    j->cap = BUF_BYTES / rb;
+    j->cap = j->cap < 256 ? 256 : j->cap > MAX_BUF_ROWS ? MAX_BUF_ROWS : j->cap;
+    j->hcap = int8 ? j->keep : j->k;
+    j->dpad = 16 * ((j->d + 15) / 16);
+    /* a round's heaps stay within ~32 MiB over all threads */
+    int64_t R = (32 << 20) / (12 * j->hcap * j->nthreads);
+    j->R = R < 1 ? 1 : R > MAX_ROUND ? MAX_ROUND : R;
+    if (j->R > j->nq)
+        j->R = j->nq;
+    for (int t = 0; t < j->nthreads; t++)
+        if (!(ws[t] = pool_get()) || !scratch_ready(j, ws[t]))
+            goto out;
+    if (!(shared = pool_get()))
+        goto out;
+    const int64_t R1 = j->R, np = j->nprobe;
+    size_t rsz[R_COUNT] = {
+        [R_QV] = (size_t)(R1 * j->d) * 4, [R_QS] = (size_t)(R1 * j->d) * 4, [R_QI] = (size_t)(R1 * j->dpad) * 2,
+        [R_QP] = (size_t)R1 * 8, [R_PL] = (size_t)(R1 * np) * 8, [R_PN] = (size_t)R1 * 8,
+        [R_LCNT] = (size_t)j->nlist * 8, [R_LSTART] = (size_t)j->nlist * 8, [R_LDIST] = (size_t)j->nlist * 8,
+        [R_LQ] = (size_t)(R1 * np) * 8,
+        /* blocks: the full ones plus at most one partial block per list */
+        [R_UNITS] = (size_t)(j->nlist + j->offsets[j->nlist] / j->cap + 1) * sizeof(Unit),
+    };
+    for (int i = 0; i < R_COUNT; i++)
+        if (!grow(&shared->b[i], rsz[i]))
+            goto out;
+    j->qv = shared->b[R_QV].p; j->qs = shared->b[R_QS].p; j->qi = shared->b[R_QI].p;
+    j->qp = shared->b[R_QP].p; j->plist = shared->b[R_PL].p; j->pn = shared->b[R_PN].p;
+    j->lcnt = shared->b[R_LCNT].p; j->lstart = shared->b[R_LSTART].p; j->ldist = shared->b[R_LDIST].p;
+    j->lq = shared->b[R_LQ].p; j->units = shared->b[R_UNITS].p;
+    j->ws = ws;
+    atomic_init(&j->rc, 0);
+    atomic_init(&j->next, 0);
+    for (int64_t q0 = 0; q0 < j->nq && atomic_load(&j->rc) == 0; q0 += j->R) {
+        j->q0 = q0;
+        j->nr = j->nq - q0 < j->R ? j->nq - q0 : j->R;
+        for (int t = 0; t < j->nthreads; t++)
+            memset(ws[t]->b[S_HEAPN].p, 0, (size_t)j->nr * sizeof(int64_t));
+        run_phase(j, phase_prepare, j->nr, j->nr * j->nlist);
+        plan_round(j);
+        run_phase(j, phase_scan, j->nunits, j->work);
+        run_phase(j, phase_finish, j->nr, j->nr * j->hcap * 64);
+    }
+    rc = atomic_load(&j->rc);
+out:
+    for (int t = 0; t < MAX_THREADS; t++)
+        pool_put(ws[t]);
+    pool_put(shared);
+    return rc;
 }
 
 /* Parse-time checks: a buffer must hold exactly `want` bytes. */
@@ -544,67 +1001,74 @@ static int need(const Py_buffer *b, Py_ssize_t want, const char *name)
 }
 
 PyDoc_STRVAR(search_batch_doc,
-"search_batch(flags, fd_scan, fd_vec, fd_sq, fd_ids, offsets, centT, csq, qmin, qstep, deleted,\n"
-"             probes, nprobe, Q, keep, k, allowed, out_s, out_p, out_ids) -> int\n\n"
+"search_batch(flags, fd_scan, fd_vec, fd_sq, fd_ids, offsets, cpanels, csq, qmin, qstep, deleted,\n"
+"             probes, nprobe, Q, keep, k, allowed, out_s, out_p, out_ids, threads=1) -> int\n\n"
 "Search each row of Q (nq x d float32) over the main lists; see vecindex/_csearch.c.\n"
 "flags: 1 int8 scan, 2 l2, 4 cosine (Q normalized here), 8 allowed positions only,\n"
 "16 out_s gets the caller's scores (l2: distances) instead of internal ones (higher is better).\n"
-"centT: the centroids transposed (d x nlist); probes (nq x P int64) gives the lists when P > 0.\n"
-"Writes out_s, out_p (positions) and out_ids; where fewer than k rows are in scope, position\n"
-"and id -1 and out_s untouched. Returns 0, or -1 when a file is shorter than expected.");
+"cpanels: the centroids in panels (ceil(nlist / PANEL) x d x PANEL, see PANEL); probes (nq x P int64, P <= nprobe) gives the lists\n"
+"when P > 0. threads: threads of this call (the caller's own included), all with the GIL released.\n"
+"Writes out_s, out_p (positions; an empty out_p: not wanted) and out_ids; where fewer than k rows are in scope, position\n"
+"and id -1, and out_s inf (l2) or -inf with flag 16, else untouched. Returns 0, or -1 when a\n"
+"file is shorter than expected.");
 
 static PyObject *search_batch(PyObject *self, PyObject *args)
 {
     (void)self;
     Job j;
+    memset(&j, 0, sizeof j);
+    j.nthreads = 1;
     Py_buffer b_off, b_ct, b_csq, b_pr, b_Q, b_qmin, b_qstep, b_del, b_all, b_os, b_op, b_oi;
-    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*y*y*y*y*Ly*LLy*w*w*w*:search_batch", &j.flags,
+    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*y*y*y*y*Ly*LLy*w*w*w*|i:search_batch", &j.flags,
                           &j.fd_scan, &j.fd_vec, &j.fd_sq, &j.fd_ids, &b_off, &b_ct, &b_csq,
                           &b_qmin, &b_qstep, &b_del, &b_pr, &j.nprobe, &b_Q, &j.keep, &j.k, &b_all,
-                          &b_os, &b_op, &b_oi))
+                          &b_os, &b_op, &b_oi, &j.nthreads))
         return NULL;
     Py_buffer *all[] = {&b_off, &b_ct, &b_csq, &b_pr, &b_Q, &b_qmin, &b_qstep, &b_del, &b_all,
                         &b_os, &b_op, &b_oi};
-    int rc = -2;
+    int rc = -3;
     j.d = b_qmin.len / 4;
     j.nlist = b_off.len / 8 - 1;
     j.nq = j.d > 0 ? b_Q.len / (4 * j.d) : 0;
     j.P = j.nq > 0 ? b_pr.len / (8 * j.nq) : 0;
     j.ndel = b_del.len / 8;
     j.nallowed = b_all.len / 8;
-    if (j.d <= 0 || j.nlist < 1 || j.k < 1 || j.keep < j.k || j.nprobe < 1 || j.nprobe > j.nlist) {
+    if (j.d <= 0 || j.nlist < 1 || j.k < 1 || j.keep < j.k || j.nprobe < 1 || j.nprobe > j.nlist
+        || j.P > j.nprobe) {
         PyErr_SetString(PyExc_ValueError, "search_batch: bad dimension, nlist, k, keep or nprobe");
         goto done;
     }
+    if (j.nthreads < 1 || j.nthreads > MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "search_batch: threads must be 1..%d", MAX_THREADS);
+        goto done;
+    }
     if (!need(&b_Q, j.nq * j.d * 4, "Q") || !need(&b_qstep, j.d * 4, "qstep")
-        || !need(&b_ct, j.nlist * j.d * 4, "centT") || !need(&b_pr, j.nq * j.P * 8, "probes")
-        || !need(&b_os, j.nq * j.k * 4, "out_s") || !need(&b_op, j.nq * j.k * 8, "out_p")
+        || !need(&b_ct, panels(j.nlist) * j.d * PANEL * 4, "cpanels") || !need(&b_pr, j.nq * j.P * 8, "probes")
+        || !need(&b_os, j.nq * j.k * 4, "out_s") || (b_op.len && !need(&b_op, j.nq * j.k * 8, "out_p"))
         || !need(&b_oi, j.nq * j.k * 8, "out_ids")
         || ((j.flags & F_L2) && !need(&b_csq, j.nlist * 4, "csq")))
         goto done;
-    j.offsets = b_off.buf; j.centT = b_ct.buf; j.csq = b_csq.buf; j.probes = b_pr.buf;
+    j.offsets = b_off.buf; j.cpan = b_ct.buf; j.csq = b_csq.buf; j.probes = b_pr.buf;
     j.Q = b_Q.buf; j.qmin = b_qmin.buf; j.qstep = b_qstep.buf; j.deleted = b_del.buf;
-    j.allowed = b_all.buf; j.out_s = b_os.buf; j.out_p = b_op.buf; j.out_ids = b_oi.buf;
+    j.allowed = b_all.buf; j.out_s = b_os.buf; j.out_p = b_op.len ? b_op.buf : NULL; j.out_ids = b_oi.buf;
     for (int64_t i = 0; i < j.P * j.nq; i++)
         if (j.probes[i] < 0 || j.probes[i] >= j.nlist) {
             PyErr_SetString(PyExc_ValueError, "search_batch: probe list out of range");
             goto done;
         }
-    Scratch w;
-    Py_BEGIN_ALLOW_THREADS
-    if (scratch_alloc(&w, &j)) {
+    if (j.nq == 0) {
         rc = 0;
-        for (int64_t qi = 0; qi < j.nq && rc == 0; qi++)
-            rc = search_one(&j, &w, qi);
-        scratch_free(&w);
+        goto done;
     }
+    Py_BEGIN_ALLOW_THREADS
+    rc = run_job(&j);
     Py_END_ALLOW_THREADS
     if (rc == -2)
         PyErr_NoMemory();
 done:
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         PyBuffer_Release(all[i]);
-    if (rc == -2)
+    if (rc == -2 || rc == -3)
         return NULL;
     return PyLong_FromLong(rc);
 }
@@ -627,13 +1091,15 @@ PyMODINIT_FUNC PyInit__csearch(void)
 #ifdef HAVE_AVX2_PATH
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("VECINDEX_NO_AVX2")) {
-        score_transposed = score_transposed_avx2;
+        score_panels = score_panels_avx2;
         score_i8 = score_i8_avx2;
+        score_i8_x2 = score_i8_avx2_x2;
         score_f32 = score_f32_avx2;
         isa = "avx2";
     }
 #endif
-    if (m && PyModule_AddStringConstant(m, "ISA", isa) < 0) {
+    if (m && (PyModule_AddStringConstant(m, "ISA", isa) < 0
+              || PyModule_AddIntConstant(m, "PANEL", PANEL) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -86,6 +86,9 @@ def write_fvecs(path: str | os.PathLike[str], x: np.ndarray) -> None:
 
 def as_rows(x: np.ndarray, dim: int | None = None) -> np.ndarray:
     """Coerce a vector or matrix to a C-contiguous (n, d) float32 array."""
+    if (type(x) is np.ndarray and x.ndim == 2 and x.dtype == np.float32 and x.flags.c_contiguous
+            and (dim is None or x.shape[1] == dim)):
+        return x  # already so (a search's common case: its per-call cost counts)
     a = np.asarray(x, dtype=np.float32)
     if a.ndim == 1:
         a = a.reshape(1, -1)

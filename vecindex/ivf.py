@@ -50,6 +50,11 @@ from vecindex.io import as_rows, open_vectors
 
 log = logging.getLogger(__name__)
 
+try:  # the C kernel, when built (setup.py); imported here, not per call (a few microseconds each)
+    from vecindex._csearch import search_batch as _c_search_batch
+except ImportError:
+    _c_search_batch = None
+
 METRICS = ("cosine", "ip", "l2")
 _NO_PROBES = np.zeros((1, 0), np.int64)  # kernel argument: no lists given, score the centroids
 _NO_POS = np.zeros(0, np.int64)  # kernel argument: no deleted / allowed positions
@@ -596,14 +601,14 @@ class IVFIndex:
         allowed_pos = None
         if allowed_ids is not None:
             allowed_pos = self.positions_of(np.asarray(allowed_ids, dtype=np.int64).reshape(-1))
-        scores = np.full((nq, k), np.inf if self.metric == "l2" else -np.inf, dtype=np.float32)
-        out_ids = np.full((nq, k), -1, dtype=np.int64)
         if (allowed_pos is None and not self.n_tail and _kernels.KERNEL == "c" and self.n_main
                 and self.quantizer is not None and not self._two_level_probe()):
             # the common case in one C call: no tail to merge, no id filter, flat probing;
-            # the kernel writes the final scores (few Python steps: the per-call cost)
-            self._search_c(q, k, nprobe, rerank, threads, scores, out_ids)
-            return scores, out_ids
+            # the kernel writes every score and id, missing hits included (few Python steps:
+            # the per-call cost)
+            return self._search_c(q, k, nprobe, rerank, threads)
+        scores = np.full((nq, k), np.inf if self.metric == "l2" else -np.inf, dtype=np.float32)
+        out_ids = np.full((nq, k), -1, dtype=np.int64)
 
         exact_only = allowed_pos is not None and len(allowed_pos) <= exact_limit
         if (_kernels.KERNEL != "numpy" and not (self._numpy_only and _kernels.KERNEL == "numba")
@@ -654,7 +659,7 @@ class IVFIndex:
             zeros = np.zeros(d, np.float32)
             self._c_args = (
                 fds["codes" if int8_scan else "vectors"], fds["vectors"], fds.get("sqnorms", -1), fds["ids"],
-                self.offsets, np.ascontiguousarray(quant.centroids.T),
+                self.offsets, _centroid_panels(quant.centroids),
                 quant._sq if quant._sq is not None else np.zeros(0, np.float32),
                 self.q_min if int8_scan else zeros, self.q_step if int8_scan else zeros, self.deleted)
         return self._c_args
@@ -677,29 +682,21 @@ class IVFIndex:
             raise IndexFormatError(f"{self.path}: index file shorter than its header says "
                                    "(truncated while open?)")
 
-    def _search_c(self, q: np.ndarray, k: int, nprobe: int, rerank: int, threads: int,
-                  scores: np.ndarray, out_ids: np.ndarray) -> None:
-        """The C kernel alone: final scores and ids straight into the caller's arrays."""
-        from vecindex._csearch import search_batch
-
+    def _search_c(self, q: np.ndarray, k: int, nprobe: int, rerank: int,
+                  threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """The C kernel alone: (scores, ids) as search() returns them, written by the kernel
+        (flag 16: final scores, the fill of missing hits included)."""
         nq = len(q)
         const = self._c_const()
-        flags = self._c_flags() | 16  # 16: final scores
+        flags = self._c_flags() | 16
         keep = max(rerank, k) if self.scan != "none" else k
         nprobe = max(1, min(nprobe, self.nlist))
-        pos = np.empty((nq, k), np.int64)
-        if nq == 1 or threads <= 1:
-            with self._lock:
-                self._check_rc(search_batch(flags, *const, _NO_PROBES, nprobe, q, keep, k, _NO_POS,
-                                            scores, pos, out_ids))
-            return
-
-        def run(a: int, b: int) -> None:
-            self._check_rc(search_batch(flags, *const, _NO_PROBES, nprobe, q[a:b], keep, k, _NO_POS,
-                                        scores[a:b], pos[a:b], out_ids[a:b]))
-
-        with self._lock:
-            self._run_batches(run, nq, threads)
+        scores = np.empty((nq, k), np.float32)
+        out_ids = np.empty((nq, k), np.int64)
+        with self._lock:  # one call; the kernel runs `threads` threads itself, without the GIL
+            self._check_rc(_c_search_batch(flags, *const, _NO_PROBES, nprobe, q, keep, k, _NO_POS,
+                                           scores, _NO_POS, out_ids, min(max(1, threads), 64)))
+        return scores, out_ids
 
     def _search_compiled(
         self, q: np.ndarray, k: int, nprobe: int, rerank: int, allowed_pos: np.ndarray | None,
@@ -723,14 +720,11 @@ class IVFIndex:
         pos = np.empty((nq, k), np.int64)
 
         if _kernels.KERNEL == "c":
-            from vecindex._csearch import search_batch
-
             const = self._c_const()
             flags = self._c_flags() | (allowed_pos is not None) << 3
 
-            def run(a: int, b: int) -> None:
-                self._check_rc(search_batch(flags, *const, probes[a:b], nprobe, q[a:b], keep, k, allowed,
-                                            s_int[a:b], pos[a:b], out_ids[a:b]))
+            self._check_rc(_c_search_batch(flags, *const, probes, nprobe, q, keep, k, allowed, s_int, pos,
+                                        out_ids, min(max(1, threads), 64)))
         else:
             fds = self._fds
             qmin = self.q_min if int8_scan else np.zeros(d, np.float32)
@@ -746,7 +740,7 @@ class IVFIndex:
                     nprobe, q[a:b], qmin, qstep, keep, k, self.deleted, allowed, allowed_pos is not None,
                     bufs.k8, bufs.kf, bufs.ksq, bufs.krow, bufs.kid, s_int[a:b], pos[a:b], out_ids[a:b]))
 
-        self._run_batches(run, nq, threads)
+            self._run_batches(run, nq, threads)
         if not self.n_tail and allowed_pos is None:
             valid = pos >= 0
             scores[valid] = (-s_int if l2 else s_int)[valid]
@@ -1200,6 +1194,17 @@ def _write_lists(
         h["files"][k] = fmt.file_entry(p, names[k], full_crc=True)
     h["n_main"] = n
     h["nlist"] = nlist
+
+
+def _centroid_panels(cents: np.ndarray) -> np.ndarray:
+    """The centroids as the C kernel reads them: panels of PANEL centroids, each d x PANEL
+    (zeros past the last), so one panel's scores come from one contiguous block."""
+    from vecindex._csearch import PANEL
+
+    nlist, d = cents.shape
+    padded = np.zeros((-(-nlist // PANEL) * PANEL, d), np.float32)
+    padded[:nlist] = cents
+    return np.ascontiguousarray(padded.reshape(-1, PANEL, d).transpose(0, 2, 1))
 
 
 def _pread_into(fd: int, arr: np.ndarray, offset: int) -> None:

@@ -9,7 +9,8 @@
   `struct stat` at once.
 - f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
   operations the file handle instead.
-- `.query` handles are opened direct_io.
+- `.query` handles are opened direct_io (page-cached when the kernel holds the result's size).
+- getattr (every LOOKUP and GETATTR) packs its attributes with `StatPacker` too.
 - rename's renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE) reach the operations.
 The operations themselves (paths -> store calls) are hkfs.fuse.operations.HKOperations.
 """
@@ -20,6 +21,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import operator
 import os
 import struct
 from collections.abc import Callable
@@ -128,11 +130,12 @@ def fd_bufvec(fd: int, pos: int, size: int) -> FuseBufvec:
 
 
 class StatPacker:
-    """Packs a listing piece's attributes (hkfs.mount.view_listing.Piece.attrs, Attrs order)
-    into an array of the platform's `struct stat`, numpy column by column (no call per entry).
+    """Packs attributes into the platform's `struct stat`: one from an attribute dict with one
+    struct.pack_into (`pack`: LOOKUP, GETATTR), or a listing piece's (hkfs.mount.view_listing.
+    Piece.attrs, Attrs order) into an array of them, numpy column by column (`pack_rows`).
 
-    READDIRPLUS sends attributes for every listed file; mfusepy's set_st_attrs spends
-    several microseconds per entry on setattr and timespec objects. The layout is read
+    mfusepy's set_st_attrs spends several microseconds per stat on setattr and timespec
+    objects, and READDIRPLUS sends attributes for every listed file. The layout is read
     from mfusepy's c_stat field offsets, so it follows the platform's struct stat."""
 
     INTS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks")
@@ -156,6 +159,23 @@ class StatPacker:
             offsets += [field.offset, field.offset + 8]
         self.size = ctypes.sizeof(c_stat)
         self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": self.size})
+        fmt, pos = "<", 0
+        for offset, form in sorted(zip(offsets, formats, strict=True)):
+            if offset < pos:
+                raise ValueError("c_stat fields overlap")
+            fmt += "x" * (offset - pos) + ("I" if form == "<u4" else "q")
+            pos = offset + (4 if form == "<u4" else 8)
+        order = [n for _off, n in sorted(zip(offsets, names, strict=True))]
+        if order[-6:] != names[-6:]:
+            raise ValueError("c_stat does not end with atime, mtime, ctime timespecs")
+        self._ints = operator.itemgetter(*order[:-6])
+        self._pack_into = struct.Struct(fmt).pack_into
+
+    def pack(self, st: ctypes.Structure, attrs: dict[str, Any]) -> None:
+        """Fill st from an attribute dict (STAT_KEYS; times in ns)."""
+        a, m, c = attrs["st_atime"], attrs["st_mtime"], attrs["st_ctime"]
+        self._pack_into(st, 0, *self._ints(attrs), a // 1_000_000_000, a % 1_000_000_000,   # type: ignore[arg-type]
+                        m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
 
     def pack_rows(self, attrs: np.ndarray) -> np.ndarray:
         """len(attrs) struct stats, contiguous (fields not in STAT_KEYS zero)."""
@@ -245,8 +265,10 @@ class HKFuse(FUSE):
       listed name with a LOOKUP; here each entry carries its attributes (FUSE_FILL_DIR_PLUS)
       and libfuse registers the node, so `ls -l` of a view needs no request per file.
     - `.query` handles are opened direct_io: their size is the result's, evaluated at open,
-      and reads must not stop at a size the kernel cached from an earlier evaluation; a
-      read-only one also FOPEN_NOFLUSH (Linux 5.16+; nothing to flush: one request less).
+      and reads must not stop at a size the kernel cached from an earlier evaluation; unless
+      the kernel holds that very size (`QueryFS.cached`: then the kernel answers the read at
+      EOF itself); a read-only one also FOPEN_NOFLUSH (Linux 5.16+; nothing to flush: one
+      request less).
     """
 
     operations: HKOperations
@@ -276,6 +298,20 @@ class HKFuse(FUSE):
     @staticmethod
     def _fh(fip: Any) -> int | None:
         return fip.contents.fh if fip else None
+
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        """Every LOOKUP and GETATTR: the attributes packed by `StatPacker` (one pack_into)
+        instead of mfusepy's set_st_attrs (an attribute and a timespec object per field,
+        ~15-50 us a call here); a device file's st_rdev, which the packer has no field for,
+        still goes through set_st_attrs."""
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        fh = fip.contents.fh if fip else None
+        attrs = self.operations.getattr(self._str(path), fh)    # type: ignore[arg-type]
+        if _PACKER is None or "st_rdev" in attrs:
+            mfusepy.set_st_attrs(buf.contents, attrs, use_ns=True)
+        else:
+            _PACKER.pack(buf.contents, attrs)
+        return 0
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         """renameat2's flags reach the operations (mfusepy's glue drops them: an exchange
@@ -310,7 +346,8 @@ class HKFuse(FUSE):
     def open(self, path: bytes, fip: Any) -> int:
         result = super().open(path, fip)
         if self.operations.queries.owns(fip.contents.fh):
-            fip.contents.direct_io = 1
+            # page-cached only when the kernel holds the result's very size (QueryFS.cached)
+            fip.contents.direct_io = 0 if self.operations.queries.cached(fip.contents.fh) else 1
             if fip.contents.flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY:
                 fip.contents.noflush = 1     # an evaluated result: close() needs no FLUSH round trip
         return result

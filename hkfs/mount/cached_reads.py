@@ -1,17 +1,26 @@
-"""Catalog reads for path resolution, memoised while no connection commits.
+"""Catalog reads for path resolution, memoised while no connection commits what they read.
 
 The mount resolves every path it is asked about against the catalog; many calls in
 a row ask the same things (a view's listing, then a lookup of each listed name).
-The store's change feed (hkfs.core.changes: SQLite's `PRAGMA data_version`) moves
-whenever any connection commits (a daemon thread, the hk CLI, another process), so
-the memo is dropped the moment anything changed and nothing stale is ever answered.
+The store's change feed (hkfs.core.changes) says when anything committed (SQLite's
+`PRAGMA data_version`, any connection: a daemon thread, the hk CLI, another process)
+and when what names files moved (`files_gen`, bumped by the catalog's own triggers
+whenever keywords, tags, links, directories, DKLs or entity names change). So two memos:
+
+- `memo()`: attributes (sizes, times, modes, listings with their stats), dropped on
+  any commit;
+- `structure()`: what paths resolve to (keyword children, directory entries, the ids a
+  view or a name in it holds), dropped only when files_gen moves: a commit elsewhere that
+  names nothing anew (bytes, times, a note xattr) leaves path resolution memoised.
+
+Either way nothing stale is ever answered.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,19 +29,28 @@ from ..core.errors import NotFound
 from ..core.naming import HK
 from ..core.store import EntityInfo, EntityStat, Store
 
-__all__ = ["CachedReads", "MEMO_MAX"]
+__all__ = ["CachedReads", "MEMO_MAX", "Matched"]
 
-MEMO_MAX = 500_000   # memo entries kept while nothing commits (~2-3 per file of an ls -l'd view)
+MEMO_MAX = 500_000   # entries kept in both memos (~2-3 per file of an ls -l'd view); past it, both dropped
+
+
+class Matched(NamedTuple):
+    """A file a name matched in a view, by id (what `views.Resolver.file_in` uses)."""
+
+    id: int
+
+
+Memos = tuple[dict[tuple, Any], dict[tuple, Any]]     # (attributes: per data_version, structure: per files_gen)
 
 
 class CachedReads:
-    """The catalog reads path resolution needs, memoised while no connection commits.
+    """The catalog reads path resolution needs, memoised while no connection commits them.
 
-    SQLite's `PRAGMA data_version` (on a connection of our own that never writes)
-    changes whenever any other connection commits: a daemon thread, the hk CLI,
-    another process. Every call checks it (a few microseconds) and drops the memo
-    when it moved, so nothing stale is ever answered; in between, `ls -l` of a view
-    costs one catalog query for the listing instead of several per file.
+    The change feed's generations (one `PRAGMA data_version` on a connection of its own that
+    never writes; the counters re-read only when it moved) are checked once per request
+    (`pin`) or per call, and each memo is dropped when its counter moved, so nothing stale
+    is ever answered; in between, `ls -l` of a view costs one catalog query for the listing
+    instead of several per file, and a path walk after an unrelated commit costs none.
     """
 
     def __init__(self, store: Store, changes: ChangeFeed | None = None) -> None:
@@ -41,15 +59,17 @@ class CachedReads:
         self.changes = changes if changes is not None else ChangeFeed(store.catalog.path)
         self._lock = threading.Lock()
         self._version: int | None = None
+        self._files: int | None = None
         self._memo: dict[tuple, Any] = {}
-        self._pinned: dict[int, dict[tuple, Any]] = {}   # OS thread -> memo for its current request
+        self._structure: dict[tuple, Any] = {}
+        self._pinned: dict[int, Memos] = {}   # OS thread -> memos for its current request
 
     def close(self) -> None:
         if self._own_changes:
             self.changes.close()
 
     def pin(self) -> bool:
-        """Check the version once for a whole request; True if this call pinned (then unpin)."""
+        """Check the generations once for a whole request; True if this call pinned (then unpin)."""
         tid = threading.get_ident()
         if tid in self._pinned:
             return False
@@ -60,19 +80,35 @@ class CachedReads:
         self._pinned.pop(threading.get_ident(), None)
 
     def memo(self) -> dict[tuple, Any]:
-        """The memo valid now (a fresh one whenever anything committed since it was made)."""
+        """The attribute memo valid now (a fresh one whenever anything committed since it was made)."""
         pinned = self._pinned.get(threading.get_ident())
-        return pinned if pinned is not None else self._current()
+        return (pinned if pinned is not None else self._current())[0]
 
-    def _current(self) -> dict[tuple, Any]:
+    def structure(self) -> dict[tuple, Any]:
+        """The memo of what paths resolve to, valid now (a fresh one whenever files_gen moved):
+        only for values the catalog's files_gen triggers cover (names, keywords, tags, links,
+        directories, DKLs), never attributes."""
+        pinned = self._pinned.get(threading.get_ident())
+        return (pinned if pinned is not None else self._current())[1]
+
+    def _current(self) -> Memos:
         with self._lock:
-            v = self.changes.version()
-            if v != self._version or len(self._memo) > MEMO_MAX:
-                self._version, self._memo = v, {}
-            return self._memo
+            g = self.changes.generations()
+            full = len(self._memo) + len(self._structure) > MEMO_MAX    # one bound for both
+            if g.version != self._version or full:
+                self._version, self._memo = g.version, {}
+            if g.files != self._files or full:
+                self._files, self._structure = g.files, {}
+            return self._memo, self._structure
 
     def _get(self, key: tuple, fetch: Callable[[], Any]) -> Any:
-        memo = self.memo()
+        return self._in(self.memo(), key, fetch)
+
+    def _sget(self, key: tuple, fetch: Callable[[], Any]) -> Any:
+        return self._in(self.structure(), key, fetch)
+
+    @staticmethod
+    def _in(memo: dict[tuple, Any], key: tuple, fetch: Callable[[], Any]) -> Any:
         try:
             return memo[key]
         except KeyError:
@@ -80,23 +116,23 @@ class CachedReads:
             return value
 
     def root_dir(self, ns: int) -> int:
-        return self._get(("root", ns), lambda: self.store.root_dir(ns))
+        return self._sget(("root", ns), lambda: self.store.root_dir(ns))
 
     def dir(self, dirid: int) -> Any:
         return self._get(("dir", dirid), lambda: self.store.dir(dirid))
 
     def lookup(self, dirid: int, name: str) -> Any:
         """A directory entry; for a file link its entity is memoised too (the getattr that follows)."""
-        memo = self.memo()
+        names = self.structure()
         key = ("lookup", dirid, name)
         try:
-            return memo[key]
+            return names[key]
         except KeyError:
             pass
         entry, info = self.store.lookup_entity(dirid, name)
-        memo[key] = entry
+        names[key] = entry
         if info is not None:
-            memo[("ent", info.id)] = info
+            self.memo()[("ent", info.id)] = info
         return entry
 
     def keyword_exists(self, ns: int, hk: HK) -> bool:
@@ -116,7 +152,7 @@ class CachedReads:
                 return dict.fromkeys(self.store.keyword_children(ns, hk))
             except NotFound:
                 return {}
-        return self._get(("kids", ns, hk), fetch)
+        return self._sget(("kids", ns, hk), fetch)
 
     def view_ids(self, ns: int, hks: tuple[HK, ...]) -> np.ndarray:
         """The sorted ids of a view's files (8 bytes each: hkfs.mount.view_listing), read as one
@@ -127,11 +163,11 @@ class CachedReads:
             keep = np.ones(len(ids), bool)
             keep[1:] = ids[1:] != ids[:-1]
             return ids[keep]
-        return self._get(("ids", ns, hks), fetch)
+        return self._sget(("ids", ns, hks), fetch)
 
     def shared_names(self, ns: int) -> set[str]:
         """The names more than one file of namespace ns bears (clash names in views)."""
-        return self._get(("shared", ns), lambda: self.store.shared_names(ns))
+        return self._sget(("shared", ns), lambda: self.store.shared_names(ns))
 
     def entity(self, eid: int) -> EntityInfo:
         return self._get(("ent", eid), lambda: self.store.entity(eid))
@@ -156,11 +192,19 @@ class CachedReads:
             memo[key] = found
         return found
 
-    def match(self, ns: int, hks: Any, name: str | None = None) -> list[EntityInfo] | list[EntityStat]:
+    def match(self, ns: int, hks: Any, name: str | None = None) -> list[EntityInfo] | list[EntityStat] | list[Matched]:
+        """A view's files (by `name`): what the resolver asks of a name (it needs only the ids).
+
+        With a name and no listing kept, ids only (`Store.match_ids`: one statement, against
+        three for whole entities): a lookup of one name in a view that was never listed (a
+        first `cat VIEW/FILE.query` asks for two)."""
         memo = self.memo()
         hks = tuple(hks)
         view = memo.get(("view", ns, hks))
         if view is not None and name is not None:
             got = view.get(name)
             return [] if got is None else list(got) if type(got) is list else [got]
+        if name is not None:
+            return self._sget(("match", ns, hks, name),
+                              lambda: [Matched(i) for i in self.store.match_ids(ns, hks, name)])
         return self._get(("match", ns, hks, name), lambda: self.store.match(ns, hks, name))

@@ -214,8 +214,8 @@ class MountModel:
     # ------------------------------------------------------------ what a path names
 
     def resolve(self, path: str) -> Location:
-        """The location `path` names (memoised until the catalog changes)."""
-        memo = self.reads.memo()
+        """The location `path` names (memoised until what names files changes: files_gen)."""
+        memo = self.reads.structure()
         key = ("loc", path)
         found = memo.get(key)
         if found is None:

@@ -19,6 +19,15 @@ scopes, searches, hit paths; shared with `hk query`).
 Sizes: getattr reports the size of the evaluated result (kept for the handle,
 so getattr/read of one open file agree), evaluated at most once per catalog
 generation and path (docs/query.md).
+
+Reads through the kernel's page cache when it is safe (`cached`): a read-only handle
+whose result has exactly the size the kernel was last told for that path (by this
+layer's getattr, not while another getattr of the path was under way, nor since a
+body was written through it) and no other handle of the path open is served like an
+ordinary file, so the kernel answers the
+read at EOF itself (one request less per `cat`; it drops the pages at every open).
+Any other handle is direct_io: its reads reach the daemon whatever size the kernel
+holds, so a result that grew since the last lookup is never cut to the old size.
 """
 
 from __future__ import annotations
@@ -55,9 +64,19 @@ MAX_BODY = 1 << 24
 PARENTS_MAX = 256                # directory paths whose scope is kept
 REMEMBER_RESULTS = 64            # results read, kept to recognise them written back (cp, editors)
 REMEMBER_MAX_BYTES = 1 << 16     # (so at most 4 MiB kept)
+SIZES_MAX = 4096                 # paths whose size the kernel was told, kept to open them page-cached
+UNSURE = -1                      # getattrs of a path overlapped: which size the kernel kept is unknown
 
 
 NO_HITS = "no other file in its scope has an embedding"
+
+
+def _less(counts: dict[str, int], key: str) -> int:
+    """One fewer of `key` in counts (its entry goes at 0): how many are left."""
+    left = counts.pop(key, 1) - 1
+    if left:
+        counts[key] = left
+    return left
 
 
 def is_query_name(name: str) -> bool:
@@ -108,9 +127,18 @@ class QueryFS:
         self._handle_target: dict[int, _Target] = {}
         self._by_path: dict[str, int] = {}        # path -> its latest open handle (getattr without fh)
         self._staged: dict[int, _Staged] = {}
+        # path -> the size the kernel was last told (getattr; UNSURE); getattrs under way per path;
+        # open result handles per path; the handles opened page-cached (see the module doc)
+        self._told: OrderedDict[str, int] = OrderedDict()
+        self._asking: dict[str, int] = {}
+        self._writers: dict[str, int] = {}       # path -> open staging handles (a body being written)
+        self._overlapped: set[str] = set()
+        self._open_paths: dict[str, int] = {}
+        self._page_cached: set[int] = set()
         self._parents: dict[tuple[str, bool], Scope] = {}     # (directory path, comma) -> its scope     # fh -> a stored query's body being written
         # result bytes read from this mount -> the body that made them (`cp a.query b.query`)
-        self._read_results: OrderedDict[bytes, bytes] = OrderedDict()
+        # (a virtual query's body is kept as its Query and written out only when asked for)
+        self._read_results: OrderedDict[bytes, bytes | Query] = OrderedDict()
         # set by the mount: a stored query's body changed through `path` (kernel caches)
         self.changed: Callable[[int, str], None] | None = None
         # set by a shared mount: the entities the calling user may not reach (hkfs.mount.access);
@@ -229,7 +257,7 @@ class QueryFS:
         else:
             assert t.eid is not None
             query, exclude = Query(t.vec, DEFAULT_K), t.eid
-            body = format_body(query)
+            body = query              # its text (65 numbers) only if written back (_known_result)
         # t.scope is current: targets are kept per files_gen, as scopes are
         out = format_results(self.service.run(_without(t.scope, hidden) if hidden else t.scope, query, exclude))
         log.debug("evaluated %s (%d bytes)", t.path, len(out))
@@ -263,6 +291,28 @@ class QueryFS:
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any] | None:
         """Attributes of a `.query` path (size = the result's), or None when it is not one."""
+        with self._lock:
+            if self._asking.get(path):
+                self._overlapped.add(path)      # the replies may reach the kernel in either order
+            self._asking[path] = self._asking.get(path, 0) + 1
+        size: int | None = None
+        try:
+            got = self._getattr(path, fh)
+            size = None if got is None else got["st_size"]
+            return got
+        finally:
+            with self._lock:
+                if not _less(self._asking, path):
+                    self._told.pop(path, None)
+                    if path in self._overlapped:
+                        self._overlapped.discard(path)
+                        size = UNSURE
+                    if size is not None and not self._writers.get(path):
+                        self._told[path] = size
+                        while len(self._told) > SIZES_MAX:
+                            self._told.popitem(last=False)
+
+    def _getattr(self, path: str, fh: int | None) -> dict[str, Any] | None:
         if fh is not None and fh in self._staged:
             st = self._staged[fh]
             return self._attrs(path, os.fstat(st.fd).st_size, _Target(path, None, st.eid, True))  # type: ignore[arg-type]
@@ -272,14 +322,15 @@ class QueryFS:
             got = self._handles.get(fh)
             if got is not None:
                 return self._attrs(path, got[1], self._handle_target.get(fh))
-        t = self._target(path)
-        if t is None:
-            return None
-        try:
-            size = len(self.evaluate(t, keep=True))
-        except InvalidArgument:
-            size = self.store.entity_path(t.eid).stat().st_size if t.stored and t.eid else 0
-        return self._attrs(path, size, t)
+        with self.service.changes.held():      # one generations read for the whole request
+            t = self._target(path)
+            if t is None:
+                return None
+            try:
+                size = len(self.evaluate(t, keep=True))
+            except InvalidArgument:
+                size = self.store.entity_path(t.eid).stat().st_size if t.stored and t.eid else 0
+            return self._attrs(path, size, t)
 
     def _attrs(self, path: str, size: int, t: _Target | None) -> dict[str, Any]:
         if t is not None and t.stored and t.eid is not None:
@@ -302,16 +353,17 @@ class QueryFS:
         Read-only: the evaluated result. A write open of a stored query: a staging
         handle (its body, or nothing with O_TRUNC); the body changes only when a
         complete, valid body is closed (see flush), so a refused write keeps the old one."""
-        t = self._target(path)
-        if t is None:
-            return None
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            if t.stored:
-                assert t.eid is not None
-                return self.stage(path, t.eid, truncate=bool(flags & os.O_TRUNC),
-                                  append=bool(flags & os.O_APPEND))
-            raise PermissionDenied(f"{path}: a virtual .query file is read-only")
-        return self._memfd_handle(t, self.evaluate(t))
+        with self.service.changes.held():      # one generations read for the whole request
+            t = self._target(path)
+            if t is None:
+                return None
+            if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+                if t.stored:
+                    assert t.eid is not None
+                    return self.stage(path, t.eid, truncate=bool(flags & os.O_TRUNC),
+                                      append=bool(flags & os.O_APPEND))
+                raise PermissionDenied(f"{path}: a virtual .query file is read-only")
+            return self._memfd_handle(t, self.evaluate(t))
 
     @staticmethod
     def _memfd(name: str, data: bytes) -> int:
@@ -333,7 +385,17 @@ class QueryFS:
             self._handles[fh] = (fd, len(data))
             self._handle_target[fh] = t
             self._by_path[t.path] = fh
+            opened = self._open_paths.get(t.path, 0)
+            self._open_paths[t.path] = opened + 1
+            if not opened and not self._asking.get(t.path) and not self._writers.get(t.path) \
+                    and self._told.get(t.path) == len(data):
+                self._page_cached.add(fh)
         return fh
+
+    def cached(self, fh: int) -> bool:
+        """Whether handle fh may be read through the kernel's page cache (see the module doc);
+        else the mount opens it direct_io."""
+        return fh in self._page_cached
 
     def stage(self, path: str, eid: int, *, truncate: bool = False, append: bool = False) -> int:
         """A write handle on stored query `eid`'s body: writes go to a staging copy, which
@@ -343,6 +405,9 @@ class QueryFS:
             fh = self._next
             self._next += 1
             self._staged[fh] = _Staged(fd, eid, path, dirty=truncate, append=append)
+            # its writes move the kernel's size: nothing told holds until a lookup after the close
+            self._writers[path] = self._writers.get(path, 0) + 1
+            self._told.pop(path, None)
         return fh
 
     def fd(self, fh: int) -> int:
@@ -412,6 +477,12 @@ class QueryFS:
             t = self._handle_target.pop(fh, None)
             if t is not None and self._by_path.get(t.path) == fh:
                 del self._by_path[t.path]
+            if got is not None and t is not None:
+                _less(self._open_paths, t.path)
+            if st is not None:
+                _less(self._writers, st.path)
+                self._told.pop(st.path, None)
+            self._page_cached.discard(fh)
         if got is not None:
             os.close(got[0])
         if st is not None:
@@ -424,7 +495,7 @@ class QueryFS:
         with self._lock:
             for result, body in reversed(self._read_results.items()):
                 if result == content or (prefix and result.startswith(content)):
-                    return body
+                    return format_body(body) if isinstance(body, Query) else body
         return None
 
     def _checked_body(self, content: bytes, path: str, eid: int) -> bytes:

@@ -237,6 +237,13 @@ class _Table:
         idx, hit = self.find(np.array([_code(key)], np.int64))
         return (int(self.dim[idx[0]]), int(self.nrows[idx[0]])) if hit[0] else None
 
+    def of_entity(self, eid: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        """(dim, nrows) of entity eid's own embedding and of its entry rows (None: none), in one look."""
+        idx, hit = self.find(np.array([eid * 2 + 1, eid * 2], np.int64))
+        own, entry = ((int(self.dim[i]), int(self.nrows[i])) if h else None
+                      for i, h in zip(idx.tolist(), hit.tolist(), strict=True))
+        return own, entry
+
     def take(self, mask: np.ndarray) -> _Table:
         return _Table(self.code[mask], self.fp[mask], self.dim[mask], self.nrows[mask])
 
@@ -665,8 +672,8 @@ class EmbeddingCatalog:
         """The vector that stands for file `eid` in `FILE.query` (own embedding, else the mean of its
         rows, unit-normalized) and how many rows the file holds; (None, 0) without one."""
         with self._lock:
-            t = self._sources.get(ns, _EMPTY)
-            found = [(key, t.get(key)) for key in ((eid, True), (eid, False))]
+            own, entry = self._sources.get(ns, _EMPTY).of_entity(eid)
+            found = [((eid, True), own), ((eid, False), entry)]
         for key, got in found:
             if got is None or not got[1]:
                 continue
@@ -679,7 +686,8 @@ class EmbeddingCatalog:
         eid, own = key
         try:
             if own:
-                return parse_embedding(self.store.get_xattr("file", eid, EMBEDDING_ATTR)).reshape(1, -1)
+                value = self._values([eid]).get(eid)       # one statement: a first FILE.query read
+                return None if value is None else parse_embedding(value).reshape(1, -1)
             info = self.store.entity(eid)
             dim = None
             if entry_kind(info.name) == ".f32":
@@ -720,8 +728,7 @@ class EmbeddingCatalog:
             srcs = self._sources.get(ns, _EMPTY)
             extra = 0
             if exclude is not None:
-                extra = sum(got[1] for got in (srcs.get((exclude, True)), srcs.get((exclude, False)))
-                            if got is not None)
+                extra = sum(got[1] for got in srcs.of_entity(exclude) if got is not None)
         scope_set = None if scope is None else np.asarray(scope, np.int64)
         in_mask = exclude if extra > EXCLUDE_BY_MASK else None
         kk = k if in_mask is not None else k + extra

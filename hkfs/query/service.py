@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..core.changes import ChangeFeed
+from ..core.changes import ChangeFeed, Generations
 from ..core.errors import InvalidArgument
 from ..core.naming import HK
 from ..mount.paths import COMMA, listed_name
@@ -29,7 +31,7 @@ from ..mount.views import view_children_of
 from .embeddings import EmbeddingCatalog
 from .queryfiles import Hit, Query
 
-__all__ = ["QueryService", "Scope"]
+__all__ = ["HeldFeed", "QueryService", "Scope"]
 
 SCOPES_MAX = 64          # scopes kept ...
 SCOPE_IDS_MAX = 4_000_000  # ... holding at most this many ids in all (8 bytes each: 32 MB)
@@ -52,6 +54,48 @@ class Scope:
     kids: set[str] = field(default_factory=set)
 
 
+class HeldFeed:
+    """The change feed as the query layer reads it: inside `held()`, a thread's version and
+    generations are read once.
+
+    One `.query` read asks for them a dozen times across its layers (target, scope, the
+    index's refresh, the result memo); each ask is a `PRAGMA data_version` under a lock. Held,
+    the request answers from one snapshot taken at its start: a commit that lands during the
+    request is seen by the next one (as with the mount's memo pin), and what the request
+    reads from the catalog is never older than the snapshot, so nothing is kept under a
+    newer version than its data. Everything else (subscribe, start, close) is the feed's.
+    """
+
+    def __init__(self, feed: ChangeFeed) -> None:
+        self.feed = feed
+        self._held: dict[int, Generations] = {}     # OS thread -> its snapshot
+
+    def version(self) -> int:
+        g = self._held.get(threading.get_ident())
+        return g.version if g is not None else self.feed.version()
+
+    def generations(self) -> Generations:
+        g = self._held.get(threading.get_ident())
+        return g if g is not None else self.feed.generations()
+
+    @contextmanager
+    def held(self) -> Iterator[Generations]:
+        """Read the generations once for this thread until the block ends (nested: the outer's)."""
+        tid = threading.get_ident()
+        got = self._held.get(tid)
+        if got is not None:
+            yield got
+            return
+        got = self._held[tid] = self.feed.generations()
+        try:
+            yield got
+        finally:
+            self._held.pop(tid, None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.feed, name)
+
+
 class QueryService:
     """Scopes, searches and hit paths over one store's embeddings."""
 
@@ -60,7 +104,7 @@ class QueryService:
         self.store = store
         self.reads = reads if reads is not None else store
         self._own_changes = changes is None
-        self.changes = changes if changes is not None else ChangeFeed(store.catalog.path)
+        self.changes = HeldFeed(changes if changes is not None else ChangeFeed(store.catalog.path))
         self.catalog = catalog if catalog is not None else EmbeddingCatalog(
             store, writable=writable, changes=self.changes)
         self._scopes: OrderedDict[tuple, Scope] = OrderedDict()
@@ -152,15 +196,15 @@ class QueryService:
         """Each hit's path from the mount root, as listed in the scope's directory or view
         (a hit deleted meanwhile has none).
 
-        Named in two small reads for all the hits (their names; how many files of the
-        namespace bear each name); only a name borne by several files is counted in the
+        Named in one small read for all the hits (their names, and how many files of the
+        namespace bear each); only a name borne by several files is counted in the
         scope exactly, as `ls` of the view lists it (`STEM~ID.EXT` when shared there)."""
         new = [e for e in dict.fromkeys(eids) if e not in sc.names]
         if new:
             hks = sc.view if sc.view is not None else sc.dkl
-            names = self.store.names_of(new)
-            counts = self.store.name_counts_in_ns(sc.ns, sorted(set(names.values())))
-            shared = {n for n, cnt in counts.items() if cnt > 1}
+            named = self.store.names_counted(sc.ns, new)     # one statement for all the hits
+            names = {e: nm for e, (nm, _c) in named.items()}
+            shared = {nm for nm, cnt in named.values() if cnt > 1}
             if sc.counts is None:        # per scope (and files_gen): child keywords, shared names
                 sc.counts = {}
                 kw = view_children_of(hks)     # operator views list their keyword's children
