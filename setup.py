@@ -1,8 +1,9 @@
-"""The optional C search kernel of vecindex (everything else is in pyproject.toml).
+"""The optional C parts: vecindex's search kernel and hkfs's READDIRPLUS fill loop
+(everything else is in pyproject.toml).
 
-`optional=True`: on a machine without a C compiler or Python headers the build of
-vecindex._csearch fails with a warning and the install goes on; vecindex then searches
-with numba (extra `fast`) or numpy (docs/vecindex.md, "Kernels").
+`optional=True`: on a machine without a C compiler or Python headers their build fails
+with a warning and the install goes on; vecindex then searches with numba (extra `fast`)
+or numpy (docs/vecindex.md, "Kernels"), and hkfs.fuse.glue fills listings from Python.
 """
 
 from setuptools import Extension, setup
@@ -15,4 +16,6 @@ FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "
          "-std=c11", "-Wall", "-pthread"]
 
 setup(ext_modules=[Extension("vecindex._csearch", ["vecindex/_csearch.c"], optional=True,
-                             extra_compile_args=FLAGS, extra_link_args=["-pthread"])])
+                             extra_compile_args=FLAGS, extra_link_args=["-pthread"]),
+                   Extension("hkfs.fuse._fill", ["hkfs/fuse/_fill.c"], optional=True,
+                             extra_compile_args=["-O2", "-std=c11", "-Wall"])])

@@ -43,12 +43,14 @@ extras=${HKFS_EXTRAS:-test,fast}   # fast: numba, the compiled vecindex search (
 need_mods="vecindex, mfusepy, sklearn, click, tqdm, pytest, hypothesis, pytest_timeout, memory_profiler"
 case ",$extras," in *,fast,*) need_mods+=", numba" ;; esac
 case ",$extras," in *,dev,*) need_mods+=", ruff" ;; esac
-# The C kernel is built by pip (setup.py); rebuild when its source is newer than the library
+# The C parts are built by pip (setup.py); rebuild when a source is newer than its library
 # (a checkout that pulled a kernel change) or when a compiler is there and it was never built.
 stale_kernel=0
 if command -v cc >/dev/null 2>&1; then
-    so=$(ls vecindex/_csearch*.so 2>/dev/null | head -n1 || true)
-    if [ -z "$so" ] || [ vecindex/_csearch.c -nt "$so" ]; then stale_kernel=1; fi
+    for src in vecindex/_csearch.c hkfs/fuse/_fill.c; do
+        so=$(ls "${src%.c}"*.so 2>/dev/null | head -n1 || true)
+        if [ -z "$so" ] || [ "$src" -nt "$so" ]; then stale_kernel=1; fi
+    done
 fi
 here=$(pwd -P)
 where=$("$PY" -c 'import hkfs, os; print(os.path.dirname(os.path.dirname(os.path.realpath(hkfs.__file__))))' 2>/dev/null || true)

@@ -721,10 +721,6 @@ def test_libfuse2_keeps_caches_off_and_works(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- 9. without FUSE
 
-def _stat_bytes(st_obj: ctypes.Structure, upto: int | None = None) -> bytes:
-    return bytes(st_obj)[:upto]
-
-
 _U32 = st.integers(0, 2**32 - 1)
 _I63 = st.integers(0, 2**63 - 1)
 _NS = st.integers(-(2**62), 2**62)
@@ -735,19 +731,27 @@ _NS = st.integers(-(2**62), 2**62)
     "st_size": _I63, "st_blksize": _I63, "st_blocks": _I63,
     "st_atime": _NS, "st_mtime": _NS, "st_ctime": _NS}))
 def test_stat_packer_equals_set_st_attrs(attrs: dict[str, int]) -> None:
+    """A piece's attributes packed as an array of struct stat (numpy, per column) are, entry by
+    entry, what mfusepy's set_st_attrs writes into a zeroed c_stat (the path before packing)."""
     import mfusepy
+    import numpy as np
 
     from hkfs.fuse.glue import STAT_KEYS, StatPacker
     packer = StatPacker(mfusepy.c_stat)
     want = mfusepy.c_stat()
     mfusepy.set_st_attrs(want, attrs, use_ns=True)
-    got = mfusepy.c_stat()
+    zero = mfusepy.c_stat()
+    row = [attrs[k] for k in STAT_KEYS]
+    packed = packer.pack_rows(np.array([[0] * len(row), row, row], np.int64))
+    assert packed.itemsize == ctypes.sizeof(mfusepy.c_stat)
+    raw = packed.tobytes()
+    size = packed.itemsize
+    assert raw[:size] == bytes(zero)
+    assert raw[size:2 * size] == bytes(want) and raw[2 * size:] == bytes(want)
+    got = mfusepy.c_stat()                             # one stat from a dict (LOOKUP, GETATTR)
     packer.pack(got, attrs)
     assert bytes(got) == bytes(want)
-    from_tuple = mfusepy.c_stat()                      # the listing's path: a tuple, no dict
-    packer.pack_values(from_tuple, tuple(attrs[k] for k in STAT_KEYS))
-    assert bytes(from_tuple) == bytes(want)
-    # over a used buffer (READDIRPLUS reuses one): every field up to ctime is rewritten
+    # over a used buffer: every field up to ctime is rewritten
     used = mfusepy.c_stat.from_buffer_copy(b"\xa5" * ctypes.sizeof(mfusepy.c_stat))
     packer.pack(used, attrs)
     end = mfusepy.c_stat.st_ctimespec.offset + mfusepy.c_stat.st_ctimespec.size

@@ -10,6 +10,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hkfs.core.store import Store
@@ -38,19 +39,21 @@ def model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MountMode
 
 
 def streamed(m: MountModel, path: str, offset: int = 0) -> list[tuple[tuple, int]]:
+    """(name, inode, attributes or None) and offset of each entry the listing gives after offset."""
     got = listing_for(m, m.resolve(path), path)
     assert isinstance(got, ViewListing)
-    return list(got.entries_from(offset))
+    return [((name, ino, attrs), off) for piece, start in got.pieces_from(offset)
+            for name, ino, attrs, off in list(piece.entries())[start:]]
 
 
 def test_pieces_list_what_listdir_lists(model: MountModel) -> None:
     def seen(entries) -> set[tuple]:
-        return {(n, mode, ino, None if a is None else tuple(a(k))) for n, mode, ino, a, k in entries}
+        return {(n, ino, None if a is None else tuple(a(k))) for n, _mode, ino, a, k in entries}
 
     for path in ("/@/v", "/@/w", "/,"):
         whole = seen(model.listdir(path))
         pieces = streamed(model, path)
-        assert seen(e for e, _off in pieces) == whole
+        assert {e for e, _off in pieces} == whole
         offs = [off for _e, off in pieces]
         assert offs == sorted(offs) and len(set(offs)) == len(offs)
     names = [e[0] for e, _ in streamed(model, "/@/v")]
@@ -58,15 +61,50 @@ def test_pieces_list_what_listdir_lists(model: MountModel) -> None:
     assert ",x" in names and "x" in names                      # the file, and the keyword x
     assert "once" in names                                     # shared in the namespace, not in //v
     sub = next(e for e, _off in streamed(model, "/@/v") if e[0] == "sub")
-    assert stat.S_IMODE(sub[3](sub[4])[2]) == 0o700             # the keyword's own mode
-    for (name, mode, _ino, attrs_of, key), _off in streamed(model, "/@/v"):
-        if attrs_of is not None and mode != stat.S_IFDIR:
-            assert model.entity_values(key) == attrs_of(key), name
+    assert stat.S_IMODE(sub[2][2]) == 0o700                    # the keyword's own mode
+    bare = {e[0] for e, _off in streamed(model, "/@/v") if e[2] is None}
+    assert bare == {".", "..", "near.query", "tty"}            # the kernel looks these up
+
+
+def test_piece_columns_are_entity_values(model: MountModel, tmp_path: Path) -> None:
+    """The columns a piece computes for its files (numpy, one pass) equal what
+    MountModel.entity_values gives one file at a time: link counts, regular-file bits, an
+    open file's size and times from its bytes file."""
+    store = model.store
+    eids = store.match_ids(model.ns, [("v",)])
+    for name in ("linked", "linked-too"):                               # two directory links too
+        store.link(eids[0], store.root_dir(model.ns), name)
+    store.atkw(eids[1], ["//w", "//v/sub"])                             # three HKs
+    open_eid = eids[2]
+    model.open_counts[open_eid] = 1
+    with open(store.entities_dir / str(open_eid), "wb") as f:          # grows while open
+        f.write(b"x" * 1000)
+    want = {s.id: model.entity_values(s) for s in store.entity_stats(eids)}
+    got = {ino >> 2: attrs for (_n, ino, attrs), _off in streamed(model, "/@/v") if attrs and ino & 3 == 1}
+    tty = store.match_ids(model.ns, [("v",)], "tty")[0]
+    assert set(got) == set(want) - {tty, *store.match_ids(model.ns, [("v",)], "near.query")}
+    for eid, attrs in got.items():
+        assert attrs == want[eid], eid
+    assert got[open_eid][5] == 1000
+    assert got[eids[0]][1] == 3 and got[eids[1]][1] == 3 and got[eids[3]][1] == 2
+    # files with no HK (0 in the count columns): in a directory, listed by @untagged
+    for i in range(3):
+        model.create(f"/loose{i}", stat.S_IFREG | 0o600, 0, 0)
+    untagged = {ino >> 2: attrs for (n, ino, attrs), _off in streamed(model, "/@/@untagged") if n.startswith("loose")}
+    assert len(untagged) == 3
+    for s in store.entity_stats(sorted(untagged)):
+        assert untagged[s.id] == model.entity_values(s) and untagged[s.id][1] == 1
+    # a piece of ids far apart (read by id, not by range): //w's, one made after the loose files
+    model.create("/@/w/far", stat.S_IFREG | 0o640, 0, 0)
+    sparse = {ino >> 2: attrs for (_n, ino, attrs), _off in streamed(model, "/@/w") if attrs and ino & 3 == 1}
+    assert len(sparse) == 5
+    for s in store.entity_stats(sorted(sparse)):
+        assert sparse[s.id] == model.entity_values(s)
 
 
 def test_offsets_resume_after_the_same_name_in_a_later_listing(model: MountModel) -> None:
     first = streamed(model, "/@/v")
-    (gone, _m, _i, _a, _k), _ = first[6]
+    (gone, _i, _a), _ = first[6]
     (last, *_), at = first[5]
     model.unlink(f"/@/v/{gone}")                               # leaves the view
     model.create("/@/v/zz-new", stat.S_IFREG | 0o644, 0, 0)      # a higher id: listed after
@@ -75,3 +113,49 @@ def test_offsets_resume_after_the_same_name_in_a_later_listing(model: MountModel
     assert last not in later and gone not in later
     assert [n for n in later if n != "zz-new"] == want
     assert "zz-new" in later
+
+
+def test_a_piece_read_before_a_commit_is_read_again(model: MountModel) -> None:
+    """The listing keeps its last piece for the requests that follow and reads the next one
+    ahead: after a commit neither is handed out, or the kernel would keep the attributes
+    they had before the change (a chmod between two requests of one `ls -l`)."""
+    got = listing_for(model, model.resolve("/@/v"), "/@/v")
+    pieces = got.pieces_from(0)
+    next(pieces)                                               # '.' and '..'
+    first, _start = next(pieces)                               # f00-f03; f04-f07 read ahead
+    assert first.names == ["f00", "f01", "f02", "f03"]
+    at = int(first.offsets[1])                                 # the reply ended after f01
+    assert isinstance(got, ViewListing) and got._ahead is not None
+    got._ahead[1].result()
+    for name in ("f02", "f05"):
+        model.chmod(f"/@/v/{name}", 0o600)
+    modes = {name: stat.S_IMODE(attrs[2]) for piece, start in got.pieces_from(at)
+             for name, _ino, attrs, _off in list(piece.entries())[start:] if attrs}
+    assert modes["f02"] == 0o600 and modes["f05"] == 0o600
+    assert modes["f03"] != 0o600
+
+
+@pytest.mark.parametrize("path", ["/@/v", "/@/w", "/@/v/@/w", "/@/v/@/@or/w", "/@/@untagged", "/@/v/sub"])
+def test_view_ids_are_match_ids(model: MountModel, path: str) -> None:
+    """A view's ids, read as one string of text, are match_ids, sorted, each once."""
+    model.create("/loose", stat.S_IFREG | 0o600, 0, 0)
+    hks = model.resolve(path).hks
+    got = model.reads.view_ids(model.ns, tuple(hks))
+    assert got.dtype == np.int64
+    assert got.tolist() == sorted(set(model.store.match_ids(model.ns, hks)))
+
+
+def test_read_ahead_works_in_a_forked_child() -> None:
+    """The daemon is forked from a process that may have listed views itself (the tests, a
+    caller of hkfs.fuse.daemon.mount): its read-ahead thread must be its own, or a piece read
+    ahead would never come."""
+    assert view_listing._AHEAD.submit(int).result(timeout=10) == 0      # the parent's thread runs
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = view_listing._AHEAD.submit(lambda: 7).result(timeout=10) == 7
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -106,6 +106,11 @@ class EntityStat(NamedTuple):
 _STAT_SELECT = ("SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
                 "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
                 "(SELECT count(*) FROM entity_keywords x WHERE x.entity = e.id) FROM entities e")
+# The first nine of them as columns of text, for entities with ids in a range (entity_columns_between)
+_COLUMNS = EntityStat._fields[:9]
+_COLUMNS_SELECT = ("SELECT " + ", ".join(f"group_concat({f}, '/')" if f == "name" else f"group_concat({f})"
+                                         for f in _COLUMNS) +
+                   " FROM entities WHERE id BETWEEN ? AND ?")
 
 
 @dataclass(frozen=True)
@@ -1145,13 +1150,32 @@ class Store:
                 f"{_STAT_SELECT} WHERE e.id IN ({','.join('?' * len(eids))}) ORDER BY e.id", list(eids)).fetchall()
         return list(map(EntityStat._make, rows))
 
-    def entity_stats_between(self, lo: int, hi: int) -> list[EntityStat]:
-        """match_stats of every entity with lo <= id <= hi, in id order (one range scan: a
-        dense piece of a view's listing, which the caller filters)."""
+    def entity_columns_between(self, lo: int, hi: int) -> tuple[dict[str, str], dict[int, int], dict[int, int]]:
+        """The entities with lo <= id <= hi as columns of text, and, from the same snapshot,
+        their HK counts that are not 1 and their directory-link counts that are not 0 (id -> count).
+
+        Columns: EntityStat's first nine fields by name, each the values joined by ',' (name
+        by '/', which no file name holds) in the order of the table's range scan, id order
+        (a caller that relies on it checks); {} when there is no such entity. One
+        row for the lot, where fetching a row per entity cost Python objects and a GIL round
+        trip per row; the counts come from range scans of the two entity indexes, not a
+        lookup per entity (a dense piece of a view listing: hkfs.mount.view_listing)."""
         with self.catalog.read() as c:
-            rows = c.execute(
-                f"{_STAT_SELECT} WHERE e.id BETWEEN ? AND ? ORDER BY e.id", (lo, hi)).fetchall()
-        return list(map(EntityStat._make, rows))
+            got = c.execute(_COLUMNS_SELECT, (lo, hi)).fetchone()
+            if got[0] is None:
+                return {}, {}, {}
+            cols = dict(zip(_COLUMNS, got, strict=True))
+            hks = dict(c.execute("SELECT entity, count(*) FROM entity_keywords WHERE entity BETWEEN ? AND ? "
+                                 "GROUP BY entity HAVING count(*) != 1", (lo, hi)))
+            tagged = c.execute("SELECT count(DISTINCT entity) FROM entity_keywords WHERE entity BETWEEN ? AND ?",
+                               (lo, hi)).fetchone()[0]
+            if tagged < cols["id"].count(",") + 1:           # some carry no HK at all
+                hks.update((r[0], 0) for r in c.execute(
+                    "SELECT e.id FROM entities e WHERE e.id BETWEEN ? AND ? AND NOT EXISTS "
+                    "(SELECT 1 FROM entity_keywords x WHERE x.entity = e.id)", (lo, hi)))
+            links = dict(c.execute("SELECT entity, count(*) FROM links WHERE entity BETWEEN ? AND ? GROUP BY entity",
+                                   (lo, hi)))
+        return cols, hks, links
 
     def shared_names(self, ns: int) -> set[str]:
         """The names that more than one entity of namespace ns bears (one scan of its name index)."""
@@ -1166,6 +1190,13 @@ class Store:
         with self.catalog.read() as c:
             return c.execute(f"SELECT name, id FROM entities WHERE ns = ? AND name IN ({','.join('?' * len(names))})",
                              (ns, *names)).fetchall()
+
+    def match_ids_text(self, ns: int, hks: Sequence[HK | str]) -> str:
+        """match_ids (unsorted) as one string, the ids joined by ',' ('' for none): a big view's
+        ids in one row, with no Python object per file (hkfs.mount.cached_reads.view_ids)."""
+        with self.catalog.read() as c:
+            sel, params = self._match(c, ns, hks, None)
+            return c.execute(f"WITH m(id) AS ({sel}) SELECT group_concat(id) FROM m", params).fetchone()[0] or ""
 
     def match_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
         """Like resolve, ids only (cheap: for counting and large views)."""

@@ -4,7 +4,9 @@
   entity file's descriptor, so file data never passes through Python (mfusepy declares
   the struct wrong: `buf` is an inline array in fuse_common.h).
 - READDIRPLUS: `HKFuse` sends every listed entry with its attributes and an offset
-  (mfusepy fills names only), packed into `struct stat` by `StatPacker`.
+  (mfusepy fills names only); a listing comes in pieces of columns
+  (hkfs.mount.view_listing.Piece) whose attributes `StatPacker` packs into an array of
+  `struct stat` at once.
 - f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
   operations the file handle instead.
 - `.query` handles are opened direct_io (page-cached when the kernel holds the result's size).
@@ -24,15 +26,17 @@ import os
 import stat
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import mfusepy
+import numpy as np
 from mfusepy import FUSE
 
 if TYPE_CHECKING:
+    from ..mount.view_listing import Piece
     from .operations import HKOperations
 
-__all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "DirEntryAttrs", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
+__all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "Wire", "wire", "fill_piece", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
            "fd_bufvec", "fill_fd_bufvec", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp", "fallocate"]
 
 log = logging.getLogger(__name__)
@@ -126,64 +130,149 @@ def fd_bufvec(fd: int, pos: int, size: int) -> FuseBufvec:
     return v
 
 
-# One listed name: (name, file-type bits, inode, attrs_of, key). Its full attributes
-# (READDIRPLUS) are attrs_of(key) (a dict, or a tuple in STAT_KEYS order), computed only
-# when sent; attrs_of None for '.', '..' and stored NAME.query files (whose size is their
-# result's: the kernel looks them up). A plain tuple: a 100k-file view makes 100k per listing.
-DirEntryAttrs = tuple[str, int, int, Callable[[Any], "dict[str, Any] | tuple[int, ...]"] | None, Any]
-
-
 class StatPacker:
-    """Fills mfusepy's c_stat from an attribute dict with one struct.pack_into (~1 us).
+    """Packs attributes into the platform's `struct stat`: one from an attribute dict with one
+    struct.pack_into (`pack`: LOOKUP, GETATTR), or a listing piece's (hkfs.mount.view_listing.
+    Piece.attrs, Attrs order) into an array of them, numpy column by column (`pack_rows`).
 
-    READDIRPLUS sends attributes for every listed file; mfusepy's set_st_attrs spends
-    several microseconds per entry on setattr and timespec objects. The layout is read
-    from c_stat's own field offsets, so it follows the platform's struct stat."""
+    mfusepy's set_st_attrs spends several microseconds per stat on setattr and timespec
+    objects, and READDIRPLUS sends attributes for every listed file. The layout is read
+    from mfusepy's c_stat field offsets, so it follows the platform's struct stat."""
 
     INTS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks")
     TIMES = ("st_atime", "st_mtime", "st_ctime")
 
     def __init__(self, c_stat: type[ctypes.Structure]) -> None:
-        fields = sorted([(getattr(c_stat, n).offset, getattr(c_stat, n).size, n) for n in self.INTS] +
-                        [(getattr(c_stat, n + "spec").offset, getattr(c_stat, n + "spec").size, n)
-                         for n in self.TIMES])
-        if [n for _, _, n in fields[-3:]] != list(self.TIMES) or any(size != 16 for _, size, _ in fields[-3:]):
-            raise ValueError("c_stat does not end with atime, mtime, ctime timespecs")
-        fmt, pos = "=", 0
-        for offset, size, _name in fields:
+        names, formats, offsets = [], [], []
+        for n in self.INTS:
+            field = getattr(c_stat, n)
+            if field.size not in (4, 8):
+                raise ValueError(f"c_stat.{n} is {field.size} bytes")
+            names.append(n)
+            formats.append("<u4" if field.size == 4 else "<i8")
+            offsets.append(field.offset)
+        for n in self.TIMES:
+            field = getattr(c_stat, n + "spec")
+            if field.size != 16:
+                raise ValueError(f"c_stat.{n}spec is not two 64-bit words")
+            names += [n, n + "_nsec"]
+            formats += ["<i8", "<i8"]
+            offsets += [field.offset, field.offset + 8]
+        self.size = ctypes.sizeof(c_stat)
+        self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": self.size})
+        fmt, pos = "<", 0
+        for offset, form in sorted(zip(offsets, formats, strict=True)):
             if offset < pos:
                 raise ValueError("c_stat fields overlap")
-            fmt += "x" * (offset - pos) + ({8: "q", 4: "I", 16: "qq"}[size])
-            pos = offset + size
-        order = [n for _, _, n in fields[:-3]]
-        self._ints = operator.itemgetter(*order)
+            fmt += "x" * (offset - pos) + ("I" if form == "<u4" else "q")
+            pos = offset + (4 if form == "<u4" else 8)
+        order = [n for _off, n in sorted(zip(offsets, names, strict=True))]
+        if order[-6:] != names[-6:]:
+            raise ValueError("c_stat does not end with atime, mtime, ctime timespecs")
+        self._ints = operator.itemgetter(*order[:-6])
         self._pack_into = struct.Struct(fmt).pack_into
-        # STAT_KEYS positions of the integer fields in struct order (None: the same order)
-        perm = [STAT_KEYS.index(n) for n in order]
-        self._perm = None if perm == list(range(len(perm))) else operator.itemgetter(*perm)
-
-    def pack_values(self, st: ctypes.Structure, v: tuple[int, ...]) -> None:
-        """Fill st from a tuple in STAT_KEYS order (no dict: the listing's hot path)."""
-        a, m, c = v[8], v[9], v[10]
-        ints = v[:8] if self._perm is None else self._perm(v)
-        self._pack_into(st, 0, *ints, a // 1_000_000_000, a % 1_000_000_000,    # type: ignore[arg-type]
-                        m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
 
     def pack(self, st: ctypes.Structure, attrs: dict[str, Any]) -> None:
+        """Fill st from an attribute dict (STAT_KEYS; times in ns)."""
         a, m, c = attrs["st_atime"], attrs["st_mtime"], attrs["st_ctime"]
-        self._pack_into(st, 0, *self._ints(attrs), a // 1_000_000_000, a % 1_000_000_000,    # type: ignore[arg-type]
+        self._pack_into(st, 0, *self._ints(attrs), a // 1_000_000_000, a % 1_000_000_000,   # type: ignore[arg-type]
                         m // 1_000_000_000, m % 1_000_000_000, c // 1_000_000_000, c % 1_000_000_000)
+
+    def pack_rows(self, attrs: np.ndarray) -> np.ndarray:
+        """len(attrs) struct stats, contiguous (fields not in STAT_KEYS zero)."""
+        out = np.zeros(len(attrs), self.dtype)
+        for j, name in enumerate(self.INTS):
+            out[name] = attrs[:, j]
+        for j, name in enumerate(self.TIMES, len(self.INTS)):
+            out[name], out[name + "_nsec"] = np.divmod(attrs[:, j], 1_000_000_000)
+        return out
 
 
 def _stat_packer() -> StatPacker | None:
     try:
         return StatPacker(mfusepy.c_stat)
-    except (AttributeError, KeyError, ValueError) as exc:
+    except (AttributeError, ValueError) as exc:
         log.info("READDIRPLUS attributes through mfusepy.set_st_attrs: %s", exc)
         return None
 
 
 _PACKER = _stat_packer()
+# libfuse's fuse_fill_dir_t with the stat as an address: the stats of a piece are one array
+_FILL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64,
+                         ctypes.c_int)
+# The fill loop in C (hkfs/fuse/_fill.c), optional: built without a C compiler, the loop is Python's
+try:
+    from . import _fill as _cfill
+except ImportError:
+    _cfill = None  # type: ignore[assignment]
+
+
+class Wire(NamedTuple):
+    """A listing piece as libfuse's filler takes it (made once per piece, which several
+    requests read). For the C loop (hkfs/fuse/_fill.c) `names` is one bytes object of
+    NUL-terminated names starting at `name_at`, and offsets and flags are int64 / int32
+    arrays; for the Python loop they are lists and `name_at` is None."""
+
+    stats: Any                # the packed struct stats (kept alive here)
+    base: int                 # address of the first
+    names: Any
+    name_at: np.ndarray | None
+    offsets: Any
+    flags: Any                # FUSE_FILL_DIR_PLUS, or 0 for an entry sent without attributes
+
+
+def wire(piece: Piece, encoding: str, errors: str, *, for_c: bool = _cfill is not None) -> Wire:
+    """Encode a piece for the filler: names in the mount's encoding, attributes packed."""
+    if _PACKER is not None:
+        stats: Any = _PACKER.pack_rows(piece.attrs)
+        base = stats.ctypes.data
+    else:
+        stats = (mfusepy.c_stat * len(piece))()
+        for st, row, plus in zip(stats, piece.attrs.tolist(), piece.plus.tolist(), strict=True):
+            if plus:
+                mfusepy.set_st_attrs(st, dict(zip(STAT_KEYS, row, strict=True)), use_ns=True)
+            else:
+                st.st_ino, st.st_mode = row[0], row[2]
+        base = ctypes.addressof(stats)
+    flags = np.where(piece.plus, FUSE_FILL_DIR_PLUS, 0).astype(np.int32)
+    if for_c:               # file names hold no NUL: it ends each
+        names = "\0".join(piece.names).encode(encoding, errors) + b"\0"
+        ends = np.flatnonzero(np.frombuffer(names, np.uint8) == 0)
+        name_at = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)[:len(piece)]
+        return Wire(stats, base, names, name_at, np.ascontiguousarray(piece.offsets, np.int64), flags)
+    return Wire(stats, base, [n.encode(encoding, errors) for n in piece.names], None, piece.offsets.tolist(),
+                flags.tolist())
+
+
+def fill_piece(filler: Any, buf: Any, w: Wire, size: int, start: int) -> int:
+    """Hand entries start.. of an encoded piece to libfuse's filler until the reply is full:
+    the index of the first one it refused (the piece's length if none)."""
+    if w.name_at is not None and _cfill is not None:
+        return int(_cfill.fill(ctypes.cast(filler, ctypes.c_void_p).value, buf or 0, w.names,
+                               w.name_at.ctypes.data, w.base, size, w.offsets.ctypes.data,
+                               w.flags.ctypes.data, start, len(w.offsets)))
+    fill = _FILL(ctypes.cast(filler, ctypes.c_void_p).value)
+    names, offs, fl, base = w.names, w.offsets, w.flags, w.base
+    for i in range(start, len(offs)):
+        if fill(buf, names[i], base + i * size, offs[i], fl[i]):
+            return i
+    return len(offs)
+
+
+_S_IFMT = 0o170000                 # the file-type bits of st_mode
+
+
+def names_only(w: Wire) -> Wire:
+    """The piece's entries without attributes (libfuse registers no node for them: node_budget)."""
+    return w._replace(flags=np.zeros_like(w.flags) if isinstance(w.flags, np.ndarray) else [0] * len(w.flags))
+
+
+def listed_files(piece: Piece, start: int, end: int) -> list[str]:
+    """The names of entries start..end that are files sent with their attributes (what
+    hkfs.fuse.node_budget counts; directories and looked-up entries are not)."""
+    files = piece.plus[start:end] & (piece.attrs[start:end, 2] & _S_IFMT != stat.S_IFDIR)
+    names = piece.names
+    return [names[i] for i in (np.flatnonzero(files) + start).tolist()]
 
 
 class HKFuse(FUSE):
@@ -209,33 +298,20 @@ class HKFuse(FUSE):
         # each node and encode its entry as it is filled (with offset 0 libfuse 3.14 buffers
         # the whole listing and drops the attributes).
         decoded = None if path is None else path.decode(self.encoding, self.errors)
-        entries = self.operations.listing_from(decoded, fip.contents.fh, offset)
-        st = mfusepy.c_stat()
-        size = ctypes.sizeof(st)
-        enc, errs, packer = self.encoding, self.errors, _PACKER
-        files: list[str] = []          # the kernel keeps them, or looks them up and keeps them (node_budget)
+        size = _PACKER.size if _PACKER is not None else ctypes.sizeof(mfusepy.c_stat)
         budget = self.operations.kernel.budget
         plus = budget.keeping()        # else names only: the kernel would not keep the entries
-        for (name, mode, ino, attrs_of, key), off in entries:
-            attrs = None if attrs_of is None or not plus else attrs_of(key)
-            if attrs is None or packer is None:
-                ctypes.memset(ctypes.byref(st), 0, size)
-                if attrs is None:
-                    st.st_mode, st.st_ino = mode, ino
-                else:
-                    if isinstance(attrs, tuple):
-                        attrs = dict(zip(STAT_KEYS, attrs, strict=True))
-                    mfusepy.set_st_attrs(st, attrs, use_ns=True)
-            elif isinstance(attrs, tuple):      # Attrs, or a bare tuple in its order
-                packer.pack_values(st, attrs)
-            else:
-                packer.pack(st, attrs)
-            if filler(buf, name.encode(enc, errs), st, off,
-                      0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
-                break
-            if attrs_of is not None and mode != stat.S_IFDIR:
-                files.append(name)
-        budget.listed(files, enc, errs)
+        files: list[str] = []          # the kernel keeps them, or looks them up and keeps them (node_budget)
+        for piece, start in self.operations.listing_from(decoded, fip.contents.fh, offset):
+            w = piece.wire
+            if w is None:
+                w = piece.wire = wire(piece, self.encoding, self.errors)
+            end = fill_piece(filler, buf, w if plus else names_only(w), size, start)
+            if budget.active:
+                files += listed_files(piece, start, end)
+            if end < len(piece):
+                break               # the reply is full
+        budget.listed(files, self.encoding, self.errors)
         return 0
 
     # libfuse 3 passes no path for a file removed while open; mfusepy's glue for these either

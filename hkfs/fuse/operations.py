@@ -38,7 +38,7 @@ from ..mount.access import caller_groups, permitted
 from ..mount.model import MAX_NAME, Attrs, MountModel, Stale, is_device
 from ..mount.queryfs import SUFFIX as QUERY_SUFFIX
 from ..mount.queryfs import QueryFS
-from ..mount.view_listing import ViewListing, WholeListing, listing_for
+from ..mount.view_listing import Piece, ViewListing, WholeListing, listing_for
 from ..mount.views import KeySpaceLoc, ViewLoc
 from ..query.service import QueryService
 from . import memstats
@@ -49,7 +49,6 @@ from .glue import (
     BUFVEC_SIZE,
     FUSE_CAP_READDIRPLUS_AUTO,
     STAT_KEYS,
-    DirEntryAttrs,
     FuseBufvec,
     HKFuse,
     buf_malloc,
@@ -380,8 +379,10 @@ class HKOperations(Operations):
         return [(name, {"st_mode": mode, "st_ino": ino}, 0) for name, mode, ino, _, _ in self.model.listdir(path)]
 
     @mapped
-    def listing_from(self, path: str, fh: int, offset: int) -> Iterator[tuple[DirEntryAttrs, int]]:
-        """A directory's entries for READDIRPLUS after `offset`, each with its own offset.
+    def listing_from(self, path: str, fh: int, offset: int) -> Iterator[tuple[Piece, int]]:
+        """A directory's entries for READDIRPLUS after `offset`, each with its own offset, in
+        pieces of columns (hkfs.mount.view_listing.Piece, with the index of the first entry
+        after `offset`).
 
         The kernel asks for a big listing in buffer-sized pieces, resuming at the offset
         the last piece ended with; the entries stay those of the handle's first read, as
@@ -395,7 +396,7 @@ class HKOperations(Operations):
         if got is None or not offset:
             got = self._listings[fh] = listing_for(self.model, self.model.resolve(path), path)
             self.kernel.dirs.listed(fh)
-        return got.entries_from(offset)
+        return got.pieces_from(offset)
 
     @overrides(Operations)
     @mapped

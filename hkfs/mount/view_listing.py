@@ -6,6 +6,12 @@ listed. A `ViewListing` keeps only the view's ids (a sorted int64 array, 8 bytes
 file, fixed at the handle's first read as readdir(3) expects) and fetches names and
 attributes CHUNK files at a time, in id order, as the kernel asks for them.
 
+A piece is columns (`Piece`: names, an int64 array of attributes in Attrs order, offsets):
+read as one row of text per field (Store.entity_columns_between) and computed with numpy,
+it costs no Python object or call per file, and the adapter packs and sends it whole
+(hkfs.fuse.glue). The next piece is read on a worker thread while the current one is sent;
+a kept or read-ahead piece is handed out only if nothing committed since it was read.
+
 Offsets are stable, so a listing resumed by a handle that read nothing itself (the
 kernel switching from the listing it kept, hkfs.fuse.dir_cache, to the daemon midway)
 goes on after the last name it gave: '.' and '..' are 1 and 2, a file is its inode + 1
@@ -20,20 +26,45 @@ are kept if they are in the view), a file named like a child keyword as ',NAME'.
 from __future__ import annotations
 
 import bisect
+import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
-from .model import Entry, MountModel, is_device
+from ..core.store import EntityStat
+from .model import BLKSIZE, Entry, MountModel
 from .paths import clash_name, listed_name
 from .queryfs import SUFFIX as QUERY_SUFFIX
 from .views import KeySpaceLoc, Location, ViewLoc, view_children_of
 
-__all__ = ["ViewListing", "WholeListing", "listing_for", "stable_offset", "CHUNK", "KEYWORDS"]
+__all__ = ["Piece", "ViewListing", "WholeListing", "listing_for", "stable_offset", "CHUNK", "KEYWORDS"]
 
 CHUNK = 1024                 # files fetched per catalog read
 KEYWORDS = 1 << 62           # offsets of child keywords start here (inodes >> 2 are < 2**58)
+NATTRS = 11                  # columns of Piece.attrs: hkfs.mount.model.Attrs's fields, in its order
+# Store.entity_stats's rows (EntityStat's fields) as numpy columns
+_ROW = np.dtype([(f, object if f == "name" else np.int64) for f in EntityStat._fields])
+
+
+def _reader() -> ThreadPoolExecutor:
+    """The thread that reads the next piece of a view while the current one is sent: the
+    catalog read overlaps the kernel's work on the reply and libfuse's fill (hkfs/fuse/_fill.c,
+    without the GIL). A new one in a forked child (the daemon), which has no threads."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="hkfs-listing")
+
+
+_AHEAD = _reader()
+
+
+def _after_fork() -> None:
+    global _AHEAD
+    _AHEAD = _reader()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def stable_offset(position: int, entry: Entry) -> int:
@@ -45,6 +76,86 @@ def stable_offset(position: int, entry: Entry) -> int:
     return KEYWORDS + (entry[2] >> 2) if entry[1] == stat.S_IFDIR else entry[2] + 1
 
 
+class Piece:
+    """Consecutive entries of a listing as columns: a READDIRPLUS reply packs them with no
+    Python call per entry (hkfs.fuse.glue).
+
+    `names` the listed names; `attrs` an (n, NATTRS) int64 array, a row per entry in Attrs
+    order; `offsets` each entry's offset, ascending; `plus` whether the entry's attributes
+    are sent (False for '.', '..', stored queries and devices: the kernel looks those up;
+    their row holds only the inode and the file-type bits). `wire` is the adapter's encoded
+    form of the piece, kept with it for the requests that read the rest of it."""
+
+    __slots__ = ("names", "attrs", "offsets", "plus", "wire")
+
+    def __init__(self, names: list[str], attrs: np.ndarray, offsets: np.ndarray, plus: np.ndarray) -> None:
+        self.names, self.attrs, self.offsets, self.plus = names, attrs, offsets, plus
+        self.wire: Any = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def after(self, offset: int) -> int:
+        """Index of the first entry whose offset is above `offset`."""
+        return int(np.searchsorted(self.offsets, offset, side="right"))
+
+    @classmethod
+    def of_entries(cls, entries: Sequence[Entry], offsets: Sequence[int]) -> Piece:
+        """A piece of listed entries (each entry's attrs_of called now: a few directories, or
+        a plain directory's listing)."""
+        attrs = np.zeros((len(entries), NATTRS), np.int64)
+        plus = np.zeros(len(entries), bool)
+        for i, (_name, mode, ino, attrs_of, key) in enumerate(entries):
+            if attrs_of is None:
+                attrs[i, 0], attrs[i, 2] = ino, mode
+            else:
+                attrs[i] = attrs_of(key)
+                plus[i] = True
+        return cls([e[0] for e in entries], attrs, np.array(offsets, np.int64), plus)
+
+    def entries(self) -> Iterator[tuple[str, int, tuple[int, ...] | None, int]]:
+        """(name, inode, attributes or None, offset) of each entry (tests, debugging)."""
+        for name, row, plus, off in zip(self.names, self.attrs.tolist(), self.plus.tolist(),
+                                        self.offsets.tolist(), strict=True):
+            yield name, row[0], tuple(row) if plus else None, off
+
+
+_EMPTY = Piece([], np.zeros((0, NATTRS), np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
+
+
+def _attrs(model: MountModel, cols: dict[str, np.ndarray], names: list[str], nlinks: np.ndarray,
+           nhks: np.ndarray) -> np.ndarray:
+    """The Attrs rows of files given as columns (EntityStat's fields), as
+    MountModel.entity_values makes them one at a time: the same rule on numpy columns."""
+    eid, mode, size = cols["id"], cols["mode"], cols["size"]
+    links = nlinks + nhks
+    attrs = np.empty((len(eid), NATTRS), np.int64)
+    attrs[:, 0] = (eid << 2) | 1
+    attrs[:, 1] = np.where(nhks > 0, np.maximum(links, 2), np.maximum(links, 1))   # paths.link_count, or 1
+    attrs[:, 2] = np.where(mode & 0o170000, mode, mode | stat.S_IFREG)
+    attrs[:, 3], attrs[:, 4], attrs[:, 5] = cols["uid"], cols["gid"], size
+    attrs[:, 6], attrs[:, 7] = BLKSIZE, (size + 511) // 512
+    attrs[:, 8], attrs[:, 9], attrs[:, 10] = cols["atime_ns"], cols["mtime_ns"], cols["ctime_ns"]
+    opened = model.open_counts
+    if opened:           # an open file's size and times are its bytes file's
+        for i in np.flatnonzero(np.isin(eid, list(opened))).tolist():
+            info = EntityStat(*(names[i] if f == "name" else int(cols[f][i]) for f in EntityStat._fields[:9]),
+                              int(nlinks[i]), int(nhks[i]))
+            attrs[i] = model.entity_values(info)
+    return attrs
+
+
+def _counts(eid: np.ndarray, default: int, given: dict[int, int]) -> np.ndarray:
+    """A count per id: `default`, or the one `given` for that id."""
+    out = np.full(len(eid), default, np.int64)
+    if given and len(eid):
+        keys = np.fromiter(given, np.int64, len(given))
+        at = np.minimum(np.searchsorted(eid, keys), len(eid) - 1)
+        hit = eid[at] == keys
+        out[at[hit]] = np.fromiter(given.values(), np.int64, len(given))[hit]
+    return out
+
+
 class ViewListing:
     """One open view's entries from an offset on (see the module doc)."""
 
@@ -52,7 +163,8 @@ class ViewListing:
         self.model, self.view = model, view
         me = model.virtual_ino(view)
         root = (model.root << 2) | 2                 # as MountModel.listdir gives '..'
-        self.head: list[Entry] = [(".", stat.S_IFDIR, me, None, None), ("..", stat.S_IFDIR, root, None, None)]
+        head: list[Entry] = [(".", stat.S_IFDIR, me, None, None), ("..", stat.S_IFDIR, root, None, None)]
+        self.head = Piece.of_entries(head, [1, 2])
         last = view_children_of(view.hks)
         kids = model.reads.keyword_children(view.ns, tuple(last)) if last is not None else {}
         if kids:
@@ -63,66 +175,125 @@ class ViewListing:
             loc = ViewLoc(view.ns, view.with_child(k), view.anchor)
             kw.append((k, stat.S_IFDIR, model.virtual_ino(loc), model.virtual_attrs, loc))
         self.kw: list[Entry] = sorted(kw, key=lambda e: e[2])
+        self._kw_piece: Piece | None = None          # made when the listing gets there
         self.ids: np.ndarray = model.reads.view_ids(view.ns, tuple(view.hks))
         self.shared: set[str] = model.reads.shared_names(view.ns)    # in the namespace
-        self._piece: tuple[int, list[Entry], list[int]] = (-1, [], [])   # the last piece read
+        self._piece: tuple[int, int, Piece | None] = (-1, 0, None)   # the last piece: index, catalog version
+        self._ahead: tuple[int, Future[tuple[int, Piece]]] | None = None     # the next one, being read
 
     def __len__(self) -> int:
         return len(self.head) + len(self.ids) + len(self.kw)
 
-    def entries_from(self, offset: int) -> Iterator[tuple[Entry, int]]:
-        """(entry, its offset) of every entry whose offset is above `offset`, in order."""
-        for i, e in enumerate(self.head):
-            if stable_offset(i, e) > offset:
-                yield e, stable_offset(i, e)
+    def pieces_from(self, offset: int) -> Iterator[tuple[Piece, int]]:
+        """(piece, index of its first entry whose offset is above `offset`) for every piece
+        that has such entries, in order."""
+        if offset < 2:
+            yield self.head, self.head.after(offset)
         if offset < KEYWORDS:
             first = int(np.searchsorted(self.ids, (max(offset, 2) + 2) >> 2))   # ino + 1 > offset
-            # A request takes a few dozen entries: pieces start at multiples of CHUNK and the
+            # A request takes a few hundred entries: pieces start at multiples of CHUNK and the
             # last one is kept for the requests that follow.
             i = first - first % CHUNK
             while i < len(self.ids):
-                at, entries, offs = self._piece
-                if at != i:
-                    entries = self._files(self.ids[i:i + CHUNK])
-                    offs = [e[2] + 1 for e in entries]          # a file's stable_offset: its inode + 1
-                    self._piece = (i, entries, offs)
-                for j in range(bisect.bisect_right(offs, offset), len(offs)):
-                    yield entries[j], offs[j]
+                piece = self._piece_at(i)
+                start = piece.after(offset)
+                if start < len(piece):
+                    yield piece, start
                 i += CHUNK
-        for e in self.kw:
-            off = stable_offset(2, e)
-            if off > offset:
-                yield e, off
+        if self.kw:
+            if self._kw_piece is None:
+                self._kw_piece = Piece.of_entries(self.kw, [stable_offset(2, e) for e in self.kw])
+            start = self._kw_piece.after(offset)
+            if start < len(self._kw_piece):
+                yield self._kw_piece, start
 
-    def _files(self, ids: np.ndarray) -> list[Entry]:
-        """The entries of these files of the view (sorted ids), in id order."""
+    def _piece_at(self, i: int) -> Piece:
+        """The piece of the files from index i on: the one kept, or the one read ahead, if
+        nothing committed since it was read, else one read now; then the next is read ahead."""
+        version = self.model.reads.changes.version()
+        at, read_at, piece = self._piece
+        if at == i and read_at == version and piece is not None:
+            return piece
+        piece = None
+        ahead = self._ahead
+        # a read ahead not started yet (another listing's is running) is cancelled, not waited for
+        if ahead is not None and ahead[0] == i and (ahead[1].done() or not ahead[1].cancel()):
+            read_at, got = ahead[1].result()
+            if read_at == version:
+                piece = got
+        if piece is None:
+            piece = self._files(self.ids[i:i + CHUNK])
+        self._piece = (i, version, piece)
+        nxt = i + CHUNK
+        self._ahead = (nxt, _AHEAD.submit(self._read, nxt)) if nxt < len(self.ids) else None
+        return piece
+
+    def _read(self, i: int) -> tuple[int, Piece]:
+        """The piece from index i on, with the catalog version it was read at (read ahead)."""
+        version = self.model.reads.changes.version()
+        return version, self._files(self.ids[i:i + CHUNK])
+
+    def _files(self, ids: np.ndarray) -> Piece:
+        """The piece of these files of the view (sorted ids), in id order."""
         store = self.model.store
         lo, hi = int(ids[0]), int(ids[-1])
-        if hi - lo + 1 == len(ids):          # consecutive ids: every row of the range is listed
-            stats = store.entity_stats_between(lo, hi)
-        elif hi - lo < 2 * len(ids):         # dense: one range scan, the others left out
-            want = set(ids.tolist())
-            stats = [s for s in store.entity_stats_between(lo, hi) if s.id in want]
+        text: dict[str, str] = {}
+        if hi - lo < 2 * len(ids):           # dense: one range read, the other files left out
+            text, hks, links = store.entity_columns_between(lo, hi)
+            if not text:
+                return _EMPTY
+            cols = {f: np.fromstring(t, np.int64, sep=",") for f, t in text.items() if f != "name"}
+            names = text["name"].split("/")
+            if len(names) != len(cols["id"]):
+                text = {}                    # a name with a '/' (which no file name holds): row by row
+        if text:
+            keep = np.isin(cols["id"], ids) if hi - lo + 1 != len(ids) else None   # consecutive: all listed
+            if keep is not None or np.any(cols["id"][1:] < cols["id"][:-1]):
+                order = np.flatnonzero(keep) if keep is not None else np.arange(len(names))
+                order = order[np.argsort(cols["id"][order], kind="stable")]
+                cols = {f: c[order] for f, c in cols.items()}
+                names = [names[i] for i in order.tolist()]
+            eid = cols["id"]
+            nlinks, nhks = _counts(eid, 0, links), _counts(eid, 1, hks)
         else:
             stats = store.entity_stats(ids.tolist())     # in id order; gone ones left out
-        maybe = {s.name for s in stats if s.name in self.shared} if self.shared else ()
-        shared = self._shared_names(maybe) if maybe else ()
-        reg, q, dev, kws, attrs = stat.S_IFREG, QUERY_SUFFIX, is_device, self.keywords, self.model.viewed_values
-        out: list[Entry] = []
-        add = out.append
-        for s in stats:
-            name = s.name
-            if name in shared:
-                name = clash_name(name, s.id)
-            elif name in kws:
-                name = listed_name(name, s.id, shared=False, keyword=True)
-            add((name, s.mode & 0o170000 or reg, (s.id << 2) | 1,
-                 None if name.endswith(q) or dev(s.mode) else attrs, s))
-        return out
+            if not stats:
+                return _EMPTY
+            rows = np.array(stats, _ROW)
+            cols = {f: rows[f] for f in EntityStat._fields if f != "name"}
+            names = rows["name"].tolist()
+            eid, nlinks, nhks = cols["id"], cols["nlinks"], cols["nhks"]
+        attrs = _attrs(self.model, cols, names, nlinks, nhks)
+        renamed = self._shared_names(self.shared.intersection(names)) if self.shared else set()
+        if renamed or not self.keywords.isdisjoint(names):
+            kws = self.keywords
+            for i, name in enumerate(names):
+                if name in renamed:
+                    names[i] = clash_name(name, int(eid[i]))
+                elif name in kws:
+                    names[i] = listed_name(name, int(eid[i]), shared=False, keyword=True)
+        fmt = attrs[:, 2] & 0o170000
+        # a device's attributes carry a device number READDIRPLUS does not (model.is_device);
+        # a stored query's size is its result's
+        plus = (fmt != stat.S_IFCHR) & (fmt != stat.S_IFBLK)
+        queries = [i for i, name in enumerate(names) if name.endswith(QUERY_SUFFIX)]
+        if queries:
+            plus[queries] = False
+        if not plus.all():
+            bare = ~plus
+            attrs[bare, 1] = 0
+            attrs[bare, 2] = fmt[bare]
+            attrs[bare, 3:] = 0
+        on_view = self.model.on_view                 # handed out under a view path
+        for e in eid[plus].tolist():
+            on_view(e)
+        return Piece(names, attrs, attrs[:, 0] + 1, plus)      # a file's stable_offset: its inode + 1
 
     def _shared_names(self, names: set[str]) -> set[str]:
         """Which of these names (each borne by several files of the namespace) more than one
         file of the view bears."""
+        if not names:
+            return set()
         pairs = self.model.store.ids_named(self.view.ns, sorted(names))
         ids = np.fromiter((eid for _n, eid in pairs), np.int64, len(pairs))
         at = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
@@ -139,18 +310,28 @@ class WholeListing:
     kernel keeps may be resumed by another handle: hkfs.fuse.dir_cache)."""
 
     def __init__(self, entries: list[Entry], stable: bool) -> None:
-        self.offsets: list[int] | None = None
         if stable:
             offs = [stable_offset(i, e) for i, e in enumerate(entries)]
             order = sorted(range(len(entries)), key=offs.__getitem__)
-            entries, self.offsets = [entries[i] for i in order], [offs[i] for i in order]
-        self.entries = entries
+            entries, offs = [entries[i] for i in order], [offs[i] for i in order]
+        else:
+            offs = list(range(1, len(entries) + 1))
+        self.entries, self.offsets = entries, offs
+        self._piece: tuple[int, Piece | None] = (-1, None)      # the last piece made
 
-    def entries_from(self, offset: int) -> Iterator[tuple[Entry, int]]:
-        if self.offsets is None:
-            return ((self.entries[i], i + 1) for i in range(offset, len(self.entries)))
-        start = bisect.bisect_right(self.offsets, offset)
-        return zip(self.entries[start:], self.offsets[start:], strict=True)
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def pieces_from(self, offset: int) -> Iterator[tuple[Piece, int]]:
+        """As ViewListing.pieces_from: CHUNK entries a piece, their attributes taken when the
+        listing gets there."""
+        first = bisect.bisect_right(self.offsets, offset)
+        for i in range(first - first % CHUNK, len(self.entries), CHUNK):
+            at, piece = self._piece
+            if at != i or piece is None:
+                piece = Piece.of_entries(self.entries[i:i + CHUNK], self.offsets[i:i + CHUNK])
+                self._piece = (i, piece)
+            yield piece, max(first - i, 0)
 
 
 def listing_for(model: MountModel, loc: Location, path: str) -> ViewListing | WholeListing:
