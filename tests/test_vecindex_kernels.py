@@ -214,6 +214,14 @@ def test_a_batch_gives_each_query_what_it_gets_alone(tmp_path, monkeypatch, kern
             got_s, got_i = ix.search(q, threads=threads, **kw)
             np.testing.assert_array_equal(got_i, want_i)
             np.testing.assert_array_equal(got_s, want_s)
+    # one query 64 times: every block is probed by all of them, so with threads its queries are
+    # split over several units (SPLIT_UNITS in _csearch.c), each scanning the block itself
+    same = np.repeat(q[:1], 64, axis=0)
+    one_s, one_i = ix.search(q[:1], k=10, nprobe=2)
+    for threads in (2, 3):
+        got_s, got_i = ix.search(same, k=10, nprobe=2, threads=threads)
+        np.testing.assert_array_equal(got_i, np.repeat(one_i, 64, axis=0))
+        np.testing.assert_array_equal(got_s, np.repeat(one_s, 64, axis=0))
     ix.close()
 
 

@@ -42,6 +42,7 @@
 #define BUF_BYTES (512 << 10)
 #define MAX_THREADS 64   /* threads of one call */
 #define MAX_ROUND 4096   /* queries of one round (see the batch engine) */
+#define SPLIT_UNITS 8    /* a block's queries split so no unit costs over 1/8 of a thread's share */
 
 enum { F_INT8 = 1, F_L2 = 2, F_COSINE = 4, F_ALLOWED = 8, F_FINAL = 16 };
 
@@ -694,12 +695,33 @@ static void plan_round(Job *j)
     for (int64_t i = 0; i < j->nr; i++)  /* queries in order within each list */
         for (int64_t t = 0; t < j->pn[i]; t++)
             lq[lstart[j->plist[i * np + t]]++] = i;
-    if (nu > 1 && j->nthreads > 1)  /* the order only balances threads */
-        qsort(j->units, (size_t)nu, sizeof(Unit), cmp_unit_cost);
-    j->nunits = nu;
     j->work = 0;
     for (int64_t u = 0; u < nu; u++)
         j->work += j->units[u].cost;
+    if (j->nthreads > 1) {
+        /* A block many queries probe (a big list of clustered data) can outweigh a thread's
+         * share: split its queries over several units, each no costlier than an eighth of a
+         * thread's share, so the threads end together (each unit reads the block itself).
+         * At most SPLIT_UNITS * nthreads units more (see R_UNITS). */
+        const int64_t most = j->work / (SPLIT_UNITS * j->nthreads) + 1, n0 = nu;
+        for (int64_t u = 0; u < n0; u++) {
+            Unit *x = &j->units[u];
+            if (x->cost <= most || x->nq < 2)
+                continue;
+            int64_t parts = (x->cost + most - 1) / most;
+            parts = parts > x->nq ? x->nq : parts;
+            const int64_t per = (x->nq + parts - 1) / parts;
+            for (int64_t q = per; q < x->nq; q += per) {
+                const int64_t n = x->nq - q < per ? x->nq - q : per;
+                j->units[nu++] = (Unit){x->p0, x->m, x->m * n, x->q0 + q, n};
+            }
+            x->nq = per;
+            x->cost = x->m * per;
+        }
+        if (nu > 1)  /* the costliest first: the order only balances threads */
+            qsort(j->units, (size_t)nu, sizeof(Unit), cmp_unit_cost);
+    }
+    j->nunits = nu;
 }
 
 /* Offer scores sc[0:m] of rows p0.. to heap (hs, hp, *hn), skipping deleted and not-allowed rows. */
@@ -958,8 +980,9 @@ static int run_job(Job *j)
         [R_QP] = (size_t)R1 * 8, [R_PL] = (size_t)(R1 * np) * 8, [R_PN] = (size_t)R1 * 8,
         [R_LCNT] = (size_t)j->nlist * 8, [R_LSTART] = (size_t)j->nlist * 8, [R_LDIST] = (size_t)j->nlist * 8,
         [R_LQ] = (size_t)(R1 * np) * 8,
-        /* blocks: the full ones plus at most one partial block per list */
-        [R_UNITS] = (size_t)(j->nlist + j->offsets[j->nlist] / j->cap + 1) * sizeof(Unit),
+        /* blocks: the full ones plus at most one partial block per list, plus the splits */
+        [R_UNITS] = (size_t)(j->nlist + j->offsets[j->nlist] / j->cap + 1 + SPLIT_UNITS * j->nthreads)
+                     * sizeof(Unit),
     };
     for (int i = 0; i < R_COUNT; i++)
         if (!grow(&shared->b[i], rsz[i]))
