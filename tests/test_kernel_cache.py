@@ -497,9 +497,17 @@ def test_readdirplus_attributes_equal_getattr(tmp_path: Path) -> None:
             ls_i = dict(reversed(line.strip().split(" ", 1))
                         for line in m.run(f"ls -iA {rel}").stdout.splitlines())
             os.getxattr(m.root, SYNC)                   # drop the cache: lstat below LOOKUPs
+            view_mtime = os.lstat(m.root / rel).st_mtime_ns
             for name, row in listed.items():
                 p = m.root / rel / name
-                assert row == _lstat_row(p), name
+                now = _lstat_row(p)
+                if rel == "@/v" and name in ("k1", "k2"):
+                    # a keyword directory's times are the views' (MountModel.virtual_attrs), which
+                    # a drop moves when it finds a listed directory still open (`ls`'s RELEASEDIR
+                    # may come after the drop; hkfs.fuse.dir_cache): the same as its view's now
+                    assert now[:5] == row[:5] and now[5] == view_mtime >= row[5], name
+                else:
+                    assert row == now, name
                 assert inodes[name] == int(ls_i[name]) == os.lstat(p).st_ino, name
             assert listed["near.query"][4] == len((m.root / rel / "near.query").read_bytes()) > 0
             assert listed["link"][4] == len("one byte")
