@@ -123,6 +123,44 @@ def test_read_entry_formats_and_errors(tmp_path: Path) -> None:
         read_entry(tmp_path / "e5", "v.npy")
 
 
+@pytest.mark.parametrize("fmt", ["v.npy", "v.fvecs", "v.f32"])
+def test_entry_rows_survive_the_file_being_cut(tmp_path: Path, fmt: str) -> None:
+    """Rows read from an entry stay readable after another process truncates the file (as
+    `np.save` over it does): with a memory mapping the daemon died of SIGBUS when its index
+    worker copied rows of an entry being rewritten. Run in a child: SIGBUS kills the process."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, numpy as np
+from hkfs.query.embeddings import read_entry
+from vecindex.io import write_fvecs
+p = {str(tmp_path / "e")!r}
+x = np.arange(3 * 4096, dtype=np.float32).reshape(4096, 3)
+if {fmt!r} == "v.npy":
+    np.save(open(p, "wb"), x)
+elif {fmt!r} == "v.fvecs":
+    write_fvecs(p, x)
+else:
+    x.tofile(p)
+rows = read_entry(p, {fmt!r}, 3)
+os.truncate(p, 0)
+print(float(np.asarray(rows, np.float64).sum()) == float(x.astype(np.float64).sum()))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "True", (r.returncode, r.stderr[-500:])
+
+
+def test_a_short_read_is_an_invalid_entry(tmp_path: Path) -> None:
+    """A file cut between its header and its rows reads as not an entry (read again later)."""
+    from hkfs.query import embeddings
+
+    x = np.ones((10, 3), np.float32)
+    np.save(open(tmp_path / "e", "wb"), x)
+    with pytest.raises(InvalidArgument, match="changed while read"):
+        embeddings._read_copy(tmp_path / "e", "v.npy", np.dtype("<f4"), 128, (20, 3))
+
+
 def test_attr_values() -> None:
     assert parse_embedding(b"1 2 3").tolist() == [1, 2, 3]
     raw = np.array([1.5, -2], "<f4").tobytes()

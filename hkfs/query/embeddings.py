@@ -69,6 +69,7 @@ ENTRY_SUFFIXES = (".npy", ".fvecs", ".f32")
 ROW_BITS = 24
 OWN_ROW = (1 << ROW_BITS) - 1
 MAX_ROWS = OWN_ROW
+COPY_MAX = 64 << 20      # entry bytes read into memory; a bigger entry is memory-mapped (read_entry)
 MAX_DIM = 1 << 16
 METRIC = "cosine"
 # Rebuild a shard's base when pending + dead rows exceed this share of it (or this many rows).
@@ -119,8 +120,14 @@ def parse_embedding(value: bytes | str) -> np.ndarray:
 
 
 def read_entry(path: str | os.PathLike[str], name: str, dim: int | None = None) -> np.ndarray:
-    """The rows of an embedding entry as an (n, d) array (memory-mapped where possible).
+    """The rows of an embedding entry as an (n, d) array: read into memory up to COPY_MAX
+    bytes, memory-mapped beyond.
 
+    Read, not mapped, because the file is a store entity another process may truncate or
+    rewrite at any moment (`np.save` over it, an editor's save): a short read is an error
+    that is read again at the next fingerprint, while touching a mapped page past the new
+    end kills the whole daemon with SIGBUS. An entry over COPY_MAX is still mapped (its
+    rows are not held in RAM) and keeps that risk (docs/query.md).
     `name` (the file name in the store) says the format; `path` is where the bytes are.
     Raises InvalidArgument when the bytes do not hold what the name promises.
     """
@@ -136,14 +143,19 @@ def read_entry(path: str | os.PathLike[str], name: str, dim: int | None = None) 
             raise InvalidArgument(f"{name}: expected a 2-D float array, got {arr.dtype} {arr.shape}")
         if arr.shape[1] == 0:
             raise InvalidArgument(f"{name}: rows of dimension 0")
-        return arr
+        if arr.nbytes > COPY_MAX:
+            return arr
+        order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+        return _read_copy(p, name, arr.dtype, arr.offset, arr.shape, order)
     if kind == ".fvecs":
         if size < 4:
             raise InvalidArgument(f"{name}: empty .fvecs file")
         d = int(np.fromfile(p, dtype="<i4", count=1)[0])
         if not 0 < d <= MAX_DIM or size % (4 * (d + 1)):
             raise InvalidArgument(f"{name}: not an .fvecs file (dimension {d}, {size} bytes)")
-        raw = np.memmap(p, dtype="<f4", mode="r", shape=(size // (4 * (d + 1)), d + 1))
+        shape = (size // (4 * (d + 1)), d + 1)
+        raw = np.memmap(p, dtype="<f4", mode="r", shape=shape) if size > COPY_MAX else \
+            _read_copy(p, name, np.dtype("<f4"), 0, shape)
         if not np.all(raw[:1000, :1].view("<i4") == d):
             raise InvalidArgument(f"{name}: .fvecs rows of different dimensions")
         return raw[:, 1:]
@@ -154,8 +166,22 @@ def read_entry(path: str | os.PathLike[str], name: str, dim: int | None = None) 
             raise InvalidArgument(f"{name}: {size} bytes is not a whole number of {dim}-float32 rows")
         if size == 0:
             return np.zeros((0, dim), np.float32)
-        return np.memmap(p, dtype="<f4", mode="r", shape=(size // (4 * dim), dim))
+        shape = (size // (4 * dim), dim)
+        return np.memmap(p, dtype="<f4", mode="r", shape=shape) if size > COPY_MAX else \
+            _read_copy(p, name, np.dtype("<f4"), 0, shape)
     raise InvalidArgument(f"{name}: not an embedding entry (.npy, .fvecs or .f32)")
+
+
+def _read_copy(p: Path, name: str, dtype: np.dtype, offset: int, shape: tuple[int, ...],
+               order: str = "C") -> np.ndarray:
+    """shape values of dtype read from p at offset (a file cut short meanwhile: InvalidArgument)."""
+    n = int(np.prod(shape))
+    with open(p, "rb") as f:
+        f.seek(offset)
+        a = np.fromfile(f, dtype=dtype, count=n)
+    if a.size != n:
+        raise InvalidArgument(f"{name}: {a.size} of {n} values read (the file changed while read)")
+    return a.reshape(shape, order=order)  # type: ignore[call-overload]
 
 
 def _ids(eid: int, nrows: int, own: bool) -> np.ndarray:
