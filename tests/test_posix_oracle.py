@@ -14,6 +14,7 @@ sequences over a few names rarely reach (open flags, long names, times, xattrs, 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -86,6 +87,13 @@ def moved(p: str, op: Callable[[], object], follow: bool = False, after: str | N
     after = os.stat(after or p, follow_symlinks=follow)
     return out, "".join(c for c, f in (("a", "st_atime_ns"), ("m", "st_mtime_ns"), ("c", "st_ctime_ns"))
                         if getattr(before, f) != getattr(after, f))
+
+
+def file_dir_link(c: Ctx) -> None:
+    """What many cases start from: a file f, a directory d and a symlink l -> f."""
+    write(c / "f")
+    os.mkdir(c / "d")
+    os.symlink("f", c / "l")
 
 
 def write(p: Path, data: bytes = b"x", flags: int = os.O_CREAT | os.O_WRONLY | os.O_TRUNC,
@@ -438,9 +446,7 @@ def symlink_times_and_owner(c: Ctx) -> Obs:
 
 @case(ROOT_CASES)
 def chmod_cases(c: Ctx) -> Obs:
-    write(c / "f")
-    os.mkdir(c / "d")
-    os.symlink("f", c / "l")
+    file_dir_link(c)
     os.mkfifo(c / "p")
     out = []
     for n in ("f", "d", "p"):
@@ -457,9 +463,7 @@ def chmod_cases(c: Ctx) -> Obs:
 
 @case(ROOT_CASES)
 def chown_cases(c: Ctx) -> Obs:
-    write(c / "f")
-    os.mkdir(c / "d")
-    os.symlink("f", c / "l")
+    file_dir_link(c)
     out = []
     os.chown(c / "f", 1000, 2000)
     out.append(st(c / "f"))
@@ -671,9 +675,7 @@ def readdir_after_many_creates_and_deletes(c: Ctx) -> Obs:
 
 @case(ROOT_CASES)
 def readdir_types(c: Ctx) -> Obs:
-    write(c / "f")
-    os.mkdir(c / "d")
-    os.symlink("f", c / "l")
+    file_dir_link(c)
     os.mkfifo(c / "p")
     s = socket.socket(socket.AF_UNIX)
     try:
@@ -723,9 +725,7 @@ def fifo_and_socket_cases(c: Ctx) -> Obs:
 
 @case(ROOT_CASES)
 def xattr_cases(c: Ctx) -> Obs:
-    write(c / "f")
-    os.mkdir(c / "d")
-    os.symlink("f", c / "l")
+    file_dir_link(c)
     f = c / "f"
     out = [E(os.getxattr, f, "user.a"), E(os.removexattr, f, "user.a"),
            E(os.setxattr, f, "user.a", b"1", os.XATTR_REPLACE), E(os.setxattr, f, "user.a", b"1", os.XATTR_CREATE),
@@ -998,35 +998,34 @@ def directory_link_counts(c: Ctx) -> Obs:
     return out
 
 
-@case(ROOT_CASES)
-def removed_directory_in_use(c: Ctx) -> Obs:
-    """A directory removed while open or the working directory: empty, nothing can be made in it."""
+@contextlib.contextmanager
+def removed_while_in_use(c: Ctx) -> Iterator[int]:
+    """A directory d removed while open (the descriptor yielded) and the working directory."""
     os.mkdir(c / "d")
     fd = os.open(c / "d", os.O_RDONLY | os.O_DIRECTORY)
     cwd = os.getcwd()
     try:
         os.chdir(c / "d")
         os.rmdir(c / "d")
-        return [E(os.mkdir, "x"), E(write, "f"), E(os.symlink, "t", "l"), E(os.mkfifo, "p")]
+        yield fd
     finally:
         os.chdir(cwd)
         os.close(fd)
+
+
+@case(ROOT_CASES)
+def removed_directory_in_use(c: Ctx) -> Obs:
+    """A directory removed while open or the working directory: empty, nothing can be made in it."""
+    with removed_while_in_use(c):
+        return [E(os.mkdir, "x"), E(write, "f"), E(os.symlink, "t", "l"), E(os.mkfifo, "p")]
 
 
 @case(ROOT_CASES, xfail="fstat and readdir of a directory removed while open (and stat of a removed "
                         "working directory) are ESTALE: libfuse's high-level API has no path left "
                         "for it (hard_remove=False hides only files); ext4 answers nlink 0 and [] ")
 def fstat_of_a_removed_directory(c: Ctx) -> Obs:
-    os.mkdir(c / "d")
-    fd = os.open(c / "d", os.O_RDONLY | os.O_DIRECTORY)
-    cwd = os.getcwd()
-    try:
-        os.chdir(c / "d")
-        os.rmdir(c / "d")
+    with removed_while_in_use(c) as fd:
         return [E(lambda: os.fstat(fd).st_nlink), E(lambda: os.stat(".").st_nlink), E(os.listdir, fd)]
-    finally:
-        os.chdir(cwd)
-        os.close(fd)
 
 
 @case(ROOT_CASES)

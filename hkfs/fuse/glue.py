@@ -42,7 +42,7 @@ __all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "Wire", "wire", "fill_piece", "B
 log = logging.getLogger(__name__)
 
 FUSE_READDIR_PLUS, FUSE_FILL_DIR_PLUS = 1 << 0, 1 << 1         # fuse.h (libfuse 3)
-# A file's attributes as a tuple in this order (hkfs.mount.model.Attrs; StatPacker.pack_values)
+# A file's attributes as a tuple in this order (hkfs.mount.model.Attrs; a Piece's attrs columns)
 STAT_KEYS = ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks",
              "st_atime", "st_mtime", "st_ctime")
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14                            # fuse_common.h (libfuse 3)

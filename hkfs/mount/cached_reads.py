@@ -107,6 +107,10 @@ class CachedReads:
                 # the per-name answers go; what one query per view or namespace made stays
                 # (a view's whole listing, which the lookups after a plain readdir use)
                 self._memo, self._structure = _kept(self._memo), _kept(self._structure)
+                if len(self._memo) + len(self._structure) > MEMO_MAX:
+                    # the kept kinds alone fill it (very many views): start afresh, or every
+                    # call would filter them again
+                    self._memo, self._structure = {}, {}
             return self._memo, self._structure
 
     def _get(self, key: tuple, fetch: Callable[[], Any]) -> Any:

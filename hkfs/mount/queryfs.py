@@ -71,6 +71,13 @@ UNSURE = -1                      # getattrs of a path overlapped: which size the
 NO_HITS = "no other file in its scope has an embedding"
 
 
+def _more(counts: dict[str, int], key: str) -> int:
+    """One more of `key` in counts: how many there were before."""
+    had = counts.get(key, 0)
+    counts[key] = had + 1
+    return had
+
+
 def _less(counts: dict[str, int], key: str) -> int:
     """One fewer of `key` in counts (its entry goes at 0): how many are left."""
     left = counts.pop(key, 1) - 1
@@ -126,7 +133,7 @@ class QueryFS:
         self._targets: dict[tuple, _Target | None] = {}
         self._handle_target: dict[int, _Target] = {}
         self._by_path: dict[str, int] = {}        # path -> its latest open handle (getattr without fh)
-        self._staged: dict[int, _Staged] = {}
+        self._staged: dict[int, _Staged] = {}     # fh -> a stored query's body being written
         # path -> the size the kernel was last told (getattr; UNSURE); getattrs under way per path;
         # open result handles per path; the handles opened page-cached (see the module doc)
         self._told: OrderedDict[str, int] = OrderedDict()
@@ -135,7 +142,7 @@ class QueryFS:
         self._overlapped: set[str] = set()
         self._open_paths: dict[str, int] = {}
         self._page_cached: set[int] = set()
-        self._parents: dict[tuple[str, bool], Scope] = {}     # (directory path, comma) -> its scope     # fh -> a stored query's body being written
+        self._parents: dict[tuple[str, bool], Scope] = {}     # (directory path, comma) -> its scope
         # result bytes read from this mount -> the body that made them (`cp a.query b.query`)
         # (a virtual query's body is kept as its Query and written out only when asked for)
         self._read_results: OrderedDict[bytes, bytes | Query] = OrderedDict()
@@ -292,9 +299,8 @@ class QueryFS:
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any] | None:
         """Attributes of a `.query` path (size = the result's), or None when it is not one."""
         with self._lock:
-            if self._asking.get(path):
+            if _more(self._asking, path):
                 self._overlapped.add(path)      # the replies may reach the kernel in either order
-            self._asking[path] = self._asking.get(path, 0) + 1
         size: int | None = None
         try:
             got = self._getattr(path, fh)
@@ -385,9 +391,8 @@ class QueryFS:
             self._handles[fh] = (fd, len(data))
             self._handle_target[fh] = t
             self._by_path[t.path] = fh
-            opened = self._open_paths.get(t.path, 0)
-            self._open_paths[t.path] = opened + 1
-            if not opened and not self._asking.get(t.path) and not self._writers.get(t.path) \
+            first = not _more(self._open_paths, t.path)
+            if first and not self._asking.get(t.path) and not self._writers.get(t.path) \
                     and self._told.get(t.path) == len(data):
                 self._page_cached.add(fh)
         return fh
@@ -406,7 +411,7 @@ class QueryFS:
             self._next += 1
             self._staged[fh] = _Staged(fd, eid, path, dirty=truncate, append=append)
             # its writes move the kernel's size: nothing told holds until a lookup after the close
-            self._writers[path] = self._writers.get(path, 0) + 1
+            _more(self._writers, path)
             self._told.pop(path, None)
         return fh
 
