@@ -60,6 +60,10 @@ class Catalog:
         self._conns_lock = threading.Lock()
         self._closed = False
         self.on_commit: Callable[[], None] | None = None   # called after each outermost write commits
+        # outermost write transactions of this process under way, from BEGIN IMMEDIATE until
+        # after on_commit: a watcher seeing data_version move meanwhile knows it may be ours
+        self.writes_open = 0
+        self._writes_lock = threading.Lock()
         conn = self.connection()
         if readonly:
             # a check must never write: no schema is created and no migration is run
@@ -193,8 +197,11 @@ class Catalog:
             return
         if not foreign_keys:
             conn.execute("PRAGMA foreign_keys = OFF")  # only outside a transaction
+        counted = False
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            if write:
+                counted = self._count_write(+1)
             st.depth, st.writing = 1, write
             try:
                 yield conn
@@ -208,8 +215,15 @@ class Catalog:
             if write and self.on_commit is not None:
                 self.on_commit()
         finally:
+            if counted:
+                self._count_write(-1)
             if not foreign_keys:
                 conn.execute("PRAGMA foreign_keys = ON")
+
+    def _count_write(self, step: int) -> bool:
+        with self._writes_lock:
+            self.writes_open += step
+        return True
 
     def read(self) -> AbstractContextManager[sqlite3.Connection]:
         """A read transaction (one consistent snapshot)."""

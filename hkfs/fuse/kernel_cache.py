@@ -121,6 +121,9 @@ class KernelCache:
         # paths of the files open through the mount (set by the adapter): another process's
         # change may have touched them, and descriptors keep their inodes' attributes
         self.open_paths: Callable[[], list[str]] = list
+        # whether the daemon has a write transaction under way (set by the adapter: the
+        # catalog's writes_open); a commit it is making is rebased by own_commit, not dropped
+        self.own_writes: Callable[[], bool] = lambda: False
         self._aliases: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = queue.SimpleQueue()
         self._alias_workers: list[threading.Thread] = []
         self.dirs = DirCache()           # the view listings the kernel keeps
@@ -259,8 +262,15 @@ class KernelCache:
             self._last_version = self.changes.version()
 
     def _changed(self, version: int) -> None:
-        """The change feed saw a commit: invalidate unless it was the daemon's own."""
+        """The change feed saw a commit: invalidate unless it was the daemon's own.
+
+        A commit of the daemon's lands before its own_commit runs: seen in between (a write
+        transaction still open), it is left to own_commit, which re-bases (another writer
+        cannot commit while the daemon holds the write lock; one committing just before it
+        pokes the daemon, hkfs.fuse.daemon_notify)."""
         with self._version_lock:
+            if self.own_writes():
+                return
             moved, self._last_version = version != self._last_version, version
         if moved:
             self.invalidate_foreign()

@@ -113,6 +113,7 @@ class HKOperations(Operations):
         self.changes = ChangeFeed(store.catalog.path)    # the one data_version watcher
         self.kernel = KernelCache(self.changes)
         store.on_locked_commit = self.kernel.own_commit
+        self.kernel.own_writes = lambda: store.catalog.writes_open > 0
         self.keep_timeouts = keep_timeouts     # the user chose entry_timeout/attr_timeout
         self.model = MountModel(store, store.namespace_id(os.getuid() if user is None else user),
                                 changes=self.changes)
