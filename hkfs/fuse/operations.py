@@ -124,6 +124,7 @@ class HKOperations(Operations):
         self.queries = QueryFS(store, self.model.resolver,   # the .query layer (hkfs/mount/queryfs.py)
                                QueryService(store, reads=self.reads, changes=self.changes))
         self.queries.changed = self._entity_changed_at
+        self.queries.service.changes.pinned = self.reads.pinned    # one generations read a request
         self.queries.hidden = self.model.unreachable      # a shared mount: per caller (hkfs.mount.access)
         self.model.claim_file_attr = self.queries.set_file_attr
         self.model.caller = _caller_context
@@ -566,10 +567,18 @@ class HKOperations(Operations):
         return 0
 
     @overrides(Operations)
-    @mapped
     def release(self, path: str, fh: int) -> int:
         if self.queries.owns(fh):
-            return self.queries.release(fh)
+            return self._release_result(fh)
+        return self._release_file(path, fh)
+
+    @mapped_io
+    def _release_result(self, fh: int) -> int:
+        """A `.query` handle: its descriptor closed, no catalog read (so no memo pin)."""
+        return self.queries.release(fh)
+
+    @mapped
+    def _release_file(self, path: str, fh: int) -> int:
         h = self.files.get(fh)
         try:
             if h is not None:
