@@ -64,7 +64,7 @@ from typing import Any
 
 import mfusepy
 
-from ..core.changes import ChangeFeed
+from ..core.changes import ChangeFeed, Generations
 from ..mount.model import Stale
 from .dir_cache import DirCache
 from .node_budget import NodeBudget, budget_from_env
@@ -172,7 +172,8 @@ class KernelCache:
             log.info("kernel caches stay off: cannot invalidate them (%s)", exc)
             return False
         self._fd, self._fuse, self._invalidate_path = fd, fuse, libfuse.fuse_invalidate_path
-        self._gens = self._generations()    # read after the first message: nothing was handed before it
+        g = self.changes.generations()     # read after the first message: nothing was handed before it
+        self._gens = g.files, g.vectors
         if not keep_timeouts:
             config.entry_timeout = self.timeout
             config.attr_timeout = self.timeout
@@ -190,16 +191,18 @@ class KernelCache:
             self._alias_workers.append(t)
         return True
 
-    def invalidate(self) -> None:
-        """Make every cached entry of this mount stale (no-op while caches are off)."""
+    def invalidate(self, gens: Generations | None = None) -> None:
+        """Make every cached entry of this mount stale (no-op while caches are off); `gens`:
+        the generations read just before, if the caller has them."""
         fd = self._fd
         if fd is None:
             return
         self._viewed_before, self.viewed = self.viewed, set()   # before the message: see viewed
-        gens = self._generations()      # before the message: a commit after it moves them again
+        # before the message: a commit after it moves them again
+        gens = gens or self.changes.generations()
         with self._handed_lock:
             self._handed_before, self._handed = self._handed, {}
-            self._gens = gens
+            self._gens = gens.files, gens.vectors
         try:
             os.write(fd, _INC_EPOCH)
             self.epochs += 1
@@ -239,15 +242,16 @@ class KernelCache:
 
         Everything committed up to now is covered, so the change feed's next report of it
         (the poke came first) invalidates nothing again: at most one epoch per foreign commit."""
-        seen = self.changes.version() if self._fd is not None else None
-        if self.unchanged():
+        if self._fd is None:
+            return
+        seen = self.changes.generations()      # its version: what this covers
+        if self.unchanged(seen):
             self.kept += 1
         else:
-            self.invalidate()
+            self.invalidate(seen)
         self.invalidate_paths(self.open_paths())
-        if seen is not None:
-            with self._version_lock:
-                self._last_version = seen
+        with self._version_lock:
+            self._last_version = seen.version
 
     @contextlib.contextmanager
     def handing(self) -> Iterator[None]:
@@ -282,20 +286,16 @@ class KernelCache:
             with self._handed_lock:
                 self._handed = _EVERY
 
-    def _generations(self) -> tuple[int, int]:
-        g = self.changes.generations()
-        return g.files, g.vectors
-
-    def unchanged(self) -> bool:
+    def unchanged(self, gens: Generations | None = None) -> bool:
         """Whether everything the kernel may hold is still true after a commit by another
         process (see the module doc): no name, tag or embedding changed since the last
         invalidation, no getattr or listing under way, and every file and directory whose
         attributes the kernel was given since has its ctime still. False means: drop all."""
         if self._fd is None or self.ctimes is None or self.always():
             return False
-        gens = self._generations()
+        g = gens or self.changes.generations()
         with self._handed_lock:
-            if self._handing or gens != self._gens or self._handed is _EVERY or self._handed_before is _EVERY:
+            if self._handing or (g.files, g.vectors) != self._gens or self._handed is _EVERY or self._handed_before is _EVERY:
                 return False
             handed = [*self._handed_before.items(), *self._handed.items()]
         if not handed:
