@@ -1242,10 +1242,10 @@ class Store:
         entities of namespace ns bear it (missing ones left out): naming a search's hits."""
         if not eids:
             return {}
-        with self.catalog.read() as c:
-            return {r[0]: (r[1], r[2]) for r in c.execute(
-                "SELECT e.id, e.name, (SELECT count(*) FROM entities f WHERE f.ns = ? AND f.name = e.name) "
-                f"FROM entities e WHERE e.id IN ({','.join('?' * len(eids))})", (ns, *eids))}
+        c = self.catalog.connection()      # one statement: its own snapshot, no BEGIN/COMMIT around it
+        return {r[0]: (r[1], r[2]) for r in c.execute(
+            "SELECT e.id, e.name, (SELECT count(*) FROM entities f WHERE f.ns = ? AND f.name = e.name) "
+            f"FROM entities e WHERE e.id IN ({','.join('?' * len(eids))})", (ns, *eids))}
 
     def ctimes(self, eids: Sequence[int], dirids: Sequence[int]) -> tuple[dict[int, int], dict[int, int]]:
         """The ctime_ns of these entities and directories (missing ones left out), now. Every
