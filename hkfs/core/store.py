@@ -1339,6 +1339,11 @@ class Store:
         with self.catalog.read() as c:
             return DirInfo(*self._need_dir(c, dirid), dkl=self._dkl(c, dirid))
 
+    def dir_naming(self, dirid: int) -> tuple[int, tuple[HK, ...]]:
+        """A directory's namespace and DKL: what its paths resolve by (no attributes)."""
+        d = self.dir(dirid)
+        return d.ns, tuple(d.dkl)
+
     def dir_perms(self) -> list[tuple[int, int | None, int, int, int]]:
         """Every directory as (id, parent, mode, uid, gid): what reaching a file takes (hkfs.mount.access)."""
         with self.catalog.read() as c:

@@ -143,6 +143,11 @@ class CachedReads:
     def dir(self, dirid: int) -> Any:
         return self._get(("dir", dirid), lambda: self.store.dir(dirid))
 
+    def dir_naming(self, dirid: int) -> tuple[int, tuple[HK, ...]]:
+        """A directory's namespace and DKL, kept per files_gen (its triggers cover both): a path
+        walk after a commit that names nothing anew reads no directory row."""
+        return self._sget(("naming", dirid), lambda: self.store.dir_naming(dirid))
+
     def lookup(self, dirid: int, name: str) -> Any:
         """A directory entry; for a file link its entity is memoised too (the getattr that follows)."""
         names = self.structure()
