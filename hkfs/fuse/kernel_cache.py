@@ -246,7 +246,8 @@ class KernelCache:
             return
         seen = self.changes.generations()      # its version: what this covers
         if self.unchanged(seen):
-            self.kept += 1
+            with self._handed_lock:      # (the watcher and a poke may both get here)
+                self.kept += 1
         else:
             self.invalidate(seen)
         self.invalidate_paths(self.open_paths())
@@ -295,7 +296,8 @@ class KernelCache:
             return False
         g = gens or self.changes.generations()
         with self._handed_lock:
-            if self._handing or (g.files, g.vectors) != self._gens or self._handed is _EVERY or self._handed_before is _EVERY:
+            if (self._handing or (g.files, g.vectors) != self._gens
+                    or self._handed is _EVERY or self._handed_before is _EVERY):
                 return False
             handed = [*self._handed_before.items(), *self._handed.items()]
         if not handed:
