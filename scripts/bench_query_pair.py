@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,53 +33,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_query  # noqa: E402  (scripts/ is on sys.path when run as a script)
+from bench_query import cpu_ms, read_all, unmount  # noqa: E402
+
 from hkfs.core.store import Store  # noqa: E402
 
 KINDS = ("first", "repeat", "after")
 
 
 def mount(store: Path, mnt: Path, pythonpath: str) -> subprocess.Popen:
-    """`hk mount -f` of store on mnt by the checkout at pythonpath; returns once mounted."""
-    mnt.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-P", "-c", "from hkfs.cli.main import main; main()",
-                             "mount", "-f", str(store), str(mnt)], cwd="/",
-                            env=dict(os.environ, PYTHONPATH=pythonpath), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    end = time.monotonic() + 120
-    while not os.path.ismount(mnt):
-        if proc.poll() is not None or time.monotonic() > end:
-            raise SystemExit(f"mount failed; see {store / 'daemon.log'}")
-        time.sleep(0.05)
-    return proc
-
-
-def unmount(mnt: Path, proc: subprocess.Popen) -> None:
-    fm = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
-    for _ in range(100):
-        if subprocess.run([fm, "-u", str(mnt)], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.1)
-    proc.wait(timeout=60)
-
-
-def cpu_ms(pid: int) -> float:
-    """CPU time of all the process's threads, ms (schedstat)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / 1e6
-
-
-def read_all(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while os.read(fd, 65536):
-            pass
-    finally:
-        os.close(fd)
+    """bench_query's `hk mount -f`, by the checkout at pythonpath."""
+    bench_query.CHILD_ENV = dict(os.environ, PYTHONPATH=pythonpath)
+    return bench_query.mount(store, mnt)
 
 
 def main() -> None:
@@ -105,7 +69,7 @@ def main() -> None:
         writers = {side: Store.open(store) for side, (store, _m, _p) in sides.items()}
         for side, (_s, mnt, _p) in sides.items():      # warm: the index, the view's scope
             for nm in names[:10]:
-                read_all(mnt / "@/bench" / f"{nm}.query")
+                read_all(str(mnt / "@/bench" / f"{nm}.query"))
             writers[side].set_xattr("file", other, "user.note", b"warm")
         got: dict[tuple[str, str], tuple[list[float], list[float]]] = {
             (side, kind): ([], []) for side in sides for kind in KINDS}
@@ -121,7 +85,7 @@ def main() -> None:
                     if kind == "after":
                         writers[side].set_xattr("file", other, "user.note", str(i).encode())
                     t = time.perf_counter()
-                    read_all(view / f"{nm}.query")
+                    read_all(str(view / f"{nm}.query"))
                     got[(side, kind)][0].append((time.perf_counter() - t) * 1e3)
                     got[(side, kind)][1].append(cpu_ms(pid) - c)
         for w in writers.values():
