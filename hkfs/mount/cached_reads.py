@@ -236,7 +236,6 @@ class CachedReads:
                               lambda: [Matched(i) for i in self.store.match_ids(ns, hks, name)])
         return self._get(("match", ns, hks, name), lambda: self.store.match(ns, hks, name))
 
-
     def prefetch_names(self, ns: int, hks: tuple[HK, ...], names: list[str]) -> None:
         """Memoise `match` of several names in a view at once (Store.match_ids_named: one
         statement), for the lookups that follow (a `FILE.query` path: its name, then FILE's)."""
