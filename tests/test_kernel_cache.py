@@ -17,6 +17,7 @@ import ctypes
 import os
 import platform
 import re
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -411,6 +412,75 @@ def test_poke_reaches_the_daemon_by_another_spelling(tmp_path: Path,
     m, real = _store_behind_a_symlink(tmp_path, mount_factory)
     assert _pokes(m, real) == 1
     assert _pokes(m, Path(str(real / ".." / "store"))) == 1
+
+
+def _api_touch(m: Mount, *, note: str | None = None, mode: int | None = None, dir_mode: int | None = None,
+               path: str = "d/f") -> None:
+    """Another process changes attributes only (files_gen stays): a note (the file's ctime),
+    a file's mode, its directory's mode. Its commit pokes the daemon."""
+    from hkfs.core.store import Store
+    with Store.open(m.store) as st:
+        dirid = st.root_dir(st.namespace_id(os.getuid()))
+        *dirs, name = path.split("/")
+        for d in dirs:
+            dirid = st.lookup(dirid, d).id
+        eid = st.lookup(dirid, name).id
+        if note is not None:
+            st.set_xattr("file", eid, "user.note", note.encode())
+        if mode is not None:
+            st.set_attrs(eid, mode=mode)
+        if dir_mode is not None:
+            st.set_dir_attrs(dirid, mode=dir_mode)
+
+
+def test_attribute_changes_elsewhere_are_seen_without_new_names(cmount: Mount) -> None:
+    """A commit elsewhere that names nothing anew keeps the kernel's entries only while no file
+    or directory it was given attributes of changed (KernelCache.unchanged): a stat through
+    every path, a listing's attributes and a directory's are all seen changed at once."""
+    cmount.run("mkdir @/v d && echo x > d/f && setfattr -n user.hk.keywords -v //v d/f")
+    _api_touch(cmount, note="warm")                   # the daemon's own commits before: one epoch
+    root = cmount.root
+    before = os.stat(root / "d/f").st_ctime_ns
+    _api_touch(cmount, note="1")                      # a stat'ed file's ctime moved
+    assert os.stat(root / "d/f").st_ctime_ns != before
+    os.stat(root / "@/v/f")
+    _api_touch(cmount, mode=0o600)                    # ... its mode, seen through a view
+    assert stat.S_IMODE(os.stat(root / "@/v/f").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(root / "d/f").st_mode) == 0o600
+    os.stat(root / "d")
+    _api_touch(cmount, dir_mode=0o700)                # a stat'ed directory's mode
+    assert stat.S_IMODE(os.stat(root / "d").st_mode) == 0o700
+    cmount.run("ls -l @/v >/dev/null")                # READDIRPLUS: every listed file counts
+    _api_touch(cmount, mode=0o640)
+    assert stat.S_IMODE(os.stat(root / "@/v/f").st_mode) == 0o640
+    cmount.run('test "$(stat -c %a @/v/f d/f)" = "$(printf "640\n640")"')
+
+
+def test_commit_elsewhere_that_changes_nothing_held_costs_no_lookup(tmp_path: Path) -> None:
+    """`cat VIEW/FILE.query` after another process set a note on a file the kernel holds nothing
+    of: no invalidation, so the path walk needs no LOOKUP of `@` or the view again."""
+    with own_daemon(tmp_path / "s", tmp_path / "m", debug=True) as m:
+        need_caches(m)
+        m.run("""
+            mkdir @/b && for i in 1 2 3 4; do echo $i > @/b/f$i; setfattr -n user.hk.embedding -v "$i 1 0" @/b/f$i; done
+        """)
+        err = m.store / "daemon.stderr"
+        from hkfs.core.store import Store
+
+        def note_elsewhere(value: str) -> None:
+            with Store.open(m.store) as st:
+                ns = st.namespace_id(os.getuid())
+                st.set_xattr("file", st.match(ns, [("b",)], "f4")[0].id, "user.note", value.encode())
+
+        note_elsewhere("warm")            # after the daemon's own commits: one invalidation
+        assert len(m.run("cat @/b/f1.query").stdout.splitlines()) == 3
+        note_elsewhere("1")
+        start = err.stat().st_size
+        assert len(m.run("cat @/b/f2.query").stdout.splitlines()) == 3
+        with open(err, "rb") as f:
+            f.seek(start)
+            looked = re.findall(rb"^LOOKUP (\S+)", f.read(), re.M)
+        assert looked == [b"/@/b/f2.query"], looked
 
 
 # ---------------------------------------------------------------- 5. READDIRPLUS == getattr
@@ -880,4 +950,54 @@ def test_viewed_entities_stay_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
         assert not kc.was_viewed(999)
         kc.note_viewed(7)
         assert kc.was_viewed(7) and not kc.was_viewed(8)
+        kc.changes.close()
+
+
+def test_unchanged_checks_what_the_kernel_was_given(tmp_path: Path) -> None:
+    """KernelCache.unchanged without a mount: a foreign commit keeps the caches only when the
+    generations stand, no getattr is under way, no listing was given, and every file and
+    directory noted since the invalidation before last has its ctime still."""
+    from hkfs.core.changes import ChangeFeed
+    from hkfs.core.store import Store
+    from hkfs.fuse import kernel_cache
+
+    with Store.open(tmp_path / "s") as st, Store.open(tmp_path / "s") as other:
+        ns = st.namespace_id(os.getuid())
+        st.mkkw(ns, ("v",))
+        a = st.create(ns, "a", hks=[("v",)], uid=0, gid=0)
+        b = st.create(ns, "b", hks=[("v",)], uid=0, gid=0)
+        root = st.root_dir(ns)
+        kc = kernel_cache.KernelCache(ChangeFeed(st.catalog.path))
+        kc._fd = -1                     # "caches on" without a mount: the epoch write fails, logged
+        kc.ctimes = st.ctimes
+        kc.invalidate()
+        assert kc.unchanged()                                  # nothing given yet
+        kc.note_attrs((a << 2) | 1, st.entity(a).ctime_ns)
+        kc.note_attrs((root << 2) | 2, st.dir(root).ctime_ns)
+        kc.note_attrs(12345 << 2 | 3, 1)                       # a view or .query file: not noted
+        other.set_xattr("file", b, "user.note", b"x")          # a file the kernel holds nothing of
+        assert kc.unchanged()
+        other.set_xattr("file", a, "user.note", b"x")          # one it holds: its ctime moved
+        assert not kc.unchanged()
+        kc.invalidate()
+        assert not kc.unchanged()                              # noted just before: still checked
+        kc.invalidate()
+        assert kc.unchanged()
+        kc.note_attrs((root << 2) | 2, st.dir(root).ctime_ns)
+        other.set_dir_attrs(root, mode=0o700)
+        assert not kc.unchanged()
+        kc.invalidate()
+        kc.invalidate()
+        other.mkkw(ns, ("w",))                                 # a name anew: files_gen moved
+        assert not kc.unchanged()
+        kc.invalidate()
+        with kc.handing():                                     # a getattr under way
+            assert not kc.unchanged()
+        assert kc.unchanged()
+        kc.note_listing()                                      # READDIRPLUS: every file
+        assert not kc.unchanged()
+        kc.always = lambda: True                               # a shared mount
+        kc.invalidate()
+        kc.invalidate()
+        assert not kc.unchanged()
         kc.changes.close()

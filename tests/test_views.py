@@ -122,6 +122,10 @@ class FakeStore:
     def dir(self, dirid: int) -> FDir:
         return self.dirs[dirid]
 
+    def dir_naming(self, dirid: int) -> tuple[int, tuple]:
+        d = self.dirs[dirid]
+        return d.ns, tuple(d.dkl)
+
     def lookup(self, dirid: int, name: str) -> FEntry | None:
         return self.entries.get((dirid, name))
 

@@ -1004,14 +1004,16 @@ class Store:
     # ------------------------------------------------------------ resolution
 
     def _match(self, c: sqlite3.Connection, ns: int, hks: Sequence[HK | str],
-               name: str | None, *, with_tags: bool = False) -> tuple[str, list]:
+               name: str | None, *, with_tags: bool = False,
+               names: Sequence[str] | None = None) -> tuple[str, list]:
         """A SELECT of the distinct ids of the files the list matches (with descendants).
 
         The most selective HK (counted up to a cap) drives: a range scan of its subtree's
         keyword ids (keywords.path) joined to the (keyword, entity) primary key. Every other
         HK is tested on the same row's tags string, so no candidate costs a random lookup.
         With a name, the (ns, name) index drives instead; with neither, the namespace is listed.
-        with_tags adds a second column, the entity's tags (then ids may repeat)."""
+        with_tags adds a second column, the entity's tags (then ids may repeat); `names` (a list
+        without operators only) matches any of several names, with the name as second column."""
         tagcol = (", (SELECT t.tags FROM entity_keywords t WHERE t.entity = e.id LIMIT 1)"
                   if with_tags else "")
         if has_operators(h for h in hks if not isinstance(h, str)):
@@ -1020,9 +1022,13 @@ class Store:
         for h in hl:
             self._need_kw(c, ns, h)
         paths = [_path(h) for h in hl]
-        if name is not None:
-            sql = f"SELECT e.id{tagcol} FROM entities e WHERE e.ns = ? AND e.name = ?"
-            params: list = [ns, name]
+        if name is not None or names is not None:
+            if names is None:
+                sql = f"SELECT e.id{tagcol} FROM entities e WHERE e.ns = ? AND e.name = ?"
+                params: list = [ns, name]
+            else:
+                sql = f"SELECT e.id, e.name FROM entities e WHERE e.ns = ? AND e.name IN ({','.join('?' * len(names))})"
+                params = [ns, *names]
             for p in paths:
                 sql += (" AND EXISTS (SELECT 1 FROM entity_keywords x WHERE x.entity = e.id "
                         "AND instr(x.tags, ?) > 0)")
@@ -1204,6 +1210,18 @@ class Store:
             sel, params = self._match(c, ns, hks, name)
             return sorted(r[0] for r in c.execute(sel, params))
 
+    def match_ids_named(self, ns: int, hks: Sequence[HK | str], names: Sequence[str]) -> dict[str, list[int]]:
+        """match_ids of each of several names, in one statement (one a name for a list with
+        operators): a `FILE.query` lookup asks for its own name and FILE's."""
+        if has_operators(h for h in hks if not isinstance(h, str)):
+            return {n: self.match_ids(ns, hks, n) for n in names}
+        out: dict[str, list[int]] = {n: [] for n in names}
+        with self.catalog.read() as c:
+            sel, params = self._match(c, ns, hks, None, names=names)
+            for eid, n in c.execute(sel, params):
+                out[n].append(eid)
+        return {n: sorted(ids) for n, ids in out.items()}
+
     def name_counts(self, ns: int, hks: Sequence[HK | str]) -> dict[str, int]:
         """For `ls ,`: name -> number of matching files with that name (sorted by name)."""
         with self.catalog.read() as c:
@@ -1224,10 +1242,22 @@ class Store:
         entities of namespace ns bear it (missing ones left out): naming a search's hits."""
         if not eids:
             return {}
-        with self.catalog.read() as c:
-            return {r[0]: (r[1], r[2]) for r in c.execute(
-                "SELECT e.id, e.name, (SELECT count(*) FROM entities f WHERE f.ns = ? AND f.name = e.name) "
-                f"FROM entities e WHERE e.id IN ({','.join('?' * len(eids))})", (ns, *eids))}
+        c = self.catalog.connection()      # one statement: its own snapshot, no BEGIN/COMMIT around it
+        return {r[0]: (r[1], r[2]) for r in c.execute(
+            "SELECT e.id, e.name, (SELECT count(*) FROM entities f WHERE f.ns = ? AND f.name = e.name) "
+            f"FROM entities e WHERE e.id IN ({','.join('?' * len(eids))})", (ns, *eids))}
+
+    def ctimes(self, eids: Sequence[int], dirids: Sequence[int]) -> tuple[dict[int, int], dict[int, int]]:
+        """The ctime_ns of these entities and directories (missing ones left out), now. Every
+        change to a file's or directory's attributes moves its ctime (set_attrs, record_bytes,
+        set_xattr, ...), so equal ctimes mean equal attributes. A statement each, outside any
+        transaction (a commit between them is one the caller is told of again)."""
+        c = self.catalog.connection()
+        ents = dict(c.execute(f"SELECT id, ctime_ns FROM entities WHERE id IN ({','.join('?' * len(eids))})",
+                              list(eids))) if eids else {}
+        dirs = dict(c.execute(f"SELECT id, ctime_ns FROM dirs WHERE id IN ({','.join('?' * len(dirids))})",
+                              list(dirids))) if dirids else {}
+        return ents, dirs
 
     def name_counts_in_ns(self, ns: int, names: Sequence[str]) -> dict[str, int]:
         """How many entities of namespace ns bear each of these names (names no one bears left out)."""
@@ -1308,6 +1338,11 @@ class Store:
     def dir(self, dirid: int) -> DirInfo:
         with self.catalog.read() as c:
             return DirInfo(*self._need_dir(c, dirid), dkl=self._dkl(c, dirid))
+
+    def dir_naming(self, dirid: int) -> tuple[int, tuple[HK, ...]]:
+        """A directory's namespace and DKL: what its paths resolve by (no attributes)."""
+        d = self.dir(dirid)
+        return d.ns, tuple(d.dkl)
 
     def dir_perms(self) -> list[tuple[int, int | None, int, int, int]]:
         """Every directory as (id, parent, mode, uid, gid): what reaching a file takes (hkfs.mount.access)."""

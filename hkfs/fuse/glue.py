@@ -10,7 +10,8 @@
 - f-calls on files removed while open: libfuse 3 passes no path; `HKFuse` hands the
   operations the file handle instead.
 - `.query` handles are opened direct_io (page-cached when the kernel holds the result's size).
-- getattr (every LOOKUP and GETATTR) packs its attributes with `StatPacker` too.
+- getattr (every LOOKUP and GETATTR) packs its attributes with `StatPacker` too; what it and
+  READDIRPLUS give the kernel is noted (KernelCache.note_attrs, note_listing).
 - rename's renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE) reach the operations.
 The operations themselves (paths -> store calls) are hkfs.fuse.operations.HKOperations.
 """
@@ -299,18 +300,22 @@ class HKFuse(FUSE):
         # the whole listing and drops the attributes).
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         size = _PACKER.size if _PACKER is not None else ctypes.sizeof(mfusepy.c_stat)
-        budget = self.operations.kernel.budget
+        kernel = self.operations.kernel
+        budget = kernel.budget
         plus = budget.keeping()        # else names only: the kernel would not keep the entries
         files: list[str] = []          # the kernel keeps them, or looks them up and keeps them (node_budget)
-        for piece, start in self.operations.listing_from(decoded, fip.contents.fh, offset):
-            w = piece.wire
-            if w is None:
-                w = piece.wire = wire(piece, self.encoding, self.errors)
-            end = fill_piece(filler, buf, w if plus else names_only(w), size, start)
-            if budget.active:
-                files += listed_files(piece, start, end)
-            if end < len(piece):
-                break               # the reply is full
+        with kernel.handing():         # attributes given: a foreign commit drops everything (KernelCache.unchanged)
+            if plus:
+                kernel.note_listing()
+            for piece, start in self.operations.listing_from(decoded, fip.contents.fh, offset):
+                w = piece.wire
+                if w is None:
+                    w = piece.wire = wire(piece, self.encoding, self.errors)
+                end = fill_piece(filler, buf, w if plus else names_only(w), size, start)
+                if budget.active:
+                    files += listed_files(piece, start, end)
+                if end < len(piece):
+                    break               # the reply is full
         budget.listed(files, self.encoding, self.errors)
         return 0
 
@@ -330,7 +335,10 @@ class HKFuse(FUSE):
         still goes through set_st_attrs."""
         ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
         fh = fip.contents.fh if fip else None
-        attrs = self.operations.getattr(self._str(path), fh)    # type: ignore[arg-type]
+        kernel = self.operations.kernel
+        with kernel.handing():       # noted before the reply (KernelCache.unchanged)
+            attrs = self.operations.getattr(self._str(path), fh)    # type: ignore[arg-type]
+            kernel.note_attrs(attrs.get("st_ino", 0), attrs.get("st_ctime", 0))
         if _PACKER is None or "st_rdev" in attrs:
             mfusepy.set_st_attrs(buf.contents, attrs, use_ns=True)
         else:

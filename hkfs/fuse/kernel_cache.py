@@ -33,6 +33,16 @@ So the kernel may keep entries and attributes for CACHE_TIMEOUT seconds. Where t
 kernel lacks the message (EINVAL) or libfuse 2 is loaded (its session descriptor
 is not reachable through the high-level API), the timeouts stay 0 as before.
 
+A commit by another process that names nothing anew (files_gen and vectors_gen unchanged:
+hkfs.core.changes) and changes no file or directory whose attributes the kernel was given
+since the last invalidation (their ctimes unchanged: `handed`) leaves every entry and
+attribute the kernel holds true, so it sends no message: the next path walk needs no
+LOOKUP of `@` or a view (a `cat VIEW/FILE.query` after a note set elsewhere). Attributes
+reach the kernel only through getattr (every LOOKUP, GETATTR and entry reply) and
+READDIRPLUS (hkfs.fuse.glue, which notes them here); a listing counts as every file, and
+so does a getattr under way while the commit is checked. On a shared mount (allow_other)
+every commit still drops everything: what a caller may reach depends on directory modes.
+
 With the caches on, the kernel also keeps view listings (hkfs.fuse.dir_cache): every
 invalidation drops them too (so the next listing is a READDIRPLUS that refreshes the
 entries the epoch made stale), and so does every change that adds, removes or renames
@@ -42,18 +52,19 @@ one view or in a directory with a DKL is listed in other views.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import queue
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import mfusepy
 
-from ..core.changes import ChangeFeed
+from ..core.changes import ChangeFeed, Generations
 from ..mount.model import Stale
 from .dir_cache import DirCache
 from .node_budget import NodeBudget, budget_from_env
@@ -68,6 +79,7 @@ CACHE_TIMEOUT = 60.0     # seconds the kernel may keep an entry or attributes be
 ALIAS_WAIT = 0.05        # how long a request waits for open aliases' inodes to be dropped
 ALIAS_WORKERS = 4        # invalidations blocked on one inode's pages do not hold up the others
 VIEWED_MAX = 65536       # entities noted as viewed; past it, every entity counts as viewed
+HANDED_MAX = 512         # files and directories whose attributes are checked after a foreign commit
 
 
 class _All(set):   # type: ignore[type-arg]
@@ -78,6 +90,7 @@ class _All(set):   # type: ignore[type-arg]
 
 
 _ALL: set[int] = _All()
+_EVERY: dict[int, int] = {}     # KernelCache.handed after a listing (or past HANDED_MAX): every file
 
 
 def _session(libfuse: Any) -> tuple[ctypes.c_void_p, int]:
@@ -102,6 +115,7 @@ class KernelCache:
         self.changes = changes
         self.timeout = timeout
         self.epochs = 0                  # invalidations sent (tests and the sync xattr report it)
+        self.kept = 0                    # foreign commits that needed none (`unchanged`)
         # Entities the kernel may have been given under a view path since the last
         # invalidation (lookups and listings of views add them). A file that is not in it
         # and has one directory link is cached under that one path at most, whose inode the
@@ -126,6 +140,19 @@ class KernelCache:
         self.own_writes: Callable[[], bool] = lambda: False
         self._aliases: queue.SimpleQueue[tuple[list[bytes], threading.Event] | None] = queue.SimpleQueue()
         self._alias_workers: list[threading.Thread] = []
+        # Inode number -> ctime_ns of every file and directory whose attributes the kernel was
+        # given since the last invalidation (and the generation before, as for `viewed`);
+        # _EVERY after a listing or past HANDED_MAX. A foreign commit that moved none of these
+        # ctimes, nor files_gen or vectors_gen since `_gens`, needs no invalidation.
+        self._handed: dict[int, int] = {}
+        self._handed_before: dict[int, int] = {}
+        self._handing = 0                # getattrs and listings under way (their attributes unnoted yet)
+        self._handed_lock = threading.Lock()
+        self._gens: tuple[int, int] | None = None   # (files_gen, vectors_gen) at the last invalidation
+        # set by the adapter: the ctimes of these (entity ids, directory ids) now (Store.ctimes);
+        # whether every commit must drop everything (a shared mount)
+        self.ctimes: Callable[[list[int], list[int]], tuple[dict[int, int], dict[int, int]]] | None = None
+        self.always: Callable[[], bool] = lambda: False
         self.dirs = DirCache()           # the view listings the kernel keeps
         self.budget = NodeBudget(budget_from_env())   # the listed files the kernel keeps
 
@@ -145,6 +172,8 @@ class KernelCache:
             log.info("kernel caches stay off: cannot invalidate them (%s)", exc)
             return False
         self._fd, self._fuse, self._invalidate_path = fd, fuse, libfuse.fuse_invalidate_path
+        g = self.changes.generations()     # read after the first message: nothing was handed before it
+        self._gens = g.files, g.vectors
         if not keep_timeouts:
             config.entry_timeout = self.timeout
             config.attr_timeout = self.timeout
@@ -162,12 +191,18 @@ class KernelCache:
             self._alias_workers.append(t)
         return True
 
-    def invalidate(self) -> None:
-        """Make every cached entry of this mount stale (no-op while caches are off)."""
+    def invalidate(self, gens: Generations | None = None) -> None:
+        """Make every cached entry of this mount stale (no-op while caches are off); `gens`:
+        the generations read just before, if the caller has them."""
         fd = self._fd
         if fd is None:
             return
         self._viewed_before, self.viewed = self.viewed, set()   # before the message: see viewed
+        # before the message: a commit after it moves them again
+        gens = gens or self.changes.generations()
+        with self._handed_lock:
+            self._handed_before, self._handed = self._handed, {}
+            self._gens = gens.files, gens.vectors
         try:
             os.write(fd, _INC_EPOCH)
             self.epochs += 1
@@ -201,17 +236,76 @@ class KernelCache:
         return eid in self.viewed or eid in self._viewed_before     # _ALL contains every eid
 
     def invalidate_foreign(self) -> None:
-        """Another process changed the catalog: drop every cached entry, and the inodes of the
-        files open through the mount (a size or mode changed by the API).
+        """Another process changed the catalog: drop every cached entry (unless nothing the
+        kernel holds changed: `unchanged`), and the inodes of the files open through the mount
+        (a size or mode changed by the API).
 
         Everything committed up to now is covered, so the change feed's next report of it
-        (the poke came first) invalidates nothing again: one epoch per foreign commit."""
-        seen = self.changes.version() if self._fd is not None else None
-        self.invalidate()
+        (the poke came first) invalidates nothing again: at most one epoch per foreign commit."""
+        if self._fd is None:
+            return
+        seen = self.changes.generations()      # its version: what this covers
+        if self.unchanged(seen):
+            with self._handed_lock:      # (the watcher and a poke may both get here)
+                self.kept += 1
+        else:
+            self.invalidate(seen)
         self.invalidate_paths(self.open_paths())
-        if seen is not None:
-            with self._version_lock:
-                self._last_version = seen
+        with self._version_lock:
+            self._last_version = seen.version
+
+    @contextlib.contextmanager
+    def handing(self) -> Iterator[None]:
+        """Around a getattr or a listing, from before it reads the catalog until its attributes
+        are noted: a foreign commit checked meanwhile drops everything (`unchanged`)."""
+        with self._handed_lock:
+            self._handing += 1
+        try:
+            yield
+        finally:
+            with self._handed_lock:
+                self._handing -= 1
+
+    def note_attrs(self, ino: int, ctime_ns: int) -> None:
+        """The kernel is being given these attributes (a file's or a directory's inode number,
+        hkfs.mount.model: kind in the low 2 bits; views and `.query` files derive from the
+        generations alone, so they are not noted)."""
+        if self._fd is None or ino & 3 == 3:
+            return
+        with self._handed_lock:
+            handed = self._handed
+            if handed is _EVERY or handed.get(ino) == ctime_ns:
+                return
+            if len(handed) >= HANDED_MAX or ino & 3 == 0:     # (no such inode kind: check nothing)
+                self._handed = _EVERY
+            else:
+                handed[ino] = ctime_ns
+
+    def note_listing(self) -> None:
+        """The kernel is being given a listing's attributes: every file counts as handed."""
+        if self._fd is not None:
+            with self._handed_lock:
+                self._handed = _EVERY
+
+    def unchanged(self, gens: Generations | None = None) -> bool:
+        """Whether everything the kernel may hold is still true after a commit by another
+        process (see the module doc): no name, tag or embedding changed since the last
+        invalidation, no getattr or listing under way, and every file and directory whose
+        attributes the kernel was given since has its ctime still. False means: drop all."""
+        if self._fd is None or self.ctimes is None or self.always():
+            return False
+        g = gens or self.changes.generations()
+        with self._handed_lock:
+            if (self._handing or (g.files, g.vectors) != self._gens
+                    or self._handed is _EVERY or self._handed_before is _EVERY):
+                return False
+            handed = [*self._handed_before.items(), *self._handed.items()]
+        if not handed:
+            return True
+        ents = list({ino >> 2 for ino, _ in handed if ino & 3 == 1})
+        dirs = list({ino >> 2 for ino, _ in handed if ino & 3 == 2})
+        now_e, now_d = self.ctimes(ents, dirs)
+        return all((now_e if ino & 3 == 1 else now_d).get(ino >> 2) == ctime for ino, ctime in handed)
 
     def invalidate_paths(self, paths: list[str], *, wait: float = ALIAS_WAIT) -> None:
         """Drop the kernel's attributes and pages of these paths' inodes (open aliases of a

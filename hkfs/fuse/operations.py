@@ -114,14 +114,17 @@ class HKOperations(Operations):
         self.kernel = KernelCache(self.changes)
         store.on_locked_commit = self.kernel.own_commit
         self.kernel.own_writes = lambda: store.catalog.writes_open > 0
+        self.kernel.ctimes = store.ctimes      # what a foreign commit changed of what the kernel holds
         self.keep_timeouts = keep_timeouts     # the user chose entry_timeout/attr_timeout
         self.model = MountModel(store, store.namespace_id(os.getuid() if user is None else user),
                                 changes=self.changes)
         self.model.on_view = self.kernel.note_viewed
+        self.kernel.always = lambda: self.model.shared    # a caller's reach depends on directory modes
         self.reads = self.model.reads
         self.queries = QueryFS(store, self.model.resolver,   # the .query layer (hkfs/mount/queryfs.py)
                                QueryService(store, reads=self.reads, changes=self.changes))
         self.queries.changed = self._entity_changed_at
+        self.queries.service.changes.pinned = self.reads.pinned    # one generations read a request
         self.queries.hidden = self.model.unreachable      # a shared mount: per caller (hkfs.mount.access)
         self.model.claim_file_attr = self.queries.set_file_attr
         self.model.caller = _caller_context
@@ -564,10 +567,18 @@ class HKOperations(Operations):
         return 0
 
     @overrides(Operations)
-    @mapped
     def release(self, path: str, fh: int) -> int:
         if self.queries.owns(fh):
-            return self.queries.release(fh)
+            return self._release_result(fh)
+        return self._release_file(path, fh)
+
+    @mapped_io
+    def _release_result(self, fh: int) -> int:
+        """A `.query` handle: its descriptor closed, no catalog read (so no memo pin)."""
+        return self.queries.release(fh)
+
+    @mapped
+    def _release_file(self, path: str, fh: int) -> int:
         h = self.files.get(fh)
         try:
             if h is not None:
@@ -661,9 +672,10 @@ class HKOperations(Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if name == SYNC_ATTR:
             # a process that changed the catalog itself asks us to drop the kernel's caches
-            # before it goes on (hkfs.fuse.daemon_notify); answered once they are dropped
+            # before it goes on (hkfs.fuse.daemon_notify); answered once they are dropped (or
+            # found true still): the value counts invalidations and pokes that needed none
             self.kernel.invalidate_foreign()
-            return str(self.kernel.epochs).encode()
+            return str(self.kernel.epochs + self.kernel.kept).encode()
         _check_xattr_name(name)
         if not name.startswith("user."):
             # ENOTSUP (not ENODATA) for system.* / security.*: `ls -l` then stops asking

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..core.changes import ChangeFeed
+from ..core.changes import ChangeFeed, Generations
 from ..core.errors import NotFound
 from ..core.naming import HK
 from ..core.store import EntityInfo, EntityStat, Store
@@ -68,6 +68,7 @@ class CachedReads:
         self._memo: dict[tuple, Any] = {}
         self._structure: dict[tuple, Any] = {}
         self._pinned: dict[int, Memos] = {}   # OS thread -> memos for its current request
+        self._pinned_gens: dict[int, Generations] = {}   # OS thread -> the generations they are of
 
     def close(self) -> None:
         if self._own_changes:
@@ -78,11 +79,18 @@ class CachedReads:
         tid = threading.get_ident()
         if tid in self._pinned:
             return False
-        self._pinned[tid] = self._current()
+        self._pinned[tid] = self._current(self._pinned_gens, tid)
         return True
 
     def unpin(self) -> None:
-        self._pinned.pop(threading.get_ident(), None)
+        tid = threading.get_ident()
+        self._pinned.pop(tid, None)
+        self._pinned_gens.pop(tid, None)
+
+    def pinned(self) -> Generations | None:
+        """The generations this thread's request pinned its memos at (None outside a pin): the
+        query layer's snapshot for the same request (hkfs.query.service.HeldFeed)."""
+        return self._pinned_gens.get(threading.get_ident())
 
     def memo(self) -> dict[tuple, Any]:
         """The attribute memo valid now (a fresh one whenever anything committed since it was made)."""
@@ -96,9 +104,11 @@ class CachedReads:
         pinned = self._pinned.get(threading.get_ident())
         return (pinned if pinned is not None else self._current())[1]
 
-    def _current(self) -> Memos:
+    def _current(self, gens: dict[int, Generations] | None = None, tid: int = 0) -> Memos:
         with self._lock:
             g = self.changes.generations()
+            if gens is not None:
+                gens[tid] = g
             if g.version != self._version:
                 self._version, self._memo = g.version, {}
             if g.files != self._files:
@@ -132,6 +142,11 @@ class CachedReads:
 
     def dir(self, dirid: int) -> Any:
         return self._get(("dir", dirid), lambda: self.store.dir(dirid))
+
+    def dir_naming(self, dirid: int) -> tuple[int, tuple[HK, ...]]:
+        """A directory's namespace and DKL, kept per files_gen (its triggers cover both): a path
+        walk after a commit that names nothing anew reads no directory row."""
+        return self._sget(("naming", dirid), lambda: self.store.dir_naming(dirid))
 
     def lookup(self, dirid: int, name: str) -> Any:
         """A directory entry; for a file link its entity is memoised too (the getattr that follows)."""
@@ -220,6 +235,17 @@ class CachedReads:
             return self._sget(("match", ns, hks, name),
                               lambda: [Matched(i) for i in self.store.match_ids(ns, hks, name)])
         return self._get(("match", ns, hks, name), lambda: self.store.match(ns, hks, name))
+
+    def prefetch_names(self, ns: int, hks: tuple[HK, ...], names: list[str]) -> None:
+        """Memoise `match` of several names in a view at once (Store.match_ids_named: one
+        statement), for the lookups that follow (a `FILE.query` path: its name, then FILE's)."""
+        memo, names_memo = self.memo(), self.structure()
+        if ("view", ns, hks) in memo:
+            return                        # a listing is kept: match answers from it
+        want = [n for n in names if ("match", ns, hks, n) not in names_memo]
+        if len(want) > 1:
+            for n, ids in self.store.match_ids_named(ns, hks, want).items():
+                names_memo[("match", ns, hks, n)] = [Matched(i) for i in ids]
 
 
 def _kept(memo: dict[tuple, Any]) -> dict[tuple, Any]:

@@ -211,6 +211,11 @@ class QueryFS:
         bare = name[1:] if comma else name
         if not is_query_name(bare) or name == AT:
             return None
+        sc = self._parents.get((parent or "/", False))
+        prefetch = getattr(self.resolver.store, "prefetch_names", None)    # the mount's CachedReads
+        if prefetch and not comma and sc is not None and sc.view is not None and sc.gen == self._gens()[0]:
+            # a view queried before: its own name and FILE's looked up in one statement
+            prefetch(sc.ns, sc.view, [name, bare[: -len(SUFFIX)]])
         try:
             loc = self.resolver.resolve(path)
         except NotFound:

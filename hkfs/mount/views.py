@@ -142,6 +142,7 @@ class StoreLike(Protocol):
 
     def root_dir(self, ns: int) -> int: ...
     def dir(self, dirid: int): ...
+    def dir_naming(self, dirid: int) -> tuple[int, tuple[HK, ...]]: ...
     def lookup(self, dirid: int, name: str): ...
     def keyword_exists(self, ns: int, hk: HK) -> bool: ...
     def match(self, ns: int, hks: Sequence[HK], name: str | None = None) -> list: ...
@@ -191,18 +192,17 @@ class Resolver:
     def resolve_special(self, mp: MountPath) -> Location:
         anchor = self.walk_dirs(mp.dir_parts, allow_file_tail=False)
         assert isinstance(anchor, DirLoc)
-        info = self.store.dir(anchor.dirid)
-        ns = info.ns
+        ns, dkl = self.store.dir_naming(anchor.dirid)
         if mp.tail_ambiguous:
-            view = self._list_of(mp, ns, info.dkl)
+            view = self._list_of(mp, ns, dkl)
             if self._keywords_exist(ns, view, mp):
                 return ViewLoc(ns, view, anchor.dirid, keyword=True)
             parent = mp.without_tail()
-            parent_loc = self._view_of(parent, ns, info.dkl, anchor.dirid)
+            parent_loc = self._view_of(parent, ns, dkl, anchor.dirid)
             if isinstance(parent_loc, KeySpaceLoc):
                 return NewKeyLoc(parent_loc, mp.last or "")
             return self.file_in(parent_loc, mp.last or "")
-        base = self._list_of(mp, ns, info.dkl)
+        base = self._list_of(mp, ns, dkl)
         if not self._keywords_exist(ns, base, mp):
             raise NotFound("no such keyword")
         if mp.name is not None:

@@ -705,7 +705,8 @@ class EmbeddingCatalog:
                 continue
             rows = self._rows_of(key)
             if rows is not None:
-                return _unit(np.asarray(rows, np.float32).mean(axis=0)), got[1]
+                rows = np.asarray(rows, np.float32)     # (one row, an own embedding: no mean to take)
+                return _unit(rows[0] if len(rows) == 1 else rows.mean(axis=0)), got[1]
         return None, 0
 
     def _rows_of(self, key: Key) -> np.ndarray | None:

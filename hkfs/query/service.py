@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +69,9 @@ class HeldFeed:
     def __init__(self, feed: ChangeFeed) -> None:
         self.feed = feed
         self._held: dict[int, Generations] = {}     # OS thread -> its snapshot
+        # set by the mount: the snapshot its memo pin took for the same request, if any
+        # (hkfs.mount.cached_reads.CachedReads.pinned): held() then reads nothing itself
+        self.pinned: Callable[[], Generations | None] = lambda: None
 
     def version(self) -> int:
         g = self._held.get(threading.get_ident())
@@ -86,7 +89,7 @@ class HeldFeed:
         if got is not None:
             yield got
             return
-        got = self._held[tid] = self.feed.generations()
+        got = self._held[tid] = self.pinned() or self.feed.generations()
         try:
             yield got
         finally:
