@@ -80,6 +80,7 @@ POLL_CPU_SHARE = 0.1   # looks take at most this share of a core: a look of t s 
 EXCLUDE_BY_MASK = 256  # an excluded file with more rows than this is left out by the allowed set
 DEAD_BY_MASK = 256     # as many dead base rows as this are dropped from the hits, more by the allowed set
 ALLOWED_MAX = 4        # allowed-id arrays kept (one per scope and index version; 8 bytes a row)
+CHUNK = 1 << 18        # sources a step over all of them handles at a time (a few MiB of transients)
 
 CACHE_FORMAT = 1       # STORE/vectors/sources-ns<NS>.npz (docs/query.md); another is ignored
 MANIFEST_FORMAT = 2    # manifest.json + gen-<N>/keys.npy; another is ignored (rebuilt)
@@ -549,12 +550,18 @@ class EmbeddingCatalog:
             if sh.ns != ns:
                 continue
             b = sh.base_keys
-            idx, hit = live.find(b.code)
-            ok = hit & (live.fp[idx] == b.fp) & (live.dim[idx] == sh.dim) if len(live) else hit
-            dead = b.code[~ok]
+            dead_parts, dead_n = [_NO_CODES], 0
+            for a in range(0, len(b), CHUNK):      # 1M-wide lookups a chunk at a time
+                code = b.code[a:a + CHUNK]
+                idx, hit = live.find(code)
+                ok = hit & (live.fp[idx] == b.fp[a:a + CHUNK]) & (live.dim[idx] == sh.dim) \
+                    if len(live) else hit
+                dead_parts.append(code[~ok])
+                dead_n += int(b.nrows[a:a + CHUNK][~ok].sum())
+            dead = np.concatenate(dead_parts)
             if not np.array_equal(dead, sh.dead):
                 sh.dead = dead
-                sh.dead_n = int(b.nrows[np.isin(b.code, dead)].sum()) if len(dead) else 0
+                sh.dead_n = dead_n
                 touched.add((sh.ns, sh.dim))
 
     def _own_pending(self, sh: _Shard) -> dict[Key, _Pending]:
@@ -755,7 +762,7 @@ class EmbeddingCatalog:
             extra = 0
             if exclude is not None:
                 extra = sum(got[1] for got in srcs.of_entity(exclude) if got is not None)
-        scope_set = None if scope is None else np.asarray(scope, np.int64)
+        scope_set = None if scope is None else _sorted(np.asarray(scope, np.int64))
         in_mask = exclude if extra > EXCLUDE_BY_MASK else None
         kk = k if in_mask is not None else k + extra
         # a few dead rows (changed since the base was built) are asked for and dropped, like an
@@ -773,7 +780,7 @@ class EmbeddingCatalog:
                 if allowed is None and len(found) < min(kk, base_n):
                     # the probed lists held fewer than k rows (small nprobe, big k): with every id
                     # allowed, vecindex falls back to an exact scan, so k hits still come back
-                    everything = _key_ids(base_keys.code >> 1, (base_keys.code & 1) == 1, base_keys.nrows)
+                    everything = _keys_ids(base_keys.code, base_keys.nrows)
                     s, ids = base.search(q.reshape(1, -1), k=kk, nprobe=nprobe, allowed_ids=everything)
                     found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
                 if exclude is not None:
@@ -817,20 +824,21 @@ class EmbeddingCatalog:
             with self._lock:
                 if ck in self._allowed_cache:
                     return self._allowed_cache[ck]
-        eids, own, nrows = base_keys.code >> 1, (base_keys.code & 1) == 1, base_keys.nrows
-        ok = np.ones(len(eids), bool)
-        if len(dead):
-            ok &= ~np.isin(base_keys.code, dead)
-        if exclude is not None:
-            ok &= eids != exclude
-        if scope is not None:
-            ok &= np.isin(eids, scope)
+        ok = np.ones(len(base_keys), bool)
+        for a in range(0, len(ok), CHUNK):     # a chunk at a time: no 1M-wide transients
+            code, part = base_keys.code[a:a + CHUNK], ok[a:a + CHUNK]
+            if len(dead):
+                part &= ~_in_sorted(code, dead)
+            if exclude is not None:
+                part &= (code >> 1) != exclude
+            if scope is not None:
+                part &= _in_sorted(code >> 1, scope)
         if ok.all():
             allowed = None
         elif not ok.any():
             allowed = np.zeros(0, np.int64)
         else:
-            allowed = _key_ids(eids[ok], own[ok], nrows[ok])
+            allowed = _keys_ids(base_keys.code, base_keys.nrows, ok)
         if ck is not None:
             with self._lock:
                 while len(self._allowed_cache) >= ALLOWED_MAX:
@@ -1076,6 +1084,48 @@ def _key_ids(eids: np.ndarray, own: np.ndarray, nrows: np.ndarray) -> np.ndarray
     return (np.repeat(eids, counts) << ROW_BITS) | rows
 
 
+def _keys_ids(code: np.ndarray, nrows: np.ndarray, ok: np.ndarray | None = None) -> np.ndarray:
+    """The index ids of the keys (sorted codes) where `ok` (None: all), in order: `_key_ids`
+    CHUNK keys at a time into one array (its transients over a million keys were ~50 MiB)."""
+    total = 0
+    for a in range(0, len(code), CHUNK):
+        count = np.where((code[a:a + CHUNK] & 1) == 1, 1, nrows[a:a + CHUNK])
+        total += int(count.sum() if ok is None else count[ok[a:a + CHUNK]].sum())
+    out = np.empty(total, np.int64)
+    at = 0
+    for a in range(0, len(code), CHUNK):
+        c, n = code[a:a + CHUNK], nrows[a:a + CHUNK]
+        if ok is not None:
+            c, n = c[ok[a:a + CHUNK]], n[ok[a:a + CHUNK]]
+        part = _key_ids(c >> 1, (c & 1) == 1, n)
+        out[at:at + len(part)] = part
+        at += len(part)
+    return out
+
+
+def _sorted(x: np.ndarray) -> np.ndarray:
+    """x in ascending order: x itself when it already is (one byte a row to check), else sorted."""
+    if len(x) < 2 or bool((x[1:] >= x[:-1]).all()):
+        return x
+    return np.sort(x)
+
+
+def _in_sorted(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Whether each element of x is in sorted_set (ascending): np.isin's answer by a binary
+    search, CHUNK elements at a time. np.isin sorts both arrays together: ~100 MiB of
+    transients at a million elements each, against a few MiB here."""
+    out = np.zeros(len(x), bool)
+    if not len(sorted_set):
+        return out
+    last = len(sorted_set) - 1
+    for a in range(0, len(x), CHUNK):
+        part = x[a:a + CHUNK]
+        i = np.searchsorted(sorted_set, part)
+        np.minimum(i, last, out=i)
+        out[a:a + CHUNK] = sorted_set[i] == part
+    return out
+
+
 def _contains(sorted_ids: np.ndarray, eid: int) -> bool:
     i = int(np.searchsorted(sorted_ids, eid))
     return i < len(sorted_ids) and int(sorted_ids[i]) == eid
@@ -1122,7 +1172,7 @@ def _exact_block(q: np.ndarray, p: _Pending, k: int, scope: np.ndarray | None,
     eids = p.ids >> ROW_BITS
     ok = np.ones(len(eids), bool)
     if scope is not None:
-        ok &= np.isin(eids, scope)
+        ok &= _in_sorted(eids, scope)
     if exclude is not None:
         ok &= eids != exclude
     if not ok.all():
