@@ -205,3 +205,43 @@ def test_scoped_search_over_many_sources_gives_the_same_hits(monkeypatch, tmp_pa
                 assert [h.eid for h in hits] == want, t
         finally:
             cat.stop()
+
+
+def test_sources_table_is_the_mapped_base_keys_when_nothing_changed(tmp_path: Path) -> None:
+    """After a build, and in a fresh process opening the saved index and sources cache, the
+    sources table is the base's mapped keys, not a second copy; a change makes it its own
+    table again until the next build, with the same answers."""
+    rng = np.random.default_rng(6)
+    with Store.open(tmp_path / "store") as st:
+        ns = st.namespace_id("alice")
+        st.mkkw(ns, "//all", parents=True)
+        eids = []
+        for i in range(300):
+            eids.append(st.create(ns, f"f{i}.txt", hks=["//all"], uid=0, gid=0))
+            st.set_xattr("file", eids[-1], EMBEDDING_ATTR, rng.normal(size=D).astype(np.float32).tobytes())
+        for writable in (True, False):
+            cat = EmbeddingCatalog(st, writable=writable)
+            try:
+                cat.refresh(ns)
+                if writable:
+                    cat.rebuild(ns, D)
+                sh = cat._shards[(ns, D)]
+                assert cat._sources[ns] is sh.base_keys and isinstance(sh.base_keys.code, np.memmap)
+                q = rng.normal(size=D).astype(np.float32)
+                assert cat.search(ns, q, 5)
+            finally:
+                cat.stop()
+        cat = EmbeddingCatalog(st)
+        try:
+            cat.refresh(ns)
+            st.set_xattr("file", eids[0], EMBEDDING_ATTR, rng.normal(size=D).astype(np.float32).tobytes())
+            cat.refresh(ns)
+            sh = cat._shards[(ns, D)]
+            assert cat._sources[ns] is not sh.base_keys and len(sh.dead) == 1
+            v = np.frombuffer(st.get_xattr("file", eids[0], EMBEDDING_ATTR), np.float32)
+            assert cat.search(ns, v, 1)[0].eid == eids[0]
+            cat.rebuild(ns, D)
+            assert cat._sources[ns] is cat._shards[(ns, D)].base_keys
+            assert cat.search(ns, v, 1)[0].eid == eids[0]
+        finally:
+            cat.stop()

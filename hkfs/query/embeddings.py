@@ -271,6 +271,14 @@ class _Table:
                       for i, h in zip(idx.tolist(), hit.tolist(), strict=True))
         return own, entry
 
+    def same_rows(self, other: _Table) -> bool:
+        """Whether both tables hold the same sources (code, fingerprint, rows), compared a
+        chunk at a time."""
+        if len(self) != len(other):
+            return False
+        return all(np.array_equal(getattr(self, f)[a:a + CHUNK], getattr(other, f)[a:a + CHUNK])
+                   for a in range(0, len(self), CHUNK) for f in ("code", "fp", "nrows"))
+
     def take(self, mask: np.ndarray) -> _Table:
         return _Table(self.code[mask], self.fp[mask], self.dim[mask], self.nrows[mask])
 
@@ -536,6 +544,7 @@ class EmbeddingCatalog:
             parts.append(_Table.of(*zip(*loaded, strict=True)))
         self._sources[ns] = _Table.concat(parts)
         self._mark_dead(ns, touched)
+        self._share(ns)
         self._dims.pop(ns, None)
         for t in touched:
             sh = self._shards[t]
@@ -563,6 +572,22 @@ class EmbeddingCatalog:
                 sh.dead = dead
                 sh.dead_n = dead_n
                 touched.add((sh.ns, sh.dim))
+
+    def _share(self, ns: int) -> None:
+        """When namespace ns's sources are exactly one shard's base as built (the steady state:
+        nothing changed since the last build), the sources table becomes the base's keys,
+        which are mapped from the daemon's own file (gen-N/keys.npy), instead of a second
+        copy in the heap (28 bytes a source: 27 MiB at a million)."""
+        t = self._sources.get(ns)
+        if t is None or not len(t):
+            return
+        for sh in self._shards.values():
+            b = sh.base_keys
+            if sh.ns != ns or b is t or len(sh.dead) or len(b) != len(t) or not isinstance(b.code, np.memmap):
+                continue
+            if b.same_rows(t) and all(bool((t.dim[a:a + CHUNK] == sh.dim).all()) for a in range(0, len(t), CHUNK)):
+                self._sources[ns] = b
+            return
 
     def _own_pending(self, sh: _Shard) -> dict[Key, _Pending]:
         """The shard's pending dict, copied once per reconcile: searches iterate the old one unlocked."""
@@ -671,8 +696,10 @@ class EmbeddingCatalog:
         for sh in self._shards.values():
             if sh.ns != ns or not len(sh.base_keys):
                 continue
-            idx, hit = sh.base_keys.find(t.code)
-            need &= ~(hit & (sh.base_keys.fp[idx] == t.fp) & (t.dim == sh.dim))
+            for a in range(0, len(t), CHUNK):       # a chunk at a time: no 1M-wide transients
+                idx, hit = sh.base_keys.find(t.code[a:a + CHUNK])
+                need[a:a + CHUNK] &= ~(hit & (sh.base_keys.fp[idx] == t.fp[a:a + CHUNK])
+                                       & (t.dim[a:a + CHUNK] == sh.dim))
         for c, n in zip(t.code[need].tolist(), t.nrows[need].tolist(), strict=True):
             rows = self._rows_full(ns, _key(c), n)
             if rows is None or len(rows) != n:
@@ -683,6 +710,7 @@ class EmbeddingCatalog:
             self._add_pending(ns, _key(c), rows, touched)
         self._sources[ns] = t
         self._mark_dead(ns, touched)
+        self._share(ns)
         self._dims.pop(ns, None)
         for k in touched:
             self._shards[k].version += 1
@@ -979,6 +1007,8 @@ class EmbeddingCatalog:
                           if not b or _code(k_) in dead}
             sh.version += 1
             self._write_manifest(sdir, gen, snap)
+            sh.base_keys = _mapped_keys(sdir / f"gen-{gen}" / "keys.npy", len(snap), dim)
+            self._share(ns)
             again = self._needs_rebuild(sh)
         for g in sdir.glob("gen-*"):
             if g != gdir:
@@ -1043,10 +1073,7 @@ class EmbeddingCatalog:
                     # mapped, not read: 24 bytes a source (24 MiB at 1M embedded files) stay
                     # out of the daemon's heap; the file is the daemon's own, written once into
                     # its generation directory and never rewritten (removed whole), so no SIGBUS
-                    arr = np.load(sdir / doc["keys"], mmap_mode="r", allow_pickle=False)
-                    if arr.shape != (3, int(doc["sources"])) or arr.dtype != np.int64:
-                        raise ValueError(f"keys of shape {arr.shape}, {arr.dtype}")
-                    keys = _Table(arr[0], arr[1], np.full(arr.shape[1], dim, np.int32), arr[2])
+                    keys = _mapped_keys(sdir / doc["keys"], int(doc["sources"]), dim)
             except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, VecIndexError) as exc:
                 # (a reader like `hk query` may race the daemon swapping generations: quietly exact)
                 log.log(logging.WARNING if self.writable else logging.INFO,
@@ -1061,6 +1088,15 @@ class EmbeddingCatalog:
             return {f"ns{k[0]}-d{k[1]}": {"base_rows": sh.base_total(), "pending_rows": sh.pending_rows(),
                                           "dead_rows": sh.dead_rows(), "gen": sh.gen}
                     for k, sh in self._shards.items()}
+
+
+def _mapped_keys(path: Path, n: int, dim: int) -> _Table:
+    """A base's keys (gen-N/keys.npy: code, fingerprint, rows of its n sources) mapped, not read
+    (ValueError when the file is not that); every source of a base has its dimension."""
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    if arr.shape != (3, n) or arr.dtype != np.int64:
+        raise ValueError(f"keys of shape {arr.shape}, {arr.dtype}")
+    return _Table(arr[0], arr[1], np.broadcast_to(np.int32(dim), (n,)), arr[2])
 
 
 def _v1_keys(rows: list, dim: int) -> _Table:
