@@ -245,3 +245,31 @@ def test_sources_table_is_the_mapped_base_keys_when_nothing_changed(tmp_path: Pa
             assert cat.search(ns, v, 1)[0].eid == eids[0]
         finally:
             cat.stop()
+
+
+def test_merged_is_the_sorted_concatenation() -> None:
+    from hkfs.query.embeddings import _merged
+    rng = np.random.default_rng(7)
+    have = _table(400, rng)
+    have = _Table(have.code, rng.integers(0, 1 << 40, 400), have.dim, have.nrows)
+    for keep_share, n_add in ((1.0, 0), (1.0, 5), (0.9, 0), (0.5, 30), (0.0, 10)):
+        keep = rng.random(400) < keep_share
+        free = np.setdiff1d(np.arange(2, 2000, dtype=np.int64), have.code[keep])
+        codes = np.sort(rng.choice(free, n_add, replace=False))
+        added = _Table.of(codes, rng.integers(0, 99, n_add), np.full(n_add, D, np.int32), np.ones(n_add))
+        got = _merged(have, keep, added)
+        want = _Table.concat([have.take(keep), added])
+        for f in ("code", "fp", "dim", "nrows"):
+            assert np.array_equal(getattr(got, f), getattr(want, f)), (keep_share, n_add, f)
+            assert getattr(got, f).dtype == getattr(want, f).dtype
+    assert _merged(have, np.ones(400, bool), _Table.empty()) is have
+
+
+def test_fingerprint_table_sorts_only_when_needed() -> None:
+    from hkfs.query.embeddings import _fingerprint_table
+    embs = np.array([(3, 30), (5, 50), (9, 90)], dtype=[("id", np.int64), ("fp", np.int64)])
+    t = _fingerprint_table(np.zeros(0, np.int64), np.zeros(0, np.int64), embs)
+    assert t.code.tolist() == [7, 11, 19] and t.fp.tolist() == [30, 50, 90]
+    t = _fingerprint_table(np.array([10, 2], np.int64), np.array([1, 2], np.int64), embs)
+    assert t.code.tolist() == [2, 7, 10, 11, 19] and t.fp.tolist() == [2, 30, 1, 50, 90]
+    assert len(t.dim) == len(t.nrows) == 5

@@ -508,19 +508,21 @@ class EmbeddingCatalog:
             fps.append(_fp64(("entry", kind, int(size), int(mtime),
                               dim_raw.decode("utf-8", "replace") if dim_raw is not None else "")))
             meta[eid * 2] = (name, dim_raw)
-        n = len(codes) + len(embs)
-        want = _Table.of(np.concatenate([np.array(codes, np.int64), embs["id"] * 2 + 1]),
-                         np.concatenate([np.array(fps, np.int64), embs["fp"]]), np.zeros(n), np.zeros(n))
+        want = _fingerprint_table(np.array(codes, np.int64), np.array(fps, np.int64), embs)
         del entries, embs, codes, fps
         have = self._sources.get(ns, _EMPTY)
         touched: set[tuple[int, int]] = set()
-        same = want.same(have.code, have.fp)
+        same = np.empty(len(have), bool)    # have's rows still as they were
+        known = np.zeros(len(want), bool)   # want's rows among those: nothing to read
+        for a in range(0, len(have), CHUNK):     # a chunk at a time: no 1M-wide transients
+            same[a:a + CHUNK] = want.same(have.code[a:a + CHUNK], have.fp[a:a + CHUNK])
+        for a in range(0, len(want), CHUNK) if len(have) else ():
+            idx, hit = have.find(want.code[a:a + CHUNK])
+            known[a:a + CHUNK] = hit & same[idx]
         for i in np.flatnonzero(~same):
             self._drop(ns, _key(int(have.code[i])), int(have.dim[i]), touched)
-        kept = have.take(same)
-        _i, known = kept.find(want.code)
         new = want.take(~known)
-        parts = [kept]
+        parts = []
         left = np.ones(len(new), bool)
         for sh in self._shards.values():     # unchanged since a base was built: no read
             if sh.ns != ns or not len(sh.base_keys) or not left.any():
@@ -542,7 +544,7 @@ class EmbeddingCatalog:
                 loaded.append((c, fp, *got))
         if loaded:
             parts.append(_Table.of(*zip(*loaded, strict=True)))
-        self._sources[ns] = _Table.concat(parts)
+        self._sources[ns] = _merged(have, same, _Table.concat(parts))
         self._mark_dead(ns, touched)
         self._share(ns)
         self._dims.pop(ns, None)
@@ -1088,6 +1090,35 @@ class EmbeddingCatalog:
             return {f"ns{k[0]}-d{k[1]}": {"base_rows": sh.base_total(), "pending_rows": sh.pending_rows(),
                                           "dead_rows": sh.dead_rows(), "gen": sh.gen}
                     for k, sh in self._shards.items()}
+
+
+def _fingerprint_table(codes: np.ndarray, fps: np.ndarray, embs: np.ndarray) -> _Table:
+    """The sources a reconcile found, sorted by code: entry files (codes, fps) and own embeddings
+    (embs: id, fp). No dim or rows (zero broadcasts), and no sort when already in order."""
+    code = np.concatenate([codes, embs["id"] * 2 + 1]) if len(codes) else embs["id"] * 2 + 1
+    fp = np.concatenate([fps, embs["fp"]]) if len(codes) else np.ascontiguousarray(embs["fp"])
+    if len(code) > 1 and not bool((code[1:] > code[:-1]).all()):
+        order = np.argsort(code, kind="stable")
+        code, fp = code[order], fp[order]
+    n = len(code)
+    return _Table(code, fp, np.broadcast_to(np.int32(0), (n,)), np.broadcast_to(np.int64(0), (n,)))
+
+
+def _merged(have: _Table, keep: np.ndarray, added: _Table) -> _Table:
+    """have's rows where keep, with added's (sorted, codes none of have's kept ones) put in
+    order: built a column at a time, so a few changes among a million sources cost the new
+    table and one column's copy, not a concatenation and sort of every column. Nothing
+    changed: have itself (still shared with a base, `_share`)."""
+    if not len(added) and bool(keep.all()):
+        return have
+    kept = have.code[keep]
+    at = np.searchsorted(kept, added.code)
+    code = np.insert(kept, at, added.code)
+    del kept
+    fp = np.insert(np.asarray(have.fp[keep]), at, added.fp)
+    dim = np.insert(np.asarray(have.dim[keep], np.int32), at, added.dim)
+    nrows = np.insert(np.asarray(have.nrows[keep]), at, added.nrows)
+    return _Table(code, fp, dim, nrows)
 
 
 def _mapped_keys(path: Path, n: int, dim: int) -> _Table:
