@@ -17,7 +17,10 @@ spread over per-thread arenas.
   system when freed. glibc's default threshold slides up to the largest block freed so
   far (32 MiB at most), after which the query layer's arrays over a million sources (8 MiB
   each) came from the heap and stayed there as free memory once freed: with 1M embedded
-  files the daemon kept 45-135 MiB of such free heap (docs/bench/query.md).
+  files the daemon kept 45-135 MiB of such free heap (docs/bench/query.md). A fixed
+  threshold also fixes glibc's trim threshold, at 128 KiB unless set: each FILE.query read
+  then shrank and regrew a thread's heap (mprotect, fresh pages: 1-4 ms more daemon CPU a
+  read at 1M files), so free memory at a heap's top is kept up to TRIM_THRESHOLD_MIB.
 
 The library must be the one Python's sqlite3 module uses; when sqlite3 is linked into
 the interpreter instead, nothing is set (and the log says so).
@@ -39,7 +42,9 @@ log = logging.getLogger(__name__)
 SQLITE_HEAP_MIB = 16      # SQLite's page caches and statements, all connections together
 MALLOC_ARENAS = 2         # glibc arenas (default 8 per core)
 MMAP_THRESHOLD_KIB = 1024  # blocks this big or bigger get their own mapping (0: glibc's sliding default)
+TRIM_THRESHOLD_MIB = 16   # ... and then free memory at a heap's top is handed back past this much
 _M_ARENA_MAX = -8         # malloc.h
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 _libc: ctypes.CDLL | None = None
@@ -93,6 +98,7 @@ def bound(sqlite_mib: int | None = None, arenas: int = MALLOC_ARENAS) -> None:
         mmap_kib = mmap_threshold_from_env()
         if mmap_kib:
             _libc.mallopt(_M_MMAP_THRESHOLD, mmap_kib << 10)
+            _libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_MIB << 20)
         _libc.malloc_trim.argtypes = [ctypes.c_size_t]
     except (OSError, AttributeError) as exc:   # not glibc
         _libc = None
