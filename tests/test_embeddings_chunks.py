@@ -13,18 +13,7 @@ import pytest
 
 from hkfs.core.store import Store
 from hkfs.query import embeddings as emb
-from hkfs.query.embeddings import (
-    EMBEDDING_ATTR,
-    OWN_ROW,
-    ROW_BITS,
-    EmbeddingCatalog,
-    _in_sorted,
-    _key_ids,
-    _keys_ids,
-    _sorted,
-    _Table,
-    sorted_ids,
-)
+from hkfs.query.embeddings import EMBEDDING_ATTR, EmbeddingCatalog, sorted_ids
 from vecindex import ivf
 from vecindex.ivf import IVFIndex
 
@@ -42,14 +31,14 @@ def test_in_sorted_is_isin(monkeypatch, chunk: int) -> None:
     for n, m in ((0, 5), (5, 0), (1, 1), (300, 40), (1000, 1000)):
         x = rng.integers(-5, 200, size=n)          # repeats, and values outside the set's range
         s = np.sort(rng.integers(0, 150, size=m))  # repeats in the set too
-        assert np.array_equal(_in_sorted(x, s), np.isin(x, s)), (n, m)
+        assert np.array_equal(emb._in_sorted(x, s), np.isin(x, s)), (n, m)
 
 
 def test_sorted_copies_only_when_needed() -> None:
     a = np.array([1, 2, 2, 9])
-    assert _sorted(a) is a
-    assert np.array_equal(_sorted(np.array([3, 1, 2])), [1, 2, 3])
-    assert len(_sorted(np.zeros(0, np.int64))) == 0
+    assert emb._sorted(a) is a
+    assert np.array_equal(emb._sorted(np.array([3, 1, 2])), [1, 2, 3])
+    assert len(emb._sorted(np.zeros(0, np.int64))) == 0
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 1 << 18])
@@ -62,11 +51,11 @@ def test_keys_ids_is_key_ids_over_the_kept_keys(monkeypatch, chunk: int) -> None
     nrows = np.where(own, 1, rng.integers(1, 6, size=200)).astype(np.int64)
     for ok in (None, rng.random(200) < 0.3, np.zeros(200, bool)):
         m = np.ones(200, bool) if ok is None else ok
-        want = _key_ids(eids[m], own[m], nrows[m])
-        assert np.array_equal(_keys_ids(code, nrows, ok), want)
+        want = emb._key_ids(eids[m], own[m], nrows[m])
+        assert np.array_equal(emb._keys_ids(code, nrows, ok), want)
 
 
-def _old_allowed(keys: _Table, dead: np.ndarray, scope: np.ndarray | None, exclude: int | None) -> np.ndarray | None:
+def _old_allowed(keys: emb._Table, dead: np.ndarray, scope: np.ndarray | None, exclude: int | None) -> np.ndarray | None:
     """EmbeddingCatalog._allowed as it was (np.isin over every source at once)."""
     eids, own, nrows = keys.code >> 1, (keys.code & 1) == 1, keys.nrows
     ok = np.ones(len(eids), bool)
@@ -80,14 +69,14 @@ def _old_allowed(keys: _Table, dead: np.ndarray, scope: np.ndarray | None, exclu
         return None
     if not ok.any():
         return np.zeros(0, np.int64)
-    return _key_ids(eids[ok], own[ok], nrows[ok])
+    return emb._key_ids(eids[ok], own[ok], nrows[ok])
 
 
-def _table(n: int, rng: np.random.Generator) -> _Table:
+def _table(n: int, rng: np.random.Generator) -> emb._Table:
     """n sources: mostly own embeddings, some entries of a few rows."""
     code = np.arange(n, dtype=np.int64) * 2 + 2 + (rng.random(n) < 0.9)
     nrows = np.where(code & 1, 1, rng.integers(1, 4, size=n)).astype(np.int64)
-    return _Table(code, np.zeros(n, np.int64), np.full(n, D, np.int32), nrows)
+    return emb._Table(code, np.zeros(n, np.int64), np.full(n, D, np.int32), nrows)
 
 
 @pytest.mark.parametrize("chunk", [5, 1 << 18])
@@ -117,7 +106,7 @@ def test_allowed_over_a_million_sources_needs_a_few_mib(tmp_path: Path) -> None:
     """np.isin over a million sources and a million-id scope took ~60 MiB of transients (and
     _key_ids ~50 more): the allowed set is built a chunk at a time."""
     n = 1_000_000
-    keys = _Table(np.arange(n, dtype=np.int64) * 2 + 3, np.zeros(n, np.int64), np.full(n, D, np.int32),
+    keys = emb._Table(np.arange(n, dtype=np.int64) * 2 + 3, np.zeros(n, np.int64), np.full(n, D, np.int32),
                   np.ones(n, np.int64))
     scope = np.arange(1, n + 1, 2, dtype=np.int64)      # half of them
     with Store.open(tmp_path / "s") as st:
@@ -132,7 +121,7 @@ def test_allowed_over_a_million_sources_needs_a_few_mib(tmp_path: Path) -> None:
         finally:
             cat.stop()
     assert allowed is not None and len(allowed) == n // 2
-    assert np.array_equal(allowed[:2], [(1 << ROW_BITS) | OWN_ROW, (3 << ROW_BITS) | OWN_ROW])
+    assert np.array_equal(allowed[:2], [(1 << emb.ROW_BITS) | emb.OWN_ROW, (3 << emb.ROW_BITS) | emb.OWN_ROW])
     extra = peak - allowed.nbytes
     assert extra < 20 << 20, f"{extra / 2**20:.0f} MiB of transients"
 
@@ -251,18 +240,18 @@ def test_merged_is_the_sorted_concatenation() -> None:
     from hkfs.query.embeddings import _merged
     rng = np.random.default_rng(7)
     have = _table(400, rng)
-    have = _Table(have.code, rng.integers(0, 1 << 40, 400), have.dim, have.nrows)
+    have = emb._Table(have.code, rng.integers(0, 1 << 40, 400), have.dim, have.nrows)
     for keep_share, n_add in ((1.0, 0), (1.0, 5), (0.9, 0), (0.5, 30), (0.0, 10)):
         keep = rng.random(400) < keep_share
         free = np.setdiff1d(np.arange(2, 2000, dtype=np.int64), have.code[keep])
         codes = np.sort(rng.choice(free, n_add, replace=False))
-        added = _Table.of(codes, rng.integers(0, 99, n_add), np.full(n_add, D, np.int32), np.ones(n_add))
+        added = emb._Table.of(codes, rng.integers(0, 99, n_add), np.full(n_add, D, np.int32), np.ones(n_add))
         got = _merged(have, keep, added)
-        want = _Table.concat([have.take(keep), added])
+        want = emb._Table.concat([have.take(keep), added])
         for f in ("code", "fp", "dim", "nrows"):
             assert np.array_equal(getattr(got, f), getattr(want, f)), (keep_share, n_add, f)
             assert getattr(got, f).dtype == getattr(want, f).dtype
-    assert _merged(have, np.ones(400, bool), _Table.empty()) is have
+    assert _merged(have, np.ones(400, bool), emb._Table.empty()) is have
 
 
 def test_fingerprint_table_sorts_only_when_needed() -> None:

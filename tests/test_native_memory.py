@@ -51,24 +51,18 @@ def test_sqlite_heap_stays_under_the_limit(tmp_path: Path) -> None:
     assert _heap_mib(tmp_path, 8) <= 12
 
 
-def test_sqlite_limit_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hkfs.fuse.native_memory import SQLITE_HEAP_MIB, sqlite_mib_from_env
-    monkeypatch.delenv("HKFS_SQLITE_HEAP_MIB", raising=False)
-    assert sqlite_mib_from_env() == SQLITE_HEAP_MIB
-    monkeypatch.setenv("HKFS_SQLITE_HEAP_MIB", "0")
-    assert sqlite_mib_from_env() == 0
-    monkeypatch.setenv("HKFS_SQLITE_HEAP_MIB", "lots")
-    assert sqlite_mib_from_env() == SQLITE_HEAP_MIB
-
-
-def test_mmap_threshold_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hkfs.fuse.native_memory import MMAP_THRESHOLD_KIB, mmap_threshold_from_env
-    monkeypatch.delenv("HKFS_MMAP_THRESHOLD_KIB", raising=False)
-    assert mmap_threshold_from_env() == MMAP_THRESHOLD_KIB
-    monkeypatch.setenv("HKFS_MMAP_THRESHOLD_KIB", "0")
-    assert mmap_threshold_from_env() == 0
-    monkeypatch.setenv("HKFS_MMAP_THRESHOLD_KIB", "big")
-    assert mmap_threshold_from_env() == MMAP_THRESHOLD_KIB
+@pytest.mark.parametrize("var, read, default", [
+    ("HKFS_SQLITE_HEAP_MIB", "sqlite_mib_from_env", "SQLITE_HEAP_MIB"),
+    ("HKFS_MMAP_THRESHOLD_KIB", "mmap_threshold_from_env", "MMAP_THRESHOLD_KIB")])
+def test_bounds_from_env(monkeypatch: pytest.MonkeyPatch, var: str, read: str, default: str) -> None:
+    from hkfs.fuse import native_memory
+    fn, want = getattr(native_memory, read), getattr(native_memory, default)
+    monkeypatch.delenv(var, raising=False)
+    assert fn() == want
+    monkeypatch.setenv(var, "0")
+    assert fn() == 0
+    monkeypatch.setenv(var, "lots")
+    assert fn() == want
 
 
 FREED = r"""

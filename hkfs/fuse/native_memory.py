@@ -62,16 +62,19 @@ def _shared_sqlite() -> ctypes.CDLL | None:
     return lib
 
 
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return max(0, int(raw)) if raw.isdigit() else default
+
+
 def sqlite_mib_from_env(default: int = SQLITE_HEAP_MIB) -> int:
     """HKFS_SQLITE_HEAP_MIB (0: no limit) when set, else `default`."""
-    raw = os.environ.get("HKFS_SQLITE_HEAP_MIB", "").strip()
-    return max(0, int(raw)) if raw.isdigit() else default
+    return _env_int("HKFS_SQLITE_HEAP_MIB", default)
 
 
 def mmap_threshold_from_env(default: int = MMAP_THRESHOLD_KIB) -> int:
     """HKFS_MMAP_THRESHOLD_KIB (0: glibc's default) when set, else `default`."""
-    raw = os.environ.get("HKFS_MMAP_THRESHOLD_KIB", "").strip()
-    return max(0, int(raw)) if raw.isdigit() else default
+    return _env_int("HKFS_MMAP_THRESHOLD_KIB", default)
 
 
 def bound(sqlite_mib: int | None = None, arenas: int = MALLOC_ARENAS) -> None:
