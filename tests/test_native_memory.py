@@ -51,11 +51,45 @@ def test_sqlite_heap_stays_under_the_limit(tmp_path: Path) -> None:
     assert _heap_mib(tmp_path, 8) <= 12
 
 
-def test_sqlite_limit_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hkfs.fuse.native_memory import SQLITE_HEAP_MIB, sqlite_mib_from_env
-    monkeypatch.delenv("HKFS_SQLITE_HEAP_MIB", raising=False)
-    assert sqlite_mib_from_env() == SQLITE_HEAP_MIB
-    monkeypatch.setenv("HKFS_SQLITE_HEAP_MIB", "0")
-    assert sqlite_mib_from_env() == 0
-    monkeypatch.setenv("HKFS_SQLITE_HEAP_MIB", "lots")
-    assert sqlite_mib_from_env() == SQLITE_HEAP_MIB
+@pytest.mark.parametrize("var, read, default", [
+    ("HKFS_SQLITE_HEAP_MIB", "sqlite_mib_from_env", "SQLITE_HEAP_MIB"),
+    ("HKFS_MMAP_THRESHOLD_KIB", "mmap_threshold_from_env", "MMAP_THRESHOLD_KIB")])
+def test_bounds_from_env(monkeypatch: pytest.MonkeyPatch, var: str, read: str, default: str) -> None:
+    from hkfs.fuse import native_memory
+    fn, want = getattr(native_memory, read), getattr(native_memory, default)
+    monkeypatch.delenv(var, raising=False)
+    assert fn() == want
+    monkeypatch.setenv(var, "0")
+    assert fn() == 0
+    monkeypatch.setenv(var, "lots")
+    assert fn() == want
+
+
+FREED = r"""
+import sys
+import numpy as np
+from hkfs.fuse import memstats, native_memory
+native_memory.bound(sqlite_mib=0)
+big = np.ones(2 << 20)        # 16 MiB, freed: glibc's own threshold slides up to it
+del big
+pins, arrays = [], []
+for _ in range(16):
+    arrays.append(np.ones(1 << 19))      # 4 MiB each (a million-source step's array)
+    pins.append(bytearray(200_000))      # kept after each: the heap cannot shrink past them
+del arrays
+print(memstats.heap()["free_kept"] >> 20)
+"""
+
+
+@pytest.mark.parametrize("kib", [0, 1024])
+def test_big_freed_arrays_go_back_to_the_system(kib: int) -> None:
+    """With glibc's sliding threshold (0), 4 MiB arrays freed stay in the heap as free memory;
+    with MMAP_THRESHOLD_KIB they are unmapped."""
+    import os
+    env = dict(os.environ, HKFS_MMAP_THRESHOLD_KIB=str(kib))
+    out = subprocess.run([sys.executable, "-c", FREED], capture_output=True, text=True, check=True, env=env)
+    kept = int(out.stdout.split()[-1])
+    if kib:
+        assert kept < 8
+    else:
+        assert kept >= 32

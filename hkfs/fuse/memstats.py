@@ -5,7 +5,10 @@ RSS with it): the process's resident and peak memory, glibc's heap (in use, and 
 not returned to the system), Python's object allocator, SQLite's page caches (all
 connections), the read memo, libfuse's node table (hkfs.fuse.node_budget) and the
 kernel's FUSE inodes. With HKFS_TRACEMALLOC=N set when the daemon starts, Python's
-allocations are traced (N frames; slow) and the top sites are reported too.
+allocations are traced (N frames; slow) and the top sites are reported too. With
+HKFS_MEMWATCH=MS, a thread samples the resident size every MS milliseconds and, each time it
+passes its highest so far by RISE_MIB, notes the Python stacks of every thread (`rss_rises`):
+what the daemon was doing when its peak grew, which a snapshot taken later cannot tell.
 
 The main thread sits in libfuse's loop, where a Python signal handler would never run, so
 the signal only wakes a thread of ours: the interpreter's C-level handler writes the
@@ -36,6 +39,8 @@ __all__ = ["install", "snapshot", "MEMSTATS_NAME"]
 log = logging.getLogger(__name__)
 
 MEMSTATS_NAME = "memstats.json"
+RISE_MIB = 4          # HKFS_MEMWATCH: a new high this much over the last noted one is noted
+RISES_KEPT = 12       # ... and the last this many are reported
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -106,6 +111,8 @@ def snapshot(extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any
         top = tracemalloc.take_snapshot().statistics("lineno")[:15]
         out["tracemalloc"] = {"current": cur, "peak": peak,
                               "top": [f"{s.size / 2**20:.1f} MiB {s.count} {s.traceback}" for s in top]}
+    if _rises:
+        out["rss_rises"] = list(_rises)
     if extra is not None:
         try:
             out.update(extra())
@@ -129,6 +136,45 @@ def daemon_caches(ops: Any) -> dict[str, Any]:
     }
 
 
+_rises: list[dict[str, Any]] = []
+
+
+def _stacks() -> dict[str, list[str]]:
+    """The innermost frames of every Python thread, by thread name (for rss_rises)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    me = threading.get_ident()
+    out: dict[str, list[str]] = {}
+    for tid, frame in sys._current_frames().items():
+        if tid == me:
+            continue
+        lines, f = [], frame
+        while f is not None and len(lines) < 8:
+            lines.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}")
+            f = f.f_back
+        out[names.get(tid, str(tid))] = lines
+    return out
+
+
+def watch(every_ms: float) -> None:
+    """Sample VmRSS every `every_ms` and note the stacks at each new high (HKFS_MEMWATCH)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def run() -> None:
+        noted = 0
+        with open("/proc/self/statm", "rb", buffering=0) as f:
+            while True:
+                f.seek(0)
+                rss = int(f.read().split()[1]) * page
+                if rss > noted + (RISE_MIB << 20):
+                    noted = rss
+                    _rises.append({"time": time.time(), "rss_mib": round(rss / 2**20, 1),
+                                   "stacks": _stacks()})
+                    del _rises[:-RISES_KEPT]
+                time.sleep(every_ms / 1e3)
+
+    threading.Thread(target=run, name="hkfs-memwatch", daemon=True).start()
+
+
 def install(path: Path, extra: Callable[[], dict[str, Any]] | None = None) -> bool:
     """Write snapshot(extra) to `path` on every SIGUSR2 (from the main thread, before serving)."""
     if threading.current_thread() is not threading.main_thread():
@@ -136,6 +182,9 @@ def install(path: Path, extra: Callable[[], dict[str, Any]] | None = None) -> bo
     frames = os.environ.get("HKFS_TRACEMALLOC")
     if frames:
         tracemalloc.start(int(frames) if frames.isdigit() else 1)
+    every = os.environ.get("HKFS_MEMWATCH", "").strip()
+    if every.replace(".", "", 1).isdigit() and float(every) > 0:
+        watch(float(every))
     r, w = os.pipe()
     os.set_blocking(w, False)
     signal.signal(signal.SIGUSR2, lambda _sig, _frame: None)

@@ -13,6 +13,14 @@ spread over per-thread arenas.
 - glibc: at most MALLOC_ARENAS arenas (each thread otherwise may get its own, whose
   free chunks no other thread reuses), and `trim()` hands freed pages back after big
   frees (the node budget calls it after dropping entries).
+- glibc: a block of MMAP_THRESHOLD_KIB or more gets its own mapping, given back to the
+  system when freed. glibc's default threshold slides up to the largest block freed so
+  far (32 MiB at most), after which the query layer's arrays over a million sources (8 MiB
+  each) came from the heap and stayed there as free memory once freed: with 1M embedded
+  files the daemon kept 45-135 MiB of such free heap (docs/bench/query.md). A fixed
+  threshold also fixes glibc's trim threshold, at 128 KiB unless set: each FILE.query read
+  then shrank and regrew a thread's heap (mprotect, fresh pages: 1-4 ms more daemon CPU a
+  read at 1M files), so free memory at a heap's top is kept up to TRIM_THRESHOLD_MIB.
 
 The library must be the one Python's sqlite3 module uses; when sqlite3 is linked into
 the interpreter instead, nothing is set (and the log says so).
@@ -33,7 +41,11 @@ log = logging.getLogger(__name__)
 
 SQLITE_HEAP_MIB = 16      # SQLite's page caches and statements, all connections together
 MALLOC_ARENAS = 2         # glibc arenas (default 8 per core)
+MMAP_THRESHOLD_KIB = 1024  # blocks this big or bigger get their own mapping (0: glibc's sliding default)
+TRIM_THRESHOLD_MIB = 16   # ... and then free memory at a heap's top is handed back past this much
 _M_ARENA_MAX = -8         # malloc.h
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 
 _libc: ctypes.CDLL | None = None
 
@@ -50,10 +62,19 @@ def _shared_sqlite() -> ctypes.CDLL | None:
     return lib
 
 
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return max(0, int(raw)) if raw.isdigit() else default
+
+
 def sqlite_mib_from_env(default: int = SQLITE_HEAP_MIB) -> int:
     """HKFS_SQLITE_HEAP_MIB (0: no limit) when set, else `default`."""
-    raw = os.environ.get("HKFS_SQLITE_HEAP_MIB", "").strip()
-    return max(0, int(raw)) if raw.isdigit() else default
+    return _env_int("HKFS_SQLITE_HEAP_MIB", default)
+
+
+def mmap_threshold_from_env(default: int = MMAP_THRESHOLD_KIB) -> int:
+    """HKFS_MMAP_THRESHOLD_KIB (0: glibc's default) when set, else `default`."""
+    return _env_int("HKFS_MMAP_THRESHOLD_KIB", default)
 
 
 def bound(sqlite_mib: int | None = None, arenas: int = MALLOC_ARENAS) -> None:
@@ -77,6 +98,10 @@ def bound(sqlite_mib: int | None = None, arenas: int = MALLOC_ARENAS) -> None:
     try:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         _libc.mallopt(_M_ARENA_MAX, arenas)
+        mmap_kib = mmap_threshold_from_env()
+        if mmap_kib:
+            _libc.mallopt(_M_MMAP_THRESHOLD, mmap_kib << 10)
+            _libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_MIB << 20)
         _libc.malloc_trim.argtypes = [ctypes.c_size_t]
     except (OSError, AttributeError) as exc:   # not glibc
         _libc = None

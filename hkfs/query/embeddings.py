@@ -80,6 +80,7 @@ POLL_CPU_SHARE = 0.1   # looks take at most this share of a core: a look of t s 
 EXCLUDE_BY_MASK = 256  # an excluded file with more rows than this is left out by the allowed set
 DEAD_BY_MASK = 256     # as many dead base rows as this are dropped from the hits, more by the allowed set
 ALLOWED_MAX = 4        # allowed-id arrays kept (one per scope and index version; 8 bytes a row)
+CHUNK = 1 << 18        # sources a step over all of them handles at a time (a few MiB of transients)
 
 CACHE_FORMAT = 1       # STORE/vectors/sources-ns<NS>.npz (docs/query.md); another is ignored
 MANIFEST_FORMAT = 2    # manifest.json + gen-<N>/keys.npy; another is ignored (rebuilt)
@@ -269,6 +270,14 @@ class _Table:
         own, entry = ((int(self.dim[i]), int(self.nrows[i])) if h else None
                       for i, h in zip(idx.tolist(), hit.tolist(), strict=True))
         return own, entry
+
+    def same_rows(self, other: _Table) -> bool:
+        """Whether both tables hold the same sources (code, fingerprint, rows), compared a
+        chunk at a time."""
+        if len(self) != len(other):
+            return False
+        return all(np.array_equal(getattr(self, f)[a:a + CHUNK], getattr(other, f)[a:a + CHUNK])
+                   for a in range(0, len(self), CHUNK) for f in ("code", "fp", "nrows"))
 
     def take(self, mask: np.ndarray) -> _Table:
         return _Table(self.code[mask], self.fp[mask], self.dim[mask], self.nrows[mask])
@@ -499,19 +508,21 @@ class EmbeddingCatalog:
             fps.append(_fp64(("entry", kind, int(size), int(mtime),
                               dim_raw.decode("utf-8", "replace") if dim_raw is not None else "")))
             meta[eid * 2] = (name, dim_raw)
-        n = len(codes) + len(embs)
-        want = _Table.of(np.concatenate([np.array(codes, np.int64), embs["id"] * 2 + 1]),
-                         np.concatenate([np.array(fps, np.int64), embs["fp"]]), np.zeros(n), np.zeros(n))
+        want = _fingerprint_table(np.array(codes, np.int64), np.array(fps, np.int64), embs)
         del entries, embs, codes, fps
         have = self._sources.get(ns, _EMPTY)
         touched: set[tuple[int, int]] = set()
-        same = want.same(have.code, have.fp)
+        same = np.empty(len(have), bool)    # have's rows still as they were
+        known = np.zeros(len(want), bool)   # want's rows among those: nothing to read
+        for a in range(0, len(have), CHUNK):     # a chunk at a time: no 1M-wide transients
+            same[a:a + CHUNK] = want.same(have.code[a:a + CHUNK], have.fp[a:a + CHUNK])
+        for a in range(0, len(want), CHUNK) if len(have) else ():
+            idx, hit = have.find(want.code[a:a + CHUNK])
+            known[a:a + CHUNK] = hit & same[idx]
         for i in np.flatnonzero(~same):
             self._drop(ns, _key(int(have.code[i])), int(have.dim[i]), touched)
-        kept = have.take(same)
-        _i, known = kept.find(want.code)
         new = want.take(~known)
-        parts = [kept]
+        parts = []
         left = np.ones(len(new), bool)
         for sh in self._shards.values():     # unchanged since a base was built: no read
             if sh.ns != ns or not len(sh.base_keys) or not left.any():
@@ -533,8 +544,9 @@ class EmbeddingCatalog:
                 loaded.append((c, fp, *got))
         if loaded:
             parts.append(_Table.of(*zip(*loaded, strict=True)))
-        self._sources[ns] = _Table.concat(parts)
+        self._sources[ns] = _merged(have, same, _Table.concat(parts))
         self._mark_dead(ns, touched)
+        self._share(ns)
         self._dims.pop(ns, None)
         for t in touched:
             sh = self._shards[t]
@@ -549,13 +561,35 @@ class EmbeddingCatalog:
             if sh.ns != ns:
                 continue
             b = sh.base_keys
-            idx, hit = live.find(b.code)
-            ok = hit & (live.fp[idx] == b.fp) & (live.dim[idx] == sh.dim) if len(live) else hit
-            dead = b.code[~ok]
+            dead_parts, dead_n = [_NO_CODES], 0
+            for a in range(0, len(b), CHUNK):      # 1M-wide lookups a chunk at a time
+                code = b.code[a:a + CHUNK]
+                idx, hit = live.find(code)
+                ok = hit & (live.fp[idx] == b.fp[a:a + CHUNK]) & (live.dim[idx] == sh.dim) \
+                    if len(live) else hit
+                dead_parts.append(code[~ok])
+                dead_n += int(b.nrows[a:a + CHUNK][~ok].sum())
+            dead = np.concatenate(dead_parts)
             if not np.array_equal(dead, sh.dead):
                 sh.dead = dead
-                sh.dead_n = int(b.nrows[np.isin(b.code, dead)].sum()) if len(dead) else 0
+                sh.dead_n = dead_n
                 touched.add((sh.ns, sh.dim))
+
+    def _share(self, ns: int) -> None:
+        """When namespace ns's sources are exactly one shard's base as built (the steady state:
+        nothing changed since the last build), the sources table becomes the base's keys,
+        which are mapped from the daemon's own file (gen-N/keys.npy), instead of a second
+        copy in the heap (28 bytes a source: 27 MiB at a million)."""
+        t = self._sources.get(ns)
+        if t is None or not len(t):
+            return
+        for sh in self._shards.values():
+            b = sh.base_keys
+            if sh.ns != ns or b is t or len(sh.dead) or len(b) != len(t) or not isinstance(b.code, np.memmap):
+                continue
+            if b.same_rows(t) and all(bool((t.dim[a:a + CHUNK] == sh.dim).all()) for a in range(0, len(t), CHUNK)):
+                self._sources[ns] = b
+            return
 
     def _own_pending(self, sh: _Shard) -> dict[Key, _Pending]:
         """The shard's pending dict, copied once per reconcile: searches iterate the old one unlocked."""
@@ -664,8 +698,10 @@ class EmbeddingCatalog:
         for sh in self._shards.values():
             if sh.ns != ns or not len(sh.base_keys):
                 continue
-            idx, hit = sh.base_keys.find(t.code)
-            need &= ~(hit & (sh.base_keys.fp[idx] == t.fp) & (t.dim == sh.dim))
+            for a in range(0, len(t), CHUNK):       # a chunk at a time: no 1M-wide transients
+                idx, hit = sh.base_keys.find(t.code[a:a + CHUNK])
+                need[a:a + CHUNK] &= ~(hit & (sh.base_keys.fp[idx] == t.fp[a:a + CHUNK])
+                                       & (t.dim[a:a + CHUNK] == sh.dim))
         for c, n in zip(t.code[need].tolist(), t.nrows[need].tolist(), strict=True):
             rows = self._rows_full(ns, _key(c), n)
             if rows is None or len(rows) != n:
@@ -676,6 +712,7 @@ class EmbeddingCatalog:
             self._add_pending(ns, _key(c), rows, touched)
         self._sources[ns] = t
         self._mark_dead(ns, touched)
+        self._share(ns)
         self._dims.pop(ns, None)
         for k in touched:
             self._shards[k].version += 1
@@ -756,6 +793,7 @@ class EmbeddingCatalog:
             extra = 0
             if exclude is not None:
                 extra = sum(got[1] for got in srcs.of_entity(exclude) if got is not None)
+        # sorted as documented (not checked here: a check of a 1M-id scope cost 0.6 ms a query)
         scope_set = None if scope is None else np.asarray(scope, np.int64)
         in_mask = exclude if extra > EXCLUDE_BY_MASK else None
         kk = k if in_mask is not None else k + extra
@@ -774,7 +812,7 @@ class EmbeddingCatalog:
                 if allowed is None and len(found) < min(kk, base_n):
                     # the probed lists held fewer than k rows (small nprobe, big k): with every id
                     # allowed, vecindex falls back to an exact scan, so k hits still come back
-                    everything = _key_ids(base_keys.code >> 1, (base_keys.code & 1) == 1, base_keys.nrows)
+                    everything = _keys_ids(base_keys.code, base_keys.nrows)
                     s, ids = base.search(q.reshape(1, -1), k=kk, nprobe=nprobe, allowed_ids=everything)
                     found = [(float(a), int(b)) for a, b in zip(s[0], ids[0], strict=True) if b >= 0]
                 if exclude is not None:
@@ -818,20 +856,22 @@ class EmbeddingCatalog:
             with self._lock:
                 if ck in self._allowed_cache:
                     return self._allowed_cache[ck]
-        eids, own, nrows = base_keys.code >> 1, (base_keys.code & 1) == 1, base_keys.nrows
-        ok = np.ones(len(eids), bool)
-        if len(dead):
-            ok &= ~np.isin(base_keys.code, dead)
-        if exclude is not None:
-            ok &= eids != exclude
-        if scope is not None:
-            ok &= np.isin(eids, scope)
+        ok = np.ones(len(base_keys), bool)
+        scope = None if scope is None else _sorted(scope)
+        for a in range(0, len(ok), CHUNK):     # a chunk at a time: no 1M-wide transients
+            code, part = base_keys.code[a:a + CHUNK], ok[a:a + CHUNK]
+            if len(dead):
+                part &= ~_in_sorted(code, dead)
+            if exclude is not None:
+                part &= (code >> 1) != exclude
+            if scope is not None:
+                part &= _in_sorted(code >> 1, scope)
         if ok.all():
             allowed = None
         elif not ok.any():
             allowed = np.zeros(0, np.int64)
         else:
-            allowed = _key_ids(eids[ok], own[ok], nrows[ok])
+            allowed = _keys_ids(base_keys.code, base_keys.nrows, ok)
         if ck is not None:
             with self._lock:
                 while len(self._allowed_cache) >= ALLOWED_MAX:
@@ -972,6 +1012,8 @@ class EmbeddingCatalog:
                           if not b or _code(k_) in dead}
             sh.version += 1
             self._write_manifest(sdir, gen, snap)
+            sh.base_keys = _mapped_keys(sdir / f"gen-{gen}" / "keys.npy", len(snap), dim)
+            self._share(ns)
             again = self._needs_rebuild(sh)
         for g in sdir.glob("gen-*"):
             if g != gdir:
@@ -1036,10 +1078,7 @@ class EmbeddingCatalog:
                     # mapped, not read: 24 bytes a source (24 MiB at 1M embedded files) stay
                     # out of the daemon's heap; the file is the daemon's own, written once into
                     # its generation directory and never rewritten (removed whole), so no SIGBUS
-                    arr = np.load(sdir / doc["keys"], mmap_mode="r", allow_pickle=False)
-                    if arr.shape != (3, int(doc["sources"])) or arr.dtype != np.int64:
-                        raise ValueError(f"keys of shape {arr.shape}, {arr.dtype}")
-                    keys = _Table(arr[0], arr[1], np.full(arr.shape[1], dim, np.int32), arr[2])
+                    keys = _mapped_keys(sdir / doc["keys"], int(doc["sources"]), dim)
             except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, VecIndexError) as exc:
                 # (a reader like `hk query` may race the daemon swapping generations: quietly exact)
                 log.log(logging.WARNING if self.writable else logging.INFO,
@@ -1054,6 +1093,44 @@ class EmbeddingCatalog:
             return {f"ns{k[0]}-d{k[1]}": {"base_rows": sh.base_total(), "pending_rows": sh.pending_rows(),
                                           "dead_rows": sh.dead_rows(), "gen": sh.gen}
                     for k, sh in self._shards.items()}
+
+
+def _fingerprint_table(codes: np.ndarray, fps: np.ndarray, embs: np.ndarray) -> _Table:
+    """The sources a reconcile found, sorted by code: entry files (codes, fps) and own embeddings
+    (embs: id, fp). No dim or rows (zero broadcasts), and no sort when already in order."""
+    code = np.concatenate([codes, embs["id"] * 2 + 1]) if len(codes) else embs["id"] * 2 + 1
+    fp = np.concatenate([fps, embs["fp"]]) if len(codes) else np.ascontiguousarray(embs["fp"])
+    if len(code) > 1 and not bool((code[1:] > code[:-1]).all()):
+        order = np.argsort(code, kind="stable")
+        code, fp = code[order], fp[order]
+    n = len(code)
+    return _Table(code, fp, np.broadcast_to(np.int32(0), (n,)), np.broadcast_to(np.int64(0), (n,)))
+
+
+def _merged(have: _Table, keep: np.ndarray, added: _Table) -> _Table:
+    """have's rows where keep, with added's (sorted, codes none of have's kept ones) put in
+    order: built a column at a time, so a few changes among a million sources cost the new
+    table and one column's copy, not a concatenation and sort of every column. Nothing
+    changed: have itself (still shared with a base, `_share`)."""
+    if not len(added) and bool(keep.all()):
+        return have
+    kept = have.code[keep]
+    at = np.searchsorted(kept, added.code)
+    code = np.insert(kept, at, added.code)
+    del kept
+    fp = np.insert(np.asarray(have.fp[keep]), at, added.fp)
+    dim = np.insert(np.asarray(have.dim[keep], np.int32), at, added.dim)
+    nrows = np.insert(np.asarray(have.nrows[keep]), at, added.nrows)
+    return _Table(code, fp, dim, nrows)
+
+
+def _mapped_keys(path: Path, n: int, dim: int) -> _Table:
+    """A base's keys (gen-N/keys.npy: code, fingerprint, rows of its n sources) mapped, not read
+    (ValueError when the file is not that); every source of a base has its dimension."""
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    if arr.shape != (3, n) or arr.dtype != np.int64:
+        raise ValueError(f"keys of shape {arr.shape}, {arr.dtype}")
+    return _Table(arr[0], arr[1], np.broadcast_to(np.int32(dim), (n,)), arr[2])
 
 
 def _v1_keys(rows: list, dim: int) -> _Table:
@@ -1075,6 +1152,48 @@ def _key_ids(eids: np.ndarray, own: np.ndarray, nrows: np.ndarray) -> np.ndarray
     rows = np.arange(total, dtype=np.int64) - np.repeat(ends - counts, counts)
     rows[np.repeat(own, counts)] = OWN_ROW
     return (np.repeat(eids, counts) << ROW_BITS) | rows
+
+
+def _keys_ids(code: np.ndarray, nrows: np.ndarray, ok: np.ndarray | None = None) -> np.ndarray:
+    """The index ids of the keys (sorted codes) where `ok` (None: all), in order: `_key_ids`
+    CHUNK keys at a time into one array (its transients over a million keys were ~50 MiB)."""
+    total = 0
+    for a in range(0, len(code), CHUNK):
+        count = np.where((code[a:a + CHUNK] & 1) == 1, 1, nrows[a:a + CHUNK])
+        total += int(count.sum() if ok is None else count[ok[a:a + CHUNK]].sum())
+    out = np.empty(total, np.int64)
+    at = 0
+    for a in range(0, len(code), CHUNK):
+        c, n = code[a:a + CHUNK], nrows[a:a + CHUNK]
+        if ok is not None:
+            c, n = c[ok[a:a + CHUNK]], n[ok[a:a + CHUNK]]
+        part = _key_ids(c >> 1, (c & 1) == 1, n)
+        out[at:at + len(part)] = part
+        at += len(part)
+    return out
+
+
+def _sorted(x: np.ndarray) -> np.ndarray:
+    """x in ascending order: x itself when it already is (one byte a row to check), else sorted."""
+    if len(x) < 2 or bool((x[1:] >= x[:-1]).all()):
+        return x
+    return np.sort(x)
+
+
+def _in_sorted(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Whether each element of x is in sorted_set (ascending): np.isin's answer by a binary
+    search, CHUNK elements at a time. np.isin sorts both arrays together: ~100 MiB of
+    transients at a million elements each, against a few MiB here."""
+    out = np.zeros(len(x), bool)
+    if not len(sorted_set):
+        return out
+    last = len(sorted_set) - 1
+    for a in range(0, len(x), CHUNK):
+        part = x[a:a + CHUNK]
+        i = np.searchsorted(sorted_set, part)
+        np.minimum(i, last, out=i)
+        out[a:a + CHUNK] = sorted_set[i] == part
+    return out
 
 
 def _contains(sorted_ids: np.ndarray, eid: int) -> bool:
@@ -1123,7 +1242,7 @@ def _exact_block(q: np.ndarray, p: _Pending, k: int, scope: np.ndarray | None,
     eids = p.ids >> ROW_BITS
     ok = np.ones(len(eids), bool)
     if scope is not None:
-        ok &= np.isin(eids, scope)
+        ok &= _in_sorted(eids, scope)
     if exclude is not None:
         ok &= eids != exclude
     if not ok.all():

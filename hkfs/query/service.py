@@ -157,7 +157,7 @@ class QueryService:
 
     def _fill(self, sc: Scope) -> None:
         if sc.view is not None:
-            sc.ids = np.asarray(self.store.match_ids(sc.ns, sc.view), np.int64)
+            sc.ids = self._match_ids(sc.ns, sc.view)
             return
         assert sc.dirid is not None
         names: dict[int, str] = {}
@@ -166,9 +166,16 @@ class QueryService:
                 names.setdefault(e.id, e.name)
         ids = np.fromiter(names, np.int64, len(names))
         if sc.dkl:
-            ids = np.concatenate([ids, np.asarray(self.store.match_ids(sc.ns, sc.dkl), np.int64)])
+            ids = np.concatenate([ids, self._match_ids(sc.ns, sc.dkl)])
         sc.names = names
         sc.ids = np.unique(ids)
+
+    def _match_ids(self, ns: int, hks: tuple[HK, ...]) -> np.ndarray:
+        """The sorted ids of a view's files, read as one string of text: a Python int and list
+        slot per file cost ~40 MiB of transients at a million files (Store.match_ids)."""
+        ids = np.fromstring(self.store.match_ids_text(ns, hks), np.int64, sep=",")
+        ids.sort()
+        return ids
 
     # ------------------------------------------------------------ running
 
