@@ -5,7 +5,7 @@
  * multiply-add), pick the nprobe best lists, read each probed list once per batch with pread(2)
  * into a reused buffer (so RSS does not grow with the bytes scanned) and score it for every
  * query probing it (list-major, see "The batch engine"), keep each query's best in a bounded
- * min-heap, re-rank int8 candidates exactly from the float32 rows, and read the k ids. Same results as the numpy path in ivf.py and the numba
+ * candidate buffer (offer_rows), re-rank int8 candidates exactly from the float32 rows, and read the k ids. Same results as the numpy path in ivf.py and the numba
  * kernel in _numba_search.py (tests/test_vecindex_kernels.py compares them).
  *
  * Why C and not numba: importing numba/llvmlite costs ~130 MiB of RSS and its dispatch of
@@ -68,7 +68,7 @@ static inline int worse(float sa, int64_t pa, float sb, int64_t pb)
 
 /* Keep the `cap` best (score, position) pairs in a min-heap; returns the new size. The order is
  * total (a higher score, then a lower position), so the kept set does not depend on the order of
- * the offers: the batch path scans blocks in any order and merges threads' heaps. */
+ * the offers (the probe's lists, the re-rank's k best). */
 static inline int64_t heap_push(float *hs, int64_t *hp, int64_t n, int64_t cap, float s, int64_t p)
 {
     int64_t i;
@@ -106,10 +106,9 @@ static inline int better(float sa, int64_t pa, float sb, int64_t pb)
 }
 
 /* Put the `cap` best of the n > cap pairs (s, p) into s[0:cap], the cap-th best at cap - 1
- * (quickselect, Hoare partition; the order is total, as in the heaps). A query's scan keeps its
- * candidates in a buffer of 2 cap pairs cut back to the cap best when full (offer_rows): on a
- * list of a few hundred rows that costs a third of pushing each candidate into a heap, whose
- * sift-downs mispredict a branch a level. */
+ * (quickselect, Hoare partition; the order is total, as in heap_push). A query's scan keeps its
+ * candidates in a buffer of 2 cap pairs cut back to the cap best when full (offer_rows): cheaper
+ * than pushing each entrant into a heap, whose sift-down mispredicts a branch a level. */
 static void select_best(float *s, int64_t *p, int64_t n, int64_t cap)
 {
     int64_t lo = 0, hi = n - 1;
@@ -511,11 +510,11 @@ static int64_t lower_bound(const int64_t *a, int64_t n, int64_t x)
  * three phases, each shared by the call's threads (the caller's own thread is one of them):
  *   A. per query: normalize, prepare the int8 query, score the centroids, pick its lists;
  *   B. per block of a probed list (list-major): read the block once, score it for every query
- *      of the round that probes the list, and keep each query's best in that thread's heap;
- *   C. per query: merge the threads' heaps, re-rank int8 candidates exactly, read the ids.
+ *      of the round that probes the list, and keep each query's best in that thread's buffer;
+ *   C. per query: merge the threads' buffers, re-rank int8 candidates exactly, read the ids.
  * Reading a list once per round instead of once per query cuts the copies from the page cache
  * (on clustered data the queries of a batch share most of their lists), and the block stays in
- * cache while every query scores it. Heaps order (score, position) totally, so the kept set does
+ * cache while every query scores it. Candidates are ordered by (score, position) totally, so the kept set does
  * not depend on the order in which blocks are scanned: the results are those of a query alone.
  * ------------------------------------------------------------------------------------------ */
 
@@ -608,7 +607,7 @@ typedef struct {
     int64_t *lcnt, *lstart, *ldist, *lq; /* per probed list: queries, start in lq; the lists */
     Unit *units;
     _Atomic float *qthr; /* nr: a score each query's hcap best beat or tie, shared by the threads */
-    Scratch **ws;       /* one per thread; heaps live in each */
+    Scratch **ws;       /* one per thread; candidate buffers live in each */
     atomic_long next;
     atomic_int rc;
 } Job;
@@ -880,7 +879,7 @@ static int scan_unit(Job *j, Scratch *w, const Unit *u)
     return 0;
 }
 
-/* Phase C for query i: merge the threads' heaps, re-rank, order, write the outputs and ids. */
+/* Phase C for query i: merge the threads' buffers, re-rank, order, write the outputs and ids. */
 static int finish_query(Job *j, Scratch *w, int64_t i)
 {
     const int64_t d = j->d, k = j->k, hc = j->hcap, qg = j->q0 + i;
@@ -1043,7 +1042,7 @@ static int run_job(Job *j)
     j->cap = j->cap < 256 ? 256 : j->cap > MAX_BUF_ROWS ? MAX_BUF_ROWS : j->cap;
     j->hcap = int8 ? j->keep : j->k;
     j->dpad = 16 * ((j->d + 15) / 16);
-    /* a round's heaps stay within ~32 MiB over all threads */
+    /* a round's candidate buffers stay within ~32 MiB over all threads */
     int64_t R = (32 << 20) / (12 * (2 * j->hcap + 1) * j->nthreads);
     j->R = R < 1 ? 1 : R > MAX_ROUND ? MAX_ROUND : R;
     if (j->R > j->nq)
