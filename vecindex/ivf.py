@@ -51,11 +51,14 @@ from vecindex.io import as_rows, open_vectors
 log = logging.getLogger(__name__)
 
 try:  # the C kernel, when built (setup.py); imported here, not per call (a few microseconds each)
-    from vecindex._csearch import prepare as _c_prepare
     from vecindex._csearch import search_batch as _c_search_batch
+except ImportError:
+    _c_search_batch = None
+try:  # its single-call entry (a kernel built before it lacks it: searches then use search_batch)
+    from vecindex._csearch import prepare as _c_prepare
     from vecindex._csearch import search_prepared as _c_search_prepared
 except ImportError:
-    _c_search_batch = _c_prepare = _c_search_prepared = None
+    _c_prepare = _c_search_prepared = None
 
 METRICS = ("cosine", "ip", "l2")
 _NO_PROBES = np.zeros((1, 0), np.int64)  # kernel argument: no lists given, score the centroids
