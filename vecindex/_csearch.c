@@ -259,6 +259,43 @@ AVX2 static void score_panels_avx2(const float *restrict q, const float *restric
     }
 }
 
+/* The same for two queries in one pass over the panels: half a panel (32 centroids) at a time,
+ * 4 accumulators per query, each panel load used by both; a batch reads the panels half as often
+ * (GloVe's 2048 x 50 are 400 KiB: read from L2 once per query they bound this step). Each score
+ * is the same sum in the same order as score_panels_avx2's, so the same bits. */
+AVX2 static void score_panels_avx2_x2(const float *restrict qa, const float *restrict qb,
+                                     const float *restrict cp, int64_t d, int64_t nlist,
+                                     float *restrict outa, float *restrict outb)
+{
+    for (int64_t p = 0; p < panels(nlist); p++) {
+        const float *blk = cp + p * d * PANEL;
+        const int64_t m = nlist - p * PANEL;
+        for (int h = 0; h < PANEL; h += PANEL / 2) {
+            __m256 a[PANEL / 16], b[PANEL / 16];
+            for (int e = 0; e < PANEL / 16; e++)
+                a[e] = b[e] = _mm256_setzero_ps();
+            for (int64_t j = 0; j < d; j++) {
+                const __m256 x = _mm256_set1_ps(qa[j]), y = _mm256_set1_ps(qb[j]);
+                for (int e = 0; e < PANEL / 16; e++) {
+                    const __m256 v = _mm256_loadu_ps(blk + j * PANEL + h + 8 * e);
+                    a[e] = _mm256_fmadd_ps(x, v, a[e]);
+                    b[e] = _mm256_fmadd_ps(y, v, b[e]);
+                }
+            }
+            float ta[PANEL / 2], tb[PANEL / 2];
+            for (int e = 0; e < PANEL / 16; e++) {
+                _mm256_storeu_ps(ta + 8 * e, a[e]);
+                _mm256_storeu_ps(tb + 8 * e, b[e]);
+            }
+            const int64_t keep = m - h >= PANEL / 2 ? PANEL / 2 : m - h;
+            if (keep > 0) {
+                memcpy(outa + p * PANEL + h, ta, (size_t)keep * sizeof(float));
+                memcpy(outb + p * PANEL + h, tb, (size_t)keep * sizeof(float));
+            }
+        }
+    }
+}
+
 /* Integer dot products: the query, scaled so its largest |value| is 32767 and rounded to int16
  * (a relative error of ~2e-5, far below the codes' own 1/255; done once per query by
  * prepare_query), times the int8 codes with vpmaddwd: 16 dimensions in 3 instructions against 6
@@ -438,7 +475,16 @@ static void score_i8_x2_c(const QI8 *qa, const QI8 *qb, const int8_t *codes, int
     score_i8_c(qb, codes, m, d, outb);
 }
 
+static void score_panels_x2_c(const float *qa, const float *qb, const float *cp, int64_t d, int64_t nlist,
+                              float *outa, float *outb)
+{
+    score_panels_c(qa, cp, d, nlist, outa);
+    score_panels_c(qb, cp, d, nlist, outb);
+}
+
 static void (*score_panels)(const float *, const float *, int64_t, int64_t, float *) = score_panels_c;
+static void (*score_panels_x2)(const float *, const float *, const float *, int64_t, int64_t, float *,
+                               float *) = score_panels_x2_c;
 static void (*score_i8)(const QI8 *, const int8_t *, int64_t, int64_t, float *) = score_i8_c;
 static void (*score_i8_x2)(const QI8 *, const QI8 *, const int8_t *, int64_t, int64_t, float *,
                            float *) = score_i8_x2_c;
@@ -616,11 +662,11 @@ typedef struct {
 static int scratch_ready(const Job *j, Scratch *w)
 {
     const int int8 = j->flags & F_INT8;
-    const int64_t d = j->d, cap = j->cap, hc = j->hcap, pc = j->nprobe > hc ? j->nprobe : hc;
+    const int64_t d = j->d, cap = j->cap, hc = j->hcap, pc = 2 * j->nprobe > hc ? 2 * j->nprobe : hc;
     size_t want[S_COUNT] = {
         [S_BLOCK] = int8 ? (size_t)(cap * d) + 16 : (size_t)(cap * d) * sizeof(float),  /* slack: score_i8_avx2 */
         [S_SQ] = (size_t)cap * sizeof(float), [S_SC] = (size_t)cap * sizeof(float),
-        [S_SC2] = (size_t)cap * sizeof(float), [S_CS] = (size_t)j->nlist * sizeof(float),
+        [S_SC2] = (size_t)cap * sizeof(float), [S_CS] = (size_t)(2 * j->nlist) * sizeof(float),
         [S_ROW] = SPAN_BYTES > 4 * d ? SPAN_BYTES : (size_t)(4 * d),
         [S_PHS] = (size_t)pc * sizeof(float), [S_PHP] = (size_t)pc * sizeof(int64_t),
         [S_MS] = (size_t)(j->nthreads * 2 * hc) * sizeof(float),
@@ -640,30 +686,47 @@ static int scratch_ready(const Job *j, Scratch *w)
 
 #define SB(w, i, T) ((T *)(w)->b[i].p)
 
-/* The nprobe best of nlist centroid scores into the heap (hs, hp); returns how many. Once the
- * heap is full, a group of 8 scores none of which beats its worst is skipped with one compare
- * (the common case: a few hundred groups for a handful of pushes). */
+/* The nprobe best of nlist centroid scores into (hs, hp) (room for 2 nprobe), in no order; returns
+ * how many. As in offer_rows, entrants go to a buffer cut back by select_best when full (a heap's
+ * sift-downs cost ~15 us a query at nprobe 96 on 2048 lists); once a threshold is set, a group of 8
+ * scores none of which beats it is skipped with one compare (a later list never wins a tie). */
 static int64_t top_lists(const float *cs, int64_t nlist, int64_t nprobe, float *hs, int64_t *hp)
 {
-    int64_t n = 0, c = 0;
-    for (; c < nlist && n < nprobe; c++)
-        n = heap_push(hs, hp, n, nprobe, cs[c], c);
-    for (; c + 8 <= nlist; c += 8) {
-        const float t = hs[0];
-        int any = 0;
-        for (int e = 0; e < 8; e++)
-            any |= cs[c + e] > t;
-        if (any)
+    int64_t n = 0;
+    float ts = -INFINITY;
+    int64_t tp = INT64_MAX;
+    for (int64_t c0 = 0; c0 < nlist; c0 += 8) {
+        const int64_t c1 = c0 + 8 <= nlist ? c0 + 8 : nlist;
+        if (ts > -INFINITY && c1 - c0 == 8) {
+            int any = 0;
             for (int e = 0; e < 8; e++)
-                n = heap_push(hs, hp, n, nprobe, cs[c + e], c + e);
+                any |= cs[c0 + e] > ts;
+            if (!any)
+                continue;
+        }
+        for (int64_t c = c0; c < c1; c++) {
+            const float s = cs[c];
+            if (!(s > ts || (s == ts && c < tp)))
+                continue;
+            hs[n] = s;
+            hp[n] = c;
+            if (++n == 2 * nprobe) {
+                select_best(hs, hp, n, nprobe);
+                n = nprobe;
+                ts = hs[nprobe - 1];
+                tp = hp[nprobe - 1];
+            }
+        }
     }
-    for (; c < nlist; c++)
-        n = heap_push(hs, hp, n, nprobe, cs[c], c);
+    if (n > nprobe) {
+        select_best(hs, hp, n, nprobe);
+        n = nprobe;
+    }
     return n;
 }
 
-/* Phase A for query i of the round. */
-static void prepare_query(Job *j, Scratch *w, int64_t i)
+/* Phase A for query i of the round: its normalized and int8 forms. */
+static void prepare_vec(Job *j, int64_t i)
 {
     const int64_t d = j->d;
     const float *q = j->Q + (j->q0 + i) * d;
@@ -695,6 +758,11 @@ static void prepare_query(Job *j, Scratch *w, int64_t i)
         j->qp[2 * i] = 1.0f / scale;
         j->qp[2 * i + 1] = cst;
     }
+}
+
+/* Its lists: the probes given, or the nprobe best of the centroid scores cs (q . c). */
+static void pick_lists(Job *j, Scratch *w, int64_t i, float *cs)
+{
     int64_t *lists = j->plist + i * j->nprobe, n = 0;
     if (j->P > 0) {
         int64_t *tmp = SB(w, S_PHP, int64_t);
@@ -704,9 +772,8 @@ static void prepare_query(Job *j, Scratch *w, int64_t i)
             if (n == 0 || tmp[t] != lists[n - 1])
                 lists[n++] = tmp[t];  /* P <= nprobe (checked at the call) */
     } else {
-        float *cs = SB(w, S_CS, float), *hs = SB(w, S_PHS, float);
+        float *hs = SB(w, S_PHS, float);
         int64_t *hp = SB(w, S_PHP, int64_t);
-        score_panels(qv, j->cpan, d, j->nlist, cs);
         if (j->flags & F_L2)
             for (int64_t c = 0; c < j->nlist; c++)
                 cs[c] = 2 * cs[c] - j->csq[c];
@@ -974,10 +1041,24 @@ static int finish_query(Job *j, Scratch *w, int64_t i)
 /* Items 0..n-1 of a phase, handed out one at a time to whichever thread is free. */
 #define EACH(j, it, n) for (int64_t it; (it = atomic_fetch_add(&(j)->next, 1)) < (n);)
 
+/* Phase A, two queries an item (their centroid scores in one pass over the panels). */
 static void phase_prepare(Job *j, Scratch *w)
 {
-    EACH(j, i, j->nr)
-        prepare_query(j, w, i);
+    const int64_t d = j->d, nl = j->nlist;
+    float *cs = SB(w, S_CS, float);
+    EACH(j, it, (j->nr + 1) / 2) {
+        const int64_t a = 2 * it, b = a + 1 < j->nr ? a + 1 : -1;
+        prepare_vec(j, a);
+        if (b >= 0)
+            prepare_vec(j, b);
+        if (j->P == 0 && b >= 0)
+            score_panels_x2(j->qv + a * d, j->qv + b * d, j->cpan, d, nl, cs, cs + nl);
+        else if (j->P == 0)
+            score_panels(j->qv + a * d, j->cpan, d, nl, cs);
+        pick_lists(j, w, a, cs);
+        if (b >= 0)
+            pick_lists(j, w, b, cs + nl);
+    }
 }
 
 static void phase_scan(Job *j, Scratch *w)
@@ -1079,7 +1160,7 @@ static int run_job(Job *j)
             memset(ws[t]->b[S_HEAPN].p, 0, (size_t)j->nr * sizeof(int64_t));
         for (int64_t i = 0; i < j->nr; i++)
             atomic_init(&j->qthr[i], -INFINITY);
-        run_phase(j, phase_prepare, j->nr, j->nr * j->nlist);
+        run_phase(j, phase_prepare, (j->nr + 1) / 2, j->nr * j->nlist);
         plan_round(j);
         run_phase(j, phase_scan, j->nunits, j->work);
         run_phase(j, phase_finish, j->nr, j->nr * j->hcap * 64);
@@ -1287,6 +1368,7 @@ PyMODINIT_FUNC PyInit__csearch(void)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("VECINDEX_NO_AVX2")) {
         score_panels = score_panels_avx2;
+        score_panels_x2 = score_panels_avx2_x2;
         score_i8 = score_i8_avx2;
         score_i8_x2 = score_i8_avx2_x2;
         score_f32 = score_f32_avx2;
