@@ -688,7 +688,7 @@ static int scratch_ready(const Job *j, Scratch *w)
 
 /* The nprobe best of nlist centroid scores into (hs, hp) (room for 2 nprobe), in no order; returns
  * how many. As in offer_rows, entrants go to a buffer cut back by select_best when full (a heap's
- * sift-downs cost ~15 us a query at nprobe 96 on 2048 lists); once a threshold is set, a group of 8
+ * sift-downs mispredict a branch a level); once a threshold is set, a group of 8
  * scores none of which beats it is skipped with one compare (a later list never wins a tie). */
 static int64_t top_lists(const float *cs, int64_t nlist, int64_t nprobe, float *hs, int64_t *hp)
 {
