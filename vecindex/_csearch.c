@@ -147,6 +147,25 @@ static void select_best(float *s, int64_t *p, int64_t n, int64_t cap)
     }
 }
 
+/* Add (sc, p), which beats the threshold (*ts, *tp), to a buffer of *n < 2 cap candidates; a full
+ * buffer is cut back to its cap best, whose worst becomes the threshold if it ranks higher.
+ * Returns 1 when the threshold rose. */
+static inline int enter(float *hs, int64_t *hp, int64_t *n, int64_t cap, float sc, int64_t p, float *ts,
+                        int64_t *tp)
+{
+    hs[*n] = sc;
+    hp[*n] = p;
+    if (++*n < 2 * cap)
+        return 0;
+    select_best(hs, hp, *n, cap);
+    *n = cap;
+    if (!better(hs[cap - 1], hp[cap - 1], *ts, *tp))
+        return 0;
+    *ts = hs[cap - 1];
+    *tp = hp[cap - 1];
+    return 1;
+}
+
 /* The centroids are stored in panels of PANEL: panel p holds, for each dimension j, the j-th
  * values of centroids p * PANEL .. p * PANEL + PANEL - 1 (zeros past nlist), so scoring a panel
  * reads one contiguous d x PANEL block and keeps PANEL sums in registers (8 AVX2 accumulators:
@@ -706,16 +725,8 @@ static int64_t top_lists(const float *cs, int64_t nlist, int64_t nprobe, float *
         }
         for (int64_t c = c0; c < c1; c++) {
             const float s = cs[c];
-            if (!(s > ts || (s == ts && c < tp)))
-                continue;
-            hs[n] = s;
-            hp[n] = c;
-            if (++n == 2 * nprobe) {
-                select_best(hs, hp, n, nprobe);
-                n = nprobe;
-                ts = hs[nprobe - 1];
-                tp = hp[nprobe - 1];
-            }
+            if (s > ts || (s == ts && c < tp))
+                enter(hs, hp, &n, nprobe, s, c, &ts, &tp);
         }
     }
     if (n > nprobe) {
@@ -881,18 +892,8 @@ static void offer_rows(const Job *j, const float *restrict sc, int64_t m, int64_
             if (!(ai < nall && alw[ai] == pos))
                 continue;
         }
-        hs[n] = s;
-        hp[n] = pos;
-        if (++n == 2 * cap) {
-            select_best(hs, hp, n, cap);
-            n = cap;
-            if (better(hs[cap - 1], hp[cap - 1], ts, tp)) {
-                ts = hs[cap - 1];
-                tp = hp[cap - 1];
-                if (ts > atomic_load_explicit(qt, memory_order_relaxed))  /* a lost race leaves a lower, still valid, bound */
-                    atomic_store_explicit(qt, ts, memory_order_relaxed);
-            }
-        }
+        if (enter(hs, hp, &n, cap, s, pos, &ts, &tp) && ts > atomic_load_explicit(qt, memory_order_relaxed))
+            atomic_store_explicit(qt, ts, memory_order_relaxed);  /* a lost race leaves a lower, still valid, bound */
     }
     hs[2 * cap] = ts;
     hp[2 * cap] = tp;
