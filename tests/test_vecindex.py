@@ -347,3 +347,27 @@ def test_calibrated_default_nprobe_reaches_its_recall(tmp_path) -> None:
     assert recall(got, want) >= 0.95
     given = IVFIndex.build(tmp_path / "g", x, metric="l2", nlist=64, nprobe=5, progress=False)
     assert given.info()["default_nprobe"] == 5 and given.info()["default_nprobe_chosen_by"] == "given at build"
+
+
+def test_kmeans_seeding_spreads_centroids_over_skewed_clusters() -> None:
+    """Clusters of Zipf-distributed sizes: k random rows as seeds crowd the big clusters, and the
+    lists then hold fewer of a query's true neighbours; the default k-means++ seeding keeps more
+    of them within the 2 best lists (0.971 against 0.935 for these seeds)."""
+    from vecindex.clustering import Quantizer, kmeans
+
+    g = np.random.default_rng(0)
+    cent = g.standard_normal((256, 16)) * 2
+    share = 1.0 / np.arange(1, 257)
+    c = g.choice(256, 30000, p=share / share.sum())
+    x = (cent[c] + g.standard_normal((30000, 16)) * np.exp(g.normal(0, 0.7, (256, 16)))[c] * 0.5)
+    x = x.astype(np.float32)
+    q, base = x[:200], x[200:]
+    d2 = (q**2).sum(1)[:, None] - 2 * q @ base.T + (base**2).sum(1)[None]
+    truth = np.argsort(d2, 1)[:, :10]
+
+    def held(**kw) -> float:
+        quant = Quantizer(kmeans(base, 128, "l2", 12, 0, **kw), "l2")
+        lab, probed = quant.assign(base), quant.probe(q, 2)
+        return float(np.mean([np.isin(lab[t], p).mean() for t, p in zip(truth, probed, strict=True)]))
+
+    assert held() >= held(init="random") + 0.02

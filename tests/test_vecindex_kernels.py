@@ -247,6 +247,25 @@ def test_ties_across_lists_rank_by_position_in_a_batch(tmp_path, monkeypatch, ke
     ix.close()
 
 
+@pytest.mark.parametrize("kernel", COMPILED)
+def test_ties_at_a_threshold_another_thread_shared(tmp_path, monkeypatch, kernel: str) -> None:
+    """Threads share each query's threshold (offer_rows in _csearch.c): a row whose score equals
+    another thread's threshold may still rank above it by its lower position, so it must be kept.
+    Thousands of rows tie here, in every list, and blocks finish in any order on two threads."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((20000, 8)) * 3).astype(np.float32)
+    x[:, 0] = rng.integers(0, 3, 20000)
+    q = np.zeros((48, 8), np.float32)
+    q[:, 0] = 1.0
+    monkeypatch.setattr(_kernels, "KERNEL", kernel)
+    for scan in ("none", "int8"):
+        ix = IVFIndex.build(tmp_path / scan, x, metric="ip", nlist=64, scan=scan, progress=False)
+        want = np.concatenate([ix.search(q[i : i + 1], k=15, nprobe=64)[1] for i in range(len(q))])
+        for _ in range(3):
+            np.testing.assert_array_equal(ix.search(q, k=15, nprobe=64, threads=2)[1], want)
+        ix.close()
+
+
 def test_without_the_c_kernel_vecindex_falls_back(tmp_path) -> None:
     """An install whose optional C build failed (no compiler) has no vecindex._csearch: vecindex
     imports, builds and searches with numba or numpy. In a child process, with the module made

@@ -5,7 +5,7 @@
  * multiply-add), pick the nprobe best lists, read each probed list once per batch with pread(2)
  * into a reused buffer (so RSS does not grow with the bytes scanned) and score it for every
  * query probing it (list-major, see "The batch engine"), keep each query's best in a bounded
- * min-heap, re-rank int8 candidates exactly from the float32 rows, and read the k ids. Same results as the numpy path in ivf.py and the numba
+ * candidate buffer (offer_rows), re-rank int8 candidates exactly from the float32 rows, and read the k ids. Same results as the numpy path in ivf.py and the numba
  * kernel in _numba_search.py (tests/test_vecindex_kernels.py compares them).
  *
  * Why C and not numba: importing numba/llvmlite costs ~130 MiB of RSS and its dispatch of
@@ -68,7 +68,7 @@ static inline int worse(float sa, int64_t pa, float sb, int64_t pb)
 
 /* Keep the `cap` best (score, position) pairs in a min-heap; returns the new size. The order is
  * total (a higher score, then a lower position), so the kept set does not depend on the order of
- * the offers: the batch path scans blocks in any order and merges threads' heaps. */
+ * the offers (the probe's lists, the re-rank's k best). */
 static inline int64_t heap_push(float *hs, int64_t *hp, int64_t n, int64_t cap, float s, int64_t p)
 {
     int64_t i;
@@ -97,6 +97,73 @@ static inline int64_t heap_push(float *hs, int64_t *hp, int64_t n, int64_t cap, 
     hs[i] = s;
     hp[i] = p;
     return n;
+}
+
+/* (sa, pa) ranks above (sb, pb): the converse of worse. */
+static inline int better(float sa, int64_t pa, float sb, int64_t pb)
+{
+    return sa > sb || (sa == sb && pa < pb);
+}
+
+/* Put the `cap` best of the n > cap pairs (s, p) into s[0:cap], the cap-th best at cap - 1
+ * (quickselect, Hoare partition; the order is total, as in heap_push). A query's scan keeps its
+ * candidates in a buffer of 2 cap pairs cut back to the cap best when full (offer_rows): cheaper
+ * than pushing each entrant into a heap, whose sift-down mispredicts a branch a level. */
+static void select_best(float *s, int64_t *p, int64_t n, int64_t cap)
+{
+    int64_t lo = 0, hi = n - 1;
+    const int64_t t = cap - 1;
+    while (lo < hi) {
+        int64_t mid = lo + ((hi - lo) >> 1);
+        /* median of three as the pivot */
+        int64_t a = lo, b = mid, c = hi, m;
+        if (better(s[a], p[a], s[b], p[b]))
+            m = better(s[b], p[b], s[c], p[c]) ? b : better(s[a], p[a], s[c], p[c]) ? c : a;
+        else
+            m = better(s[a], p[a], s[c], p[c]) ? a : better(s[b], p[b], s[c], p[c]) ? c : b;
+        const float ps = s[m];
+        const int64_t pp = p[m];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (better(s[i], p[i], ps, pp))
+                i++;
+            while (better(ps, pp, s[j], p[j]))
+                j--;
+            if (i <= j) {
+                float ts = s[i];
+                int64_t tq = p[i];
+                s[i] = s[j]; p[i] = p[j];
+                s[j] = ts; p[j] = tq;
+                i++;
+                j--;
+            }
+        }
+        if (t <= j)
+            hi = j;
+        else if (t >= i)
+            lo = i;
+        else
+            break;
+    }
+}
+
+/* Add (sc, p), which beats the threshold (*ts, *tp), to a buffer of *n < 2 cap candidates; a full
+ * buffer is cut back to its cap best, whose worst becomes the threshold if it ranks higher.
+ * Returns 1 when the threshold rose. */
+static inline int enter(float *hs, int64_t *hp, int64_t *n, int64_t cap, float sc, int64_t p, float *ts,
+                        int64_t *tp)
+{
+    hs[*n] = sc;
+    hp[*n] = p;
+    if (++*n < 2 * cap)
+        return 0;
+    select_best(hs, hp, *n, cap);
+    *n = cap;
+    if (!better(hs[cap - 1], hp[cap - 1], *ts, *tp))
+        return 0;
+    *ts = hs[cap - 1];
+    *tp = hp[cap - 1];
+    return 1;
 }
 
 /* The centroids are stored in panels of PANEL: panel p holds, for each dimension j, the j-th
@@ -207,6 +274,43 @@ AVX2 static void score_panels_avx2(const float *restrict q, const float *restric
             for (int e = 0; e < PANEL / 8; e++)
                 _mm256_storeu_ps(tmp + 8 * e, a[e]);
             memcpy(out + p * PANEL, tmp, (size_t)m * sizeof(float));
+        }
+    }
+}
+
+/* The same for two queries in one pass over the panels: half a panel (32 centroids) at a time,
+ * 4 accumulators per query, each panel load used by both; a batch reads the panels half as often
+ * (GloVe's 2048 x 50 are 400 KiB: read from L2 once per query they bound this step). Each score
+ * is the same sum in the same order as score_panels_avx2's, so the same bits. */
+AVX2 static void score_panels_avx2_x2(const float *restrict qa, const float *restrict qb,
+                                     const float *restrict cp, int64_t d, int64_t nlist,
+                                     float *restrict outa, float *restrict outb)
+{
+    for (int64_t p = 0; p < panels(nlist); p++) {
+        const float *blk = cp + p * d * PANEL;
+        const int64_t m = nlist - p * PANEL;
+        for (int h = 0; h < PANEL; h += PANEL / 2) {
+            __m256 a[PANEL / 16], b[PANEL / 16];
+            for (int e = 0; e < PANEL / 16; e++)
+                a[e] = b[e] = _mm256_setzero_ps();
+            for (int64_t j = 0; j < d; j++) {
+                const __m256 x = _mm256_set1_ps(qa[j]), y = _mm256_set1_ps(qb[j]);
+                for (int e = 0; e < PANEL / 16; e++) {
+                    const __m256 v = _mm256_loadu_ps(blk + j * PANEL + h + 8 * e);
+                    a[e] = _mm256_fmadd_ps(x, v, a[e]);
+                    b[e] = _mm256_fmadd_ps(y, v, b[e]);
+                }
+            }
+            float ta[PANEL / 2], tb[PANEL / 2];
+            for (int e = 0; e < PANEL / 16; e++) {
+                _mm256_storeu_ps(ta + 8 * e, a[e]);
+                _mm256_storeu_ps(tb + 8 * e, b[e]);
+            }
+            const int64_t keep = m - h >= PANEL / 2 ? PANEL / 2 : m - h;
+            if (keep > 0) {
+                memcpy(outa + p * PANEL + h, ta, (size_t)keep * sizeof(float));
+                memcpy(outb + p * PANEL + h, tb, (size_t)keep * sizeof(float));
+            }
         }
     }
 }
@@ -390,7 +494,16 @@ static void score_i8_x2_c(const QI8 *qa, const QI8 *qb, const int8_t *codes, int
     score_i8_c(qb, codes, m, d, outb);
 }
 
+static void score_panels_x2_c(const float *qa, const float *qb, const float *cp, int64_t d, int64_t nlist,
+                              float *outa, float *outb)
+{
+    score_panels_c(qa, cp, d, nlist, outa);
+    score_panels_c(qb, cp, d, nlist, outb);
+}
+
 static void (*score_panels)(const float *, const float *, int64_t, int64_t, float *) = score_panels_c;
+static void (*score_panels_x2)(const float *, const float *, const float *, int64_t, int64_t, float *,
+                               float *) = score_panels_x2_c;
 static void (*score_i8)(const QI8 *, const int8_t *, int64_t, int64_t, float *) = score_i8_c;
 static void (*score_i8_x2)(const QI8 *, const QI8 *, const int8_t *, int64_t, int64_t, float *,
                            float *) = score_i8_x2_c;
@@ -462,11 +575,11 @@ static int64_t lower_bound(const int64_t *a, int64_t n, int64_t x)
  * three phases, each shared by the call's threads (the caller's own thread is one of them):
  *   A. per query: normalize, prepare the int8 query, score the centroids, pick its lists;
  *   B. per block of a probed list (list-major): read the block once, score it for every query
- *      of the round that probes the list, and keep each query's best in that thread's heap;
- *   C. per query: merge the threads' heaps, re-rank int8 candidates exactly, read the ids.
+ *      of the round that probes the list, and keep each query's best in that thread's buffer;
+ *   C. per query: merge the threads' buffers, re-rank int8 candidates exactly, read the ids.
  * Reading a list once per round instead of once per query cuts the copies from the page cache
  * (on clustered data the queries of a batch share most of their lists), and the block stays in
- * cache while every query scores it. Heaps order (score, position) totally, so the kept set does
+ * cache while every query scores it. Candidates are ordered by (score, position) totally, so the kept set does
  * not depend on the order in which blocks are scanned: the results are those of a query alone.
  * ------------------------------------------------------------------------------------------ */
 
@@ -508,7 +621,7 @@ typedef struct {
 } Scratch;
 
 /* The round's shared arrays (held by the calling thread's scratch set). */
-enum { R_QV, R_QS, R_QI, R_QP, R_PL, R_PN, R_LCNT, R_LSTART, R_LDIST, R_LQ, R_UNITS, R_COUNT };
+enum { R_QV, R_QS, R_QI, R_QP, R_PL, R_PN, R_LCNT, R_LSTART, R_LDIST, R_LQ, R_UNITS, R_QT, R_COUNT };
 
 #define POOL_MAX 8
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -558,7 +671,8 @@ typedef struct {
     int64_t *plist, *pn; /* nr x nprobe: each query's lists (sorted, distinct); how many */
     int64_t *lcnt, *lstart, *ldist, *lq; /* per probed list: queries, start in lq; the lists */
     Unit *units;
-    Scratch **ws;       /* one per thread; heaps live in each */
+    _Atomic float *qthr; /* nr: a score each query's hcap best beat or tie, shared by the threads */
+    Scratch **ws;       /* one per thread; candidate buffers live in each */
     atomic_long next;
     atomic_int rc;
 } Job;
@@ -567,18 +681,20 @@ typedef struct {
 static int scratch_ready(const Job *j, Scratch *w)
 {
     const int int8 = j->flags & F_INT8;
-    const int64_t d = j->d, cap = j->cap, hc = j->hcap, pc = j->nprobe > hc ? j->nprobe : hc;
+    const int64_t d = j->d, cap = j->cap, hc = j->hcap, pc = 2 * j->nprobe > hc ? 2 * j->nprobe : hc;
     size_t want[S_COUNT] = {
         [S_BLOCK] = int8 ? (size_t)(cap * d) + 16 : (size_t)(cap * d) * sizeof(float),  /* slack: score_i8_avx2 */
         [S_SQ] = (size_t)cap * sizeof(float), [S_SC] = (size_t)cap * sizeof(float),
-        [S_SC2] = (size_t)cap * sizeof(float), [S_CS] = (size_t)j->nlist * sizeof(float),
+        [S_SC2] = (size_t)cap * sizeof(float), [S_CS] = (size_t)(2 * j->nlist) * sizeof(float),
         [S_ROW] = SPAN_BYTES > 4 * d ? SPAN_BYTES : (size_t)(4 * d),
         [S_PHS] = (size_t)pc * sizeof(float), [S_PHP] = (size_t)pc * sizeof(int64_t),
-        [S_MS] = (size_t)hc * sizeof(float), [S_MP] = (size_t)hc * sizeof(int64_t),
+        [S_MS] = (size_t)(j->nthreads * 2 * hc) * sizeof(float),
+        [S_MP] = (size_t)(j->nthreads * 2 * hc) * sizeof(int64_t),
         [S_CP] = (size_t)hc * sizeof(int64_t), [S_ID] = SPAN_BYTES,
         [S_ORD] = (size_t)j->k * sizeof(int64_t), [S_PI] = (size_t)j->k * sizeof(PosIdx),
         [S_OP] = (size_t)j->k * sizeof(int64_t),
-        [S_HEAPS] = (size_t)(j->R * hc) * sizeof(float), [S_HEAPP] = (size_t)(j->R * hc) * sizeof(int64_t),
+        [S_HEAPS] = (size_t)(j->R * (2 * hc + 1)) * sizeof(float),
+        [S_HEAPP] = (size_t)(j->R * (2 * hc + 1)) * sizeof(int64_t),
         [S_HEAPN] = (size_t)j->R * sizeof(int64_t),
     };
     for (int i = 0; i < S_COUNT; i++)
@@ -589,30 +705,39 @@ static int scratch_ready(const Job *j, Scratch *w)
 
 #define SB(w, i, T) ((T *)(w)->b[i].p)
 
-/* The nprobe best of nlist centroid scores into the heap (hs, hp); returns how many. Once the
- * heap is full, a group of 8 scores none of which beats its worst is skipped with one compare
- * (the common case: a few hundred groups for a handful of pushes). */
+/* The nprobe best of nlist centroid scores into (hs, hp) (room for 2 nprobe), in no order; returns
+ * how many. As in offer_rows, entrants go to a buffer cut back by select_best when full (a heap's
+ * sift-downs mispredict a branch a level); once a threshold is set, a group of 8
+ * scores none of which beats it is skipped with one compare (a later list never wins a tie). */
 static int64_t top_lists(const float *cs, int64_t nlist, int64_t nprobe, float *hs, int64_t *hp)
 {
-    int64_t n = 0, c = 0;
-    for (; c < nlist && n < nprobe; c++)
-        n = heap_push(hs, hp, n, nprobe, cs[c], c);
-    for (; c + 8 <= nlist; c += 8) {
-        const float t = hs[0];
-        int any = 0;
-        for (int e = 0; e < 8; e++)
-            any |= cs[c + e] > t;
-        if (any)
+    int64_t n = 0;
+    float ts = -INFINITY;
+    int64_t tp = INT64_MAX;
+    for (int64_t c0 = 0; c0 < nlist; c0 += 8) {
+        const int64_t c1 = c0 + 8 <= nlist ? c0 + 8 : nlist;
+        if (ts > -INFINITY && c1 - c0 == 8) {
+            int any = 0;
             for (int e = 0; e < 8; e++)
-                n = heap_push(hs, hp, n, nprobe, cs[c + e], c + e);
+                any |= cs[c0 + e] > ts;
+            if (!any)
+                continue;
+        }
+        for (int64_t c = c0; c < c1; c++) {
+            const float s = cs[c];
+            if (s > ts || (s == ts && c < tp))
+                enter(hs, hp, &n, nprobe, s, c, &ts, &tp);
+        }
     }
-    for (; c < nlist; c++)
-        n = heap_push(hs, hp, n, nprobe, cs[c], c);
+    if (n > nprobe) {
+        select_best(hs, hp, n, nprobe);
+        n = nprobe;
+    }
     return n;
 }
 
-/* Phase A for query i of the round. */
-static void prepare_query(Job *j, Scratch *w, int64_t i)
+/* Phase A for query i of the round: its normalized and int8 forms. */
+static void prepare_vec(Job *j, int64_t i)
 {
     const int64_t d = j->d;
     const float *q = j->Q + (j->q0 + i) * d;
@@ -644,6 +769,11 @@ static void prepare_query(Job *j, Scratch *w, int64_t i)
         j->qp[2 * i] = 1.0f / scale;
         j->qp[2 * i + 1] = cst;
     }
+}
+
+/* Its lists: the probes given, or the nprobe best of the centroid scores cs (q . c). */
+static void pick_lists(Job *j, Scratch *w, int64_t i, float *cs)
+{
     int64_t *lists = j->plist + i * j->nprobe, n = 0;
     if (j->P > 0) {
         int64_t *tmp = SB(w, S_PHP, int64_t);
@@ -653,9 +783,8 @@ static void prepare_query(Job *j, Scratch *w, int64_t i)
             if (n == 0 || tmp[t] != lists[n - 1])
                 lists[n++] = tmp[t];  /* P <= nprobe (checked at the call) */
     } else {
-        float *cs = SB(w, S_CS, float), *hs = SB(w, S_PHS, float);
+        float *hs = SB(w, S_PHS, float);
         int64_t *hp = SB(w, S_PHP, int64_t);
-        score_panels(qv, j->cpan, d, j->nlist, cs);
         if (j->flags & F_L2)
             for (int64_t c = 0; c < j->nlist; c++)
                 cs[c] = 2 * cs[c] - j->csq[c];
@@ -724,38 +853,57 @@ static void plan_round(Job *j)
     j->nunits = nu;
 }
 
-/* Offer scores sc[0:m] of rows p0.. to heap (hs, hp, *hn), skipping deleted and not-allowed rows. */
-static void offer_rows(const Job *j, const float *sc, int64_t m, int64_t p0, int64_t di, int64_t ai,
-                       float *hs, int64_t *hp, int64_t *hn)
+/* Offer scores sc[0:m] of rows p0.. to a query's candidates, skipping deleted and not-allowed
+ * rows. The candidates are a buffer (hs, hp) of *hn <= 2 hcap pairs and a threshold at index
+ * 2 hcap: a row must rank above it to enter; when the buffer fills it is cut to the hcap best
+ * (select_best) and the threshold becomes the worst of them. So the buffer always holds the hcap
+ * best offered so far (finish_query cuts it to them), whatever the order of the offers. */
+static void offer_rows(const Job *j, const float *restrict sc, int64_t m, int64_t p0, int64_t di, int64_t ai,
+                       float *restrict hs, int64_t *restrict hp, int64_t *hn, _Atomic float *qt)
 {
-    const int64_t cap = j->hcap;
+    const int64_t cap = j->hcap, ndel = j->ndel, nall = j->nallowed;
+    const int64_t *restrict del = j->deleted, *restrict alw = j->allowed;
+    const int filt = (j->flags & F_ALLOWED) != 0;
     int64_t n = *hn;
-    for (int64_t r = 0; r < m; r++) {
-        float s = sc[r];
-        int64_t pos = p0 + r;
-        if (n == cap && (s < hs[0] || (s == hs[0] && pos > hp[0])))
-            continue;  /* the common case: no better than the worst kept */
-        if (j->ndel) {
-            while (di < j->ndel && j->deleted[di] < pos)
-                di++;
-            if (di < j->ndel && j->deleted[di] == pos)
-                continue;
-        }
-        if (j->flags & F_ALLOWED) {
-            while (ai < j->nallowed && j->allowed[ai] < pos)
-                ai++;
-            if (!(ai < j->nallowed && j->allowed[ai] == pos))
-                continue;
-        }
-        n = heap_push(hs, hp, n, cap, s, pos);
+    float ts = n ? hs[2 * cap] : -INFINITY;
+    int64_t tp = n ? hp[2 * cap] : INT64_MAX;
+    /* Another thread's threshold for this query bounds this one's too: it holds hcap candidates
+     * that rank above it, so a row below it cannot be among the hcap best of the union (a row
+     * equal to it in score may rank above it by position: kept, INT64_MAX). */
+    const float g = atomic_load_explicit(qt, memory_order_relaxed);
+    if (g > ts) {
+        ts = g;
+        tp = INT64_MAX;
     }
+    for (int64_t r = 0; r < m; r++) {
+        const float s = sc[r];
+        const int64_t pos = p0 + r;
+        if (!(s > ts || (s == ts && pos < tp)))
+            continue;  /* the common case: no better than the threshold */
+        if (ndel) {
+            while (di < ndel && del[di] < pos)
+                di++;
+            if (di < ndel && del[di] == pos)
+                continue;
+        }
+        if (filt) {
+            while (ai < nall && alw[ai] < pos)
+                ai++;
+            if (!(ai < nall && alw[ai] == pos))
+                continue;
+        }
+        if (enter(hs, hp, &n, cap, s, pos, &ts, &tp) && ts > atomic_load_explicit(qt, memory_order_relaxed))
+            atomic_store_explicit(qt, ts, memory_order_relaxed);  /* a lost race leaves a lower, still valid, bound */
+    }
+    hs[2 * cap] = ts;
+    hp[2 * cap] = tp;
     *hn = n;
 }
 
 /* Phase B for one block: read it once, score it for each query of the round probing its list. */
 static int scan_unit(Job *j, Scratch *w, const Unit *u)
 {
-    const int64_t d = j->d, m = u->m, p0 = u->p0, hc = j->hcap;
+    const int64_t d = j->d, m = u->m, p0 = u->p0, hst = 2 * j->hcap + 1;
     const int int8 = j->flags & F_INT8, l2 = j->flags & F_L2;
     float *sc = SB(w, S_SC, float), *sc2 = SB(w, S_SC2, float), *sq = SB(w, S_SQ, float);
     float *hs = SB(w, S_HEAPS, float);
@@ -792,14 +940,14 @@ static int scan_unit(Job *j, Scratch *w, const Unit *u)
             if (b >= 0)
                 score_f32(j->qv + b * d, w->b[S_BLOCK].p, m, d, l2, sc2);
         }
-        offer_rows(j, sc, m, p0, di, ai, hs + a * hc, hp + a * hc, hn + a);
+        offer_rows(j, sc, m, p0, di, ai, hs + a * hst, hp + a * hst, hn + a, j->qthr + a);
         if (b >= 0)
-            offer_rows(j, sc2, m, p0, di, ai, hs + b * hc, hp + b * hc, hn + b);
+            offer_rows(j, sc2, m, p0, di, ai, hs + b * hst, hp + b * hst, hn + b, j->qthr + b);
     }
     return 0;
 }
 
-/* Phase C for query i: merge the threads' heaps, re-rank, order, write the outputs and ids. */
+/* Phase C for query i: merge the threads' buffers, re-rank, order, write the outputs and ids. */
 static int finish_query(Job *j, Scratch *w, int64_t i)
 {
     const int64_t d = j->d, k = j->k, hc = j->hcap, qg = j->q0 + i;
@@ -807,18 +955,16 @@ static int finish_query(Job *j, Scratch *w, int64_t i)
     const float *qv = j->qv + i * d;
     float *hs = SB(w, S_MS, float);
     int64_t *hp = SB(w, S_MP, int64_t), n = 0;
-    for (int t = 0; t < j->nthreads; t++) {
+    for (int t = 0; t < j->nthreads; t++) {  /* every thread's candidates, then the hc best */
         Scratch *o = j->ws[t];
-        const float *os = SB(o, S_HEAPS, float) + i * hc;
-        const int64_t *opn = SB(o, S_HEAPP, int64_t) + i * hc, on = SB(o, S_HEAPN, int64_t)[i];
-        if (t == 0) {
-            memcpy(hs, os, (size_t)on * sizeof(float));
-            memcpy(hp, opn, (size_t)on * sizeof(int64_t));
-            n = on;
-        } else {
-            for (int64_t e = 0; e < on; e++)
-                n = heap_push(hs, hp, n, hc, os[e], opn[e]);
-        }
+        const int64_t on = SB(o, S_HEAPN, int64_t)[i];
+        memcpy(hs + n, SB(o, S_HEAPS, float) + i * (2 * hc + 1), (size_t)on * sizeof(float));
+        memcpy(hp + n, SB(o, S_HEAPP, int64_t) + i * (2 * hc + 1), (size_t)on * sizeof(int64_t));
+        n += on;
+    }
+    if (n > hc) {
+        select_best(hs, hp, n, hc);
+        n = hc;
     }
     if (int8 && n) {
         /* exact re-rank: read the candidates' float32 rows in position order; candidates
@@ -896,10 +1042,24 @@ static int finish_query(Job *j, Scratch *w, int64_t i)
 /* Items 0..n-1 of a phase, handed out one at a time to whichever thread is free. */
 #define EACH(j, it, n) for (int64_t it; (it = atomic_fetch_add(&(j)->next, 1)) < (n);)
 
+/* Phase A, two queries an item (their centroid scores in one pass over the panels). */
 static void phase_prepare(Job *j, Scratch *w)
 {
-    EACH(j, i, j->nr)
-        prepare_query(j, w, i);
+    const int64_t d = j->d, nl = j->nlist;
+    float *cs = SB(w, S_CS, float);
+    EACH(j, it, (j->nr + 1) / 2) {
+        const int64_t a = 2 * it, b = a + 1 < j->nr ? a + 1 : -1;
+        prepare_vec(j, a);
+        if (b >= 0)
+            prepare_vec(j, b);
+        if (j->P == 0 && b >= 0)
+            score_panels_x2(j->qv + a * d, j->qv + b * d, j->cpan, d, nl, cs, cs + nl);
+        else if (j->P == 0)
+            score_panels(j->qv + a * d, j->cpan, d, nl, cs);
+        pick_lists(j, w, a, cs);
+        if (b >= 0)
+            pick_lists(j, w, b, cs + nl);
+    }
 }
 
 static void phase_scan(Job *j, Scratch *w)
@@ -964,8 +1124,8 @@ static int run_job(Job *j)
     j->cap = j->cap < 256 ? 256 : j->cap > MAX_BUF_ROWS ? MAX_BUF_ROWS : j->cap;
     j->hcap = int8 ? j->keep : j->k;
     j->dpad = 16 * ((j->d + 15) / 16);
-    /* a round's heaps stay within ~32 MiB over all threads */
-    int64_t R = (32 << 20) / (12 * j->hcap * j->nthreads);
+    /* a round's candidate buffers stay within ~32 MiB over all threads */
+    int64_t R = (32 << 20) / (12 * (2 * j->hcap + 1) * j->nthreads);
     j->R = R < 1 ? 1 : R > MAX_ROUND ? MAX_ROUND : R;
     if (j->R > j->nq)
         j->R = j->nq;
@@ -979,7 +1139,7 @@ static int run_job(Job *j)
         [R_QV] = (size_t)(R1 * j->d) * 4, [R_QS] = (size_t)(R1 * j->d) * 4, [R_QI] = (size_t)(R1 * j->dpad) * 2,
         [R_QP] = (size_t)R1 * 8, [R_PL] = (size_t)(R1 * np) * 8, [R_PN] = (size_t)R1 * 8,
         [R_LCNT] = (size_t)j->nlist * 8, [R_LSTART] = (size_t)j->nlist * 8, [R_LDIST] = (size_t)j->nlist * 8,
-        [R_LQ] = (size_t)(R1 * np) * 8,
+        [R_LQ] = (size_t)(R1 * np) * 8, [R_QT] = (size_t)R1 * sizeof(_Atomic float),
         /* blocks: the full ones plus at most one partial block per list, plus the splits */
         [R_UNITS] = (size_t)(j->nlist + j->offsets[j->nlist] / j->cap + 1 + SPLIT_UNITS * j->nthreads)
                      * sizeof(Unit),
@@ -990,7 +1150,7 @@ static int run_job(Job *j)
     j->qv = shared->b[R_QV].p; j->qs = shared->b[R_QS].p; j->qi = shared->b[R_QI].p;
     j->qp = shared->b[R_QP].p; j->plist = shared->b[R_PL].p; j->pn = shared->b[R_PN].p;
     j->lcnt = shared->b[R_LCNT].p; j->lstart = shared->b[R_LSTART].p; j->ldist = shared->b[R_LDIST].p;
-    j->lq = shared->b[R_LQ].p; j->units = shared->b[R_UNITS].p;
+    j->lq = shared->b[R_LQ].p; j->units = shared->b[R_UNITS].p; j->qthr = shared->b[R_QT].p;
     j->ws = ws;
     atomic_init(&j->rc, 0);
     atomic_init(&j->next, 0);
@@ -999,7 +1159,9 @@ static int run_job(Job *j)
         j->nr = j->nq - q0 < j->R ? j->nq - q0 : j->R;
         for (int t = 0; t < j->nthreads; t++)
             memset(ws[t]->b[S_HEAPN].p, 0, (size_t)j->nr * sizeof(int64_t));
-        run_phase(j, phase_prepare, j->nr, j->nr * j->nlist);
+        for (int64_t i = 0; i < j->nr; i++)
+            atomic_init(&j->qthr[i], -INFINITY);
+        run_phase(j, phase_prepare, (j->nr + 1) / 2, j->nr * j->nlist);
         plan_round(j);
         run_phase(j, phase_scan, j->nunits, j->work);
         run_phase(j, phase_finish, j->nr, j->nr * j->hcap * 64);
@@ -1035,69 +1197,161 @@ PyDoc_STRVAR(search_batch_doc,
 "and id -1, and out_s inf (l2) or -inf with flag 16, else untouched. Returns 0, or -1 when a\n"
 "file is shorter than expected.");
 
+/* Checks of the buffers (every entry point), then the search with the GIL released. Returns
+ * run_job's code, or -3 with a Python error set. `b` holds offsets, cpanels, csq, qmin, qstep,
+ * deleted, probes, Q, allowed, out_s, out_p, out_ids (B_* below); j holds the scalars. */
+enum { B_OFF, B_CT, B_CSQ, B_QMIN, B_QSTEP, B_DEL, B_PR, B_Q, B_ALL, B_OS, B_OP, B_OI, B_COUNT };
+
+static int checked_run(Job *j, Py_buffer *const b[B_COUNT])
+{
+    int rc = -3;
+    j->d = b[B_QMIN]->len / 4;
+    j->nlist = b[B_OFF]->len / 8 - 1;
+    j->nq = j->d > 0 ? b[B_Q]->len / (4 * j->d) : 0;
+    j->P = j->nq > 0 ? b[B_PR]->len / (8 * j->nq) : 0;
+    j->ndel = b[B_DEL]->len / 8;
+    j->nallowed = b[B_ALL]->len / 8;
+    if (j->d <= 0 || j->nlist < 1 || j->k < 1 || j->keep < j->k || j->nprobe < 1 || j->nprobe > j->nlist
+        || j->P > j->nprobe) {
+        PyErr_SetString(PyExc_ValueError, "search_batch: bad dimension, nlist, k, keep or nprobe");
+        return rc;
+    }
+    if (j->nthreads < 1 || j->nthreads > MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "search_batch: threads must be 1..%d", MAX_THREADS);
+        return rc;
+    }
+    if (!need(b[B_Q], j->nq * j->d * 4, "Q") || !need(b[B_QSTEP], j->d * 4, "qstep")
+        || !need(b[B_CT], panels(j->nlist) * j->d * PANEL * 4, "cpanels")
+        || !need(b[B_PR], j->nq * j->P * 8, "probes")
+        || !need(b[B_OS], j->nq * j->k * 4, "out_s") || (b[B_OP]->len && !need(b[B_OP], j->nq * j->k * 8, "out_p"))
+        || !need(b[B_OI], j->nq * j->k * 8, "out_ids")
+        || ((j->flags & F_L2) && !need(b[B_CSQ], j->nlist * 4, "csq")))
+        return rc;
+    j->offsets = b[B_OFF]->buf; j->cpan = b[B_CT]->buf; j->csq = b[B_CSQ]->buf; j->probes = b[B_PR]->buf;
+    j->Q = b[B_Q]->buf; j->qmin = b[B_QMIN]->buf; j->qstep = b[B_QSTEP]->buf; j->deleted = b[B_DEL]->buf;
+    j->allowed = b[B_ALL]->buf; j->out_s = b[B_OS]->buf; j->out_p = b[B_OP]->len ? b[B_OP]->buf : NULL;
+    j->out_ids = b[B_OI]->buf;
+    for (int64_t i = 0; i < j->P * j->nq; i++)
+        if (j->probes[i] < 0 || j->probes[i] >= j->nlist) {
+            PyErr_SetString(PyExc_ValueError, "search_batch: probe list out of range");
+            return rc;
+        }
+    if (j->nq == 0)
+        return 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = run_job(j);
+    Py_END_ALLOW_THREADS
+    if (rc == -2) {
+        PyErr_NoMemory();
+        rc = -3;
+    }
+    return rc;
+}
+
 static PyObject *search_batch(PyObject *self, PyObject *args)
 {
     (void)self;
     Job j;
     memset(&j, 0, sizeof j);
     j.nthreads = 1;
-    Py_buffer b_off, b_ct, b_csq, b_pr, b_Q, b_qmin, b_qstep, b_del, b_all, b_os, b_op, b_oi;
+    Py_buffer v[B_COUNT];
     if (!PyArg_ParseTuple(args, "iiiiiy*y*y*y*y*y*y*Ly*LLy*w*w*w*|i:search_batch", &j.flags,
-                          &j.fd_scan, &j.fd_vec, &j.fd_sq, &j.fd_ids, &b_off, &b_ct, &b_csq,
-                          &b_qmin, &b_qstep, &b_del, &b_pr, &j.nprobe, &b_Q, &j.keep, &j.k, &b_all,
-                          &b_os, &b_op, &b_oi, &j.nthreads))
+                          &j.fd_scan, &j.fd_vec, &j.fd_sq, &j.fd_ids, &v[B_OFF], &v[B_CT], &v[B_CSQ],
+                          &v[B_QMIN], &v[B_QSTEP], &v[B_DEL], &v[B_PR], &j.nprobe, &v[B_Q], &j.keep, &j.k,
+                          &v[B_ALL], &v[B_OS], &v[B_OP], &v[B_OI], &j.nthreads))
         return NULL;
-    Py_buffer *all[] = {&b_off, &b_ct, &b_csq, &b_pr, &b_Q, &b_qmin, &b_qstep, &b_del, &b_all,
-                        &b_os, &b_op, &b_oi};
+    Py_buffer *b[B_COUNT];
+    for (int i = 0; i < B_COUNT; i++)
+        b[i] = &v[i];
+    const int rc = checked_run(&j, b);
+    for (int i = 0; i < B_COUNT; i++)
+        PyBuffer_Release(&v[i]);
+    return rc == -3 ? NULL : PyLong_FromLong(rc);
+}
+
+/* A prepared index (prepare()): the per-index arguments of search_batch with their buffers held,
+ * so a single-query search (search_prepared) acquires 3 buffers instead of 12: at nprobe 1 the
+ * argument parsing was a tenth of the call. */
+#define PREPARED "vecindex._csearch.Prepared"
+typedef struct {
+    int fd_scan, fd_vec, fd_sq, fd_ids, held;
+    Py_buffer b[B_DEL + 1];  /* offsets, cpanels, csq, qmin, qstep, deleted */
+} Prepared;
+
+static void prepared_free(PyObject *cap)
+{
+    Prepared *p = PyCapsule_GetPointer(cap, PREPARED);
+    if (!p)
+        return;
+    for (int i = 0; i < p->held; i++)
+        PyBuffer_Release(&p->b[i]);
+    PyMem_Free(p);
+}
+
+PyDoc_STRVAR(prepare_doc,
+"prepare(fd_scan, fd_vec, fd_sq, fd_ids, offsets, cpanels, csq, qmin, qstep, deleted) -> capsule\n\n"
+"The per-index arguments of search_batch, held (buffers acquired) for search_prepared.");
+
+static PyObject *prepare(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o[B_DEL + 1];
+    Prepared *p = PyMem_Calloc(1, sizeof *p);
+    if (!p)
+        return PyErr_NoMemory();
+    if (!PyArg_ParseTuple(args, "iiiiOOOOOO:prepare", &p->fd_scan, &p->fd_vec, &p->fd_sq, &p->fd_ids,
+                          &o[0], &o[1], &o[2], &o[3], &o[4], &o[5]))
+        goto fail;
+    for (int i = 0; i <= B_DEL; i++) {
+        if (PyObject_GetBuffer(o[i], &p->b[i], PyBUF_SIMPLE) < 0)
+            goto fail;
+        p->held++;
+    }
+    PyObject *cap = PyCapsule_New(p, PREPARED, prepared_free);
+    if (cap)
+        return cap;
+fail:
+    for (int i = 0; i < p->held; i++)
+        PyBuffer_Release(&p->b[i]);
+    PyMem_Free(p);
+    return NULL;
+}
+
+PyDoc_STRVAR(search_prepared_doc,
+"search_prepared(prepared, flags, nprobe, Q, keep, k, out_s, out_ids, threads) -> int\n\n"
+"search_batch on a prepare()d index with every list probed by the kernel (no probes), no id filter\n"
+"and no positions wanted: the same results, fewer arguments to parse.");
+
+static PyObject *search_prepared(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Job j;
+    memset(&j, 0, sizeof j);
+    PyObject *cap;
+    Py_buffer v[B_OI + 1];
+    if (!PyArg_ParseTuple(args, "OiLy*LLw*w*i:search_prepared", &cap, &j.flags, &j.nprobe, &v[B_Q], &j.keep,
+                          &j.k, &v[B_OS], &v[B_OI], &j.nthreads))
+        return NULL;
     int rc = -3;
-    j.d = b_qmin.len / 4;
-    j.nlist = b_off.len / 8 - 1;
-    j.nq = j.d > 0 ? b_Q.len / (4 * j.d) : 0;
-    j.P = j.nq > 0 ? b_pr.len / (8 * j.nq) : 0;
-    j.ndel = b_del.len / 8;
-    j.nallowed = b_all.len / 8;
-    if (j.d <= 0 || j.nlist < 1 || j.k < 1 || j.keep < j.k || j.nprobe < 1 || j.nprobe > j.nlist
-        || j.P > j.nprobe) {
-        PyErr_SetString(PyExc_ValueError, "search_batch: bad dimension, nlist, k, keep or nprobe");
-        goto done;
+    Prepared *p = PyCapsule_GetPointer(cap, PREPARED);
+    if (p) {
+        j.fd_scan = p->fd_scan; j.fd_vec = p->fd_vec; j.fd_sq = p->fd_sq; j.fd_ids = p->fd_ids;
+        j.flags &= ~F_ALLOWED;
+        Py_buffer none = {0};
+        Py_buffer *b[B_COUNT] = {&p->b[B_OFF], &p->b[B_CT], &p->b[B_CSQ], &p->b[B_QMIN], &p->b[B_QSTEP],
+                                 &p->b[B_DEL], &none, &v[B_Q], &none, &v[B_OS], &none, &v[B_OI]};
+        rc = checked_run(&j, b);
     }
-    if (j.nthreads < 1 || j.nthreads > MAX_THREADS) {
-        PyErr_Format(PyExc_ValueError, "search_batch: threads must be 1..%d", MAX_THREADS);
-        goto done;
-    }
-    if (!need(&b_Q, j.nq * j.d * 4, "Q") || !need(&b_qstep, j.d * 4, "qstep")
-        || !need(&b_ct, panels(j.nlist) * j.d * PANEL * 4, "cpanels") || !need(&b_pr, j.nq * j.P * 8, "probes")
-        || !need(&b_os, j.nq * j.k * 4, "out_s") || (b_op.len && !need(&b_op, j.nq * j.k * 8, "out_p"))
-        || !need(&b_oi, j.nq * j.k * 8, "out_ids")
-        || ((j.flags & F_L2) && !need(&b_csq, j.nlist * 4, "csq")))
-        goto done;
-    j.offsets = b_off.buf; j.cpan = b_ct.buf; j.csq = b_csq.buf; j.probes = b_pr.buf;
-    j.Q = b_Q.buf; j.qmin = b_qmin.buf; j.qstep = b_qstep.buf; j.deleted = b_del.buf;
-    j.allowed = b_all.buf; j.out_s = b_os.buf; j.out_p = b_op.len ? b_op.buf : NULL; j.out_ids = b_oi.buf;
-    for (int64_t i = 0; i < j.P * j.nq; i++)
-        if (j.probes[i] < 0 || j.probes[i] >= j.nlist) {
-            PyErr_SetString(PyExc_ValueError, "search_batch: probe list out of range");
-            goto done;
-        }
-    if (j.nq == 0) {
-        rc = 0;
-        goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    rc = run_job(&j);
-    Py_END_ALLOW_THREADS
-    if (rc == -2)
-        PyErr_NoMemory();
-done:
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        PyBuffer_Release(all[i]);
-    if (rc == -2 || rc == -3)
-        return NULL;
-    return PyLong_FromLong(rc);
+    PyBuffer_Release(&v[B_Q]);
+    PyBuffer_Release(&v[B_OS]);
+    PyBuffer_Release(&v[B_OI]);
+    return rc == -3 ? NULL : PyLong_FromLong(rc);
 }
 
 static PyMethodDef methods[] = {
     {"search_batch", search_batch, METH_VARARGS, search_batch_doc},
+    {"prepare", prepare, METH_VARARGS, prepare_doc},
+    {"search_prepared", search_prepared, METH_VARARGS, search_prepared_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1115,6 +1369,7 @@ PyMODINIT_FUNC PyInit__csearch(void)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("VECINDEX_NO_AVX2")) {
         score_panels = score_panels_avx2;
+        score_panels_x2 = score_panels_avx2_x2;
         score_i8 = score_i8_avx2;
         score_i8_x2 = score_i8_avx2_x2;
         score_f32 = score_f32_avx2;

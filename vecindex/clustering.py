@@ -171,12 +171,15 @@ def kmeans(
     seed: int = 0,
     method: str = "numpy",
     bar: Any = None,
+    init: str = "k-means++",
 ) -> np.ndarray:
     """Train k centroids on x (already normalized for cosine) and return them as float32.
 
     `method="numpy"` is a plain Lloyd loop (BLAS assignment, sparse-matrix update);
     `"minibatch"` uses scikit-learn's MiniBatchKMeans. Empty clusters are reseeded
     from random rows. For cosine the centroids are renormalized each step.
+    `init="k-means++"` seeds the numpy loop by k-means++ on a subsample (see
+    `_seed_kmeanspp`); `"random"` starts from k random rows (the rule before issue 12).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
@@ -206,7 +209,7 @@ def kmeans(
         raise ValueError(f"unknown k-means method {method!r}")
     from scipy import sparse
 
-    c = x[rng.choice(n, k, replace=False)].copy()
+    c = _seed_kmeanspp(x, k, rng) if init == "k-means++" else x[rng.choice(n, k, replace=False)].copy()
     for it in range(iters):
         # cosine: spherical k-means; l2 and ip: Euclidean k-means (as faiss trains IP lists)
         q = Quantizer(_maybe_normalize(c, metric), "ip" if metric == "cosine" else "l2")
@@ -226,6 +229,48 @@ def kmeans(
             bar.update(1)
     log.debug("numpy k-means k=%d n=%d: %.2fs", k, n, time.perf_counter() - t0)
     return _maybe_normalize(c.astype(np.float32), metric)
+
+
+#: k-means++ seeding runs on at most this many sample rows per centroid
+KPP_ROWS_PER_CENTROID = 8
+
+
+def _seed_kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k centroids drawn by k-means++ (each next row with probability proportional to its
+    squared distance to the nearest one drawn so far) from KPP_ROWS_PER_CENTROID * k rows of x.
+
+    Why: seeding with k random rows puts most centroids into the big clusters of skewed data, and
+    12 Lloyd steps do not move them out. On Zipf-sized clusters (200k x 128, 512 lists) random
+    seeds left lists that hold 0.990-0.996 of the true top 10 within the 16 best lists (faiss
+    0.991-0.993); k-means++ seeds 1.000, at a lower k-means error. The subsample keeps the k
+    sequential steps cheap (k matrix-vector products over 8k rows).
+    """
+    from threadpoolctl import threadpool_limits
+
+    n, d = x.shape
+    most = KPP_ROWS_PER_CENTROID * k
+    sub = x if n <= most else x[rng.choice(n, most, replace=False)]
+    m = len(sub)
+    sq = np.einsum("ij,ij->i", sub, sub)
+    c = np.empty((k, d), dtype=np.float32)
+    j = int(rng.integers(m))
+    d2 = np.full(m, np.inf, dtype=np.float32)
+    t = np.empty(m, dtype=np.float32)
+    with threadpool_limits(1):  # k small products: BLAS threads only add their wake-ups
+        for i in range(k):
+            c[i] = sub[j]
+            np.matmul(sub, c[i], out=t)
+            t *= -2
+            t += sq
+            t += sq[j]
+            np.maximum(t, 0, out=t)
+            np.minimum(d2, t, out=d2)
+            if i + 1 < k:
+                cs = np.cumsum(d2, dtype=np.float64)
+                # no distance left (fewer distinct rows than k): any row; Lloyd reseeds empty lists
+                j = (min(m - 1, int(np.searchsorted(cs, rng.random() * cs[-1], "right")))
+                     if cs[-1] > 0 else int(rng.integers(m)))
+    return c
 
 
 def _maybe_normalize(c: np.ndarray, metric: str) -> np.ndarray:

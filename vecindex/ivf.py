@@ -54,6 +54,11 @@ try:  # the C kernel, when built (setup.py); imported here, not per call (a few 
     from vecindex._csearch import search_batch as _c_search_batch
 except ImportError:
     _c_search_batch = None
+try:  # its single-call entry (a kernel built before it lacks it: searches then use search_batch)
+    from vecindex._csearch import prepare as _c_prepare
+    from vecindex._csearch import search_prepared as _c_search_prepared
+except ImportError:
+    _c_prepare = _c_search_prepared = None
 
 METRICS = ("cosine", "ip", "l2")
 _NO_PROBES = np.zeros((1, 0), np.int64)  # kernel argument: no lists given, score the centroids
@@ -211,6 +216,8 @@ class IVFIndex:
         else:
             self.quantizer = None
         self._c_args: tuple | None = None  # the C kernel's per-index arguments (_c_const)
+        self._fast: tuple | None = None  # the plain search's prepared kernel arguments (_fast_args)
+        self._default_nprobe = int(h.get("default_nprobe", 1))
         q = self._small("quant", np.float32, (2, d)) if "quant" in files else None
         self.q_min, self.q_step = (q[0], q[1]) if q is not None else (None, None)
         self.deleted = np.sort(self._small("deleted", np.int64))
@@ -229,7 +236,7 @@ class IVFIndex:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
-        self._c_args = None  # it holds the closed descriptors' numbers
+        self._c_args = self._fast = None  # they hold the closed descriptors' numbers
         if self._owns_dir:
             shutil.rmtree(self.path, ignore_errors=True)
             self._owns_dir = False
@@ -595,10 +602,24 @@ class IVFIndex:
         `threads` > 1 splits a batch over a thread pool.
         """
         q = as_rows(queries, self.dim)
-        nq = len(q)
         k = int(k)
         if k <= 0:
             raise ValueError("k must be positive")
+        if allowed_ids is None and _kernels.KERNEL == "c":
+            with self._lock:  # one call; the kernel runs `threads` threads itself, without the GIL
+                fast = self._fast or self._fast_args()
+                if fast:  # the common case, in few Python steps: its cost is paid per call
+                    prepared, flags, nlist, int8_scan = fast
+                    nprobe = int(nprobe or self._default_nprobe)
+                    nq = len(q)
+                    scores = np.empty((nq, k), np.float32)
+                    out_ids = np.empty((nq, k), np.int64)
+                    self._check_rc(_c_search_prepared(
+                        prepared, flags, 1 if nprobe < 1 else nlist if nprobe > nlist else nprobe, q,
+                        max(int(rerank or max(4 * k, 40)), k) if int8_scan else k, k, scores, out_ids,
+                        1 if threads < 1 else 64 if threads > 64 else int(threads)))
+                    return scores, out_ids
+        nq = len(q)
         if not self._fds and self.n_main:
             raise VecIndexError(f"{self.path}: the index is closed")
         nprobe = int(nprobe or self._h.get("default_nprobe", 1))
@@ -606,12 +627,6 @@ class IVFIndex:
         allowed_pos = None
         if allowed_ids is not None:
             allowed_pos = self.positions_of(np.asarray(allowed_ids, dtype=np.int64).reshape(-1))
-        if (allowed_pos is None and not self.n_tail and _kernels.KERNEL == "c" and self.n_main
-                and self.quantizer is not None and not self._two_level_probe()):
-            # the common case in one C call: no tail to merge, no id filter, flat probing;
-            # the kernel writes every score and id, missing hits included (few Python steps:
-            # the per-call cost)
-            return self._search_c(q, k, nprobe, rerank, threads)
         scores = np.full((nq, k), np.inf if self.metric == "l2" else -np.inf, dtype=np.float32)
         out_ids = np.full((nq, k), -1, dtype=np.int64)
 
@@ -687,21 +702,14 @@ class IVFIndex:
             raise IndexFormatError(f"{self.path}: index file shorter than its header says "
                                    "(truncated while open?)")
 
-    def _search_c(self, q: np.ndarray, k: int, nprobe: int, rerank: int,
-                  threads: int) -> tuple[np.ndarray, np.ndarray]:
-        """The C kernel alone: (scores, ids) as search() returns them, written by the kernel
-        (flag 16: final scores, the fill of missing hits included)."""
-        nq = len(q)
-        const = self._c_const()
-        flags = self._c_flags() | 16
-        keep = max(rerank, k) if self.scan != "none" else k
-        nprobe = max(1, min(nprobe, self.nlist))
-        scores = np.empty((nq, k), np.float32)
-        out_ids = np.empty((nq, k), np.int64)
-        with self._lock:  # one call; the kernel runs `threads` threads itself, without the GIL
-            self._check_rc(_c_search_batch(flags, *const, _NO_PROBES, nprobe, q, keep, k, _NO_POS,
-                                           scores, _NO_POS, out_ids, min(max(1, threads), 64)))
-        return scores, out_ids
+    def _fast_args(self) -> tuple | None:
+        """(prepared kernel arguments, flags, nlist, int8 scan) of the plain search, made once per
+        load: the C kernel alone, no tail to merge, flat probing (the kernel writes every score and
+        id, missing hits included: flag 16); None when the index needs more (or is closed/empty)."""
+        if (self._fds and self.n_main and not self.n_tail and self.quantizer is not None
+                and not self._two_level_probe() and _c_prepare is not None):
+            self._fast = (_c_prepare(*self._c_const()), self._c_flags() | 16, self.nlist, self.scan != "none")
+        return self._fast
 
     def _search_compiled(
         self, q: np.ndarray, k: int, nprobe: int, rerank: int, allowed_pos: np.ndarray | None,
