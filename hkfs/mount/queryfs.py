@@ -48,7 +48,7 @@ import numpy as np
 
 from ..core.errors import InvalidArgument, NotFound, PermissionDenied
 from ..query.embeddings import DIM_ATTR, EMBEDDING_ATTR, parse_dim, parse_embedding
-from ..query.queryfiles import DEFAULT_K, Query, format_body, format_results, is_text, parse_query
+from ..query.queryfiles import DEFAULT_K, Query, format_body, is_text, parse_query
 from ..query.service import QueryService, Scope
 from .paths import AT, COMMA, link_count
 from .views import DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
@@ -271,7 +271,7 @@ class QueryFS:
             query, exclude = Query(t.vec, DEFAULT_K), t.eid
             body = query              # its text (65 numbers) only if written back (_known_result)
         # t.scope is current: targets are kept per files_gen, as scopes are
-        out = format_results(self.service.run(_without(t.scope, hidden) if hidden else t.scope, query, exclude))
+        out = self.service.results(_without(t.scope, hidden) if hidden else t.scope, query, exclude)
         log.debug("evaluated %s (%d bytes)", t.path, len(out))
         if not out:        # a read of nothing, exit status 0: the log says why
             log.info("%s reads empty: %s", t.path, NO_HITS)
