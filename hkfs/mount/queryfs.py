@@ -50,7 +50,7 @@ from ..core.errors import InvalidArgument, NotFound, PermissionDenied
 from ..query.embeddings import DIM_ATTR, EMBEDDING_ATTR, parse_dim, parse_embedding
 from ..query.queryfiles import DEFAULT_K, Query, format_body, is_text, parse_query
 from ..query.service import QueryService, Scope
-from .paths import AT, COMMA, link_count
+from .paths import AT, COMMA, link_count, parse
 from .views import DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
 
 __all__ = ["QueryFS", "SUFFIX", "QUERY_ATTR", "is_query_name"]
@@ -143,6 +143,9 @@ class QueryFS:
         self._open_paths: dict[str, int] = {}
         self._page_cached: set[int] = set()
         self._parents: dict[tuple[str, bool], Scope] = {}     # (directory path, comma) -> its scope
+        # a view path P whose names extend its last HK -> (files_gen, its view): P/NAME.query is
+        # resolved from it (Resolver.tail_in), not walked from the root again
+        self._tails: dict[str, tuple[int, ViewLoc]] = {}
         # result bytes read from this mount -> the body that made them (`cp a.query b.query`)
         # (a virtual query's body is kept as its Query and written out only when asked for)
         self._read_results: OrderedDict[bytes, bytes | Query] = OrderedDict()
@@ -170,6 +173,11 @@ class QueryFS:
         if got is not None and got.gen == gen:
             return got                 # (a path means the same while files_gen stays)
         loc = self.resolver.resolve(parent)
+        if isinstance(loc, ViewLoc) and not comma and Resolver.extends_by_tail(parse(parent)):
+            with self._lock:      # its queries' names are looked up in it directly (_find_target)
+                if len(self._tails) >= PARENTS_MAX:
+                    self._tails.clear()
+                self._tails[parent] = (gen, ViewLoc(loc.ns, loc.hks, loc.anchor))
         rel = parent.strip("/")
         pre = rel + "/" if rel else ""
         if isinstance(loc, DirLoc):
@@ -216,8 +224,12 @@ class QueryFS:
         if prefetch and not comma and sc is not None and sc.view is not None and sc.gen == self._gens()[0]:
             # a view queried before: its own name and FILE's looked up in one statement
             prefetch(sc.ns, sc.view, [name, bare[: -len(SUFFIX)]])
+        tail = None if comma else self._tails.get(parent or "/")
         try:
-            loc = self.resolver.resolve(path)
+            if tail is not None and tail[0] == self._gens()[0]:
+                loc = self.resolver.tail_in(tail[1], name)     # the view's path is not walked again
+            else:
+                loc = self.resolver.resolve(path)
         except NotFound:
             return None
         if not isinstance(loc, (LinkLoc, ViewFileLoc)):
