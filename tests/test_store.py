@@ -448,8 +448,12 @@ def test_xattrs(store, ns) -> None:
     store.set_xattr("file", eid, "user.color", b"red")
     store.set_xattr("dir", d, "user.color", b"blue")
     assert store.get_xattr("file", eid, "user.color") == b"red"
+    assert store.xattr_value("file", eid, "user.color") == b"red"        # (one statement)
+    assert store.xattr_value("dir", d, "user.color") == b"blue"
+    assert store.xattr_value("file", eid + 1000, "user.color") is None
     assert store.list_xattrs("dir", d) == ["user.color"]
     store.remove_xattr("file", eid, "user.color")
+    assert store.xattr_value("file", eid, "user.color") is None
     with pytest.raises(NotFound):
         store.get_xattr("file", eid, "user.color")
     with pytest.raises(NotFound):

@@ -1658,6 +1658,14 @@ class Store:
             raise NotFound(f"no attribute {name}")
         return bytes(r[0])
 
+    def xattr_value(self, kind: str, id: int, name: str) -> bytes | None:
+        """get_xattr in one statement, its own snapshot (no BEGIN/COMMIT, no check that the
+        object exists): None when unset. A first `cat FILE.query` reads FILE's embedding so,
+        on this thread's connection (whose page cache the request's other reads share)."""
+        r = self.catalog.connection().execute(
+            "SELECT value FROM xattrs WHERE kind = ? AND id = ? AND name = ?", (kind, id, name)).fetchone()
+        return None if r is None else bytes(r[0])
+
     def set_xattr(self, kind: str, id: int, name: str, value: bytes) -> None:
         """Set an attribute; like any inode change it moves the object's ctime (as on ext4)."""
         with self.catalog.write() as c:

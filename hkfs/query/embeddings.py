@@ -720,7 +720,7 @@ class EmbeddingCatalog:
         eid, own = key
         try:
             if own:
-                value = self._values([eid]).get(eid)       # one statement: a first FILE.query read
+                value = self.store.xattr_value("file", eid, EMBEDDING_ATTR)    # a first FILE.query read
                 return None if value is None else parse_embedding(value).reshape(1, -1)
             info = self.store.entity(eid)
             dim = None
