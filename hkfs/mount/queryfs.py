@@ -390,8 +390,8 @@ class QueryFS:
 
     @staticmethod
     def _memfd(name: str, data: bytes) -> int:
-        """An anonymous memory file holding data: the mount hands libfuse its descriptor
-        (read_buf) exactly as for an entity's bytes."""
+        """An anonymous memory file holding data (a stored query's staged body): the mount
+        hands libfuse its descriptor (read_buf) exactly as for an entity's bytes."""
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
             os.write(fd, data)
