@@ -143,6 +143,25 @@ def test_file_query_virtual(photos) -> None:
     assert os.stat(m / "@/photo/t3.txt.query").st_size == len((m / "@/photo/t3.txt.query").read_bytes())
 
 
+def test_file_query_read_in_pieces_and_at_offsets(photos) -> None:
+    """A result handle answers every READ with the bytes at its offset (libfuse is handed a copy
+    of that part): small reads in turn, reads past the end, two handles at once, direct_io."""
+    mount, _items, _rng = photos
+    p = mount.root / "@/photo/t3.txt.query"
+    whole = p.read_bytes()
+    assert whole.count(b"\n") == 10
+    fd, fd2 = os.open(p, os.O_RDONLY), os.open(p, os.O_RDONLY)    # (the second: direct_io)
+    try:
+        for f in (fd, fd2):
+            assert b"".join(os.pread(f, 7, off) for off in range(0, len(whole), 7)) == whole
+            assert os.pread(f, 100, len(whole) - 5) == whole[-5:]
+            assert os.pread(f, 100, len(whole) + 10) == b""
+        assert os.read(fd, 1 << 20) == whole and os.read(fd, 10) == b""
+    finally:
+        os.close(fd)
+        os.close(fd2)
+
+
 def test_writes_retags_deletes_show_in_next_read(photos) -> None:
     mount, items, rng = photos
     m = mount.root

@@ -177,6 +177,24 @@ def test_keyword_counts(store, ns) -> None:
 
 # ---------------------------------------------------------------- entities
 
+def test_match_ids_named_is_match_ids_per_name(store, ns) -> None:
+    """Several names of a list in one statement: the same ids as match_ids of each, and NotFound
+    for a keyword that does not exist (as match_ids), even when no file bears the names."""
+    e1 = store.create(ns, "a.txt", hks=[("photo",), ("animal", "dog")])
+    e2 = store.create(ns, "a.txt", hks=[("photo",)])
+    e3 = store.create(ns, "b.txt", hks=[("animal", "cat"), ("photo",)])
+    names = ["a.txt", "b.txt", "c.txt"]
+    for hks in ([("photo",)], [("animal",)], [("animal",), ("photo",)], [("animal", "dog")], []):
+        assert store.match_ids_named(ns, hks, names) == {n: store.match_ids(ns, hks, n) for n in names}
+    assert store.match_ids_named(ns, [("photo",)], names) == {"a.txt": sorted([e1, e2]), "b.txt": [e3],
+                                                               "c.txt": []}
+    for hks in ([("nope",)], [("photo",), ("animal", "nope")]):
+        with pytest.raises(NotFound):
+            store.match_ids(ns, hks, "a.txt")
+        with pytest.raises(NotFound):
+            store.match_ids_named(ns, hks, ["zzz", "a.txt"])
+
+
 def test_create_resolve_atkw_dtkw(store, ns) -> None:
     e1 = store.create(ns, "fig1.jpg", hks=[("photo",), ("animal", "dog", "poodle")], mode=0o600, uid=5, gid=6)
     e2 = store.create(ns, "fig1.jpg", hks=[("sports", "skate", "figure")])
@@ -430,8 +448,12 @@ def test_xattrs(store, ns) -> None:
     store.set_xattr("file", eid, "user.color", b"red")
     store.set_xattr("dir", d, "user.color", b"blue")
     assert store.get_xattr("file", eid, "user.color") == b"red"
+    assert store.xattr_value("file", eid, "user.color") == b"red"        # (one statement)
+    assert store.xattr_value("dir", d, "user.color") == b"blue"
+    assert store.xattr_value("file", eid + 1000, "user.color") is None
     assert store.list_xattrs("dir", d) == ["user.color"]
     store.remove_xattr("file", eid, "user.color")
+    assert store.xattr_value("file", eid, "user.color") is None
     with pytest.raises(NotFound):
         store.get_xattr("file", eid, "user.color")
     with pytest.raises(NotFound):

@@ -194,3 +194,32 @@ def test_listed_name_rule() -> None:
     assert listed_name("main.tex", 12, shared=True, keyword=True) == "main~12.tex"    # a clash wins
     assert listed_name("sub", 3, shared=False, keyword=True) == ",sub"
     assert listed_name("main.tex", 12, shared=False, keyword=False) == "main.tex"
+
+
+def _outcome(fn):  # type: ignore[no-untyped-def]
+    try:
+        loc = fn()
+    except (NotFound, NotADirectory) as exc:
+        return type(exc)
+    if isinstance(loc, ViewFileLoc):      # (the view it was found in: its HKs, not how it was named)
+        return ViewFileLoc, loc.eid, loc.name, loc.listed, loc.view.hks
+    return loc
+
+
+@pytest.mark.parametrize("parent", ["/@/photo", "/@/animal", "/@/photo/@/animal/dog", "/@/paper",
+                                    "/work/@/photo", "/@/photo/2000"])
+@pytest.mark.parametrize("name", ["2000", "dog", "fig1.jpg", "main.tex", "main~3.tex", "main~2.tex",
+                                  "new.txt", "x.query"])
+def test_tail_in_is_resolve_of_the_path(res: Resolver, parent: str, name: str) -> None:
+    """A name looked up in a view already resolved (a FILE.query read) gives what resolving the
+    whole path gives: a child keyword wins over a file, clash names, shared and missing names."""
+    mp = parse(parent)
+    assert Resolver.extends_by_tail(mp)
+    view = res.resolve(parent)
+    assert isinstance(view, ViewLoc)
+    assert _outcome(lambda: res.tail_in(view, name)) == _outcome(lambda: res.resolve(f"{parent}/{name}"))
+
+
+def test_extends_by_tail_only_for_keyword_paths() -> None:
+    for path in ["/@", "/@/photo/@", "/work/,", "/work/,/2000", "/@/photo/,fig1.jpg", "/work"]:
+        assert not Resolver.extends_by_tail(parse(path)), path

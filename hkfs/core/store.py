@@ -1004,16 +1004,15 @@ class Store:
     # ------------------------------------------------------------ resolution
 
     def _match(self, c: sqlite3.Connection, ns: int, hks: Sequence[HK | str],
-               name: str | None, *, with_tags: bool = False,
-               names: Sequence[str] | None = None) -> tuple[str, list]:
+               name: str | None, *, with_tags: bool = False) -> tuple[str, list]:
         """A SELECT of the distinct ids of the files the list matches (with descendants).
 
         The most selective HK (counted up to a cap) drives: a range scan of its subtree's
         keyword ids (keywords.path) joined to the (keyword, entity) primary key. Every other
         HK is tested on the same row's tags string, so no candidate costs a random lookup.
-        With a name, the (ns, name) index drives instead; with neither, the namespace is listed.
-        with_tags adds a second column, the entity's tags (then ids may repeat); `names` (a list
-        without operators only) matches any of several names, with the name as second column."""
+        With a name, the (ns, name) index drives instead (match_ids_named: several names); with
+        neither, the namespace is listed. with_tags adds a second column, the entity's tags
+        (then ids may repeat)."""
         tagcol = (", (SELECT t.tags FROM entity_keywords t WHERE t.entity = e.id LIMIT 1)"
                   if with_tags else "")
         if has_operators(h for h in hks if not isinstance(h, str)):
@@ -1022,13 +1021,9 @@ class Store:
         for h in hl:
             self._need_kw(c, ns, h)
         paths = [_path(h) for h in hl]
-        if name is not None or names is not None:
-            if names is None:
-                sql = f"SELECT e.id{tagcol} FROM entities e WHERE e.ns = ? AND e.name = ?"
-                params: list = [ns, name]
-            else:
-                sql = f"SELECT e.id, e.name FROM entities e WHERE e.ns = ? AND e.name IN ({','.join('?' * len(names))})"
-                params = [ns, *names]
+        if name is not None:
+            sql = f"SELECT e.id{tagcol} FROM entities e WHERE e.ns = ? AND e.name = ?"
+            params: list = [ns, name]
             for p in paths:
                 sql += (" AND EXISTS (SELECT 1 FROM entity_keywords x WHERE x.entity = e.id "
                         "AND instr(x.tags, ?) > 0)")
@@ -1215,11 +1210,21 @@ class Store:
         operators): a `FILE.query` lookup asks for its own name and FILE's."""
         if has_operators(h for h in hks if not isinstance(h, str)):
             return {n: self.match_ids(ns, hks, n) for n in names}
+        # one statement, its own snapshot (no BEGIN/COMMIT, no keyword look-up before it): the
+        # (ns, name) index drives, each HK is tested on the row's tags, and a keyword of the
+        # list that does not exist comes back as a row (NULL, its path): NotFound, as _match
+        paths = [_path(h) for h in _hks(hks)]
+        sql = f"SELECT e.id, e.name FROM entities e WHERE e.ns = ? AND e.name IN ({','.join('?' * len(names))})"
+        sql += " AND EXISTS (SELECT 1 FROM entity_keywords x WHERE x.entity = e.id AND instr(x.tags, ?) > 0)" \
+            * len(paths)
+        sql += " UNION ALL SELECT NULL, ? WHERE NOT EXISTS (SELECT 1 FROM keywords WHERE ns = ? AND path = ?)" \
+            * len(paths)
+        params = [ns, *names, *("," + p for p in paths)] + [x for p in paths for x in (p, ns, p)]
         out: dict[str, list[int]] = {n: [] for n in names}
-        with self.catalog.read() as c:
-            sel, params = self._match(c, ns, hks, None, names=names)
-            for eid, n in c.execute(sel, params):
-                out[n].append(eid)
+        for eid, n in self.catalog.connection().execute(sql, params):
+            if eid is None:
+                raise NotFound(f"no keyword {format_hk(_hk_of_path(n))}")
+            out[n].append(eid)
         return {n: sorted(ids) for n, ids in out.items()}
 
     def name_counts(self, ns: int, hks: Sequence[HK | str]) -> dict[str, int]:
@@ -1652,6 +1657,14 @@ class Store:
         if r is None:
             raise NotFound(f"no attribute {name}")
         return bytes(r[0])
+
+    def xattr_value(self, kind: str, id: int, name: str) -> bytes | None:
+        """get_xattr in one statement, its own snapshot (no BEGIN/COMMIT, no check that the
+        object exists): None when unset. A first `cat FILE.query` reads FILE's embedding so,
+        on this thread's connection (whose page cache the request's other reads share)."""
+        r = self.catalog.connection().execute(
+            "SELECT value FROM xattrs WHERE kind = ? AND id = ? AND name = ?", (kind, id, name)).fetchone()
+        return None if r is None else bytes(r[0])
 
     def set_xattr(self, kind: str, id: int, name: str, value: bytes) -> None:
         """Set an attribute; like any inode change it moves the object's ctime (as on ext4)."""

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .operations import HKOperations
 
 __all__ = ["HKFuse", "StatPacker", "STAT_KEYS", "Wire", "wire", "fill_piece", "BUF_API", "FUSE_CAP_READDIRPLUS_AUTO",
-           "fd_bufvec", "fill_fd_bufvec", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp", "fallocate"]
+           "fd_bufvec", "fill_fd_bufvec", "fill_mem_bufvec", "buf_free", "FuseBufvec", "BUFVEC_SIZE", "buf_malloc", "voidpp", "fallocate"]
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,9 @@ buf_malloc = BUF_API[2] if BUF_API is not None else None
 voidpp = functools.partial(ctypes.cast, typ=ctypes.POINTER(ctypes.c_void_p))
 
 
-def _bufvec_packer() -> Callable[[int, int, int, int], None]:
-    """Write a one-buffer fuse_bufvec naming (fd, pos, size) at an address, in one memmove.
+def _bufvec_packer() -> tuple[Callable[[int, int, int, int], None], Callable[[int, int, int], None]]:
+    """Write a one-buffer fuse_bufvec naming (fd, pos, size) at an address, in one memmove;
+    and one naming `size` bytes of memory at `mem` (malloc'd: libfuse frees it with the bufvec).
 
     Packed with struct at FuseBufvec's own field offsets (a ctypes struct per read costs a
     few microseconds; the read path runs once per 128 KiB)."""
@@ -118,10 +119,16 @@ def _bufvec_packer() -> Callable[[int, int, int, int], None]:
 
     def fill(ptr: int, fd: int, offset: int, size: int) -> None:
         ctypes.memmove(ptr, pack(1, 0, 0, size, flags, 0, fd, offset), BUFVEC_SIZE)
-    return fill
+
+    def fill_mem(ptr: int, mem: int, size: int) -> None:
+        ctypes.memmove(ptr, pack(1, 0, 0, size, 0, mem, -1, 0), BUFVEC_SIZE)
+    return fill, fill_mem
 
 
-fill_fd_bufvec = _bufvec_packer()
+fill_fd_bufvec, fill_mem_bufvec = _bufvec_packer()
+_LIBC.free.argtypes = [ctypes.c_void_p]
+_LIBC.free.restype = None
+buf_free = _LIBC.free
 
 
 def fd_bufvec(fd: int, pos: int, size: int) -> FuseBufvec:

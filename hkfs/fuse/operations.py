@@ -51,10 +51,12 @@ from .glue import (
     STAT_KEYS,
     FuseBufvec,
     HKFuse,
+    buf_free,
     buf_malloc,
     fallocate,
     fd_bufvec,
     fill_fd_bufvec,
+    fill_mem_bufvec,
     voidpp,
 )
 from .handles import Handle, OpenFiles
@@ -479,13 +481,27 @@ class HKOperations(Operations):
             libfuse reads up to `size` and replies with what it got, so a read past the end
             needs no fstat here."""
             h = self.files.get(fh)
-            fd = h.fd if h is not None else self.queries.fd(fh) if self.queries.owns(fh) else -1
-            if fd < 0:
+            data, fd = None, -1
+            if h is not None:
+                fd = h.fd
+            elif self.queries.owns(fh):
+                data = self.queries.result(fh)      # a result: bytes; a stored query's body: staged fd
+                fd = -1 if data is not None else self.queries.fd(fh)
+            if fd < 0 and data is None:
                 raise FuseOSError(errno.EBADF)
             ptr = buf_malloc(BUFVEC_SIZE)    # libfuse free()s it after replying
             if not ptr:
                 raise FuseOSError(errno.ENOMEM)
-            fill_fd_bufvec(ptr, fd, offset, size)
+            if data is None:
+                fill_fd_bufvec(ptr, fd, offset, size)
+            else:       # a .query result (bytes): a malloc'd copy of the part asked for, freed by libfuse
+                part = data[offset:offset + size]
+                mem = buf_malloc(len(part) or 1)
+                if not mem:
+                    buf_free(ptr)
+                    raise FuseOSError(errno.ENOMEM)
+                ctypes.memmove(mem, part, len(part))
+                fill_mem_bufvec(ptr, mem, len(part))
             voidpp(bufpp)[0] = ptr
             return 0
 
@@ -574,7 +590,8 @@ class HKOperations(Operations):
 
     @mapped_io
     def _release_result(self, fh: int) -> int:
-        """A `.query` handle: its descriptor closed, no catalog read (so no memo pin)."""
+        """A `.query` handle: its bytes dropped (a staging handle's descriptor closed), no catalog
+        read (so no memo pin)."""
         return self.queries.release(fh)
 
     @mapped

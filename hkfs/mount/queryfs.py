@@ -48,9 +48,9 @@ import numpy as np
 
 from ..core.errors import InvalidArgument, NotFound, PermissionDenied
 from ..query.embeddings import DIM_ATTR, EMBEDDING_ATTR, parse_dim, parse_embedding
-from ..query.queryfiles import DEFAULT_K, Query, format_body, format_results, is_text, parse_query
+from ..query.queryfiles import DEFAULT_K, Query, format_body, is_text, parse_query
 from ..query.service import QueryService, Scope
-from .paths import AT, COMMA, link_count
+from .paths import AT, COMMA, link_count, parse
 from .views import DirLoc, LinkLoc, Resolver, ViewFileLoc, ViewLoc
 
 __all__ = ["QueryFS", "SUFFIX", "QUERY_ATTR", "is_query_name"]
@@ -126,7 +126,7 @@ class QueryFS:
         self.resolver = resolver
         self.service = service if service is not None else QueryService(store)
         self.catalog = self.service.catalog
-        self._handles: dict[int, tuple[int, int]] = {}     # fh -> (memfd holding the result, its size)
+        self._handles: dict[int, bytes] = {}      # fh -> the result it reads (bytes: no memfd to make)
         self._next = HANDLE_BASE
         self._lock = threading.Lock()
         self._results: dict[tuple, bytes] = {}
@@ -143,6 +143,9 @@ class QueryFS:
         self._open_paths: dict[str, int] = {}
         self._page_cached: set[int] = set()
         self._parents: dict[tuple[str, bool], Scope] = {}     # (directory path, comma) -> its scope
+        # a view path P whose names extend its last HK -> (files_gen, its view): P/NAME.query is
+        # resolved from it (Resolver.tail_in), not walked from the root again
+        self._tails: dict[str, tuple[int, ViewLoc]] = {}
         # result bytes read from this mount -> the body that made them (`cp a.query b.query`)
         # (a virtual query's body is kept as its Query and written out only when asked for)
         self._read_results: OrderedDict[bytes, bytes | Query] = OrderedDict()
@@ -170,6 +173,11 @@ class QueryFS:
         if got is not None and got.gen == gen:
             return got                 # (a path means the same while files_gen stays)
         loc = self.resolver.resolve(parent)
+        if isinstance(loc, ViewLoc) and not comma and Resolver.extends_by_tail(parse(parent)):
+            with self._lock:      # its queries' names are looked up in it directly (_find_target)
+                if len(self._tails) >= PARENTS_MAX:
+                    self._tails.clear()
+                self._tails[parent] = (gen, ViewLoc(loc.ns, loc.hks, loc.anchor))
         rel = parent.strip("/")
         pre = rel + "/" if rel else ""
         if isinstance(loc, DirLoc):
@@ -216,8 +224,12 @@ class QueryFS:
         if prefetch and not comma and sc is not None and sc.view is not None and sc.gen == self._gens()[0]:
             # a view queried before: its own name and FILE's looked up in one statement
             prefetch(sc.ns, sc.view, [name, bare[: -len(SUFFIX)]])
+        tail = None if comma else self._tails.get(parent or "/")
         try:
-            loc = self.resolver.resolve(path)
+            if tail is not None and tail[0] == self._gens()[0]:
+                loc = self.resolver.tail_in(tail[1], name)     # the view's path is not walked again
+            else:
+                loc = self.resolver.resolve(path)
         except NotFound:
             return None
         if not isinstance(loc, (LinkLoc, ViewFileLoc)):
@@ -271,7 +283,7 @@ class QueryFS:
             query, exclude = Query(t.vec, DEFAULT_K), t.eid
             body = query              # its text (65 numbers) only if written back (_known_result)
         # t.scope is current: targets are kept per files_gen, as scopes are
-        out = format_results(self.service.run(_without(t.scope, hidden) if hidden else t.scope, query, exclude))
+        out = self.service.results(_without(t.scope, hidden) if hidden else t.scope, query, exclude)
         log.debug("evaluated %s (%d bytes)", t.path, len(out))
         if not out:        # a read of nothing, exit status 0: the log says why
             log.info("%s reads empty: %s", t.path, NO_HITS)
@@ -332,7 +344,7 @@ class QueryFS:
         if fh is not None and fh >= HANDLE_BASE:
             got = self._handles.get(fh)
             if got is not None:
-                return self._attrs(path, got[1], self._handle_target.get(fh))
+                return self._attrs(path, len(got), self._handle_target.get(fh))
         with self.service.changes.held():      # one generations read for the whole request
             t = self._target(path)
             if t is None:
@@ -374,12 +386,12 @@ class QueryFS:
                     return self.stage(path, t.eid, truncate=bool(flags & os.O_TRUNC),
                                       append=bool(flags & os.O_APPEND))
                 raise PermissionDenied(f"{path}: a virtual .query file is read-only")
-            return self._memfd_handle(t, self.evaluate(t))
+            return self._result_handle(t, self.evaluate(t))
 
     @staticmethod
     def _memfd(name: str, data: bytes) -> int:
-        """An anonymous memory file holding data: the mount hands libfuse its descriptor
-        (read_buf) exactly as for an entity's bytes."""
+        """An anonymous memory file holding data (a stored query's staged body): the mount
+        hands libfuse its descriptor (read_buf) exactly as for an entity's bytes."""
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
             os.write(fd, data)
@@ -388,12 +400,14 @@ class QueryFS:
             raise
         return fd
 
-    def _memfd_handle(self, t: _Target, data: bytes) -> int:
-        fd = self._memfd("hkfs-query", data)
+    def _result_handle(self, t: _Target, data: bytes) -> int:
+        """A read-only handle on an evaluated result, kept as bytes: the mount hands libfuse a
+        copy of the part a READ asks for (result), not a descriptor (three system calls fewer
+        than a memfd's create, write and close, for a result of a few hundred bytes)."""
         with self._lock:
             fh = self._next
             self._next += 1
-            self._handles[fh] = (fd, len(data))
+            self._handles[fh] = data
             self._handle_target[fh] = t
             self._by_path[t.path] = fh
             first = not _more(self._open_paths, t.path)
@@ -421,12 +435,16 @@ class QueryFS:
         return fh
 
     def fd(self, fh: int) -> int:
-        """The descriptor holding handle fh's bytes (for read_buf)."""
-        st = self._staged.get(fh)
-        return st.fd if st is not None else self._handles[fh][0]
+        """The descriptor holding a staging handle's bytes (for read_buf)."""
+        return self._staged[fh].fd
+
+    def result(self, fh: int) -> bytes | None:
+        """The bytes a result handle reads (None: a staging handle, read through fd)."""
+        return self._handles.get(fh)
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
-        return os.pread(self.fd(fh), size, offset)
+        got = self._handles.get(fh)
+        return got[offset:offset + size] if got is not None else os.pread(self.fd(fh), size, offset)
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         """Write into a staging handle; EINVAL (nothing written) when the body would end
@@ -493,8 +511,6 @@ class QueryFS:
                 _less(self._writers, st.path)
                 self._told.pop(st.path, None)
             self._page_cached.discard(fh)
-        if got is not None:
-            os.close(got[0])
         if st is not None:
             os.close(st.fd)
         return 0

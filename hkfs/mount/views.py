@@ -232,6 +232,22 @@ class Resolver:
         kws = [_term_keyword(h) for h in written]
         return all(k is not None and self.store.keyword_exists(ns, k) for k in kws)
 
+    def tail_in(self, view: ViewLoc, name: str) -> ViewLoc | ViewFileLoc:
+        """resolve(P + '/' + name) where P names `view` by keyword components only (no ',', no
+        trailing '@': see extends_by_tail) and `name` is a plain component (no leading ','):
+        a child keyword of the view's last HK, else the file `name` among its matches. What
+        resolve does with that path, without parsing and walking it again (a first
+        `cat VIEW/FILE.query` asks for two names of the same view)."""
+        kw = _term_keyword(view.with_child(name)[-1])
+        if kw is not None and self.store.keyword_exists(view.ns, kw):
+            return ViewLoc(view.ns, view.with_child(name), view.anchor, keyword=True)
+        return self.file_in(view, name)
+
+    @staticmethod
+    def extends_by_tail(mp: MountPath) -> bool:
+        """Whether a name appended to path mp extends its last HK (tail_in applies)."""
+        return mp.special and bool(mp.hks) and not (mp.relative or mp.ext or mp.adding or mp.name is not None)
+
     def file_in(self, view: ViewLoc, name: str, listed: str = "") -> ViewFileLoc:
         """The file `name` (or clash name) among the view's matches; eid None when there is none."""
         listed = listed or name

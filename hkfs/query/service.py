@@ -28,8 +28,8 @@ from ..core.errors import InvalidArgument
 from ..core.naming import HK
 from ..mount.paths import COMMA, listed_name
 from ..mount.views import view_children_of
-from .embeddings import EmbeddingCatalog
-from .queryfiles import Hit, Query
+from .embeddings import EmbeddingCatalog, SearchHit
+from .queryfiles import Hit, Query, result_line
 
 __all__ = ["HeldFeed", "QueryService", "Scope"]
 
@@ -196,11 +196,20 @@ class QueryService:
 
     def run(self, sc: Scope, query: Query, exclude: int | None = None) -> list[Hit]:
         """Top-k hits of `query` within scope `sc`, best first, `exclude` (an entity) left out."""
+        hits, paths = self._search(sc, query, exclude)
+        return [Hit(h.score, paths[h.eid], h.row) for h in hits if h.eid in paths]
+
+    def results(self, sc: Scope, query: Query, exclude: int | None = None) -> bytes:
+        """run's hits as the `.query` file reads them (format_results), with no Hit made per line."""
+        hits, paths = self._search(sc, query, exclude)
+        return "".join([result_line(h.score, paths[h.eid], h.row) for h in hits if h.eid in paths]).encode(
+            "utf-8", "surrogateescape")
+
+    def _search(self, sc: Scope, query: Query, exclude: int | None) -> tuple[list[SearchHit], dict[int, str]]:
         self.check_dim(sc.ns, len(query.vector))
         hits = self.catalog.search(sc.ns, query.vector, query.k, nprobe=query.nprobe, scope=sc.ids,
                                    scope_token=(sc.key, sc.gen), exclude=exclude)
-        paths = self.hit_paths(sc, [h.eid for h in hits])
-        return [Hit(h.score, paths[h.eid], h.row) for h in hits if h.eid in paths]
+        return hits, self.hit_paths(sc, [h.eid for h in hits])
 
     def hit_paths(self, sc: Scope, eids: list[int]) -> dict[int, str]:
         """Each hit's path from the mount root, as listed in the scope's directory or view
