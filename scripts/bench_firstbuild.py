@@ -6,8 +6,8 @@ while the daemon reads every embedding and builds its first index.
 
 COPY is a store of `bench_query.py --stores` (files f000000.txt... in view //bench, each with
 a 64-d own embedding), a copy: its vectors/ directory is removed first, every run. Steps:
-mount (`hk mount -f`), `ls -l` of the view, `find` of the mount, --reads first FILE.query
-reads (answered from the pending rows: no base yet), wait until the first base is saved
+mount (`hk mount -f`), --reads first FILE.query reads (answered from the pending rows
+while no base is saved yet), `ls -l` of the view, `find` of the mount, wait until the first base is saved
 (STORE/vectors/ns*-d*/manifest.json) and the worker idles, --reads more first reads. After
 each step: the daemon's RSS and peak (VmHWM, /proc), its CPU, and the peak RSS of any child
 process it ran (sampled every 0.1 s: the index build runs in one above 32 MiB of rows).
@@ -112,15 +112,16 @@ def main() -> None:
     try:
         note("mounted")
         bench = mnt / "@" / "bench"
+        t = time.perf_counter()
+        for name in picks[:a.reads]:
+            read_all(str(bench / f"{name}.query"))
+        built = bool(list((a.store / "vectors").glob("ns*-d*/manifest.json")))
+        note(f"{a.reads} FILE.query ({'base' if built else 'pending'})")
+        print(f"  {(time.perf_counter() - t) / max(a.reads, 1) * 1e3:.0f} ms a read", flush=True)
         subprocess.run(["ls", "-l", str(bench)], stdout=subprocess.DEVNULL, check=True)
         note("ls -l view")
         subprocess.run(["find", str(mnt / "@")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         note("find")
-        t = time.perf_counter()
-        for name in picks[:a.reads]:
-            read_all(str(bench / f"{name}.query"))
-        note(f"{a.reads} FILE.query (pending)")
-        print(f"  {(time.perf_counter() - t) / max(a.reads, 1) * 1e3:.0f} ms a read", flush=True)
         end = time.monotonic() + a.timeout
         while not list((a.store / "vectors").glob("ns*-d*/manifest.json")):
             if time.monotonic() > end:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,20 @@ def fill(st: Store, n: int, rng: np.random.Generator) -> tuple[int, dict]:
     return ns, items
 
 
+@contextmanager
+def catalog(tmp_path: Path, n: int, seed: int) -> Iterator[tuple]:
+    """A store of fill(n) and a writable catalog that has read it: (st, ns, items, cat, rng)."""
+    rng = np.random.default_rng(seed)
+    with Store.open(tmp_path / "store") as st:
+        ns, items = fill(st, n, rng)
+        cat = EmbeddingCatalog(st)
+        try:
+            cat.refresh(ns)
+            yield st, ns, items, cat, rng
+        finally:
+            cat.stop()
+
+
 def check(cat: EmbeddingCatalog, st: Store, ns: int, items: dict, rng: np.random.Generator, tag: str) -> None:
     even = sorted_ids(st.match_ids(ns, ["//even"]))
     evens = set(even.tolist())
@@ -87,53 +103,46 @@ def test_spilled_rows_give_the_same_hits(monkeypatch, tmp_path: Path) -> None:
     runs (their rows move to a fresh spill file), all answer as brute force."""
     monkeypatch.setattr(emb, "SPILL_READ", 7)
     monkeypatch.setattr(emb, "LOAD_CHUNK", 13)
-    rng = np.random.default_rng(3)
-    with Store.open(tmp_path / "store") as st:
-        ns, items = fill(st, 300, rng)
-        cat = EmbeddingCatalog(st)
-        try:
-            cat.refresh(ns)
-            sh = cat._shards[(ns, D)]
-            assert len(sh.spilled) == 301 and len(sh.pending) == 1
-            assert cat.stats()[f"ns{ns}-d{D}"]["pending_rows"] == 331
-            check(cat, st, ns, items, rng, "first")
-            own = [kk[0] for kk in items if kk[1] is None][:300]
-            for eid in own[:20]:                       # changed, then removed
+    with catalog(tmp_path, 300, 3) as (st, ns, items, cat, rng):
+        sh = cat._shards[(ns, D)]
+        assert len(sh.spilled) == 301 and len(sh.pending) == 1
+        assert cat.stats()[f"ns{ns}-d{D}"]["pending_rows"] == 331
+        check(cat, st, ns, items, rng, "first")
+        own = [kk[0] for kk in items if kk[1] is None][:300]
+        for eid in own[:20]:                       # changed, then removed
+            v = rng.normal(size=D).astype(np.float32)
+            st.set_xattr("file", eid, EMBEDDING_ATTR, v.tobytes())
+            items[(eid, None)] = v
+        for eid in own[20:30]:
+            st.rme(eid)
+            del items[(eid, None)]
+        cat.refresh(ns)
+        assert len(cat._shards[(ns, D)].spilled) == 291
+        check(cat, st, ns, items, rng, "changed")
+
+        built = emb._build_base
+
+        def build_and_change(*a, **kw):      # commits while the base builds
+            for eid in own[30:35]:
                 v = rng.normal(size=D).astype(np.float32)
                 st.set_xattr("file", eid, EMBEDDING_ATTR, v.tobytes())
                 items[(eid, None)] = v
-            for eid in own[20:30]:
-                st.rme(eid)
-                del items[(eid, None)]
             cat.refresh(ns)
-            assert len(cat._shards[(ns, D)].spilled) == 291
-            check(cat, st, ns, items, rng, "changed")
+            return built(*a, **kw)
 
-            built = emb._build_base
-
-            def build_and_change(*a, **kw):      # commits while the base builds
-                for eid in own[30:35]:
-                    v = rng.normal(size=D).astype(np.float32)
-                    st.set_xattr("file", eid, EMBEDDING_ATTR, v.tobytes())
-                    items[(eid, None)] = v
-                cat.refresh(ns)
-                return built(*a, **kw)
-
-            monkeypatch.setattr(emb, "_build_base", build_and_change)
-            old_file = cat._shards[(ns, D)].spill
-            cat.rebuild(ns, D)
-            sh = cat._shards[(ns, D)]
-            assert len(sh.spilled) == 5 and sh.spill is not old_file and sh.spilled.file is sh.spill
-            check(cat, st, ns, items, rng, "during")
-            monkeypatch.setattr(emb, "_build_base", built)
-            cat.rebuild(ns, D)
-            sh = cat._shards[(ns, D)]
-            assert len(sh.spilled) == 0 and sh.spill is None
-            assert cat.stats()[f"ns{ns}-d{D}"]["pending_rows"] == 0
-            check(cat, st, ns, items, rng, "built")
-            assert not list((tmp_path / "store" / "vectors").glob("spill*")), "spill files are unlinked"
-        finally:
-            cat.stop()
+        monkeypatch.setattr(emb, "_build_base", build_and_change)
+        old_file = cat._shards[(ns, D)].spill
+        cat.rebuild(ns, D)
+        sh = cat._shards[(ns, D)]
+        assert len(sh.spilled) == 5 and sh.spill is not old_file and sh.spilled.file is sh.spill
+        check(cat, st, ns, items, rng, "during")
+        monkeypatch.setattr(emb, "_build_base", built)
+        cat.rebuild(ns, D)
+        sh = cat._shards[(ns, D)]
+        assert len(sh.spilled) == 0 and sh.spill is None
+        assert cat.stats()[f"ns{ns}-d{D}"]["pending_rows"] == 0
+        check(cat, st, ns, items, rng, "built")
+        assert not list((tmp_path / "store" / "vectors").glob("spill*")), "spill files are unlinked"
 
 
 def test_base_built_in_a_child_process(monkeypatch, tmp_path: Path) -> None:
@@ -141,37 +150,23 @@ def test_base_built_in_a_child_process(monkeypatch, tmp_path: Path) -> None:
     ran = []
     real = build_child.build_in_child
     monkeypatch.setattr(build_child, "build_in_child", lambda *a: ran.append(a) or real(*a))
-    rng = np.random.default_rng(4)
-    with Store.open(tmp_path / "store") as st:
-        ns, items = fill(st, 200, rng)
-        cat = EmbeddingCatalog(st)
-        try:
-            cat.refresh(ns)
-            cat.rebuild(ns, D)
-            assert len(ran) == 1 and cat.stats()[f"ns{ns}-d{D}"]["base_rows"] == len(items)
-            check(cat, st, ns, items, rng, "child")
-            gdir = next((tmp_path / "store" / "vectors" / f"ns{ns}-d{D}").glob("gen-*"))
-            assert sorted(p.name for p in gdir.iterdir()) == ["index", "keys.npy"]
-        finally:
-            cat.stop()
+    with catalog(tmp_path, 200, 4) as (st, ns, items, cat, rng):
+        cat.rebuild(ns, D)
+        assert len(ran) == 1 and cat.stats()[f"ns{ns}-d{D}"]["base_rows"] == len(items)
+        check(cat, st, ns, items, rng, "child")
+        gdir = next((tmp_path / "store" / "vectors" / f"ns{ns}-d{D}").glob("gen-*"))
+        assert sorted(p.name for p in gdir.iterdir()) == ["index", "keys.npy"]
 
 
 def test_a_failed_child_build_keeps_the_old_state(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(emb, "BUILD_CHILD_BYTES", 0)
-    rng = np.random.default_rng(6)
-    with Store.open(tmp_path / "store") as st:
-        ns, items = fill(st, 50, rng)
-        cat = EmbeddingCatalog(st)
-        try:
-            cat.refresh(ns)
-            monkeypatch.setattr(emb, "METRIC", "no-such-metric")
-            with pytest.raises(RuntimeError, match="child process"):
-                cat.rebuild(ns, D)
-            monkeypatch.setattr(emb, "METRIC", "cosine")
-            assert cat.stats()[f"ns{ns}-d{D}"]["base_rows"] == 0
-            check(cat, st, ns, items, rng, "failed")
-        finally:
-            cat.stop()
+    with catalog(tmp_path, 50, 6) as (st, ns, items, cat, rng):
+        monkeypatch.setattr(emb, "METRIC", "no-such-metric")
+        with pytest.raises(RuntimeError, match="child process"):
+            cat.rebuild(ns, D)
+        monkeypatch.setattr(emb, "METRIC", "cosine")
+        assert cat.stats()[f"ns{ns}-d{D}"]["base_rows"] == 0
+        check(cat, st, ns, items, rng, "failed")
 
 
 KILLED = textwrap.dedent("""

@@ -30,6 +30,10 @@ rows), not one object each, so a million cost ~28 MB; the daemon persists them w
 vectors_gen they were read at (the sources cache), and a fresh process (`hk query`) whose
 vectors_gen matches opens that instead of reading every source.
 
+Pending single-row sources keep only columns in RAM, their rows in an unlinked spill file
+(_SpillFile), and a big base is built in a child process (build_child): a first build of a
+million sources stays within the daemon's memory bound (docs/query.md).
+
 Layout: STORE/vectors/{ns<NS>-d<DIM>/{manifest.json, gen-<N>/{index/, keys.npy}},
 sources-ns<NS>.npz} (see docs/query.md, "Sources in memory and on disk").
 """
