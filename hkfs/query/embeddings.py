@@ -30,6 +30,10 @@ rows), not one object each, so a million cost ~28 MB; the daemon persists them w
 vectors_gen they were read at (the sources cache), and a fresh process (`hk query`) whose
 vectors_gen matches opens that instead of reading every source.
 
+Pending single-row sources keep only columns in RAM, their rows in an unlinked spill file
+(_SpillFile), and a big base is built in a child process (build_child): a first build of a
+million sources stays within the daemon's memory bound (docs/query.md).
+
 Layout: STORE/vectors/{ns<NS>-d<DIM>/{manifest.json, gen-<N>/{index/, keys.npy}},
 sources-ns<NS>.npz} (see docs/query.md, "Sources in memory and on disk").
 """
@@ -45,6 +49,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +86,9 @@ EXCLUDE_BY_MASK = 256  # an excluded file with more rows than this is left out b
 DEAD_BY_MASK = 256     # as many dead base rows as this are dropped from the hits, more by the allowed set
 ALLOWED_MAX = 4        # allowed-id arrays kept (one per scope and index version; 8 bytes a row)
 CHUNK = 1 << 18        # sources a step over all of them handles at a time (a few MiB of transients)
+SPILL_READ = 1 << 14   # spilled rows read at a time (4 MiB at 64 dimensions)
+LOAD_CHUNK = 4096      # new sources read per statement batch in a reconcile
+BUILD_CHILD_BYTES = 32 << 20   # a base of more rows' bytes is built in a child process
 
 CACHE_FORMAT = 1       # STORE/vectors/sources-ns<NS>.npz (docs/query.md); another is ignored
 MANIFEST_FORMAT = 2    # manifest.json + gen-<N>/keys.npy; another is ignored (rebuilt)
@@ -210,6 +218,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ catalog state
 
 
+def _code_of_ids(ids: np.ndarray) -> np.ndarray:
+    """The source code (entity id * 2 + own) of each index id."""
+    return (ids >> ROW_BITS) * 2 + ((ids & OWN_ROW) == OWN_ROW)
+
+
 def _key(code: int) -> Key:
     return code >> 1, bool(code & 1)
 
@@ -290,6 +303,8 @@ class _Table:
 
     @staticmethod
     def concat(parts: list[_Table]) -> _Table:
+        if len(parts) == 1 and (len(parts[0]) < 2 or bool((parts[0].code[1:] > parts[0].code[:-1]).all())):
+            return parts[0]           # (a first reconcile: no million-wide sort and copies)
         return _Table.of(*(np.concatenate([getattr(p, f) for p in parts]) if parts else []
                            for f in ("code", "fp", "dim", "nrows")))
 
@@ -308,6 +323,97 @@ class _Pending:
     norms: np.ndarray
 
 
+class _SpillFile:
+    """Rows of one shard's single-row pending sources, appended to a file and read back a
+    chunk at a time (os.pread), so a million new sources cost their columns in RAM (20 bytes
+    each, `_Spilled`), not ~1 KB of Python objects and rows each.
+
+    The file is created and unlinked at once (a daemon's under STORE/vectors, a read-only
+    process's in the temporary directory): it is this process's alone, nobody can truncate
+    it (no SIGBUS, and it is read, not mapped, so its pages count in no RSS), and a killed
+    process leaves nothing behind. Append-only: rows are written before a snapshot that names
+    them is published, and a published row never changes."""
+
+    def __init__(self, directory: Path | None, dim: int) -> None:
+        self.dim = dim
+        self.row_bytes = 4 * dim
+        if directory is None:
+            import tempfile
+            self._f = tempfile.TemporaryFile(prefix="hkfs-spill-")
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"spill-d{dim}-{os.getpid()}-{threading.get_ident()}-{id(self)}.f32"
+            self._f = open(path, "w+b")      # noqa: SIM115 - closed with this object
+            path.unlink()
+        self.fd = self._f.fileno()
+        self.n = 0                 # rows written (flushed or buffered)
+        self._buf = bytearray()
+        self._flushed = 0
+
+    def append(self, row: np.ndarray) -> int:
+        """Queue one row (float32 little-endian); its position. Readable after flush()."""
+        self._buf += np.ascontiguousarray(row, "<f4").tobytes()
+        self.n += 1
+        if len(self._buf) >= 1 << 20:
+            self.flush()
+        return self.n - 1
+
+    def flush(self) -> None:
+        if self._buf:
+            os.pwrite(self.fd, self._buf, self._flushed * self.row_bytes)
+            self._flushed += len(self._buf) // self.row_bytes
+            self._buf = bytearray()
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Rows start .. start+count (flushed ones) as a (count, dim) float32 array."""
+        raw = os.pread(self.fd, count * self.row_bytes, start * self.row_bytes)
+        if len(raw) != count * self.row_bytes:
+            raise OSError(f"spill file: {len(raw)} of {count * self.row_bytes} bytes read")
+        return np.frombuffer(raw, "<f4").reshape(count, self.dim)
+
+    def rows(self, pos: np.ndarray) -> np.ndarray:
+        """The rows at these positions, in their order: read SPILL_READ rows' span at a time."""
+        if len(pos) and int(pos[-1]) - int(pos[0]) == len(pos) - 1 and \
+                (len(pos) < 2 or bool((pos[1:] > pos[:-1]).all())):
+            return self.read(int(pos[0]), len(pos))        # consecutive rows (the common case): one read
+        out = np.empty((len(pos), self.dim), np.float32)
+        order = np.argsort(pos, kind="stable")
+        sp = np.asarray(pos)[order]
+        i = 0
+        while i < len(sp):
+            lo = int(sp[i])
+            j = int(np.searchsorted(sp, lo + SPILL_READ))
+            out[order[i:j]] = self.read(lo, int(sp[j - 1]) - lo + 1)[sp[i:j] - lo]
+            i = j
+        return out
+
+    def close(self) -> None:
+        self._f.close()
+
+
+@dataclass(frozen=True)
+class _Spilled:
+    """A shard's single-row pending sources (own embeddings, one-row entries) as columns
+    sorted by index id, their rows in a _SpillFile. Replaced, never changed: a search holds
+    the snapshot it started with."""
+
+    file: _SpillFile | None
+    ids: np.ndarray            # int64, sorted (eid << 24 | 0 or OWN_ROW)
+    pos: np.ndarray            # int64 row in file
+    norms: np.ndarray          # float32 (0 replaced by 1)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+_NO_SPILL = _Spilled(None, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def _single_ids(code: np.ndarray) -> np.ndarray:
+    """The index id of each source's one row (codes of sorted sources give sorted ids)."""
+    return ((code >> 1) << ROW_BITS) | np.where((code & 1) == 1, OWN_ROW, 0)
+
+
 @dataclass
 class _Shard:
     ns: int
@@ -315,14 +421,16 @@ class _Shard:
     base: Any = None                                        # vecindex.IVFIndex | None
     base_keys: _Table = field(default_factory=_Table.empty)  # the sources the base was built from
     base_n: int = 0                                         # base_keys.nrows.sum()
-    pending: dict[Key, _Pending] = field(default_factory=dict)
+    pending: dict[Key, _Pending] = field(default_factory=dict)  # entries of several rows
+    spilled: _Spilled = _NO_SPILL                           # single-row sources (their rows on disk)
+    spill: _SpillFile | None = None                         # where new single rows go
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted codes of base_keys
     dead_n: int = 0                                         # base rows of the dead keys
     gen: int = 0
     version: int = 0                                        # bumped on every change (cache key)
 
     def pending_rows(self) -> int:
-        return sum(len(p.ids) for p in self.pending.values())
+        return sum(len(p.ids) for p in self.pending.values()) + len(self.spilled)
 
     def dead_rows(self) -> int:
         return self.dead_n
@@ -501,7 +609,7 @@ class EmbeddingCatalog:
             self._save_cache(ns, v, table)      # outside the lock: queries need not wait for the disk
 
     def _reconcile(self, ns: int) -> None:
-        self._copied: set[tuple[int, int]] = set()
+        self._start_changes()
         entries, dims, embs = self._fingerprints(ns)
         codes: list[int] = []
         fps: list[int] = []
@@ -540,17 +648,24 @@ class EmbeddingCatalog:
                                 sh.base_keys.nrows[idx[ok]]))
             left &= ~ok
         todo = new.take(left)
-        values = self._values([int(c) >> 1 for c in todo.code if c & 1])
-        loaded: list[tuple[int, int, int, int]] = []
-        for c, fp in zip(todo.code.tolist(), todo.fp.tolist(), strict=True):
-            m = (values.get(c >> 1),) if c & 1 else meta[c]
-            if c & 1 and m[0] is None:
-                continue
-            got = self._load(ns, _key(c), fp, m, touched)
-            if got is not None:
-                loaded.append((c, fp, *got))
-        if loaded:
-            parts.append(_Table.of(*zip(*loaded, strict=True)))
+        ok = np.zeros(len(todo), bool)
+        got_dim = np.zeros(len(todo), np.int32)
+        got_rows = np.zeros(len(todo), np.int64)
+        for a in range(0, len(todo), LOAD_CHUNK):    # no million-long Python lists, values a batch at a time
+            code = todo.code[a:a + LOAD_CHUNK].tolist()
+            values = self._values([c >> 1 for c in code if c & 1])
+            for i, (c, fp) in enumerate(zip(code, todo.fp[a:a + LOAD_CHUNK].tolist(), strict=True), a):
+                m = (values.get(c >> 1),) if c & 1 else meta[c]
+                if c & 1 and m[0] is None:
+                    continue
+                got = self._load(ns, _key(c), fp, m, touched)
+                if got is not None:
+                    ok[i] = True
+                    got_dim[i], got_rows[i] = got
+            del values
+        self._commit_spill()
+        if ok.any():
+            parts.append(_Table(todo.code[ok], todo.fp[ok], got_dim[ok], got_rows[ok]))
         self._sources[ns] = _merged(have, same, _Table.concat(parts))
         self._mark_dead(ns, touched)
         self._share(ns)
@@ -611,7 +726,45 @@ class EmbeddingCatalog:
             return
         if key in sh.pending:
             self._own_pending(sh).pop(key, None)
+        elif len(sh.spilled):
+            self._spill_drop.setdefault((ns, dim), array("q")).append(_code(key))
         touched.add((ns, dim))
+
+    def _start_changes(self) -> None:
+        """Before a reconcile: no shard's pending dict copied yet, no spilled rows added or dropped."""
+        self._copied = set()
+        self._spill_add: dict[tuple[int, int], tuple[array, array, array]] = {}
+        self._spill_drop: dict[tuple[int, int], array] = {}
+
+    def _commit_spill(self) -> None:
+        """After a reconcile: each touched shard's spilled snapshot without the dropped sources,
+        with the added ones (their rows flushed first), built a column at a time."""
+        for key in set(self._spill_add) | set(self._spill_drop):
+            sh = self._shards[key]
+            old = sh.spilled
+            gone = np.sort(np.frombuffer(self._spill_drop.get(key, array("q")), np.int64))
+            keep = ~_in_sorted(_code_of_ids(old.ids), gone) if len(gone) else np.ones(len(old), bool)
+            ids, pos, norms = (np.frombuffer(a, dt) for a, dt in
+                               zip(self._spill_add.get(key, (array("q"), array("q"), array("f"))),
+                                   (np.int64, np.int64, np.float32), strict=True))
+            if sh.spill is not None:
+                sh.spill.flush()
+            if len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all()):   # (a reconcile adds in code order)
+                order = np.argsort(ids, kind="stable")
+                ids, pos, norms = ids[order], pos[order], norms[order]
+            if not len(ids):
+                sh.spilled = _Spilled(old.file, old.ids[keep], old.pos[keep], old.norms[keep])
+            elif not len(old) or (bool(keep.all()) and old.ids[-1] < ids[0]):
+                # the first reconcile (or additions after every spilled id): no million-wide insert;
+                # the arrays share the appended buffers
+                sh.spilled = _Spilled(sh.spill, *((np.concatenate([a, b]) if len(old) else b) for a, b in
+                                                  ((old.ids, ids), (old.pos, pos), (old.norms, norms))))
+            else:
+                kept = old.ids[keep]
+                at = np.searchsorted(kept, ids)
+                sh.spilled = _Spilled(sh.spill, np.insert(kept, at, ids), np.insert(old.pos[keep], at, pos),
+                                      np.insert(old.norms[keep], at, norms))
+        self._spill_add, self._spill_drop = {}, {}
 
     def _load(self, ns: int, key: Key, fp: int, meta: tuple,
               touched: set[tuple[int, int]]) -> tuple[int, int] | None:
@@ -652,6 +805,17 @@ class EmbeddingCatalog:
         sh = self._shards.get((ns, d))
         if sh is None:
             sh = self._shards[(ns, d)] = _Shard(ns, d)
+        if len(rows) == 1:          # the common case (a file's own embedding): to the spill file
+            if sh.spill is None:
+                sh.spill = _SpillFile(self.root if self.writable else None, d)
+            row = np.asarray(rows[0], np.float32)
+            norm = float(np.linalg.norm(row.reshape(1, -1), axis=1)[0])    # as for several rows
+            add = self._spill_add.setdefault((ns, d), (array("q"), array("q"), array("f")))
+            add[0].append(int(_ids(key[0], 1, key[1])[0]))
+            add[1].append(sh.spill.append(row))
+            add[2].append(norm if norm != 0 else 1.0)
+            touched.add((ns, d))
+            return
         norms = np.empty(len(rows), np.float32)
         for a in range(0, len(rows), 65536):
             norms[a:a + 65536] = np.linalg.norm(np.asarray(rows[a:a + 65536], np.float32), axis=1)
@@ -699,7 +863,7 @@ class EmbeddingCatalog:
         except Exception as exc:   # noqa: BLE001 - a torn or foreign file: read the sources instead
             log.info("%s: unreadable sources cache (%s); reading the sources", path, exc)
             return False
-        self._copied = set()
+        self._start_changes()
         touched: set[tuple[int, int]] = set()
         need = t.nrows > 0
         for sh in self._shards.values():
@@ -709,14 +873,26 @@ class EmbeddingCatalog:
                 idx, hit = sh.base_keys.find(t.code[a:a + CHUNK])
                 need[a:a + CHUNK] &= ~(hit & (sh.base_keys.fp[idx] == t.fp[a:a + CHUNK])
                                        & (t.dim[a:a + CHUNK] == sh.dim))
-        for c, n in zip(t.code[need].tolist(), t.nrows[need].tolist(), strict=True):
-            rows = self._rows_full(ns, _key(c), n)
-            if rows is None or len(rows) != n:
-                for sh in self._shards.values():
-                    if sh.ns == ns:
-                        sh.pending = {}
-                return False      # changed since: read everything
-            self._add_pending(ns, _key(c), rows, touched)
+        need_at = np.flatnonzero(need)
+        del need
+        for a in range(0, len(need_at), LOAD_CHUNK):     # no million-long Python lists
+            at = need_at[a:a + LOAD_CHUNK]
+            code = t.code[at].tolist()
+            values = self._values([c >> 1 for c in code if c & 1])   # a statement per 500, not 3 each
+            for c, n in zip(code, t.nrows[at].tolist(), strict=True):
+                if c & 1:
+                    v = values.get(c >> 1)
+                    rows = None if v is None else _parse_or_none(v)
+                else:
+                    rows = self._rows_full(ns, _key(c), n)
+                if rows is None or len(rows) != n:
+                    for sh in self._shards.values():
+                        if sh.ns == ns:
+                            sh.pending = {}
+                    self._start_changes()     # the rows spilled so far are never named
+                    return False      # changed since: read everything
+                self._add_pending(ns, _key(c), rows, touched)
+        self._commit_spill()
         self._sources[ns] = t
         self._mark_dead(ns, touched)
         self._share(ns)
@@ -795,6 +971,7 @@ class EmbeddingCatalog:
             if sh is None:
                 return []
             base, base_keys, pending, dead, version = sh.base, sh.base_keys, sh.pending, sh.dead, sh.version
+            spilled = sh.spilled
             base_n, dead_n = sh.base_n, sh.dead_n
             srcs = self._sources.get(ns, _EMPTY)
             extra = 0
@@ -829,6 +1006,7 @@ class EmbeddingCatalog:
                     keep = ~np.isin((got >> ROW_BITS) * 2 + ((got & OWN_ROW) == OWN_ROW), dead)
                     found = [f for f, ok in zip(found, keep.tolist(), strict=True) if ok]
                 results += found
+        results += _exact_spilled(q, spilled, k, scope_set, exclude)
         small, big = _pending_blocks(pending)
         if small is not None:
             results += _exact_block(q, small, k, scope_set, exclude)
@@ -971,7 +1149,6 @@ class EmbeddingCatalog:
 
     def rebuild(self, ns: int, dim: int) -> None:
         """Build a new base for shard (ns, dim) from its live sources and swap it in atomically."""
-        from vecindex import IVFIndex
 
         with self._lock:
             sh = self._shards.get((ns, dim))
@@ -980,6 +1157,7 @@ class EmbeddingCatalog:
             t = self._sources.get(ns, _EMPTY)
             snap = t.take((t.dim == dim) & (t.nrows > 0))
             pend = dict(sh.pending)
+            spilled = sh.spilled
             gen = sh.gen + 1
             sh.gen = gen
         sdir = self.root / f"ns{ns}-d{dim}"
@@ -992,22 +1170,35 @@ class EmbeddingCatalog:
         ids = np.empty(n, np.int64)
         at = 0
         with open(rows_path, "wb") as f:
-            for c, want in zip(snap.code.tolist(), snap.nrows.tolist(), strict=True):
-                key = _key(c)
-                rows = pend[key].rows if key in pend else self._rows_full(ns, key, want)
-                if rows is None or len(rows) != want:
-                    log.info("entity %d changed during a rebuild; retrying later", key[0])
-                    shutil.rmtree(gdir, ignore_errors=True)
-                    with self._lock:
-                        self._schedule((ns, dim))
-                    return
-                for a in range(0, len(rows), 65536):
-                    f.write(np.ascontiguousarray(rows[a:a + 65536], dtype="<f4").tobytes())
-                ids[at:at + len(rows)] = _ids(key[0], len(rows), key[1])
-                at += len(rows)
-        x = np.memmap(rows_path, np.float32, "r", shape=(n, dim)) if n else np.zeros((0, dim), np.float32)
-        index = IVFIndex.build(gdir / "index", x, metric=METRIC, ids=ids, progress=False)
-        del x
+            for b in range(0, len(snap), SPILL_READ):     # spilled rows a chunk at a time
+                code, nrows = snap.code[b:b + SPILL_READ], snap.nrows[b:b + SPILL_READ]
+                one = _single_ids(code)
+                i = np.minimum(np.searchsorted(spilled.ids, one), max(len(spilled) - 1, 0))
+                inspill = (spilled.ids[i] == one) & (nrows == 1) if len(spilled) else np.zeros(len(code), bool)
+                if inspill.all():
+                    f.write(np.ascontiguousarray(spilled.file.rows(spilled.pos[i]), "<f4").tobytes())
+                    ids[at:at + len(one)] = one
+                    at += len(one)
+                    continue
+                for c, want, sp_i, sp_ok in zip(code.tolist(), nrows.tolist(), i.tolist(), inspill.tolist(),
+                                                strict=True):
+                    key = _key(c)
+                    if sp_ok:
+                        rows = spilled.file.rows(spilled.pos[sp_i:sp_i + 1])
+                    else:
+                        rows = pend[key].rows if key in pend else self._rows_full(ns, key, want)
+                    if rows is None or len(rows) != want:
+                        log.info("entity %d changed during a rebuild; retrying later", key[0])
+                        shutil.rmtree(gdir, ignore_errors=True)
+                        with self._lock:
+                            self._schedule((ns, dim))
+                        return
+                    for a in range(0, len(rows), 65536):
+                        f.write(np.ascontiguousarray(rows[a:a + 65536], dtype="<f4").tobytes())
+                    ids[at:at + len(rows)] = _ids(key[0], len(rows), key[1])
+                    at += len(rows)
+        index = _build_base(gdir, rows_path, ids, n, dim)
+        del ids
         rows_path.unlink()
         with self._lock:
             old = sh.base
@@ -1017,6 +1208,7 @@ class EmbeddingCatalog:
             dead = set(sh.dead.tolist())
             sh.pending = {k_: p for (k_, p), b in zip(sh.pending.items(), inbase.tolist(), strict=True)
                           if not b or _code(k_) in dead}
+            self._spill_survivors(sh, snap)
             sh.version += 1
             self._write_manifest(sdir, gen, snap)
             sh.base_keys = _mapped_keys(sdir / f"gen-{gen}" / "keys.npy", len(snap), dim)
@@ -1029,6 +1221,28 @@ class EmbeddingCatalog:
         log.info("namespace %d, dimension %d: new index of %d rows (gen %d)", ns, dim, n, gen)
         if again:
             self._schedule((ns, dim))
+
+    def _spill_survivors(self, sh: _Shard, snap: _Table) -> None:
+        """After a build: the spilled sources the new base does not hold (added or changed
+        meanwhile), their rows copied into a fresh spill file; the old one goes when the last
+        search holding it ends. Under the lock."""
+        old = sh.spilled
+        keep = np.ones(len(old), bool)
+        for a in range(0, len(old), CHUNK):
+            code = _code_of_ids(old.ids[a:a + CHUNK])
+            idx, hit = snap.find(code)
+            inbase = hit & (snap.nrows[idx] == 1) if len(snap) else hit
+            keep[a:a + CHUNK] = ~inbase | _in_sorted(code, sh.dead)
+        ids, pos, norms = old.ids[keep], old.pos[keep], old.norms[keep]
+        del keep
+        sh.spill = _SpillFile(self.root if self.writable else None, sh.dim) if len(ids) else None
+        for a in range(0, len(ids), SPILL_READ):
+            for row in old.file.rows(pos[a:a + SPILL_READ]):
+                sh.spill.append(row)
+        if sh.spill is not None:
+            sh.spill.flush()
+        sh.spilled = _Spilled(sh.spill, ids, np.arange(len(ids), dtype=np.int64), norms) if len(ids) \
+            else _NO_SPILL
 
     def _rows_full(self, ns: int, key: Key, n: int) -> np.ndarray | None:
         eid, own = key
@@ -1102,6 +1316,31 @@ class EmbeddingCatalog:
                     for k, sh in self._shards.items()}
 
 
+def _parse_or_none(value: bytes) -> np.ndarray | None:
+    """An embedding xattr as one row, or None when it does not parse (changed since: re-read)."""
+    try:
+        return parse_embedding(value).reshape(1, -1)
+    except InvalidArgument:
+        return None
+
+
+def _build_base(gdir: Path, rows_path: Path, ids: np.ndarray, n: int, dim: int) -> Any:
+    """vecindex's build of the rows file into gdir/index. Over BUILD_CHILD_BYTES of rows it
+    runs in a child process (hkfs.query.build_child): the build's working set (~250 MiB at a
+    million 64-d rows) then never counts in the daemon's RSS (docs/query.md)."""
+    from vecindex import IVFIndex
+
+    if n * dim * 4 > BUILD_CHILD_BYTES:
+        from .build_child import build_in_child
+
+        np.save(gdir / "ids.npy", ids)
+        build_in_child(gdir / "index", rows_path, gdir / "ids.npy", n, dim, METRIC)
+        (gdir / "ids.npy").unlink()
+        return IVFIndex.open(gdir / "index")
+    x = np.memmap(rows_path, np.float32, "r", shape=(n, dim)) if n else np.zeros((0, dim), np.float32)
+    return IVFIndex.build(gdir / "index", x, metric=METRIC, ids=ids, progress=False)
+
+
 def _fingerprint_table(codes: np.ndarray, fps: np.ndarray, embs: np.ndarray) -> _Table:
     """The sources a reconcile found, sorted by code: entry files (codes, fps) and own embeddings
     (embs: id, fp). No dim or rows (zero broadcasts), and no sort when already in order."""
@@ -1121,6 +1360,8 @@ def _merged(have: _Table, keep: np.ndarray, added: _Table) -> _Table:
     changed: have itself (still shared with a base, `_share`)."""
     if not len(added) and bool(keep.all()):
         return have
+    if not len(have):
+        return added             # a first reconcile: no million-wide insert
     kept = have.code[keep]
     at = np.searchsorted(kept, added.code)
     code = np.insert(kept, at, added.code)
@@ -1255,6 +1496,39 @@ def _exact_block(q: np.ndarray, p: _Pending, k: int, scope: np.ndarray | None,
     if not ok.all():
         p = _Pending(p.key, p.ids[ok], p.rows[ok], p.norms[ok])
     return _exact(q, p, k) if len(p.ids) else []
+
+
+def _exact_spilled(q: np.ndarray, sp: _Spilled, k: int, scope: np.ndarray | None,
+                   exclude: int | None) -> list[tuple[float, int]]:
+    """The exact top-k of the spilled rows in scope, but exclude's: SPILL_READ rows read and
+    scored at a time, keeping each chunk's top k (the same hits as one product over them all)."""
+    if not len(sp) or sp.file is None or k <= 0:
+        return []
+    scores, ids = [], []
+    for a in range(0, len(sp), SPILL_READ):
+        part = sp.ids[a:a + SPILL_READ]
+        ok = None
+        if scope is not None:
+            ok = _in_sorted(part >> ROW_BITS, scope)
+        if exclude is not None:
+            ok = (part >> ROW_BITS != exclude) if ok is None else ok & (part >> ROW_BITS != exclude)
+        pos, norms = sp.pos[a:a + SPILL_READ], sp.norms[a:a + SPILL_READ]
+        if ok is not None:
+            part, pos, norms = part[ok], pos[ok], norms[ok]
+        if not len(part):
+            continue
+        s = (sp.file.rows(pos) @ q) / norms
+        if len(s) > k:
+            top = np.argpartition(-s, k - 1)[:k]
+            s, part = s[top], part[top]
+        scores.append(s)
+        ids.append(part)
+    if not scores:
+        return []
+    s, got = np.concatenate(scores), np.concatenate(ids)
+    kk = min(k, len(s))
+    top = np.argpartition(-s, kk - 1)[:kk] if kk < len(s) else np.arange(len(s))
+    return [(float(s[i]), int(got[i])) for i in top]
 
 
 def sorted_ids(ids: Iterable[int]) -> np.ndarray:
