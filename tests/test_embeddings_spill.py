@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -244,3 +245,43 @@ def test_new_sources_cost_their_columns_not_objects(tmp_path: Path) -> None:
             cat.stop()
     assert cur < n * 200, f"{cur / n:.0f} bytes a source held"
     assert peak < n * 400 + (4 << 20), f"{peak / n:.0f} bytes a source at the peak"
+
+
+ORPHAN = textwrap.dedent("""
+    import os, subprocess, sys, time
+    env = dict(os.environ, HKFS_BUILD_PARENT=str(os.getpid()))
+    code = ("import os, time; from hkfs.query.build_child import die_with_parent; "
+            "die_with_parent(int(os.environ['HKFS_BUILD_PARENT'])); print('ready', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    print(child.pid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_build_child_dies_with_its_daemon(tmp_path: Path) -> None:
+    """A daemon killed while its worker waits for a build in a child leaves no child behind."""
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    pid = 0
+    try:
+        pid = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        assert not _alive(pid), "the build child outlived its daemon"
+    finally:
+        parent.kill()
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGKILL)               # never leave it behind, even on failure
+
+
+def _alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
