@@ -201,7 +201,8 @@ class Catalog:
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             if write:
-                counted = self._count_write(+1)
+                self._count_write(+1)
+                counted = True
             st.depth, st.writing = 1, write
             try:
                 yield conn
@@ -220,10 +221,9 @@ class Catalog:
             if not foreign_keys:
                 conn.execute("PRAGMA foreign_keys = ON")
 
-    def _count_write(self, step: int) -> bool:
+    def _count_write(self, step: int) -> None:
         with self._writes_lock:
             self.writes_open += step
-        return True
 
     def read(self) -> AbstractContextManager[sqlite3.Connection]:
         """A read transaction (one consistent snapshot)."""

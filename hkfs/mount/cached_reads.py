@@ -28,6 +28,7 @@ from ..core.changes import ChangeFeed, Generations
 from ..core.errors import NotFound
 from ..core.naming import HK
 from ..core.store import EntityInfo, EntityStat, Store
+from .views import view_ids as read_view_ids
 
 __all__ = ["CachedReads", "MEMO_MAX", "KEPT", "Matched"]
 
@@ -184,13 +185,7 @@ class CachedReads:
     def view_ids(self, ns: int, hks: tuple[HK, ...]) -> np.ndarray:
         """The sorted ids of a view's files (8 bytes each: hkfs.mount.view_listing), read as one
         string of text (no Python int per file)."""
-        def fetch() -> np.ndarray:
-            ids = np.fromstring(self.store.match_ids_text(ns, hks), np.int64, sep=",")
-            ids.sort()
-            keep = np.ones(len(ids), bool)
-            keep[1:] = ids[1:] != ids[:-1]
-            return ids[keep]
-        return self._sget(("ids", ns, hks), fetch)
+        return self._sget(("ids", ns, hks), lambda: read_view_ids(self.store, ns, hks))
 
     def shared_names(self, ns: int) -> set[str]:
         """The names more than one file of namespace ns bears (clash names in views)."""

@@ -70,10 +70,8 @@ def _check_finite(v: np.ndarray, what: str) -> np.ndarray:
     finite = np.isfinite(v)
     if finite.all():
         return v
-    bad = np.flatnonzero(~finite)
-    if len(bad):
-        raise InvalidArgument(f"{what}: value {int(bad[0]) + 1} is {v[bad[0]]} (NaN or infinite)")
-    return v
+    bad = int(np.flatnonzero(~finite)[0])
+    raise InvalidArgument(f"{what}: value {bad + 1} is {v[bad]} (NaN or infinite)")
 
 
 def _numbers(text: str, what: str, line_no: int | None = None) -> list[float]:

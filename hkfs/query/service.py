@@ -27,7 +27,7 @@ from ..core.changes import ChangeFeed, Generations
 from ..core.errors import InvalidArgument
 from ..core.naming import HK
 from ..mount.paths import COMMA, listed_name
-from ..mount.views import view_children_of
+from ..mount.views import view_children_of, view_ids
 from .embeddings import EmbeddingCatalog, SearchHit
 from .queryfiles import Hit, Query, result_line
 
@@ -157,7 +157,7 @@ class QueryService:
 
     def _fill(self, sc: Scope) -> None:
         if sc.view is not None:
-            sc.ids = self._match_ids(sc.ns, sc.view)
+            sc.ids = view_ids(self.store, sc.ns, sc.view)
             return
         assert sc.dirid is not None
         names: dict[int, str] = {}
@@ -166,16 +166,9 @@ class QueryService:
                 names.setdefault(e.id, e.name)
         ids = np.fromiter(names, np.int64, len(names))
         if sc.dkl:
-            ids = np.concatenate([ids, self._match_ids(sc.ns, sc.dkl)])
+            ids = np.concatenate([ids, view_ids(self.store, sc.ns, sc.dkl)])
         sc.names = names
         sc.ids = np.unique(ids)
-
-    def _match_ids(self, ns: int, hks: tuple[HK, ...]) -> np.ndarray:
-        """The sorted ids of a view's files, read as one string of text: a Python int and list
-        slot per file cost ~40 MiB of transients at a million files (Store.match_ids)."""
-        ids = np.fromstring(self.store.match_ids_text(ns, hks), np.int64, sep=",")
-        ids.sort()
-        return ids
 
     # ------------------------------------------------------------ running
 
