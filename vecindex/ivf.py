@@ -216,7 +216,7 @@ class IVFIndex:
         else:
             self.quantizer = None
         self._c_args: tuple | None = None  # the C kernel's per-index arguments (_c_const)
-        self._fast: tuple | None = None  # the plain search's prepared kernel arguments (_fast_args)
+        self._fast: tuple | bool | None = None  # the plain search's prepared kernel arguments (_fast_args)
         self._default_nprobe = int(h.get("default_nprobe", 1))
         q = self._small("quant", np.float32, (2, d)) if "quant" in files else None
         self.q_min, self.q_step = (q[0], q[1]) if q is not None else (None, None)
@@ -480,7 +480,7 @@ class IVFIndex:
             n = min(chunk, self.n_main - a)
             yield a, _pread_array(self._fds["ids"], np.int64, n, a * 8)
 
-    def positions_of(self, ids: np.ndarray) -> np.ndarray:
+    def positions_of(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """Sorted positions (main rows, then tail rows) holding any of `ids`, deleted ones excluded.
 
         Each block of stored ids is looked up in the sorted wanted ids (a binary search), not
@@ -501,7 +501,7 @@ class IVFIndex:
     def remove(self, ids: np.ndarray | list[int]) -> int:
         """Remove every row with one of these ids; returns how many rows were removed."""
         with self._lock:
-            pos = self.positions_of(np.asarray(ids, dtype=np.int64).reshape(-1))
+            pos = self.positions_of(ids)
             if not len(pos):
                 return 0
             h = _copy_header(self._h)
@@ -607,7 +607,7 @@ class IVFIndex:
             raise ValueError("k must be positive")
         if allowed_ids is None and _kernels.KERNEL == "c":
             with self._lock:  # one call; the kernel runs `threads` threads itself, without the GIL
-                fast = self._fast or self._fast_args()
+                fast = self._fast if self._fast is not None else self._fast_args()
                 if fast:  # the common case, in few Python steps: its cost is paid per call
                     prepared, flags, nlist, int8_scan = fast
                     nprobe = int(nprobe or self._default_nprobe)
@@ -626,7 +626,7 @@ class IVFIndex:
         rerank = int(rerank or max(4 * k, 40))
         allowed_pos = None
         if allowed_ids is not None:
-            allowed_pos = self.positions_of(np.asarray(allowed_ids, dtype=np.int64).reshape(-1))
+            allowed_pos = self.positions_of(allowed_ids)
         scores = np.full((nq, k), np.inf if self.metric == "l2" else -np.inf, dtype=np.float32)
         out_ids = np.full((nq, k), -1, dtype=np.int64)
 
@@ -702,13 +702,16 @@ class IVFIndex:
             raise IndexFormatError(f"{self.path}: index file shorter than its header says "
                                    "(truncated while open?)")
 
-    def _fast_args(self) -> tuple | None:
+    def _fast_args(self) -> tuple | bool:
         """(prepared kernel arguments, flags, nlist, int8 scan) of the plain search, made once per
         load: the C kernel alone, no tail to merge, flat probing (the kernel writes every score and
-        id, missing hits included: flag 16); None when the index needs more (or is closed/empty)."""
+        id, missing hits included: flag 16); False, also kept until the next load, when the index
+        needs more (or is closed/empty)."""
         if (self._fds and self.n_main and not self.n_tail and self.quantizer is not None
                 and not self._two_level_probe() and _c_prepare is not None):
             self._fast = (_c_prepare(*self._c_const()), self._c_flags() | 16, self.nlist, self.scan != "none")
+        else:
+            self._fast = False
         return self._fast
 
     def _search_compiled(
