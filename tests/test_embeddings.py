@@ -369,19 +369,24 @@ def test_k_hits_even_when_probed_lists_hold_fewer(st: Store) -> None:
 def test_background_look_backs_off_when_it_is_slow(st: Store, monkeypatch) -> None:
     """A look that takes t seconds makes the worker wait t / POLL_CPU_SHARE before the next
     (whatever the change feed reports), so a big, busy store does not keep a core re-reading
-    attributes."""
-    import time as _time
+    attributes. The module's clock is a fake that the stand-in look advances: the wait is
+    computed from the look's duration, not measured against a sleep (no timing assertion)."""
+    import types
 
     from hkfs.query import embeddings
 
+    now = [1000.0]
+    monkeypatch.setattr(embeddings, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     cat = EmbeddingCatalog(st)
     cat._watched.add(st.namespace_id("alice"))
-    for took in (0.0, 0.25):
-        monkeypatch.setattr(cat, "refresh", lambda ns, took=took: _time.sleep(took))
+    for took in (0.0, 0.25, 3.0):
+        def look(ns: int, took: float = took) -> None:
+            now[0] += took
+        monkeypatch.setattr(cat, "refresh", look)
         cat._poll()
         want = took / embeddings.POLL_CPU_SHARE
-        assert cat._poll_wait == pytest.approx(want, rel=0.3, abs=0.05)
-        assert cat._look_after - _time.monotonic() == pytest.approx(want, rel=0.3, abs=0.05)
+        assert cat._poll_wait == pytest.approx(want)
+        assert cat._look_after - now[0] == pytest.approx(want)
 
 
 def _looked(cat: EmbeddingCatalog, ns: int, deadline: float = 30.0) -> bool:
