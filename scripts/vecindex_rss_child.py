@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
+
+# the checkout's vecindex, as in bench_vecindex.py: not whichever one the running venv installed
+# (an A/B of two checkouts with one venv would otherwise measure the same code twice)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def vm(key: str = "VmHWM") -> float:
