@@ -74,7 +74,7 @@ ENTRY_SUFFIXES = (".npy", ".fvecs", ".f32")
 ROW_BITS = 24
 OWN_ROW = (1 << ROW_BITS) - 1
 MAX_ROWS = OWN_ROW
-COPY_MAX = 64 << 20      # entry bytes read into memory; a bigger entry is memory-mapped (read_entry)
+COPY_MAX = 64 << 20      # entry bytes read into memory; a bigger entry is a map of a private copy (read_entry)
 MAX_DIM = 1 << 16
 METRIC = "cosine"
 # Rebuild a shard's base when pending + dead rows exceed this share of it (or this many rows).
@@ -128,16 +128,17 @@ def parse_embedding(value: bytes | str) -> np.ndarray:
     return v
 
 
-def read_entry(path: str | os.PathLike[str], name: str, dim: int | None = None) -> np.ndarray:
-    """The rows of an embedding entry as an (n, d) array: read into memory up to COPY_MAX
-    bytes, memory-mapped beyond.
+def read_entry(path: str | os.PathLike[str], name: str, dim: int | None = None,
+               max_rows: int | None = None) -> np.ndarray:
+    """The rows of an embedding entry as an (n, d) array (its first max_rows rows when given):
+    read into memory up to COPY_MAX bytes; beyond, copied into a private file and mapped.
 
-    Read, not mapped, because the file is a store entity another process may truncate or
-    rewrite at any moment (`np.save` over it, an editor's save): a short read is an error
-    that is read again at the next fingerprint, while touching a mapped page past the new
-    end kills the whole daemon with SIGBUS. An entry over COPY_MAX is still mapped (its
-    rows are not held in RAM) and keeps that risk (docs/query.md).
-    `name` (the file name in the store) says the format; `path` is where the bytes are.
+    Never a map of the entry itself: the file is a store entity another process may truncate
+    or rewrite at any moment (`np.save` over it, an editor's save), and touching a mapped page
+    past the new end kills the whole daemon with SIGBUS, where a short read or copy is only an
+    error, read again at the next fingerprint. A big entry is copied by the kernel
+    (`_private_map`) into an unnamed file nobody else can open, so its rows are not held in RAM
+    either. `name` (the file name in the store) says the format; `path` is where the bytes are.
     Raises InvalidArgument when the bytes do not hold what the name promises.
     """
     kind = entry_kind(name)
@@ -152,19 +153,17 @@ def read_entry(path: str | os.PathLike[str], name: str, dim: int | None = None) 
             raise InvalidArgument(f"{name}: expected a 2-D float array, got {arr.dtype} {arr.shape}")
         if arr.shape[1] == 0:
             raise InvalidArgument(f"{name}: rows of dimension 0")
-        if arr.nbytes > COPY_MAX:
-            return arr
         order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
-        return _read_copy(p, name, arr.dtype, arr.offset, arr.shape, order)
+        shape = arr.shape if order == "F" else _first_rows(arr.shape, max_rows)
+        return _rows_copy(p, name, arr.dtype, arr.offset, shape, order)
     if kind == ".fvecs":
         if size < 4:
             raise InvalidArgument(f"{name}: empty .fvecs file")
         d = int(np.fromfile(p, dtype="<i4", count=1)[0])
         if not 0 < d <= MAX_DIM or size % (4 * (d + 1)):
             raise InvalidArgument(f"{name}: not an .fvecs file (dimension {d}, {size} bytes)")
-        shape = (size // (4 * (d + 1)), d + 1)
-        raw = np.memmap(p, dtype="<f4", mode="r", shape=shape) if size > COPY_MAX else \
-            _read_copy(p, name, np.dtype("<f4"), 0, shape)
+        shape = _first_rows((size // (4 * (d + 1)), d + 1), max_rows)
+        raw = _rows_copy(p, name, np.dtype("<f4"), 0, shape)
         if not np.all(raw[:1000, :1].view("<i4") == d):
             raise InvalidArgument(f"{name}: .fvecs rows of different dimensions")
         return raw[:, 1:]
@@ -175,10 +174,51 @@ def read_entry(path: str | os.PathLike[str], name: str, dim: int | None = None) 
             raise InvalidArgument(f"{name}: {size} bytes is not a whole number of {dim}-float32 rows")
         if size == 0:
             return np.zeros((0, dim), np.float32)
-        shape = (size // (4 * dim), dim)
-        return np.memmap(p, dtype="<f4", mode="r", shape=shape) if size > COPY_MAX else \
-            _read_copy(p, name, np.dtype("<f4"), 0, shape)
+        return _rows_copy(p, name, np.dtype("<f4"), 0, _first_rows((size // (4 * dim), dim), max_rows))
     raise InvalidArgument(f"{name}: not an embedding entry (.npy, .fvecs or .f32)")
+
+
+def _first_rows(shape: tuple[int, ...], max_rows: int | None) -> tuple[int, ...]:
+    return shape if max_rows is None or shape[0] <= max_rows else (max_rows, *shape[1:])
+
+
+def _rows_copy(p: Path, name: str, dtype: np.dtype, offset: int, shape: tuple[int, ...],
+               order: str = "C") -> np.ndarray:
+    """The values read into memory (up to COPY_MAX bytes) or, beyond, a map of a private copy."""
+    if int(np.prod(shape)) * dtype.itemsize > COPY_MAX:
+        return _private_map(p, name, dtype, offset, shape, order)
+    return _read_copy(p, name, dtype, offset, shape, order)
+
+
+def _private_map(p: Path, name: str, dtype: np.dtype, offset: int, shape: tuple[int, ...],
+                 order: str = "C") -> np.ndarray:
+    """shape values of dtype at offset of p, copied in the kernel (copy_file_range: the bytes
+    never pass through this process) into an unnamed file of p's directory (O_TMPFILE: on
+    the store's file system, never visible, gone with the last reference; the temporary
+    directory where that is refused) and mapped read-only: nobody can truncate the copy
+    under the map, and its pages are clean file pages, not RSS the daemon holds."""
+    import tempfile
+
+    n = int(np.prod(shape)) * dtype.itemsize
+    try:
+        fd = os.open(p.parent, os.O_TMPFILE | os.O_RDWR, 0o600)
+        f = os.fdopen(fd, "w+b")
+    except OSError:                    # no O_TMPFILE there (or no write access): /tmp
+        f = tempfile.TemporaryFile(prefix="hkfs-entry-")
+    with f, open(p, "rb") as src:
+        done = 0
+        while done < n:
+            try:
+                got = os.copy_file_range(src.fileno(), f.fileno(), n - done, offset + done, done)
+            except OSError:            # across file systems on old kernels: through user space
+                src.seek(offset + done)
+                chunk = src.read(min(n - done, 1 << 24))
+                got = len(chunk)
+                os.pwrite(f.fileno(), chunk, done)
+            if got == 0:
+                raise InvalidArgument(f"{name}: {done} of {n} bytes read (the file changed while read)")
+            done += got
+        return np.memmap(f, dtype=dtype, mode="r", shape=shape, order=order)  # type: ignore[arg-type]
 
 
 def _read_copy(p: Path, name: str, dtype: np.dtype, offset: int, shape: tuple[int, ...],
@@ -939,9 +979,8 @@ class EmbeddingCatalog:
             dim = None
             if entry_kind(info.name) == ".f32":
                 dim = parse_dim(self.store.get_xattr("file", eid, DIM_ATTR))
-            rows = read_entry(self.store.entity_path(eid), info.name, dim)
-            return _unit(np.asarray(rows, np.float32)) if len(rows) <= 65536 else \
-                _unit(np.asarray(rows[:65536], np.float32))
+            rows = read_entry(self.store.entity_path(eid), info.name, dim, max_rows=65536)
+            return _unit(np.asarray(rows[:65536], np.float32))
         except Exception as exc:   # noqa: BLE001 - a vanished or changed file: no vector
             log.debug("no vector for entity %d: %s", eid, exc)
             return None
