@@ -388,3 +388,32 @@ def test_file_query_grown_since_the_kernel_was_told_its_size_is_read_whole(mount
         assert hits(path.read_text()) == got              # looked up again: the same, page-cached
     finally:
         os.close(held)
+
+
+def _catalog_descriptors(pid: int) -> int:
+    """How many descriptors of process pid name the store's catalog (one per SQLite connection)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").endswith("/catalog.sqlite")
+        except OSError:
+            pass              # closed meanwhile
+    return n
+
+
+def test_requests_share_the_connection_given_back_last(photos) -> None:
+    """libfuse hands each request to the worker thread that has waited longest, so one `cat
+    FILE.query` (lookup, open, read, release) goes round its threads: the catalog lends each
+    request the connection given back last (Catalog.lend) instead of each thread opening its
+    own, whose page cache would be ~10 requests old. Read one at a time, the daemon keeps a
+    couple of connections besides its change feed's and the embedding index's, not one per
+    worker thread."""
+    mount, items, _rng = photos
+    m, pid = mount.root, mount.proc.pid
+    files = [m / "@/photo" / f"{n}.query" for n in items if n.startswith("t")]
+    for _ in range(4):
+        for f in files:
+            assert f.read_bytes()                         # a FILE.query read: 4 requests
+            os.stat(f.with_suffix(""))                    # and the file's own attributes
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    assert _catalog_descriptors(pid) <= 5, (_catalog_descriptors(pid), threads)

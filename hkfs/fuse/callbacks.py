@@ -72,6 +72,7 @@ def mapped(fn: Callable[..., Any], *, pin: bool = True) -> Callable[..., Any]:
     def wrapper(self: Any, *args: Any) -> Any:
         _keep_thread_state()
         pinned = pin and self.reads.pin()
+        lent = pinned and self.lend()
         try:
             return fn(self, *args)
         except BaseException as exc:
@@ -79,6 +80,8 @@ def mapped(fn: Callable[..., Any], *, pin: bool = True) -> Callable[..., Any]:
                 raise
             raise to_fuse_error(exc, fn.__name__) from exc
         finally:
+            if lent:
+                self.give_back()
             if pinned:
                 self.reads.unpin()
     return wrapper
