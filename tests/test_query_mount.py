@@ -388,3 +388,45 @@ def test_file_query_grown_since_the_kernel_was_told_its_size_is_read_whole(mount
         assert hits(path.read_text()) == got              # looked up again: the same, page-cached
     finally:
         os.close(held)
+
+
+def _catalog_descriptors(pid: int) -> int:
+    """How many descriptors of process pid name the store's catalog (one per SQLite connection)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").endswith("/catalog.sqlite")
+        except OSError:
+            pass              # closed meanwhile
+    return n
+
+
+def test_requests_share_the_connection_given_back_last(mount_factory) -> None:
+    """libfuse hands each request to the worker thread that has waited longest, so one `cat
+    FILE.query` (lookup, open, read, release) goes round its threads: the catalog lends each
+    request the connection given back last (Catalog.lend) instead of each thread opening its
+    own, whose page cache would be ~10 requests old. Read one at a time (a result's release,
+    which may overlap the next lookup, reads no catalog), the requests add no connection, not
+    one per worker thread that served them."""
+    def fill(store: Path) -> None:
+        from hkfs.core.store import Store
+        from hkfs.query.embeddings import EMBEDDING_ATTR
+        rng = np.random.default_rng(8)
+        with Store.open(store) as st:
+            ns = st.namespace_id(os.getuid())
+            st.mkkw(ns, "//photo")
+            for i in range(12):
+                eid = st.create(ns, f"t{i}.txt", hks=["//photo"], uid=os.getuid(), gid=os.getgid())
+                st.set_xattr("file", eid, EMBEDDING_ATTR, rng.normal(size=D).astype("<f4").tobytes())
+
+    mount = mount_factory(fill=fill)
+    pid = mount.proc.pid
+    files = [mount.root / "@/photo" / f"t{i}.txt.query" for i in range(12)]
+    assert files[0].read_bytes()                         # the index, the scope; one connection lent
+    before = _catalog_descriptors(pid)
+    for _ in range(4):
+        for f in files:
+            assert f.read_bytes()                        # a FILE.query read: 4 requests
+            os.stat(f.with_suffix(""))                   # and the file's own attributes
+    workers = len(os.listdir(f"/proc/{pid}/task"))
+    assert _catalog_descriptors(pid) <= before, (before, _catalog_descriptors(pid), workers)

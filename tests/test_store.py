@@ -571,6 +571,71 @@ def test_many_threads(store, ns) -> None:
     assert check(store) == []
 
 
+def test_catalog_lends_the_connection_given_back_last(tmp_path) -> None:
+    """A request's thread is lent the connection given back last (libfuse's workers take turns:
+    each request would otherwise find its thread's page cache ~10 requests old); a thread with
+    its own connection keeps it, a connection inside a transaction is not given back, and
+    close() closes the lent ones too."""
+    s = Store.open(tmp_path / "s")
+    ns = s.namespace_id("alice")
+    cat = s.catalog
+    assert cat.lend() is False               # this thread has its own: nothing lent
+    base = cat.connections()
+    used: list[tuple[bool, object]] = []
+
+    def request() -> None:
+        lent = cat.lend()
+        try:
+            s.root_dir(ns)
+            used.append((lent, cat.connection()))
+        finally:
+            cat.give_back()
+
+    for _ in range(6):                       # six threads, one after another: one connection
+        t = threading.Thread(target=request)
+        t.start()
+        t.join()
+    assert all(lent for lent, _c in used) and len({id(c) for _l, c in used}) == 1
+    assert cat.connections() == base + 1
+    first, second = threading.Event(), threading.Event()
+    both: list[object] = []
+
+    def holding() -> None:                   # two requests at once: two connections
+        cat.lend()
+        both.append(cat.connection())
+        first.set()
+        second.wait(10)
+        cat.give_back()
+
+    t = threading.Thread(target=holding)
+    t.start()
+    first.wait(10)
+    request()                                # (this thread has its own: not lent)
+    t2 = threading.Thread(target=request)
+    t2.start()
+    t2.join()
+    second.set()
+    t.join()
+    assert both[0] is used[0][1] and used[-1][1] is not both[0]
+    assert cat.connections() == base + 2
+
+    def in_transaction() -> None:            # give_back inside a transaction keeps it bound
+        cat.lend()
+        with cat.read():
+            cat.give_back()
+            used.append((True, cat.connection()))
+        cat.give_back()
+
+    t = threading.Thread(target=in_transaction)
+    t.start()
+    t.join()
+    lent = used[-1][1]
+    s.close()
+    assert cat.connections() == 0
+    with pytest.raises(sqlite3.ProgrammingError):
+        lent.execute("SELECT 1")                # type: ignore[attr-defined]
+
+
 def test_catalog_connection_per_os_thread_and_close(tmp_path) -> None:
     """One connection per OS thread (keyed by thread id, so libfuse's threads keep theirs
     between callbacks), reused across calls, all closed by close()."""

@@ -46,6 +46,7 @@ class _ThreadConn:
     pid: int
     depth: int = 0
     writing: bool = False
+    lent: bool = False      # lent for a request (Catalog.lend), not the thread's own
 
 
 class Catalog:
@@ -58,6 +59,8 @@ class Catalog:
         self.readonly = readonly
         self._conns: dict[int, _ThreadConn] = {}
         self._conns_lock = threading.Lock()
+        # connections lent to requests (`lend`), given back here: the last one back is lent next
+        self._spare: list[_ThreadConn] = []
         self._closed = False
         self.on_commit: Callable[[], None] | None = None   # called after each outermost write commits
         # outermost write transactions of this process under way, from BEGIN IMMEDIATE until
@@ -164,9 +167,50 @@ class Catalog:
         """This thread's connection (opened on first use)."""
         return self._state().conn
 
+    def lend(self) -> bool:
+        """Give the calling thread, for one request, the connection given back last (`give_back`);
+        True if it was lent one (then call give_back), False if the thread has its own.
+
+        libfuse hands each request to the worker that has waited longest, so a mount's
+        requests go round its ~10 threads; with a connection per thread each request would
+        find a page cache (and statement cache) ~10 requests old. Lent last-back-first, the
+        few connections in use stay warm (docs/architecture.md, "Catalog connections")."""
+        tid = threading.get_ident()
+        if tid in self._conns:
+            return False
+        with self._conns_lock:
+            if self._closed:
+                raise RuntimeError("catalog is closed")
+            pid = os.getpid()
+            while self._spare:
+                st = self._spare.pop()
+                if st.pid == pid:      # (a forked child never uses its parent's connections)
+                    st.native_id = threading.get_native_id()
+                    self._conns[tid] = st
+                    return True
+        self._state().lent = True       # none to lend: a new one, given back after the request
+        return True
+
+    def give_back(self) -> None:
+        """End a `lend`: the thread's connection goes back to be lent again (kept by the thread
+        if a transaction of it is still open, which `with` blocks never leave; a thread's own
+        connection is never given back)."""
+        tid = threading.get_ident()
+        with self._conns_lock:
+            st = self._conns.get(tid)
+            if st is None or st.depth or not st.lent:
+                return
+            del self._conns[tid]
+            if self._closed:
+                conn = st.conn
+            else:
+                self._spare.append(st)
+                return
+        _close_quietly(conn)
+
     def connections(self) -> int:
-        """How many connections are open (one per thread that used the catalog)."""
-        return len(self._conns)
+        """How many connections are open (one per thread that used the catalog, and those lent)."""
+        return len(self._conns) + len(self._spare)
 
     def release_thread(self) -> None:
         """Close the calling thread's connection (a worker thread about to end); no-op if none.
@@ -262,7 +306,8 @@ class Catalog:
         """Close every thread's connection (call when no thread is using the catalog); idempotent."""
         with self._conns_lock:
             self._closed = True
-            conns, self._conns = list(self._conns.values()), {}
+            conns, self._conns = [*self._conns.values(), *self._spare], {}
+            self._spare = []
         for st in conns:
             _close_quietly(st.conn)
 

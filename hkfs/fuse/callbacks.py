@@ -1,4 +1,5 @@
-"""How a method of HKOperations becomes a FUSE callback: thread state, memo pin, errno.
+"""How a method of HKOperations becomes a FUSE callback: thread state, memo pin, a lent
+catalog connection (hkfs.core.catalog.Catalog.lend), errno.
 
 Every callback's errors go through `to_fuse_error` (HKError -> its errno, OSError ->
 its errno, anything else logged with its traceback -> EIO).
@@ -66,19 +67,23 @@ def _keep_thread_state() -> None:
 
 def mapped(fn: Callable[..., Any], *, pin: bool = True) -> Callable[..., Any]:
     """A FUSE callback: a lasting thread state, errors through to_fuse_error, the catalog
-    memo pinned for the request."""
+    memo pinned and a catalog connection lent for the request."""
 
     @functools.wraps(fn)
     def wrapper(self: Any, *args: Any) -> Any:
         _keep_thread_state()
         pinned = pin and self.reads.pin()
+        lent = False
         try:
+            lent = pinned and self.lend()      # the connection given back last (Catalog.lend)
             return fn(self, *args)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise to_fuse_error(exc, fn.__name__) from exc
         finally:
+            if lent:
+                self.give_back()
             if pinned:
                 self.reads.unpin()
     return wrapper

@@ -311,18 +311,23 @@ class HKFuse(FUSE):
         budget = kernel.budget
         plus = budget.keeping()        # else names only: the kernel would not keep the entries
         files: list[str] = []          # the kernel keeps them, or looks them up and keeps them (node_budget)
-        with kernel.handing():         # attributes given: a foreign commit drops everything (KernelCache.unchanged)
-            if plus:
-                kernel.note_listing()
-            for piece, start in self.operations.listing_from(decoded, fip.contents.fh, offset):
-                w = piece.wire
-                if w is None:
-                    w = piece.wire = wire(piece, self.encoding, self.errors)
-                end = fill_piece(filler, buf, w if plus else names_only(w), size, start)
-                if budget.active:
-                    files += listed_files(piece, start, end)
-                if end < len(piece):
-                    break               # the reply is full
+        lent = self.operations.lend()  # the pieces read the catalog as they are filled (Catalog.lend)
+        try:
+            with kernel.handing():     # attributes given: a foreign commit drops everything (KernelCache.unchanged)
+                if plus:
+                    kernel.note_listing()
+                for piece, start in self.operations.listing_from(decoded, fip.contents.fh, offset):
+                    w = piece.wire
+                    if w is None:
+                        w = piece.wire = wire(piece, self.encoding, self.errors)
+                    end = fill_piece(filler, buf, w if plus else names_only(w), size, start)
+                    if budget.active:
+                        files += listed_files(piece, start, end)
+                    if end < len(piece):
+                        break           # the reply is full
+        finally:
+            if lent:
+                self.operations.give_back()
         budget.listed(files, self.encoding, self.errors)
         return 0
 
