@@ -970,6 +970,10 @@ def test_viewed_entities_stay_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
         assert not kc.was_viewed(999)
         kc.note_viewed(7)
         assert kc.was_viewed(7) and not kc.was_viewed(8)
+        kc.note_viewed_all([8, 9])                  # a listing piece's files at once
+        assert kc.was_viewed(8) and kc.was_viewed(9) and not kc.was_viewed(10)
+        kc.note_viewed_all([10, 11])                # past VIEWED_MAX: everything
+        assert len(kc.viewed) == 0 and kc.was_viewed(999)
         kc.changes.close()
 
 

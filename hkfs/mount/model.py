@@ -183,7 +183,8 @@ class MountModel:
 
     `open_counts` (entity -> open descriptors, kept by the caller) makes attributes come
     from the bytes file while a file is open (it may be growing). `on_view` is told each
-    entity handed out under a view path (the kernel cache's view bookkeeping)."""
+    entity handed out under a view path (the kernel cache's view bookkeeping; `on_view_all`
+    a listing piece's at once)."""
 
     def __init__(self, store: Store, ns: int, *, uid: int | None = None, gid: int | None = None,
                  clock: Callable[[], float] = time.monotonic, changes: ChangeFeed | None = None) -> None:
@@ -197,6 +198,8 @@ class MountModel:
         self.start_ns = time.time_ns()    # views' times (the adapter moves it when listings change)
         self.open_counts: dict[int, int] = {}
         self.on_view: Callable[[int], None] = lambda eid: None
+        # the same for a listing piece's files at once (by default on_view for each)
+        self.on_view_all: Callable[[list[int]], None] = lambda eids: [self.on_view(e) for e in eids] and None
         # a shared (allow_other) mount: views hide from each caller what its directories do
         # (hkfs.mount.access); `caller` gives (uid, gid, pid) of the request, None outside one
         self.shared = False
