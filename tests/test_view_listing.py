@@ -152,8 +152,8 @@ def test_pieces_are_read_ahead_and_told_as_viewed_at_once(model: MountModel, mon
     assert sorted(got._ahead) == [4, 8]                        # CHUNK 4: the next two pieces
     for fut in got._ahead.values():
         fut.result()
-    assert len(told) == 3 and all(len(t) == 4 for t in told)
-    assert told[0] == [int(i) >> 2 for i in first.attrs[:, 0]]
+    assert len(told) == 3 and all(len(t) == 4 for t in told)          # read here and ahead: any order
+    assert [int(i) >> 2 for i in first.attrs[:, 0]] in told
     rest = [p for p, _s in pieces]
     assert sum(len(p) for p in rest) == len(got) - 2 - len(first)
     assert not got._ahead                                      # none left over at the end
