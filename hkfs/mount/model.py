@@ -199,7 +199,7 @@ class MountModel:
         self.open_counts: dict[int, int] = {}
         self.on_view: Callable[[int], None] = lambda eid: None
         # the same for a listing piece's files at once (by default on_view for each)
-        self.on_view_all: Callable[[list[int]], None] = lambda eids: [self.on_view(e) for e in eids] and None
+        self.on_view_all: Callable[[list[int]], None] = self._view_each
         # a shared (allow_other) mount: views hide from each caller what its directories do
         # (hkfs.mount.access); `caller` gives (uid, gid, pid) of the request, None outside one
         self.shared = False
@@ -294,6 +294,10 @@ class MountModel:
         if isinstance(loc, (KeySpaceLoc, ViewLoc)):
             return self.virtual_attrs(loc)
         return self.entity_attrs(self.eid_of(loc))
+
+    def _view_each(self, eids: list[int]) -> None:
+        for eid in eids:
+            self.on_view(eid)
 
     def entity_attrs(self, eid: int) -> Attrs:
         return Attrs(*self.entity_values(self.reads.entity(eid)))
