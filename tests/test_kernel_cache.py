@@ -37,6 +37,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hkfs.core.catalog import Catalog
+from hkfs.mount.model import DIR_BLKSIZE
 
 ON = "kernel caches on: entry/attr timeouts 60s"
 OFF = "caches stay off"
@@ -643,6 +644,25 @@ def test_large_view_listed_in_many_chunks(mount_factory: MountFactory) -> None:
     assert {r[-1]: int(r[4]) for r in rows} == want
 
 
+def test_large_view_listed_in_few_requests(tmp_path: Path) -> None:
+    # a directory's st_blksize sizes readdir(3)'s buffer, and (Linux 6.16+) the kernel asks
+    # READDIRPLUS for as much: 3000 entries fit one 1 MiB request (with 4096: 15 of 32 KiB)
+    store = tmp_path / "s"
+    store.mkdir()
+    _fill_big(store)
+    with own_daemon(store, tmp_path / "m", debug=True) as m:
+        need_caches(m)
+        m.run("mkdir d")
+        assert os.stat(m.root / "@/big").st_blksize == os.stat(m.root / "d").st_blksize == DIR_BLKSIZE
+        err = m.store / "daemon.stderr"
+        start = err.stat().st_size
+        assert len(m.run("ls -l @/big").stdout.splitlines()) == BIG + 1
+        with open(err, "rb") as f:
+            f.seek(start)
+            requests = re.findall(rb"^readdirplus\[\d+\] from \d+\n", f.read(), re.M)
+        assert 1 <= len(requests) <= 2                     # the entries, then the end
+
+
 # ---------------------------------------------------------------- 6b. listings the kernel keeps
 
 def test_log_says_view_listings_are_cached(cmount: Mount) -> None:
@@ -950,6 +970,10 @@ def test_viewed_entities_stay_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
         assert not kc.was_viewed(999)
         kc.note_viewed(7)
         assert kc.was_viewed(7) and not kc.was_viewed(8)
+        kc.note_viewed_all([8, 9])                  # a listing piece's files at once
+        assert kc.was_viewed(8) and kc.was_viewed(9) and not kc.was_viewed(10)
+        kc.note_viewed_all([10, 11])                # past VIEWED_MAX: everything
+        assert len(kc.viewed) == 0 and kc.was_viewed(999)
         kc.changes.close()
 
 

@@ -5,7 +5,10 @@ filler says the reply is full."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+from types import SimpleNamespace
+from typing import Any
 
 import mfusepy
 import numpy as np
@@ -86,3 +89,42 @@ def test_listed_files_are_the_files_sent_with_attributes() -> None:
     assert glue.listed_files(p, 0, len(p)) == ["a", "é-ü", "x" * 255]
     assert glue.listed_files(p, 1, 2) == ["é-ü"]
     assert glue.listed_files(p, 3, 5) == []
+
+
+class _Kernel:
+    """What HKFuse.readdir_fuse_3 asks of hkfs.fuse.kernel_cache.KernelCache and its NodeBudget."""
+
+    def __init__(self, keeping: bool) -> None:
+        self.budget = self
+        self.active, self._keeping = False, keeping
+
+    def keeping(self) -> bool:
+        return self._keeping
+
+    def handing(self) -> Any:
+        return contextlib.nullcontext()
+
+    def note_listing(self) -> None:
+        pass
+
+    def listed(self, names: list[str], encoding: str, errors: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("keeping", [True, False])
+def test_names_only_replies_hold_one_piece(keeping: bool) -> None:
+    """While the node budget keeps no entries, a READDIRPLUS reply ends after one piece (each
+    of its names is then a LOOKUP): the next request asks the budget again. Otherwise a
+    reply takes pieces until it is full."""
+    pieces = [piece(), piece(), piece()]
+    got: list[bytes] = []
+
+    def filler(buf: int, name: bytes, st: int, off: int, flags: int) -> int:
+        got.append(name)
+        return 0
+
+    ops = SimpleNamespace(kernel=_Kernel(keeping), listing_from=lambda path, fh, off: ((p, 0) for p in pieces))
+    me = SimpleNamespace(operations=ops, encoding="utf-8", errors="surrogateescape")
+    fip = SimpleNamespace(contents=SimpleNamespace(fh=1))
+    assert glue.HKFuse.readdir_fuse_3(me, b"/v", 0, FILLER(filler), 0, fip, glue.FUSE_READDIR_PLUS) == 0
+    assert len(got) == (3 if keeping else 1) * len(pieces[0])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,14 +126,54 @@ def test_a_piece_read_before_a_commit_is_read_again(model: MountModel) -> None:
     first, _start = next(pieces)                               # f00-f03; f04-f07 read ahead
     assert first.names == ["f00", "f01", "f02", "f03"]
     at = int(first.offsets[1])                                 # the reply ended after f01
-    assert isinstance(got, ViewListing) and got._ahead is not None
-    got._ahead[1].result()
+    assert isinstance(got, ViewListing) and got._ahead
+    for fut in got._ahead.values():
+        fut.result()
     for name in ("f02", "f05"):
         model.chmod(f"/@/v/{name}", 0o600)
     modes = {name: stat.S_IMODE(attrs[2]) for piece, start in got.pieces_from(at)
              for name, _ino, attrs, _off in list(piece.entries())[start:] if attrs}
     assert modes["f02"] == 0o600 and modes["f05"] == 0o600
     assert modes["f03"] != 0o600
+
+
+def test_pieces_are_read_ahead_and_told_as_viewed_at_once(model: MountModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a piece is handed out, the next READ_AHEAD are being read (the next request's
+    while the kernel works on this reply), and each piece's files are told to the kernel
+    cache in one on_view_all call."""
+    monkeypatch.setattr(view_listing, "READ_AHEAD", 2)
+    told: list[list[int]] = []
+    model.on_view_all = told.append
+    got = listing_for(model, model.resolve("/@/v"), "/@/v")
+    assert isinstance(got, ViewListing)
+    pieces = got.pieces_from(0)
+    next(pieces)                                               # '.' and '..'
+    first, _start = next(pieces)
+    assert sorted(got._ahead) == [4, 8]                        # CHUNK 4: the next two pieces
+    for fut in got._ahead.values():
+        fut.result()
+    assert len(told) == 3 and all(len(t) == 4 for t in told)          # read here and ahead: any order
+    assert [int(i) >> 2 for i in first.attrs[:, 0]] in told
+    rest = [p for p, _s in pieces]
+    assert sum(len(p) for p in rest) == len(got) - 2 - len(first)
+    assert not got._ahead                                      # none left over at the end
+
+
+def test_shared_names_are_read_even_while_the_read_ahead_thread_is_busy(model: MountModel) -> None:
+    """A listing reads the namespace's shared names on the read-ahead thread while it reads
+    the view's ids; when that thread is busy (another listing's pieces) it reads them itself."""
+    want = {name for p, _s in listing_for(model, model.resolve("/@/v"), "/@/v").pieces_from(0)
+            for name in p.names}
+    assert sum(n.startswith("dup~") for n in want) == 2
+    busy = threading.Event()
+    blocker = view_listing._AHEAD.submit(busy.wait, 30)
+    try:
+        got = listing_for(model, model.resolve("/@/v"), "/@/v")     # does not wait for the blocker
+        assert isinstance(got, ViewListing) and got.shared == model.reads.shared_names(model.ns)
+        assert not blocker.done()
+    finally:
+        busy.set()
+    assert {n for p, _s in got.pieces_from(0) for n in p.names} == want
 
 
 @pytest.mark.parametrize("path", ["/@/v", "/@/w", "/@/v/@/w", "/@/v/@/@or/w", "/@/@untagged", "/@/v/sub"])

@@ -323,8 +323,11 @@ class HKFuse(FUSE):
                     end = fill_piece(filler, buf, w if plus else names_only(w), size, start)
                     if budget.active:
                         files += listed_files(piece, start, end)
-                    if end < len(piece):
-                        break           # the reply is full
+                    if end < len(piece) or not plus:
+                        # the reply is full; or names only (the drops lag): one piece a reply, so
+                        # the next request sees the budget again (a 1 MiB one holds ~6,500 names,
+                        # each then a LOOKUP, where entries may be kept again after a few)
+                        break
         finally:
             if lent:
                 self.operations.give_back()

@@ -231,6 +231,13 @@ class KernelCache:
             else:
                 self.viewed.add(eid)
 
+    def note_viewed_all(self, eids: list[int]) -> None:
+        """note_viewed of each (a listing piece's files: one set update, not a call per file)."""
+        if self._fd is not None and self.viewed is not _ALL:
+            self.viewed.update(eids)
+            if len(self.viewed) > VIEWED_MAX:
+                self.viewed = _ALL
+
     def was_viewed(self, eid: int) -> bool:
         """Whether the kernel may hold entity eid under a view path (see `viewed`)."""
         return eid in self.viewed or eid in self._viewed_before     # _ALL contains every eid

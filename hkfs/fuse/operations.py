@@ -121,6 +121,7 @@ class HKOperations(Operations):
         self.model = MountModel(store, store.namespace_id(os.getuid() if user is None else user),
                                 changes=self.changes)
         self.model.on_view = self.kernel.note_viewed
+        self.model.on_view_all = self.kernel.note_viewed_all
         self.kernel.always = lambda: self.model.shared    # a caller's reach depends on directory modes
         self.reads = self.model.reads
         # a request's catalog reads on a connection lent for it, the last one given back first

@@ -9,8 +9,9 @@ attributes CHUNK files at a time, in id order, as the kernel asks for them.
 A piece is columns (`Piece`: names, an int64 array of attributes in Attrs order, offsets):
 read as one row of text per field (Store.entity_columns_between) and computed with numpy,
 it costs no Python object or call per file, and the adapter packs and sends it whole
-(hkfs.fuse.glue). The next piece is read on a worker thread while the current one is sent;
-a kept or read-ahead piece is handed out only if nothing committed since it was read.
+(hkfs.fuse.glue). The next READ_AHEAD pieces are read on a worker thread while the current one is
+sent and while the kernel works on the reply; a kept or read-ahead piece is handed out only
+if nothing committed since it was read.
 
 Offsets are stable, so a listing resumed by a handle that read nothing itself (the
 kernel switching from the listing it kept, hkfs.fuse.dir_cache, to the daemon midway)
@@ -40,9 +41,10 @@ from .paths import clash_name, listed_name
 from .queryfs import SUFFIX as QUERY_SUFFIX
 from .views import KeySpaceLoc, Location, ViewLoc, view_children_of
 
-__all__ = ["Piece", "ViewListing", "WholeListing", "listing_for", "stable_offset", "CHUNK", "KEYWORDS"]
+__all__ = ["Piece", "ViewListing", "WholeListing", "listing_for", "stable_offset", "CHUNK", "READ_AHEAD", "KEYWORDS"]
 
 CHUNK = 1024                 # files fetched per catalog read
+READ_AHEAD = 8               # pieces read ahead of the one being sent: a 1 MiB READDIRPLUS takes ~6
 KEYWORDS = 1 << 62           # offsets of child keywords start here (inodes >> 2 are < 2**58)
 NATTRS = 11                  # columns of Piece.attrs: hkfs.mount.model.Attrs's fields, in its order
 # Store.entity_stats's rows (EntityStat's fields) as numpy columns
@@ -176,10 +178,14 @@ class ViewListing:
             kw.append((k, stat.S_IFDIR, model.virtual_ino(loc), model.virtual_attrs, loc))
         self.kw: list[Entry] = sorted(kw, key=lambda e: e[2])
         self._kw_piece: Piece | None = None          # made when the listing gets there
+        # the namespace's shared names on the worker while this thread reads the view's ids
+        # (two scans of ~30 ms each at 100k files; not waited for if the worker is busy)
+        shared = _AHEAD.submit(model.reads.shared_names, view.ns)
         self.ids: np.ndarray = model.reads.view_ids(view.ns, tuple(view.hks))
-        self.shared: set[str] = model.reads.shared_names(view.ns)    # in the namespace
+        self.shared: set[str] = (shared.result() if shared.done() or not shared.cancel()
+                                 else model.reads.shared_names(view.ns))
         self._piece: tuple[int, int, Piece | None] = (-1, 0, None)   # the last piece: index, catalog version
-        self._ahead: tuple[int, Future[tuple[int, Piece]]] | None = None     # the next one, being read
+        self._ahead: dict[int, Future[tuple[int, Piece]]] = {}     # the next ones by index, being read
 
     def __len__(self) -> int:
         return len(self.head) + len(self.ids) + len(self.kw)
@@ -209,23 +215,28 @@ class ViewListing:
 
     def _piece_at(self, i: int) -> Piece:
         """The piece of the files from index i on: the one kept, or the one read ahead, if
-        nothing committed since it was read, else one read now; then the next is read ahead."""
+        nothing committed since it was read, else one read now; then the next READ_AHEAD are read
+        ahead (while the kernel works on a reply, the daemon gets the next one's pieces ready)."""
         version = self.model.reads.changes.version()
         at, read_at, piece = self._piece
         if at == i and read_at == version and piece is not None:
             return piece
         piece = None
         ahead = self._ahead
+        for j in [j for j in ahead if j < i]:        # passed over (a listing resumed further on)
+            ahead.pop(j).cancel()
+        fut = ahead.pop(i, None)
         # a read ahead not started yet (another listing's is running) is cancelled, not waited for
-        if ahead is not None and ahead[0] == i and (ahead[1].done() or not ahead[1].cancel()):
-            read_at, got = ahead[1].result()
+        if fut is not None and (fut.done() or not fut.cancel()):
+            read_at, got = fut.result()
             if read_at == version:
                 piece = got
+        for nxt in range(i + CHUNK, min(i + (READ_AHEAD + 1) * CHUNK, len(self.ids)), CHUNK):
+            if nxt not in ahead:             # (before a read of piece i here: both at once)
+                ahead[nxt] = _AHEAD.submit(self._read, nxt)
         if piece is None:
             piece = self._files(self.ids[i:i + CHUNK])
         self._piece = (i, version, piece)
-        nxt = i + CHUNK
-        self._ahead = (nxt, _AHEAD.submit(self._read, nxt)) if nxt < len(self.ids) else None
         return piece
 
     def _read(self, i: int) -> tuple[int, Piece]:
@@ -276,7 +287,9 @@ class ViewListing:
         # a device's attributes carry a device number READDIRPLUS does not (model.is_device);
         # a stored query's size is its result's
         plus = (fmt != stat.S_IFCHR) & (fmt != stat.S_IFBLK)
-        queries = [i for i, name in enumerate(names) if name.endswith(QUERY_SUFFIX)]
+        # no name holds a '/': one scan of the joined names tells whether any ends with .query
+        queries = ([i for i, name in enumerate(names) if name.endswith(QUERY_SUFFIX)]
+                   if QUERY_SUFFIX + "/" in "/".join(names) + "/" else [])
         if queries:
             plus[queries] = False
         if not plus.all():
@@ -284,9 +297,7 @@ class ViewListing:
             attrs[bare, 1] = 0
             attrs[bare, 2] = fmt[bare]
             attrs[bare, 3:] = 0
-        on_view = self.model.on_view                 # handed out under a view path
-        for e in eid[plus].tolist():
-            on_view(e)
+        self.model.on_view_all(eid[plus].tolist())   # handed out under a view path
         return Piece(names, attrs, attrs[:, 0] + 1, plus)      # a file's stable_offset: its inode + 1
 
     def _shared_names(self, names: set[str]) -> set[str]:
