@@ -287,3 +287,68 @@ print("ok", _kernels.KERNEL)
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
+
+
+def _zipf_index(tmp_path, n: int = 20000, d: int = 16, nlist: int = 64):
+    """Zipf-sized clusters (cluster c holds a share of rows proportional to 1/(c+1)), as the
+    bench's clustered set: a few lists hold most rows, so a batch's work per list is skewed."""
+    rng = np.random.default_rng(21)
+    c = rng.standard_normal((48, d)).astype(np.float32) * 3
+    share = 1.0 / np.arange(1, 49)
+    lab = rng.choice(48, n + 600, p=share / share.sum())
+    x = (c[lab] + rng.standard_normal((n + 600, d)).astype(np.float32) * 0.7).astype(np.float32)
+    ix = IVFIndex.build(tmp_path / "ix", x[:n], metric="l2", nlist=nlist, scan="int8", progress=False)
+    return ix, x[n:]
+
+
+def test_batch_work_split_is_exact_on_skewed_lists(tmp_path) -> None:
+    """A batch big enough that every phase runs on the call's team of threads (600 queries x 64
+    lists, Zipf-sized lists, removed rows): 1, 2, 3, 8 and 12 threads return exactly the hits of
+    each query searched alone, over several calls (the helpers serve every phase of a call)."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    ix, q = _zipf_index(tmp_path)
+    ix.remove(np.arange(0, 20000, 13))
+    sizes = np.diff(ix.offsets)
+    assert sizes.max() > 3 * np.median(sizes)  # skewed indeed (k-means splits the biggest clusters)
+    alone = [ix.search(q[i : i + 1], k=10, nprobe=8) for i in range(0, len(q), 7)]
+    want_s = np.concatenate([a[0] for a in alone])
+    want_i = np.concatenate([a[1] for a in alone])
+    ref_s, ref_i = ix.search(q, k=10, nprobe=8, threads=1)
+    np.testing.assert_array_equal(ref_i[::7], want_i)
+    np.testing.assert_array_equal(ref_s[::7], want_s)
+    for threads in (2, 3, 8, 12, 2):
+        got_s, got_i = ix.search(q, k=10, nprobe=8, threads=threads)
+        np.testing.assert_array_equal(got_i, ref_i)
+        np.testing.assert_array_equal(got_s, ref_s)
+    ix.close()
+
+
+def test_scratch_is_reused_above_eight_threads(tmp_path) -> None:
+    """The kernel keeps each thread's scratch buffers between calls: a second call with 12
+    threads allocates no new scratch set (the pool once held 8, so above 7 threads every call
+    reallocated its buffers)."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    from vecindex._csearch import scratch_sets_made
+
+    ix, q = _zipf_index(tmp_path, n=5000, nlist=16)
+    ix.search(q[:200], k=5, nprobe=4, threads=12)
+    made = scratch_sets_made()
+    for _ in range(3):
+        ix.search(q[:200], k=5, nprobe=4, threads=12)
+    assert scratch_sets_made() == made
+    ix.close()
+
+
+def test_a_short_file_is_an_error_on_many_threads(tmp_path) -> None:
+    """A read that fails in a helper thread ends the call with the error (no hang, no hits)."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    ix, q = _zipf_index(tmp_path)
+    codes = ix._file("codes")
+    os.truncate(codes, codes.stat().st_size // 3)
+    for threads in (2, 5):
+        with pytest.raises(IndexFormatError, match="shorter"):
+            ix.search(q, k=10, nprobe=16, threads=threads)
+    ix.close()

@@ -623,10 +623,14 @@ typedef struct {
 /* The round's shared arrays (held by the calling thread's scratch set). */
 enum { R_QV, R_QS, R_QI, R_QP, R_PL, R_PN, R_LCNT, R_LSTART, R_LDIST, R_LQ, R_UNITS, R_QT, R_COUNT };
 
-#define POOL_MAX 8
+/* Kept scratch sets: one per thread of a call of MAX_THREADS plus the round's shared set, so a
+ * call with many threads reuses its buffers on the next call instead of reallocating them. */
+#define POOL_MAX (MAX_THREADS + 1)
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static Scratch *pool[POOL_MAX];
 static int pool_n;
+
+static long pool_made;  /* scratch sets ever allocated (scratch_sets_made(): the tests' witness of reuse) */
 
 static Scratch *pool_get(void)
 {
@@ -634,8 +638,10 @@ static Scratch *pool_get(void)
     pthread_mutex_lock(&pool_mu);
     if (pool_n > 0)
         w = pool[--pool_n];
+    else if ((w = calloc(1, sizeof(Scratch))))
+        pool_made++;
     pthread_mutex_unlock(&pool_mu);
-    return w ? w : calloc(1, sizeof(Scratch));
+    return w;
 }
 
 static void pool_put(Scratch *w)
@@ -655,7 +661,7 @@ static void pool_put(Scratch *w)
     }
 }
 
-typedef struct {
+typedef struct Job {
     /* the call */
     int fd_scan, fd_vec, fd_sq, fd_ids, flags, nthreads;
     int64_t d, dpad, nlist, nprobe, keep, k, nq, P, ndel, nallowed, hcap, cap, R;
@@ -673,8 +679,20 @@ typedef struct {
     Unit *units;
     _Atomic float *qthr; /* nr: a score each query's hcap best beat or tie, shared by the threads */
     Scratch **ws;       /* one per thread; candidate buffers live in each */
-    atomic_long next;
     atomic_int rc;
+    /* the team (see run_phase): the phase's generation and next item in one word, so a helper
+     * claims an item of the phase it looked at or none; items completed; the phases' work */
+    _Atomic uint64_t claim;
+    atomic_long done;
+    struct Phase {
+        void (*fn)(struct Job *, Scratch *, int64_t);
+        int64_t n;
+    } phase[4];
+    int helpers;
+    atomic_int stop;
+    uint32_t gen;
+    pthread_mutex_t mu;
+    pthread_cond_t go, fin;
 } Job;
 
 /* Sizes of one thread's scratch; 0 when out of memory. */
@@ -1039,76 +1057,168 @@ static int finish_query(Job *j, Scratch *w, int64_t i)
     return 0;
 }
 
-/* Items 0..n-1 of a phase, handed out one at a time to whichever thread is free. */
-#define EACH(j, it, n) for (int64_t it; (it = atomic_fetch_add(&(j)->next, 1)) < (n);)
-
-/* Phase A, two queries an item (their centroid scores in one pass over the panels). */
-static void phase_prepare(Job *j, Scratch *w)
+/* Phase A, item `it`: queries 2 it and 2 it + 1 (their centroid scores in one pass over the panels). */
+static void item_prepare(Job *j, Scratch *w, int64_t it)
 {
     const int64_t d = j->d, nl = j->nlist;
     float *cs = SB(w, S_CS, float);
-    EACH(j, it, (j->nr + 1) / 2) {
-        const int64_t a = 2 * it, b = a + 1 < j->nr ? a + 1 : -1;
-        prepare_vec(j, a);
-        if (b >= 0)
-            prepare_vec(j, b);
-        if (j->P == 0 && b >= 0)
-            score_panels_x2(j->qv + a * d, j->qv + b * d, j->cpan, d, nl, cs, cs + nl);
-        else if (j->P == 0)
-            score_panels(j->qv + a * d, j->cpan, d, nl, cs);
-        pick_lists(j, w, a, cs);
-        if (b >= 0)
-            pick_lists(j, w, b, cs + nl);
+    const int64_t a = 2 * it, b = a + 1 < j->nr ? a + 1 : -1;
+    prepare_vec(j, a);
+    if (b >= 0)
+        prepare_vec(j, b);
+    if (j->P == 0 && b >= 0)
+        score_panels_x2(j->qv + a * d, j->qv + b * d, j->cpan, d, nl, cs, cs + nl);
+    else if (j->P == 0)
+        score_panels(j->qv + a * d, j->cpan, d, nl, cs);
+    pick_lists(j, w, a, cs);
+    if (b >= 0)
+        pick_lists(j, w, b, cs + nl);
+}
+
+static void item_scan(Job *j, Scratch *w, int64_t u)
+{
+    if (atomic_load(&j->rc) == 0 && scan_unit(j, w, &j->units[u]) != 0)
+        atomic_store(&j->rc, -1);
+}
+
+static void item_finish(Job *j, Scratch *w, int64_t i)
+{
+    if (atomic_load(&j->rc) == 0 && finish_query(j, w, i) != 0)
+        atomic_store(&j->rc, -1);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The team. A call starts its helper threads once, at its first phase with enough work, and
+ * they serve every later phase of the call (of every round): starting a thread per phase cost a
+ * thread start (tens of µs, and on a busy machine the wait for a core: 1-2 ms measured) three
+ * times a round, against phases of a few ms at Zipf 200k / 300 queries. Between phases a helper
+ * spins briefly (the caller's planning step is short), then sleeps on a condition variable.
+ * Items are claimed one at a time (the costliest first where the order matters), so a helper
+ * that starts late or is descheduled only leaves more to the others; a phase ends when all its
+ * items are done, not when every helper has looked at it.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Spins of a waiting thread before it sleeps (each a `pause`: ~50 µs in all on this VM's CPUs). */
+#define SPIN 2000
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Claim the next item of generation g: 1 and *it, or 0 when g is over or no longer current. */
+static int claim(Job *j, uint32_t g, int64_t *it)
+{
+    uint64_t v = atomic_load(&j->claim);
+    for (;;) {
+        if ((uint32_t)(v >> 32) != g)
+            return 0;
+        const int64_t i = (int64_t)(v & 0xffffffffu);
+        if (i >= j->phase[g & 3].n)
+            return 0;
+        if (atomic_compare_exchange_weak(&j->claim, &v, v + 1)) {
+            *it = i;
+            return 1;
+        }
     }
 }
 
-static void phase_scan(Job *j, Scratch *w)
+/* Do items of generation g until none is left; wake the caller after the phase's last one. */
+static void work_on(Job *j, Scratch *w, uint32_t g)
 {
-    EACH(j, u, j->nunits)
-        if (atomic_load(&j->rc) == 0 && scan_unit(j, w, &j->units[u]) != 0)
-            atomic_store(&j->rc, -1);
-}
-
-static void phase_finish(Job *j, Scratch *w)
-{
-    EACH(j, i, j->nr)
-        if (atomic_load(&j->rc) == 0 && finish_query(j, w, i) != 0)
-            atomic_store(&j->rc, -1);
+    int64_t it;
+    while (claim(j, g, &it)) {
+        const struct Phase ph = j->phase[g & 3];  /* g stays current until this item is done */
+        ph.fn(j, w, it);
+        if (atomic_fetch_add(&j->done, 1) + 1 == ph.n) {
+            pthread_mutex_lock(&j->mu);
+            pthread_cond_signal(&j->fin);
+            pthread_mutex_unlock(&j->mu);
+        }
+    }
 }
 
 typedef struct {
     Job *j;
     int tid;
-    void (*fn)(Job *, Scratch *);
 } Helper;
 
 static void *helper_main(void *arg)
 {
     Helper *h = arg;
-    h->fn(h->j, h->j->ws[h->tid]);
-    return NULL;
+    Job *j = h->j;
+    uint32_t seen = 0;
+    for (;;) {
+        uint32_t g = (uint32_t)(atomic_load(&j->claim) >> 32);
+        for (int s = 0; g == seen && s < SPIN && !atomic_load(&j->stop); s++) {
+            cpu_relax();
+            g = (uint32_t)(atomic_load(&j->claim) >> 32);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&j->mu);
+            while (j->gen == seen && !atomic_load(&j->stop))
+                pthread_cond_wait(&j->go, &j->mu);
+            g = j->gen;
+            const int stop = atomic_load(&j->stop);
+            pthread_mutex_unlock(&j->mu);
+            if (stop)
+                return NULL;
+        }
+        seen = g;
+        work_on(j, j->ws[h->tid], g);
+    }
 }
 
 /* Below this much work (row scores, or queries x lists) a phase runs on the caller's thread
- * alone: starting and joining a thread costs some 20-50 us, a phase this small less. */
+ * alone: a phase this small costs less than waking a helper. */
 #define MIN_THREADED_WORK 32768
 
-/* Run one phase of `items` items (`work` in all) on the caller's thread and up to nthreads - 1
- * helpers. Items are handed out dynamically, so a helper that cannot be started only leaves
- * more to the others. */
-static void run_phase(Job *j, void (*fn)(Job *, Scratch *), int64_t items, int64_t work)
+/* Run one phase of `items` items (`work` in all) on the caller's thread and the call's helpers
+ * (started here the first time a phase is big enough; a helper that cannot be started only
+ * leaves more to the others). */
+static void run_phase(Job *j, void (*fn)(Job *, Scratch *, int64_t), int64_t items, int64_t work,
+                      Helper *h, pthread_t *th, int *up)
 {
-    Helper h[MAX_THREADS];
-    pthread_t th[MAX_THREADS];
-    int up[MAX_THREADS] = {0};
-    const int64_t n = work < MIN_THREADED_WORK ? 1 : items < j->nthreads ? items : j->nthreads;
-    atomic_store(&j->next, 0);
-    for (int t = 1; t < n; t++) {
-        h[t] = (Helper){j, t, fn};
-        up[t] = pthread_create(&th[t], NULL, helper_main, &h[t]) == 0;
+    if (work < MIN_THREADED_WORK || items < 2 || j->nthreads < 2) {
+        for (int64_t it = 0; it < items; it++)
+            fn(j, j->ws[0], it);
+        return;
     }
-    fn(j, j->ws[0]);
-    for (int t = 1; t < n; t++)
+    if (j->helpers == 0)
+        for (int t = 1; t < j->nthreads; t++) {
+            h[t] = (Helper){j, t};
+            up[t] = pthread_create(&th[t], NULL, helper_main, &h[t]) == 0;
+            j->helpers++;
+        }
+    const uint32_t g = j->gen + 1;
+    j->phase[g & 3] = (struct Phase){fn, items};
+    atomic_store(&j->done, 0);
+    atomic_store(&j->claim, (uint64_t)g << 32);  /* the phase opens: items claimable from here */
+    pthread_mutex_lock(&j->mu);
+    j->gen = g;
+    pthread_cond_broadcast(&j->go);
+    pthread_mutex_unlock(&j->mu);
+    work_on(j, j->ws[0], g);
+    for (int s = 0; atomic_load(&j->done) < items && s < SPIN; s++)
+        cpu_relax();
+    if (atomic_load(&j->done) < items) {
+        pthread_mutex_lock(&j->mu);
+        while (atomic_load(&j->done) < items)
+            pthread_cond_wait(&j->fin, &j->mu);
+        pthread_mutex_unlock(&j->mu);
+    }
+}
+
+/* Stop and join the call's helpers. */
+static void end_team(Job *j, pthread_t *th, const int *up)
+{
+    pthread_mutex_lock(&j->mu);
+    atomic_store(&j->stop, 1);
+    pthread_cond_broadcast(&j->go);
+    pthread_mutex_unlock(&j->mu);
+    for (int t = 1; t <= j->helpers; t++)
         if (up[t])
             pthread_join(th[t], NULL);
 }
@@ -1117,6 +1227,9 @@ static void run_phase(Job *j, void (*fn)(Job *, Scratch *), int64_t items, int64
 static int run_job(Job *j)
 {
     Scratch *ws[MAX_THREADS] = {0}, *shared = NULL;
+    Helper h[MAX_THREADS];
+    pthread_t th[MAX_THREADS];
+    int up[MAX_THREADS] = {0}, team = 0;
     int rc = -2;
     const int int8 = j->flags & F_INT8;
     const int64_t rb = int8 ? j->d : 4 * j->d;
@@ -1153,7 +1266,13 @@ static int run_job(Job *j)
     j->lq = shared->b[R_LQ].p; j->units = shared->b[R_UNITS].p; j->qthr = shared->b[R_QT].p;
     j->ws = ws;
     atomic_init(&j->rc, 0);
-    atomic_init(&j->next, 0);
+    atomic_init(&j->claim, 0);
+    atomic_init(&j->done, 0);
+    atomic_init(&j->stop, 0);
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->go, NULL);
+    pthread_cond_init(&j->fin, NULL);
+    team = 1;
     for (int64_t q0 = 0; q0 < j->nq && atomic_load(&j->rc) == 0; q0 += j->R) {
         j->q0 = q0;
         j->nr = j->nq - q0 < j->R ? j->nq - q0 : j->R;
@@ -1161,13 +1280,19 @@ static int run_job(Job *j)
             memset(ws[t]->b[S_HEAPN].p, 0, (size_t)j->nr * sizeof(int64_t));
         for (int64_t i = 0; i < j->nr; i++)
             atomic_init(&j->qthr[i], -INFINITY);
-        run_phase(j, phase_prepare, (j->nr + 1) / 2, j->nr * j->nlist);
+        run_phase(j, item_prepare, (j->nr + 1) / 2, j->nr * j->nlist, h, th, up);
         plan_round(j);
-        run_phase(j, phase_scan, j->nunits, j->work);
-        run_phase(j, phase_finish, j->nr, j->nr * j->hcap * 64);
+        run_phase(j, item_scan, j->nunits, j->work, h, th, up);
+        run_phase(j, item_finish, j->nr, j->nr * j->hcap * 64, h, th, up);
     }
     rc = atomic_load(&j->rc);
 out:
+    if (team) {
+        end_team(j, th, up);
+        pthread_mutex_destroy(&j->mu);
+        pthread_cond_destroy(&j->go);
+        pthread_cond_destroy(&j->fin);
+    }
     for (int t = 0; t < MAX_THREADS; t++)
         pool_put(ws[t]);
     pool_put(shared);
@@ -1348,10 +1473,24 @@ static PyObject *search_prepared(PyObject *self, PyObject *args)
     return rc == -3 ? NULL : PyLong_FromLong(rc);
 }
 
+PyDoc_STRVAR(scratch_sets_made_doc,
+"scratch_sets_made() -> int\n\nScratch sets (a thread's buffers) allocated so far; kept in a pool between calls.");
+
+static PyObject *scratch_sets_made(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    pthread_mutex_lock(&pool_mu);
+    const long n = pool_made;
+    pthread_mutex_unlock(&pool_mu);
+    return PyLong_FromLong(n);
+}
+
 static PyMethodDef methods[] = {
     {"search_batch", search_batch, METH_VARARGS, search_batch_doc},
     {"prepare", prepare, METH_VARARGS, prepare_doc},
     {"search_prepared", search_prepared, METH_VARARGS, search_prepared_doc},
+    {"scratch_sets_made", scratch_sets_made, METH_NOARGS, scratch_sets_made_doc},
     {NULL, NULL, 0, NULL},
 };
 
