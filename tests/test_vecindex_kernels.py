@@ -342,13 +342,15 @@ def test_scratch_is_reused_above_eight_threads(tmp_path) -> None:
 
 
 def test_a_short_file_is_an_error_on_many_threads(tmp_path) -> None:
-    """A read that fails in a helper thread ends the call with the error (no hang, no hits)."""
+    """A read that fails in a helper thread ends the call with the error (no hang): in the scan
+    (codes) and in the round's re-rank (float32 rows)."""
     if "c" not in _kernels.available():
         pytest.skip("no C kernel in this install")
-    ix, q = _zipf_index(tmp_path)
-    codes = ix._file("codes")
-    os.truncate(codes, codes.stat().st_size // 3)
-    for threads in (2, 5):
-        with pytest.raises(IndexFormatError, match="shorter"):
-            ix.search(q, k=10, nprobe=16, threads=threads)
-    ix.close()
+    for name in ("vectors", "codes"):
+        ix, q = _zipf_index(tmp_path / name)
+        f = ix._file(name)
+        os.truncate(f, f.stat().st_size // 3)
+        for threads in (1, 2, 5):
+            with pytest.raises(IndexFormatError, match="shorter"):
+                ix.search(q, k=10, nprobe=16, threads=threads)
+        ix.close()

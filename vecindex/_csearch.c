@@ -621,7 +621,8 @@ typedef struct {
 } Scratch;
 
 /* The round's shared arrays (held by the calling thread's scratch set). */
-enum { R_QV, R_QS, R_QI, R_QP, R_PL, R_PN, R_LCNT, R_LSTART, R_LDIST, R_LQ, R_UNITS, R_QT, R_COUNT };
+enum { R_QV, R_QS, R_QI, R_QP, R_PL, R_PN, R_LCNT, R_LSTART, R_LDIST, R_LQ, R_UNITS, R_QT,
+       R_CPOS, R_CN, R_CLIST, R_CXS, R_CENT, R_RL, R_COUNT };
 
 /* Kept scratch sets: one per thread of a call of MAX_THREADS plus the round's shared set, so a
  * call with many threads reuses its buffers on the next call instead of reallocating them. */
@@ -677,6 +678,13 @@ typedef struct Job {
     int64_t *plist, *pn; /* nr x nprobe: each query's lists (sorted, distinct); how many */
     int64_t *lcnt, *lstart, *ldist, *lq; /* per probed list: queries, start in lq; the lists */
     Unit *units;
+    int64_t nd;         /* distinct probed lists: ldist[0:nd] */
+    /* the round's re-rank (int8, several queries; see "The round's re-rank") */
+    int64_t *cpos, *cn; /* nr x hcap: each query's candidates (positions); how many */
+    int32_t *clist;     /* nr x hcap: the list of each */
+    float *cxs;         /* nr x hcap: their exact scores */
+    PosIdx *cent;       /* the round's candidates grouped by list: (position, query x hcap + slot) */
+    int64_t *rl, nrl;   /* lists holding candidates, the most candidates first */
     _Atomic float *qthr; /* nr: a score each query's hcap best beat or tie, shared by the threads */
     Scratch **ws;       /* one per thread; candidate buffers live in each */
     atomic_int rc;
@@ -869,6 +877,7 @@ static void plan_round(Job *j)
             qsort(j->units, (size_t)nu, sizeof(Unit), cmp_unit_cost);
     }
     j->nunits = nu;
+    j->nd = nd;
 }
 
 /* Offer scores sc[0:m] of rows p0.. to a query's candidates, skipping deleted and not-allowed
@@ -965,14 +974,11 @@ static int scan_unit(Job *j, Scratch *w, const Unit *u)
     return 0;
 }
 
-/* Phase C for query i: merge the threads' buffers, re-rank, order, write the outputs and ids. */
-static int finish_query(Job *j, Scratch *w, int64_t i)
+/* Phase C for query i, first step: the hc best of every thread's candidates into (hs, hp); how many. */
+static int64_t merge_candidates(Job *j, int64_t i, float *hs, int64_t *hp)
 {
-    const int64_t d = j->d, k = j->k, hc = j->hcap, qg = j->q0 + i;
-    const int int8 = j->flags & F_INT8, l2 = j->flags & F_L2;
-    const float *qv = j->qv + i * d;
-    float *hs = SB(w, S_MS, float);
-    int64_t *hp = SB(w, S_MP, int64_t), n = 0;
+    const int64_t hc = j->hcap;
+    int64_t n = 0;
     for (int t = 0; t < j->nthreads; t++) {  /* every thread's candidates, then the hc best */
         Scratch *o = j->ws[t];
         const int64_t on = SB(o, S_HEAPN, int64_t)[i];
@@ -984,30 +990,45 @@ static int finish_query(Job *j, Scratch *w, int64_t i)
         select_best(hs, hp, n, hc);
         n = hc;
     }
-    if (int8 && n) {
-        /* exact re-rank: read the candidates' float32 rows in position order; candidates
-         * close together share one read of their span (a syscall costs more than a few KiB) */
-        int64_t nc = n, *cp = SB(w, S_CP, int64_t);
-        float *rowbuf = SB(w, S_ROW, float);
-        memcpy(cp, hp, (size_t)nc * sizeof(int64_t));
-        sort_i64(cp, nc);
-        n = 0;
-        const int64_t gap = GAP_BYTES / (4 * d), span_max = SPAN_BYTES / (4 * d);
-        for (int64_t a = 0; a < nc;) {
-            int64_t b = a + 1;
-            while (b < nc && cp[b] - cp[b - 1] <= gap && cp[b] - cp[a] < span_max)
-                b++;
-            int64_t span = cp[b - 1] - cp[a] + 1;
-            if (!read_full(j->fd_vec, rowbuf, (size_t)(span * 4 * d), cp[a] * 4 * d))
-                return -1;
-            for (int64_t t = a; t < b; t++) {
-                float s;
-                score_f32(qv, rowbuf + (cp[t] - cp[a]) * d, 1, d, l2, &s);
-                n = heap_push(hs, hp, n, k, s, cp[t]);
-            }
-            a = b;
+    return n;
+}
+
+/* Exact re-rank of one query's n candidates (positions hp[0:n]): their float32 rows read in
+ * position order, candidates close together sharing one read of their span (a syscall costs
+ * more than a few KiB); the k best into (hs, hp). Returns how many, or -1 (short file). */
+static int64_t rerank_query(Job *j, Scratch *w, int64_t i, float *hs, int64_t *hp, int64_t n)
+{
+    const int64_t d = j->d, k = j->k;
+    const int l2 = j->flags & F_L2;
+    const float *qv = j->qv + i * d;
+    int64_t nc = n, *cp = SB(w, S_CP, int64_t);
+    float *rowbuf = SB(w, S_ROW, float);
+    memcpy(cp, hp, (size_t)nc * sizeof(int64_t));
+    sort_i64(cp, nc);
+    n = 0;
+    const int64_t gap = GAP_BYTES / (4 * d), span_max = SPAN_BYTES / (4 * d);
+    for (int64_t a = 0; a < nc;) {
+        int64_t b = a + 1;
+        while (b < nc && cp[b] - cp[b - 1] <= gap && cp[b] - cp[a] < span_max)
+            b++;
+        int64_t span = cp[b - 1] - cp[a] + 1;
+        if (!read_full(j->fd_vec, rowbuf, (size_t)(span * 4 * d), cp[a] * 4 * d))
+            return -1;
+        for (int64_t t = a; t < b; t++) {
+            float s;
+            score_f32(qv, rowbuf + (cp[t] - cp[a]) * d, 1, d, l2, &s);
+            n = heap_push(hs, hp, n, k, s, cp[t]);
         }
+        a = b;
     }
+    return n;
+}
+
+/* Phase C for query i, last step: its n <= k hits (hs, hp) ordered, written out, their ids read. */
+static int write_query(Job *j, Scratch *w, int64_t i, const float *hs, const int64_t *hp, int64_t n)
+{
+    const int64_t k = j->k, qg = j->q0 + i;
+    const int l2 = j->flags & F_L2;
     /* best first, ties by position (n <= k: an insertion sort) */
     int64_t *order = SB(w, S_ORD, int64_t);
     for (int64_t t = 0; t < n; t++)
@@ -1055,6 +1076,130 @@ static int finish_query(Job *j, Scratch *w, int64_t i)
         a = b;
     }
     return 0;
+}
+
+/* Phase C for query i on its own: merge, re-rank (int8), write. */
+static int finish_query(Job *j, Scratch *w, int64_t i)
+{
+    float *hs = SB(w, S_MS, float);
+    int64_t *hp = SB(w, S_MP, int64_t);
+    int64_t n = merge_candidates(j, i, hs, hp);
+    if ((j->flags & F_INT8) && n && (n = rerank_query(j, w, i, hs, hp, n)) < 0)
+        return -1;
+    return write_query(j, w, i, hs, hp, n);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The round's re-rank (int8 scan, a round of several queries). Re-ranking query by query reads
+ * each query's candidates' float32 rows on its own: on clustered data the queries of a batch
+ * share their lists and so their candidates' neighbourhoods (Zipf 200k, 300 queries at nprobe
+ * 4: ~30 preads a query, 9100 a batch, a third of the batch's CPU in the kernel). Instead:
+ *   C1. per query: merge the threads' candidates, keep the hcap best, note each one's list;
+ *   (one thread) group the round's candidates by list, the lists with most candidates first;
+ *   C2. per list: read its candidates' rows in position order, spans shared by all the queries
+ *       whose candidates lie there, and score each candidate exactly for its query;
+ *   C3. per query: the k best of its exact scores (heap_push: a total order, so the same k as
+ *       query by query), ordered, written out, ids read.
+ * The exact scores are the same calls on the same rows, so the results are those of finish_query.
+ * ------------------------------------------------------------------------------------------ */
+
+/* The list holding position p (offsets sorted, p < offsets[nlist]). */
+static int32_t list_of(const int64_t *off, int64_t nlist, int64_t p)
+{
+    int64_t lo = 0, hi = nlist - 1;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi + 1) >> 1;
+        if (off[mid] <= p)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return (int32_t)lo;
+}
+
+static void item_cands(Job *j, Scratch *w, int64_t i)
+{
+    const int64_t hc = j->hcap;
+    float *hs = SB(w, S_MS, float);
+    int64_t *hp = SB(w, S_MP, int64_t);
+    const int64_t n = merge_candidates(j, i, hs, hp);
+    for (int64_t t = 0; t < n; t++) {
+        j->cpos[i * hc + t] = hp[t];
+        j->clist[i * hc + t] = list_of(j->offsets, j->nlist, hp[t]);
+    }
+    j->cn[i] = n;
+}
+
+/* Between C1 and C2 (one thread, O(candidates)): the round's candidates grouped by list in
+ * cent, list l's at cent[lstart[l] .. lstart[l] + lcnt[l]]; the lists holding some in rl, the
+ * most candidates first (dynamic assignment then balances the threads). */
+static void plan_rerank(Job *j)
+{
+    int64_t *cnt = j->lcnt, *st = j->lstart, nrl = 0, at = 0;
+    const int64_t hc = j->hcap;
+    for (int64_t e = 0; e < j->nd; e++)  /* candidates lie in the round's probed lists only */
+        cnt[j->ldist[e]] = 0;
+    for (int64_t i = 0; i < j->nr; i++)
+        for (int64_t t = 0; t < j->cn[i]; t++)
+            cnt[j->clist[i * hc + t]]++;
+    PosIdx *order = (PosIdx *)j->lq;  /* the scan's query lists are done with; room for nd pairs */
+    for (int64_t e = 0; e < j->nd; e++) {
+        const int64_t l = j->ldist[e];
+        if (!cnt[l])
+            continue;
+        st[l] = at;  /* a fill cursor first, moved back to the start below */
+        order[nrl++] = (PosIdx){-cnt[l], l};
+        at += cnt[l];
+    }
+    for (int64_t i = 0; i < j->nr; i++)
+        for (int64_t t = 0; t < j->cn[i]; t++)
+            j->cent[st[j->clist[i * hc + t]]++] = (PosIdx){j->cpos[i * hc + t], i * hc + t};
+    sort_posidx(order, nrl);
+    for (int64_t e = 0; e < nrl; e++) {
+        const int64_t l = order[e].i;
+        st[l] -= cnt[l];
+        j->rl[e] = l;
+    }
+    j->nrl = nrl;
+}
+
+static void item_rerank_list(Job *j, Scratch *w, int64_t e)
+{
+    if (atomic_load(&j->rc) != 0)
+        return;
+    const int64_t l = j->rl[e], d = j->d, hc = j->hcap;
+    const int l2 = j->flags & F_L2;
+    PosIdx *c = j->cent + j->lstart[l];
+    const int64_t nc = j->lcnt[l];
+    float *rowbuf = SB(w, S_ROW, float);
+    sort_posidx(c, nc);
+    const int64_t gap = GAP_BYTES / (4 * d), span_max = SPAN_BYTES / (4 * d);
+    for (int64_t a = 0; a < nc;) {
+        int64_t b = a + 1;
+        while (b < nc && c[b].p - c[b - 1].p <= gap && c[b].p - c[a].p < span_max)
+            b++;
+        const int64_t span = c[b - 1].p - c[a].p + 1;
+        if (!read_full(j->fd_vec, rowbuf, (size_t)(span * 4 * d), c[a].p * 4 * d)) {
+            atomic_store(&j->rc, -1);
+            return;
+        }
+        for (int64_t t = a; t < b; t++)
+            score_f32(j->qv + (c[t].i / hc) * d, rowbuf + (c[t].p - c[a].p) * d, 1, d, l2, &j->cxs[c[t].i]);
+        a = b;
+    }
+}
+
+static void item_write(Job *j, Scratch *w, int64_t i)
+{
+    if (atomic_load(&j->rc) != 0)
+        return;
+    const int64_t hc = j->hcap;
+    float *hs = SB(w, S_MS, float);
+    int64_t *hp = SB(w, S_MP, int64_t), n = 0;
+    for (int64_t t = 0; t < j->cn[i]; t++)
+        n = heap_push(hs, hp, n, j->k, j->cxs[i * hc + t], j->cpos[i * hc + t]);
+    if (write_query(j, w, i, hs, hp, n) != 0)
+        atomic_store(&j->rc, -1);
 }
 
 /* Phase A, item `it`: queries 2 it and 2 it + 1 (their centroid scores in one pass over the panels). */
@@ -1237,8 +1382,8 @@ static int run_job(Job *j)
     j->cap = j->cap < 256 ? 256 : j->cap > MAX_BUF_ROWS ? MAX_BUF_ROWS : j->cap;
     j->hcap = int8 ? j->keep : j->k;
     j->dpad = 16 * ((j->d + 15) / 16);
-    /* a round's candidate buffers stay within ~32 MiB over all threads */
-    int64_t R = (32 << 20) / (12 * (2 * j->hcap + 1) * j->nthreads);
+    /* a round's candidate buffers stay within ~32 MiB over all threads (and the re-rank's arrays) */
+    int64_t R = (32 << 20) / (12 * (2 * j->hcap + 1) * j->nthreads + 32 * j->hcap);
     j->R = R < 1 ? 1 : R > MAX_ROUND ? MAX_ROUND : R;
     if (j->R > j->nq)
         j->R = j->nq;
@@ -1252,7 +1397,10 @@ static int run_job(Job *j)
         [R_QV] = (size_t)(R1 * j->d) * 4, [R_QS] = (size_t)(R1 * j->d) * 4, [R_QI] = (size_t)(R1 * j->dpad) * 2,
         [R_QP] = (size_t)R1 * 8, [R_PL] = (size_t)(R1 * np) * 8, [R_PN] = (size_t)R1 * 8,
         [R_LCNT] = (size_t)j->nlist * 8, [R_LSTART] = (size_t)j->nlist * 8, [R_LDIST] = (size_t)j->nlist * 8,
-        [R_LQ] = (size_t)(R1 * np) * 8, [R_QT] = (size_t)R1 * sizeof(_Atomic float),
+        [R_LQ] = (size_t)(R1 * np) * sizeof(PosIdx), [R_QT] = (size_t)R1 * sizeof(_Atomic float),
+        [R_CPOS] = (size_t)(R1 * j->hcap) * 8, [R_CN] = (size_t)R1 * 8, [R_CLIST] = (size_t)(R1 * j->hcap) * 4,
+        [R_CXS] = (size_t)(R1 * j->hcap) * 4, [R_CENT] = (size_t)(R1 * j->hcap) * sizeof(PosIdx),
+        [R_RL] = (size_t)j->nlist * 8,
         /* blocks: the full ones plus at most one partial block per list, plus the splits */
         [R_UNITS] = (size_t)(j->nlist + j->offsets[j->nlist] / j->cap + 1 + SPLIT_UNITS * j->nthreads)
                      * sizeof(Unit),
@@ -1264,6 +1412,8 @@ static int run_job(Job *j)
     j->qp = shared->b[R_QP].p; j->plist = shared->b[R_PL].p; j->pn = shared->b[R_PN].p;
     j->lcnt = shared->b[R_LCNT].p; j->lstart = shared->b[R_LSTART].p; j->ldist = shared->b[R_LDIST].p;
     j->lq = shared->b[R_LQ].p; j->units = shared->b[R_UNITS].p; j->qthr = shared->b[R_QT].p;
+    j->cpos = shared->b[R_CPOS].p; j->cn = shared->b[R_CN].p; j->clist = shared->b[R_CLIST].p;
+    j->cxs = shared->b[R_CXS].p; j->cent = shared->b[R_CENT].p; j->rl = shared->b[R_RL].p;
     j->ws = ws;
     atomic_init(&j->rc, 0);
     atomic_init(&j->claim, 0);
@@ -1283,7 +1433,14 @@ static int run_job(Job *j)
         run_phase(j, item_prepare, (j->nr + 1) / 2, j->nr * j->nlist, h, th, up);
         plan_round(j);
         run_phase(j, item_scan, j->nunits, j->work, h, th, up);
-        run_phase(j, item_finish, j->nr, j->nr * j->hcap * 64, h, th, up);
+        if (int8 && j->nr > 1) {  /* the round's re-rank, list by list (above) */
+            run_phase(j, item_cands, j->nr, j->nr * j->hcap * 64, h, th, up);
+            plan_rerank(j);
+            run_phase(j, item_rerank_list, j->nrl, j->nr * j->hcap * j->d, h, th, up);
+            run_phase(j, item_write, j->nr, j->nr * j->k * 64, h, th, up);
+        } else {
+            run_phase(j, item_finish, j->nr, j->nr * j->hcap * 64, h, th, up);
+        }
     }
     rc = atomic_load(&j->rc);
 out:
