@@ -616,13 +616,14 @@ static void *grow(Buf *b, size_t want)
 /* One thread's scratch. */
 enum { S_BLOCK, S_SQ, S_SC, S_SC2, S_CS, S_ROW, S_PHS, S_PHP, S_MS, S_MP, S_CP, S_ID, S_ORD, S_PI, S_OP,
        S_HEAPS, S_HEAPP, S_HEAPN, S_COUNT };
-typedef struct {
-    Buf b[S_COUNT];
-} Scratch;
-
 /* The round's shared arrays (held by the calling thread's scratch set). */
 enum { R_QV, R_QS, R_QI, R_QP, R_PL, R_PN, R_LCNT, R_LSTART, R_LDIST, R_LQ, R_UNITS, R_QT,
-       R_CPOS, R_CN, R_CLIST, R_CXS, R_CENT, R_RL, R_COUNT };
+       R_CPOS, R_CN, R_CLIST, R_CXS, R_CENT, R_RL, R_QREM, R_COUNT };
+#define NBUF ((int)S_COUNT > (int)R_COUNT ? (int)S_COUNT : (int)R_COUNT)
+typedef struct {
+    Buf b[NBUF];  /* a thread's (S_*), or the round's shared arrays (R_*) */
+} Scratch;
+
 
 /* Kept scratch sets: one per thread of a call of MAX_THREADS plus the round's shared set, so a
  * call with many threads reuses its buffers on the next call instead of reallocating them. */
@@ -656,7 +657,7 @@ static void pool_put(Scratch *w)
     }
     pthread_mutex_unlock(&pool_mu);
     if (w) {
-        for (int i = 0; i < S_COUNT; i++)
+        for (int i = 0; i < NBUF; i++)
             free(w->b[i].p);
         free(w);
     }
@@ -685,6 +686,8 @@ typedef struct Job {
     float *cxs;         /* nr x hcap: their exact scores */
     PosIdx *cent;       /* the round's candidates grouped by list: (position, query x hcap + slot) */
     int64_t *rl, nrl;   /* lists holding candidates, the most candidates first */
+    atomic_long *qrem;  /* nr: units still to scan per query; the thread ending a query's last merges it */
+    int fuse;           /* the round's re-rank runs (int8, several queries) */
     _Atomic float *qthr; /* nr: a score each query's hcap best beat or tie, shared by the threads */
     Scratch **ws;       /* one per thread; candidate buffers live in each */
     atomic_int rc;
@@ -878,6 +881,16 @@ static void plan_round(Job *j)
     }
     j->nunits = nu;
     j->nd = nd;
+    if (j->fuse) {  /* each query's units; a query none probes (empty lists) has no candidates */
+        for (int64_t i = 0; i < j->nr; i++)
+            atomic_store_explicit(&j->qrem[i], 0, memory_order_relaxed);
+        for (int64_t u = 0; u < nu; u++)
+            for (int64_t t = 0; t < j->units[u].nq; t++)
+                atomic_fetch_add_explicit(&j->qrem[lq[j->units[u].q0 + t]], 1, memory_order_relaxed);
+        for (int64_t i = 0; i < j->nr; i++)
+            if (atomic_load_explicit(&j->qrem[i], memory_order_relaxed) == 0)
+                j->cn[i] = 0;
+    }
 }
 
 /* Offer scores sc[0:m] of rows p0.. to a query's candidates, skipping deleted and not-allowed
@@ -1094,7 +1107,8 @@ static int finish_query(Job *j, Scratch *w, int64_t i)
  * each query's candidates' float32 rows on its own: on clustered data the queries of a batch
  * share their lists and so their candidates' neighbourhoods (Zipf 200k, 300 queries at nprobe
  * 4: ~30 preads a query, 9100 a batch, a third of the batch's CPU in the kernel). Instead:
- *   C1. per query: merge the threads' candidates, keep the hcap best, note each one's list;
+ *   C1. per query, by the thread that scanned its last unit (item_scan: no barrier of its own):
+ *       merge the threads' candidates, keep the hcap best, note each one's list;
  *   (one thread) group the round's candidates by list, the lists with most candidates first;
  *   C2. per list: read its candidates' rows in position order, spans shared by all the queries
  *       whose candidates lie there, and score each candidate exactly for its query;
@@ -1220,10 +1234,21 @@ static void item_prepare(Job *j, Scratch *w, int64_t it)
         pick_lists(j, w, b, cs + nl);
 }
 
+static void item_cands(Job *j, Scratch *w, int64_t i);
+
+/* Phase B, item u; with the round's re-rank, a query whose last unit this was is merged here
+ * (item_cands), so the scan needs no barrier before it. */
 static void item_scan(Job *j, Scratch *w, int64_t u)
 {
-    if (atomic_load(&j->rc) == 0 && scan_unit(j, w, &j->units[u]) != 0)
+    const Unit *x = &j->units[u];
+    if (atomic_load(&j->rc) == 0 && scan_unit(j, w, x) != 0)
         atomic_store(&j->rc, -1);
+    if (j->fuse)
+        for (int64_t t = 0; t < x->nq; t++) {
+            const int64_t q = j->lq[x->q0 + t];
+            if (atomic_fetch_sub(&j->qrem[q], 1) == 1)
+                item_cands(j, w, q);
+        }
 }
 
 static void item_finish(Job *j, Scratch *w, int64_t i)
@@ -1400,7 +1425,7 @@ static int run_job(Job *j)
         [R_LQ] = (size_t)(R1 * np) * sizeof(PosIdx), [R_QT] = (size_t)R1 * sizeof(_Atomic float),
         [R_CPOS] = (size_t)(R1 * j->hcap) * 8, [R_CN] = (size_t)R1 * 8, [R_CLIST] = (size_t)(R1 * j->hcap) * 4,
         [R_CXS] = (size_t)(R1 * j->hcap) * 4, [R_CENT] = (size_t)(R1 * j->hcap) * sizeof(PosIdx),
-        [R_RL] = (size_t)j->nlist * 8,
+        [R_RL] = (size_t)j->nlist * 8, [R_QREM] = (size_t)R1 * sizeof(atomic_long),
         /* blocks: the full ones plus at most one partial block per list, plus the splits */
         [R_UNITS] = (size_t)(j->nlist + j->offsets[j->nlist] / j->cap + 1 + SPLIT_UNITS * j->nthreads)
                      * sizeof(Unit),
@@ -1414,6 +1439,7 @@ static int run_job(Job *j)
     j->lq = shared->b[R_LQ].p; j->units = shared->b[R_UNITS].p; j->qthr = shared->b[R_QT].p;
     j->cpos = shared->b[R_CPOS].p; j->cn = shared->b[R_CN].p; j->clist = shared->b[R_CLIST].p;
     j->cxs = shared->b[R_CXS].p; j->cent = shared->b[R_CENT].p; j->rl = shared->b[R_RL].p;
+    j->qrem = shared->b[R_QREM].p;
     j->ws = ws;
     atomic_init(&j->rc, 0);
     atomic_init(&j->claim, 0);
@@ -1430,11 +1456,11 @@ static int run_job(Job *j)
             memset(ws[t]->b[S_HEAPN].p, 0, (size_t)j->nr * sizeof(int64_t));
         for (int64_t i = 0; i < j->nr; i++)
             atomic_init(&j->qthr[i], -INFINITY);
+        j->fuse = int8 && j->nr > 1;
         run_phase(j, item_prepare, (j->nr + 1) / 2, j->nr * j->nlist, h, th, up);
         plan_round(j);
         run_phase(j, item_scan, j->nunits, j->work, h, th, up);
-        if (int8 && j->nr > 1) {  /* the round's re-rank, list by list (above) */
-            run_phase(j, item_cands, j->nr, j->nr * j->hcap * 64, h, th, up);
+        if (j->fuse) {  /* the round's re-rank, list by list (above); C1 ran in the scan */
             plan_rerank(j);
             run_phase(j, item_rerank_list, j->nrl, j->nr * j->hcap * j->d, h, th, up);
             run_phase(j, item_write, j->nr, j->nr * j->k * 64, h, th, up);
