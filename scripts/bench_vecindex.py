@@ -735,6 +735,9 @@ def write_docs(allr: dict) -> None:
          "numba kernel (2026-12-01 morning: hnswlib on GloVe, the 10M x 64 build peak RSS, GloVe build RSS",
          "alone) are in [vecindex-2026-12-01-numba.md](vecindex-2026-12-01-numba.md); searches have not",
          "changed what a build does.", ""]
+    ab = DOCS / "vecindex-ab.md"  # hand-kept A/B notes of branches, shown first (not rerun here)
+    if ab.exists():
+        L += [ab.read_text().rstrip(), ""]
     for key in ["glove", *sorted((k for k in allr if k.startswith("zipf-")), key=lambda k: allr[k]["rows"])]:
         if key in allr and "sweep" in allr[key]:
             L += compare_md(key, allr[key], allr)
