@@ -354,3 +354,59 @@ def test_a_short_file_is_an_error_on_many_threads(tmp_path) -> None:
             with pytest.raises(IndexFormatError, match="shorter"):
                 ix.search(q, k=10, nprobe=16, threads=threads)
         ix.close()
+
+
+def test_concurrent_calls_share_the_helper_pool(tmp_path) -> None:
+    """The kernel lends its kept helper threads to one call at a time; a call that finds them
+    lent starts its own. Two Python threads searching two indexes at once, many times, with 2 and
+    3 threads: every call returns exactly the one-thread hits."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, q = _zipf_index(tmp_path / "a")
+    b, _ = _zipf_index(tmp_path / "b", n=15000)
+    want = {id(ix): ix.search(q, k=10, nprobe=8, threads=1) for ix in (a, b)}
+
+    def run(ix: IVFIndex) -> None:
+        for t in (2, 3, 2, 3, 2):
+            got = ix.search(q, k=10, nprobe=8, threads=t)
+            np.testing.assert_array_equal(got[1], want[id(ix)][1])
+            np.testing.assert_array_equal(got[0], want[id(ix)][0])
+
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(run, [a, b, a, b]))
+    a.close()
+    b.close()
+
+
+def test_a_forked_child_searches_on_threads(tmp_path) -> None:
+    """A child forked after the parent's threaded searches has none of the kept helper threads:
+    its threaded searches still finish with the same hits (the kernel makes a new pool)."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    import subprocess
+    import sys
+
+    ix, q = _zipf_index(tmp_path)
+    ix.close()
+    np.save(tmp_path / "q.npy", q)
+    code = f"""
+import os, sys
+import numpy as np
+from vecindex import IVFIndex
+ix = IVFIndex.open({str(tmp_path / "ix")!r})
+q = np.load({str(tmp_path / "q.npy")!r})
+want = ix.search(q, k=10, nprobe=8, threads=1)[1]
+assert (ix.search(q, k=10, nprobe=8, threads=3)[1] == want).all()
+pid = os.fork()
+if pid == 0:
+    ok = all((ix.search(q, k=10, nprobe=8, threads=t)[1] == want).all() for t in (2, 3, 4))
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert (ix.search(q, k=10, nprobe=8, threads=2)[1] == want).all()
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
