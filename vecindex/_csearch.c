@@ -5,7 +5,8 @@
  * multiply-add), pick the nprobe best lists, read each probed list once per batch with pread(2)
  * into a reused buffer (so RSS does not grow with the bytes scanned) and score it for every
  * query probing it (list-major, see "The batch engine"), keep each query's best in a bounded
- * candidate buffer (offer_rows), re-rank int8 candidates exactly from the float32 rows, and read the k ids. Same results as the numpy path in ivf.py and the numba
+ * candidate buffer (offer_rows), re-rank int8 candidates exactly from the float32 rows (list by
+ * list for a batch), and read the k ids. Same results as the numpy path in ivf.py and the numba
  * kernel in _numba_search.py (tests/test_vecindex_kernels.py compares them).
  *
  * Why C and not numba: importing numba/llvmlite costs ~130 MiB of RSS and its dispatch of
@@ -576,7 +577,9 @@ static int64_t lower_bound(const int64_t *a, int64_t n, int64_t x)
  *   A. per query: normalize, prepare the int8 query, score the centroids, pick its lists;
  *   B. per block of a probed list (list-major): read the block once, score it for every query
  *      of the round that probes the list, and keep each query's best in that thread's buffer;
- *   C. per query: merge the threads' buffers, re-rank int8 candidates exactly, read the ids.
+ *   C. per query: merge the threads' buffers, re-rank int8 candidates exactly, read the ids
+ *      (with several int8 queries: the merge runs in B, the re-rank list by list, see "The
+ *      round's re-rank"). The phases run on the call's team of threads (see "The team").
  * Reading a list once per round instead of once per query cuts the copies from the page cache
  * (on clustered data the queries of a batch share most of their lists), and the block stays in
  * cache while every query scores it. Candidates are ordered by (score, position) totally, so the kept set does
@@ -1258,17 +1261,18 @@ static void item_finish(Job *j, Scratch *w, int64_t i)
 }
 
 /* ------------------------------------------------------------------------------------------
- * The team. A call starts its helper threads once, at its first phase with enough work, and
- * they serve every later phase of the call (of every round): starting a thread per phase cost a
- * thread start (tens of µs, and on a busy machine the wait for a core: 1-2 ms measured) three
- * times a round, against phases of a few ms at Zipf 200k / 300 queries. Between phases a helper
+ * The team. A call takes its helper threads once, at its first phase with enough work (from the
+ * pool below, or started for it), and they serve every later phase of the call (of every round):
+ * starting threads per phase cost a thread start (0.2-0.4 ms here, and on a busy machine the wait
+ * for a core: 1-2 ms measured) three times a round, against phases of a few ms at Zipf 200k /
+ * 300 queries. Between phases a helper
  * spins briefly (the caller's planning step is short), then sleeps on a condition variable.
  * Items are claimed one at a time (the costliest first where the order matters), so a helper
  * that starts late or is descheduled only leaves more to the others; a phase ends when all its
  * items are done, not when every helper has looked at it.
  * ------------------------------------------------------------------------------------------ */
 
-/* Spins of a waiting thread before it sleeps (each a `pause`: ~50 µs in all on this VM's CPUs). */
+/* Spins of a waiting thread before it sleeps (each a `pause`: ~26 µs in all on this VM's CPU). */
 #define SPIN 2000
 
 static inline void cpu_relax(void)
