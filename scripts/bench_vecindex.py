@@ -66,6 +66,7 @@ except ImportError:  # optional extra: pip install -e .[faiss]
     faiss = None
 SKIP_FAISS = False  # --skip-faiss: keep the faiss figures of the previous run of a section
 BATCH_REPS = 7   # interleaved rounds of the batch throughput cases (median)
+BATCH_MIN_S = 0.3  # a batch sample repeats the call for at least this long (batch_sample)
 NO_HNSW = False  # --no-hnsw: keep the hnswlib figures of the previous run of the glove section
 NOTE = ""  # --note: a remark on this run's sections
 
@@ -333,14 +334,21 @@ def median_ms(fn, q: np.ndarray, reps: int = 3) -> tuple[float, float]:
     return float(np.median(wall)), float(np.median(cpu))
 
 
-def median_qps(fn, q: np.ndarray, reps: int = 3) -> float:
-    """Median over `reps` batch calls of queries per wall-clock second."""
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
+def batch_sample(fn, q: np.ndarray, min_s: float = BATCH_MIN_S) -> tuple[float, float]:
+    """One sample of batch throughput: the batch call repeated until `min_s` of wall time has
+    passed (a batch of a few hundred queries is ~10-30 ms: timed once, one scheduler hiccup of a
+    shared VM is its whole figure). Returns (queries per wall second, process CPU ms a query: every
+    thread's user + system time, so what a second thread costs shows even when the machine's load
+    hides its gain)."""
+    n = 0
+    t, c = time.perf_counter(), time.process_time()
+    while True:
         fn(q)
-        out.append(len(q) / (time.perf_counter() - t))
-    return float(np.median(out))
+        n += 1
+        el = time.perf_counter() - t
+        if el >= min_s:
+            break
+    return n * len(q) / el, (time.process_time() - c) / (n * len(q)) * 1e3
 
 
 def rss_of(spec: dict, env: dict | None = None) -> dict:
@@ -411,18 +419,22 @@ def compare(name: str, base: np.ndarray, q: np.ndarray, metric: str, nlist: int,
                              "ratio": (o["ours_ms"] / f["faiss_ms"]) if o and f else None})
     o95 = first_at(r["sweep"], "ours", 0.95) or r["sweep"][-1]
     f95 = first_at(r["sweep"], "faiss", 0.95) or r["sweep"][-1]
-    r["batch"] = {"ours_nprobe": o95["nprobe"], "faiss_nprobe": f95["nprobe"], "reps": BATCH_REPS}
+    r["batch"] = {"ours_nprobe": o95["nprobe"], "faiss_nprobe": f95["nprobe"], "reps": BATCH_REPS,
+                  "min_sample_s": BATCH_MIN_S}
     fidx.nprobe = f95["nprobe"]
     # the four (engine, threads) cases interleaved, BATCH_REPS rounds: a drift in the machine's
-    # speed (a shared VM's: +-30% over seconds) then hits every case alike, not one block of them
+    # speed (a shared VM's: +-30% over seconds) then hits every case alike, not one block of them;
+    # each sample repeats its batch for BATCH_MIN_S, both engines alike
     runs: dict[str, list[float]] = {}
     for _ in range(BATCH_REPS):
         for th in (1, 2):
             faiss.omp_set_num_threads(th)
             with threadpool_limits(th):
-                runs.setdefault(f"ours_qps_{th}", []).append(median_qps(
-                    lambda x, t=th: ours.search(x, k, nprobe=o95["nprobe"], threads=t), q, 1))
-                runs.setdefault(f"faiss_qps_{th}", []).append(median_qps(lambda x, f=fidx: f.search(x, k), qq, 1))
+                for eng, fn, qx in (("ours", lambda x, t=th: ours.search(x, k, nprobe=o95["nprobe"], threads=t), q),
+                                    ("faiss", lambda x, f=fidx: f.search(x, k), qq)):
+                    qps, cpu = batch_sample(fn, qx)
+                    runs.setdefault(f"{eng}_qps_{th}", []).append(qps)
+                    runs.setdefault(f"{eng}_cpu_ms_{th}", []).append(cpu)
     r["batch"].update({key: float(np.median(v)) for key, v in runs.items()})
     r["batch"]["load"] = loadavg()
     ours.close()
@@ -654,11 +666,21 @@ def compare_md(key: str, r: dict, allr_now: dict) -> list[str]:
     L += ["", f"Batch throughput (one call with all queries; vecindex at nprobe {b['ours_nprobe']}, faiss at "
           f"{b['faiss_nprobe']}, each its first nprobe with recall ≥ 0.95; "
           + (f"median of {b['reps']} rounds, the four cases interleaved in each; " if b.get("reps") else "")
-          + f"load {_load(b['load'])}):", "",
-          "| threads | vecindex q/s | faiss q/s |", "|---|---|---|",
-          f"| 1 | {b['ours_qps_1']:.0f} | {b['faiss_qps_1']:.0f} |",
-          f"| 2 | {b['ours_qps_2']:.0f} | {b['faiss_qps_2']:.0f} |",
-          f"| 2 vs 1 | {b['ours_qps_2'] / b['ours_qps_1']:.2f}x | {b['faiss_qps_2'] / b['faiss_qps_1']:.2f}x |", ""]
+          + (f"a sample repeats the call for ≥ {b['min_sample_s']} s, both engines alike; CPU: the process's "
+             "user + system ms a query, all threads; " if b.get("min_sample_s") else "")
+          + f"load {_load(b['load'])}):", ""]
+    if "ours_cpu_ms_1" in b:
+        L += ["| threads | vecindex q/s | faiss q/s | vecindex CPU ms | faiss CPU ms |", "|---|---|---|---|---|"]
+        L += [f"| {t} | {b[f'ours_qps_{t}']:.0f} | {b[f'faiss_qps_{t}']:.0f} | {b[f'ours_cpu_ms_{t}']:.3f} | "
+              f"{b[f'faiss_cpu_ms_{t}']:.3f} |" for t in (1, 2)]
+        L += [f"| 2 vs 1 | {b['ours_qps_2'] / b['ours_qps_1']:.2f}x | {b['faiss_qps_2'] / b['faiss_qps_1']:.2f}x "
+              f"| {b['ours_cpu_ms_2'] / b['ours_cpu_ms_1']:.2f}x | {b['faiss_cpu_ms_2'] / b['faiss_cpu_ms_1']:.2f}x |",
+              ""]
+    else:
+        L += ["| threads | vecindex q/s | faiss q/s |", "|---|---|---|",
+              f"| 1 | {b['ours_qps_1']:.0f} | {b['faiss_qps_1']:.0f} |",
+              f"| 2 | {b['ours_qps_2']:.0f} | {b['faiss_qps_2']:.0f} |",
+              f"| 2 vs 1 | {b['ours_qps_2'] / b['ours_qps_1']:.2f}x | {b['faiss_qps_2'] / b['faiss_qps_1']:.2f}x |", ""]
     d = r["defaults"]
     L += [f"Defaults of a fresh `IVFIndex.build(path, data, metric=\"{r['metric']}\")` (nothing tuned): nlist "
           f"{d['nlist']}, nprobe {d['nprobe']} ({d['chosen_by']}), scan {d['scan']}: recall@10 "
@@ -713,6 +735,9 @@ def write_docs(allr: dict) -> None:
          "numba kernel (2026-12-01 morning: hnswlib on GloVe, the 10M x 64 build peak RSS, GloVe build RSS",
          "alone) are in [vecindex-2026-12-01-numba.md](vecindex-2026-12-01-numba.md); searches have not",
          "changed what a build does.", ""]
+    ab = DOCS / "vecindex-ab.md"  # hand-kept A/B notes of branches, shown first (not rerun here)
+    if ab.exists():
+        L += [ab.read_text().rstrip(), ""]
     for key in ["glove", *sorted((k for k in allr if k.startswith("zipf-")), key=lambda k: allr[k]["rows"])]:
         if key in allr and "sweep" in allr[key]:
             L += compare_md(key, allr[key], allr)

@@ -287,3 +287,126 @@ print("ok", _kernels.KERNEL)
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
+
+
+def _zipf_index(tmp_path, n: int = 20000, d: int = 16, nlist: int = 64):
+    """Zipf-sized clusters (cluster c holds a share of rows proportional to 1/(c+1)), as the
+    bench's clustered set: a few lists hold most rows, so a batch's work per list is skewed."""
+    rng = np.random.default_rng(21)
+    c = rng.standard_normal((48, d)).astype(np.float32) * 3
+    share = 1.0 / np.arange(1, 49)
+    lab = rng.choice(48, n + 600, p=share / share.sum())
+    x = (c[lab] + rng.standard_normal((n + 600, d)).astype(np.float32) * 0.7).astype(np.float32)
+    ix = IVFIndex.build(tmp_path / "ix", x[:n], metric="l2", nlist=nlist, scan="int8", progress=False)
+    return ix, x[n:]
+
+
+def test_batch_work_split_is_exact_on_skewed_lists(tmp_path) -> None:
+    """A batch big enough that every phase runs on the call's team of threads (600 queries x 64
+    lists, Zipf-sized lists, removed rows): 1, 2, 3, 8 and 12 threads return exactly the hits of
+    each query searched alone, over several calls (the helpers serve every phase of a call)."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    ix, q = _zipf_index(tmp_path)
+    ix.remove(np.arange(0, 20000, 13))
+    sizes = np.diff(ix.offsets)
+    assert sizes.max() > 3 * np.median(sizes)  # skewed indeed (k-means splits the biggest clusters)
+    alone = [ix.search(q[i : i + 1], k=10, nprobe=8) for i in range(0, len(q), 7)]
+    want_s = np.concatenate([a[0] for a in alone])
+    want_i = np.concatenate([a[1] for a in alone])
+    ref_s, ref_i = ix.search(q, k=10, nprobe=8, threads=1)
+    np.testing.assert_array_equal(ref_i[::7], want_i)
+    np.testing.assert_array_equal(ref_s[::7], want_s)
+    for threads in (2, 3, 8, 12, 2):
+        got_s, got_i = ix.search(q, k=10, nprobe=8, threads=threads)
+        np.testing.assert_array_equal(got_i, ref_i)
+        np.testing.assert_array_equal(got_s, ref_s)
+    ix.close()
+
+
+def test_scratch_is_reused_above_eight_threads(tmp_path) -> None:
+    """The kernel keeps each thread's scratch buffers between calls: a second call with 12
+    threads allocates no new scratch set (the pool once held 8, so above 7 threads every call
+    reallocated its buffers)."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    from vecindex._csearch import scratch_sets_made
+
+    ix, q = _zipf_index(tmp_path, n=5000, nlist=16)
+    ix.search(q[:200], k=5, nprobe=4, threads=12)
+    made = scratch_sets_made()
+    for _ in range(3):
+        ix.search(q[:200], k=5, nprobe=4, threads=12)
+    assert scratch_sets_made() == made
+    ix.close()
+
+
+def test_a_short_file_is_an_error_on_many_threads(tmp_path) -> None:
+    """A read that fails in a helper thread ends the call with the error (no hang): in the scan
+    (codes) and in the round's re-rank (float32 rows)."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    for name in ("vectors", "codes"):
+        ix, q = _zipf_index(tmp_path / name)
+        f = ix._file(name)
+        os.truncate(f, f.stat().st_size // 3)
+        for threads in (1, 2, 5):
+            with pytest.raises(IndexFormatError, match="shorter"):
+                ix.search(q, k=10, nprobe=16, threads=threads)
+        ix.close()
+
+
+def test_concurrent_calls_share_the_helper_pool(tmp_path) -> None:
+    """The kernel lends its kept helper threads to one call at a time; a call that finds them
+    lent starts its own. Two Python threads searching two indexes at once, many times, with 2 and
+    3 threads: every call returns exactly the one-thread hits."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, q = _zipf_index(tmp_path / "a")
+    b, _ = _zipf_index(tmp_path / "b", n=15000)
+    want = {id(ix): ix.search(q, k=10, nprobe=8, threads=1) for ix in (a, b)}
+
+    def run(ix: IVFIndex) -> None:
+        for t in (2, 3, 2, 3, 2):
+            got = ix.search(q, k=10, nprobe=8, threads=t)
+            np.testing.assert_array_equal(got[1], want[id(ix)][1])
+            np.testing.assert_array_equal(got[0], want[id(ix)][0])
+
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(run, [a, b, a, b]))
+    a.close()
+    b.close()
+
+
+def test_a_forked_child_searches_on_threads(tmp_path) -> None:
+    """A child forked after the parent's threaded searches has none of the kept helper threads:
+    its threaded searches still finish with the same hits (the kernel makes a new pool)."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    import subprocess
+    import sys
+
+    ix, q = _zipf_index(tmp_path)
+    ix.close()
+    np.save(tmp_path / "q.npy", q)
+    code = f"""
+import os, sys
+import numpy as np
+from vecindex import IVFIndex
+ix = IVFIndex.open({str(tmp_path / "ix")!r})
+q = np.load({str(tmp_path / "q.npy")!r})
+want = ix.search(q, k=10, nprobe=8, threads=1)[1]
+assert (ix.search(q, k=10, nprobe=8, threads=3)[1] == want).all()
+pid = os.fork()
+if pid == 0:
+    ok = all((ix.search(q, k=10, nprobe=8, threads=t)[1] == want).all() for t in (2, 3, 4))
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert (ix.search(q, k=10, nprobe=8, threads=2)[1] == want).all()
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -5,7 +5,8 @@
  * multiply-add), pick the nprobe best lists, read each probed list once per batch with pread(2)
  * into a reused buffer (so RSS does not grow with the bytes scanned) and score it for every
  * query probing it (list-major, see "The batch engine"), keep each query's best in a bounded
- * candidate buffer (offer_rows), re-rank int8 candidates exactly from the float32 rows, and read the k ids. Same results as the numpy path in ivf.py and the numba
+ * candidate buffer (offer_rows), re-rank int8 candidates exactly from the float32 rows (list by
+ * list for a batch), and read the k ids. Same results as the numpy path in ivf.py and the numba
  * kernel in _numba_search.py (tests/test_vecindex_kernels.py compares them).
  *
  * Why C and not numba: importing numba/llvmlite costs ~130 MiB of RSS and its dispatch of
@@ -576,7 +577,9 @@ static int64_t lower_bound(const int64_t *a, int64_t n, int64_t x)
  *   A. per query: normalize, prepare the int8 query, score the centroids, pick its lists;
  *   B. per block of a probed list (list-major): read the block once, score it for every query
  *      of the round that probes the list, and keep each query's best in that thread's buffer;
- *   C. per query: merge the threads' buffers, re-rank int8 candidates exactly, read the ids.
+ *   C. per query: merge the threads' buffers, re-rank int8 candidates exactly, read the ids
+ *      (with several int8 queries: the merge runs in B, the re-rank list by list, see "The
+ *      round's re-rank"). The phases run on the call's team of threads (see "The team").
  * Reading a list once per round instead of once per query cuts the copies from the page cache
  * (on clustered data the queries of a batch share most of their lists), and the block stays in
  * cache while every query scores it. Candidates are ordered by (score, position) totally, so the kept set does
@@ -616,17 +619,23 @@ static void *grow(Buf *b, size_t want)
 /* One thread's scratch. */
 enum { S_BLOCK, S_SQ, S_SC, S_SC2, S_CS, S_ROW, S_PHS, S_PHP, S_MS, S_MP, S_CP, S_ID, S_ORD, S_PI, S_OP,
        S_HEAPS, S_HEAPP, S_HEAPN, S_COUNT };
+/* The round's shared arrays (held by the calling thread's scratch set). */
+enum { R_QV, R_QS, R_QI, R_QP, R_PL, R_PN, R_LCNT, R_LSTART, R_LDIST, R_LQ, R_UNITS, R_QT,
+       R_CPOS, R_CN, R_CLIST, R_CXS, R_CENT, R_RL, R_QREM, R_COUNT };
+#define NBUF ((int)S_COUNT > (int)R_COUNT ? (int)S_COUNT : (int)R_COUNT)
 typedef struct {
-    Buf b[S_COUNT];
+    Buf b[NBUF];  /* a thread's (S_*), or the round's shared arrays (R_*) */
 } Scratch;
 
-/* The round's shared arrays (held by the calling thread's scratch set). */
-enum { R_QV, R_QS, R_QI, R_QP, R_PL, R_PN, R_LCNT, R_LSTART, R_LDIST, R_LQ, R_UNITS, R_QT, R_COUNT };
 
-#define POOL_MAX 8
+/* Kept scratch sets: one per thread of a call of MAX_THREADS plus the round's shared set, so a
+ * call with many threads reuses its buffers on the next call instead of reallocating them. */
+#define POOL_MAX (MAX_THREADS + 1)
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static Scratch *pool[POOL_MAX];
 static int pool_n;
+
+static long pool_made;  /* scratch sets ever allocated (scratch_sets_made(): the tests' witness of reuse) */
 
 static Scratch *pool_get(void)
 {
@@ -634,8 +643,10 @@ static Scratch *pool_get(void)
     pthread_mutex_lock(&pool_mu);
     if (pool_n > 0)
         w = pool[--pool_n];
+    else if ((w = calloc(1, sizeof(Scratch))))
+        pool_made++;
     pthread_mutex_unlock(&pool_mu);
-    return w ? w : calloc(1, sizeof(Scratch));
+    return w;
 }
 
 static void pool_put(Scratch *w)
@@ -649,13 +660,13 @@ static void pool_put(Scratch *w)
     }
     pthread_mutex_unlock(&pool_mu);
     if (w) {
-        for (int i = 0; i < S_COUNT; i++)
+        for (int i = 0; i < NBUF; i++)
             free(w->b[i].p);
         free(w);
     }
 }
 
-typedef struct {
+typedef struct Job {
     /* the call */
     int fd_scan, fd_vec, fd_sq, fd_ids, flags, nthreads;
     int64_t d, dpad, nlist, nprobe, keep, k, nq, P, ndel, nallowed, hcap, cap, R;
@@ -671,10 +682,31 @@ typedef struct {
     int64_t *plist, *pn; /* nr x nprobe: each query's lists (sorted, distinct); how many */
     int64_t *lcnt, *lstart, *ldist, *lq; /* per probed list: queries, start in lq; the lists */
     Unit *units;
+    int64_t nd;         /* distinct probed lists: ldist[0:nd] */
+    /* the round's re-rank (int8, several queries; see "The round's re-rank") */
+    int64_t *cpos, *cn; /* nr x hcap: each query's candidates (positions); how many */
+    int32_t *clist;     /* nr x hcap: the list of each */
+    float *cxs;         /* nr x hcap: their exact scores */
+    PosIdx *cent;       /* the round's candidates grouped by list: (position, query x hcap + slot) */
+    int64_t *rl, nrl;   /* lists holding candidates, the most candidates first */
+    atomic_long *qrem;  /* nr: units still to scan per query; the thread ending a query's last merges it */
+    int fuse;           /* the round's re-rank runs (int8, several queries) */
     _Atomic float *qthr; /* nr: a score each query's hcap best beat or tie, shared by the threads */
     Scratch **ws;       /* one per thread; candidate buffers live in each */
-    atomic_long next;
     atomic_int rc;
+    /* the team (see run_phase): the phase's generation and next item in one word, so a helper
+     * claims an item of the phase it looked at or none; items completed; the phases' work */
+    _Atomic uint64_t claim;
+    atomic_long done;
+    struct Phase {
+        void (*fn)(struct Job *, Scratch *, int64_t);
+        int64_t n;
+    } phase[4];
+    int helpers, pooled;
+    atomic_int stop;
+    uint32_t gen;
+    pthread_mutex_t mu;
+    pthread_cond_t go, fin;
 } Job;
 
 /* Sizes of one thread's scratch; 0 when out of memory. */
@@ -851,6 +883,17 @@ static void plan_round(Job *j)
             qsort(j->units, (size_t)nu, sizeof(Unit), cmp_unit_cost);
     }
     j->nunits = nu;
+    j->nd = nd;
+    if (j->fuse) {  /* each query's units; a query none probes (empty lists) has no candidates */
+        for (int64_t i = 0; i < j->nr; i++)
+            atomic_store_explicit(&j->qrem[i], 0, memory_order_relaxed);
+        for (int64_t u = 0; u < nu; u++)
+            for (int64_t t = 0; t < j->units[u].nq; t++)
+                atomic_fetch_add_explicit(&j->qrem[lq[j->units[u].q0 + t]], 1, memory_order_relaxed);
+        for (int64_t i = 0; i < j->nr; i++)
+            if (atomic_load_explicit(&j->qrem[i], memory_order_relaxed) == 0)
+                j->cn[i] = 0;
+    }
 }
 
 /* Offer scores sc[0:m] of rows p0.. to a query's candidates, skipping deleted and not-allowed
@@ -947,14 +990,11 @@ static int scan_unit(Job *j, Scratch *w, const Unit *u)
     return 0;
 }
 
-/* Phase C for query i: merge the threads' buffers, re-rank, order, write the outputs and ids. */
-static int finish_query(Job *j, Scratch *w, int64_t i)
+/* Phase C for query i, first step: the hc best of every thread's candidates into (hs, hp); how many. */
+static int64_t merge_candidates(Job *j, int64_t i, float *hs, int64_t *hp)
 {
-    const int64_t d = j->d, k = j->k, hc = j->hcap, qg = j->q0 + i;
-    const int int8 = j->flags & F_INT8, l2 = j->flags & F_L2;
-    const float *qv = j->qv + i * d;
-    float *hs = SB(w, S_MS, float);
-    int64_t *hp = SB(w, S_MP, int64_t), n = 0;
+    const int64_t hc = j->hcap;
+    int64_t n = 0;
     for (int t = 0; t < j->nthreads; t++) {  /* every thread's candidates, then the hc best */
         Scratch *o = j->ws[t];
         const int64_t on = SB(o, S_HEAPN, int64_t)[i];
@@ -966,30 +1006,45 @@ static int finish_query(Job *j, Scratch *w, int64_t i)
         select_best(hs, hp, n, hc);
         n = hc;
     }
-    if (int8 && n) {
-        /* exact re-rank: read the candidates' float32 rows in position order; candidates
-         * close together share one read of their span (a syscall costs more than a few KiB) */
-        int64_t nc = n, *cp = SB(w, S_CP, int64_t);
-        float *rowbuf = SB(w, S_ROW, float);
-        memcpy(cp, hp, (size_t)nc * sizeof(int64_t));
-        sort_i64(cp, nc);
-        n = 0;
-        const int64_t gap = GAP_BYTES / (4 * d), span_max = SPAN_BYTES / (4 * d);
-        for (int64_t a = 0; a < nc;) {
-            int64_t b = a + 1;
-            while (b < nc && cp[b] - cp[b - 1] <= gap && cp[b] - cp[a] < span_max)
-                b++;
-            int64_t span = cp[b - 1] - cp[a] + 1;
-            if (!read_full(j->fd_vec, rowbuf, (size_t)(span * 4 * d), cp[a] * 4 * d))
-                return -1;
-            for (int64_t t = a; t < b; t++) {
-                float s;
-                score_f32(qv, rowbuf + (cp[t] - cp[a]) * d, 1, d, l2, &s);
-                n = heap_push(hs, hp, n, k, s, cp[t]);
-            }
-            a = b;
+    return n;
+}
+
+/* Exact re-rank of one query's n candidates (positions hp[0:n]): their float32 rows read in
+ * position order, candidates close together sharing one read of their span (a syscall costs
+ * more than a few KiB); the k best into (hs, hp). Returns how many, or -1 (short file). */
+static int64_t rerank_query(Job *j, Scratch *w, int64_t i, float *hs, int64_t *hp, int64_t n)
+{
+    const int64_t d = j->d, k = j->k;
+    const int l2 = j->flags & F_L2;
+    const float *qv = j->qv + i * d;
+    int64_t nc = n, *cp = SB(w, S_CP, int64_t);
+    float *rowbuf = SB(w, S_ROW, float);
+    memcpy(cp, hp, (size_t)nc * sizeof(int64_t));
+    sort_i64(cp, nc);
+    n = 0;
+    const int64_t gap = GAP_BYTES / (4 * d), span_max = SPAN_BYTES / (4 * d);
+    for (int64_t a = 0; a < nc;) {
+        int64_t b = a + 1;
+        while (b < nc && cp[b] - cp[b - 1] <= gap && cp[b] - cp[a] < span_max)
+            b++;
+        int64_t span = cp[b - 1] - cp[a] + 1;
+        if (!read_full(j->fd_vec, rowbuf, (size_t)(span * 4 * d), cp[a] * 4 * d))
+            return -1;
+        for (int64_t t = a; t < b; t++) {
+            float s;
+            score_f32(qv, rowbuf + (cp[t] - cp[a]) * d, 1, d, l2, &s);
+            n = heap_push(hs, hp, n, k, s, cp[t]);
         }
+        a = b;
     }
+    return n;
+}
+
+/* Phase C for query i, last step: its n <= k hits (hs, hp) ordered, written out, their ids read. */
+static int write_query(Job *j, Scratch *w, int64_t i, const float *hs, const int64_t *hp, int64_t n)
+{
+    const int64_t k = j->k, qg = j->q0 + i;
+    const int l2 = j->flags & F_L2;
     /* best first, ties by position (n <= k: an insertion sort) */
     int64_t *order = SB(w, S_ORD, int64_t);
     for (int64_t t = 0; t < n; t++)
@@ -1039,76 +1094,398 @@ static int finish_query(Job *j, Scratch *w, int64_t i)
     return 0;
 }
 
-/* Items 0..n-1 of a phase, handed out one at a time to whichever thread is free. */
-#define EACH(j, it, n) for (int64_t it; (it = atomic_fetch_add(&(j)->next, 1)) < (n);)
-
-/* Phase A, two queries an item (their centroid scores in one pass over the panels). */
-static void phase_prepare(Job *j, Scratch *w)
+/* Phase C for query i on its own: merge, re-rank (int8), write. */
+static int finish_query(Job *j, Scratch *w, int64_t i)
 {
-    const int64_t d = j->d, nl = j->nlist;
-    float *cs = SB(w, S_CS, float);
-    EACH(j, it, (j->nr + 1) / 2) {
-        const int64_t a = 2 * it, b = a + 1 < j->nr ? a + 1 : -1;
-        prepare_vec(j, a);
-        if (b >= 0)
-            prepare_vec(j, b);
-        if (j->P == 0 && b >= 0)
-            score_panels_x2(j->qv + a * d, j->qv + b * d, j->cpan, d, nl, cs, cs + nl);
-        else if (j->P == 0)
-            score_panels(j->qv + a * d, j->cpan, d, nl, cs);
-        pick_lists(j, w, a, cs);
-        if (b >= 0)
-            pick_lists(j, w, b, cs + nl);
+    float *hs = SB(w, S_MS, float);
+    int64_t *hp = SB(w, S_MP, int64_t);
+    int64_t n = merge_candidates(j, i, hs, hp);
+    if ((j->flags & F_INT8) && n && (n = rerank_query(j, w, i, hs, hp, n)) < 0)
+        return -1;
+    return write_query(j, w, i, hs, hp, n);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The round's re-rank (int8 scan, a round of several queries). Re-ranking query by query reads
+ * each query's candidates' float32 rows on its own: on clustered data the queries of a batch
+ * share their lists and so their candidates' neighbourhoods (Zipf 200k, 300 queries at nprobe
+ * 4: ~30 preads a query, 9100 a batch, a third of the batch's CPU in the kernel). Instead:
+ *   C1. per query, by the thread that scanned its last unit (item_scan: no barrier of its own):
+ *       merge the threads' candidates, keep the hcap best, note each one's list;
+ *   (one thread) group the round's candidates by list, the lists with most candidates first;
+ *   C2. per list: read its candidates' rows in position order, spans shared by all the queries
+ *       whose candidates lie there, and score each candidate exactly for its query;
+ *   C3. per query: the k best of its exact scores (heap_push: a total order, so the same k as
+ *       query by query), ordered, written out, ids read.
+ * The exact scores are the same calls on the same rows, so the results are those of finish_query.
+ * ------------------------------------------------------------------------------------------ */
+
+/* The list holding position p (offsets sorted, p < offsets[nlist]). */
+static int32_t list_of(const int64_t *off, int64_t nlist, int64_t p)
+{
+    int64_t lo = 0, hi = nlist - 1;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi + 1) >> 1;
+        if (off[mid] <= p)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return (int32_t)lo;
+}
+
+static void item_cands(Job *j, Scratch *w, int64_t i)
+{
+    const int64_t hc = j->hcap;
+    float *hs = SB(w, S_MS, float);
+    int64_t *hp = SB(w, S_MP, int64_t);
+    const int64_t n = merge_candidates(j, i, hs, hp);
+    for (int64_t t = 0; t < n; t++) {
+        j->cpos[i * hc + t] = hp[t];
+        j->clist[i * hc + t] = list_of(j->offsets, j->nlist, hp[t]);
+    }
+    j->cn[i] = n;
+}
+
+/* Between C1 and C2 (one thread, O(candidates)): the round's candidates grouped by list in
+ * cent, list l's at cent[lstart[l] .. lstart[l] + lcnt[l]]; the lists holding some in rl, the
+ * most candidates first (dynamic assignment then balances the threads). */
+static void plan_rerank(Job *j)
+{
+    int64_t *cnt = j->lcnt, *st = j->lstart, nrl = 0, at = 0;
+    const int64_t hc = j->hcap;
+    for (int64_t e = 0; e < j->nd; e++)  /* candidates lie in the round's probed lists only */
+        cnt[j->ldist[e]] = 0;
+    for (int64_t i = 0; i < j->nr; i++)
+        for (int64_t t = 0; t < j->cn[i]; t++)
+            cnt[j->clist[i * hc + t]]++;
+    PosIdx *order = (PosIdx *)j->lq;  /* the scan's query lists are done with; room for nd pairs */
+    for (int64_t e = 0; e < j->nd; e++) {
+        const int64_t l = j->ldist[e];
+        if (!cnt[l])
+            continue;
+        st[l] = at;  /* a fill cursor first, moved back to the start below */
+        order[nrl++] = (PosIdx){-cnt[l], l};
+        at += cnt[l];
+    }
+    for (int64_t i = 0; i < j->nr; i++)
+        for (int64_t t = 0; t < j->cn[i]; t++)
+            j->cent[st[j->clist[i * hc + t]]++] = (PosIdx){j->cpos[i * hc + t], i * hc + t};
+    sort_posidx(order, nrl);
+    for (int64_t e = 0; e < nrl; e++) {
+        const int64_t l = order[e].i;
+        st[l] -= cnt[l];
+        j->rl[e] = l;
+    }
+    j->nrl = nrl;
+}
+
+static void item_rerank_list(Job *j, Scratch *w, int64_t e)
+{
+    if (atomic_load(&j->rc) != 0)
+        return;
+    const int64_t l = j->rl[e], d = j->d, hc = j->hcap;
+    const int l2 = j->flags & F_L2;
+    PosIdx *c = j->cent + j->lstart[l];
+    const int64_t nc = j->lcnt[l];
+    float *rowbuf = SB(w, S_ROW, float);
+    sort_posidx(c, nc);
+    const int64_t gap = GAP_BYTES / (4 * d), span_max = SPAN_BYTES / (4 * d);
+    for (int64_t a = 0; a < nc;) {
+        int64_t b = a + 1;
+        while (b < nc && c[b].p - c[b - 1].p <= gap && c[b].p - c[a].p < span_max)
+            b++;
+        const int64_t span = c[b - 1].p - c[a].p + 1;
+        if (!read_full(j->fd_vec, rowbuf, (size_t)(span * 4 * d), c[a].p * 4 * d)) {
+            atomic_store(&j->rc, -1);
+            return;
+        }
+        for (int64_t t = a; t < b; t++)
+            score_f32(j->qv + (c[t].i / hc) * d, rowbuf + (c[t].p - c[a].p) * d, 1, d, l2, &j->cxs[c[t].i]);
+        a = b;
     }
 }
 
-static void phase_scan(Job *j, Scratch *w)
+static void item_write(Job *j, Scratch *w, int64_t i)
 {
-    EACH(j, u, j->nunits)
-        if (atomic_load(&j->rc) == 0 && scan_unit(j, w, &j->units[u]) != 0)
-            atomic_store(&j->rc, -1);
+    if (atomic_load(&j->rc) != 0)
+        return;
+    const int64_t hc = j->hcap;
+    float *hs = SB(w, S_MS, float);
+    int64_t *hp = SB(w, S_MP, int64_t), n = 0;
+    for (int64_t t = 0; t < j->cn[i]; t++)
+        n = heap_push(hs, hp, n, j->k, j->cxs[i * hc + t], j->cpos[i * hc + t]);
+    if (write_query(j, w, i, hs, hp, n) != 0)
+        atomic_store(&j->rc, -1);
 }
 
-static void phase_finish(Job *j, Scratch *w)
+/* Phase A, item `it`: queries 2 it and 2 it + 1 (their centroid scores in one pass over the panels). */
+static void item_prepare(Job *j, Scratch *w, int64_t it)
 {
-    EACH(j, i, j->nr)
-        if (atomic_load(&j->rc) == 0 && finish_query(j, w, i) != 0)
-            atomic_store(&j->rc, -1);
+    const int64_t d = j->d, nl = j->nlist;
+    float *cs = SB(w, S_CS, float);
+    const int64_t a = 2 * it, b = a + 1 < j->nr ? a + 1 : -1;
+    prepare_vec(j, a);
+    if (b >= 0)
+        prepare_vec(j, b);
+    if (j->P == 0 && b >= 0)
+        score_panels_x2(j->qv + a * d, j->qv + b * d, j->cpan, d, nl, cs, cs + nl);
+    else if (j->P == 0)
+        score_panels(j->qv + a * d, j->cpan, d, nl, cs);
+    pick_lists(j, w, a, cs);
+    if (b >= 0)
+        pick_lists(j, w, b, cs + nl);
+}
+
+static void item_cands(Job *j, Scratch *w, int64_t i);
+
+/* Phase B, item u; with the round's re-rank, a query whose last unit this was is merged here
+ * (item_cands), so the scan needs no barrier before it. */
+static void item_scan(Job *j, Scratch *w, int64_t u)
+{
+    const Unit *x = &j->units[u];
+    if (atomic_load(&j->rc) == 0 && scan_unit(j, w, x) != 0)
+        atomic_store(&j->rc, -1);
+    if (j->fuse)
+        for (int64_t t = 0; t < x->nq; t++) {
+            const int64_t q = j->lq[x->q0 + t];
+            if (atomic_fetch_sub(&j->qrem[q], 1) == 1)
+                item_cands(j, w, q);
+        }
+}
+
+static void item_finish(Job *j, Scratch *w, int64_t i)
+{
+    if (atomic_load(&j->rc) == 0 && finish_query(j, w, i) != 0)
+        atomic_store(&j->rc, -1);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The team. A call takes its helper threads once, at its first phase with enough work (from the
+ * pool below, or started for it), and they serve every later phase of the call (of every round):
+ * starting threads per phase cost a thread start (0.2-0.4 ms here, and on a busy machine the wait
+ * for a core: 1-2 ms measured) three times a round, against phases of a few ms at Zipf 200k /
+ * 300 queries. Between phases a helper
+ * spins briefly (the caller's planning step is short), then sleeps on a condition variable.
+ * Items are claimed one at a time (the costliest first where the order matters), so a helper
+ * that starts late or is descheduled only leaves more to the others; a phase ends when all its
+ * items are done, not when every helper has looked at it.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Spins of a waiting thread before it sleeps (each a `pause`: ~26 µs in all on this VM's CPU). */
+#define SPIN 2000
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Claim the next item of generation g: 1 and *it, or 0 when g is over or no longer current. */
+static int claim(Job *j, uint32_t g, int64_t *it)
+{
+    uint64_t v = atomic_load(&j->claim);
+    for (;;) {
+        if ((uint32_t)(v >> 32) != g)
+            return 0;
+        const int64_t i = (int64_t)(v & 0xffffffffu);
+        if (i >= j->phase[g & 3].n)
+            return 0;
+        if (atomic_compare_exchange_weak(&j->claim, &v, v + 1)) {
+            *it = i;
+            return 1;
+        }
+    }
+}
+
+/* Do items of generation g until none is left; wake the caller after the phase's last one. */
+static void work_on(Job *j, Scratch *w, uint32_t g)
+{
+    int64_t it;
+    while (claim(j, g, &it)) {
+        const struct Phase ph = j->phase[g & 3];  /* g stays current until this item is done */
+        ph.fn(j, w, it);
+        if (atomic_fetch_add(&j->done, 1) + 1 == ph.n) {
+            pthread_mutex_lock(&j->mu);
+            pthread_cond_signal(&j->fin);
+            pthread_mutex_unlock(&j->mu);
+        }
+    }
 }
 
 typedef struct {
     Job *j;
     int tid;
-    void (*fn)(Job *, Scratch *);
 } Helper;
+
+/* A helper's part of a call: serve its phases until the call ends. */
+static void team_loop(Job *j, int tid)
+{
+    uint32_t seen = 0;
+    for (;;) {
+        uint32_t g = (uint32_t)(atomic_load(&j->claim) >> 32);
+        for (int s = 0; g == seen && s < SPIN && !atomic_load(&j->stop); s++) {
+            cpu_relax();
+            g = (uint32_t)(atomic_load(&j->claim) >> 32);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&j->mu);
+            while (j->gen == seen && !atomic_load(&j->stop))
+                pthread_cond_wait(&j->go, &j->mu);
+            g = j->gen;
+            const int stop = atomic_load(&j->stop);
+            pthread_mutex_unlock(&j->mu);
+            if (stop)
+                return;
+        }
+        seen = g;
+        work_on(j, j->ws[tid], g);
+    }
+}
 
 static void *helper_main(void *arg)
 {
     Helper *h = arg;
-    h->fn(h->j, h->j->ws[h->tid]);
+    team_loop(h->j, h->tid);
     return NULL;
 }
 
+/* The helper pool: threads kept between calls, asleep, and lent to one call at a time (a call
+ * that finds the pool in use starts its own helpers, as before). Starting a thread and getting it
+ * running took 0.2-0.4 ms on this VM (and joining it more), waking a sleeping one 30-45 µs, against
+ * a 2-thread batch of ~15 ms (Zipf 200k, 300 queries). Pool thread i serves as helper i + 1. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t wake, idle;
+    int n;        /* threads in the pool */
+    int busy;     /* lent to a call */
+    Job *job;     /* the call they serve now, or NULL */
+    int want;     /* pool threads 0 .. want - 1 serve it */
+    int active;   /* pool threads inside the call */
+    uint64_t epoch;
+} P = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL, 0, 0, 0};
+
+static void *pool_main(void *arg)
+{
+    const int i = (int)(intptr_t)arg;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&P.mu);
+    for (;;) {
+        while (!(P.job && P.epoch != seen && i < P.want))
+            pthread_cond_wait(&P.wake, &P.mu);
+        seen = P.epoch;
+        Job *j = P.job;
+        P.active++;
+        pthread_mutex_unlock(&P.mu);
+        team_loop(j, i + 1);
+        pthread_mutex_lock(&P.mu);
+        if (--P.active == 0)
+            pthread_cond_broadcast(&P.idle);
+    }
+    return NULL;
+}
+
+/* After fork the child has none of the pool's threads (and maybe a lock held by one): a new pool. */
+static void pool_after_fork(void)
+{
+    pthread_mutex_init(&P.mu, NULL);
+    pthread_cond_init(&P.wake, NULL);
+    pthread_cond_init(&P.idle, NULL);
+    P.n = P.busy = P.want = P.active = 0;
+    P.job = NULL;
+}
+
+/* The call's helpers: the pool's when it is free (grown to nthreads - 1), else threads of its own. */
+static void start_team(Job *j, Helper *h, pthread_t *th, int *up)
+{
+    const int need = j->nthreads - 1;
+    pthread_mutex_lock(&P.mu);
+    if (!P.busy) {
+        while (P.n < need) {
+            pthread_t t;
+            pthread_attr_t at;
+            pthread_attr_init(&at);
+            pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+            const int ok = pthread_create(&t, &at, pool_main, (void *)(intptr_t)P.n) == 0;
+            pthread_attr_destroy(&at);
+            if (!ok)
+                break;
+            P.n++;
+        }
+        if (P.n > 0) {
+            P.busy = 1;
+            P.job = j;
+            P.want = P.n < need ? P.n : need;
+            P.epoch++;
+            j->pooled = 1;
+            j->helpers = P.want;
+            pthread_cond_broadcast(&P.wake);
+        }
+    }
+    pthread_mutex_unlock(&P.mu);
+    if (j->pooled)
+        return;
+    for (int t = 1; t <= need; t++) {
+        h[t] = (Helper){j, t};
+        up[t] = pthread_create(&th[t], NULL, helper_main, &h[t]) == 0;
+        j->helpers++;
+    }
+}
+
 /* Below this much work (row scores, or queries x lists) a phase runs on the caller's thread
- * alone: starting and joining a thread costs some 20-50 us, a phase this small less. */
+ * alone: a phase this small costs less than waking a helper. */
 #define MIN_THREADED_WORK 32768
 
-/* Run one phase of `items` items (`work` in all) on the caller's thread and up to nthreads - 1
- * helpers. Items are handed out dynamically, so a helper that cannot be started only leaves
- * more to the others. */
-static void run_phase(Job *j, void (*fn)(Job *, Scratch *), int64_t items, int64_t work)
+/* Run one phase of `items` items (`work` in all) on the caller's thread and the call's helpers
+ * (started here the first time a phase is big enough; a helper that cannot be started only
+ * leaves more to the others). */
+static void run_phase(Job *j, void (*fn)(Job *, Scratch *, int64_t), int64_t items, int64_t work,
+                      Helper *h, pthread_t *th, int *up)
 {
-    Helper h[MAX_THREADS];
-    pthread_t th[MAX_THREADS];
-    int up[MAX_THREADS] = {0};
-    const int64_t n = work < MIN_THREADED_WORK ? 1 : items < j->nthreads ? items : j->nthreads;
-    atomic_store(&j->next, 0);
-    for (int t = 1; t < n; t++) {
-        h[t] = (Helper){j, t, fn};
-        up[t] = pthread_create(&th[t], NULL, helper_main, &h[t]) == 0;
+    if (work < MIN_THREADED_WORK || items < 2 || j->nthreads < 2) {
+        for (int64_t it = 0; it < items; it++)
+            fn(j, j->ws[0], it);
+        return;
     }
-    fn(j, j->ws[0]);
-    for (int t = 1; t < n; t++)
+    if (j->helpers == 0)
+        start_team(j, h, th, up);
+    const uint32_t g = j->gen + 1;
+    j->phase[g & 3] = (struct Phase){fn, items};
+    atomic_store(&j->done, 0);
+    atomic_store(&j->claim, (uint64_t)g << 32);  /* the phase opens: items claimable from here */
+    pthread_mutex_lock(&j->mu);
+    j->gen = g;
+    pthread_cond_broadcast(&j->go);
+    pthread_mutex_unlock(&j->mu);
+    work_on(j, j->ws[0], g);
+    for (int s = 0; atomic_load(&j->done) < items && s < SPIN; s++)
+        cpu_relax();
+    if (atomic_load(&j->done) < items) {
+        pthread_mutex_lock(&j->mu);
+        while (atomic_load(&j->done) < items)
+            pthread_cond_wait(&j->fin, &j->mu);
+        pthread_mutex_unlock(&j->mu);
+    }
+}
+
+/* Stop and join the call's helpers. */
+static void end_team(Job *j, pthread_t *th, const int *up)
+{
+    pthread_mutex_lock(&j->mu);
+    atomic_store(&j->stop, 1);
+    pthread_cond_broadcast(&j->go);
+    pthread_mutex_unlock(&j->mu);
+    if (j->pooled) {  /* the pool back, once none of its threads is inside this call */
+        pthread_mutex_lock(&P.mu);
+        P.job = NULL;
+        while (P.active > 0)
+            pthread_cond_wait(&P.idle, &P.mu);
+        P.busy = 0;
+        pthread_mutex_unlock(&P.mu);
+        return;
+    }
+    for (int t = 1; t <= j->helpers; t++)
         if (up[t])
             pthread_join(th[t], NULL);
 }
@@ -1117,6 +1494,9 @@ static void run_phase(Job *j, void (*fn)(Job *, Scratch *), int64_t items, int64
 static int run_job(Job *j)
 {
     Scratch *ws[MAX_THREADS] = {0}, *shared = NULL;
+    Helper h[MAX_THREADS];
+    pthread_t th[MAX_THREADS];
+    int up[MAX_THREADS] = {0}, team = 0;
     int rc = -2;
     const int int8 = j->flags & F_INT8;
     const int64_t rb = int8 ? j->d : 4 * j->d;
@@ -1124,8 +1504,8 @@ static int run_job(Job *j)
     j->cap = j->cap < 256 ? 256 : j->cap > MAX_BUF_ROWS ? MAX_BUF_ROWS : j->cap;
     j->hcap = int8 ? j->keep : j->k;
     j->dpad = 16 * ((j->d + 15) / 16);
-    /* a round's candidate buffers stay within ~32 MiB over all threads */
-    int64_t R = (32 << 20) / (12 * (2 * j->hcap + 1) * j->nthreads);
+    /* a round's candidate buffers stay within ~32 MiB over all threads (and the re-rank's arrays) */
+    int64_t R = (32 << 20) / (12 * (2 * j->hcap + 1) * j->nthreads + 32 * j->hcap);
     j->R = R < 1 ? 1 : R > MAX_ROUND ? MAX_ROUND : R;
     if (j->R > j->nq)
         j->R = j->nq;
@@ -1139,7 +1519,10 @@ static int run_job(Job *j)
         [R_QV] = (size_t)(R1 * j->d) * 4, [R_QS] = (size_t)(R1 * j->d) * 4, [R_QI] = (size_t)(R1 * j->dpad) * 2,
         [R_QP] = (size_t)R1 * 8, [R_PL] = (size_t)(R1 * np) * 8, [R_PN] = (size_t)R1 * 8,
         [R_LCNT] = (size_t)j->nlist * 8, [R_LSTART] = (size_t)j->nlist * 8, [R_LDIST] = (size_t)j->nlist * 8,
-        [R_LQ] = (size_t)(R1 * np) * 8, [R_QT] = (size_t)R1 * sizeof(_Atomic float),
+        [R_LQ] = (size_t)(R1 * np) * sizeof(PosIdx), [R_QT] = (size_t)R1 * sizeof(_Atomic float),
+        [R_CPOS] = (size_t)(R1 * j->hcap) * 8, [R_CN] = (size_t)R1 * 8, [R_CLIST] = (size_t)(R1 * j->hcap) * 4,
+        [R_CXS] = (size_t)(R1 * j->hcap) * 4, [R_CENT] = (size_t)(R1 * j->hcap) * sizeof(PosIdx),
+        [R_RL] = (size_t)j->nlist * 8, [R_QREM] = (size_t)R1 * sizeof(atomic_long),
         /* blocks: the full ones plus at most one partial block per list, plus the splits */
         [R_UNITS] = (size_t)(j->nlist + j->offsets[j->nlist] / j->cap + 1 + SPLIT_UNITS * j->nthreads)
                      * sizeof(Unit),
@@ -1151,9 +1534,18 @@ static int run_job(Job *j)
     j->qp = shared->b[R_QP].p; j->plist = shared->b[R_PL].p; j->pn = shared->b[R_PN].p;
     j->lcnt = shared->b[R_LCNT].p; j->lstart = shared->b[R_LSTART].p; j->ldist = shared->b[R_LDIST].p;
     j->lq = shared->b[R_LQ].p; j->units = shared->b[R_UNITS].p; j->qthr = shared->b[R_QT].p;
+    j->cpos = shared->b[R_CPOS].p; j->cn = shared->b[R_CN].p; j->clist = shared->b[R_CLIST].p;
+    j->cxs = shared->b[R_CXS].p; j->cent = shared->b[R_CENT].p; j->rl = shared->b[R_RL].p;
+    j->qrem = shared->b[R_QREM].p;
     j->ws = ws;
     atomic_init(&j->rc, 0);
-    atomic_init(&j->next, 0);
+    atomic_init(&j->claim, 0);
+    atomic_init(&j->done, 0);
+    atomic_init(&j->stop, 0);
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->go, NULL);
+    pthread_cond_init(&j->fin, NULL);
+    team = 1;
     for (int64_t q0 = 0; q0 < j->nq && atomic_load(&j->rc) == 0; q0 += j->R) {
         j->q0 = q0;
         j->nr = j->nq - q0 < j->R ? j->nq - q0 : j->R;
@@ -1161,13 +1553,26 @@ static int run_job(Job *j)
             memset(ws[t]->b[S_HEAPN].p, 0, (size_t)j->nr * sizeof(int64_t));
         for (int64_t i = 0; i < j->nr; i++)
             atomic_init(&j->qthr[i], -INFINITY);
-        run_phase(j, phase_prepare, (j->nr + 1) / 2, j->nr * j->nlist);
+        j->fuse = int8 && j->nr > 1;
+        run_phase(j, item_prepare, (j->nr + 1) / 2, j->nr * j->nlist, h, th, up);
         plan_round(j);
-        run_phase(j, phase_scan, j->nunits, j->work);
-        run_phase(j, phase_finish, j->nr, j->nr * j->hcap * 64);
+        run_phase(j, item_scan, j->nunits, j->work, h, th, up);
+        if (j->fuse) {  /* the round's re-rank, list by list (above); C1 ran in the scan */
+            plan_rerank(j);
+            run_phase(j, item_rerank_list, j->nrl, j->nr * j->hcap * j->d, h, th, up);
+            run_phase(j, item_write, j->nr, j->nr * j->k * 64, h, th, up);
+        } else {
+            run_phase(j, item_finish, j->nr, j->nr * j->hcap * 64, h, th, up);
+        }
     }
     rc = atomic_load(&j->rc);
 out:
+    if (team) {
+        end_team(j, th, up);
+        pthread_mutex_destroy(&j->mu);
+        pthread_cond_destroy(&j->go);
+        pthread_cond_destroy(&j->fin);
+    }
     for (int t = 0; t < MAX_THREADS; t++)
         pool_put(ws[t]);
     pool_put(shared);
@@ -1348,10 +1753,24 @@ static PyObject *search_prepared(PyObject *self, PyObject *args)
     return rc == -3 ? NULL : PyLong_FromLong(rc);
 }
 
+PyDoc_STRVAR(scratch_sets_made_doc,
+"scratch_sets_made() -> int\n\nScratch sets (a thread's buffers) allocated so far; kept in a pool between calls.");
+
+static PyObject *scratch_sets_made(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    pthread_mutex_lock(&pool_mu);
+    const long n = pool_made;
+    pthread_mutex_unlock(&pool_mu);
+    return PyLong_FromLong(n);
+}
+
 static PyMethodDef methods[] = {
     {"search_batch", search_batch, METH_VARARGS, search_batch_doc},
     {"prepare", prepare, METH_VARARGS, prepare_doc},
     {"search_prepared", search_prepared, METH_VARARGS, search_prepared_doc},
+    {"scratch_sets_made", scratch_sets_made, METH_NOARGS, scratch_sets_made_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1363,6 +1782,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__csearch(void)
 {
+    pthread_atfork(NULL, NULL, pool_after_fork);
     PyObject *m = PyModule_Create(&module);
     const char *isa = "c";
 #ifdef HAVE_AVX2_PATH
