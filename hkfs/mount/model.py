@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 import threading
@@ -76,6 +77,8 @@ from .views import (
     detach_set,
     view_children_of,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MountModel", "Attrs", "Stale", "NOTHING", "EVERYTHING", "Entry", "EDITOR_SAVE_SECONDS",
            "KEYWORDS_ATTR", "DKL_ATTR", "NS_ATTR", "INFO_ATTR", "MAX_NAME"]
@@ -738,19 +741,28 @@ class MountModel:
         other link; in a view, no HK beyond the view's and the destination's); it has the
         destination's owner; both are regular files; and a destination in an ordinary directory
         has no other hard link (those keep the old bytes, as rename(2) leaves them)."""
-        if not self._is_fresh(eid):
-            return False
         assert dst.eid is not None
         info, old = self.store.entity(eid), self.store.entity(dst.eid)
-        if stat.S_IFMT(info.mode) or stat.S_IFMT(old.mode) or info.uid != old.uid:
-            return False        # only regular files (type bits 0) are saved by editors
-        if isinstance(dst, LinkLoc) and old.nlinks > 1:
-            return False
-        if isinstance(src, LinkLoc):
-            return info.nlinks == 1 and not info.hks
-        if info.nlinks:
-            return False
-        return all(h in src.view.hks or h in old.hks for h in info.hks)
+        if not self._is_fresh(eid):
+            why = "not made through this mount moments ago, or renamed or linked since"
+            if time.time_ns() - info.ctime_ns > EDITOR_SAVE_SECONDS * 1e9:
+                return False     # an ordinary mv over a file: nothing to trace
+        elif stat.S_IFMT(info.mode) or stat.S_IFMT(old.mode) or info.uid != old.uid:
+            why = "not two regular files of one owner"   # only regular files (type bits 0) are saved by editors
+        elif isinstance(dst, LinkLoc) and old.nlinks > 1:
+            why = "the destination has other links"
+        elif isinstance(src, LinkLoc):
+            why = "" if info.nlinks == 1 and not info.hks else "the temp has other links or keywords"
+        elif info.nlinks:
+            why = "the temp has directory links"
+        else:
+            why = "" if all(h in src.view.hks or h in old.hks for h in info.hks) else "the temp has other keywords"
+        if why:
+            # a recent file renamed over another as a plain rename: say why in the daemon log
+            # (an editor's save that loses the document's identity is worth tracing)
+            log.info("rename of new file %d over %d is no editor save: %s (temp %s, destination %s)",
+                     eid, dst.eid, why, info, old)
+        return not why
 
     def _copied_keywords(self, path: str, eid: int, hks: tuple[HK, ...]) -> tuple[HK, ...]:
         """The HKs a file gets when user.hk.keywords is set on it: hks, plus the view's own the
