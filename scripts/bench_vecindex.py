@@ -822,6 +822,16 @@ def plot(allr: dict) -> None:
     plt.close(fig)
 
 
+def check_kernel_fresh() -> None:
+    """Refuse to measure a compiled kernel older than its source: the figures would be of code
+    the checkout no longer holds (the benches run the venv's Python, which does not rebuild;
+    `make setup` does)."""
+    src = ROOT / "vecindex" / "_csearch.c"
+    built = list((ROOT / "vecindex").glob("_csearch*.so"))
+    if built and src.exists() and max(b.stat().st_mtime for b in built) < src.stat().st_mtime:
+        raise SystemExit(f"{built[0]} is older than {src}: run `make setup` to rebuild it first")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1M,10M", help="notebook-protocol sizes, e.g. 100k,1M,10M")
@@ -839,6 +849,7 @@ def main() -> None:
                     help="leave hnswlib out of the glove section (its previous figures are kept)")
     ap.add_argument("--note", default="", help="a remark printed under each section of this run")
     a = ap.parse_args()
+    check_kernel_fresh()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if a.quick:
         a.sizes, a.zipf_size, a.queries = "100k,1M", "1M", 200
