@@ -124,7 +124,7 @@ def test_names_only_replies_hold_one_piece(keeping: bool) -> None:
         return 0
 
     ops = SimpleNamespace(kernel=_Kernel(keeping), listing_from=lambda path, fh, off: ((p, 0) for p in pieces),
-                          lend=lambda: False, give_back=lambda: None)
+                          lent=contextlib.nullcontext)
     me = SimpleNamespace(operations=ops, encoding="utf-8", errors="surrogateescape")
     fip = SimpleNamespace(contents=SimpleNamespace(fh=1))
     assert glue.HKFuse.readdir_fuse_3(me, b"/v", 0, FILLER(filler), 0, fip, glue.FUSE_READDIR_PLUS) == 0

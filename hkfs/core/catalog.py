@@ -208,6 +208,16 @@ class Catalog:
                 return
         _close_quietly(conn)
 
+    @contextmanager
+    def lent(self) -> Iterator[None]:
+        """`lend` for a block: the connection is given back when it ends."""
+        lent = self.lend()
+        try:
+            yield
+        finally:
+            if lent:
+                self.give_back()
+
     def connections(self) -> int:
         """How many connections are open (one per thread that used the catalog, and those lent)."""
         return len(self._conns) + len(self._spare)

@@ -311,26 +311,22 @@ class HKFuse(FUSE):
         budget = kernel.budget
         plus = budget.keeping()        # else names only: the kernel would not keep the entries
         files: list[str] = []          # the kernel keeps them, or looks them up and keeps them (node_budget)
-        lent = self.operations.lend()  # the pieces read the catalog as they are filled (Catalog.lend)
-        try:
-            with kernel.handing():     # attributes given: a foreign commit drops everything (KernelCache.unchanged)
-                if plus:
-                    kernel.note_listing()
-                for piece, start in self.operations.listing_from(decoded, fip.contents.fh, offset):
-                    w = piece.wire
-                    if w is None:
-                        w = piece.wire = wire(piece, self.encoding, self.errors)
-                    end = fill_piece(filler, buf, w if plus else names_only(w), size, start)
-                    if budget.active:
-                        files += listed_files(piece, start, end)
-                    if end < len(piece) or not plus:
-                        # the reply is full; or names only (the drops lag): one piece a reply, so
-                        # the next request sees the budget again (a 1 MiB one holds ~6,500 names,
-                        # each then a LOOKUP, where entries may be kept again after a few)
-                        break
-        finally:
-            if lent:
-                self.operations.give_back()
+        # the pieces read the catalog as they are filled, on a lent connection (Catalog.lend)
+        with self.operations.lent(), kernel.handing():   # attributes given: a foreign commit drops everything (KernelCache.unchanged)
+            if plus:
+                kernel.note_listing()
+            for piece, start in self.operations.listing_from(decoded, fip.contents.fh, offset):
+                w = piece.wire
+                if w is None:
+                    w = piece.wire = wire(piece, self.encoding, self.errors)
+                end = fill_piece(filler, buf, w if plus else names_only(w), size, start)
+                if budget.active:
+                    files += listed_files(piece, start, end)
+                if end < len(piece) or not plus:
+                    # the reply is full; or names only (the drops lag): one piece a reply, so
+                    # the next request sees the budget again (a 1 MiB one holds ~6,500 names,
+                    # each then a LOOKUP, where entries may be kept again after a few)
+                    break
         budget.listed(files, self.encoding, self.errors)
         return 0
 

@@ -126,7 +126,7 @@ class HKOperations(Operations):
         self.reads = self.model.reads
         # a request's catalog reads on a connection lent for it, the last one given back first
         # (Catalog.lend): `mapped` callbacks, the listing's pieces and the commit poke
-        self.lend, self.give_back = store.catalog.lend, store.catalog.give_back
+        self.lend, self.give_back, self.lent = store.catalog.lend, store.catalog.give_back, store.catalog.lent
         self.queries = QueryFS(store, self.model.resolver,   # the .query layer (hkfs/mount/queryfs.py)
                                QueryService(store, reads=self.reads, changes=self.changes))
         self.queries.changed = self._entity_changed_at
@@ -695,12 +695,8 @@ class HKOperations(Operations):
             # a process that changed the catalog itself asks us to drop the kernel's caches
             # before it goes on (hkfs.fuse.daemon_notify); answered once they are dropped (or
             # found true still): the value counts invalidations and pokes that needed none
-            lent = self.lend()
-            try:
+            with self.lent():
                 self.kernel.invalidate_foreign()
-            finally:
-                if lent:
-                    self.give_back()
             return str(self.kernel.epochs + self.kernel.kept).encode()
         _check_xattr_name(name)
         if not name.startswith("user."):
