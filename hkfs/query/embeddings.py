@@ -53,7 +53,7 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -190,6 +190,20 @@ def _rows_copy(p: Path, name: str, dtype: np.dtype, offset: int, shape: tuple[in
     return _read_copy(p, name, dtype, offset, shape, order)
 
 
+def _unnamed_file(directory: Path | None) -> BinaryIO:
+    """A read-write file of this process alone, never visible by name and gone with its last
+    descriptor or map: O_TMPFILE in `directory` (the store's file system), else (no O_TMPFILE
+    there, no write access, or no directory) one in the temporary directory."""
+    import tempfile
+
+    if directory is not None:
+        try:
+            return os.fdopen(os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600), "w+b")
+        except OSError:
+            pass
+    return tempfile.TemporaryFile(prefix="hkfs-")
+
+
 def _private_map(p: Path, name: str, dtype: np.dtype, offset: int, shape: tuple[int, ...],
                  order: str = "C") -> np.ndarray:
     """shape values of dtype at offset of p, copied in the kernel (copy_file_range: the bytes
@@ -197,15 +211,8 @@ def _private_map(p: Path, name: str, dtype: np.dtype, offset: int, shape: tuple[
     the store's file system, never visible, gone with the last reference; the temporary
     directory where that is refused) and mapped read-only: nobody can truncate the copy
     under the map, and its pages are clean file pages, not RSS the daemon holds."""
-    import tempfile
-
     n = int(np.prod(shape)) * dtype.itemsize
-    try:
-        fd = os.open(p.parent, os.O_TMPFILE | os.O_RDWR, 0o600)
-        f = os.fdopen(fd, "w+b")
-    except OSError:                    # no O_TMPFILE there (or no write access): /tmp
-        f = tempfile.TemporaryFile(prefix="hkfs-entry-")
-    with f, open(p, "rb") as src:
+    with _unnamed_file(p.parent) as f, open(p, "rb") as src:
         done = 0
         while done < n:
             try:
@@ -368,7 +375,7 @@ class _SpillFile:
     chunk at a time (os.pread), so a million new sources cost their columns in RAM (20 bytes
     each, `_Spilled`), not ~1 KB of Python objects and rows each.
 
-    The file is created and unlinked at once (a daemon's under STORE/vectors, a read-only
+    The file has no name (`_unnamed_file`: a daemon's under STORE/vectors, a read-only
     process's in the temporary directory): it is this process's alone, nobody can truncate
     it (no SIGBUS, and it is read, not mapped, so its pages count in no RSS), and a killed
     process leaves nothing behind. Append-only: rows are written before a snapshot that names
@@ -377,14 +384,9 @@ class _SpillFile:
     def __init__(self, directory: Path | None, dim: int) -> None:
         self.dim = dim
         self.row_bytes = 4 * dim
-        if directory is None:
-            import tempfile
-            self._f = tempfile.TemporaryFile(prefix="hkfs-spill-")
-        else:
+        if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-            path = directory / f"spill-d{dim}-{os.getpid()}-{threading.get_ident()}-{id(self)}.f32"
-            self._f = open(path, "w+b")      # noqa: SIM115 - closed with this object
-            path.unlink()
+        self._f = _unnamed_file(directory)
         self.fd = self._f.fileno()
         self.n = 0                 # rows written (flushed or buffered)
         self._buf = bytearray()
