@@ -168,6 +168,62 @@ def test_rename_over_keeps_the_original_entity(ops: HKOperations) -> None:
     assert check(ops.store) == []
 
 
+def test_save_over_a_file_whose_release_is_queued_keeps_it(ops: HKOperations) -> None:
+    """`sed -i d/m.txt` closes its read descriptor of the document, then renames its temp over
+    it. The kernel sends that RELEASE asynchronously; when libfuse serves the RENAME first, it
+    still counts the document open and hides it (a rename to `.fuse_hidden*`) before the
+    rename itself, in the same request. The hide must leave the document where it is, so
+    that the rename is an editor save; done as a removal it made a plain rename (the temp
+    took d/m.txt, the document kept its old bytes): the flake of
+    test_editor_saves_keep_identity. Here libfuse's calls in that order, the RELEASE last."""
+    ops.mkdir("/@/doc", 0o755)
+    ops.mkdir("/@/doc/memo", 0o755)
+    ops.mkdir("/d", 0o755)
+    write_file(ops, "/@/doc/memo/m.txt", b"one\n")
+    ops.link("/d/m.txt", "/@/doc/memo/m.txt")
+    ops.setxattr("/d/m.txt", "user.note", b"keep", 0)
+    ino = ops.getattr("/d/m.txt")["st_ino"]
+    reader = ops.open("/d/m.txt", os.O_RDONLY)        # sed's input: closed, RELEASE not yet served
+    write_file(ops, "/d/sedAbC123", b"ONE\n")
+    hidden = "/d/.fuse_hidden0000000500000001"
+    with ops.removed.renaming(b"m.txt"):              # the RENAME request, as install's wrapper marks it
+        ops.rename("/d/m.txt", hidden)                 # libfuse's hide of the open destination
+        ops.rename("/d/sedAbC123", "/d/m.txt")         # the rename sed asked for
+    assert ops.getattr("/d/m.txt")["st_ino"] == ino == ops.getattr("/@/doc/memo/m.txt")["st_ino"]
+    assert read_file(ops, "/@/doc/m.txt") == b"ONE\n"
+    assert ops.getxattr("/d/m.txt", "user.hk.keywords") == b"//doc/memo"
+    assert ops.getxattr("/d/m.txt", "user.note") == b"keep"
+    assert names(ops, "/d") == ["m.txt"]
+    st = ops.getattr(hidden)                           # fstat of the reader: its old bytes
+    assert (st["st_nlink"], st["st_size"]) == (0, 4)
+    assert os.pread(ops.files[reader].fd, 10, 0) == b"one\n"
+    ops.release(hidden, reader)
+    ops.unlink(hidden)                                 # libfuse's unlink of the hidden name, last close
+    assert names(ops, "/d") == ["m.txt"] and read_file(ops, "/d/m.txt") == b"ONE\n"
+    assert check(ops.store) == []
+
+
+def test_hides_outside_a_rename_over_the_file(ops: HKOperations) -> None:
+    """An rm of an open file: libfuse's hide is the removal itself. A user's own rename to a
+    name like libfuse's (the RENAME request's new name) is a plain rename, open or not."""
+    ops.mkdir("/d", 0o755)
+    write_file(ops, "/d/gone", b"x")
+    fh = ops.open("/d/gone", os.O_RDONLY)
+    ops.rename("/d/gone", "/d/.fuse_hidden0000000100000001")   # an UNLINK request's hide
+    assert names(ops, "/d") == []
+    assert ops.getattr("/d/.fuse_hidden0000000100000001")["st_nlink"] == 0
+    ops.release("/d/.fuse_hidden0000000100000001", fh)
+    ops.unlink("/d/.fuse_hidden0000000100000001")
+    write_file(ops, "/d/kept", b"y")
+    fh = ops.open("/d/kept", os.O_RDONLY)
+    with ops.removed.renaming(b".fuse_hiddenMine"):
+        ops.rename("/d/kept", "/d/.fuse_hiddenMine")
+    ops.release("/d/.fuse_hiddenMine", fh)
+    assert names(ops, "/d") == [".fuse_hiddenMine"]
+    assert read_file(ops, "/d/.fuse_hiddenMine") == b"y"
+    assert check(ops.store) == []
+
+
 def test_truncate_utimens_chmod(ops: HKOperations) -> None:
     ops.mkdir("/d", 0o755)
     write_file(ops, "/d/f", b"0123456789")

@@ -98,10 +98,11 @@ class DirCache:
         self._keep: list[Any] = []               # the ctypes callbacks must outlive the mount
         self.on_drop: Callable[[], None] = lambda: None
         self.drops = 0                            # listings dropped (tests)
-        # the session's struct fuse_lowlevel_ops and libfuse's code range once installed
-        # (hkfs.fuse.node_budget wraps another slot of the same table)
+        # the session's struct fuse_lowlevel_ops and libfuse's code range once found (`find`;
+        # hkfs.fuse.node_budget and hkfs.fuse.removed wrap other slots of the same table)
         self.ops_table: int | None = None
         self.code: tuple[int, int] | None = None
+        self._found = 0                          # the session they were found in
 
     @property
     def active(self) -> bool:
@@ -112,18 +113,30 @@ class DirCache:
         """The session's `struct fuse_session *` once installed."""
         return self._session
 
-    def install(self, libfuse: Any, fuse: ctypes.c_void_p, fd: int, file_info: type[ctypes.Structure]) -> bool:
-        """Wrap the session's low-level opendir (from the init callback, before any OPENDIR)."""
+    def find(self, libfuse: Any, fuse: ctypes.c_void_p, fd: int) -> bool:
+        """Find the session's `struct fuse_lowlevel_ops` (`ops_table`) and libfuse's code range
+        (`code`), wrapping nothing yet: the adapter wraps rename there whether or not the
+        kernel caches are on (hkfs.fuse.removed). False when the layout cannot be confirmed."""
         try:
             session = libfuse.fuse_get_session(fuse)
             code = _code_range(ctypes.cast(libfuse.fuse_reply_open, ctypes.c_void_p).value or 0)
             slot = find_opendir_slot(session, fd, fuse.value or 0, code) if session and code else None
         except (OSError, AttributeError, ValueError) as exc:
-            log.info("listings stay uncached: %s", exc)
+            log.info("libfuse's operations table not found: %s", exc)
             return False
         if slot is None:
-            log.info("listings stay uncached: this libfuse's session layout is not the one expected")
+            log.info("libfuse's operations table not found: this libfuse's session layout is not the one expected")
             return False
+        self.ops_table, self.code, self._found = slot - 8 * OPENDIR_SLOT, code, session
+        return True
+
+    def install(self, libfuse: Any, fuse: ctypes.c_void_p, fd: int, file_info: type[ctypes.Structure]) -> bool:
+        """Wrap the session's low-level opendir (from the init callback, before any OPENDIR)."""
+        if self.ops_table is None and not self.find(libfuse, fuse, fd):
+            log.info("listings stay uncached")
+            return False
+        assert self.ops_table is not None and self.code is not None
+        session, code, slot = self._found, self.code, self.ops_table + 8 * OPENDIR_SLOT
         proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(file_info))
         pointer = ctypes.c_void_p.from_address(slot)
         original = proto(pointer.value)
@@ -142,7 +155,6 @@ class DirCache:
         inval.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64]
         inval.restype = ctypes.c_int
         self._inval, self._session = inval, session
-        self.ops_table, self.code = slot - 8 * OPENDIR_SLOT, code
         pointer.value = ctypes.cast(wrapper, ctypes.c_void_p).value
         log.info("view listings cached by the kernel, dropped on every change")
         return True

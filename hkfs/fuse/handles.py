@@ -74,6 +74,24 @@ class OpenFiles:
         with self._lock:
             return next((h for h in self._handles.values() if h.eid == eid), None)
 
+    def on_old_bytes(self, eid: int) -> Handle | None:
+        """A handle of eid whose descriptor holds bytes the entity no longer has: it was removed,
+        or an editor save gave it other bytes while the handle stayed open (hkfs.fuse.removed).
+        Such a descriptor keeps the old bytes, as after rename(2) over an open file on ext4."""
+        try:
+            now: int | None = os.stat(f"{self._entities}/{eid}").st_ino
+        except FileNotFoundError:
+            now = None
+        with self._lock:
+            mine = [h for h in self._handles.values() if h.eid == eid]
+        for h in mine:
+            try:
+                if os.fstat(h.fd).st_ino != now:
+                    return h
+            except OSError:       # closed meanwhile
+                continue
+        return None
+
     def pop(self, fh: int) -> Handle | None:
         """Forget a handle (the caller records its bytes and closes its descriptor)."""
         with self._lock:

@@ -167,8 +167,13 @@ class KernelCache:
             return False
         try:
             fuse, fd = _session(libfuse)
-            os.write(fd, _INC_EPOCH)
         except (OSError, AttributeError, ValueError) as exc:
+            log.info("kernel caches stay off: cannot invalidate them (%s)", exc)
+            return False
+        self.dirs.find(libfuse, fuse, fd)      # libfuse's operations table, caches or not
+        try:
+            os.write(fd, _INC_EPOCH)
+        except OSError as exc:
             log.info("kernel caches stay off: cannot invalidate them (%s)", exc)
             return False
         self._fd, self._fuse, self._invalidate_path = fd, fuse, libfuse.fuse_invalidate_path

@@ -158,6 +158,10 @@ class HKOperations(Operations):
             # lookups follow; `ls -l` reads the whole listing before its first stat.
             conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
         self.kernel.attach(mfusepy._libfuse, config if fuse3 else None, keep_timeouts=self.keep_timeouts)
+        table, code = self.kernel.dirs.ops_table, self.kernel.dirs.code
+        if not (table and code and self.removed.install(table, code)):
+            log.info("renames over open files are a removal then a plain rename (no editor save): "
+                     "libfuse's low-level rename could not be wrapped")
         self.init("/")
 
     @overrides(Operations)
@@ -279,6 +283,9 @@ class HKOperations(Operations):
         h = self.files.get(fh)
         hidden = self.removed.eid_of(path)
         if h is None and hidden is not None:    # fstat of a file removed while open: no handle is passed
+            old = self.files.on_old_bytes(hidden)
+            if old is not None:     # removed, or its entity took an editor save's bytes: the descriptor's
+                return self._removed_attrs(old)
             h = self.files.of_entity(hidden)
             if h is None:
                 raise NotFound("no such file")
@@ -647,13 +654,22 @@ class HKOperations(Operations):
 
     def _hide(self, old: str, hidden: str) -> bool:
         """libfuse hides a file removed while open (rm, or a rename over it) by renaming it to
-        a `.fuse_hidden` name: here that is the removal itself (nothing is listed under the
-        hidden name, nothing is retagged), and the name is remembered so that fstat of the
-        open file is answered. False: not such a rename (the file is not open)."""
-        if not self.removed.is_hidden_name(hidden):
+        a `.fuse_hidden` name, remembered here so that fstat of the open file is answered
+        (nothing is ever listed under it). For an rm that rename is the removal itself. For a
+        rename over the file (hkfs.fuse.removed) the file keeps its name and everything else:
+        the rename that follows in the same request replaces it, an editor save included. False:
+        not such a rename (the file is not open, or a user renames a file to such a name)."""
+        how = self.removed.hiding(hidden)
+        if how is None:
             return False
         eid = getattr(self.model.resolve(old), "eid", None)
-        if eid is None or eid not in self.files.counts:
+        if eid is None:
+            return False
+        if how == "rename":
+            info = self.model.reads.entity(eid)
+            self.removed.hide(hidden, eid, info.mode, info.uid, info.gid)
+            return True
+        if eid not in self.files.counts:
             return False
         info = self.model.reads.entity(eid)
         self.kernel.carry_out(self.model.unlink(old), listing=True)
