@@ -221,9 +221,9 @@ def test_fsync_makes_the_catalog_durable(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_removed_while_open_leaves_no_hidden_name(mount: Mount) -> None:
-    """libfuse hides a file removed while open as .fuse_hidden*: the daemon takes that as the
-    removal itself, so no such name is ever listed, in a directory or in a view, and a
-    rename over an open file leaves the reader with the old bytes."""
+    """libfuse hides a file removed while open as .fuse_hidden*: no such name is ever listed,
+    in a directory or in a view, and a rename over an open file (here an editor save: `new`
+    was just made) leaves the reader with the old bytes and their size."""
     for where in (mount.root / "d", mount.root / "@" / "kw"):
         where.mkdir()
         (where / "old").write_bytes(b"old bytes")
