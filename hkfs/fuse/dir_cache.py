@@ -135,8 +135,8 @@ class DirCache:
         if self.ops_table is None and not self.find(libfuse, fuse, fd):
             log.info("listings stay uncached")
             return False
-        assert self.ops_table is not None and self.code is not None
-        session, code, slot = self._found, self.code, self.ops_table + 8 * OPENDIR_SLOT
+        assert self.ops_table is not None
+        session, slot = self._found, self.ops_table + 8 * OPENDIR_SLOT
         proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(file_info))
         pointer = ctypes.c_void_p.from_address(slot)
         original = proto(pointer.value)
