@@ -208,6 +208,23 @@ def test_save_over_a_file_whose_release_is_queued_keeps_it(ops: HKOperations) ->
     assert check(ops.store) == []
 
 
+def test_descriptors_open_across_an_editor_save_keep_the_old_bytes(ops: HKOperations) -> None:
+    """A descriptor open on a document when an editor save replaces its bytes keeps the old ones
+    (as after rename(2) on ext4): what it writes then stays there, and its size is not recorded
+    as the document's (that made `ls -l` report the old file's size for the new bytes)."""
+    ops.mkdir("/d", 0o755)
+    write_file(ops, "/d/log", b"old")
+    writer = ops.open("/d/log", os.O_WRONLY)
+    write_file(ops, "/d/log.tmp", b"saved")
+    ops.rename("/d/log.tmp", "/d/log")                  # an editor save
+    ops.write("/d/log", b"x" * 100, 3, writer)
+    ops.flush("/d/log", writer)
+    assert ops.getattr("/d/log")["st_size"] == 5
+    ops.release("/d/log", writer)
+    assert ops.getattr("/d/log")["st_size"] == 5 and read_file(ops, "/d/log") == b"saved"
+    assert check(ops.store) == []
+
+
 def test_hides_outside_a_rename_over_the_file(ops: HKOperations) -> None:
     """An rm of an open file: libfuse's hide is the removal itself. A user's own rename to a
     name like libfuse's (the RENAME request's new name) is a plain rename, open or not."""

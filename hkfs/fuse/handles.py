@@ -28,6 +28,9 @@ class Handle:
     eid: int
     written: bool = False
     path: str | None = None       # the path it was opened by (the kernel's node for it)
+    # an editor save gave the entity other bytes while this was open: the descriptor keeps the
+    # old ones (as after rename(2) on ext4), whose size is no longer the entity's
+    replaced: bool = False
 
 
 class OpenFiles:
@@ -74,23 +77,22 @@ class OpenFiles:
         with self._lock:
             return next((h for h in self._handles.values() if h.eid == eid), None)
 
-    def on_old_bytes(self, eid: int) -> Handle | None:
-        """A handle of eid whose descriptor holds bytes the entity no longer has: it was removed,
-        or an editor save gave it other bytes while the handle stayed open (hkfs.fuse.removed).
-        Such a descriptor keeps the old bytes, as after rename(2) over an open file on ext4."""
-        try:
-            now: int | None = os.stat(f"{self._entities}/{eid}").st_ino
-        except FileNotFoundError:
-            now = None
+    def replaced(self, eid: int) -> None:
+        """An editor save gave entity eid other bytes: its handles open on the old ones keep them
+        (told by the inode: a handle opened since holds the new bytes)."""
+        now = os.stat(f"{self._entities}/{eid}").st_ino
         with self._lock:
             mine = [h for h in self._handles.values() if h.eid == eid]
         for h in mine:
             try:
-                if os.fstat(h.fd).st_ino != now:
-                    return h
+                h.replaced = h.replaced or os.fstat(h.fd).st_ino != now
             except OSError:       # closed meanwhile
-                continue
-        return None
+                pass
+
+    def on_old_bytes(self, eid: int) -> Handle | None:
+        """A handle of eid that keeps bytes an editor save replaced (None if none is open)."""
+        with self._lock:
+            return next((h for h in self._handles.values() if h.eid == eid and h.replaced), None)
 
     def pop(self, fh: int) -> Handle | None:
         """Forget a handle (the caller records its bytes and closes its descriptor)."""

@@ -266,6 +266,8 @@ class HKOperations(Operations):
         if not h.written:
             return
         h.written = False
+        if h.replaced:          # bytes an editor save replaced: their size is not the entity's
+            return
         with self._record_lock:
             st = os.fstat(h.fd)
             stale = self.model.written(h.eid, st.st_size, st.st_mtime_ns)
@@ -284,7 +286,7 @@ class HKOperations(Operations):
         hidden = self.removed.eid_of(path)
         if h is None and hidden is not None:    # fstat of a file removed while open: no handle is passed
             old = self.files.on_old_bytes(hidden)
-            if old is not None:     # removed, or its entity took an editor save's bytes: the descriptor's
+            if old is not None:     # its entity took an editor save's bytes: the descriptor's, nlink 0
                 return self._removed_attrs(old)
             h = self.files.of_entity(hidden)
             if h is None:
@@ -698,6 +700,7 @@ class HKOperations(Operations):
             return 0
         stale = self.model.rename(old, new, noreplace=bool(flags & RENAME_NOREPLACE))
         if stale.merged is not None:            # an editor save: the temp's handles write the saved file
+            self.files.replaced(stale.merged[1])   # those open on it keep its old bytes
             self.files.merged(*stale.merged)
             self._new_bytes_files = True        # a bytes file was renamed in entities/
         self.kernel.carry_out(stale, listing=True)
