@@ -26,7 +26,6 @@ libfuse serves it (`hiding`).
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -34,8 +33,6 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["HIDDEN_PREFIX", "RENAME_SLOT", "RemovedWhileOpen"]
-
-log = logging.getLogger(__name__)
 
 HIDDEN_PREFIX = ".fuse_hidden"
 RENAME_SLOT = 12             # rename's index in struct fuse_lowlevel_ops (fuse_lowlevel.h, 3.0 on)
@@ -49,7 +46,6 @@ class RemovedWhileOpen:
         self._kept: dict[int, tuple[int, int, int]] = {}
         self._local = threading.local()     # .over: the new name of the RENAME this thread serves
         self._keep: list[Any] = []          # the ctypes callbacks must outlive the mount
-        self.watching = False               # the low-level rename is wrapped (install)
 
     def install(self, table: int, code: tuple[int, int]) -> bool:
         """Wrap the session's low-level rename (`table`: its struct fuse_lowlevel_ops, `code`:
@@ -73,7 +69,6 @@ class RemovedWhileOpen:
         wrapper = proto(rename)
         self._keep = [original, wrapper]
         pointer.value = ctypes.cast(wrapper, ctypes.c_void_p).value
-        self.watching = True
         return True
 
     @contextmanager
