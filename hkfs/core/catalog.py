@@ -37,10 +37,6 @@ CACHE_KIB = 65_536  # page cache per connection, allocated as used
 PAGE_SIZE = 16_384  # for new catalogs: bulk tagging touches ~1 page per keyword, not ~4 (docs/store.md)
 PRUNE_AT = 32       # open connections above which those of ended threads are closed
 
-# Bytes of the catalog file each new connection maps (PRAGMA mmap_size; 0: read with pread).
-# The daemon sets it (hkfs.fuse.native_memory.bound); docs/architecture.md, "Catalog connections".
-mmap_bytes = 0
-
 
 @dataclass
 class _ThreadConn:
@@ -144,8 +140,6 @@ class Catalog:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            if mmap_bytes:
-                conn.execute(f"PRAGMA mmap_size = {int(mmap_bytes)}")
             st = _ThreadConn(conn, threading.get_native_id(), os.getpid())
             with self._conns_lock:
                 if self._closed:

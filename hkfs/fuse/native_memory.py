@@ -81,8 +81,6 @@ def bound(sqlite_mib: int | None = None, arenas: int = MALLOC_ARENAS) -> None:
     """Set both bounds for this process (the daemon, before its threads start); sqlite_mib
     None: HKFS_SQLITE_HEAP_MIB or SQLITE_HEAP_MIB, 0: no limit."""
     global _libc
-    from ..core import catalog
-    catalog.mmap_bytes = _env_int("HKFS_SQLITE_MMAP_MIB", 0) << 20
     if sqlite_mib is None:
         sqlite_mib = sqlite_mib_from_env()
     try:
