@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -147,22 +147,22 @@ def _attrs(model: MountModel, cols: dict[str, np.ndarray], names: list[str], nli
     return attrs
 
 
-def _counts(eid: np.ndarray, default: int, given: dict[int, int]) -> np.ndarray:
-    """A count per id: `default`, or the one `given` for that id."""
-    out = np.full(len(eid), default, np.int64)
-    if given and len(eid):
-        keys = np.fromiter(given, np.int64, len(given))
-        at = np.minimum(np.searchsorted(eid, keys), len(eid) - 1)
-        hit = eid[at] == keys
-        out[at[hit]] = np.fromiter(given.values(), np.int64, len(given))[hit]
-    return out
+def _occurrences(eid: np.ndarray, text: str) -> np.ndarray:
+    """How many times each of these ids (sorted) occurs among ids given as text joined by ','
+    (Store.entity_columns_between's "tagged", "linked": one per HK, per link)."""
+    if not text or not len(eid):
+        return np.zeros(len(eid), np.int64)
+    seen = np.fromstring(text, np.int64, sep=",")
+    seen.sort()
+    return np.searchsorted(seen, eid, "right") - np.searchsorted(seen, eid, "left")
 
 
 class ViewListing:
     """One open view's entries from an offset on (see the module doc)."""
 
-    def __init__(self, model: MountModel, view: ViewLoc) -> None:
+    def __init__(self, model: MountModel, view: ViewLoc, prepare: Callable[[Piece], None] | None = None) -> None:
         self.model, self.view = model, view
+        self.prepare = prepare          # the adapter's encoding of a piece, on the worker with its read
         me = model.virtual_ino(view)
         root = (model.root << 2) | 2                 # as MountModel.listdir gives '..'
         head: list[Entry] = [(".", stat.S_IFDIR, me, None, None), ("..", stat.S_IFDIR, root, None, None)]
@@ -190,9 +190,10 @@ class ViewListing:
     def __len__(self) -> int:
         return len(self.head) + len(self.ids) + len(self.kw)
 
-    def pieces_from(self, offset: int) -> Iterator[tuple[Piece, int]]:
+    def pieces_from(self, offset: int) -> Generator[tuple[Piece, int], None, None]:
         """(piece, index of its first entry whose offset is above `offset`) for every piece
-        that has such entries, in order."""
+        that has such entries, in order. When the caller is done with them (a READDIRPLUS
+        reply full: it closes the iterator), the worker reads the next READ_AHEAD pieces."""
         if offset < 2:
             yield self.head, self.head.after(offset)
         if offset < KEYWORDS:
@@ -200,12 +201,17 @@ class ViewListing:
             # A request takes a few hundred entries: pieces start at multiples of CHUNK and the
             # last one is kept for the requests that follow.
             i = first - first % CHUNK
-            while i < len(self.ids):
-                piece = self._piece_at(i)
-                start = piece.after(offset)
-                if start < len(piece):
-                    yield piece, start
-                i += CHUNK
+            try:
+                while i < len(self.ids):
+                    piece = self._piece_at(i)
+                    start = piece.after(offset)
+                    if start < len(piece):
+                        yield piece, start
+                    i += CHUNK
+            finally:
+                # between requests: the worker holds the GIL (numpy, the adapter's packing)
+                # while the kernel and `ls` work on the reply, not while a request fills
+                self._read_ahead(i + CHUNK)
         if self.kw:
             if self._kw_piece is None:
                 self._kw_piece = Piece.of_entries(self.kw, [stable_offset(2, e) for e in self.kw])
@@ -215,8 +221,8 @@ class ViewListing:
 
     def _piece_at(self, i: int) -> Piece:
         """The piece of the files from index i on: the one kept, or the one read ahead, if
-        nothing committed since it was read, else one read now; then the next READ_AHEAD are read
-        ahead (while the kernel works on a reply, the daemon gets the next one's pieces ready)."""
+        nothing committed since it was read, else one read now while the worker reads the
+        next ones (the listing's start, a listing resumed elsewhere, a change)."""
         version = self.model.reads.changes.version()
         at, read_at, piece = self._piece
         if at == i and read_at == version and piece is not None:
@@ -231,18 +237,27 @@ class ViewListing:
             read_at, got = fut.result()
             if read_at == version:
                 piece = got
-        for nxt in range(i + CHUNK, min(i + (READ_AHEAD + 1) * CHUNK, len(self.ids)), CHUNK):
-            if nxt not in ahead:             # (before a read of piece i here: both at once)
-                ahead[nxt] = _AHEAD.submit(self._read, nxt)
         if piece is None:
+            self._read_ahead(i + CHUNK)      # (before the read of piece i here: both at once)
             piece = self._files(self.ids[i:i + CHUNK])
         self._piece = (i, version, piece)
         return piece
 
+    def _read_ahead(self, i: int) -> None:
+        """Have the worker read the pieces from index i on that it is not reading, up to READ_AHEAD."""
+        ahead = self._ahead
+        for nxt in range(i, min(i + READ_AHEAD * CHUNK, len(self.ids)), CHUNK):
+            if nxt not in ahead:
+                ahead[nxt] = _AHEAD.submit(self._read, nxt)
+
     def _read(self, i: int) -> tuple[int, Piece]:
-        """The piece from index i on, with the catalog version it was read at (read ahead)."""
+        """The piece from index i on, with the catalog version it was read at (read ahead),
+        made ready for the wire by `prepare` (then a request only copies it to libfuse)."""
         version = self.model.reads.changes.version()
-        return version, self._files(self.ids[i:i + CHUNK])
+        piece = self._files(self.ids[i:i + CHUNK])
+        if self.prepare is not None and len(piece):
+            self.prepare(piece)
+        return version, piece
 
     def _files(self, ids: np.ndarray) -> Piece:
         """The piece of these files of the view (sorted ids), in id order."""
@@ -250,10 +265,10 @@ class ViewListing:
         lo, hi = int(ids[0]), int(ids[-1])
         text: dict[str, str] = {}
         if hi - lo < 2 * len(ids):           # dense: one range read, the other files left out
-            text, hks, links = store.entity_columns_between(lo, hi)
+            text = store.entity_columns_between(lo, hi)
             if not text:
                 return _EMPTY
-            cols = {f: np.fromstring(t, np.int64, sep=",") for f, t in text.items() if f != "name"}
+            cols = {f: np.fromstring(text[f], np.int64, sep=",") for f in EntityStat._fields[:9] if f != "name"}
             names = text["name"].split("/")
             if len(names) != len(cols["id"]):
                 text = {}                    # a name with a '/' (which no file name holds): row by row
@@ -265,7 +280,7 @@ class ViewListing:
                 cols = {f: c[order] for f, c in cols.items()}
                 names = [names[i] for i in order.tolist()]
             eid = cols["id"]
-            nlinks, nhks = _counts(eid, 0, links), _counts(eid, 1, hks)
+            nlinks, nhks = _occurrences(eid, text["linked"]), _occurrences(eid, text["tagged"])
         else:
             stats = store.entity_stats(ids.tolist())     # in id order; gone ones left out
             if not stats:
@@ -333,7 +348,7 @@ class WholeListing:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def pieces_from(self, offset: int) -> Iterator[tuple[Piece, int]]:
+    def pieces_from(self, offset: int) -> Generator[tuple[Piece, int], None, None]:
         """As ViewListing.pieces_from: CHUNK entries a piece, their attributes taken when the
         listing gets there."""
         first = bisect.bisect_right(self.offsets, offset)
@@ -345,9 +360,10 @@ class WholeListing:
             yield piece, max(first - i, 0)
 
 
-def listing_for(model: MountModel, loc: Location, path: str) -> ViewListing | WholeListing:
-    """The listing of `path` (at `loc`): a view of a private mount a piece at a time, anything
-    else whole."""
+def listing_for(model: MountModel, loc: Location, path: str,
+                prepare: Callable[[Piece], None] | None = None) -> ViewListing | WholeListing:
+    """The listing of `path` (at `loc`): a view of a private mount a piece at a time (each piece
+    read ahead handed to `prepare` on the worker), anything else whole."""
     if type(loc) is ViewLoc and not model.shared:
-        return ViewListing(model, loc)
+        return ViewListing(model, loc, prepare)
     return WholeListing(model.listdir(path), isinstance(loc, (KeySpaceLoc, ViewLoc)))
