@@ -56,7 +56,7 @@ from .naming import (
     validate_name,
 )
 
-__all__ = ["Store", "EntityInfo", "EntityStat", "DirInfo", "DirEntry", "LOST_FOUND", "CATALOG", "ENTITIES"]
+__all__ = ["Store", "EntityInfo", "EntityStat", "DirInfo", "DirEntry", "EntityColumns", "INT_COLUMNS", "LOST_FOUND", "CATALOG", "ENTITIES"]
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,24 @@ class EntityStat(NamedTuple):
 _STAT_SELECT = ("SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
                 "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
                 "(SELECT count(*) FROM entity_keywords x WHERE x.entity = e.id) FROM entities e")
-# The first nine of them as columns of text, for entities with ids in a range (entity_columns_between)
-_COLUMNS = EntityStat._fields[:9]
-_COLUMNS_SELECT = ("SELECT " + ", ".join(f"group_concat({f}, '/')" if f == "name" else f"group_concat({f})"
-                                         for f in _COLUMNS) +
-                   " FROM entities WHERE id BETWEEN ? AND ?")
+# The integers among their first nine (all but the name), for entities with ids in a range
+# (entity_columns_between): packed by hkfs_int64s() (hkfs.core.int64s), or as text
+INT_COLUMNS = tuple(f for f in EntityStat._fields[:9] if f != "name")
+_RANGE = " FROM entities WHERE id BETWEEN ? AND ?"
+_COLUMNS_PACKED = f"SELECT hkfs_int64s({', '.join(INT_COLUMNS)}), group_concat(name, '/')" + _RANGE
+_COLUMNS_TEXT = ("SELECT " + ", ".join(f"group_concat({f})" for f in INT_COLUMNS) + ", group_concat(name, '/')"
+                 + _RANGE)
+
+
+class EntityColumns(NamedTuple):
+    """Entities with ids in a range as columns (Store.entity_columns_between). Integers are
+    either packed (bytes: native int64, `ints` row-major in INT_COLUMNS order) or text
+    (values joined by ','; `ints` one text per column)."""
+
+    ints: bytes | tuple[str, ...]
+    names: str                 # joined by '/', which no file name holds
+    tagged: bytes | str        # the entity of each of their HKs (entity_keywords rows)
+    linked: bytes | str        # the entity of each of their directory links
 
 
 @dataclass(frozen=True)
@@ -1153,29 +1166,28 @@ class Store:
                 f"{_STAT_SELECT} WHERE e.id IN ({','.join('?' * len(eids))}) ORDER BY e.id", list(eids)).fetchall()
         return list(map(EntityStat._make, rows))
 
-    def entity_columns_between(self, lo: int, hi: int) -> dict[str, str]:
-        """The entities with lo <= id <= hi as columns of text, and, from the same snapshot,
-        the entity of each of their HKs and of each of their directory links.
+    def entity_columns_between(self, lo: int, hi: int) -> EntityColumns | None:
+        """The entities with lo <= id <= hi as columns, and, from the same snapshot, the entity
+        of each of their HKs and of each of their directory links (an entity appears once per
+        HK, once per link: its counts); None when there is no such entity.
 
-        Columns: EntityStat's first nine fields by name, each the values joined by ',' (name
-        by '/', which no file name holds) in the order of the table's range scan, id order
-        (a caller that relies on it checks); "tagged" and "linked": the entity id of each
-        entity_keywords and each links row in the range, joined by ',' (an entity appears
-        once per HK, once per link: its counts); {} when there is no such entity. One
-        row for the lot, where fetching a row per entity cost Python objects and a GIL round
-        trip per row; the counts are range scans of the two entity indexes, read as text
-        and counted by the caller (hkfs.mount.view_listing: numpy), not a lookup per entity
-        nor a GROUP BY (a dense piece of a view listing)."""
+        Rows in the order of the table's range scan, id order (a caller that relies on it
+        checks). One row for the lot, where fetching a row per entity cost Python objects
+        and a GIL round trip per row; the counts are range scans of the two entity indexes,
+        counted by the caller (hkfs.mount.view_listing: numpy), not a lookup per entity nor
+        a GROUP BY. Integers packed by hkfs_int64s() when the catalog's connections have it
+        (hkfs.core.int64s: no decimal text to write and parse), else as text."""
+        packed = self.catalog.int64s
+        agg = "hkfs_int64s" if packed else "group_concat"
         with self.catalog.read() as c:
-            got = c.execute(_COLUMNS_SELECT, (lo, hi)).fetchone()
+            got = c.execute(_COLUMNS_PACKED if packed else _COLUMNS_TEXT, (lo, hi)).fetchone()
             if got[0] is None:
-                return {}
-            cols = dict(zip(_COLUMNS, got, strict=True))
-            cols["tagged"] = c.execute("SELECT group_concat(entity) FROM entity_keywords WHERE entity BETWEEN ? AND ?",
-                                       (lo, hi)).fetchone()[0] or ""
-            cols["linked"] = c.execute("SELECT group_concat(entity) FROM links WHERE entity BETWEEN ? AND ?",
-                                       (lo, hi)).fetchone()[0] or ""
-        return cols
+                return None
+            tagged = c.execute(f"SELECT {agg}(entity) FROM entity_keywords WHERE entity BETWEEN ? AND ?",
+                               (lo, hi)).fetchone()[0]
+            linked = c.execute(f"SELECT {agg}(entity) FROM links WHERE entity BETWEEN ? AND ?", (lo, hi)).fetchone()[0]
+        empty = b"" if packed else ""
+        return EntityColumns(got[0] if packed else got[:-1], got[-1], tagged or empty, linked or empty)
 
     def shared_names(self, ns: int) -> set[str]:
         """The names that more than one entity of namespace ns bears (one scan of its name index)."""

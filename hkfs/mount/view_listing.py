@@ -7,11 +7,13 @@ file, fixed at the handle's first read as readdir(3) expects) and fetches names 
 attributes CHUNK files at a time, in id order, as the kernel asks for them.
 
 A piece is columns (`Piece`: names, an int64 array of attributes in Attrs order, offsets):
-read as one row of text per field (Store.entity_columns_between) and computed with numpy,
-it costs no Python object or call per file, and the adapter packs and sends it whole
-(hkfs.fuse.glue). The next READ_AHEAD pieces are read on a worker thread while the current one is
-sent and while the kernel works on the reply; a kept or read-ahead piece is handed out only
-if nothing committed since it was read.
+read as one row (Store.entity_columns_between: the integers packed by SQLite into one BLOB,
+hkfs.core.int64s, or as text) and computed with numpy, it costs no Python object or call per
+file, and the adapter packs and sends it whole (hkfs.fuse.glue). When a request is done with
+its pieces (the reply full), a worker thread reads the next READ_AHEAD and the adapter packs
+them there (`prepare`), while the kernel and `ls` work on the reply: the next request only
+hands them to libfuse, and the worker holds no GIL a filling request waits for. A kept or
+read-ahead piece is handed out only if nothing committed since it was read.
 
 Offsets are stable, so a listing resumed by a handle that read nothing itself (the
 kernel switching from the listing it kept, hkfs.fuse.dir_cache, to the daemon midway)
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.store import EntityStat
+from ..core.store import INT_COLUMNS, EntityColumns, EntityStat
 from .model import BLKSIZE, Entry, MountModel
 from .paths import clash_name, listed_name
 from .queryfs import SUFFIX as QUERY_SUFFIX
@@ -147,13 +149,25 @@ def _attrs(model: MountModel, cols: dict[str, np.ndarray], names: list[str], nli
     return attrs
 
 
-def _occurrences(eid: np.ndarray, text: str) -> np.ndarray:
-    """How many times each of these ids (sorted) occurs among ids given as text joined by ','
-    (Store.entity_columns_between's "tagged", "linked": one per HK, per link)."""
-    if not text or not len(eid):
+def _int64s(value: bytes | str) -> np.ndarray:
+    """Integers Store.entity_columns_between gave, packed (native int64) or as text joined by ','."""
+    return np.frombuffer(value, np.int64) if isinstance(value, bytes) else np.fromstring(value, np.int64, sep=",")
+
+
+def _columns(got: EntityColumns) -> dict[str, np.ndarray]:
+    """Store.entity_columns_between's integer columns by name (INT_COLUMNS), in its row order."""
+    if isinstance(got.ints, bytes):
+        rows = _int64s(got.ints).reshape(-1, len(INT_COLUMNS))
+        return {f: rows[:, j] for j, f in enumerate(INT_COLUMNS)}
+    return {f: _int64s(t) for f, t in zip(INT_COLUMNS, got.ints, strict=True)}
+
+
+def _occurrences(eid: np.ndarray, ids: bytes | str) -> np.ndarray:
+    """How many times each of these ids (sorted) occurs among `ids` (Store.entity_columns_between's
+    tagged, linked: one per HK, per link)."""
+    if not ids or not len(eid):
         return np.zeros(len(eid), np.int64)
-    seen = np.fromstring(text, np.int64, sep=",")
-    seen.sort()
+    seen = np.sort(_int64s(ids))
     return np.searchsorted(seen, eid, "right") - np.searchsorted(seen, eid, "left")
 
 
@@ -263,16 +277,16 @@ class ViewListing:
         """The piece of these files of the view (sorted ids), in id order."""
         store = self.model.store
         lo, hi = int(ids[0]), int(ids[-1])
-        text: dict[str, str] = {}
+        got = None
         if hi - lo < 2 * len(ids):           # dense: one range read, the other files left out
-            text = store.entity_columns_between(lo, hi)
-            if not text:
+            got = store.entity_columns_between(lo, hi)
+            if got is None:
                 return _EMPTY
-            cols = {f: np.fromstring(text[f], np.int64, sep=",") for f in EntityStat._fields[:9] if f != "name"}
-            names = text["name"].split("/")
+            cols = _columns(got)
+            names = got.names.split("/")
             if len(names) != len(cols["id"]):
-                text = {}                    # a name with a '/' (which no file name holds): row by row
-        if text:
+                got = None                   # a name with a '/' (which no file name holds): row by row
+        if got is not None:
             keep = np.isin(cols["id"], ids) if hi - lo + 1 != len(ids) else None   # consecutive: all listed
             if keep is not None or np.any(cols["id"][1:] < cols["id"][:-1]):
                 order = np.flatnonzero(keep) if keep is not None else np.arange(len(names))
@@ -280,7 +294,7 @@ class ViewListing:
                 cols = {f: c[order] for f, c in cols.items()}
                 names = [names[i] for i in order.tolist()]
             eid = cols["id"]
-            nlinks, nhks = _occurrences(eid, text["linked"]), _occurrences(eid, text["tagged"])
+            nlinks, nhks = _occurrences(eid, got.linked), _occurrences(eid, got.tagged)
         else:
             stats = store.entity_stats(ids.tolist())     # in id order; gone ones left out
             if not stats:
