@@ -1,10 +1,10 @@
 """The optional C parts: vecindex's search kernel, hkfs's READDIRPLUS fill loop and its
-SQLite aggregate for a listing's integer columns (everything else is in pyproject.toml).
+SQLite aggregates for big listings (everything else is in pyproject.toml).
 
 `optional=True`: on a machine without a C compiler or Python headers their build fails
 with a warning and the install goes on; vecindex then searches with numba (extra `fast`)
 or numpy (docs/vecindex.md, "Kernels"), hkfs.fuse.glue fills listings from Python, and
-hkfs.core.store reads a listing's columns as text (hkfs/core/_int64s.c also needs sqlite3ext.h).
+hkfs.core.store reads a listing's columns as text (hkfs/core/_aggregates.c also needs sqlite3ext.h).
 """
 
 from setuptools import Extension, setup
@@ -20,5 +20,5 @@ setup(ext_modules=[Extension("vecindex._csearch", ["vecindex/_csearch.c"], optio
                              extra_compile_args=FLAGS, extra_link_args=["-pthread"]),
                    Extension("hkfs.fuse._fill", ["hkfs/fuse/_fill.c"], optional=True,
                              extra_compile_args=["-O2", "-std=c11", "-Wall"]),
-                   Extension("hkfs.core._int64s", ["hkfs/core/_int64s.c"], optional=True,
+                   Extension("hkfs.core._aggregates", ["hkfs/core/_aggregates.c"], optional=True,
                              extra_compile_args=["-O2", "-std=c11", "-Wall"])])

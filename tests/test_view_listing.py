@@ -250,19 +250,19 @@ def test_pieces_read_ahead_are_prepared_on_the_worker(model: MountModel) -> None
 
 
 def test_columns_packed_by_sqlite_are_the_text_ones(model: MountModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the C aggregate built (hkfs/core/_int64s.c) a catalog's connections pack a piece's
-    integer columns into one BLOB (hkfs.core.int64s); the listing is the same as from the
+    """With the C aggregate built (hkfs/core/_aggregates.c) a catalog's connections pack a piece's
+    integer columns into one BLOB (hkfs.core.aggregates); the listing is the same as from the
     columns read as text (the fallback without it): attributes, link and HK counts, names."""
-    pytest.importorskip("hkfs.core._int64s")
+    pytest.importorskip("hkfs.core._aggregates")
     store = model.store
-    assert store.catalog.int64s
+    assert store.catalog.aggregates
     eids = store.match_ids(model.ns, [("v",)])
     store.link(eids[0], store.root_dir(model.ns), "linked")
     store.atkw(eids[1], ["//w", "//v/sub"])
     got = store.entity_columns_between(min(eids), max(eids))
     assert got is not None and isinstance(got.ints, bytes) and isinstance(got.tagged, bytes)
     packed = streamed(model, "/@/v")
-    monkeypatch.setattr(store.catalog, "int64s", False)
+    monkeypatch.setattr(store.catalog, "aggregates", False)
     text = store.entity_columns_between(min(eids), max(eids))
     assert text is not None and isinstance(text.ints, tuple) and text.names == got.names
     assert streamed(model, "/@/v") == packed

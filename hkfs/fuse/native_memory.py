@@ -34,7 +34,7 @@ import logging
 import os
 import sqlite3
 
-from ..core.int64s import shared_sqlite
+from ..core.aggregates import shared_sqlite
 
 __all__ = ["bound", "trim", "SQLITE_HEAP_MIB", "MALLOC_ARENAS"]
 
@@ -52,7 +52,7 @@ _libc: ctypes.CDLL | None = None
 
 
 def _shared_sqlite() -> ctypes.CDLL | None:
-    """The libsqlite3 Python's sqlite3 module runs on (hkfs.core.int64s.shared_sqlite), set up for
+    """The libsqlite3 Python's sqlite3 module runs on (hkfs.core.aggregates.shared_sqlite), set up for
     sqlite3_soft_heap_limit64."""
     lib = shared_sqlite()
     if lib is not None:

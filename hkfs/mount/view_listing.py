@@ -8,7 +8,7 @@ attributes CHUNK files at a time, in id order, as the kernel asks for them.
 
 A piece is columns (`Piece`: names, an int64 array of attributes in Attrs order, offsets):
 read as one row (Store.entity_columns_between: the integers packed by SQLite into one BLOB,
-hkfs.core.int64s, or as text) and computed with numpy, it costs no Python object or call per
+hkfs.core.aggregates, or as text) and computed with numpy, it costs no Python object or call per
 file, and the adapter packs and sends it whole (hkfs.fuse.glue). When a request is done with
 its pieces (the reply full), a worker thread reads the next READ_AHEAD and the adapter packs
 them there (`prepare`), while the kernel and `ls` work on the reply: the next request only
