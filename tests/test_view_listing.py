@@ -180,7 +180,7 @@ def test_shared_names_are_read_even_while_the_read_ahead_thread_is_busy(model: M
 @pytest.mark.parametrize("path", ["/@/v", "/@/w", "/@/v/@/w", "/@/v/@/@or/w", "/@/@untagged", "/@/v/sub"])
 def test_view_ids_are_match_ids(model: MountModel, path: str) -> None:
     """A view's ids, read as one string of text, are match_ids, sorted, each once (also a file
-    that carries several keywords of the subtree: the text may repeat it, Store.match_ids_text)."""
+    that carries several keywords of the subtree: the column may repeat it, Store.match_ids_column)."""
     model.create("/loose", stat.S_IFREG | 0o600, 0, 0)
     twice = model.store.match_ids(model.ns, [("v",)], "f01")[0]
     model.store.atkw(twice, ["//v/sub", "//v/x"])               # three rows in //v's subtree

@@ -1211,13 +1211,16 @@ class Store:
             return c.execute(f"SELECT name, id FROM entities WHERE ns = ? AND name IN ({','.join('?' * len(names))})",
                              (ns, *names)).fetchall()
 
-    def match_ids_text(self, ns: int, hks: Sequence[HK | str]) -> str:
-        """match_ids (unsorted, and an id may repeat) as one string, the ids joined by ','
-        ('' for none): a big view's ids in one row, with no Python object per file
-        (hkfs.mount.views.view_ids sorts and dedups them)."""
+    def match_ids_column(self, ns: int, hks: Sequence[HK | str]) -> bytes | str:
+        """match_ids (unsorted, and an id may repeat) as one value: native int64 packed by
+        hkfs_int64s() when the catalog's connections have it (hkfs.core.aggregates), else
+        text, the ids joined by ','; empty for none. A big view's ids in one row, with no
+        Python object per file (hkfs.mount.views.view_ids sorts and dedups them)."""
+        agg = "hkfs_int64s" if self.catalog.aggregates else "group_concat"
         with self.catalog.read() as c:
             sel, params = self._match(c, ns, hks, None, distinct=False)
-            return c.execute(f"WITH m(id) AS ({sel}) SELECT group_concat(id) FROM m", params).fetchone()[0] or ""
+            got = c.execute(f"WITH m(id) AS ({sel}) SELECT {agg}(id) FROM m", params).fetchone()[0]
+        return got or (b"" if self.catalog.aggregates else "")
 
     def match_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
         """Like resolve, ids only (cheap: for counting and large views)."""

@@ -41,7 +41,7 @@ from ..core.store import INT_COLUMNS, EntityColumns, EntityStat
 from .model import BLKSIZE, Entry, MountModel
 from .paths import clash_name, listed_name
 from .queryfs import SUFFIX as QUERY_SUFFIX
-from .views import KeySpaceLoc, Location, ViewLoc, view_children_of
+from .views import KeySpaceLoc, Location, ViewLoc, int64s_of, view_children_of
 
 __all__ = ["Piece", "ViewListing", "WholeListing", "listing_for", "stable_offset", "CHUNK", "READ_AHEAD", "KEYWORDS"]
 
@@ -149,17 +149,12 @@ def _attrs(model: MountModel, cols: dict[str, np.ndarray], names: list[str], nli
     return attrs
 
 
-def _int64s(value: bytes | str) -> np.ndarray:
-    """Integers Store.entity_columns_between gave, packed (native int64) or as text joined by ','."""
-    return np.frombuffer(value, np.int64) if isinstance(value, bytes) else np.fromstring(value, np.int64, sep=",")
-
-
 def _columns(got: EntityColumns) -> dict[str, np.ndarray]:
     """Store.entity_columns_between's integer columns by name (INT_COLUMNS), in its row order."""
     if isinstance(got.ints, bytes):
-        rows = _int64s(got.ints).reshape(-1, len(INT_COLUMNS))
+        rows = int64s_of(got.ints).reshape(-1, len(INT_COLUMNS))
         return {f: rows[:, j] for j, f in enumerate(INT_COLUMNS)}
-    return {f: _int64s(t) for f, t in zip(INT_COLUMNS, got.ints, strict=True)}
+    return {f: int64s_of(t) for f, t in zip(INT_COLUMNS, got.ints, strict=True)}
 
 
 def _occurrences(eid: np.ndarray, ids: bytes | str) -> np.ndarray:
@@ -167,7 +162,7 @@ def _occurrences(eid: np.ndarray, ids: bytes | str) -> np.ndarray:
     tagged, linked: one per HK, per link)."""
     if not ids or not len(eid):
         return np.zeros(len(eid), np.int64)
-    seen = np.sort(_int64s(ids))
+    seen = np.sort(int64s_of(ids))
     return np.searchsorted(seen, eid, "right") - np.searchsorted(seen, eid, "left")
 
 
