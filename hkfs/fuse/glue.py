@@ -281,6 +281,8 @@ def listed_files(piece: Piece, start: int, end: int) -> list[str]:
     hkfs.fuse.node_budget counts; directories and looked-up entries are not)."""
     files = piece.plus[start:end] & (piece.attrs[start:end, 2] & _S_IFMT != stat.S_IFDIR)
     names = piece.names
+    if files.all():                  # a view's files: the names as they are
+        return names[start:end]
     return [names[i] for i in (np.flatnonzero(files) + start).tolist()]
 
 
