@@ -17,8 +17,10 @@ here; then the store reads the same values as text and with GROUP BY.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -32,7 +34,6 @@ _state: list[bool] = []          # [registered?] once tried
 
 def shared_sqlite() -> ctypes.CDLL | None:
     """The libsqlite3 Python's sqlite3 module runs on, if it is a shared library of this process."""
-    import sqlite3  # noqa: F401  (loads the library, if it is a shared one)
     with open("/proc/self/maps") as f:
         path = next((line.split()[-1] for line in f if "/libsqlite3.so" in line), None)
     if path is None or not Path(path).exists():
@@ -65,4 +66,12 @@ def _register() -> bool:
         return False
     lib.sqlite3_auto_extension.argtypes = [ctypes.c_void_p]
     lib.sqlite3_auto_extension.restype = ctypes.c_int
-    return lib.sqlite3_auto_extension(_aggregates.entry_point()) == 0
+    if lib.sqlite3_auto_extension(_aggregates.entry_point()) != 0:
+        return False
+    # the library found must be the one Python's sqlite3 runs on: a new connection has them
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as c:
+            return c.execute("SELECT hkfs_int64s(1) IS NOT NULL").fetchone()[0] == 1
+    except sqlite3.Error as exc:
+        log.info("SQLite aggregates not registered: %s", exc)
+        return False
