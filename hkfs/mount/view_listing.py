@@ -300,7 +300,7 @@ class ViewListing:
             eid, nlinks, nhks = cols["id"], cols["nlinks"], cols["nhks"]
         attrs = _attrs(self.model, cols, names, nlinks, nhks)
         renamed = self._shared_names(self.shared.intersection(names)) if self.shared else set()
-        if renamed or not self.keywords.isdisjoint(names):
+        if renamed or (self.keywords and not self.keywords.isdisjoint(names)):   # (it iterates the names)
             kws = self.keywords
             for i, name in enumerate(names):
                 if name in renamed:
