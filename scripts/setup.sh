@@ -16,6 +16,7 @@ command -v vim >/dev/null 2>&1 || need_apt+=(vim-tiny)
 command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)          # hk shell-init zsh is tested
 command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)      # tests only: exports from views (docs/mount.md)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)  # vecindex's C search kernel (optional build, setup.py)
+[ -f /usr/include/sqlite3ext.h ] || need_apt+=(libsqlite3-dev)  # hkfs/core/_aggregates.c (optional build)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt-get" >&2
@@ -47,7 +48,7 @@ case ",$extras," in *,dev,*) need_mods+=", ruff" ;; esac
 # (a checkout that pulled a kernel change) or when a compiler is there and it was never built.
 stale_kernel=0
 if command -v cc >/dev/null 2>&1; then
-    for src in vecindex/_csearch.c hkfs/fuse/_fill.c; do
+    for src in vecindex/_csearch.c hkfs/fuse/_fill.c hkfs/core/_aggregates.c; do
         so=$(ls "${src%.c}"*.so 2>/dev/null | head -n1 || true)
         if [ -z "$so" ] || [ "$src" -nt "$so" ]; then stale_kernel=1; fi
     done

@@ -89,6 +89,8 @@ def test_listed_files_are_the_files_sent_with_attributes() -> None:
     assert glue.listed_files(p, 0, len(p)) == ["a", "é-ü", "x" * 255]
     assert glue.listed_files(p, 1, 2) == ["é-ü"]
     assert glue.listed_files(p, 3, 5) == []
+    assert glue.listed_files(p, 0, 2) == ["a", "é-ü"]      # all files: the names as they are
+    assert glue.listed_files(p, 2, 2) == []
 
 
 class _Kernel:

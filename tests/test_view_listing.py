@@ -5,6 +5,7 @@ a listing made after a change."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -178,8 +179,11 @@ def test_shared_names_are_read_even_while_the_read_ahead_thread_is_busy(model: M
 
 @pytest.mark.parametrize("path", ["/@/v", "/@/w", "/@/v/@/w", "/@/v/@/@or/w", "/@/@untagged", "/@/v/sub"])
 def test_view_ids_are_match_ids(model: MountModel, path: str) -> None:
-    """A view's ids, read as one string of text, are match_ids, sorted, each once."""
+    """A view's ids, read as one string of text, are match_ids, sorted, each once (also a file
+    that carries several keywords of the subtree: the column may repeat it, Store.match_ids_column)."""
     model.create("/loose", stat.S_IFREG | 0o600, 0, 0)
+    twice = model.store.match_ids(model.ns, [("v",)], "f01")[0]
+    model.store.atkw(twice, ["//v/sub", "//v/x"])               # three rows in //v's subtree
     hks = model.resolve(path).hks
     got = model.reads.view_ids(model.ns, tuple(hks))
     assert got.dtype == np.int64
@@ -200,3 +204,66 @@ def test_read_ahead_works_in_a_forked_child() -> None:
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_read_ahead_is_topped_up_between_requests_not_during_them(model: MountModel,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request served from pieces read ahead gives the worker nothing new while it fills
+    (the worker's numpy and packing would hold the GIL the filling request needs); once
+    the caller closes the pieces (the reply is full), the next READ_AHEAD are read."""
+    monkeypatch.setattr(view_listing, "READ_AHEAD", 2)
+    got = listing_for(model, model.resolve("/@/v"), "/@/v")
+    assert isinstance(got, ViewListing)
+    with contextlib.closing(got.pieces_from(0)) as pieces:
+        next(pieces)                                           # '.' and '..'
+        first, _start = next(pieces)                           # read here: the worker reads 4, 8
+        assert sorted(got._ahead) == [4, 8]
+    for fut in got._ahead.values():
+        fut.result()
+    with contextlib.closing(got.pieces_from(int(first.offsets[-1]))) as pieces:
+        second, _start = next(pieces)                          # read ahead: nothing more asked
+        assert second.names[0] == "f04" and sorted(got._ahead) == [8]
+        next(pieces)                                           # the reply ends in piece 8
+    assert sorted(got._ahead) == [12, 16]                      # the next request's, between requests
+
+
+def test_pieces_read_ahead_are_prepared_on_the_worker(model: MountModel) -> None:
+    """`prepare` (the adapter's packing for libfuse) runs on the worker with each piece it reads,
+    so a request only hands the piece over; a piece read on the caller's thread is not prepared."""
+    where: dict[str, str] = {}
+
+    def prepare(piece: view_listing.Piece) -> None:
+        where[piece.names[0]] = threading.current_thread().name
+        piece.wire = ("ready", len(piece))
+
+    got = listing_for(model, model.resolve("/@/v"), "/@/v", prepare)
+    assert isinstance(got, ViewListing)
+    pieces = got.pieces_from(0)
+    next(pieces)                                               # '.' and '..'
+    first, _start = next(pieces)                               # read here, at the start
+    assert first.wire is None and first.names[0] not in where
+    for _i in range(3):                                        # files 4..15, read ahead
+        for fut in got._ahead.values():
+            fut.result()                                       # (not cancelled as not started)
+        p, _start = next(pieces)
+        assert p.wire == ("ready", len(p)) and where[p.names[0]].startswith("hkfs-listing")
+
+
+def test_columns_packed_by_sqlite_are_the_text_ones(model: MountModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the C aggregate built (hkfs/core/_aggregates.c) a catalog's connections pack a piece's
+    integer columns into one BLOB (hkfs.core.aggregates); the listing is the same as from the
+    columns read as text (the fallback without it): attributes, link and HK counts, names."""
+    pytest.importorskip("hkfs.core._aggregates")
+    store = model.store
+    assert store.catalog.aggregates
+    eids = store.match_ids(model.ns, [("v",)])
+    store.link(eids[0], store.root_dir(model.ns), "linked")
+    store.atkw(eids[1], ["//w", "//v/sub"])
+    got = store.entity_columns_between(min(eids), max(eids))
+    assert got is not None and isinstance(got.ints, bytes) and isinstance(got.tagged, bytes)
+    packed = streamed(model, "/@/v")
+    monkeypatch.setattr(store.catalog, "aggregates", False)
+    text = store.entity_columns_between(min(eids), max(eids))
+    assert text is not None and isinstance(text.ints, tuple) and text.names == got.names
+    assert streamed(model, "/@/v") == packed
+    assert len(packed) > 20 and any(attrs and attrs[1] == 3 for (_n, _i, attrs), _o in packed)

@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import aggregates
 from .errors import CatalogDamaged, StoreVersionError
 from .migrations import (
     SCHEMA_VERSION,
@@ -57,6 +58,8 @@ class Catalog:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
         self.readonly = readonly
+        # before any connection of this catalog: each has hkfs_int64s() and hkfs_repeated()
+        self.aggregates = aggregates.register()
         self._conns: dict[int, _ThreadConn] = {}
         self._conns_lock = threading.Lock()
         # connections lent to requests (`lend`), given back here: the last one back is lent next

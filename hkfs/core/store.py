@@ -56,7 +56,7 @@ from .naming import (
     validate_name,
 )
 
-__all__ = ["Store", "EntityInfo", "EntityStat", "DirInfo", "DirEntry", "LOST_FOUND", "CATALOG", "ENTITIES"]
+__all__ = ["Store", "EntityInfo", "EntityStat", "DirInfo", "DirEntry", "EntityColumns", "INT_COLUMNS", "LOST_FOUND", "CATALOG", "ENTITIES"]
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,24 @@ class EntityStat(NamedTuple):
 _STAT_SELECT = ("SELECT e.id, e.name, e.size, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, "
                 "(SELECT count(*) FROM links l WHERE l.entity = e.id), "
                 "(SELECT count(*) FROM entity_keywords x WHERE x.entity = e.id) FROM entities e")
-# The first nine of them as columns of text, for entities with ids in a range (entity_columns_between)
-_COLUMNS = EntityStat._fields[:9]
-_COLUMNS_SELECT = ("SELECT " + ", ".join(f"group_concat({f}, '/')" if f == "name" else f"group_concat({f})"
-                                         for f in _COLUMNS) +
-                   " FROM entities WHERE id BETWEEN ? AND ?")
+# The integers among their first nine (all but the name), for entities with ids in a range
+# (entity_columns_between): packed by hkfs_int64s() (hkfs.core.aggregates), or as text
+INT_COLUMNS = tuple(f for f in EntityStat._fields[:9] if f != "name")
+_RANGE = " FROM entities WHERE id BETWEEN ? AND ?"
+_COLUMNS_PACKED = f"SELECT hkfs_int64s({', '.join(INT_COLUMNS)}), group_concat(name, '/')" + _RANGE
+_COLUMNS_TEXT = ("SELECT " + ", ".join(f"group_concat({f})" for f in INT_COLUMNS) + ", group_concat(name, '/')"
+                 + _RANGE)
+
+
+class EntityColumns(NamedTuple):
+    """Entities with ids in a range as columns (Store.entity_columns_between). Integers are
+    either packed (bytes: native int64, `ints` row-major in INT_COLUMNS order) or text
+    (values joined by ','; `ints` one text per column)."""
+
+    ints: bytes | tuple[str, ...]
+    names: str                 # joined by '/', which no file name holds
+    tagged: bytes | str        # the entity of each of their HKs (entity_keywords rows)
+    linked: bytes | str        # the entity of each of their directory links
 
 
 @dataclass(frozen=True)
@@ -1004,8 +1017,10 @@ class Store:
     # ------------------------------------------------------------ resolution
 
     def _match(self, c: sqlite3.Connection, ns: int, hks: Sequence[HK | str],
-               name: str | None, *, with_tags: bool = False) -> tuple[str, list]:
-        """A SELECT of the distinct ids of the files the list matches (with descendants).
+               name: str | None, *, with_tags: bool = False, distinct: bool = True) -> tuple[str, list]:
+        """A SELECT of the distinct ids of the files the list matches (with descendants);
+        distinct=False: ids may repeat where a keyword's subtree drives (a caller that
+        dedups itself spares SQLite the temporary B-tree, ~2/3 of the scan at 100k files).
 
         The most selective HK (counted up to a cap) drives: a range scan of its subtree's
         keyword ids (keywords.path) joined to the (keyword, entity) primary key. Every other
@@ -1038,7 +1053,7 @@ class Store:
             ).fetchone()[0] for p in paths]
             paths = [paths[i] for i in sorted(range(len(paths)), key=est.__getitem__)]
         p0 = paths[0]
-        sql = (f"SELECT {'x.entity, x.tags' if with_tags else 'DISTINCT x.entity'} "
+        sql = (f"SELECT {'x.entity, x.tags' if with_tags else 'DISTINCT x.entity' if distinct else 'x.entity'} "
                "FROM keywords k JOIN entity_keywords x ON x.keyword = k.id "
                "WHERE k.ns = ? AND k.path >= ? AND k.path < ?")
         params = [ns, p0, p0[:-1] + "0"]
@@ -1151,36 +1166,40 @@ class Store:
                 f"{_STAT_SELECT} WHERE e.id IN ({','.join('?' * len(eids))}) ORDER BY e.id", list(eids)).fetchall()
         return list(map(EntityStat._make, rows))
 
-    def entity_columns_between(self, lo: int, hi: int) -> tuple[dict[str, str], dict[int, int], dict[int, int]]:
-        """The entities with lo <= id <= hi as columns of text, and, from the same snapshot,
-        their HK counts that are not 1 and their directory-link counts that are not 0 (id -> count).
+    def entity_columns_between(self, lo: int, hi: int) -> EntityColumns | None:
+        """The entities with lo <= id <= hi as columns, and, from the same snapshot, the entity
+        of each of their HKs and of each of their directory links (an entity appears once per
+        HK, once per link: its counts); None when there is no such entity.
 
-        Columns: EntityStat's first nine fields by name, each the values joined by ',' (name
-        by '/', which no file name holds) in the order of the table's range scan, id order
-        (a caller that relies on it checks); {} when there is no such entity. One
-        row for the lot, where fetching a row per entity cost Python objects and a GIL round
-        trip per row; the counts come from range scans of the two entity indexes, not a
-        lookup per entity (a dense piece of a view listing: hkfs.mount.view_listing)."""
+        Rows in the order of the table's range scan, id order (a caller that relies on it
+        checks). One row for the lot, where fetching a row per entity cost Python objects
+        and a GIL round trip per row; the counts are range scans of the two entity indexes,
+        counted by the caller (hkfs.mount.view_listing: numpy), not a lookup per entity nor
+        a GROUP BY. Integers packed by hkfs_int64s() when the catalog's connections have it
+        (hkfs.core.aggregates: no decimal text to write and parse), else as text."""
+        packed = self.catalog.aggregates
+        agg = "hkfs_int64s" if packed else "group_concat"
         with self.catalog.read() as c:
-            got = c.execute(_COLUMNS_SELECT, (lo, hi)).fetchone()
+            got = c.execute(_COLUMNS_PACKED if packed else _COLUMNS_TEXT, (lo, hi)).fetchone()
             if got[0] is None:
-                return {}, {}, {}
-            cols = dict(zip(_COLUMNS, got, strict=True))
-            hks = dict(c.execute("SELECT entity, count(*) FROM entity_keywords WHERE entity BETWEEN ? AND ? "
-                                 "GROUP BY entity HAVING count(*) != 1", (lo, hi)))
-            tagged = c.execute("SELECT count(DISTINCT entity) FROM entity_keywords WHERE entity BETWEEN ? AND ?",
+                return None
+            tagged = c.execute(f"SELECT {agg}(entity) FROM entity_keywords WHERE entity BETWEEN ? AND ?",
                                (lo, hi)).fetchone()[0]
-            if tagged < cols["id"].count(",") + 1:           # some carry no HK at all
-                hks.update((r[0], 0) for r in c.execute(
-                    "SELECT e.id FROM entities e WHERE e.id BETWEEN ? AND ? AND NOT EXISTS "
-                    "(SELECT 1 FROM entity_keywords x WHERE x.entity = e.id)", (lo, hi)))
-            links = dict(c.execute("SELECT entity, count(*) FROM links WHERE entity BETWEEN ? AND ? GROUP BY entity",
-                                   (lo, hi)))
-        return cols, hks, links
+            linked = c.execute(f"SELECT {agg}(entity) FROM links WHERE entity BETWEEN ? AND ?", (lo, hi)).fetchone()[0]
+        empty = b"" if packed else ""
+        return EntityColumns(got[0] if packed else got[:-1], got[-1], tagged or empty, linked or empty)
 
     def shared_names(self, ns: int) -> set[str]:
-        """The names that more than one entity of namespace ns bears (one scan of its name index)."""
+        """The names that more than one entity of namespace ns bears (one scan of its name index:
+        hkfs_repeated() compares each name with the one before, hkfs.core.aggregates; GROUP BY
+        cost ~0.5 us a name, 50 ms at 100k files, on a view's first listing's critical path)."""
         with self.catalog.read() as c:
+            if self.catalog.aggregates:
+                try:
+                    got = c.execute("SELECT hkfs_repeated(name) FROM entities WHERE ns = ?", (ns,)).fetchone()[0]
+                    return set(got.split("/")) if got else set()
+                except sqlite3.OperationalError as exc:      # the scan was not in name order
+                    log.warning("shared names of namespace %d by GROUP BY: %s", ns, exc)
             return {r[0] for r in c.execute(
                 "SELECT name FROM entities WHERE ns = ? GROUP BY name HAVING count(*) > 1", (ns,))}
 
@@ -1192,12 +1211,16 @@ class Store:
             return c.execute(f"SELECT name, id FROM entities WHERE ns = ? AND name IN ({','.join('?' * len(names))})",
                              (ns, *names)).fetchall()
 
-    def match_ids_text(self, ns: int, hks: Sequence[HK | str]) -> str:
-        """match_ids (unsorted) as one string, the ids joined by ',' ('' for none): a big view's
-        ids in one row, with no Python object per file (hkfs.mount.cached_reads.view_ids)."""
+    def match_ids_column(self, ns: int, hks: Sequence[HK | str]) -> bytes | str:
+        """match_ids (unsorted, and an id may repeat) as one value: native int64 packed by
+        hkfs_int64s() when the catalog's connections have it (hkfs.core.aggregates), else
+        text, the ids joined by ','; empty for none. A big view's ids in one row, with no
+        Python object per file (hkfs.mount.views.view_ids sorts and dedups them)."""
+        agg = "hkfs_int64s" if self.catalog.aggregates else "group_concat"
         with self.catalog.read() as c:
-            sel, params = self._match(c, ns, hks, None)
-            return c.execute(f"WITH m(id) AS ({sel}) SELECT group_concat(id) FROM m", params).fetchone()[0] or ""
+            sel, params = self._match(c, ns, hks, None, distinct=False)
+            got = c.execute(f"WITH m(id) AS ({sel}) SELECT {agg}(id) FROM m", params).fetchone()[0]
+        return got or (b"" if self.catalog.aggregates else "")
 
     def match_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
         """Like resolve, ids only (cheap: for counting and large views)."""

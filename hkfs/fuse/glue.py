@@ -18,6 +18,7 @@ The operations themselves (paths -> store calls) are hkfs.fuse.operations.HKOper
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -280,6 +281,8 @@ def listed_files(piece: Piece, start: int, end: int) -> list[str]:
     hkfs.fuse.node_budget counts; directories and looked-up entries are not)."""
     files = piece.plus[start:end] & (piece.attrs[start:end, 2] & _S_IFMT != stat.S_IFDIR)
     names = piece.names
+    if files.all():                  # a view's files: the names as they are
+        return names[start:end]
     return [names[i] for i in (np.flatnonzero(files) + start).tolist()]
 
 
@@ -298,6 +301,15 @@ class HKFuse(FUSE):
 
     operations: HKOperations
 
+    def __init__(self, operations: HKOperations, *args: Any, **kwargs: Any) -> None:
+        # a view listing's pieces read ahead are encoded on its worker (hkfs.mount.view_listing)
+        # while the kernel and `ls` work on the last reply: a READDIRPLUS only hands them over
+        operations.prepare_piece = self._prepare
+        super().__init__(operations, *args, **kwargs)     # serves until unmounted
+
+    def _prepare(self, piece: Piece) -> None:
+        piece.wire = wire(piece, self.encoding, self.errors)
+
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
                        flags: int) -> int:
         if not flags & FUSE_READDIR_PLUS:
@@ -315,18 +327,21 @@ class HKFuse(FUSE):
         with self.operations.lent(), kernel.handing():   # attributes given: a foreign commit drops everything (KernelCache.unchanged)
             if plus:
                 kernel.note_listing()
-            for piece, start in self.operations.listing_from(decoded, fip.contents.fh, offset):
-                w = piece.wire
-                if w is None:
-                    w = piece.wire = wire(piece, self.encoding, self.errors)
-                end = fill_piece(filler, buf, w if plus else names_only(w), size, start)
-                if budget.active:
-                    files += listed_files(piece, start, end)
-                if end < len(piece) or not plus:
-                    # the reply is full; or names only (the drops lag): one piece a reply, so
-                    # the next request sees the budget again (a 1 MiB one holds ~6,500 names,
-                    # each then a LOOKUP, where entries may be kept again after a few)
-                    break
+            # closed as soon as the reply is full: a view listing then reads ahead for the next
+            # request, on its worker, while the kernel and `ls` work on this reply
+            with contextlib.closing(self.operations.listing_from(decoded, fip.contents.fh, offset)) as pieces:
+                for piece, start in pieces:
+                    w = piece.wire
+                    if w is None:
+                        w = piece.wire = wire(piece, self.encoding, self.errors)
+                    end = fill_piece(filler, buf, w if plus else names_only(w), size, start)
+                    if budget.active:
+                        files += listed_files(piece, start, end)
+                    if end < len(piece) or not plus:
+                        # the reply is full; or names only (the drops lag): one piece a reply, so
+                        # the next request sees the budget again (a 1 MiB one holds ~6,500 names,
+                        # each then a LOOKUP, where entries may be kept again after a few)
+                        break
         budget.listed(files, self.encoding, self.errors)
         return 0
 

@@ -33,7 +33,8 @@ import ctypes.util
 import logging
 import os
 import sqlite3
-from pathlib import Path
+
+from ..core.aggregates import shared_sqlite
 
 __all__ = ["bound", "trim", "SQLITE_HEAP_MIB", "MALLOC_ARENAS"]
 
@@ -51,14 +52,12 @@ _libc: ctypes.CDLL | None = None
 
 
 def _shared_sqlite() -> ctypes.CDLL | None:
-    """The libsqlite3 Python's sqlite3 module runs on, if it is a shared library of this process."""
-    with open("/proc/self/maps") as f:
-        path = next((line.split()[-1] for line in f if "/libsqlite3.so" in line), None)
-    if path is None or not Path(path).exists():
-        return None
-    lib = ctypes.CDLL(path)
-    lib.sqlite3_soft_heap_limit64.restype = ctypes.c_int64
-    lib.sqlite3_soft_heap_limit64.argtypes = [ctypes.c_int64]
+    """The libsqlite3 Python's sqlite3 module runs on (hkfs.core.aggregates.shared_sqlite), set up for
+    sqlite3_soft_heap_limit64."""
+    lib = shared_sqlite()
+    if lib is not None:
+        lib.sqlite3_soft_heap_limit64.restype = ctypes.c_int64
+        lib.sqlite3_soft_heap_limit64.argtypes = [ctypes.c_int64]
     return lib
 
 

@@ -24,7 +24,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,9 @@ class HKOperations(Operations):
         self.model.on_view_all = self.kernel.note_viewed_all
         self.kernel.always = lambda: self.model.shared    # a caller's reach depends on directory modes
         self.reads = self.model.reads
+        # what the adapter does to a view listing's piece read ahead, on the reading worker
+        # (HKFuse: encode it for libfuse's filler, so a READDIRPLUS only copies it)
+        self.prepare_piece: Callable[[Piece], None] | None = None
         # a request's catalog reads on a connection lent for it, the last one given back first
         # (Catalog.lend): `mapped` callbacks, the listing's pieces and the commit poke
         self.lend, self.give_back, self.lent = store.catalog.lend, store.catalog.give_back, store.catalog.lent
@@ -398,7 +401,7 @@ class HKOperations(Operations):
         return [(name, {"st_mode": mode, "st_ino": ino}, 0) for name, mode, ino, _, _ in self.model.listdir(path)]
 
     @mapped
-    def listing_from(self, path: str, fh: int, offset: int) -> Iterator[tuple[Piece, int]]:
+    def listing_from(self, path: str, fh: int, offset: int) -> Generator[tuple[Piece, int], None, None]:
         """A directory's entries for READDIRPLUS after `offset`, each with its own offset, in
         pieces of columns (hkfs.mount.view_listing.Piece, with the index of the first entry
         after `offset`).
@@ -413,7 +416,7 @@ class HKOperations(Operations):
         never kept by the kernel, are listed whole and resumed by position."""
         got = self._listings.get(fh)
         if got is None or not offset:
-            got = self._listings[fh] = listing_for(self.model, self.model.resolve(path), path)
+            got = self._listings[fh] = listing_for(self.model, self.model.resolve(path), path, self.prepare_piece)
             self.kernel.dirs.listed(fh)
         return got.pieces_from(offset)
 

@@ -7,11 +7,13 @@ file, fixed at the handle's first read as readdir(3) expects) and fetches names 
 attributes CHUNK files at a time, in id order, as the kernel asks for them.
 
 A piece is columns (`Piece`: names, an int64 array of attributes in Attrs order, offsets):
-read as one row of text per field (Store.entity_columns_between) and computed with numpy,
-it costs no Python object or call per file, and the adapter packs and sends it whole
-(hkfs.fuse.glue). The next READ_AHEAD pieces are read on a worker thread while the current one is
-sent and while the kernel works on the reply; a kept or read-ahead piece is handed out only
-if nothing committed since it was read.
+read as one row (Store.entity_columns_between: the integers packed by SQLite into one BLOB,
+hkfs.core.aggregates, or as text) and computed with numpy, it costs no Python object or call per
+file, and the adapter packs and sends it whole (hkfs.fuse.glue). When a request is done with
+its pieces (the reply full), a worker thread reads the next READ_AHEAD and the adapter packs
+them there (`prepare`), while the kernel and `ls` work on the reply: the next request only
+hands them to libfuse, and the worker holds no GIL a filling request waits for. A kept or
+read-ahead piece is handed out only if nothing committed since it was read.
 
 Offsets are stable, so a listing resumed by a handle that read nothing itself (the
 kernel switching from the listing it kept, hkfs.fuse.dir_cache, to the daemon midway)
@@ -29,17 +31,17 @@ from __future__ import annotations
 import bisect
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from ..core.store import EntityStat
+from ..core.store import INT_COLUMNS, EntityColumns, EntityStat
 from .model import BLKSIZE, Entry, MountModel
 from .paths import clash_name, listed_name
 from .queryfs import SUFFIX as QUERY_SUFFIX
-from .views import KeySpaceLoc, Location, ViewLoc, view_children_of
+from .views import KeySpaceLoc, Location, ViewLoc, int64s_of, view_children_of
 
 __all__ = ["Piece", "ViewListing", "WholeListing", "listing_for", "stable_offset", "CHUNK", "READ_AHEAD", "KEYWORDS"]
 
@@ -147,22 +149,29 @@ def _attrs(model: MountModel, cols: dict[str, np.ndarray], names: list[str], nli
     return attrs
 
 
-def _counts(eid: np.ndarray, default: int, given: dict[int, int]) -> np.ndarray:
-    """A count per id: `default`, or the one `given` for that id."""
-    out = np.full(len(eid), default, np.int64)
-    if given and len(eid):
-        keys = np.fromiter(given, np.int64, len(given))
-        at = np.minimum(np.searchsorted(eid, keys), len(eid) - 1)
-        hit = eid[at] == keys
-        out[at[hit]] = np.fromiter(given.values(), np.int64, len(given))[hit]
-    return out
+def _columns(got: EntityColumns) -> dict[str, np.ndarray]:
+    """Store.entity_columns_between's integer columns by name (INT_COLUMNS), in its row order."""
+    if isinstance(got.ints, bytes):
+        rows = int64s_of(got.ints).reshape(-1, len(INT_COLUMNS))
+        return {f: rows[:, j] for j, f in enumerate(INT_COLUMNS)}
+    return {f: int64s_of(t) for f, t in zip(INT_COLUMNS, got.ints, strict=True)}
+
+
+def _occurrences(eid: np.ndarray, ids: bytes | str) -> np.ndarray:
+    """How many times each of these ids (sorted) occurs among `ids` (Store.entity_columns_between's
+    tagged, linked: one per HK, per link)."""
+    if not ids or not len(eid):
+        return np.zeros(len(eid), np.int64)
+    seen = np.sort(int64s_of(ids))
+    return np.searchsorted(seen, eid, "right") - np.searchsorted(seen, eid, "left")
 
 
 class ViewListing:
     """One open view's entries from an offset on (see the module doc)."""
 
-    def __init__(self, model: MountModel, view: ViewLoc) -> None:
+    def __init__(self, model: MountModel, view: ViewLoc, prepare: Callable[[Piece], None] | None = None) -> None:
         self.model, self.view = model, view
+        self.prepare = prepare          # the adapter's encoding of a piece, on the worker with its read
         me = model.virtual_ino(view)
         root = (model.root << 2) | 2                 # as MountModel.listdir gives '..'
         head: list[Entry] = [(".", stat.S_IFDIR, me, None, None), ("..", stat.S_IFDIR, root, None, None)]
@@ -190,9 +199,10 @@ class ViewListing:
     def __len__(self) -> int:
         return len(self.head) + len(self.ids) + len(self.kw)
 
-    def pieces_from(self, offset: int) -> Iterator[tuple[Piece, int]]:
+    def pieces_from(self, offset: int) -> Generator[tuple[Piece, int], None, None]:
         """(piece, index of its first entry whose offset is above `offset`) for every piece
-        that has such entries, in order."""
+        that has such entries, in order. When the caller is done with them (a READDIRPLUS
+        reply full: it closes the iterator), the worker reads the next READ_AHEAD pieces."""
         if offset < 2:
             yield self.head, self.head.after(offset)
         if offset < KEYWORDS:
@@ -200,12 +210,17 @@ class ViewListing:
             # A request takes a few hundred entries: pieces start at multiples of CHUNK and the
             # last one is kept for the requests that follow.
             i = first - first % CHUNK
-            while i < len(self.ids):
-                piece = self._piece_at(i)
-                start = piece.after(offset)
-                if start < len(piece):
-                    yield piece, start
-                i += CHUNK
+            try:
+                while i < len(self.ids):
+                    piece = self._piece_at(i)
+                    start = piece.after(offset)
+                    if start < len(piece):
+                        yield piece, start
+                    i += CHUNK
+            finally:
+                # between requests: the worker holds the GIL (numpy, the adapter's packing)
+                # while the kernel and `ls` work on the reply, not while a request fills
+                self._read_ahead(i + CHUNK)
         if self.kw:
             if self._kw_piece is None:
                 self._kw_piece = Piece.of_entries(self.kw, [stable_offset(2, e) for e in self.kw])
@@ -215,8 +230,8 @@ class ViewListing:
 
     def _piece_at(self, i: int) -> Piece:
         """The piece of the files from index i on: the one kept, or the one read ahead, if
-        nothing committed since it was read, else one read now; then the next READ_AHEAD are read
-        ahead (while the kernel works on a reply, the daemon gets the next one's pieces ready)."""
+        nothing committed since it was read, else one read now while the worker reads the
+        next ones (the listing's start, a listing resumed elsewhere, a change)."""
         version = self.model.reads.changes.version()
         at, read_at, piece = self._piece
         if at == i and read_at == version and piece is not None:
@@ -231,33 +246,42 @@ class ViewListing:
             read_at, got = fut.result()
             if read_at == version:
                 piece = got
-        for nxt in range(i + CHUNK, min(i + (READ_AHEAD + 1) * CHUNK, len(self.ids)), CHUNK):
-            if nxt not in ahead:             # (before a read of piece i here: both at once)
-                ahead[nxt] = _AHEAD.submit(self._read, nxt)
         if piece is None:
+            self._read_ahead(i + CHUNK)      # (before the read of piece i here: both at once)
             piece = self._files(self.ids[i:i + CHUNK])
         self._piece = (i, version, piece)
         return piece
 
+    def _read_ahead(self, i: int) -> None:
+        """Have the worker read the pieces from index i on that it is not reading, up to READ_AHEAD."""
+        ahead = self._ahead
+        for nxt in range(i, min(i + READ_AHEAD * CHUNK, len(self.ids)), CHUNK):
+            if nxt not in ahead:
+                ahead[nxt] = _AHEAD.submit(self._read, nxt)
+
     def _read(self, i: int) -> tuple[int, Piece]:
-        """The piece from index i on, with the catalog version it was read at (read ahead)."""
+        """The piece from index i on, with the catalog version it was read at (read ahead),
+        made ready for the wire by `prepare` (then a request only copies it to libfuse)."""
         version = self.model.reads.changes.version()
-        return version, self._files(self.ids[i:i + CHUNK])
+        piece = self._files(self.ids[i:i + CHUNK])
+        if self.prepare is not None and len(piece):
+            self.prepare(piece)
+        return version, piece
 
     def _files(self, ids: np.ndarray) -> Piece:
         """The piece of these files of the view (sorted ids), in id order."""
         store = self.model.store
         lo, hi = int(ids[0]), int(ids[-1])
-        text: dict[str, str] = {}
+        got = None
         if hi - lo < 2 * len(ids):           # dense: one range read, the other files left out
-            text, hks, links = store.entity_columns_between(lo, hi)
-            if not text:
+            got = store.entity_columns_between(lo, hi)
+            if got is None:
                 return _EMPTY
-            cols = {f: np.fromstring(t, np.int64, sep=",") for f, t in text.items() if f != "name"}
-            names = text["name"].split("/")
+            cols = _columns(got)
+            names = got.names.split("/")
             if len(names) != len(cols["id"]):
-                text = {}                    # a name with a '/' (which no file name holds): row by row
-        if text:
+                got = None                   # a name with a '/' (which no file name holds): row by row
+        if got is not None:
             keep = np.isin(cols["id"], ids) if hi - lo + 1 != len(ids) else None   # consecutive: all listed
             if keep is not None or np.any(cols["id"][1:] < cols["id"][:-1]):
                 order = np.flatnonzero(keep) if keep is not None else np.arange(len(names))
@@ -265,7 +289,7 @@ class ViewListing:
                 cols = {f: c[order] for f, c in cols.items()}
                 names = [names[i] for i in order.tolist()]
             eid = cols["id"]
-            nlinks, nhks = _counts(eid, 0, links), _counts(eid, 1, hks)
+            nlinks, nhks = _occurrences(eid, got.linked), _occurrences(eid, got.tagged)
         else:
             stats = store.entity_stats(ids.tolist())     # in id order; gone ones left out
             if not stats:
@@ -276,7 +300,7 @@ class ViewListing:
             eid, nlinks, nhks = cols["id"], cols["nlinks"], cols["nhks"]
         attrs = _attrs(self.model, cols, names, nlinks, nhks)
         renamed = self._shared_names(self.shared.intersection(names)) if self.shared else set()
-        if renamed or not self.keywords.isdisjoint(names):
+        if renamed or (self.keywords and not self.keywords.isdisjoint(names)):   # (it iterates the names)
             kws = self.keywords
             for i, name in enumerate(names):
                 if name in renamed:
@@ -333,7 +357,7 @@ class WholeListing:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def pieces_from(self, offset: int) -> Iterator[tuple[Piece, int]]:
+    def pieces_from(self, offset: int) -> Generator[tuple[Piece, int], None, None]:
         """As ViewListing.pieces_from: CHUNK entries a piece, their attributes taken when the
         listing gets there."""
         first = bisect.bisect_right(self.offsets, offset)
@@ -345,9 +369,10 @@ class WholeListing:
             yield piece, max(first - i, 0)
 
 
-def listing_for(model: MountModel, loc: Location, path: str) -> ViewListing | WholeListing:
-    """The listing of `path` (at `loc`): a view of a private mount a piece at a time, anything
-    else whole."""
+def listing_for(model: MountModel, loc: Location, path: str,
+                prepare: Callable[[Piece], None] | None = None) -> ViewListing | WholeListing:
+    """The listing of `path` (at `loc`): a view of a private mount a piece at a time (each piece
+    read ahead handed to `prepare` on the worker), anything else whole."""
     if type(loc) is ViewLoc and not model.shared:
-        return ViewListing(model, loc)
+        return ViewListing(model, loc, prepare)
     return WholeListing(model.listdir(path), isinstance(loc, (KeySpaceLoc, ViewLoc)))

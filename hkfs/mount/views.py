@@ -285,12 +285,17 @@ class Resolver:
         return own[0] if len(own) == 1 else None
 
 
+def int64s_of(column: bytes | str) -> np.ndarray:
+    """Integers a store read gave as one value: packed native int64 (hkfs_int64s(),
+    hkfs.core.aggregates; read-only) or text joined by ','."""
+    return np.frombuffer(column, np.int64) if isinstance(column, bytes) else np.fromstring(column, np.int64, sep=",")
+
+
 def view_ids(store: Any, ns: int, hks: Sequence[HK | str]) -> np.ndarray:
-    """The sorted, distinct ids of a view's files as int64, read as one string of text
-    (Store.match_ids_text): no Python int or list slot per file, ~40 MiB of transients at a
+    """The sorted, distinct ids of a view's files as int64, read as one value
+    (Store.match_ids_column): no Python int or list slot per file, ~40 MiB of transients at a
     million (the mount's listings and memo, the query layer's scopes)."""
-    ids = np.fromstring(store.match_ids_text(ns, hks), np.int64, sep=",")
-    ids.sort()
+    ids = np.sort(int64s_of(store.match_ids_column(ns, hks)))
     keep = np.ones(len(ids), bool)
     keep[1:] = ids[1:] != ids[:-1]
     return ids[keep]
