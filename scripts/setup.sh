@@ -17,6 +17,9 @@ command -v zsh >/dev/null 2>&1 || need_apt+=(zsh)          # hk shell-init zsh i
 command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)      # tests only: exports from views (docs/mount.md)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)  # vecindex's C search kernel (optional build, setup.py)
 [ -f /usr/include/sqlite3ext.h ] || need_apt+=(libsqlite3-dev)  # hkfs/core/_aggregates.c (optional build)
+command -v fio >/dev/null 2>&1 || need_apt+=(fio)              # tests only: outside exercisers (tests/test_outside_tools.py)
+command -v stress-ng >/dev/null 2>&1 || need_apt+=(stress-ng)
+command -v dbench >/dev/null 2>&1 || need_apt+=(dbench)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt-get" >&2

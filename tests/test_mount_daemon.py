@@ -132,6 +132,21 @@ def test_refused_names(mount: Mount) -> None:
     assert "done" in r.stdout
 
 
+def test_a_file_name_with_a_newline_stays_on_its_log_line(mount: Mount) -> None:
+    """File names may hold newlines (stress-ng's filename stressor makes them): the daemon's log
+    line about such a file (here its move to lost+found, after `rm` in its only view) escapes
+    them, so no name can write a line of its own, e.g. a made-up ERROR, into daemon.log."""
+    mount.run("""
+        mkdir @/names
+        echo x > $'@/names/a\nFAKE-LINE from a name'
+        rm $'@/names/a\nFAKE-LINE from a name'
+        ls lost+found/a*
+    """)
+    lines = mount.log.read_text().splitlines()
+    assert not [ln for ln in lines if ln.startswith("FAKE-LINE")]
+    assert [ln for ln in lines if "lost+found/a\\nFAKE-LINE from a name" in ln]
+
+
 def test_default_permissions_enforced(mount_factory: MountFactory) -> None:
     if os.getuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to act as another user")

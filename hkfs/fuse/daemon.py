@@ -35,6 +35,19 @@ log = logging.getLogger(__name__)
 
 LOG_NAME = "daemon.log"
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+# Control characters a message may carry (file names may hold any byte but / and NUL), as escapes.
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"}
+
+
+class OneLineFormatter(logging.Formatter):
+    """Each record's message on one line: a file named "x\\n<time> <pid> ERROR ..." (stress-ng's
+    filename stressor makes such names) must not write a line of its own into daemon.log, which
+    people and the tests read line by line. Tracebacks keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_ESCAPES)
+        return super().formatMessage(record)
+
 
 # Kernel caches off until the daemon knows it can drop them on every change
 # (hkfs.fuse.kernel_cache turns them on from libfuse's init); with them off a change by
@@ -205,11 +218,11 @@ def _setup_daemon_logging(store: Path, *, to_stderr: bool, level: int) -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
     fh = logging.FileHandler(store / LOG_NAME, encoding="utf-8")
-    fh.setFormatter(logging.Formatter(LOG_FORMAT))
+    fh.setFormatter(OneLineFormatter(LOG_FORMAT))
     root.addHandler(fh)
     if to_stderr:
         sh = logging.StreamHandler(sys.stderr)
-        sh.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        sh.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(sh)
     root.setLevel(level)
     logging.captureWarnings(True)
