@@ -53,6 +53,42 @@ def test_ln_mv_rm_in_views_never_delete_bytes(mount: Mount) -> None:
     """)
 
 
+
+def test_ln_under_another_name_in_a_view_is_refused(mount: Mount) -> None:
+    """A file has one name in every view, so link(2) to another name in a view cannot make a
+    second one: EPERM, nothing changed (it used to rename the file, directory links too, and
+    a link-then-unlink tool's unlink then failed). git's object writes fall back to rename."""
+    mount.run("""
+        mkdir @/k @/k/sub @/j d
+        echo a > @/k/a; ln @/k/a d/a
+        fails_with 'Operation not permitted' ln @/k/a @/k/b
+        fails_with 'Operation not permitted' ln @/k/a @/j/b
+        fails_with 'Operation not permitted' ln d/a @/j/b
+        test "$(ls @/k)" = "$(printf 'a\\nsub')"; test -z "$(ls @/j)"; test "$(ls d)" = a
+        test "$(getfattr --only-values -n user.hk.keywords d/a)" = //k
+        ln @/k/a @/j/                                          # its own name: attaches //j
+        test "$(getfattr --only-values -n user.hk.keywords d/a)" = //j//k
+        echo 1 > @/k/c.txt; echo 2 > @/k/sub/c.txt            # @/k lists them as c~ID.txt
+        one=$(cd @/k && ls c~*.txt | head -1)
+        ln "@/k/$one" @/j/                                     # a clash name is the file's own name
+        test "$(ls @/j)" = "$(printf 'a\\nc.txt')"
+        "$PY" - <<'PY'
+import errno, os
+# git's finalize_object_file: link the temp to the final name, else rename it there
+tmp, final = "@/k/tmp_obj_x", "@/k/obj"
+with open(tmp, "w") as f:
+    f.write("blob")
+try:
+    os.link(tmp, final)
+    os.unlink(tmp)
+except OSError as e:
+    assert e.errno == errno.EPERM, e
+    os.rename(tmp, final)
+assert open(final).read() == "blob" and not os.path.exists(tmp)
+PY
+    """)
+
+
 def test_comma_views_dkl_and_clash_names(mount: Mount) -> None:
     mount.run("""
         mkdir @/paper @/paper/os @/paper/dps

@@ -56,7 +56,14 @@ from ..core.errors import (
     NotPermitted,
     NotSupported,
 )
-from ..core.naming import HK, format_hk_list, hk_matches, parse_hk_list, term_keyword
+from ..core.naming import (
+    HK,
+    format_hk_list,
+    hk_matches,
+    parse_hk_list,
+    split_clash_name,
+    term_keyword,
+)
 from ..core.store import EntityInfo, EntityStat, Store
 from ..query.embeddings import entry_kind
 from .access import blocked_dirs, caller_groups
@@ -161,6 +168,12 @@ def _check_path(path: str) -> None:
             raise NameTooLong(f"{part[:40]}...: longer than {MAX_NAME} bytes")
     if not path.isascii():
         path.encode("utf-8")
+
+
+def _names_file(listed: str, eid: int, name: str) -> bool:
+    """Whether `listed`, a name in a view, is file eid's own name there: its name, or its clash
+    name STEM~ID.EXT (`ln V/main~12.tex W/` names file 12 so)."""
+    return listed == name or split_clash_name(listed) == (name, eid)
 
 
 def _check_home(loc: ViewFileLoc) -> None:
@@ -564,13 +577,20 @@ class MountModel:
         dst = self.resolve(target)
         if isinstance(dst, (LinkLoc, ViewFileLoc)) and dst.eid is not None:
             raise AlreadyExists("file exists")
+        if isinstance(dst, ViewFileLoc):
+            check_new_name(dst.name)
+            _check_home(dst)
+            if not _names_file(dst.name, eid, self.store.entity(eid).name):
+                # a file has one name in every view: a second name there cannot be made, and
+                # doing the link as a rename would break link-then-unlink tools (git's object
+                # files, lock files), which fall back to rename(2) on EPERM
+                raise NotPermitted("a file has one name in every view: ln FILE VIEW/ keeps its "
+                                   "name; mv renames it")
         self._forget_fresh(eid)
         if isinstance(dst, LinkLoc):
             check_new_name(dst.name)
             self.store.link(eid, dst.dirid, dst.name)
         elif isinstance(dst, ViewFileLoc):
-            check_new_name(dst.name)
-            _check_home(dst)
             self._enter_view(eid, dst)
         elif isinstance(dst, NewKeyLoc):
             raise NotFound("no such keyword")
@@ -579,13 +599,10 @@ class MountModel:
         return EVERYTHING
 
     def _enter_view(self, eid: int, dst: ViewFileLoc) -> None:
-        """Attach what the view needs, then take the name the file has there."""
-        info = self.store.entity(eid)
-        add = attach_set(info.hks, dst.view.hks)
+        """Attach what the view needs (the file keeps its name: `link`)."""
+        add = attach_set(self.store.entity(eid).hks, dst.view.hks)
         if add:
             self.store.atkw(eid, add)
-        if info.name != dst.name:
-            self.store.chfn(eid, dst.name)
 
     # ------------------------------------------------------------ rename
 
