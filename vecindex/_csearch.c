@@ -45,13 +45,41 @@
 #define MAX_ROUND 4096   /* queries of one round (see the batch engine) */
 #define SPLIT_UNITS 8    /* a block's queries split so no unit costs over 1/8 of a thread's share */
 
+/* Build with -DVX_PROF for where a threaded batch spends its time (scripts/profile_vecindex_threads.py):
+ * per thread, ns inside items, spinning and asleep between phases; the caller's serial planning
+ * and its wait at each phase's end; per phase kind the caller's wall time. prof() returns and
+ * clears the counters. Off by default: no clock reads in the normal build. */
+#ifdef VX_PROF
+#include <time.h>
+enum { PK_PREPARE, PK_SCAN, PK_RERANK, PK_WRITE, PK_FINISH, PK_COUNT };
+enum { PC_BUSY, PC_ITEMS, PC_SPIN, PC_SLEEP, PC_WAKES, PC_PREAD, PC_PREADS, PC_ENTER, PC_CUT, PC_SCANPREAD, PC_UNITS, PC_COUNT };
+static _Thread_local int prof_tid, prof_pk;
+static _Atomic long long prof_thr[MAX_THREADS][16], prof_tbusy[MAX_THREADS][16];  /* a row per thread: 128 bytes, no shared line */
+static _Atomic long long prof_phase[PK_COUNT], prof_tailspin[PK_COUNT], prof_tailsleep[PK_COUNT], prof_phases[PK_COUNT];
+static _Atomic long long prof_serial, prof_call, prof_calls, prof_start;
+static inline long long prof_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+#define PROF(...) __VA_ARGS__
+#define PROF_ADD(var, v) atomic_fetch_add_explicit(&(var), (v), memory_order_relaxed)
+#else
+#define PROF(...)
+#define PROF_ADD(var, v)
+#endif
+
 enum { F_INT8 = 1, F_L2 = 2, F_COSINE = 4, F_ALLOWED = 8, F_FINAL = 16 };
 
 static int read_full(int fd, void *buf, size_t nbytes, int64_t offset)
 {
     size_t got = 0;
+    PROF(const long long t0 = prof_ns(); PROF_ADD(prof_thr[prof_tid][PC_PREADS], 1);)
     while (got < nbytes) {
         ssize_t r = pread(fd, (char *)buf + got, nbytes - got, (off_t)(offset + (int64_t)got));
+        PROF(PROF_ADD(prof_thr[prof_tid][PC_PREAD], prof_ns() - t0);
+             if (prof_pk == PK_SCAN) PROF_ADD(prof_thr[prof_tid][PC_SCANPREAD], prof_ns() - t0);)
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
@@ -156,8 +184,10 @@ static inline int enter(float *hs, int64_t *hp, int64_t *n, int64_t cap, float s
 {
     hs[*n] = sc;
     hp[*n] = p;
+    PROF(PROF_ADD(prof_thr[prof_tid][PC_ENTER], 1);)
     if (++*n < 2 * cap)
         return 0;
+    PROF(PROF_ADD(prof_thr[prof_tid][PC_CUT], 1);)
     select_best(hs, hp, *n, cap);
     *n = cap;
     if (!better(hs[cap - 1], hp[cap - 1], *ts, *tp))
@@ -1282,6 +1312,14 @@ static inline void cpu_relax(void)
 #endif
 }
 
+#ifdef VX_PROF
+static int prof_kind(void (*fn)(Job *, Scratch *, int64_t))
+{
+    return fn == item_prepare ? PK_PREPARE : fn == item_scan ? PK_SCAN : fn == item_rerank_list ? PK_RERANK
+           : fn == item_write ? PK_WRITE : PK_FINISH;
+}
+#endif
+
 /* Claim the next item of generation g: 1 and *it, or 0 when g is over or no longer current. */
 static int claim(Job *j, uint32_t g, int64_t *it)
 {
@@ -1300,12 +1338,17 @@ static int claim(Job *j, uint32_t g, int64_t *it)
 }
 
 /* Do items of generation g until none is left; wake the caller after the phase's last one. */
-static void work_on(Job *j, Scratch *w, uint32_t g)
+static void work_on(Job *j, Scratch *w, uint32_t g, int tid)
 {
     int64_t it;
+    (void)tid;
+    PROF(prof_tid = tid;)
     while (claim(j, g, &it)) {
         const struct Phase ph = j->phase[g & 3];  /* g stays current until this item is done */
+        PROF(const long long t0 = prof_ns(); prof_pk = prof_kind(ph.fn); if (prof_pk == PK_SCAN) PROF_ADD(prof_thr[tid][PC_UNITS], 1);)
         ph.fn(j, w, it);
+        PROF(const long long dt = prof_ns() - t0; PROF_ADD(prof_thr[tid][PC_BUSY], dt); PROF_ADD(prof_thr[tid][PC_ITEMS], 1);
+             PROF_ADD(prof_tbusy[tid][prof_kind(ph.fn)], dt);)
         if (atomic_fetch_add(&j->done, 1) + 1 == ph.n) {
             pthread_mutex_lock(&j->mu);
             pthread_cond_signal(&j->fin);
@@ -1325,10 +1368,12 @@ static void team_loop(Job *j, int tid)
     uint32_t seen = 0;
     for (;;) {
         uint32_t g = (uint32_t)(atomic_load(&j->claim) >> 32);
+        PROF(long long t0 = prof_ns();)
         for (int s = 0; g == seen && s < SPIN && !atomic_load(&j->stop); s++) {
             cpu_relax();
             g = (uint32_t)(atomic_load(&j->claim) >> 32);
         }
+        PROF(long long t1 = prof_ns(); PROF_ADD(prof_thr[tid][PC_SPIN], t1 - t0);)
         if (g == seen) {
             pthread_mutex_lock(&j->mu);
             while (j->gen == seen && !atomic_load(&j->stop))
@@ -1336,11 +1381,12 @@ static void team_loop(Job *j, int tid)
             g = j->gen;
             const int stop = atomic_load(&j->stop);
             pthread_mutex_unlock(&j->mu);
+            PROF(PROF_ADD(prof_thr[tid][PC_SLEEP], prof_ns() - t1); PROF_ADD(prof_thr[tid][PC_WAKES], 1);)
             if (stop)
                 return;
         }
         seen = g;
-        work_on(j, j->ws[tid], g);
+        work_on(j, j->ws[tid], g, tid);
     }
 }
 
@@ -1443,13 +1489,20 @@ static void start_team(Job *j, Helper *h, pthread_t *th, int *up)
 static void run_phase(Job *j, void (*fn)(Job *, Scratch *, int64_t), int64_t items, int64_t work,
                       Helper *h, pthread_t *th, int *up)
 {
+    PROF(const int pk = prof_kind(fn); const long long p0 = prof_ns(); PROF_ADD(prof_phases[pk], 1);)
     if (work < MIN_THREADED_WORK || items < 2 || j->nthreads < 2) {
+        PROF(prof_pk = pk; prof_tid = 0; if (pk == PK_SCAN) PROF_ADD(prof_thr[0][PC_UNITS], items);)
         for (int64_t it = 0; it < items; it++)
             fn(j, j->ws[0], it);
+        PROF(const long long dt = prof_ns() - p0; PROF_ADD(prof_phase[pk], dt); PROF_ADD(prof_thr[0][PC_BUSY], dt);
+             PROF_ADD(prof_thr[0][PC_ITEMS], items); PROF_ADD(prof_tbusy[0][pk], dt);)
         return;
     }
-    if (j->helpers == 0)
+    if (j->helpers == 0) {
+        PROF(const long long s0 = prof_ns();)
         start_team(j, h, th, up);
+        PROF(PROF_ADD(prof_start, prof_ns() - s0);)
+    }
     const uint32_t g = j->gen + 1;
     j->phase[g & 3] = (struct Phase){fn, items};
     atomic_store(&j->done, 0);
@@ -1458,15 +1511,18 @@ static void run_phase(Job *j, void (*fn)(Job *, Scratch *, int64_t), int64_t ite
     j->gen = g;
     pthread_cond_broadcast(&j->go);
     pthread_mutex_unlock(&j->mu);
-    work_on(j, j->ws[0], g);
+    work_on(j, j->ws[0], g, 0);
+    PROF(const long long w0 = prof_ns();)
     for (int s = 0; atomic_load(&j->done) < items && s < SPIN; s++)
         cpu_relax();
+    PROF(const long long w1 = prof_ns(); PROF_ADD(prof_tailspin[pk], w1 - w0);)
     if (atomic_load(&j->done) < items) {
         pthread_mutex_lock(&j->mu);
         while (atomic_load(&j->done) < items)
             pthread_cond_wait(&j->fin, &j->mu);
         pthread_mutex_unlock(&j->mu);
     }
+    PROF(const long long w2 = prof_ns(); PROF_ADD(prof_tailsleep[pk], w2 - w1); PROF_ADD(prof_phase[pk], w2 - p0);)
 }
 
 /* Stop and join the call's helpers. */
@@ -1493,6 +1549,7 @@ static void end_team(Job *j, pthread_t *th, const int *up)
 /* Run the job; 0, -1 (a file shorter than expected) or -2 (out of memory). */
 static int run_job(Job *j)
 {
+    PROF(const long long c0 = prof_ns(); PROF_ADD(prof_calls, 1);)
     Scratch *ws[MAX_THREADS] = {0}, *shared = NULL;
     Helper h[MAX_THREADS];
     pthread_t th[MAX_THREADS];
@@ -1555,10 +1612,14 @@ static int run_job(Job *j)
             atomic_init(&j->qthr[i], -INFINITY);
         j->fuse = int8 && j->nr > 1;
         run_phase(j, item_prepare, (j->nr + 1) / 2, j->nr * j->nlist, h, th, up);
+        PROF(long long s0 = prof_ns();)
         plan_round(j);
+        PROF(PROF_ADD(prof_serial, prof_ns() - s0);)
         run_phase(j, item_scan, j->nunits, j->work, h, th, up);
         if (j->fuse) {  /* the round's re-rank, list by list (above); C1 ran in the scan */
+            PROF(s0 = prof_ns();)
             plan_rerank(j);
+            PROF(PROF_ADD(prof_serial, prof_ns() - s0);)
             run_phase(j, item_rerank_list, j->nrl, j->nr * j->hcap * j->d, h, th, up);
             run_phase(j, item_write, j->nr, j->nr * j->k * 64, h, th, up);
         } else {
@@ -1576,6 +1637,7 @@ out:
     for (int t = 0; t < MAX_THREADS; t++)
         pool_put(ws[t]);
     pool_put(shared);
+    PROF(PROF_ADD(prof_call, prof_ns() - c0);)
     return rc;
 }
 
@@ -1766,7 +1828,44 @@ static PyObject *scratch_sets_made(PyObject *self, PyObject *args)
     return PyLong_FromLong(n);
 }
 
+#ifdef VX_PROF
+static PyObject *prof(PyObject *self, PyObject *args)
+{
+    static const char *pn[PK_COUNT] = {"prepare", "scan", "rerank", "write", "finish"};
+    static const char *cn[PC_COUNT] = {"busy", "items", "spin", "sleep", "wakes", "pread", "preads", "enter", "cut", "scanpread", "units"};
+    PyObject *d = PyDict_New(), *th = PyList_New(0), *ph = PyDict_New();
+    for (int t = 0; t < MAX_THREADS; t++) {
+        if (!atomic_load(&prof_thr[t][PC_ITEMS]) && !atomic_load(&prof_thr[t][PC_WAKES]))
+            continue;
+        PyObject *x = PyDict_New();
+        PyDict_SetItemString(x, "tid", PyLong_FromLong(t));
+        for (int c = 0; c < PC_COUNT; c++)
+            PyDict_SetItemString(x, cn[c], PyLong_FromLongLong(atomic_exchange(&prof_thr[t][c], 0)));
+        for (int k = 0; k < PK_COUNT; k++)
+            PyDict_SetItemString(x, pn[k], PyLong_FromLongLong(atomic_exchange(&prof_tbusy[t][k], 0)));
+        PyList_Append(th, x);
+    }
+    for (int k = 0; k < PK_COUNT; k++) {
+        PyObject *x = Py_BuildValue("{s:L,s:L,s:L,s:L}", "wall", (long long)atomic_exchange(&prof_phase[k], 0),
+                                    "tailspin", (long long)atomic_exchange(&prof_tailspin[k], 0),
+                                    "tailsleep", (long long)atomic_exchange(&prof_tailsleep[k], 0),
+                                    "n", (long long)atomic_exchange(&prof_phases[k], 0));
+        PyDict_SetItemString(ph, pn[k], x);
+    }
+    PyDict_SetItemString(d, "threads", th);
+    PyDict_SetItemString(d, "phases", ph);
+    PyDict_SetItemString(d, "serial", PyLong_FromLongLong(atomic_exchange(&prof_serial, 0)));
+    PyDict_SetItemString(d, "call", PyLong_FromLongLong(atomic_exchange(&prof_call, 0)));
+    PyDict_SetItemString(d, "calls", PyLong_FromLongLong(atomic_exchange(&prof_calls, 0)));
+    PyDict_SetItemString(d, "start_team", PyLong_FromLongLong(atomic_exchange(&prof_start, 0)));
+    return d;
+}
+#endif
+
 static PyMethodDef methods[] = {
+#ifdef VX_PROF
+    {"prof", prof, METH_NOARGS, "Counters of a VX_PROF build (ns), cleared."},
+#endif
     {"search_batch", search_batch, METH_VARARGS, search_batch_doc},
     {"prepare", prepare, METH_VARARGS, prepare_doc},
     {"search_prepared", search_prepared, METH_VARARGS, search_prepared_doc},
