@@ -1312,14 +1312,17 @@ static void item_finish(Job *j, Scratch *w, int64_t i)
  * pool below, or started for it), and they serve every later phase of the call (of every round):
  * starting threads per phase cost a thread start (0.2-0.4 ms here, and on a busy machine the wait
  * for a core: 1-2 ms measured) three times a round, against phases of a few ms at Zipf 200k /
- * 300 queries. Between phases a helper
- * spins briefly (the caller's planning step is short), then sleeps on a condition variable.
+ * 300 queries. Between phases a helper spins (see SPIN), then sleeps on a condition variable.
  * Items are claimed one at a time (the costliest first where the order matters), so a helper
  * that starts late or is descheduled only leaves more to the others; a phase ends when all its
  * items are done, not when every helper has looked at it.
  * ------------------------------------------------------------------------------------------ */
 
-/* Spins of a waiting thread before it sleeps (each a `pause`: ~26 µs in all on this VM's CPU). */
+/* Spins of a waiting thread before it sleeps (each a `pause`: ~0.26 ms in all on this VM's CPU).
+ * Long enough to outlast the caller's planning between phases (0.1-0.2 ms) and the end of the
+ * previous phase: with 2000 (~26 µs) the helper slept there and woke 0.2-1.0 ms after the next
+ * phase opened (an idle vCPU is slow to wake), 0.9-1.8 ms of a 17 ms 2-thread batch (Zipf 200k,
+ * 300 queries; scripts/profile_vecindex_threads.py). A call spins at most this per phase. */
 #ifndef SPIN
 #define SPIN 20000
 #endif
