@@ -410,3 +410,29 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_helpers_read_through_their_own_opens(tmp_path) -> None:
+    """A call's helper threads read the index files through their own opens of them (reopened
+    through /proc/self/fd, so threads reading at once do not share one open file's reference
+    count): they follow the open file, not its path (the files unlinked after open still search
+    alike on 1-12 threads), and every call closes them again."""
+    if "c" not in _kernels.available():
+        pytest.skip("no C kernel in this install")
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc: the helpers share the caller's descriptors")
+    ix, q = _zipf_index(tmp_path)
+    want = ix.search(q, k=10, nprobe=8, threads=1)
+    for name in ("vectors", "codes", "ids"):
+        os.unlink(ix._file(name))
+    before = _open_fds()
+    for threads in (2, 3, 8, 12, 2):
+        got = ix.search(q, k=10, nprobe=8, threads=threads)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+    assert _open_fds() == before
+    ix.close()

@@ -17,6 +17,8 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <math.h>
@@ -45,13 +47,42 @@
 #define MAX_ROUND 4096   /* queries of one round (see the batch engine) */
 #define SPLIT_UNITS 8    /* a block's queries split so no unit costs over 1/8 of a thread's share */
 
+/* Build with -DVX_PROF for where a threaded batch spends its time (scripts/profile_vecindex_threads.py):
+ * per thread, ns inside items, spinning and asleep between phases; the caller's serial planning
+ * and its wait at each phase's end; per phase kind the caller's wall time. prof() returns and
+ * clears the counters. Off by default: no clock reads in the normal build. */
+#ifdef VX_PROF
+#include <time.h>
+enum { PK_PREPARE, PK_SCAN, PK_RERANK, PK_WRITE, PK_FINISH, PK_COUNT };
+enum { PC_BUSY, PC_ITEMS, PC_SPIN, PC_SLEEP, PC_WAKES, PC_PREAD, PC_PREADS, PC_ENTER, PC_CUT, PC_SCANPREAD, PC_UNITS, PC_SCORE, PC_OFFER, PC_CUTNS, PC_LATE, PC_COUNT };
+static _Atomic long long prof_open, prof_late[PK_COUNT];  /* when the current phase opened */
+static _Thread_local int prof_tid, prof_pk;
+static _Atomic long long prof_thr[MAX_THREADS][16], prof_tbusy[MAX_THREADS][16];  /* a row per thread: 128 bytes, no shared line */
+static _Atomic long long prof_phase[PK_COUNT], prof_tailspin[PK_COUNT], prof_tailsleep[PK_COUNT], prof_phases[PK_COUNT];
+static _Atomic long long prof_serial, prof_call, prof_calls, prof_start;
+static inline long long prof_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+#define PROF(...) __VA_ARGS__
+#define PROF_ADD(var, v) atomic_fetch_add_explicit(&(var), (v), memory_order_relaxed)
+#else
+#define PROF(...)
+#define PROF_ADD(var, v)
+#endif
+
 enum { F_INT8 = 1, F_L2 = 2, F_COSINE = 4, F_ALLOWED = 8, F_FINAL = 16 };
 
 static int read_full(int fd, void *buf, size_t nbytes, int64_t offset)
 {
     size_t got = 0;
+    PROF(const long long t0 = prof_ns(); PROF_ADD(prof_thr[prof_tid][PC_PREADS], 1);)
     while (got < nbytes) {
         ssize_t r = pread(fd, (char *)buf + got, nbytes - got, (off_t)(offset + (int64_t)got));
+        PROF(PROF_ADD(prof_thr[prof_tid][PC_PREAD], prof_ns() - t0);
+             if (prof_pk == PK_SCAN) PROF_ADD(prof_thr[prof_tid][PC_SCANPREAD], prof_ns() - t0);)
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
@@ -156,9 +187,12 @@ static inline int enter(float *hs, int64_t *hp, int64_t *n, int64_t cap, float s
 {
     hs[*n] = sc;
     hp[*n] = p;
+    PROF(PROF_ADD(prof_thr[prof_tid][PC_ENTER], 1);)
     if (++*n < 2 * cap)
         return 0;
+    PROF(PROF_ADD(prof_thr[prof_tid][PC_CUT], 1); const long long c0 = prof_ns();)
     select_best(hs, hp, *n, cap);
+    PROF(PROF_ADD(prof_thr[prof_tid][PC_CUTNS], prof_ns() - c0);)
     *n = cap;
     if (!better(hs[cap - 1], hp[cap - 1], *ts, *tp))
         return 0;
@@ -621,10 +655,13 @@ enum { S_BLOCK, S_SQ, S_SC, S_SC2, S_CS, S_ROW, S_PHS, S_PHP, S_MS, S_MP, S_CP, 
        S_HEAPS, S_HEAPP, S_HEAPN, S_COUNT };
 /* The round's shared arrays (held by the calling thread's scratch set). */
 enum { R_QV, R_QS, R_QI, R_QP, R_PL, R_PN, R_LCNT, R_LSTART, R_LDIST, R_LQ, R_UNITS, R_QT,
-       R_CPOS, R_CN, R_CLIST, R_CXS, R_CENT, R_RL, R_QREM, R_COUNT };
+       R_CPOS, R_CN, R_CLIST, R_CXS, R_CENT, R_RL, R_COUNT };
 #define NBUF ((int)S_COUNT > (int)R_COUNT ? (int)S_COUNT : (int)R_COUNT)
+enum { FD_SCAN, FD_VEC, FD_SQ, FD_IDS, FD_COUNT };
 typedef struct {
     Buf b[NBUF];  /* a thread's (S_*), or the round's shared arrays (R_*) */
+    int fd[FD_COUNT]; /* the files this thread reads, for the call (see own_files) */
+    int own;          /* fd[] were opened for this thread (closed at the call's end) */
 } Scratch;
 
 
@@ -666,6 +703,14 @@ static void pool_put(Scratch *w)
     }
 }
 
+/* What the threads share per query during the scan, one cache line each: the threads update
+ * the thresholds and counters of different queries at once, and queries sharing a line made
+ * every such update a transfer of the line between the cores. */
+typedef struct {
+    _Alignas(64) _Atomic float thr; /* a score the query's hcap best beat or tie */
+    atomic_long rem;                /* units still to scan; the thread ending its last merges it */
+} QSync;
+
 typedef struct Job {
     /* the call */
     int fd_scan, fd_vec, fd_sq, fd_ids, flags, nthreads;
@@ -689,9 +734,8 @@ typedef struct Job {
     float *cxs;         /* nr x hcap: their exact scores */
     PosIdx *cent;       /* the round's candidates grouped by list: (position, query x hcap + slot) */
     int64_t *rl, nrl;   /* lists holding candidates, the most candidates first */
-    atomic_long *qrem;  /* nr: units still to scan per query; the thread ending a query's last merges it */
+    QSync *qsync;       /* nr, 64-byte aligned */
     int fuse;           /* the round's re-rank runs (int8, several queries) */
-    _Atomic float *qthr; /* nr: a score each query's hcap best beat or tie, shared by the threads */
     Scratch **ws;       /* one per thread; candidate buffers live in each */
     atomic_int rc;
     /* the team (see run_phase): the phase's generation and next item in one word, so a helper
@@ -886,12 +930,12 @@ static void plan_round(Job *j)
     j->nd = nd;
     if (j->fuse) {  /* each query's units; a query none probes (empty lists) has no candidates */
         for (int64_t i = 0; i < j->nr; i++)
-            atomic_store_explicit(&j->qrem[i], 0, memory_order_relaxed);
+            atomic_store_explicit(&j->qsync[i].rem, 0, memory_order_relaxed);
         for (int64_t u = 0; u < nu; u++)
             for (int64_t t = 0; t < j->units[u].nq; t++)
-                atomic_fetch_add_explicit(&j->qrem[lq[j->units[u].q0 + t]], 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(&j->qsync[lq[j->units[u].q0 + t]].rem, 1, memory_order_relaxed);
         for (int64_t i = 0; i < j->nr; i++)
-            if (atomic_load_explicit(&j->qrem[i], memory_order_relaxed) == 0)
+            if (atomic_load_explicit(&j->qsync[i].rem, memory_order_relaxed) == 0)
                 j->cn[i] = 0;
     }
 }
@@ -952,11 +996,11 @@ static int scan_unit(Job *j, Scratch *w, const Unit *u)
     float *hs = SB(w, S_HEAPS, float);
     int64_t *hp = SB(w, S_HEAPP, int64_t), *hn = SB(w, S_HEAPN, int64_t);
     if (int8) {
-        if (!read_full(j->fd_scan, w->b[S_BLOCK].p, (size_t)(m * d), p0 * d))
+        if (!read_full(w->fd[FD_SCAN], w->b[S_BLOCK].p, (size_t)(m * d), p0 * d))
             return -1;
-        if (l2 && !read_full(j->fd_sq, sq, (size_t)m * 4, p0 * 4))
+        if (l2 && !read_full(w->fd[FD_SQ], sq, (size_t)m * 4, p0 * 4))
             return -1;
-    } else if (!read_full(j->fd_scan, w->b[S_BLOCK].p, (size_t)(m * d) * 4, p0 * 4 * d)) {
+    } else if (!read_full(w->fd[FD_SCAN], w->b[S_BLOCK].p, (size_t)(m * d) * 4, p0 * 4 * d)) {
         return -1;
     }
     const int64_t di = j->ndel ? lower_bound(j->deleted, j->ndel, p0) : 0;
@@ -964,6 +1008,7 @@ static int scan_unit(Job *j, Scratch *w, const Unit *u)
     const int64_t *qs = j->lq + u->q0, nqs = u->nq;
     for (int64_t t = 0; t < nqs; t += 2) {
         const int64_t a = qs[t], b = t + 1 < nqs ? qs[t + 1] : -1;
+        PROF(const long long t0 = prof_ns();)
         if (int8) {
             QI8 qa = {j->qs + a * d, j->qi + a * j->dpad, j->qp[2 * a], j->qp[2 * a + 1]};
             if (b >= 0) {
@@ -983,9 +1028,11 @@ static int scan_unit(Job *j, Scratch *w, const Unit *u)
             if (b >= 0)
                 score_f32(j->qv + b * d, w->b[S_BLOCK].p, m, d, l2, sc2);
         }
-        offer_rows(j, sc, m, p0, di, ai, hs + a * hst, hp + a * hst, hn + a, j->qthr + a);
+        PROF(const long long t1 = prof_ns(); PROF_ADD(prof_thr[prof_tid][PC_SCORE], t1 - t0);)
+        offer_rows(j, sc, m, p0, di, ai, hs + a * hst, hp + a * hst, hn + a, &j->qsync[a].thr);
         if (b >= 0)
-            offer_rows(j, sc2, m, p0, di, ai, hs + b * hst, hp + b * hst, hn + b, j->qthr + b);
+            offer_rows(j, sc2, m, p0, di, ai, hs + b * hst, hp + b * hst, hn + b, &j->qsync[b].thr);
+        PROF(PROF_ADD(prof_thr[prof_tid][PC_OFFER], prof_ns() - t1);)
     }
     return 0;
 }
@@ -1028,7 +1075,7 @@ static int64_t rerank_query(Job *j, Scratch *w, int64_t i, float *hs, int64_t *h
         while (b < nc && cp[b] - cp[b - 1] <= gap && cp[b] - cp[a] < span_max)
             b++;
         int64_t span = cp[b - 1] - cp[a] + 1;
-        if (!read_full(j->fd_vec, rowbuf, (size_t)(span * 4 * d), cp[a] * 4 * d))
+        if (!read_full(w->fd[FD_VEC], rowbuf, (size_t)(span * 4 * d), cp[a] * 4 * d))
             return -1;
         for (int64_t t = a; t < b; t++) {
             float s;
@@ -1085,7 +1132,7 @@ static int write_query(Job *j, Scratch *w, int64_t i, const float *hs, const int
         while (b < n && pi[b].p - pi[b - 1].p <= GAP_BYTES / 8 && pi[b].p - pi[a].p < SPAN_BYTES / 8)
             b++;
         int64_t span = pi[b - 1].p - pi[a].p + 1;
-        if (!read_full(j->fd_ids, idbuf, (size_t)span * 8, pi[a].p * 8))
+        if (!read_full(w->fd[FD_IDS], idbuf, (size_t)span * 8, pi[a].p * 8))
             return -1;
         for (int64_t t = a; t < b; t++)
             oi[pi[t].i] = idbuf[pi[t].p - pi[a].p];
@@ -1196,7 +1243,7 @@ static void item_rerank_list(Job *j, Scratch *w, int64_t e)
         while (b < nc && c[b].p - c[b - 1].p <= gap && c[b].p - c[a].p < span_max)
             b++;
         const int64_t span = c[b - 1].p - c[a].p + 1;
-        if (!read_full(j->fd_vec, rowbuf, (size_t)(span * 4 * d), c[a].p * 4 * d)) {
+        if (!read_full(w->fd[FD_VEC], rowbuf, (size_t)(span * 4 * d), c[a].p * 4 * d)) {
             atomic_store(&j->rc, -1);
             return;
         }
@@ -1249,7 +1296,7 @@ static void item_scan(Job *j, Scratch *w, int64_t u)
     if (j->fuse)
         for (int64_t t = 0; t < x->nq; t++) {
             const int64_t q = j->lq[x->q0 + t];
-            if (atomic_fetch_sub(&j->qrem[q], 1) == 1)
+            if (atomic_fetch_sub(&j->qsync[q].rem, 1) == 1)
                 item_cands(j, w, q);
         }
 }
@@ -1265,15 +1312,20 @@ static void item_finish(Job *j, Scratch *w, int64_t i)
  * pool below, or started for it), and they serve every later phase of the call (of every round):
  * starting threads per phase cost a thread start (0.2-0.4 ms here, and on a busy machine the wait
  * for a core: 1-2 ms measured) three times a round, against phases of a few ms at Zipf 200k /
- * 300 queries. Between phases a helper
- * spins briefly (the caller's planning step is short), then sleeps on a condition variable.
+ * 300 queries. Between phases a helper spins (see SPIN), then sleeps on a condition variable.
  * Items are claimed one at a time (the costliest first where the order matters), so a helper
  * that starts late or is descheduled only leaves more to the others; a phase ends when all its
  * items are done, not when every helper has looked at it.
  * ------------------------------------------------------------------------------------------ */
 
-/* Spins of a waiting thread before it sleeps (each a `pause`: ~26 µs in all on this VM's CPU). */
-#define SPIN 2000
+/* Spins of a waiting thread before it sleeps (each a `pause`: ~0.26 ms in all on this VM's CPU).
+ * Long enough to outlast the caller's planning between phases (0.1-0.2 ms) and the end of the
+ * previous phase: with 2000 (~26 µs) the helper slept there and woke 0.2-1.0 ms after the next
+ * phase opened (an idle vCPU is slow to wake), 0.9-1.8 ms of a 17 ms 2-thread batch (Zipf 200k,
+ * 300 queries; scripts/profile_vecindex_threads.py). A call spins at most this per phase. */
+#ifndef SPIN
+#define SPIN 20000
+#endif
 
 static inline void cpu_relax(void)
 {
@@ -1281,6 +1333,14 @@ static inline void cpu_relax(void)
     __builtin_ia32_pause();
 #endif
 }
+
+#ifdef VX_PROF
+static int prof_kind(void (*fn)(Job *, Scratch *, int64_t))
+{
+    return fn == item_prepare ? PK_PREPARE : fn == item_scan ? PK_SCAN : fn == item_rerank_list ? PK_RERANK
+           : fn == item_write ? PK_WRITE : PK_FINISH;
+}
+#endif
 
 /* Claim the next item of generation g: 1 and *it, or 0 when g is over or no longer current. */
 static int claim(Job *j, uint32_t g, int64_t *it)
@@ -1300,12 +1360,17 @@ static int claim(Job *j, uint32_t g, int64_t *it)
 }
 
 /* Do items of generation g until none is left; wake the caller after the phase's last one. */
-static void work_on(Job *j, Scratch *w, uint32_t g)
+static void work_on(Job *j, Scratch *w, uint32_t g, int tid)
 {
     int64_t it;
+    (void)tid;
+    PROF(prof_tid = tid;)
     while (claim(j, g, &it)) {
         const struct Phase ph = j->phase[g & 3];  /* g stays current until this item is done */
+        PROF(const long long t0 = prof_ns(); prof_pk = prof_kind(ph.fn); if (prof_pk == PK_SCAN) PROF_ADD(prof_thr[tid][PC_UNITS], 1);)
         ph.fn(j, w, it);
+        PROF(const long long dt = prof_ns() - t0; PROF_ADD(prof_thr[tid][PC_BUSY], dt); PROF_ADD(prof_thr[tid][PC_ITEMS], 1);
+             PROF_ADD(prof_tbusy[tid][prof_kind(ph.fn)], dt);)
         if (atomic_fetch_add(&j->done, 1) + 1 == ph.n) {
             pthread_mutex_lock(&j->mu);
             pthread_cond_signal(&j->fin);
@@ -1325,10 +1390,12 @@ static void team_loop(Job *j, int tid)
     uint32_t seen = 0;
     for (;;) {
         uint32_t g = (uint32_t)(atomic_load(&j->claim) >> 32);
+        PROF(long long t0 = prof_ns();)
         for (int s = 0; g == seen && s < SPIN && !atomic_load(&j->stop); s++) {
             cpu_relax();
             g = (uint32_t)(atomic_load(&j->claim) >> 32);
         }
+        PROF(long long t1 = prof_ns(); PROF_ADD(prof_thr[tid][PC_SPIN], t1 - t0);)
         if (g == seen) {
             pthread_mutex_lock(&j->mu);
             while (j->gen == seen && !atomic_load(&j->stop))
@@ -1336,11 +1403,14 @@ static void team_loop(Job *j, int tid)
             g = j->gen;
             const int stop = atomic_load(&j->stop);
             pthread_mutex_unlock(&j->mu);
+            PROF(PROF_ADD(prof_thr[tid][PC_SLEEP], prof_ns() - t1); PROF_ADD(prof_thr[tid][PC_WAKES], 1);)
             if (stop)
                 return;
         }
         seen = g;
-        work_on(j, j->ws[tid], g);
+        PROF(const long long late = prof_ns() - atomic_load(&prof_open); PROF_ADD(prof_thr[tid][PC_LATE], late);
+             PROF_ADD(prof_late[prof_kind(j->phase[g & 3].fn)], late);)
+        work_on(j, j->ws[tid], g, tid);
     }
 }
 
@@ -1396,10 +1466,51 @@ static void pool_after_fork(void)
     P.job = NULL;
 }
 
+/* A helper reads through its own opens of the index files (the same files, reopened through
+ * /proc/self/fd): in a process with several threads every pread takes and drops a reference on
+ * the open file (its f_count), and threads reading through one open file move that cache line
+ * between the cores at every read (~6000 reads a batch at Zipf 200k / 300 queries). Where the
+ * reopen fails the helper shares the caller's descriptor, as before. */
+static void own_files(const Job *j, Scratch *w)
+{
+    const int src[FD_COUNT] = {j->fd_scan, j->fd_vec, j->fd_sq, j->fd_ids};
+    for (int f = 0; f < FD_COUNT; f++) {
+        int fd = -1;
+        if (src[f] >= 0) {
+            for (int g = 0; g < f && fd < 0; g++)  /* one open per distinct file */
+                if (src[g] == src[f])
+                    fd = w->fd[g];
+            if (fd < 0) {
+                char path[40];
+                snprintf(path, sizeof path, "/proc/self/fd/%d", src[f]);
+                fd = open(path, O_RDONLY | O_CLOEXEC);
+            }
+        }
+        w->fd[f] = fd >= 0 ? fd : src[f];
+    }
+    w->own = 1;
+}
+
+static void close_files(const Job *j, Scratch *w)
+{
+    const int src[FD_COUNT] = {j->fd_scan, j->fd_vec, j->fd_sq, j->fd_ids};
+    if (w->own)
+        for (int f = 0; f < FD_COUNT; f++) {
+            int dup = w->fd[f] == src[f];
+            for (int g = 0; g < f; g++)
+                dup |= w->fd[g] == w->fd[f];
+            if (!dup && w->fd[f] >= 0)
+                close(w->fd[f]);
+        }
+    w->own = 0;
+}
+
 /* The call's helpers: the pool's when it is free (grown to nthreads - 1), else threads of its own. */
 static void start_team(Job *j, Helper *h, pthread_t *th, int *up)
 {
     const int need = j->nthreads - 1;
+    for (int t = 1; t <= need; t++)
+        own_files(j, j->ws[t]);
     pthread_mutex_lock(&P.mu);
     if (!P.busy) {
         while (P.n < need) {
@@ -1443,30 +1554,41 @@ static void start_team(Job *j, Helper *h, pthread_t *th, int *up)
 static void run_phase(Job *j, void (*fn)(Job *, Scratch *, int64_t), int64_t items, int64_t work,
                       Helper *h, pthread_t *th, int *up)
 {
+    PROF(const int pk = prof_kind(fn); const long long p0 = prof_ns(); PROF_ADD(prof_phases[pk], 1);)
     if (work < MIN_THREADED_WORK || items < 2 || j->nthreads < 2) {
+        PROF(prof_pk = pk; prof_tid = 0; if (pk == PK_SCAN) PROF_ADD(prof_thr[0][PC_UNITS], items);)
         for (int64_t it = 0; it < items; it++)
             fn(j, j->ws[0], it);
+        PROF(const long long dt = prof_ns() - p0; PROF_ADD(prof_phase[pk], dt); PROF_ADD(prof_thr[0][PC_BUSY], dt);
+             PROF_ADD(prof_thr[0][PC_ITEMS], items); PROF_ADD(prof_tbusy[0][pk], dt);)
         return;
     }
-    if (j->helpers == 0)
+    if (j->helpers == 0) {
+        PROF(const long long s0 = prof_ns();)
         start_team(j, h, th, up);
+        PROF(PROF_ADD(prof_start, prof_ns() - s0);)
+    }
     const uint32_t g = j->gen + 1;
     j->phase[g & 3] = (struct Phase){fn, items};
     atomic_store(&j->done, 0);
+    PROF(atomic_store(&prof_open, prof_ns());)
     atomic_store(&j->claim, (uint64_t)g << 32);  /* the phase opens: items claimable from here */
     pthread_mutex_lock(&j->mu);
     j->gen = g;
     pthread_cond_broadcast(&j->go);
     pthread_mutex_unlock(&j->mu);
-    work_on(j, j->ws[0], g);
+    work_on(j, j->ws[0], g, 0);
+    PROF(const long long w0 = prof_ns();)
     for (int s = 0; atomic_load(&j->done) < items && s < SPIN; s++)
         cpu_relax();
+    PROF(const long long w1 = prof_ns(); PROF_ADD(prof_tailspin[pk], w1 - w0);)
     if (atomic_load(&j->done) < items) {
         pthread_mutex_lock(&j->mu);
         while (atomic_load(&j->done) < items)
             pthread_cond_wait(&j->fin, &j->mu);
         pthread_mutex_unlock(&j->mu);
     }
+    PROF(const long long w2 = prof_ns(); PROF_ADD(prof_tailsleep[pk], w2 - w1); PROF_ADD(prof_phase[pk], w2 - p0);)
 }
 
 /* Stop and join the call's helpers. */
@@ -1493,6 +1615,7 @@ static void end_team(Job *j, pthread_t *th, const int *up)
 /* Run the job; 0, -1 (a file shorter than expected) or -2 (out of memory). */
 static int run_job(Job *j)
 {
+    PROF(const long long c0 = prof_ns(); PROF_ADD(prof_calls, 1);)
     Scratch *ws[MAX_THREADS] = {0}, *shared = NULL;
     Helper h[MAX_THREADS];
     pthread_t th[MAX_THREADS];
@@ -1509,9 +1632,13 @@ static int run_job(Job *j)
     j->R = R < 1 ? 1 : R > MAX_ROUND ? MAX_ROUND : R;
     if (j->R > j->nq)
         j->R = j->nq;
-    for (int t = 0; t < j->nthreads; t++)
+    for (int t = 0; t < j->nthreads; t++) {
         if (!(ws[t] = pool_get()) || !scratch_ready(j, ws[t]))
             goto out;
+        ws[t]->fd[FD_SCAN] = j->fd_scan; ws[t]->fd[FD_VEC] = j->fd_vec;
+        ws[t]->fd[FD_SQ] = j->fd_sq; ws[t]->fd[FD_IDS] = j->fd_ids;
+        ws[t]->own = 0;
+    }
     if (!(shared = pool_get()))
         goto out;
     const int64_t R1 = j->R, np = j->nprobe;
@@ -1519,10 +1646,10 @@ static int run_job(Job *j)
         [R_QV] = (size_t)(R1 * j->d) * 4, [R_QS] = (size_t)(R1 * j->d) * 4, [R_QI] = (size_t)(R1 * j->dpad) * 2,
         [R_QP] = (size_t)R1 * 8, [R_PL] = (size_t)(R1 * np) * 8, [R_PN] = (size_t)R1 * 8,
         [R_LCNT] = (size_t)j->nlist * 8, [R_LSTART] = (size_t)j->nlist * 8, [R_LDIST] = (size_t)j->nlist * 8,
-        [R_LQ] = (size_t)(R1 * np) * sizeof(PosIdx), [R_QT] = (size_t)R1 * sizeof(_Atomic float),
+        [R_LQ] = (size_t)(R1 * np) * sizeof(PosIdx), [R_QT] = (size_t)(R1 + 1) * sizeof(QSync),
         [R_CPOS] = (size_t)(R1 * j->hcap) * 8, [R_CN] = (size_t)R1 * 8, [R_CLIST] = (size_t)(R1 * j->hcap) * 4,
         [R_CXS] = (size_t)(R1 * j->hcap) * 4, [R_CENT] = (size_t)(R1 * j->hcap) * sizeof(PosIdx),
-        [R_RL] = (size_t)j->nlist * 8, [R_QREM] = (size_t)R1 * sizeof(atomic_long),
+        [R_RL] = (size_t)j->nlist * 8,
         /* blocks: the full ones plus at most one partial block per list, plus the splits */
         [R_UNITS] = (size_t)(j->nlist + j->offsets[j->nlist] / j->cap + 1 + SPLIT_UNITS * j->nthreads)
                      * sizeof(Unit),
@@ -1533,10 +1660,10 @@ static int run_job(Job *j)
     j->qv = shared->b[R_QV].p; j->qs = shared->b[R_QS].p; j->qi = shared->b[R_QI].p;
     j->qp = shared->b[R_QP].p; j->plist = shared->b[R_PL].p; j->pn = shared->b[R_PN].p;
     j->lcnt = shared->b[R_LCNT].p; j->lstart = shared->b[R_LSTART].p; j->ldist = shared->b[R_LDIST].p;
-    j->lq = shared->b[R_LQ].p; j->units = shared->b[R_UNITS].p; j->qthr = shared->b[R_QT].p;
+    j->lq = shared->b[R_LQ].p; j->units = shared->b[R_UNITS].p;
     j->cpos = shared->b[R_CPOS].p; j->cn = shared->b[R_CN].p; j->clist = shared->b[R_CLIST].p;
     j->cxs = shared->b[R_CXS].p; j->cent = shared->b[R_CENT].p; j->rl = shared->b[R_RL].p;
-    j->qrem = shared->b[R_QREM].p;
+    j->qsync = (QSync *)(((uintptr_t)shared->b[R_QT].p + 63) & ~(uintptr_t)63);
     j->ws = ws;
     atomic_init(&j->rc, 0);
     atomic_init(&j->claim, 0);
@@ -1552,13 +1679,17 @@ static int run_job(Job *j)
         for (int t = 0; t < j->nthreads; t++)
             memset(ws[t]->b[S_HEAPN].p, 0, (size_t)j->nr * sizeof(int64_t));
         for (int64_t i = 0; i < j->nr; i++)
-            atomic_init(&j->qthr[i], -INFINITY);
+            atomic_init(&j->qsync[i].thr, -INFINITY);
         j->fuse = int8 && j->nr > 1;
         run_phase(j, item_prepare, (j->nr + 1) / 2, j->nr * j->nlist, h, th, up);
+        PROF(long long s0 = prof_ns();)
         plan_round(j);
+        PROF(PROF_ADD(prof_serial, prof_ns() - s0);)
         run_phase(j, item_scan, j->nunits, j->work, h, th, up);
         if (j->fuse) {  /* the round's re-rank, list by list (above); C1 ran in the scan */
+            PROF(s0 = prof_ns();)
             plan_rerank(j);
+            PROF(PROF_ADD(prof_serial, prof_ns() - s0);)
             run_phase(j, item_rerank_list, j->nrl, j->nr * j->hcap * j->d, h, th, up);
             run_phase(j, item_write, j->nr, j->nr * j->k * 64, h, th, up);
         } else {
@@ -1574,8 +1705,12 @@ out:
         pthread_cond_destroy(&j->fin);
     }
     for (int t = 0; t < MAX_THREADS; t++)
-        pool_put(ws[t]);
+        if (ws[t]) {
+            close_files(j, ws[t]);
+            pool_put(ws[t]);
+        }
     pool_put(shared);
+    PROF(PROF_ADD(prof_call, prof_ns() - c0);)
     return rc;
 }
 
@@ -1766,7 +1901,60 @@ static PyObject *scratch_sets_made(PyObject *self, PyObject *args)
     return PyLong_FromLong(n);
 }
 
+#ifdef VX_PROF
+/* d[key] = o, dropping the reference to o (a debug helper: errors leave the key out). */
+static void put(PyObject *d, const char *key, PyObject *o)
+{
+    if (o) {
+        PyDict_SetItemString(d, key, o);
+        Py_DECREF(o);
+    }
+}
+
+static PyObject *prof(PyObject *self, PyObject *args)
+{
+    static const char *pn[PK_COUNT] = {"prepare", "scan", "rerank", "write", "finish"};
+    static const char *cn[PC_COUNT] = {"busy", "items", "spin", "sleep", "wakes", "pread", "preads", "enter",
+                                       "cut", "scanpread", "units", "score", "offer", "cutns", "late"};
+    PyObject *d = PyDict_New(), *th = PyList_New(0), *ph = PyDict_New();
+    if (!d || !th || !ph) {
+        Py_XDECREF(d); Py_XDECREF(th); Py_XDECREF(ph);
+        return NULL;
+    }
+    for (int t = 0; t < MAX_THREADS; t++) {
+        if (!atomic_load(&prof_thr[t][PC_ITEMS]) && !atomic_load(&prof_thr[t][PC_WAKES]))
+            continue;
+        PyObject *x = PyDict_New();
+        if (!x)
+            break;
+        put(x, "tid", PyLong_FromLong(t));
+        for (int c = 0; c < PC_COUNT; c++)
+            put(x, cn[c], PyLong_FromLongLong(atomic_exchange(&prof_thr[t][c], 0)));
+        for (int k = 0; k < PK_COUNT; k++)
+            put(x, pn[k], PyLong_FromLongLong(atomic_exchange(&prof_tbusy[t][k], 0)));
+        PyList_Append(th, x);
+        Py_DECREF(x);
+    }
+    for (int k = 0; k < PK_COUNT; k++)
+        put(ph, pn[k], Py_BuildValue("{s:L,s:L,s:L,s:L,s:L}", "late", (long long)atomic_exchange(&prof_late[k], 0),
+                                     "wall", (long long)atomic_exchange(&prof_phase[k], 0),
+                                     "tailspin", (long long)atomic_exchange(&prof_tailspin[k], 0),
+                                     "tailsleep", (long long)atomic_exchange(&prof_tailsleep[k], 0),
+                                     "n", (long long)atomic_exchange(&prof_phases[k], 0)));
+    put(d, "threads", th);
+    put(d, "phases", ph);
+    put(d, "serial", PyLong_FromLongLong(atomic_exchange(&prof_serial, 0)));
+    put(d, "call", PyLong_FromLongLong(atomic_exchange(&prof_call, 0)));
+    put(d, "calls", PyLong_FromLongLong(atomic_exchange(&prof_calls, 0)));
+    put(d, "start_team", PyLong_FromLongLong(atomic_exchange(&prof_start, 0)));
+    return d;
+}
+#endif
+
 static PyMethodDef methods[] = {
+#ifdef VX_PROF
+    {"prof", prof, METH_NOARGS, "Counters of a VX_PROF build (ns), cleared."},
+#endif
     {"search_batch", search_batch, METH_VARARGS, search_batch_doc},
     {"prepare", prepare, METH_VARARGS, prepare_doc},
     {"search_prepared", search_prepared, METH_VARARGS, search_prepared_doc},
