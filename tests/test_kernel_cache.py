@@ -794,6 +794,34 @@ def test_sync_xattr_counts_invalidations(cmount: Mount) -> None:
     assert n[3] >= n[2] + 2                       # hk mkkw's poke, then ours
 
 
+
+def test_new_shared_name_drops_the_caches_only_when_a_view_held_the_other(cmount: Mount) -> None:
+    """Creating a name that other files bear turns their plain names in views into STEM~ID:
+    the caches are dropped when the kernel was given one of them under a view path (it must
+    not keep `@/@untagged/g` -> the first g), and kept otherwise (`make` writing a Makefile,
+    or `__init__.py`, in one directory made every process walk every path again)."""
+    out = cmount.run("""
+        sync_n() { getfattr --only-values -n user.hk.sync "$M"; echo; }
+        mkdir a b c
+        echo 1 > a/g
+        sync_n; sync_n                                            # (what the pokes alone add)
+        cat @/@untagged/g >/dev/null                              # the kernel holds @untagged/g
+        echo 2 > b/g                                              # g is shared now: dropped
+        sync_n
+        not test -e @/@untagged/g
+        test "$(ls @/@untagged | grep -c '^g~')" = 2
+        test "$(cat a/g b/g)" = "$(printf '1\\n2')"
+        sync_n
+        echo 3 > a/h; echo 4 > b/h; echo 5 > c/h                  # never looked up in a view: kept
+        sync_n
+        test "$(cat a/h b/h c/h)" = "$(printf '3\\n4\\n5')"
+        test "$(ls @/@untagged | grep -c '^h~')" = 3
+    """).stdout.split()
+    n = [int(x) for x in out]
+    poke = n[1] - n[0]               # getfattr asks twice (the size, then the value)
+    assert n[2] > n[1] + poke        # the create's epoch as well
+    assert n[4] == n[3] + poke       # the pokes alone: two creates of a shared name dropped nothing
+
 # ---------------------------------------------------------------- 8. libfuse 2
 
 def test_libfuse2_keeps_caches_off_and_works(tmp_path: Path) -> None:

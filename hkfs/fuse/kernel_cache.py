@@ -218,12 +218,16 @@ class KernelCache:
     def carry_out(self, stale: Stale, *, listing: bool = False) -> None:
         """Drop what a change left stale (hkfs.mount.model.Stale): every entry, or nothing when
         only one entity changed that the kernel can hold under the changed path alone (one
-        directory link, not reached through a view since the last invalidation).
+        directory link, not reached through a view since the last invalidation), or when a
+        new file's name is shared only by files the kernel was not given under a view path
+        (`clashes`: only their plain names in views change; creating `Makefile` or
+        `__init__.py` in a directory used to make every process walk every path again).
 
         `listing`: the change added, removed or renamed a name, so view listings may differ
         even when no entry is stale (a unique name created: views list it, and never looked
         it up)."""
-        if stale.everything or (stale.eid is not None and (stale.shared or self.was_viewed(stale.eid))):
+        if stale.everything or (stale.eid is not None and (stale.shared or self.was_viewed(stale.eid))) \
+                or any(self.was_viewed(e) for e in stale.clashes):
             self.invalidate()
         elif listing:
             self.dirs.drop()

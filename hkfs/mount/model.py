@@ -143,12 +143,16 @@ class Stale:
     `everything`: any cached path may now name something else. Else `eid`: that entity's
     attributes changed; `shared`: it is known under other paths for sure (several links, or
     an embedding entry whose change alters FILE.query answers); a cache that also knows
-    which entities it holds under view paths widens that itself. `merged` (src, dst): an
-    editor save made entity src into dst (handles open on src now write dst's bytes)."""
+    which entities it holds under view paths widens that itself. `clashes`: entities whose
+    name a new file now shares: views listing them with it show STEM~ID names, so their
+    plain names in views are stale (under directory links they keep theirs). `merged`
+    (src, dst): an editor save made entity src into dst (handles open on src now write
+    dst's bytes)."""
 
     everything: bool = False
     eid: int | None = None
     shared: bool = False
+    clashes: tuple[int, ...] = ()
     merged: tuple[int, int] | None = None
 
 
@@ -518,9 +522,8 @@ class MountModel:
             raise AlreadyExists("file exists")
         if stat.S_IFMT(mode) in (0, stat.S_IFREG):
             self._note_fresh(eid)        # a temp an editor may rename over its document
-        if len(self.store.match_ids(ns, [], loc.name)) > 1:
-            return eid, EVERYTHING       # a shared name: listed views may now show STEM~ID names
-        return eid, NOTHING
+        clashes = tuple(e for e in self.store.match_ids(ns, [], loc.name) if e != eid)
+        return eid, Stale(clashes=clashes) if clashes else NOTHING
 
     def mknod(self, path: str, mode: int, dev: int, uid: int, gid: int) -> Stale:
         """mkfifo, mknod, bind(2) of a unix socket: an entity whose file type is in its mode,
