@@ -1178,7 +1178,7 @@ class Store:
         a GROUP BY. Integers packed by hkfs_int64s() when the catalog's connections have it
         (hkfs.core.aggregates: no decimal text to write and parse), else as text."""
         packed = self.catalog.aggregates
-        agg = "hkfs_int64s" if packed else "group_concat"
+        agg, empty = self._int_column()
         with self.catalog.read() as c:
             got = c.execute(_COLUMNS_PACKED if packed else _COLUMNS_TEXT, (lo, hi)).fetchone()
             if got[0] is None:
@@ -1186,8 +1186,12 @@ class Store:
             tagged = c.execute(f"SELECT {agg}(entity) FROM entity_keywords WHERE entity BETWEEN ? AND ?",
                                (lo, hi)).fetchone()[0]
             linked = c.execute(f"SELECT {agg}(entity) FROM links WHERE entity BETWEEN ? AND ?", (lo, hi)).fetchone()[0]
-        empty = b"" if packed else ""
         return EntityColumns(got[0] if packed else got[:-1], got[-1], tagged or empty, linked or empty)
+
+    def _int_column(self) -> tuple[str, bytes | str]:
+        """The aggregate that reads integers as one value, and its value for no row: packed
+        (hkfs_int64s, hkfs.core.aggregates) when the catalog's connections have it, else text."""
+        return ("hkfs_int64s", b"") if self.catalog.aggregates else ("group_concat", "")
 
     def shared_names(self, ns: int) -> set[str]:
         """The names that more than one entity of namespace ns bears (one scan of its name index:
@@ -1216,11 +1220,11 @@ class Store:
         hkfs_int64s() when the catalog's connections have it (hkfs.core.aggregates), else
         text, the ids joined by ','; empty for none. A big view's ids in one row, with no
         Python object per file (hkfs.mount.views.view_ids sorts and dedups them)."""
-        agg = "hkfs_int64s" if self.catalog.aggregates else "group_concat"
+        agg, empty = self._int_column()
         with self.catalog.read() as c:
             sel, params = self._match(c, ns, hks, None, distinct=False)
             got = c.execute(f"WITH m(id) AS ({sel}) SELECT {agg}(id) FROM m", params).fetchone()[0]
-        return got or (b"" if self.catalog.aggregates else "")
+        return got or empty
 
     def match_ids(self, ns: int, hks: Sequence[HK | str], name: str | None = None) -> list[int]:
         """Like resolve, ids only (cheap: for counting and large views)."""

@@ -167,13 +167,9 @@ class KernelCache:
             return False
         try:
             fuse, fd = _session(libfuse)
-        except (OSError, AttributeError, ValueError) as exc:
-            log.info("kernel caches stay off: cannot invalidate them (%s)", exc)
-            return False
-        self.dirs.find(libfuse, fuse, fd)      # libfuse's operations table, caches or not
-        try:
+            self.dirs.find(libfuse, fuse, fd)      # libfuse's operations table, caches or not
             os.write(fd, _INC_EPOCH)
-        except OSError as exc:
+        except (OSError, AttributeError, ValueError) as exc:
             log.info("kernel caches stay off: cannot invalidate them (%s)", exc)
             return False
         self._fd, self._fuse, self._invalidate_path = fd, fuse, libfuse.fuse_invalidate_path

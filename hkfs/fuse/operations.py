@@ -668,16 +668,11 @@ class HKOperations(Operations):
         if how is None:
             return False
         eid = getattr(self.model.resolve(old), "eid", None)
-        if eid is None:
-            return False
-        if how == "rename":
-            info = self.model.reads.entity(eid)
-            self.removed.hide(hidden, eid, info.mode, info.uid, info.gid)
-            return True
-        if eid not in self.files.counts:
+        if eid is None or (how == "removal" and eid not in self.files.counts):
             return False
         info = self.model.reads.entity(eid)
-        self.kernel.carry_out(self.model.unlink(old), listing=True)
+        if how == "removal":
+            self.kernel.carry_out(self.model.unlink(old), listing=True)
         self.removed.hide(hidden, eid, info.mode, info.uid, info.gid)
         return True
 

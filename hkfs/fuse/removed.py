@@ -57,14 +57,10 @@ class RemovedWhileOpen:
         proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64,
                                  ctypes.c_void_p, ctypes.c_uint)
         original = proto(pointer.value)
-        local = self._local
 
         def rename(req: int, parent: int, name: int, newparent: int, newname: int, flags: int) -> None:
-            local.over = ctypes.string_at(newname) if newname else b""
-            try:
+            with self.renaming(ctypes.string_at(newname) if newname else b""):
                 original(req, parent, name, newparent, newname, flags)
-            finally:
-                local.over = None
 
         wrapper = proto(rename)
         self._keep = [original, wrapper]
@@ -73,7 +69,7 @@ class RemovedWhileOpen:
 
     @contextmanager
     def renaming(self, newname: bytes) -> Iterator[None]:
-        """What `install`'s wrapper does around a RENAME to `newname` (tests drive the adapter so)."""
+        """While a RENAME to `newname` is served (`install`'s wrapper; tests drive the adapter so)."""
         self._local.over = newname
         try:
             yield

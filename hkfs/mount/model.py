@@ -762,12 +762,10 @@ class MountModel:
         destination's owner; both are regular files; and a destination in an ordinary directory
         has no other hard link (those keep the old bytes, as rename(2) leaves them)."""
         assert dst.eid is not None
-        info, old = self.store.entity(eid), self.store.entity(dst.eid)
         if not self._is_fresh(eid):
-            why = "not made through this mount moments ago, or renamed or linked since"
-            if time.time_ns() - info.ctime_ns > EDITOR_SAVE_SECONDS * 1e9:
-                return False     # an ordinary mv over a file: nothing to trace
-        elif stat.S_IFMT(info.mode) or stat.S_IFMT(old.mode) or info.uid != old.uid:
+            return False         # an ordinary mv over a file: no catalog read
+        info, old = self.store.entity(eid), self.store.entity(dst.eid)
+        if stat.S_IFMT(info.mode) or stat.S_IFMT(old.mode) or info.uid != old.uid:
             why = "not two regular files of one owner"   # only regular files (type bits 0) are saved by editors
         elif isinstance(dst, LinkLoc) and old.nlinks > 1:
             why = "the destination has other links"
@@ -778,7 +776,7 @@ class MountModel:
         else:
             why = "" if all(h in src.view.hks or h in old.hks for h in info.hks) else "the temp has other keywords"
         if why:
-            # a recent file renamed over another as a plain rename: say why in the daemon log
+            # a fresh file renamed over another as a plain rename: say why in the daemon log
             # (an editor's save that loses the document's identity is worth tracing)
             log.info("rename of new file %d over %d is no editor save: %s (temp %s, destination %s)",
                      eid, dst.eid, why, info, old)

@@ -295,7 +295,4 @@ def view_ids(store: Any, ns: int, hks: Sequence[HK | str]) -> np.ndarray:
     """The sorted, distinct ids of a view's files as int64, read as one value
     (Store.match_ids_column): no Python int or list slot per file, ~40 MiB of transients at a
     million (the mount's listings and memo, the query layer's scopes)."""
-    ids = np.sort(int64s_of(store.match_ids_column(ns, hks)))
-    keep = np.ones(len(ids), bool)
-    keep[1:] = ids[1:] != ids[:-1]
-    return ids[keep]
+    return np.unique(int64s_of(store.match_ids_column(ns, hks)))
